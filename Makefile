@@ -1,0 +1,34 @@
+# The README's two commands live here: `make run` (the demo workflow, offline) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES ?= 2
+
+.PHONY: setup run test test-fast lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[workflow,test]'
+	touch $@
+
+## the workflow on the bundled demo images with the bundled model, offline
+run: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) --workflow-profile workflow/profiles/local
+	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) --report results/report.html
+
+## every test, real ImageJ and SLURM included (.ci/run installs those first)
+test: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q
+
+test-fast: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -m "not slow and not slurm and not imagej and not workflow"
+
+lint: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --lint
+	PATH="$(abspath $(VENV))/bin:$$PATH" snakefmt --check .
+
+clean:
+	rm -rf results .snakemake

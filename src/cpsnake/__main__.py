@@ -1,0 +1,5 @@
+import sys
+
+from cpsnake.cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""``cpsnake <step> ...``: one sub-command per pipeline step.
+
+Each step lives in its own module with a ``main(argv=None) -> int``; this file only dispatches,
+so ``cpsnake normalize ...`` and ``python -m cpsnake.normalize ...`` are the same program.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# step name -> (module, one-line help)
+STEPS: dict[str, tuple[str, str]] = {
+    "normalize": ("cpsnake.normalize", "percentile-normalize an image's channels for the network"),
+    "infer": ("cpsnake.infer", "tiled network inference: normalized image -> flows (dY, dX, cellprob)"),
+    "reconstruct": ("cpsnake.reconstruct", "flows -> label image (flow following, QC, min size)"),
+    "rois": ("cpsnake.rois", "label image <-> ImageJ RoiSet.zip (pixel-exact, traced polygons)"),
+    "measure": ("cpsnake.measure", "per-cell measurement table with ImageJ's definitions"),
+    "overlay": ("cpsnake.overlay", "QC picture: outlines of the labels over the image"),
+    "aggregate": ("cpsnake.aggregate", "join per-image tables into run-level tables"),
+    "segment": ("cpsnake.segment", "the whole chain in one process: images -> masks"),
+    "weights": ("cpsnake.weights", "list or fetch model weights (sha256-checked cache)"),
+    "train": ("cpsnake.train", "train or fine-tune a Cellpose-SAM model"),
+    "evaluate": ("cpsnake.evaluate", "average precision and error rate of predicted vs true labels"),
+}
+
+
+def _usage() -> str:
+    width = max(len(s) for s in STEPS)
+    lines = ["usage: cpsnake <step> [options]  (cpsnake <step> --help for a step's options)", "", "steps:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in STEPS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from cpsnake import __version__
+
+        print(f"cpsnake {__version__}")
+        return 0
+    step, rest = argv[0], argv[1:]
+    if step not in STEPS:
+        print(f"cpsnake: error: unknown step {step!r}; expected one of {', '.join(STEPS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(STEPS[step][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
