@@ -18,6 +18,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "measure": ("cpsnake.measure", "per-cell measurement table with ImageJ's definitions"),
     "overlay": ("cpsnake.overlay", "QC picture: outlines of the labels over the image"),
     "aggregate": ("cpsnake.aggregate", "join per-image tables into run-level tables"),
+    "provenance": ("cpsnake.provenance", "provenance record of a workflow run (versions, model sha256, parameters)"),
     "segment": ("cpsnake.segment", "the whole chain in one process: images -> masks"),
     "weights": ("cpsnake.weights", "list or fetch model weights (sha256-checked cache)"),
     "train": ("cpsnake.train", "train or fine-tune a Cellpose-SAM model"),

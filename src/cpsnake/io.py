@@ -3,6 +3,9 @@
 Axis order inside cpsnake: images (C, Y, X), stacks (Z, C, Y, X), labels (Y, X) or (Z, Y, X),
 flows (3, Y, X) = dY, dX, cellprob logits. (x, y) order appears only at the ImageJ boundary.
 
+:func:`read_image` reads input images (TIFF / OME-TIFF, PNG, JPEG; told by content, not extension) as
+``(C, Y, X)`` (stacks ``(Z, C, Y, X)``) in their own dtype, with pixel size, unit and original axes.
+
 Every writer goes through :func:`atomic_output`: the file is written under a temporary name in the
 destination folder and renamed only when complete, so no partial file ever sits under a final name.
 """
@@ -26,6 +29,8 @@ __all__ = [
     "write_labels",
     "read_labels",
     "label_dtype",
+    "read_image",
+    "IMAGE_FORMATS",
 ]
 
 
@@ -91,8 +96,27 @@ def write_tiff(
 
 
 def read_calibration(tif: "tifffile.TiffFile") -> tuple[tuple[float, float] | None, str | None]:
-    """(y, x) pixel size and unit of an open TIFF, from ImageJ tags, OME-XML or the resolution tags; else (None, None)."""
+    """(y, x) pixel size and unit of an open TIFF, from OME-XML, ImageJ tags or the resolution tags; else (None, None).
+
+    OME-XML ``PhysicalSizeY``/``PhysicalSizeX`` (unit ``PhysicalSizeXUnit``, OME's default µm) win when
+    present (a missing Y size means square pixels); then the TIFF resolution tags with the ImageJ
+    ``unit``, or ResolutionUnit centimetre (converted to micron). Inch resolutions (the 72 dpi that
+    many programs write) and 1 pixel-per-pixel without a unit are no calibration.
+    """
+    import re
+
     page = tif.pages.first
+    if tif.is_ome and tif.ome_metadata:
+        # the first <Pixels ...> element belongs to the first image, the one read_image reads
+        pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", tif.ome_metadata)
+        attrs = pixels.group(0) if pixels else tif.ome_metadata
+        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', attrs)
+        n = re.search(r'PhysicalSizeY="([0-9.eE+-]+)"', attrs)
+        u = re.search(r'PhysicalSizeXUnit="([^"]+)"', attrs)
+        if m and float(m.group(1)) > 0:
+            px = float(m.group(1))
+            py = float(n.group(1)) if n and float(n.group(1)) > 0 else px
+            return (py, px), (u.group(1) if u else "µm")
     unit = None
     ij = tif.imagej_metadata or {}
     if ij.get("unit"):
@@ -102,22 +126,14 @@ def read_calibration(tif: "tifffile.TiffFile") -> tuple[tuple[float, float] | No
         yres = page.tags["YResolution"].value
     except KeyError:
         xres = yres = None
-    if tif.is_ome and tif.ome_metadata:
-        import re
-
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-        n = re.search(r'PhysicalSizeY="([0-9.eE+-]+)"', tif.ome_metadata)
-        u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-        if m and n:
-            return (float(n.group(1)), float(m.group(1))), (u.group(1) if u else "µm")
-    if xres and yres and xres[0] and yres[0]:
+    if xres and yres and xres[0] and yres[0] and xres[1] and yres[1]:
         px, py = xres[1] / xres[0], yres[1] / yres[0]
         if unit is None:
             ru = page.tags.get("ResolutionUnit")
-            ru = int(ru.value) if ru is not None else 1
+            ru = int(ru.value) if ru is not None else 2  # TIFF default is inch
             if ru == 3:  # centimetre
                 unit, px, py = "micron", px * 1e4, py * 1e4
-            elif ru == 2:  # inch: common default of 72 dpi is not a calibration
+            elif ru == 2:  # inch: the common default of 72 dpi is not a calibration
                 return None, None
         if unit in (None, "pixel", "pixels") and px == 1.0 and py == 1.0:
             return None, None
@@ -235,3 +251,210 @@ def read_labels(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
         raise CpsnakeError(f"{path}: negative labels; expected 0 = background and 1..N = objects")
     out = data.astype(np.int64 if data.size and data.max() > 2**31 - 1 else np.int32)
     return out, {"pixel_size": pixel_size, "unit": unit}
+
+
+# --- Reading input images --------------------------------------------------------------------------
+# The format is told by the file's first bytes, not its extension: a PNG named .tif reads as a PNG, and
+# a text file named .tif is reported as "not an image" with what it starts with.
+
+IMAGE_FORMATS = "TIFF, OME-TIFF, PNG or JPEG"
+_MAGIC = (
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),  # BigTIFF
+    (b"MM\x00+", "tiff"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+)
+_CHANNEL_AXES = "CS"  # tifffile: C = channel, S = sample (RGB)
+_STACK_AXES = "ZT"  # planes of a stack (depth or time)
+_UNKNOWN_AXES = "QIR"  # tifffile's names for axes without metadata (a numpy array saved as is)
+MAX_GUESSED_CHANNELS = 3
+
+
+def _sniff(path: Path) -> str:
+    """Format of ``path`` from its first bytes: ``"tiff"``, ``"png"`` or ``"jpeg"``; else a CpsnakeError."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        raise CpsnakeError(f"{path}: no such file; expected an image ({IMAGE_FORMATS}); check the path") from None
+    except IsADirectoryError:
+        raise CpsnakeError(f"{path}: is a folder; expected an image file ({IMAGE_FORMATS}); pass a file") from None
+    except OSError as exc:
+        raise CpsnakeError(f"{path}: cannot be opened ({exc.strerror}); expected a readable image file") from None
+    if not head:
+        raise CpsnakeError(f"{path}: found an empty file (0 bytes); expected an image ({IMAGE_FORMATS}); re-export or re-copy it")
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    raise CpsnakeError(
+        f"{path}: not an image (the file starts with {head[:12]!r}); expected {IMAGE_FORMATS} "
+        "whatever the file name says; pass the image itself or convert it (e.g. Fiji: File > Save As > Tiff)"
+    )
+
+
+def _read_tiff(path: Path) -> tuple["np.ndarray", str, tuple[float, float] | None, str | None, bool]:
+    """(data, axes, pixel_size, unit, has_alpha) of the first image series of a TIFF / OME-TIFF."""
+    import logging
+
+    import tifffile
+
+    # tifffile logs (rather than raises) some decode failures and fills the data with zeros:
+    # collect its errors and treat them as an unreadable file.
+    problems: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.ERROR:
+                problems.append(record.getMessage())
+
+    logger = logging.getLogger("tifffile")
+    handler = _Collect()
+    logger.addHandler(handler)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data = series.asarray(maxworkers=1)
+            axes = series.axes
+            pixel_size, unit = read_calibration(tif)
+            page = series.pages[0] if series.pages else tif.pages.first
+            has_alpha = bool(getattr(page, "extrasamples", ())) and "S" in axes
+    except CpsnakeError:
+        raise
+    except Exception as exc:  # tifffile raises many types for truncated or corrupt files
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise CpsnakeError(
+            f"{path}: found a TIFF whose data cannot be read ({msg}); expected a complete TIFF; "
+            "the file is truncated or corrupt: copy or export it again"
+        ) from None
+    finally:
+        logger.removeHandler(handler)
+    if problems:
+        raise CpsnakeError(
+            f"{path}: found a TIFF whose data cannot be decoded ({problems[0]}); expected a complete TIFF; "
+            "the file is truncated or corrupt: copy or export it again"
+        )
+    return data, axes, pixel_size, unit, has_alpha
+
+
+def _read_png_jpeg(path: Path, fmt: str) -> tuple["np.ndarray", str, bool]:
+    """(data, axes, has_alpha) of a PNG (imagecodecs: 8 and 16 bit kept, grey and RGB) or a JPEG (Pillow)."""
+    import numpy as np
+
+    try:
+        if fmt == "png":
+            import imagecodecs  # Pillow would cut 16-bit RGB PNGs to 8 bits
+
+            data = imagecodecs.png_decode(path.read_bytes())
+        else:
+            from PIL import Image  # raises on a truncated JPEG (libjpeg alone only warns)
+
+            with Image.open(path) as im:
+                im.load()
+                if im.mode not in ("L", "RGB"):
+                    im = im.convert("RGB")
+                data = np.asarray(im)
+    except Exception as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise CpsnakeError(
+            f"{path}: found a {fmt.upper()} whose data cannot be decoded ({msg}); expected a complete {fmt.upper()}; "
+            "the file is truncated or corrupt: copy or export it again"
+        ) from None
+    if data.ndim == 2:
+        return data, "YX", False
+    # grey+alpha (2 samples) or RGB+alpha (4 samples): the last sample is alpha
+    return data, "YXS", data.shape[-1] in (2, 4)
+
+
+def read_image(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
+    """Read a 2-D image as ``(C, Y, X)`` or a stack as ``(Z, C, Y, X)``, in its own dtype.
+
+    Formats (told by content, not by extension): TIFF / OME-TIFF (first image series, full
+    resolution; axes from ImageJ, OME or tifffile metadata), PNG (8 and 16 bit) and JPEG.
+
+    Axes: ``C`` and ``S`` (RGB samples) become C; grey images get C = 1; an alpha sample (RGBA,
+    grey+alpha) is dropped. A ``Z`` or ``T`` axis makes a stack ``(Z, C, Y, X)`` (time points are
+    returned as planes). An axis without metadata (tifffile's ``Q``/``I``, e.g. a numpy array saved
+    as it is) is taken as channels when it has at most 3 entries and as stack planes otherwise.
+    Singleton axes are dropped. Two stack axes, or two channel axes, are an error.
+
+    Returns
+    -------
+    data : ndarray
+        ``(C, Y, X)`` or ``(Z, C, Y, X)``; interleaved samples (RGB stored as Y, X, 3) come back as
+        a strided view rather than a copy; bool data comes back as uint8.
+    meta : dict
+        ``pixel_size`` ((y, x) or None), ``unit`` (str or None), ``axes`` (the file's axes, e.g.
+        ``"YXS"``), ``shape`` (the file's shape), ``dtype`` (str), ``format`` (``"tiff"``, ``"png"``,
+        ``"jpeg"``), ``dropped_alpha`` (bool).
+
+    Raises
+    ------
+    CpsnakeError
+        Missing, empty, truncated, corrupt or non-image files; NaN or infinite values; complex data;
+        shapes that are not 2-D images or stacks of them.
+    """
+    import numpy as np
+
+    path = Path(path)
+    fmt = _sniff(path)
+    pixel_size = unit = None
+    if fmt == "tiff":
+        data, axes, pixel_size, unit, has_alpha = _read_tiff(path)
+    else:
+        data, axes, has_alpha = _read_png_jpeg(path, fmt)
+    shape, dtype = tuple(int(n) for n in data.shape), data.dtype
+    meta = {
+        "pixel_size": pixel_size,
+        "unit": unit,
+        "axes": axes,
+        "shape": shape,
+        "dtype": str(dtype),
+        "format": fmt,
+        "dropped_alpha": False,
+    }
+    if dtype.kind not in "buif":
+        raise CpsnakeError(
+            f"{path}: found pixels of type {dtype}; expected integer or real intensities (uint8, uint16, float32, ...); "
+            "convert the image (e.g. Fiji: Image > Type > 32-bit)"
+        )
+    if data.ndim != len(axes) or "Y" not in axes or "X" not in axes:
+        raise CpsnakeError(f"{path}: found shape {shape} with axes {axes!r}; expected an image with Y and X axes")
+    if has_alpha and axes[-1] == "S" and data.shape[-1] in (2, 4):
+        data = data[..., :-1]
+        meta["dropped_alpha"] = True
+
+    # drop singleton axes except Y and X
+    keep = [i for i, a in enumerate(axes) if a in "YX" or data.shape[i] > 1]
+    data = data.reshape(tuple(data.shape[i] for i in keep))
+    axes = "".join(axes[i] for i in keep)
+    axes = axes.replace("S", "C").replace("T", "Z")
+    named = list(axes)
+    for i, a in enumerate(named):
+        if a in _UNKNOWN_AXES:  # no metadata: few entries are channels, more are planes
+            named[i] = "C" if data.shape[i] <= MAX_GUESSED_CHANNELS and "C" not in named else "Z"
+    axes = "".join(named)
+    unknown = [a for a in axes if a not in "ZCYX"]
+    if unknown or axes.count("C") > 1 or axes.count("Z") > 1:
+        raise CpsnakeError(
+            f"{path}: found {len(shape)} dimensions {shape} with axes {meta['axes']!r}; expected a 2-D image (Y, X) "
+            "with channels, or one stack of such planes (Z or T); save one plane, channel set or time series per file"
+        )
+    if "C" not in axes:
+        data, axes = data[np.newaxis], "C" + axes
+    if "Z" in axes:
+        order = [axes.index(a) for a in "ZCYX"]
+    else:
+        order = [axes.index(a) for a in "CYX"]
+    data = data.transpose(order)  # a view: interleaved RGB (Y, X, 3) is not copied
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    if data.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise CpsnakeError(
+                f"{path}: found {bad} NaN or infinite pixel values; expected finite intensities; "
+                "replace them first (e.g. Fiji: Process > Math > Remove NaNs, or set them to the background value)"
+            )
+    return data, meta

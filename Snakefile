@@ -1,0 +1,29 @@
+# cpsnake: Cellpose-SAM segmentation, one image per job, results for Fiji/ImageJ.
+# The rules live in workflow/rules/ (one file per stage); config keys are documented in
+# workflow/schemas/config.schema.yaml.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/weights.smk"
+include: "workflow/rules/normalize.smk"
+include: "workflow/rules/infer.smk"
+include: "workflow/rules/reconstruct.smk"
+include: "workflow/rules/rois.smk"
+include: "workflow/rules/measure.smk"
+include: "workflow/rules/overlay.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs(),

@@ -1,0 +1,403 @@
+"""``cpsnake normalize IMAGE OUT.tif``: scale each channel of an image for the network.
+
+Usage::
+
+    cpsnake normalize IMAGE OUT.tif [--channels 0,2] [--percentiles 1 99] [--low-high LO HI]
+                                    [--invert] [--tile-norm N]
+
+IMAGE is a 2-D TIFF / OME-TIFF, PNG or JPEG (grey, RGB or multi-channel; 8-bit, 16-bit, 32-bit or
+float). OUT.tif is float32 ``(C, Y, X)`` (ImageJ TIFF, axes CYX, the input's pixel size and unit) with
+C <= 3 channels in the order given by ``--channels``. Beside it, OUT.json records the values used:
+per-channel low/high, percentiles, source file and its shape/dtype/axes, channels, invert, tile size,
+cpsnake version.
+
+Per channel (Cellpose's definition, equal to ``cellpose.transforms.normalize_img`` 4.2.1.1 for the
+defaults): the ``low`` percentile (1) maps to 0.0 and the ``high`` percentile (99) to 1.0, values
+outside are kept (not clipped). Percentiles use numpy's linear interpolation on float32 values; for
+channels above 224**3 pixels they are taken on every (Y//224, X//224)-th pixel, as Cellpose does.
+
+- ``--low-high LO HI``: fixed values instead of percentiles (same for every channel).
+- ``--invert``: 1 - x after scaling, for dark objects on a bright background.
+- ``--tile-norm N``: percentiles per N x N tile (tiles overlap by 10 %), flat tiles (range < 1e-3)
+  take the values of the nearest good tile, the tile grid of lows and highs is smoothed with a
+  Gaussian of sigma 1 tile along Y and X and interpolated bilinearly to every pixel. (Cellpose's
+  ``tile_norm_blocksize`` smooths the grid twice along Y and not along X; without smoothing both are
+  the same.)
+
+Flat channels (percentile and tile modes): a channel that is constant, or whose low and high
+percentiles are within 1e-3 (in tile mode: every tile), is set to 0 (as Cellpose does for the
+whole-image case) and marked in OUT.json; with ``--invert`` it stays 0 (Cellpose gives 1 for the
+second kind, and in tile mode passes a flat channel through unscaled). A whole image that is
+constant (every mode), or whose every channel is flat, is an error naming the fix. With
+``--low-high`` every channel is scaled as given. Stacks (Z or T planes) are rejected with an error:
+cpsnake handles 2-D images; save each plane as its own file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cpsnake.errors import CpsnakeError, guard
+
+__all__ = ["select_channels", "normalize", "tile_starts", "upsample_bilinear", "main"]
+
+MAX_CHANNELS = 3
+FLAT_RANGE = 1e-3  # a low..high range at most this wide is no range (Cellpose's threshold)
+SAMPLE_ABOVE = 224**3  # channels with more pixels take percentiles on a regular subsample (as Cellpose)
+TILE_OVERLAP = 0.1
+TILE_ROWS = 256  # tile mode scales this many image rows at a time
+
+
+def select_channels(img: np.ndarray, channels: Sequence[int] | None = None) -> np.ndarray:
+    """Pick the channels that go to the network, in the order given.
+
+    Parameters
+    ----------
+    img : (C, Y, X) ndarray
+    channels : list of int, optional
+        0-based indices into C, at most 3, no repeats. None keeps all channels (then C must be <= 3).
+
+    Returns
+    -------
+    (C', Y, X) ndarray, C' <= 3 (a view when all channels are kept in order).
+    """
+    if img.ndim != 3:
+        raise CpsnakeError(f"found an image of shape {img.shape}, expected (C, Y, X)")
+    n = img.shape[0]
+    if channels is None:
+        if n > MAX_CHANNELS:
+            raise CpsnakeError(
+                f"found {n} channels, expected at most {MAX_CHANNELS}; choose which go in with --channels, e.g. --channels 0,1"
+            )
+        return img
+    channels = [int(c) for c in channels]
+    if not channels or len(channels) > MAX_CHANNELS:
+        raise CpsnakeError(f"--channels {channels} names {len(channels)} channels, expected 1 to {MAX_CHANNELS}")
+    if len(set(channels)) != len(channels):
+        raise CpsnakeError(f"--channels {channels} repeats a channel; expected distinct channel indices")
+    bad = [c for c in channels if not 0 <= c < n]
+    if bad:
+        raise CpsnakeError(
+            f"--channels {channels}: channel {bad[0]} does not exist; the image has {n} channel(s), 0-based 0..{n - 1}"
+        )
+    if channels == list(range(n)):
+        return img
+    return img[channels]
+
+
+def _percentiles(x: np.ndarray, q: tuple[float, float]) -> tuple[np.float32, np.float32, list[int]]:
+    """Low and high percentiles of a (Y, X) channel in float32, on Cellpose's subsample above 224**3 px."""
+    step = [1, 1]
+    if x.size > SAMPLE_ABOVE:
+        step = [max(1, x.shape[0] // 224), max(1, x.shape[1] // 224)]
+        x = x[:: step[0], :: step[1]]
+    sample = x.astype(np.float32, copy=True)  # our own copy, so the partition may reuse it
+    lo, hi = np.percentile(sample, q, overwrite_input=True)
+    return np.float32(lo), np.float32(hi), step
+
+
+def tile_starts(length: int, block: int, overlap: float = TILE_OVERLAP) -> tuple[np.ndarray, int]:
+    """Start offsets and size of the normalization tiles along one axis.
+
+    ``ceil((1 + 2 * overlap) * length / block)`` tiles of ``min(block, length)`` pixels spread evenly
+    from 0 to ``length - size`` (one tile when the axis is not longer than a block).
+    """
+    size = min(block, length)
+    n = 1 if length <= block else int(math.ceil((1.0 + 2.0 * overlap) * length / block))
+    return np.linspace(0, length - size, n).astype(int), size
+
+
+def _linear_index(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV-style linear interpolation along one axis: (i0, i1, t) with value = (1 - t) v[i0] + t v[i1]."""
+    f = (np.arange(n_dst, dtype=np.float64) + 0.5) * (n_src / n_dst) - 0.5
+    i0 = np.floor(f).astype(int)
+    t = f - i0
+    t[i0 < 0] = 0.0  # before the first centre: the edge value
+    i0 = np.clip(i0, 0, n_src - 1)
+    i1 = np.minimum(i0 + 1, n_src - 1)  # after the last centre: the edge value
+    return i0, i1, t.astype(np.float32)
+
+
+def upsample_bilinear(grid: np.ndarray, shape: tuple[int, int], rows: slice | None = None) -> np.ndarray:
+    """Interpolate a (ny, nx) grid of tile values to (Y, X) pixels, float32.
+
+    Tile values sit at the centres of ny x nx equal cells covering the image (pixel centres at
+    +0.5); pixels beyond the outermost centres take the edge value (OpenCV's INTER_LINEAR rule).
+    ``rows`` restricts the output to those image rows (a (len(rows), X) block of the same result).
+    """
+    grid = np.asarray(grid, dtype=np.float32)
+    y0, y1, ty = _linear_index(grid.shape[0], shape[0])
+    x0, x1, tx = _linear_index(grid.shape[1], shape[1])
+    if rows is not None:
+        y0, y1, ty = y0[rows], y1[rows], ty[rows]
+    band = grid[y0] * (1 - ty)[:, None] + grid[y1] * ty[:, None]  # (rows, nx)
+    out = band[:, x0]  # (rows, X)
+    out *= 1 - tx
+    out += band[:, x1] * tx
+    return out
+
+
+def _tile_maps(
+    x: np.ndarray, q: tuple[float, float], block: int, smooth: float
+) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """(ny, nx) grids of low and high values from tile percentiles, and a record; None when every tile is flat."""
+    from scipy.ndimage import gaussian_filter1d
+
+    ys, by = tile_starts(x.shape[0], block)
+    xs, bx = tile_starts(x.shape[1], block)
+    lo = np.empty((len(ys), len(xs)), np.float32)
+    hi = np.empty_like(lo)
+    for j, y in enumerate(ys):  # one row of tiles at a time: (nx, by, bx) float32
+        band = np.stack([x[y : y + by, x0 : x0 + bx] for x0 in xs]).astype(np.float32)
+        lo[j], hi[j] = np.percentile(band.reshape(len(xs), -1), q, axis=1, overwrite_input=True)
+    flat = hi - lo < FLAT_RANGE
+    if flat.all():
+        return None
+    if flat.any():  # a flat tile takes the values of the nearest good tile (first in row order on ties)
+        fy, fx = np.nonzero(flat)
+        gy, gx = np.nonzero(~flat)
+        nearest = ((fy - gy[:, None]) ** 2 + (fx - gx[:, None]) ** 2).argmin(axis=0)
+        lo[fy, fx] = lo[gy[nearest], gx[nearest]]
+        hi[fy, fx] = hi[gy[nearest], gx[nearest]]
+    if smooth > 0:
+        for a in (0, 1):
+            lo = gaussian_filter1d(lo, smooth, axis=a)
+            hi = gaussian_filter1d(hi, smooth, axis=a)
+    info = {
+        "tile_starts_y": ys.tolist(),
+        "tile_starts_x": xs.tolist(),
+        "tile_shape": [int(by), int(bx)],
+        "tiles_filled": int(flat.sum()),
+        "low": lo.tolist(),
+        "high": hi.tolist(),
+    }
+    return lo, hi, info
+
+
+def normalize(
+    img: np.ndarray,
+    *,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    low_high: Sequence[float] | np.ndarray | None = None,
+    invert: bool = False,
+    tile_size: int = 0,
+    tile_smooth: float = 1.0,
+) -> tuple[np.ndarray, dict]:
+    """Scale each channel so that its low value maps to 0.0 and its high value to 1.0.
+
+    Parameters
+    ----------
+    img : (C, Y, X) ndarray
+        Any integer or real dtype; finite values.
+    percentiles : (float, float)
+        Low and high percentiles (0 <= low < high <= 100), used unless ``low_high`` is given.
+    low_high : (2,) or (C, 2) array-like, optional
+        Fixed low and high values, for all channels or per channel.
+    invert : bool
+        Return ``1 - x`` for every channel that was scaled (flat channels stay 0).
+    tile_size : int
+        > 0: percentiles per tile of this size, interpolated to every pixel (see the module doc).
+    tile_smooth : float
+        Sigma, in tiles, of the Gaussian that smooths the tile grid along Y and X (0: none).
+
+    Returns
+    -------
+    out : (C, Y, X) float32
+    record : dict
+        ``mode`` ("percentile", "low_high" or "tile"), ``percentiles``, ``invert``, ``tile_size``
+        and ``per_channel``: one dict per channel with ``low``, ``high`` (numbers, or tile grids in
+        tile mode) and ``status`` ("scaled", or why the channel was set to 0).
+
+    Raises
+    ------
+    CpsnakeError
+        Not (C, Y, X); bad percentiles or low/high; a constant image; every channel flat.
+    """
+    if img.ndim != 3:
+        raise CpsnakeError(
+            f"found an array of shape {img.shape}, expected a 2-D image (C, Y, X); stacks (Z planes) are not "
+            "supported yet: save each plane as its own file (Fiji: Image > Stacks > Stack to Images)"
+        )
+    if img.shape[1] < 1 or img.shape[2] < 1 or img.shape[0] < 1:
+        raise CpsnakeError(f"found an empty image of shape {img.shape}, expected at least 1 x 1 pixels")
+    q = (float(percentiles[0]), float(percentiles[1]))
+    if not 0.0 <= q[0] < q[1] <= 100.0:
+        raise CpsnakeError(f"percentiles {q[0]:g} {q[1]:g}, expected 0 <= low < high <= 100, e.g. --percentiles 1 99")
+    nchan = img.shape[0]
+    if low_high is not None:
+        lh = np.asarray(low_high, dtype=np.float64)
+        if lh.shape == (2,):
+            lh = np.tile(lh, (nchan, 1))
+        if lh.shape != (nchan, 2) or not np.all(np.isfinite(lh)) or np.any(lh[:, 1] <= lh[:, 0]):
+            raise CpsnakeError(
+                f"low/high values {np.asarray(low_high).tolist()}, expected finite LO < HI (one pair, or one per channel)"
+            )
+    if int(tile_size) < 0:
+        raise CpsnakeError(f"tile size {tile_size}, expected 0 (whole image) or a positive number of pixels")
+    tile_size = int(tile_size)
+
+    ranges = [(img[c].min(), img[c].max()) for c in range(nchan)]
+    if all(lo == hi for lo, hi in ranges):
+        values = sorted({float(lo) for lo, _ in ranges})
+        shown = f"every pixel is {values[0]:g}" if len(values) == 1 else "every channel is constant"
+        raise CpsnakeError(
+            f"found a constant image ({shown}); expected an image with varying intensities; "
+            "check that the right file or channel was exported (a blank or saturated frame cannot be segmented)"
+        )
+
+    mode = "low_high" if low_high is not None else ("tile" if tile_size > 0 else "percentile")
+    out = np.empty(img.shape, np.float32)
+    per_channel = []
+    for c in range(nchan):
+        x, o = img[c], out[c]
+        entry: dict = {"low": None, "high": None, "status": "scaled"}
+        if mode == "low_high":
+            lo, hi = lh[c]
+            # float64 arithmetic, stored as float32 (what Cellpose does with user-given bounds)
+            np.subtract(x, lo, out=o, dtype=np.float64, casting="same_kind")
+            np.divide(o, hi - lo, out=o, dtype=np.float64, casting="same_kind")
+            entry.update(low=float(lo), high=float(hi))
+        elif ranges[c][0] == ranges[c][1]:
+            o[:] = 0
+            entry["status"] = f"constant ({float(ranges[c][0]):g}): set to 0"
+        elif mode == "tile":
+            maps = _tile_maps(x, q, tile_size, tile_smooth)
+            if maps is None:
+                o[:] = 0
+                entry["status"] = f"every tile's percentiles within {FLAT_RANGE:g}: set to 0"
+            else:
+                lo_grid, hi_grid, info = maps
+                for y in range(0, x.shape[0], TILE_ROWS):  # row blocks keep the per-pixel maps small
+                    rows = slice(y, min(y + TILE_ROWS, x.shape[0]))
+                    lo_map = upsample_bilinear(lo_grid, x.shape, rows)
+                    hi_map = upsample_bilinear(hi_grid, x.shape, rows)
+                    np.subtract(x[rows], lo_map, out=o[rows], dtype=np.float32, casting="unsafe")
+                    hi_map -= lo_map
+                    o[rows] /= hi_map
+                entry.update(info)
+        else:
+            lo, hi, step = _percentiles(x, q)
+            entry.update(low=float(lo), high=float(hi), sample_step=step)
+            if hi - lo > FLAT_RANGE:
+                np.subtract(x, lo, out=o, dtype=np.float32, casting="unsafe")
+                o /= hi - lo
+            else:
+                o[:] = 0
+                entry["status"] = f"percentiles {q[0]:g} and {q[1]:g} within {FLAT_RANGE:g}: set to 0"
+        if invert and entry["status"] == "scaled":
+            np.subtract(np.float32(1), o, out=o)
+        per_channel.append(entry)
+
+    if all(e["status"] != "scaled" for e in per_channel):
+        raise CpsnakeError(
+            f"found no channel with a spread of intensities between percentiles {q[0]:g} and {q[1]:g} "
+            f"({'; '.join(e['status'] for e in per_channel)}); expected low < high; "
+            "use wider --percentiles (e.g. 0 100), fixed --low-high values or --tile-norm"
+        )
+    record = {
+        "mode": mode,
+        "percentiles": list(q) if mode != "low_high" else None,
+        "invert": bool(invert),
+        "tile_size": tile_size,
+        "tile_smooth": float(tile_smooth) if mode == "tile" else None,
+        "per_channel": per_channel,
+    }
+    return out, record
+
+
+def _parse_channels(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip() != ""]
+    except ValueError:
+        raise CpsnakeError(f"--channels {text!r}, expected 0-based channel numbers separated by commas, e.g. 0,2") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cpsnake normalize",
+        description="Percentile-normalize an image's channels (low -> 0, high -> 1) for the network; "
+        "writes OUT (float32 CYX TIFF) and OUT with suffix .json (the values used).",
+    )
+    p.add_argument("image", help="input image: TIFF / OME-TIFF, PNG or JPEG, 2-D (grey, RGB or multi-channel)")
+    p.add_argument("out", help="output TIFF (.tif or .tiff); the record goes to the same name with .json")
+    p.add_argument("--channels", metavar="I,J,K", help="0-based channels to use, in this order (at most 3; default: all, if <= 3)")
+    p.add_argument("--percentiles", nargs=2, type=float, metavar=("LOW", "HIGH"), help="percentiles mapped to 0 and 1 (default 1 99)")
+    p.add_argument("--low-high", nargs=2, type=float, metavar=("LO", "HI"), help="fixed values mapped to 0 and 1, instead of percentiles")
+    p.add_argument("--invert", action="store_true", help="1 - x after scaling (dark objects on a bright background)")
+    p.add_argument("--tile-norm", type=int, default=0, metavar="N", help="percentiles per N x N pixel tile (0: whole image)")
+    return p
+
+
+@guard("normalize")
+def main(argv: list[str] | None = None) -> int:
+    from cpsnake import __version__
+    from cpsnake.io import atomic_output, read_image, write_tiff
+
+    args = _parser().parse_args(argv)
+    src, out_path = Path(args.image), Path(args.out)
+    if out_path.suffix.lower() not in (".tif", ".tiff"):
+        raise CpsnakeError(f"{out_path}: output name ends in {out_path.suffix or 'nothing'!r}, expected .tif or .tiff")
+    if args.low_high is not None and (args.percentiles is not None or args.tile_norm):
+        raise CpsnakeError(f"{src}: --low-high replaces percentiles; expected it without --percentiles and --tile-norm")
+    channels = _parse_channels(args.channels)
+    img, meta = read_image(src)
+    if img.ndim != 3:
+        guessed = any(a in "QIR" for a in meta["axes"])
+        hint = (
+            " (an axis without metadata with more than 3 entries is read as planes; if they are channels, save the file "
+            "with its axes, e.g. as an ImageJ hyperstack or tifffile metadata={'axes': 'CYX'}, and pick up to 3 with --channels)"
+            if guessed
+            else ""
+        )
+        raise CpsnakeError(
+            f"{src}: found a stack of {img.shape[0]} planes (axes {meta['axes']!r}, shape {meta['shape']}); expected a 2-D image; "
+            f"cpsnake handles 2-D images for now: save each plane as its own file (Fiji: Image > Stacks > Stack to Images){hint}"
+        )
+    try:
+        chosen = select_channels(img, channels)
+        data, record = normalize(
+            chosen,
+            percentiles=tuple(args.percentiles) if args.percentiles else (1.0, 99.0),
+            low_high=args.low_high,
+            invert=args.invert,
+            tile_size=args.tile_norm,
+        )
+    except CpsnakeError as exc:
+        raise CpsnakeError(f"{src}: {exc}") from None
+    used = channels if channels is not None else list(range(img.shape[0]))
+    record["per_channel"] = [{"channel": c, **entry} for c, entry in zip(used, record["per_channel"])]
+    doc = {
+        "cpsnake_version": __version__,
+        "step": "normalize",
+        "source": {
+            "path": str(src),
+            "format": meta["format"],
+            "shape": list(meta["shape"]),
+            "dtype": meta["dtype"],
+            "axes": meta["axes"],
+            "dropped_alpha": meta["dropped_alpha"],
+        },
+        "pixel_size": list(meta["pixel_size"]) if meta["pixel_size"] else None,
+        "unit": meta["unit"],
+        "channels": used,
+        **record,
+        "output": {"path": str(out_path), "shape": list(data.shape), "dtype": "float32", "axes": "CYX"},
+    }
+    with atomic_output(out_path.with_suffix(".json")) as tmp_json:
+        tmp_json.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        write_tiff(out_path, data, axes="CYX", pixel_size=meta["pixel_size"], unit=meta["unit"])
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""``cpsnake overlay IMAGE LABELS OUT.png``: a quality-control picture of a segmentation.
+
+The image is shown with auto-contrast (per channel, 1st and 99.8th percentile -> 0 and 255): a grey
+picture of its first channel, or colour when it has three channels (RGB as stored). Every label's
+outline (its pixels that touch another label or the background, 4-connectivity) is drawn in a colour
+chosen from the label number, so neighbouring cells differ. Stacks show their middle plane.
+
+The PNG is written atomically with Pillow (no partial file under the final name). Labels must have the
+image's Y and X size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from cpsnake.errors import CpsnakeError, guard
+
+__all__ = ["auto_contrast", "outlines", "label_colours", "render", "write_png", "main"]
+
+
+def auto_contrast(img: np.ndarray, *, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Stretch each channel's ``low``..``high`` percentile to 0..255.
+
+    Parameters
+    ----------
+    img : (C, Y, X) ndarray
+        Any real or integer dtype.
+
+    Returns
+    -------
+    (C, Y, X) uint8
+        A constant channel becomes 0.
+    """
+    img = np.asarray(img, dtype=np.float64)
+    out = np.zeros(img.shape, dtype=np.uint8)
+    for c in range(img.shape[0]):
+        lo, hi = np.percentile(img[c], [low, high])
+        if hi > lo:
+            out[c] = np.round(np.clip((img[c] - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return out
+
+
+def outlines(labels: np.ndarray) -> np.ndarray:
+    """Boolean ``(Y, X)`` mask of label pixels with a 4-neighbour of another value (image border excluded).
+
+    Parameters
+    ----------
+    labels : (Y, X) integer ndarray
+        0 = background.
+    """
+    lab = np.asarray(labels)
+    edge = np.zeros(lab.shape, dtype=bool)
+    dy = lab[1:, :] != lab[:-1, :]
+    dx = lab[:, 1:] != lab[:, :-1]
+    edge[1:, :] |= dy
+    edge[:-1, :] |= dy
+    edge[:, 1:] |= dx
+    edge[:, :-1] |= dx
+    return edge & (lab > 0)
+
+
+def label_colours(ids: np.ndarray) -> np.ndarray:
+    """Bright, well-spread RGB colours for label numbers: hue = id * golden ratio (mod 1).
+
+    Parameters
+    ----------
+    ids : (N,) integer ndarray
+
+    Returns
+    -------
+    (N, 3) uint8
+    """
+    hue = np.mod(np.asarray(ids, dtype=np.float64) * 0.618033988749895, 1.0)
+    # HSV -> RGB with saturation 0.9 and value 1
+    k = np.mod(np.array([5.0, 3.0, 1.0])[None, :] + hue[:, None] * 6.0, 6.0)
+    rgb = 1.0 - 0.9 * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+    return np.round(rgb * 255.0).astype(np.uint8)
+
+
+def render(img: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The overlay picture.
+
+    Parameters
+    ----------
+    img : (C, Y, X) ndarray
+        C = 3 is shown as RGB, otherwise the first channel in grey.
+    labels : (Y, X) integer ndarray
+
+    Returns
+    -------
+    (Y, X, 3) uint8 RGB
+    """
+    if img.ndim != 3 or labels.shape != img.shape[1:]:
+        raise ValueError(f"image {img.shape} (C, Y, X) and labels {labels.shape} (Y, X) do not match")
+    shown = img if img.shape[0] == 3 else img[:1]
+    grey_or_rgb = auto_contrast(shown)
+    rgb = np.repeat(grey_or_rgb, 3, axis=0) if grey_or_rgb.shape[0] == 1 else grey_or_rgb
+    rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))  # C Y X -> Y X C
+    edge = outlines(labels)
+    rgb[edge] = label_colours(labels[edge])
+    return rgb
+
+
+def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write a ``(Y, X, 3)`` uint8 RGB array as PNG, atomically."""
+    from PIL import Image
+
+    from cpsnake.io import atomic_output
+
+    with atomic_output(path) as tmp:
+        Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
+
+
+def _plane(data: np.ndarray, what: str, path: str) -> np.ndarray:
+    """Middle plane of a stack: (Z, C, Y, X) -> (C, Y, X) for images, (Z, Y, X) -> (Y, X) for labels."""
+    if (what == "image" and data.ndim == 4) or (what == "labels" and data.ndim == 3):
+        return data[data.shape[0] // 2]
+    return data
+
+
+@guard("overlay")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cpsnake overlay", description=__doc__.split("\n\n")[0])
+    parser.add_argument("image", help="the segmented image (TIFF, PNG or JPEG)")
+    parser.add_argument("labels", help="label image (cpsnake reconstruct output)")
+    parser.add_argument("out", help="output PNG")
+    args = parser.parse_args(argv)
+
+    from cpsnake.io import read_image, read_labels
+
+    img, _ = read_image(args.image)
+    labels, _ = read_labels(args.labels)
+    img, labels = _plane(img, "image", args.image), _plane(labels, "labels", args.labels)
+    if labels.shape != img.shape[1:]:
+        raise CpsnakeError(
+            f"{args.labels}: found labels of size {labels.shape} (Y, X), expected the image's size "
+            f"{img.shape[1:]} ({args.image}); pass the label image made from this image"
+        )
+    write_png(args.out, render(img, labels))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

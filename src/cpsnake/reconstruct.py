@@ -1,0 +1,138 @@
+"""``cpsnake reconstruct FLOWS.tif LABELS.tif``: flows (dY, dX, cellprob) -> label image.
+
+The Cellpose mask reconstruction (as in cellpose 4.2.1.1, ``dynamics.resize_and_compute_masks``):
+
+1. pixels with cellprob logit > ``--cellprob-threshold`` (default 0.0) follow the flow field
+   (``flows / 5``, zeroed elsewhere) for ``--niter`` steps (default 200; ``int(200 / (30 / D))`` when a
+   cell diameter ``--diameter D`` was given to the network) with bilinear interpolation;
+2. a histogram of the end points seeds the masks (local maxima with > 10 end points), each grown
+   through bins with > 2 end points; masks larger than ``--max-size-fraction`` (0.4) of the image are
+   dropped;
+3. flow-error quality control: flows are recomputed from each mask (heat diffusion) and compared with
+   the predicted flows; masks with mean squared error > ``--flow-threshold`` (0.4) are dropped
+   (``--flow-threshold 0`` turns this off);
+4. masks under ``--min-size`` pixels (15) are dropped, holes filled, small masks dropped again;
+5. labels are renumbered 1..N (order of first appearance, row by row).
+
+Input: a flows TIFF from ``cpsnake infer`` (float32, (3, Y, X)). Output: a label TIFF (uint16, or
+float32 above 65,535 objects) with the flows file's pixel size and unit. 2-D only.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from cpsnake.errors import CpsnakeError, guard
+
+__all__ = ["compute_masks", "niter_for_diameter", "main"]
+
+
+def niter_for_diameter(diameter: float | None, niter: int | None = None) -> int:
+    """Flow-following iterations: ``niter`` if given, else 200, scaled as Cellpose does for a diameter.
+
+    With a diameter ``D`` the network ran at scale ``30 / D``, and Cellpose uses ``int(200 / (30 / D))``.
+    """
+    if niter is not None and niter > 0:
+        return int(niter)
+    if diameter is None or diameter <= 0:
+        return 200
+    return int(200 / (30.0 / diameter))
+
+
+def compute_masks(
+    flows: np.ndarray,
+    *,
+    cellprob_threshold: float = 0.0,
+    flow_threshold: float = 0.4,
+    niter: int = 200,
+    min_size: int = 15,
+    max_size_fraction: float = 0.4,
+) -> np.ndarray:
+    """Label image from flows.
+
+    Parameters
+    ----------
+    flows : (3, Y, X) float ndarray
+        dY, dX (network scale, ~5 at unit speed) and cellprob logits.
+    cellprob_threshold : float
+        Pixels with cellprob above it follow the flows.
+    flow_threshold : float
+        Maximum flow error of a kept mask; ``<= 0`` (or None) skips the check.
+    niter : int
+        Flow-following iterations.
+    min_size : int
+        Smallest kept mask in pixels (``<= 0`` keeps all); holes are filled in any case.
+    max_size_fraction : float
+        Masks larger than this fraction of the image are removed.
+
+    Returns
+    -------
+    (Y, X) int32 labels, 0 = background, 1..N renumbered; all zero when no pixel is above threshold
+    (or the image is thinner than 2 pixels).
+    """
+    from cpsnake import dynamics
+
+    flows = np.asarray(flows)
+    if flows.ndim != 3 or flows.shape[0] != 3:
+        raise ValueError(f"flows of shape {flows.shape}, expected (3, Y, X) = dY, dX, cellprob")
+    dP = flows[:2].astype(np.float32, copy=False)
+    cellprob = flows[2]
+    shape = cellprob.shape
+    cell = cellprob > cellprob_threshold
+    inds = np.nonzero(cell)
+    if len(inds[0]) == 0 or min(shape) < 2:  # nothing to follow (or no room to move: Cellpose gives NaN)
+        return np.zeros(shape, dtype=np.int32)
+    # step field: flows / 5 inside cells, zero elsewhere (float32, as the network gives it)
+    step = dP * cell
+    step /= np.float32(5.0)
+    del cell
+    p = dynamics.follow_flows(step, inds, niter=int(niter))
+    del step
+    labels = dynamics.get_masks(p, inds, shape, max_size_fraction=max_size_fraction)
+    del p, inds
+    if labels.max() > 0 and flow_threshold is not None and flow_threshold > 0:
+        labels = dynamics.remove_bad_flow_masks(labels, dP, threshold=flow_threshold)
+    return dynamics.fill_holes_and_remove_small_masks(labels, min_size=int(min_size))
+
+
+@guard("reconstruct")
+def main(argv: list[str] | None = None) -> int:
+    """``cpsnake reconstruct FLOWS.tif LABELS.tif [options]``."""
+    from cpsnake import io
+
+    ap = argparse.ArgumentParser(prog="cpsnake reconstruct", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("flows", help="flows TIFF (3, Y, X) = dY, dX, cellprob from `cpsnake infer`")
+    ap.add_argument("labels", help="output label TIFF")
+    ap.add_argument("--cellprob-threshold", type=float, default=0.0, help="cell probability logit threshold (0.0)")
+    ap.add_argument("--flow-threshold", type=float, default=0.4, help="max flow error of a mask; 0 = no check (0.4)")
+    ap.add_argument("--niter", type=int, default=None, help="flow-following iterations (200, or 200*D/30 with --diameter)")
+    ap.add_argument("--min-size", type=int, default=15, help="smallest mask in pixels; -1 keeps all (15)")
+    ap.add_argument("--max-size-fraction", type=float, default=0.4, help="drop masks above this image fraction (0.4)")
+    ap.add_argument("--diameter", type=float, default=None, help="cell diameter given to `cpsnake infer` (sets niter)")
+    args = ap.parse_args(argv)
+    if args.niter is not None and args.niter < 1:
+        raise CpsnakeError(f"--niter {args.niter}: expected a positive number of iterations; omit it for the default")
+    if args.diameter is not None and not args.diameter > 0:
+        raise CpsnakeError(f"--diameter {args.diameter}: expected a positive cell diameter in pixels; omit it if unknown")
+    if not 0 < args.max_size_fraction <= 1:
+        raise CpsnakeError(f"--max-size-fraction {args.max_size_fraction}: expected a fraction in (0, 1]")
+    flows, meta = io.read_flows(args.flows)
+    if not np.all(np.isfinite(flows)):
+        raise CpsnakeError(f"{args.flows}: flows contain NaN or infinite values; expected finite flows from `cpsnake infer`")
+    labels = compute_masks(
+        flows,
+        cellprob_threshold=args.cellprob_threshold,
+        flow_threshold=args.flow_threshold,
+        niter=niter_for_diameter(args.diameter, args.niter),
+        min_size=args.min_size,
+        max_size_fraction=args.max_size_fraction,
+    )
+    io.write_labels(args.labels, labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

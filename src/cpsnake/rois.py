@@ -1,0 +1,552 @@
+"""Label images <-> ImageJ ROI sets (``RoiSet.zip``) that are pixel-exact in Fiji's ROI Manager.
+
+Usage::
+
+    cpsnake rois LABELS.tif OUT.zip [--stack-axis z|t]
+    cpsnake rois --import ROIS.zip --like IMAGE OUT.tif
+
+Export: one ROI per label (per slice for 3-D label images), named by the label id zero-padded to the
+width of the largest id (``0007``; ``0007-z03`` / ``0007-t03`` in stacks), so the ROI Manager lists
+them in label order. Each ROI carries its stack position (z or t, 1-based on disk as ImageJ wants).
+An image without labels gives a valid zip with no entries and a message on stderr.
+
+ROI encoding (fixed, because ImageJ's measurements depend on it)
+----------------------------------------------------------------
+ImageJ counts a pixel inside a ROI when its centre is inside the outline. Outlines are therefore
+traced along pixel *edges* on the pixel-corner grid (vertices are integer corner coordinates, (x, y),
+origin at the top-left corner of the image), never through pixel centres. Each closed outline:
+
+* keeps only the corners where the direction changes (collinear vertices dropped);
+* starts at its top-left-most vertex (smallest y, then smallest x), like ImageJ's wand tool;
+* runs clockwise on screen for the outside of an object and anticlockwise around a hole, so the
+  outline encloses the same pixels under ImageJ's even-odd and non-zero fill rules;
+* joins pixels that touch only at a corner (8-connectivity): at such a "pinch" corner the outline
+  turns left and continues around the diagonal neighbour, touching itself at that corner.
+
+A label whose pixels form one 8-connected piece without holes becomes one ImageJ *traced* polygon
+(type TRACED, integer coordinates) -- exactly what the wand makes, so ImageJ's perimeter
+(``Perim.``: edge length minus (2 - sqrt 2) per corner) and Feret values apply to it unchanged.
+A label with holes or several pieces becomes one *composite* (shape) ROI whose sub-paths are the
+traced outlines (MOVETO, LINETO..., CLOSE), outer outlines and holes alike. A 1-pixel object is the
+1x1 square around the pixel (a traced polygon of 4 vertices); a 1-pixel-wide line is the thin
+rectangle or staircase around its pixels. Both have the right ImageJ area (1 px, the line's length).
+
+Import: ``--import`` reads an ROI set as Fiji saves it (rectangle, oval, polygon, freehand, traced,
+composite made of straight segments; with or without stack positions) and paints one label per ROI
+into an image of the shape of ``--like IMAGE`` (its Y, X and, for stacks, its Z), with ImageJ's rule
+"pixel centre inside the outline" (even-odd). The label is the ROI name when it is a whole number
+(optionally followed by ``-z..``/``-t..``), else the ROI's index (1-based) in the zip. Later ROIs
+overwrite earlier ones where they overlap. Zip entries are read with size limits and their names are
+never used as paths. A malformed or non-area ROI (line, point, text) is an error naming the entry.
+The output keeps the calibration of ``--like IMAGE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from cpsnake.errors import CpsnakeError, guard
+
+__all__ = [
+    "trace_outlines",
+    "outlines_to_roi",
+    "labels_to_rois",
+    "write_rois",
+    "read_rois",
+    "roi_mask",
+    "rois_to_labels",
+    "main",
+]
+
+MAX_ENTRY_BYTES = 64 * 2**20  # one .roi entry in a zip
+MAX_ENTRIES = 1_000_000
+MAX_TOTAL_BYTES = 2 * 2**30
+
+# ---------------------------------------------------------------------------------------------
+# Export: tracing outlines on the pixel-corner grid
+# ---------------------------------------------------------------------------------------------
+# Directed edges keep the object on their right (y points down). Direction d: 0 east (top edge of the
+# pixel), 1 south (right edge), 2 west (bottom edge), 3 north (left edge).
+_DY = np.array([0, 1, 0, -1])
+_DX = np.array([1, 0, -1, 0])
+# start corner of each pixel edge, relative to the pixel's top-left corner (x, y)
+_SX = np.array([0, 1, 1, 0])
+_SY = np.array([0, 0, 1, 1])
+
+
+def trace_outlines(labels: np.ndarray) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+    """Outlines of every label along pixel edges (see the module docstring for the exact encoding).
+
+    Parameters
+    ----------
+    labels : (Y, X) int ndarray, 0 = background
+
+    Returns
+    -------
+    ids : (N,) int64, the labels present, ascending
+    outlines : list of N lists of (n, 2) int32 arrays of (x, y) corner vertices, one array per closed
+        outline of that label (first its outline holding the top-left-most vertex, then the others in
+        order of their top-left-most vertex); the closing vertex is not repeated.
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise ValueError(f"labels of shape {lab.shape}, expected (Y, X)")
+    H, W = lab.shape
+    if H == 0 or W == 0 or not lab.any():
+        return np.zeros(0, np.int64), []
+    P = np.zeros((H + 2, W + 2), dtype=lab.dtype)
+    P[1:-1, 1:-1] = lab
+    c = P[1:-1, 1:-1]
+    fg = c != 0
+    # directed boundary edges, keyed (pixel raster index) * 4 + d; pixel (y, x) owns the edge in direction d
+    # when its neighbour on that side (up, right, down, left) holds another label
+    nbrs = (P[:-2, 1:-1], P[1:-1, 2:], P[2:, 1:-1], P[1:-1, :-2])
+    ekey = np.concatenate([np.flatnonzero(fg & (nb != c)) * 4 + d for d, nb in enumerate(nbrs)])
+    ekey.sort(kind="stable")  # four sorted runs: a cheap merge
+    ed = (ekey & 3).astype(np.int8)
+    pix = ekey >> 2
+    ey, ex = np.divmod(pix, W)
+    L = lab.ravel()[pix]
+    # end vertex (vx, vy) of each edge; the two pixels ahead of it: ahead-right (AR), ahead-left (AL).
+    # Pixels around corner (vx, vy): NW (vy-1, vx-1), NE (vy-1, vx), SW (vy, vx-1), SE (vy, vx).
+    # heading east: AR = SE, AL = NE; south: AR = SW, AL = SE; west: AR = NW, AL = SW; north: AR = NE, AL = NW
+    vx = ex + (_SX + _DX)[ed]
+    vy = ey + (_SY + _DY)[ed]
+    ary, arx = vy + np.array([0, 0, -1, -1])[ed], vx + np.array([0, -1, -1, 0])[ed]
+    aly, alx = vy + np.array([-1, 0, 0, -1])[ed], vx + np.array([0, 0, -1, -1])[ed]
+    Pf = P.ravel()
+    AR = Pf[(ary + 1) * (W + 2) + arx + 1] == L
+    AL = Pf[(aly + 1) * (W + 2) + alx + 1] == L
+    # successor: AL same label -> turn left onto AL's edge (also at a pinch corner: 8-connectivity);
+    # else AR same label -> straight on along AR's edge; else turn right along the same pixel's next edge.
+    nd = np.where(AL, (ed + 3) % 4, np.where(AR, ed, (ed + 1) % 4))
+    spix = np.where(AL, aly * W + alx, np.where(AR, ary * W + arx, pix))
+    succ = np.searchsorted(ekey, spix * 4 + nd)
+    del AR, AL, ary, arx, aly, alx, vx, vy, spix, nd
+    # order key: start vertex (y, x), then direction -> each cycle's minimum is its top-left-most vertex
+    sx = ex + _SX[ed]
+    sy = ey + _SY[ed]
+    okey = (sy * (W + 1) + sx) * 4 + ed
+    cmin, rem = _cycle_order(succ, okey)
+    # keep corners only (direction differs from the previous edge's); a cycle's start is always a corner
+    pred = np.empty_like(succ)
+    pred[succ] = np.arange(succ.size)
+    kidx = np.flatnonzero(ed != ed[pred])
+    # sort the corners by cycle (its start key), then by position along the cycle
+    order = kidx[np.argsort(cmin[kidx] * (succ.size + 1) + (succ.size - rem[kidx]))]
+    kc = cmin[order]
+    xy = np.stack([sx[order], sy[order]], axis=1).astype(np.int32)
+    cb = np.flatnonzero(np.r_[True, kc[1:] != kc[:-1]])
+    ce = np.append(cb[1:], kc.size)
+    cyc_label = L[order[cb]]
+    by_label = np.argsort(cyc_label, kind="stable")  # cycles of a label stay in order of their start vertex
+    ids, first = np.unique(cyc_label[by_label], return_index=True)
+    bounds = np.append(first, cb.size)
+    outlines = []
+    for i in range(ids.size):
+        outlines.append([xy[cb[j] : ce[j]] for j in by_label[bounds[i] : bounds[i + 1]]])
+    return ids.astype(np.int64), outlines
+
+
+def _cycle_order(succ: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cycle minimum of ``key`` and steps left to the cycle's end, for every element of permutation ``succ``.
+
+    Parameters
+    ----------
+    succ : (n,) int permutation, element -> next element on its cycle
+    key : (n,) int64 distinct keys
+
+    Returns
+    -------
+    cmin : (n,) int64, smallest key on the element's cycle (names the cycle and its start element)
+    rem : (n,) int64, steps from the element to its cycle's last element (the start has length - 1)
+    """
+    # cycle minimum by pointer doubling: after k rounds mn[i] = min over 2**k successors of i. Once mn is
+    # constant along every cycle it is the cycle minimum (the minimum lies in some element's window).
+    succ = succ.astype(np.int32 if succ.size < 2**31 else np.int64)
+    mn = key.copy()
+    nxt = succ
+    while not np.array_equal(mn, np.take(mn, succ)):
+        mn = np.minimum(mn, np.take(mn, nxt))
+        nxt = np.take(nxt, nxt)
+    # list ranking (Wyllie): cut each cycle before its start, then jump pointers towards the end
+    last = np.take(key == mn, succ)
+    nxt = np.where(last, np.arange(succ.size, dtype=succ.dtype), succ)
+    rem = (~last).astype(np.int32 if succ.size < 2**31 else np.int64)
+    while True:
+        nn = np.take(nxt, nxt)
+        if np.array_equal(nn, nxt):
+            return mn, rem
+        rem += np.take(rem, nxt)
+        nxt = nn
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: outlines -> ImageJ ROIs -> zip
+# ---------------------------------------------------------------------------------------------
+
+
+def outlines_to_roi(outlines: list[np.ndarray], name: str, *, z: int | None = None, t: int | None = None):
+    """One ImageJ ROI (``roifile.ImagejRoi``) from a label's outlines (list of (n, 2) int (x, y) arrays).
+
+    One outline -> a TRACED polygon with integer coordinates; several -> a composite (shape) ROI whose
+    sub-paths are the outlines. ``z`` / ``t`` are 0-based stack positions (stored 1-based).
+    """
+    from roifile import ROI_OPTIONS, ROI_TYPE, ImagejRoi
+
+    roi = ImagejRoi()
+    roi.name = name
+    allxy = outlines[0] if len(outlines) == 1 else np.concatenate(outlines)
+    x0, y0 = allxy.min(axis=0)
+    x1, y1 = allxy.max(axis=0)
+    roi.left, roi.top, roi.right, roi.bottom = int(x0), int(y0), int(x1), int(y1)
+    if z is not None:
+        roi.z_position = roi.position = z + 1
+    if t is not None:
+        roi.t_position = t + 1
+        roi.position = roi.position or t + 1
+    if len(outlines) == 1:
+        roi.roitype = ROI_TYPE.TRACED
+        roi.integer_coordinates = (outlines[0] - (x0, y0)).astype(np.int32)
+        roi.n_coordinates = len(outlines[0])
+    else:
+        roi.roitype = ROI_TYPE.RECT
+        parts = []
+        for o in outlines:
+            seg = np.empty((len(o), 3), np.float32)
+            seg[:, 0] = 1.0  # LINETO
+            seg[0, 0] = 0.0  # MOVETO
+            seg[:, 1:] = o
+            parts.append(seg.ravel())
+            parts.append(np.array([4.0], np.float32))  # CLOSE
+        roi.multi_coordinates = np.concatenate(parts)
+        roi.shape_roi_size = roi.multi_coordinates.size
+    roi.options = ROI_OPTIONS.NONE
+    return roi
+
+
+def labels_to_rois(labels: np.ndarray, *, stack_axis: str = "z") -> list:
+    """ImageJ ROIs for a label image, in the order they go into the zip.
+
+    Parameters
+    ----------
+    labels : (Y, X) or (S, Y, X) int ndarray, 0 = background; S is z or t (``stack_axis``)
+
+    Returns
+    -------
+    list of ``roifile.ImagejRoi``: per label (ascending), per slice (ascending) for stacks
+    """
+    lab = np.asarray(labels)
+    if lab.ndim == 2:
+        slices = [lab]
+    elif lab.ndim == 3:
+        slices = list(lab)
+    else:
+        raise ValueError(f"labels of shape {lab.shape}, expected (Y, X) or (S, Y, X)")
+    if stack_axis not in ("z", "t"):
+        raise ValueError(f"stack_axis {stack_axis!r}, expected 'z' or 't'")
+    top = int(lab.max()) if lab.size else 0
+    width = len(str(max(top, 1)))
+    swidth = len(str(len(slices)))
+    items = []  # (label, slice, roi)
+    for s, sl in enumerate(slices):
+        ids, outs = trace_outlines(sl)
+        for lab_id, o in zip(ids.tolist(), outs):
+            if lab.ndim == 2:
+                roi = outlines_to_roi(o, f"{lab_id:0{width}d}")
+            else:
+                name = f"{lab_id:0{width}d}-{stack_axis}{s + 1:0{swidth}d}"
+                pos = {stack_axis: s}
+                roi = outlines_to_roi(o, name, **pos)
+            items.append((lab_id, s, roi))
+    items.sort(key=lambda it: (it[0], it[1]))
+    return [it[2] for it in items]
+
+
+def write_rois(path: str | os.PathLike, rois: list) -> None:
+    """Write ROIs to an ImageJ ROI-set zip (entries ``NAME.roi``, stored), atomically."""
+    from cpsnake.io import atomic_output
+
+    with atomic_output(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            for roi in rois:
+                zf.writestr(f"{roi.name}.roi", roi.tobytes())
+
+
+# ---------------------------------------------------------------------------------------------
+# Import: zip -> ROIs -> label image
+# ---------------------------------------------------------------------------------------------
+
+
+def read_rois(path: str | os.PathLike) -> list[tuple[str, object]]:
+    """Read an ImageJ ROI set (``.zip`` of ``.roi`` entries, or one ``.roi`` file) with size limits.
+
+    Returns
+    -------
+    list of (entry name, ``roifile.ImagejRoi``) in zip order. Entry names are only used in messages.
+    """
+    from roifile import ImagejRoi
+
+    path = Path(path)
+    if not path.is_file():
+        raise CpsnakeError(f"{path}: no such file; expected an ImageJ ROI set (RoiSet.zip) or a .roi file")
+    blobs: list[tuple[str, bytes]] = []
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                infos = [i for i in zf.infolist() if not i.is_dir()]
+                if len(infos) > MAX_ENTRIES:
+                    raise CpsnakeError(f"{path}: {len(infos)} entries, more than {MAX_ENTRIES}; split the ROI set")
+                total = 0
+                for info in infos:
+                    if info.file_size > MAX_ENTRY_BYTES:
+                        raise CpsnakeError(
+                            f"{path}: entry {info.filename!r} is {info.file_size} bytes, more than {MAX_ENTRY_BYTES}; "
+                            "expected ImageJ .roi entries of a few kB"
+                        )
+                    total += info.file_size
+                    if total > MAX_TOTAL_BYTES:
+                        raise CpsnakeError(f"{path}: more than {MAX_TOTAL_BYTES} bytes uncompressed; split the ROI set")
+                    with zf.open(info) as fh:  # read at most the declared size (+1 to catch lies)
+                        data = fh.read(MAX_ENTRY_BYTES + 1)
+                    if len(data) > MAX_ENTRY_BYTES:
+                        raise CpsnakeError(f"{path}: entry {info.filename!r} larger than {MAX_ENTRY_BYTES} bytes")
+                    blobs.append((info.filename, data))
+        except zipfile.BadZipFile as exc:
+            raise CpsnakeError(f"{path}: broken zip ({exc}); expected an ImageJ ROI set saved by the ROI Manager") from None
+    else:
+        if path.stat().st_size > MAX_ENTRY_BYTES:
+            raise CpsnakeError(f"{path}: {path.stat().st_size} bytes; expected a zip of .roi entries or one .roi file")
+        blobs.append((path.name, path.read_bytes()))
+    out = []
+    for name, data in blobs:
+        if data[:4] != b"Iout":
+            raise CpsnakeError(f"{path}: entry {name!r} does not start with 'Iout'; expected an ImageJ .roi file")
+        try:
+            roi = ImagejRoi.frombytes(data)
+        except Exception as exc:
+            raise CpsnakeError(f"{path}: entry {name!r} is not a valid ImageJ ROI ({exc}); re-save it from the ROI Manager") from None
+        out.append((name, roi))
+    return out
+
+
+def _fill_polygons(polys: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Even-odd fill of closed polygons by ImageJ's rule: a pixel is inside when its centre is.
+
+    Parameters
+    ----------
+    polys : list of (n, 2) float (x, y) vertex arrays (closing vertex optional)
+    shape : (Y, X)
+
+    Returns
+    -------
+    (Y, X) bool mask
+    """
+    H, W = shape
+    mask = np.zeros(shape, dtype=bool)
+    segs = []
+    for p in polys:
+        p = np.asarray(p, dtype=np.float64)
+        if len(p) < 3:
+            continue
+        q = np.roll(p, -1, axis=0)
+        segs.append(np.concatenate([p, q], axis=1))
+    if not segs:
+        return mask
+    s = np.concatenate(segs)
+    s = s[s[:, 1] != s[:, 3]]  # horizontal edges never cross a pixel-centre row
+    if s.size == 0:
+        return mask
+    x0, y0, x1, y1 = s.T
+    ylo, yhi = np.minimum(y0, y1), np.maximum(y0, y1)
+    rows0 = max(int(np.floor(ylo.min() - 0.5)), 0)
+    rows1 = min(int(np.ceil(yhi.max() - 0.5)) + 1, H)
+    parity = np.zeros((max(rows1 - rows0, 0), W + 1), dtype=np.int8)
+    for r in range(rows0, rows1):
+        yc = r + 0.5
+        hit = (ylo <= yc) & (yc < yhi)
+        if not hit.any():
+            continue
+        xs = x0[hit] + (yc - y0[hit]) * (x1[hit] - x0[hit]) / (y1[hit] - y0[hit])
+        # pixel x is inside when an odd number of crossings lie at or left of its centre x + 0.5
+        cols = np.clip(np.ceil(xs - 0.5).astype(np.int64), 0, W)
+        np.add.at(parity[r - rows0], cols, 1)
+    if parity.size:
+        mask[rows0:rows1] = (np.cumsum(parity, axis=1)[:, :W] % 2).astype(bool)
+    return mask
+
+
+def roi_mask(roi, shape: tuple[int, int], *, entry: str = "?") -> np.ndarray:
+    """Pixels inside an ImageJ area ROI (centre-inside rule), as a (Y, X) bool mask of ``shape``."""
+    from roifile import ROI_TYPE
+
+    H, W = shape
+    rt = roi.roitype
+    if roi.composite:
+        try:
+            paths = roi.path2coords(roi.multi_coordinates)
+        except Exception as exc:
+            raise CpsnakeError(
+                f"ROI {entry!r}: composite ROI with curved or invalid segments ({exc}); expected straight "
+                "segments (in Fiji: Edit > Selection > Interpolate, or convert to polygons, then save again)"
+            ) from None
+        return _fill_polygons(paths, shape)
+    if rt == ROI_TYPE.RECT:
+        if roi.subpixelrect:
+            xs, ys, w, h = roi.xd, roi.yd, roi.widthd, roi.heightd
+            return _fill_polygons([np.array([[xs, ys], [xs + w, ys], [xs + w, ys + h], [xs, ys + h]])], shape)
+        m = np.zeros(shape, bool)
+        m[max(roi.top, 0) : max(roi.bottom, 0), max(roi.left, 0) : max(roi.right, 0)] = True
+        return m
+    if rt == ROI_TYPE.OVAL:
+        m = np.zeros(shape, bool)
+        w, h = roi.right - roi.left, roi.bottom - roi.top
+        if w <= 0 or h <= 0:
+            return m
+        yy, xx = np.mgrid[0:h, 0:w]
+        inside = ((xx + 0.5 - w / 2) / (w / 2)) ** 2 + ((yy + 0.5 - h / 2) / (h / 2)) ** 2 <= 1.0
+        _paste(m, inside, roi.top, roi.left)
+        return m
+    if rt in (ROI_TYPE.POLYGON, ROI_TYPE.FREEHAND, ROI_TYPE.TRACED):
+        xy = roi.coordinates()
+        if xy is None or len(xy) < 3:
+            raise CpsnakeError(f"ROI {entry!r}: a {rt.name.lower()} with fewer than 3 vertices; expected an area outline")
+        return _fill_polygons([xy], shape)
+    raise CpsnakeError(
+        f"ROI {entry!r}: type {rt.name.lower()} is not an area; expected rectangle, oval, polygon, freehand, "
+        "traced or composite ROIs (convert lines and points to areas in Fiji first)"
+    )
+
+
+def _paste(dst: np.ndarray, src: np.ndarray, top: int, left: int) -> None:
+    H, W = dst.shape
+    h, w = src.shape
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + h, H), min(left + w, W)
+    if y1 > y0 and x1 > x0:
+        dst[y0:y1, x0:x1] |= src[y0 - top : y1 - top, x0 - left : x1 - left]
+
+
+_NAME = re.compile(r"^(\d+)(?:-[zt]\d+)?$")
+
+
+def rois_to_labels(rois: list[tuple[str, object]], shape: tuple[int, ...], *, stack_axis: str = "z") -> np.ndarray:
+    """Paint ROIs into a label image.
+
+    Parameters
+    ----------
+    rois : list of (entry name, ``roifile.ImagejRoi``), as from :func:`read_rois`
+    shape : (Y, X) or (S, Y, X); S is z or t (``stack_axis``), the ROI's position along it picks the slice
+        (a ROI without position goes into every slice, as ImageJ shows it on every slice)
+
+    Returns
+    -------
+    (Y, X) or (S, Y, X) int32 labels: the ROI name when it is a number (``0042``, ``0042-z03``), else its
+    1-based index in ``rois``; later ROIs overwrite earlier ones.
+    """
+    labels = np.zeros(shape, dtype=np.int32)
+    plane = shape[-2:]
+    for i, (entry, roi) in enumerate(rois):
+        stem = entry[:-4] if entry.lower().endswith(".roi") else entry
+        m = _NAME.match(roi.name or stem) or _NAME.match(stem)
+        value = int(m.group(1)) if m else i + 1
+        if value > 2**31 - 1:
+            raise CpsnakeError(f"ROI {entry!r}: label {value} does not fit int32; rename the ROI")
+        if len(shape) == 2:
+            labels[roi_mask(roi, plane, entry=entry)] = value
+            continue
+        pos = roi.t_position if stack_axis == "t" else roi.z_position
+        if not pos:
+            pos = roi.position
+        m = roi_mask(roi, plane, entry=entry)
+        if not pos:  # no position: ImageJ shows the ROI on every slice
+            labels[:, m] = value
+            continue
+        if not 1 <= pos <= shape[0]:
+            raise CpsnakeError(
+                f"ROI {entry!r}: {stack_axis} position {pos}, expected 1..{shape[0]} (the image's slices); "
+                "pass the image the ROIs were drawn on as --like"
+            )
+        labels[pos - 1][m] = value
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _stack_axis_of(path: str | os.PathLike) -> str:
+    """'t' when a 3-D ImageJ TIFF stores its third axis as frames, else 'z'."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            ij = tif.imagej_metadata or {}
+            if int(ij.get("frames", 1)) > 1 and int(ij.get("slices", 1)) <= 1:
+                return "t"
+            axes = tif.series[0].axes if tif.series else ""
+            if "T" in axes and "Z" not in axes:
+                return "t"
+    except Exception:
+        pass
+    return "z"
+
+
+def _image_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], dict]:
+    """(Y, X) or (Z, Y, X) shape of an image (as :func:`cpsnake.io.read_image` reads it) and its calibration."""
+    from cpsnake import io
+
+    data, meta = io.read_image(path)  # (C, Y, X) or (Z, C, Y, X)
+    shape = data.shape[-2:] if data.ndim == 3 else (data.shape[0],) + data.shape[-2:]
+    return tuple(int(s) for s in shape), {"pixel_size": meta.get("pixel_size"), "unit": meta.get("unit")}
+
+
+@guard("rois")
+def main(argv: list[str] | None = None) -> int:
+    """``cpsnake rois LABELS OUT.zip`` or ``cpsnake rois --import ROIS.zip --like IMAGE OUT.tif``."""
+    ap = argparse.ArgumentParser(
+        prog="cpsnake rois",
+        description="Label image -> ImageJ RoiSet.zip (pixel-exact traced outlines), or back with --import.",
+    )
+    ap.add_argument("inputs", nargs="+", help="LABELS.tif OUT.zip  |  with --import: OUT.tif")
+    ap.add_argument("--import", dest="import_", metavar="ROIS.zip", help="read an ImageJ ROI set instead")
+    ap.add_argument("--like", metavar="IMAGE", help="with --import: image whose shape and calibration to use")
+    ap.add_argument(
+        "--stack-axis", choices=("z", "t"), default=None,
+        help="meaning of the third axis of a 3-D label image (default: from the TIFF's ImageJ metadata, else z)",
+    )
+    args = ap.parse_args(argv)
+    from cpsnake import io
+
+    if args.import_:
+        if len(args.inputs) != 1 or not args.like:
+            ap.error("--import ROIS.zip needs --like IMAGE and one output path OUT.tif")
+        shape, cal = _image_shape(args.like)
+        axis = args.stack_axis or _stack_axis_of(args.like)
+        rois = read_rois(args.import_)
+        labels = rois_to_labels(rois, shape, stack_axis=axis)
+        io.write_labels(args.inputs[0], labels, pixel_size=cal["pixel_size"], unit=cal["unit"])
+        print(f"{args.inputs[0]}: {len(rois)} ROIs -> {len(np.unique(labels)) - 1} labels", file=sys.stderr)
+        return 0
+    if len(args.inputs) != 2:
+        ap.error("expected LABELS.tif OUT.zip")
+    src, out = args.inputs
+    labels, _ = io.read_labels(src)
+    axis = args.stack_axis or _stack_axis_of(src)
+    rois = labels_to_rois(labels, stack_axis=axis)
+    write_rois(out, rois)
+    if not rois:
+        print(f"{src}: no labels (image is all background); wrote {out} with no ROIs", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

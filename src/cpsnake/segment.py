@@ -1,0 +1,216 @@
+"""``cpsnake segment IMAGE... --out DIR``: the whole chain in one process, for users without Snakemake.
+
+Usage::
+
+    cpsnake segment img1.tif img2.png --out results [--model nuclei_small] [--diameter 17] [--channels 0,1]
+
+For each image NAME (file name without extension; ``.ome.tif`` counts as one extension) it writes the
+same files, under the same names, as the workflow:
+
+* ``DIR/masks/NAME.tif``         label image, uint16 ImageJ TIFF with the input's pixel size and unit
+* ``DIR/rois/NAME.zip``          ImageJ ROI set, pixel-exact (see :mod:`cpsnake.rois`)
+* ``DIR/measurements/NAME.csv``  per-cell table with ImageJ's Measure definitions (:mod:`cpsnake.measure`)
+* ``DIR/overlays/NAME.png``      QC picture, label outlines over the image
+* ``DIR/provenance/NAME.json``   what was done: versions, model name and sha256, every parameter, the
+  normalization values used, the number of cells and the seconds each step took
+
+The model is loaded once. The steps are the same functions the per-step commands call
+(``normalize`` -> ``infer`` -> ``reconstruct`` -> ``rois`` / ``measure`` / ``overlay``), so a chain of
+``cpsnake <step>`` commands gives the same files. A bad image fails alone: its error is printed as one
+line, nothing is written under its final names, the other images go on, and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cpsnake.errors import CpsnakeError, guard
+
+__all__ = ["DEFAULT_MODEL", "segment_image", "main"]
+
+DEFAULT_MODEL = "nuclei_small"
+
+
+def segment_image(
+    net,
+    img: np.ndarray,
+    *,
+    channels: list[int] | None = None,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    low_high=None,
+    invert: bool = False,
+    tile_norm: int = 0,
+    diameter: float | None = None,
+    augment: bool = False,
+    tile_overlap: float = 0.1,
+    batch_size: int = 8,
+    device=None,
+    dtype=None,
+    cellprob_threshold: float = 0.0,
+    flow_threshold: float = 0.4,
+    niter: int | None = None,
+    min_size: int = 15,
+    max_size_fraction: float = 0.4,
+) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """Normalize, run the network and reconstruct masks for one image.
+
+    Parameters
+    ----------
+    net : callable
+        (B, 3, 256, 256) -> (B, 3, 256, 256) network, e.g. :func:`cpsnake.model.load_model`'s.
+    img : (C, Y, X) ndarray
+        The raw image, any numeric dtype.
+    Other parameters : as ``cpsnake normalize``, ``cpsnake infer`` and ``cpsnake reconstruct``.
+
+    Returns
+    -------
+    labels : (Y, X) int32 ndarray
+    flows : (3, Y, X) float32 ndarray (dY, dX, cellprob)
+    normalization : dict, the values used (as ``cpsnake normalize`` writes beside its output)
+    seconds : dict, wall time of each step
+    """
+    from cpsnake.infer import predict
+    from cpsnake.normalize import normalize, select_channels
+    from cpsnake.reconstruct import compute_masks, niter_for_diameter
+
+    t0 = time.perf_counter()
+    data, record = normalize(
+        select_channels(img, channels), percentiles=percentiles, low_high=low_high, invert=invert, tile_size=tile_norm
+    )
+    t1 = time.perf_counter()
+    flows = predict(
+        net, data, diameter=diameter, batch_size=batch_size, tile_overlap=tile_overlap, augment=augment,
+        device=device, dtype=dtype,
+    )
+    t2 = time.perf_counter()
+    labels = compute_masks(
+        flows,
+        cellprob_threshold=cellprob_threshold,
+        flow_threshold=flow_threshold,
+        niter=niter_for_diameter(diameter, niter),
+        min_size=min_size,
+        max_size_fraction=max_size_fraction,
+    )
+    t3 = time.perf_counter()
+    return labels, flows, record, {"normalize": t1 - t0, "infer": t2 - t1, "reconstruct": t3 - t2}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cpsnake segment", description=__doc__.split("\n\n")[0].strip("`: "))
+    p.add_argument("images", nargs="+", type=Path, help="2-D images: TIFF / OME-TIFF, PNG or JPEG")
+    p.add_argument("--out", required=True, type=Path, help="output folder (masks/, rois/, measurements/, overlays/, provenance/)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or weights file (default {DEFAULT_MODEL})")
+    p.add_argument("--channels", default=None, help="0-based channels to use, in order, e.g. 0,2 (at most 3)")
+    p.add_argument("--percentiles", nargs=2, type=float, default=(1.0, 99.0), metavar=("LOW", "HIGH"))
+    p.add_argument("--low-high", nargs=2, type=float, default=None, metavar=("LO", "HI"))
+    p.add_argument("--invert", action="store_true")
+    p.add_argument("--tile-norm", type=int, default=0, metavar="N")
+    p.add_argument("--diameter", type=float, default=None, help="cell diameter in px (image resized by 30/D)")
+    p.add_argument("--augment", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--tile-overlap", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--cellprob-threshold", type=float, default=0.0)
+    p.add_argument("--flow-threshold", type=float, default=0.4)
+    p.add_argument("--niter", type=int, default=None)
+    p.add_argument("--min-size", type=int, default=15)
+    p.add_argument("--max-size-fraction", type=float, default=0.4)
+    p.add_argument("--cache-dir", default=None, help="weights cache folder (default $CPSNAKE_CACHE or ~/.cache/cpsnake)")
+    return p
+
+
+def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
+    """Segment one image and write its files; return its number of cells."""
+    from cpsnake import __version__, io, measure, overlay, rois
+    from cpsnake.aggregate import image_name
+
+    img, meta = io.read_image(path)
+    if img.ndim != 3:
+        raise CpsnakeError(
+            f"{path}: found a stack of {img.shape[0]} planes (axes {meta['axes']!r}); expected a 2-D image; "
+            "save each plane as its own file (Fiji: Image > Stacks > Stack to Images)"
+        )
+    try:
+        labels, _, record, seconds = segment_image(net, img, **opts)
+    except CpsnakeError as exc:
+        raise CpsnakeError(f"{path}: {exc}") from None
+    name, out = image_name(path), args.out
+    cal = {"pixel_size": meta["pixel_size"], "unit": meta["unit"]}
+    t = time.perf_counter()
+    io.write_labels(out / "masks" / f"{name}.tif", labels, **cal)
+    rois.write_rois(out / "rois" / f"{name}.zip", rois.labels_to_rois(labels))
+    rows = measure.measure_labels(labels, img, pixel_size=meta["pixel_size"], image_name=path.name)
+    measure.write_table(out / "measurements" / f"{name}.csv", rows, measure.columns(img.shape[0]))
+    overlay.write_png(out / "overlays" / f"{name}.png", overlay.render(img, labels))
+    seconds["outputs"] = time.perf_counter() - t
+    n = int(labels.max())
+    doc = {
+        "cpsnake_version": __version__,
+        "step": "segment",
+        "image": {"path": str(path), "shape": list(meta["shape"]), "dtype": meta["dtype"], "axes": meta["axes"], **cal},
+        "model": model_info,
+        "parameters": {k: v for k, v in opts.items() if k not in ("device", "dtype")},
+        "device": str(opts["device"]),
+        "precision": str(opts["dtype"]).replace("torch.", ""),
+        "normalization": record,
+        "cells": n,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
+    with io.atomic_output(out / "provenance" / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False, default=str) + "\n")
+    return n
+
+
+@guard("segment")
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from cpsnake import model, weights
+    from cpsnake.infer import resolve_device, resolve_dtype
+    from cpsnake.normalize import _parse_channels
+    from cpsnake.provenance import sha256
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.precision, device)
+    path = weights.resolve(args.model, cache_dir=args.cache_dir, progress=True)
+    net = model.load_model(path, device=str(device))
+    model_info = {"name": args.model, "file": str(path), "sha256": sha256(path)}
+    opts = dict(
+        channels=_parse_channels(args.channels),
+        percentiles=tuple(args.percentiles),
+        low_high=args.low_high,
+        invert=args.invert,
+        tile_norm=args.tile_norm,
+        diameter=args.diameter,
+        augment=args.augment,
+        tile_overlap=args.tile_overlap,
+        batch_size=args.batch_size or (8 if device.type == "cpu" else 32),
+        device=device,
+        dtype=dtype,
+        cellprob_threshold=args.cellprob_threshold,
+        flow_threshold=args.flow_threshold,
+        niter=args.niter,
+        min_size=args.min_size,
+        max_size_fraction=args.max_size_fraction,
+    )
+    failed = 0
+    for image in args.images:
+        try:
+            n = _one(image, net, args, opts, model_info)
+            print(f"{image}: {n} cells", file=sys.stderr)
+        except CpsnakeError as exc:
+            failed += 1
+            print(f"cpsnake segment: error: {' '.join(str(exc).split())}", file=sys.stderr)
+    if failed:
+        print(f"cpsnake segment: {failed} of {len(args.images)} images failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

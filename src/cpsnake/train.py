@@ -1,0 +1,650 @@
+"""``cpsnake train``: train or fine-tune a Cellpose-SAM network on images with label masks.
+
+Usage::
+
+    cpsnake train TRAIN --out DIR [--arch tiny | --init MODEL | --sam SAM.pth] [--val VAL]
+                  [--steps 1000] [--batch-size 8] [--lr LR] [--weight-decay 0.1] [--warmup N]
+                  [--layer-drop 0.4] [--seed 0] [--device auto] [--resume DIR/checkpoint.pt]
+    python -m cpsnake.train pack SRC_SPLIT OUT_DIR [--max-mb 50]
+
+TRAIN (and VAL) is a folder with ``images/`` and ``masks/`` (pairs matched by name stem; masks are label
+TIFF/PNG or ImageJ ``RoiSet.zip``), optionally with an ``index.csv`` whose ``file`` column names the
+images to use (the split is read from it, never drawn at random), or a CSV/text list of ``image,mask``
+path pairs. Images are percentile-normalised exactly as ``cpsnake normalize`` does (1 -> 0, 99 -> 1,
+per channel) and zero-padded to 3 channels. Objects under 15 px are removed from the masks, and images
+with fewer than ``--min-train-masks`` (5) objects are left out, as cellpose does.
+
+Targets are computed once per image and cached (``--cache``, default ``DIR/cache``; file name = stem +
+hash of the image and mask bytes): cell probability (mask > 0) and unit flows from
+:func:`cpsnake.dynamics.masks_to_flows`. Each step draws ``--batch-size`` images (with replacement, from a
+generator seeded by ``(seed, step)``, so a run is reproducible and a resumed run continues exactly) and
+augments each into a 256x256 crop (:mod:`cpsnake.augment`: rotation, flip, rescaling so that the median
+object diameter is log-uniform in ``--diam-range`` 7.5-120 px, channel permutation/dropping, grey
+conversion, inversion, brightness/contrast, blur, downsampling, Poisson noise).
+
+Loss (as cellpose 4.2.1.1 ``train._loss_fn_seg``): ``MSE(pred dY dX, 5 * flows) / 2 +
+BCEWithLogits(pred cellprob, mask > 0.5)``. Optimiser AdamW (weight decay 0.1). Learning rate (as cellpose's
+``train_seg`` schedule, in steps instead of epochs): linear warm-up from 0 over ``--warmup`` steps (default
+steps/20, at most 100), constant, then halved 10 times in equal parts of the last ``--decay`` steps
+(default steps/10). Defaults: lr 5e-5 for fine-tuning (``--init``, ``--sam``; the Cellpose-SAM value),
+2e-4 from scratch. ``--layer-drop`` is the per-sample stochastic depth of the network (0.4 as cellpose).
+
+Outputs in DIR: ``model.pt`` (a plain cellpose-4 state dict, loads with ``cpsnake.model.load_model``;
+``diam_labels`` = mean training diameter), ``checkpoint.pt`` (model, optimiser, step, seed, loss log;
+tensors and plain containers only, ``torch.load(..., weights_only=True)``), ``log.csv`` (step, lr, loss,
+val_ap50). ``--resume DIR/checkpoint.pt`` continues the step count up to ``--steps`` (give the same
+``--steps``, ``--batch-size`` and schedule options to continue the run exactly). ``--workers N`` processes
+prepare batches ahead (default 0 on CPU, min(8, cores - 1) on a GPU); a batch depends only on
+``(seed, step)``, never on the number of workers.
+With ``--val`` the pooled AP@0.5 on the validation images (the pipeline's own ``infer.predict`` +
+``reconstruct.compute_masks``, no diameter) is printed every ``--val-every`` steps.
+
+``pack`` copies a split (images/, masks/, index.csv) into a compact folder for moving it to a GPU machine:
+images and masks as lossless PNG (8- or 16-bit; masks uint16), same stems, and index.csv with the rows kept.
+If the total would exceed ``--max-mb``, BBBC039 images (near-duplicate fields of one U2OS screen) are
+dropped, every other one by name order, until it fits; the dropped names go to OUT_DIR/dropped.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cpsnake.errors import CpsnakeError, guard
+
+__all__ = [
+    "list_pairs",
+    "read_mask",
+    "median_diameter",
+    "prepare",
+    "lr_at",
+    "loss_fn",
+    "make_batch",
+    "train",
+    "save_checkpoint",
+    "load_checkpoint",
+    "validate",
+    "pack",
+    "main",
+]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+MASK_SUFFIXES = (".tif", ".tiff", ".png", ".zip")
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def _by_stem(folder: Path, suffixes) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in suffixes and not p.name.startswith("."):
+            stem = p.name[: -len(".zip")] if p.name.endswith(".zip") else p.stem
+            if stem.endswith(".roiset") or stem.endswith("_RoiSet"):
+                stem = stem.rsplit(".", 1)[0] if stem.endswith(".roiset") else stem[: -len("_RoiSet")]
+            out[stem] = p
+    return out
+
+
+def list_pairs(src: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """(name, image path, mask path) for a training source, in a fixed order.
+
+    Parameters
+    ----------
+    src : folder with ``images/`` and ``masks/`` (and optionally ``index.csv`` with a ``file`` column),
+        or a CSV/text file of ``image,mask`` lines (relative paths are relative to the file's folder).
+    """
+    src = Path(src)
+    if src.is_dir():
+        idir, mdir = src / "images", src / "masks"
+        if not idir.is_dir() or not mdir.is_dir():
+            raise CpsnakeError(f"{src}: found no images/ and masks/ folders; expected a split folder with both, "
+                               "or a list file of image,mask pairs")
+        images, masks = _by_stem(idir, IMAGE_SUFFIXES), _by_stem(mdir, MASK_SUFFIXES)
+        if (src / "index.csv").exists():
+            import pandas as pd
+
+            df = pd.read_csv(src / "index.csv", dtype=str)
+            if "file" not in df.columns:
+                raise CpsnakeError(f"{src / 'index.csv'}: no 'file' column (found {list(df.columns)}); "
+                                   "expected the image file names of the split")
+            stems = [Path(f).stem for f in df["file"]]
+        else:
+            stems = list(images)
+        pairs = []
+        for s in stems:
+            if s not in images:
+                raise CpsnakeError(f"{idir}: no image named {s!r}; expected one for every index.csv row")
+            if s not in masks:
+                raise CpsnakeError(f"{mdir}: no mask named {s!r} for {images[s].name}; expected a mask per image")
+            pairs.append((s, images[s], masks[s]))
+    elif src.is_file():
+        pairs = []
+        for n, line in enumerate(src.read_text().splitlines(), 1):
+            parts = [x.strip() for x in line.split(",")]
+            if not line.strip() or line.startswith("#") or parts[:2] == ["image", "mask"]:
+                continue
+            if len(parts) != 2:
+                raise CpsnakeError(f"{src}:{n}: found {len(parts)} fields, expected 'image,mask'")
+            img, msk = (Path(p) if Path(p).is_absolute() else src.parent / p for p in parts)
+            pairs.append((img.stem, img, msk))
+    else:
+        raise CpsnakeError(f"{src}: no such folder or file; expected a split folder (images/, masks/) or a pair list")
+    if not pairs:
+        raise CpsnakeError(f"{src}: no image/mask pairs found; expected at least one")
+    return pairs
+
+
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Label image (Y, X) int32 from a label TIFF/PNG or an ImageJ RoiSet.zip (needs ``shape``)."""
+    from cpsnake.evaluate import read_label_file
+
+    if path.suffix.lower() == ".zip":
+        from cpsnake import rois
+
+        lab = rois.rois_to_labels(rois.read_rois(path), shape)
+    else:
+        lab = read_label_file(path)
+    lab = np.asarray(lab)
+    if lab.shape != tuple(shape):
+        raise CpsnakeError(f"{path}: mask of shape {lab.shape}, expected {tuple(shape)} (the image's Y, X)")
+    return lab.astype(np.int32)
+
+
+def median_diameter(labels: np.ndarray) -> float:
+    """Median over objects of the equivalent-circle diameter 2 sqrt(area / pi) (0 if no object)."""
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(np.median(2 * np.sqrt(areas / np.pi))) if areas.size else 0.0
+
+
+def _clean(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop objects under ``min_size`` px and renumber 1..N."""
+    areas = np.bincount(labels.ravel())
+    keep = areas >= min_size
+    keep[0] = False
+    new = np.zeros(areas.size, np.int32)
+    new[keep] = np.arange(1, keep.sum() + 1)
+    return new[labels]
+
+
+def _image_for_net(path: Path) -> np.ndarray:
+    """Read an image and normalise it as the pipeline does -> (3, Y, X) float32 (zero-padded channels)."""
+    from cpsnake.io import read_image
+    from cpsnake.normalize import normalize
+
+    img, _ = read_image(path)
+    if img.ndim != 3:
+        raise CpsnakeError(f"{path}: image of shape {img.shape}, expected a 2-D image (C, Y, X); train on planes")
+    if img.shape[0] > 3:
+        raise CpsnakeError(f"{path}: {img.shape[0]} channels, expected at most 3; select channels before training")
+    x, _ = normalize(img)
+    out = np.zeros((3,) + x.shape[1:], np.float32)
+    out[: x.shape[0]] = x
+    return out
+
+
+def _digest(*paths: Path) -> str:
+    h = hashlib.sha1()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def prepare(pairs, cache_dir: str | os.PathLike, *, min_size: int = 15, min_masks: int = 5,
+            log=None) -> list[dict]:
+    """Compute (or reuse) each pair's cached network input and targets.
+
+    Returns
+    -------
+    list of dict
+        ``name``, ``path`` (cache ``.npz`` holding ``image`` (3, Y, X) and ``target`` (3, Y, X) =
+        cellprob, dY, dX, both float16), ``diameter`` (median object diameter, px), ``n`` (objects).
+        Pairs with fewer than ``min_masks`` objects are left out (named on ``log``).
+    """
+    from cpsnake.dynamics import masks_to_flows
+    from cpsnake.io import atomic_output
+
+    log = sys.stderr if log is None else log
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    items, skipped = [], []
+    for name, ipath, mpath in pairs:
+        path = cache / f"{name}.{_digest(ipath, mpath)}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                diameter, n = float(z["diameter"]), int(z["n"])
+        else:
+            img = _image_for_net(ipath)
+            lab = _clean(read_mask(mpath, img.shape[1:]), min_size)
+            n = int(lab.max())
+            diameter = median_diameter(lab)
+            flows = masks_to_flows(lab) if n else np.zeros((2,) + lab.shape, np.float32)
+            target = np.concatenate([(lab > 0)[None].astype(np.float32), flows]).astype(np.float16)
+            with atomic_output(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, image=img.astype(np.float16), target=target, diameter=np.float64(diameter),
+                             n=np.int64(n))
+        if n < min_masks:
+            skipped.append(name)
+            continue
+        items.append({"name": name, "path": path, "diameter": diameter, "n": n})
+    if skipped:
+        print(f"cpsnake train: {len(skipped)} image(s) with fewer than {min_masks} objects left out: "
+              f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}", file=log)
+    return items
+
+
+def make_batch(items: list[dict], rng: np.random.Generator, batch_size: int, *, bsize: int = 256,
+               diam_range=(7.5, 120.0), augment_p: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``batch_size`` items (with replacement) and augment them.
+
+    Returns
+    -------
+    x : (B, 3, bsize, bsize) float32 ; y : (B, 3, bsize, bsize) float32 = cellprob, dY, dX
+    """
+    from cpsnake.augment import augment
+
+    xs, ys = [], []
+    for i in rng.integers(0, len(items), size=batch_size):
+        with np.load(items[i]["path"], allow_pickle=False) as z:
+            img, target = z["image"].astype(np.float32), z["target"].astype(np.float32)
+        x, y = augment(img, target, rng, diameter=items[i]["diameter"], diam_range=diam_range, bsize=bsize,
+                       p=augment_p)
+        xs.append(x)
+        ys.append(y)
+    return np.stack(xs), np.stack(ys)
+
+
+class _BatchStream:
+    """Map-style dataset: index ``step`` -> the augmented batch of that step (tensors), from ``(seed, step)``."""
+
+    def __init__(self, items, *, seed: int, batch_size: int, diam_range, augment_p=None) -> None:
+        self.items, self.seed, self.batch_size = items, seed, batch_size
+        self.diam_range, self.augment_p = diam_range, augment_p
+
+    def __getitem__(self, step: int):
+        import torch
+
+        x, y = make_batch(self.items, np.random.default_rng([self.seed, step]), self.batch_size,
+                          diam_range=self.diam_range, augment_p=self.augment_p)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+# --- optimisation ---------------------------------------------------------------------------------
+
+
+def lr_at(step: int, total: int, lr: float, *, warmup: int, decay: int) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, constant, then 10 halvings over the last ``decay``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup  # cellpose's linspace(0, lr, 10) starts at 0; we start one step in
+    start = total - decay
+    if decay > 0 and step >= start:
+        k = min(10, 1 + (step - start) * 10 // decay)
+        return lr / 2**k
+    return lr
+
+
+def loss_fn(pred, target):
+    """cellpose's segmentation loss.
+
+    Parameters
+    ----------
+    pred : (B, 3, Y, X) tensor = dY, dX, cellprob logits
+    target : (B, 3, Y, X) tensor = cellprob in [0, 1], dY, dX (unit vectors)
+
+    Returns
+    -------
+    scalar tensor: ``MSE(pred[:, :2], 5 * target[:, 1:]) / 2 + BCEWithLogits(pred[:, 2], target[:, 0] > 0.5)``
+    """
+    import torch.nn.functional as F
+
+    flow = F.mse_loss(pred[:, :2].float(), 5.0 * target[:, 1:]) / 2
+    prob = F.binary_cross_entropy_with_logits(pred[:, 2].float(), (target[:, 0] > 0.5).float())
+    return flow + prob
+
+
+def save_checkpoint(path, net, optimizer, *, step: int, seed: int, log_rows: list[dict], config: dict) -> None:
+    """Write a resumable checkpoint (tensors and plain containers only; loads with weights_only=True)."""
+    import torch
+
+    from cpsnake.io import atomic_output
+
+    state = {
+        "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "step": int(step),
+        "seed": int(seed),
+        "log": [dict(r) for r in log_rows],
+        "config": dict(config),
+    }
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    import torch
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CpsnakeError(f"{path}: no such file; expected a checkpoint.pt written by cpsnake train") from None
+    except Exception as exc:
+        raise CpsnakeError(f"{path}: not a loadable checkpoint ({str(exc).splitlines()[0]}); "
+                           "expected a checkpoint.pt written by cpsnake train") from None
+    if not isinstance(ck, dict) or not {"model", "optimizer", "step", "seed"} <= set(ck):
+        raise CpsnakeError(f"{path}: found no model/optimizer/step/seed entries; expected a cpsnake train checkpoint")
+    return ck
+
+
+def _net_from_state(state: dict):
+    from cpsnake.model import CPSAMNet, build_encoder, infer_architecture
+
+    kw = infer_architecture(state, source="checkpoint")
+    net = CPSAMNet(build_encoder(**kw), nout=state["W2"].shape[1])
+    net.load_state_dict(state, strict=True)
+    return net
+
+
+def validate(net, val_pairs, *, device=None, max_images: int | None = None) -> float:
+    """Pooled AP@0.5 of ``net`` on (name, image, mask) pairs via ``infer.predict`` + ``reconstruct.compute_masks``."""
+    from cpsnake import evaluate
+    from cpsnake.infer import predict
+    from cpsnake.reconstruct import compute_masks
+
+    was_training = net.training
+    net.eval()
+    rows = []
+    for name, ipath, mpath in val_pairs[:max_images]:
+        img = _image_for_net(ipath)
+        true = read_mask(mpath, img.shape[1:])
+        flows = predict(net, img, device=device, progress=False)
+        rows.append(evaluate.scores(true, compute_masks(flows), [0.5]))
+    net.train(was_training)
+    return float(evaluate.pool(rows, [0.5])["ap@0.5"])
+
+
+def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, lr: float = 5e-5,
+          weight_decay: float = 0.1, warmup: int | None = None, decay: int | None = None, seed: int = 0,
+          device: str = "cpu", bf16: bool = False, diam_range=(7.5, 120.0), save_every: int = 100,
+          log_every: int = 10, val_pairs=None, val_every: int = 0, val_max: int | None = None,
+          resume: dict | None = None, augment_p: dict | None = None, workers: int = 0, out=None) -> list[dict]:
+    """Train ``net`` in place for steps ``start .. steps - 1`` and write ``model.pt``, ``checkpoint.pt``, ``log.csv``.
+
+    Parameters
+    ----------
+    net : CPSAMNet (train mode is set here)
+    items : from :func:`prepare`
+    resume : a :func:`load_checkpoint` dict: model and optimiser state are restored, counting goes on
+        from its ``step`` (the seed is taken from it too).
+    workers : int
+        Processes that prepare batches ahead (0: in this process). Batch ``step`` depends only on
+        ``(seed, step)``, so results do not depend on ``workers``.
+
+    Returns
+    -------
+    list of dict: the log rows (step, lr, loss[, val_ap50]) of the whole run, resumed part included.
+    """
+    import torch
+
+    from cpsnake.model import save_model
+
+    out = sys.stdout if out is None else out
+    out_dir = Path(out_dir)
+    warmup = min(100, max(1, steps // 20)) if warmup is None else warmup
+    decay = steps // 10 if decay is None else decay
+    net.to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    start, log_rows = 0, []
+    if resume is not None:
+        net.load_state_dict(resume["model"], strict=True)
+        opt.load_state_dict(resume["optimizer"])
+        start, seed, log_rows = int(resume["step"]), int(resume["seed"]), list(resume.get("log", []))
+    config = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+              "warmup": warmup, "decay": decay, "diam_range": list(diam_range)}
+    net.diam_labels.data[:] = float(np.mean([it["diameter"] for it in items]))
+    running, t0 = [], time.perf_counter()
+    batches = _BatchStream(items, seed=seed, batch_size=batch_size, diam_range=tuple(diam_range), augment_p=augment_p)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, steps), num_workers=workers,
+                                         prefetch_factor=2 if workers else None)
+    step = start
+    for step, (x, y) in zip(range(start, steps), loader):
+        torch.manual_seed(seed * 1_000_003 + step)  # layer drop
+        x, y = x.to(device), y.to(device)
+        cur = lr_at(step, steps, lr, warmup=warmup, decay=decay)
+        for g in opt.param_groups:
+            g["lr"] = cur
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            pred = net(x)
+        loss = loss_fn(pred, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        row = {"step": step + 1, "lr": cur, "loss": float(loss.item())}
+        running.append(row["loss"])
+        dt = (time.perf_counter() - t0) / len(running)  # training time per step, validation excluded
+        if val_pairs and val_every and ((step + 1) % val_every == 0 or step + 1 == steps):
+            row["val_ap50"] = validate(net, val_pairs, device=device, max_images=val_max)
+            net.train()
+        log_rows.append(row)
+        if (step + 1) % log_every == 0 or step + 1 == steps or "val_ap50" in row:
+            msg = f"step {step + 1}/{steps}  loss {np.mean(running):.4f}  lr {cur:.2e}  {dt:.2f} s/step"
+            if "val_ap50" in row:
+                msg += f"  val AP@0.5 {row['val_ap50']:.3f}"
+            print(msg, file=out, flush=True)
+            running, t0 = [], time.perf_counter()
+        if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
+            save_checkpoint(out_dir / "checkpoint.pt", net, opt, step=step + 1, seed=seed, log_rows=log_rows,
+                            config=config)
+            _write_log(out_dir / "log.csv", log_rows)
+    final = max(steps, start)
+    save_checkpoint(out_dir / "checkpoint.pt", net, opt, step=final, seed=seed, log_rows=log_rows, config=config)
+    save_model(net, out_dir / "model.pt")
+    _write_log(out_dir / "log.csv", log_rows)
+    return log_rows
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    from cpsnake.io import atomic_output
+
+    with atomic_output(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+# --- pack -----------------------------------------------------------------------------------------
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    """Lossless PNG of (Y, X) uint8/uint16 or (Y, X, 3) uint8."""
+    import io as _io
+
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def pack(src, out_dir, *, max_mb: float = 50.0, log=None) -> tuple[int, list[str]]:
+    """Write ``src``'s image/mask pairs as lossless PNGs + index.csv under ``out_dir``.
+
+    Returns
+    -------
+    (total bytes written, names dropped to fit ``max_mb``)
+    """
+    import pandas as pd
+
+    from cpsnake.io import atomic_output, read_image
+
+    log = sys.stdout if log is None else log
+    src, out_dir = Path(src), Path(out_dir)
+    pairs = list_pairs(src)
+    blobs: dict[str, tuple[bytes, bytes]] = {}
+    for name, ipath, mpath in pairs:
+        img, _ = read_image(ipath)
+        if img.ndim != 3 or img.shape[0] not in (1, 3) or img.dtype not in (np.uint8, np.uint16) or \
+                (img.shape[0] == 3 and img.dtype != np.uint8):
+            raise CpsnakeError(f"{ipath}: image {img.shape} {img.dtype}; pack expects grey uint8/uint16 or RGB uint8")
+        lab = read_mask(mpath, img.shape[1:])
+        if lab.max() > 65535:
+            raise CpsnakeError(f"{mpath}: {lab.max()} labels, expected at most 65,535 for a uint16 PNG mask")
+        pix = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
+        blobs[name] = (_png_bytes(np.ascontiguousarray(pix)), _png_bytes(lab.astype(np.uint16)))
+    budget = max_mb * 1e6
+    total = sum(len(a) + len(b) for a, b in blobs.values())
+    dropped: list[str] = []
+    bbbc039 = [n for n, _, _ in pairs if n.startswith("bbbc039_")]
+    while total > budget and bbbc039:
+        for n in bbbc039[1::2]:  # every other BBBC039 field, by name order
+            if total <= budget:
+                break
+            total -= sum(map(len, blobs.pop(n)))
+            dropped.append(n)
+        bbbc039 = [n for n in bbbc039 if n in blobs]
+        if len(bbbc039) <= 1:
+            break
+    if total > budget:
+        raise CpsnakeError(f"{src}: packed size {total / 1e6:.1f} MB, expected at most {max_mb} MB; raise --max-mb")
+    for sub in ("images", "masks"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    for name, (ib, mb) in blobs.items():
+        for sub, data in (("images", ib), ("masks", mb)):
+            with atomic_output(out_dir / sub / f"{name}.png") as tmp:
+                tmp.write_bytes(data)
+    if (src / "index.csv").exists():
+        df = pd.read_csv(src / "index.csv", dtype=str)
+        df = df[[Path(f).stem in blobs for f in df["file"]]].copy()
+        df["file"] = [Path(f).stem + ".png" for f in df["file"]]
+    else:
+        df = pd.DataFrame({"file": [f"{n}.png" for n in blobs]})
+    with atomic_output(out_dir / "index.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    total += (out_dir / "index.csv").stat().st_size
+    with atomic_output(out_dir / "dropped.txt") as tmp:
+        tmp.write_text("".join(f"{n}\n" for n in dropped))
+    print(f"pack: {len(blobs)} pairs, {total / 1e6:.1f} MB in {out_dir}; dropped {len(dropped)} BBBC039 image(s) "
+          f"to fit {max_mb} MB (listed in {out_dir / 'dropped.txt'})", file=log)
+    return total, dropped
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cpsnake train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="pack: python -m cpsnake.train pack SRC_SPLIT OUT_DIR [--max-mb 50]")
+    p.add_argument("train", help="split folder (images/, masks/[, index.csv]) or a list file of image,mask pairs")
+    p.add_argument("--out", required=True, help="output folder: model.pt, checkpoint.pt, log.csv, cache/")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--arch", default=None, help="train from scratch: tiny (default), vit_b, vit_l, vit_h")
+    start.add_argument("--init", help="fine-tune a cellpose-4 / cpsnake model (path or registry name)")
+    start.add_argument("--sam", help="start from a segment-anything checkpoint (sam_vit_*.pth)")
+    start.add_argument("--resume", help="continue from a checkpoint.pt (same --steps total or more)")
+    p.add_argument("--val", help="validation split folder or pair list (AP@0.5 printed as training goes)")
+    p.add_argument("--val-every", type=int, default=500, help="steps between validations (default 500)")
+    p.add_argument("--val-max", type=int, default=None, help="use only the first N validation images")
+    p.add_argument("--steps", type=int, default=1000, help="total optimiser steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (5e-5 fine-tuning, 2e-4 scratch)")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default steps/20, at most 100)")
+    p.add_argument("--decay", type=int, default=None, help="final steps with 10 halvings (default steps/10)")
+    p.add_argument("--layer-drop", type=float, default=0.4, help="stochastic depth of the encoder (default 0.4)")
+    p.add_argument("--diam-range", type=float, nargs=2, default=[7.5, 120.0], metavar=("LO", "HI"))
+    p.add_argument("--min-train-masks", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, mps")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="autocast dtype (auto: bfloat16 on cuda, float32 elsewhere)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="batch-preparing processes (default: 0 on cpu, min(8, cores - 1) on a GPU)")
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--cache", help="target cache folder (default OUT/cache)")
+    return p
+
+
+def _pack_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m cpsnake.train pack", description="lossless PNG copy of a split")
+    p.add_argument("src")
+    p.add_argument("out")
+    p.add_argument("--max-mb", type=float, default=50.0)
+    a = p.parse_args(argv)
+    pack(a.src, a.out, max_mb=a.max_mb)
+    return 0
+
+
+@guard("train")
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "pack":
+        return _pack_main(argv[1:])
+    args = _parser().parse_args(argv)
+    from cpsnake import model as M
+
+    if args.device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = args.device
+    bf16 = args.precision == "bfloat16" or (args.precision == "auto" and device.startswith("cuda"))
+    torch.manual_seed(args.seed)  # random initialisation
+    resume = None
+    if args.resume:
+        resume = load_checkpoint(args.resume)
+        net = _net_from_state(resume["model"])
+        lr_default = 5e-5
+    elif args.init:
+        path = Path(args.init)
+        if not path.exists():
+            from cpsnake.weights import resolve
+
+            path = resolve(args.init)
+        net = M.load_model(path)
+        lr_default = 5e-5
+    elif args.sam:
+        net = M.from_sam_checkpoint(args.sam)
+        lr_default = 5e-5
+    else:
+        net = M.build_cpsam(args.arch or "tiny")
+        lr_default = 2e-4
+    if resume is not None and "lr" in resume.get("config", {}) and args.lr is None:
+        lr_default = float(resume["config"]["lr"])
+    net.rdrop = args.layer_drop
+    out_dir = Path(args.out)
+    items = prepare(list_pairs(args.train), args.cache or out_dir / "cache", min_masks=args.min_train_masks)
+    if not items:
+        raise CpsnakeError(f"{args.train}: no image with at least {args.min_train_masks} objects; "
+                           "expected annotated images (or lower --min-train-masks)")
+    val_pairs = list_pairs(args.val) if args.val else None
+    if val_pairs:
+        import importlib.util
+
+        for mod in ("cpsnake.infer", "cpsnake.reconstruct"):
+            if importlib.util.find_spec(mod) is None:
+                raise CpsnakeError(f"--val: module {mod} is missing; expected the inference pipeline; drop --val")
+    print(f"train: {len(items)} images, {sum(i['n'] for i in items)} objects, device {device}, "
+          f"{sum(p.numel() for p in net.parameters()):,} parameters", flush=True)
+    train(net, items, out_dir=out_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr or lr_default,
+          weight_decay=args.weight_decay, warmup=args.warmup, decay=args.decay, seed=args.seed, device=device,
+          bf16=bf16, diam_range=tuple(args.diam_range), save_every=args.save_every, log_every=args.log_every,
+          val_pairs=val_pairs, val_every=args.val_every, val_max=args.val_max, resume=resume,
+          workers=args.workers if args.workers is not None else
+          (0 if device == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))))
+    print(f"model: {out_dir / 'model.pt'}  checkpoint: {out_dir / 'checkpoint.pt'}  log: {out_dir / 'log.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Tiled inference: tile/untile round trip, and parity with cellpose 4's core.run_net on the same network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cpsnake import infer
+from cpsnake.errors import CpsnakeError
+
+
+class TinyConv(torch.nn.Module):
+    """Deterministic small network (B, C<=3, 256, 256) -> (B, 3, 256, 256).
+
+    Not flip-equivariant and position-dependent (``pos``), so tile placement, flips and blending all
+    show in its output. Like Cellpose-SAM's patch embedding it uses the first C input kernels for C < 3.
+    """
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = torch.nn.Parameter(torch.randn(8, 3, 5, 5, generator=g) * 0.3)
+        self.b1 = torch.nn.Parameter(torch.randn(8, generator=g) * 0.1)
+        self.w2 = torch.nn.Parameter(torch.randn(3, 8, 3, 3, generator=g) * 0.3)
+        self.pos = torch.nn.Parameter(torch.randn(3, 256, 256, generator=g) * 0.1)
+
+    def forward(self, x):
+        h = torch.tanh(F.conv2d(x, self.w1[:, : x.shape[1]], self.b1, padding=2))
+        return F.conv2d(h, self.w2, padding=1) + self.pos
+
+
+class CellposeWrap(torch.nn.Module):
+    """What cellpose.core._forward expects: .device, .dtype, and net(X) -> (y, style)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+
+    def forward(self, x):
+        return self.net(x), torch.zeros((x.shape[0], 256))
+
+
+def _image(c, y, x, seed=1):
+    return np.random.default_rng(seed).random((c, y, x), dtype=np.float32)
+
+
+def _cellpose_run_net(net, img, augment=False):
+    from cellpose import core
+
+    yf, _ = core.run_net(CellposeWrap(net), img.transpose(1, 2, 0)[None], batch_size=8, augment=augment,
+                         tile_overlap=0.1, bsize=256)
+    return yf[0].transpose(2, 0, 1)  # Y X 3 -> 3 Y X
+
+
+# --- tiles ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7), (3, 100, 150), (2, 256, 256), (1, 300, 700), (3, 241, 513)])
+@pytest.mark.parametrize("augment", [False, True])
+def test_stitching_identity_outputs_gives_back_the_image(shape, augment):
+    img = _image(*shape)
+    tiles, layout = infer.make_tiles(img, 256, 0.1, augment=augment)
+    # an identity network sees flipped tiles and returns them flipped: stitching must undo the flips
+    out = infer.stitch_tiles(tiles, layout, yx_channels=None)
+    assert out.dtype == np.float32 and out.shape == img.shape
+    np.testing.assert_array_equal(out, img)
+
+
+@pytest.mark.parametrize("length", [1, 50, 239, 240, 241, 255, 256, 257, 700, 1000, 1023])
+def test_padding_matches_cellpose(length):
+    from cellpose import transforms
+
+    ref = transforms.get_pad_yx(length, length, min_size=(256, 256))
+    assert infer.pad_widths(length, 256) == ref[:2]
+
+
+def test_tile_count_follows_the_overlap_formula():
+    # 1000 px pads to 1024 (multiple of 16 plus a 16 px margin): ceil(1.2 * 1024 / 256) = 5 tiles
+    _, layout = infer.make_tiles(np.zeros((1, 1000, 700), np.float32))
+    assert layout.padded_shape == (1024, 720)
+    assert len(layout.ystarts) == 5 and len(layout.xstarts) == 4
+    assert layout.ystarts[0] == 0 and layout.ystarts[-1] == 1024 - 256
+
+
+def test_taper_mask_matches_cellpose():
+    from cellpose import transforms
+
+    np.testing.assert_allclose(infer.taper_mask(256), transforms._taper_mask(256, 256), rtol=0, atol=1e-15)
+
+
+def test_overlap_outside_range_is_refused():
+    with pytest.raises(ValueError, match="overlap"):
+        infer.make_tiles(np.zeros((1, 300, 300), np.float32), 256, 0.7)
+
+
+# --- parity with cellpose's run_net --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 100, 150), (3, 256, 256), (2, 1000, 700)], ids=["smaller-than-tile", "one-tile", "1000x700"]
+)
+def test_run_net_matches_cellpose(shape):
+    torch.manual_seed(0)
+    net = TinyConv()
+    img = _image(*shape)
+    ours = infer.run_net(net, img, batch_size=8, tile_overlap=0.1)
+    ref = _cellpose_run_net(net, img)
+    assert ours.shape == (3, *shape[1:]) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 256, 256), (1, 300, 520)])
+def test_augmented_run_net_matches_cellpose(shape):
+    net = TinyConv(seed=3)
+    img = _image(*shape, seed=4)
+    ours = infer.run_net(net, img, augment=True)
+    ref = _cellpose_run_net(net, img, augment=True)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=2e-6)
+    # the augmentation changes the result (the net is not flip-equivariant), so the test can fail
+    assert np.abs(ours - infer.run_net(net, img)).max() > 1e-3
+
+
+@pytest.fixture
+def opencv_without_ipp():
+    """cellpose resizes with cv2.resize; with Intel IPP on (the wheel's default) OpenCV takes IPP's bilinear
+    code for 1, 3 and 4 channels, whose sample positions differ by up to ~3e-5 px from OpenCV's own
+    INTER_LINEAR (which we reproduce). Compare against OpenCV's own code."""
+    import cv2
+
+    was = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    yield cv2
+    cv2.ipp.setUseIPP(was)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+@pytest.mark.parametrize("src, dst", [((300, 410), (200, 273)), ((200, 273), (300, 410)), ((7, 5), (20, 3))])
+def test_resize_matches_opencv_linear(opencv_without_ipp, channels, src, dst):
+    img = np.random.default_rng(0).random((channels, *src), dtype=np.float32) * 3 - 1
+    ref = opencv_without_ipp.resize(img.transpose(1, 2, 0), dst[::-1], interpolation=opencv_without_ipp.INTER_LINEAR)
+    ref = ref.reshape(*dst, channels).transpose(2, 0, 1)
+    np.testing.assert_allclose(infer.resize(img, dst), ref, rtol=0, atol=3e-7)
+
+
+def test_diameter_path_matches_cellpose(opencv_without_ipp):
+    from types import SimpleNamespace
+
+    from cellpose import models
+
+    net = TinyConv(seed=5)
+    img = _image(2, 300, 410, seed=6)
+    d = 45.0
+    ours = infer.predict(net, img, diameter=d)
+    fake_model = SimpleNamespace(net=CellposeWrap(net), backbone="sam_vitl")
+    dP, cellprob, _ = models.CellposeModel._run_net(fake_model, img.transpose(1, 2, 0)[None], rescale=30.0 / d,
+                                                    resample=True, bsize=256)
+    ref = np.concatenate([dP[:, 0], cellprob])  # (2, 1, Y, X), (1, Y, X) -> (3, Y, X)
+    assert ours.shape == ref.shape == (3, 300, 410)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=2e-6)
+
+
+def test_diameter_too_large_is_an_error():
+    with pytest.raises(CpsnakeError, match="smaller diameter"):
+        infer.predict(TinyConv(), _image(1, 10, 10), diameter=400)
+
+
+def test_bfloat16_is_close_to_float32():
+    net = TinyConv(seed=7)
+    img = _image(1, 200, 300, seed=8)
+    f32 = infer.run_net(net, img)
+    bf16 = infer.run_net(TinyConv(seed=7), img, dtype=torch.bfloat16)
+    assert bf16.dtype == np.float32
+    assert 0 < np.abs(bf16 - f32).max() < 0.1
+
+
+def test_callable_without_parameters_is_accepted():
+    def net(x):
+        return torch.stack([x[:, 0], -x[:, 1], x.sum(1)], 1)
+
+    img = _image(2, 300, 400)
+    out = infer.run_net(net, img)
+    np.testing.assert_allclose(out, np.stack([img[0], -img[1], img.sum(0)]), rtol=0, atol=1e-6)
+
+
+def test_progress_bar_goes_to_stderr(capsys):
+    infer.run_net(lambda x: x, _image(3, 300, 300), progress=True)
+    captured = capsys.readouterr()
+    assert "tile" in captured.err and captured.out == ""
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "array, found",
+    [
+        (np.zeros((4, 20, 20), np.float32), "shape"),
+        (np.zeros((2, 3, 20, 20), np.float32), "shape"),
+        (np.zeros((1, 20, 20), np.uint16), "dtype"),
+        (np.full((1, 20, 20), np.nan, np.float32), "NaN"),
+    ],
+    ids=["4-channels", "stack", "integers", "nan"],
+)
+def test_bad_input_is_one_error_line_and_no_output(tmp_path, capsys, array, found):
+    import tifffile
+
+    src, dst = tmp_path / "norm.tif", tmp_path / "flows.tif"
+    tifffile.imwrite(src, array, photometric="minisblack")
+    assert infer.main([str(src), str(dst), "--model", "unused.pt"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cpsnake infer: error:") and found in err[0] and "norm.tif" in err[0]
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_missing_input_is_one_error_line(tmp_path, capsys):
+    assert infer.main([str(tmp_path / "nope.tif"), str(tmp_path / "f.tif"), "--model", "x"]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+# --- with our Cellpose-SAM network (model.py) ----------------------------------------------------
+
+
+def test_tiny_cpsam_run_net_matches_cellpose():
+    from cpsnake import model
+
+    torch.manual_seed(0)
+    net = model.build_cpsam("tiny").eval()
+    img = _image(1, 300, 200, seed=9)  # one channel: we pad with zeros, cellpose slices the patch kernel
+    ours = infer.run_net(net, img)
+    ref = _cellpose_run_net(net, img)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=2e-6)
+
+
+def test_cli_writes_calibrated_flows_with_a_tiny_model(tmp_path):
+    import tifffile
+
+    from cpsnake import cli, io, model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.pt"
+    model.save_model(model.build_cpsam("tiny"), weights)
+    img = _image(2, 90, 130, seed=10)
+    src, dst = tmp_path / "norm.tif", tmp_path / "flows.tif"
+    io.write_tiff(src, img, axes="CYX", pixel_size=(0.5, 0.25), unit="um")
+    argv = ["infer", str(src), str(dst), "--model", str(weights), "--device", "cpu", "--diameter", "20"]
+    assert cli.main(argv) == 0
+    flows, meta = io.read_flows(dst)
+    assert flows.shape == (3, 90, 130) and flows.dtype == np.float32 and np.isfinite(flows).all()
+    assert meta["pixel_size"] == pytest.approx((0.5, 0.25)) and meta["unit"] in ("micron", "um", "µm")
+    with tifffile.TiffFile(dst) as tif:
+        assert tif.series[0].axes == "CYX"
+    # the CLI computes what the API computes with the loaded model
+    expected = infer.predict(model.load_model(weights), img, diameter=20)
+    np.testing.assert_allclose(flows, expected, rtol=0, atol=1e-6)
+
+
+def test_cli_refuses_overlap_outside_range(tmp_path, capsys):
+    from cpsnake import io
+
+    src = tmp_path / "norm.tif"
+    io.write_tiff(src, _image(1, 20, 20), axes="CYX")
+    assert infer.main([str(src), str(tmp_path / "f.tif"), "--model", "x", "--tile-overlap", "0.9"]) == 1
+    assert "--tile-overlap 0.9" in capsys.readouterr().err
+    assert not (tmp_path / "f.tif").exists()

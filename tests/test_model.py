@@ -1,0 +1,261 @@
+"""cpsnake.model: parity with cellpose.vit.CPSAM, architecture inference, strict and safe loading.
+
+Reference: cellpose 4.2.1.1's ``CPSAM`` always builds its encoder through
+``segment_anything.sam_model_registry["vit_l"]``. For fast tests we temporarily point that registry entry
+at a small SAM (segment-anything's own ``_build_sam`` with a narrow, shallow encoder, SAM geometry:
+16x16 patches, 64x64 tokens, windowed blocks with 14-token rel-pos tables and one global block), so
+cellpose's own ``CPSAM.__init__`` does the published adaptation (8x8 kernel, 32x32 position tokens,
+global attention) and its ``forward`` is the reference. The full ViT-L comparison is marked slow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import partial
+
+import pytest
+import torch
+
+from cpsnake.errors import CpsnakeError
+from cpsnake.model import (
+    ARCHITECTURES,
+    CPSAMNet,
+    build_cpsam,
+    from_sam_checkpoint,
+    infer_architecture,
+    load_model,
+    save_model,
+)
+
+cellpose_vit = pytest.importorskip("cellpose.vit")
+build_sam_module = importlib.import_module("segment_anything.build_sam")
+sam_registry = build_sam_module.sam_model_registry
+
+SMALL_SAM = partial(build_sam_module._build_sam, encoder_embed_dim=64, encoder_depth=3, encoder_num_heads=2,
+                    encoder_global_attn_indexes=[1])
+
+
+def randomize(state: dict, seed: int, scale: float = 0.05) -> dict:
+    """Seeded random values for every tensor but the fixed W2 / diameters (rel-pos and pos_embed start at 0)."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: v if k in ("W2", "diam_labels", "diam_mean") else torch.randn(v.shape, generator=g) * scale
+            for k, v in state.items()}
+
+
+def small_reference(monkeypatch, sam_builder=lambda checkpoint=None: SMALL_SAM(checkpoint=None)):
+    """cellpose's CPSAM built around a small SAM encoder (see module docstring), eval mode."""
+    monkeypatch.setitem(sam_registry, "vit_l", sam_builder)
+    ref = cellpose_vit.CPSAM()
+    monkeypatch.undo()
+    return ref.eval()
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max abs difference, asserted <= 1e-3 of the reference output's range."""
+    assert ours.shape == ref.shape
+    err = (ours - ref).abs().max().item()
+    assert err <= 1e-3 * (ref.max() - ref.min()).item(), err
+    return err
+
+
+def tiles(n: int, c: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand((n, c, 256, 256), generator=torch.Generator().manual_seed(seed))
+
+
+def test_small_variant_file_matches_cellpose(tmp_path, monkeypatch):
+    ref = small_reference(monkeypatch)
+    state = randomize(ref.state_dict(), seed=1)
+    ref.load_state_dict(state)
+    torch.save(state, tmp_path / "small.pt")
+    net = load_model(tmp_path / "small.pt")  # no architecture flags: inferred from the tensors
+    assert list(net.state_dict()) == list(ref.state_dict())
+    x = tiles(2)
+    with torch.no_grad():
+        out_ref, second = ref(x)  # cellpose returns (flows, zeros(B, 256)); we return flows only
+        out = net(x)
+        assert second.shape == (2, 256)
+        assert out.shape == (2, 3, 256, 256)
+        x = x[:1]
+        assert_close(out, out_ref)
+        for c in (1, 2):  # fewer channels: first C channels of the patch kernel, as cellpose
+            assert_close(net(x[:, :c]), ref(x[:, :c])[0])
+
+
+def test_fewer_channels_equal_zero_padding():
+    net = build_cpsam("tiny", depth=1).eval()
+    with torch.no_grad():
+        net.encoder.patch_embed.proj.weight.normal_()
+        x = tiles(1, c=2)
+        padded = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+        assert torch.allclose(net(x), net(padded), atol=1e-5)
+        assert not torch.allclose(net(x), net(x[:, :1]), atol=1e-3)  # the second channel does matter
+
+
+def test_inferred_architecture_of_the_small_reference(monkeypatch):
+    state = small_reference(monkeypatch).state_dict()
+    kw = infer_architecture(state)
+    assert kw["embed_dim"] == 64 and kw["depth"] == 3 and kw["num_heads"] == 2 and kw["out_chans"] == 256
+    assert kw["patch_size"] == 8 and kw["tokens"] == 32 and kw["rel_pos_tokens"] == (14, 64, 14)
+
+
+@pytest.mark.parametrize("arch", ["tiny", "vit_b"])
+def test_factory_shapes(arch):
+    net = build_cpsam(arch) if arch == "tiny" else build_cpsam(arch, depth=1)
+    kw = ARCHITECTURES[arch]
+    assert net.encoder.patch_embed.proj.weight.shape == (kw["embed_dim"], 3, 8, 8)
+    assert net.encoder.pos_embed.shape == (1, 32, 32, kw["embed_dim"])
+    assert net.out.weight.shape == (192, kw["out_chans"], 1, 1) and net.W2.shape == (192, 3, 8, 8)
+    assert all(blk.window_size == 0 for blk in net.encoder.blocks)
+
+
+def test_unknown_architecture_is_an_error():
+    with pytest.raises(CpsnakeError, match="unknown, expected one of vit_h, vit_l, vit_b, tiny"):
+        build_cpsam("vit_x")
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = build_cpsam("tiny", embed_dim=48, depth=2, num_heads=2, out_chans=32).eval()
+    save_model(net, tmp_path / "m.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # atomic: no temporary left
+    loaded = load_model(tmp_path / "m.pt")
+    assert isinstance(loaded, CPSAMNet) and not loaded.training
+    assert len(loaded.encoder.blocks) == 2 and loaded.encoder.neck[0].weight.shape[0] == 32
+    x = tiles(1)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+
+
+def test_dataparallel_prefix_is_accepted(tmp_path):
+    net = build_cpsam("tiny", depth=1)
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, tmp_path / "dp.pt")
+    assert len(load_model(tmp_path / "dp.pt").encoder.blocks) == 1
+
+
+@pytest.fixture
+def tiny_state():
+    return build_cpsam("tiny", depth=2).state_dict()
+
+
+def test_missing_key_is_an_error(tmp_path, tiny_state):
+    del tiny_state["out.bias"]
+    torch.save(tiny_state, tmp_path / "m.pt")
+    with pytest.raises(CpsnakeError, match=r"m\.pt: found missing keys out\.bias"):
+        load_model(tmp_path / "m.pt")
+
+
+def test_extra_key_is_an_error(tmp_path, tiny_state):
+    tiny_state["decoder.weight"] = torch.zeros(3)
+    torch.save(tiny_state, tmp_path / "m.pt")
+    with pytest.raises(CpsnakeError, match=r"unexpected keys decoder\.weight"):
+        load_model(tmp_path / "m.pt")
+
+
+def test_wrong_shape_is_an_error(tmp_path, tiny_state):
+    tiny_state["encoder.blocks.1.mlp.lin1.weight"] = torch.zeros(10, 192)
+    torch.save(tiny_state, tmp_path / "m.pt")
+    with pytest.raises(CpsnakeError, match=r"wrong shapes .*blocks\.1\.mlp\.lin1\.weight \(10, 192\) vs \(768, 192\)"):
+        load_model(tmp_path / "m.pt")
+
+
+def test_not_a_cellpose4_file_is_an_error(tmp_path, tiny_state):
+    del tiny_state["W2"]
+    torch.save(tiny_state, tmp_path / "cp3.pt")
+    with pytest.raises(CpsnakeError, match="found no 'W2' key"):
+        load_model(tmp_path / "cp3.pt")
+
+
+def test_truncated_file_is_one_clear_error(tmp_path, tiny_state):
+    torch.save(tiny_state, tmp_path / "full.pt")
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CpsnakeError) as info:
+        load_model(tmp_path / "cut.pt")
+    msg = str(info.value)
+    assert str(tmp_path / "cut.pt") in msg and "corrupt or truncated" in msg and "\n" not in msg
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file at all")
+    with pytest.raises(CpsnakeError, match="junk.pt: cannot read"):
+        load_model(tmp_path / "junk.pt")
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that no arbitrary code runs."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (str(self.target), "w"))
+
+
+def test_pickle_with_objects_is_refused(tmp_path):
+    target = tmp_path / "pwned"
+    torch.save({"W2": torch.zeros(1), "x": _Payload(target)}, tmp_path / "evil.pt")
+    with pytest.raises(CpsnakeError, match=r"evil\.pt: refused, the file holds arbitrary Python objects"):
+        load_model(tmp_path / "evil.pt")
+    assert not target.exists()
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(CpsnakeError, match="no such weights file"):
+        load_model(tmp_path / "nope.pt")
+
+
+def test_forward_rejects_wrong_tile_shape():
+    net = build_cpsam("tiny", depth=1)
+    with pytest.raises(CpsnakeError, match=r"found shape \(1, 4, 256, 256\), expected \(B, C<=3, 256, 256\)"):
+        net(torch.zeros(1, 4, 256, 256))
+    with pytest.raises(CpsnakeError, match="found shape"):
+        net(torch.zeros(1, 3, 128, 128))
+
+
+def test_from_sam_checkpoint_matches_cellpose_adaptation(tmp_path, monkeypatch):
+    sam = SMALL_SAM(checkpoint=None)
+    state = randomize(sam.state_dict(), seed=2)
+    torch.save(state, tmp_path / "sam_small.pth")
+    # reference: cellpose's CPSAM.__init__ adapting the SAM encoder loaded from that checkpoint
+    ref = small_reference(monkeypatch, lambda checkpoint=None: SMALL_SAM(checkpoint=str(tmp_path / "sam_small.pth")))
+    net = from_sam_checkpoint(tmp_path / "sam_small.pth").eval()
+    ours, theirs = net.state_dict(), ref.state_dict()
+    assert list(ours) == list(theirs)
+    fresh = ("out.weight", "out.bias", "encoder.patch_embed.proj.bias")
+    for k in theirs:
+        if k not in fresh:
+            assert torch.equal(ours[k], theirs[k]), k
+    assert torch.equal(ours["encoder.patch_embed.proj.weight"],
+                       state["image_encoder.patch_embed.proj.weight"][:, :, ::2, ::2])
+    assert torch.equal(ours["encoder.pos_embed"], state["image_encoder.pos_embed"][:, ::2, ::2])
+    # deliberate difference: cellpose swaps in a new Conv2d, so its patch bias is random; we keep SAM's
+    assert torch.equal(ours["encoder.patch_embed.proj.bias"], state["image_encoder.patch_embed.proj.bias"])
+    with torch.no_grad():
+        net.encoder.patch_embed.proj.bias.copy_(ref.encoder.patch_embed.proj.bias)
+    net.out.load_state_dict(ref.out.state_dict())  # readouts are freshly initialised on both sides
+    with torch.no_grad():
+        assert_close(net(tiles(1)), ref(tiles(1))[0])
+
+
+def test_from_sam_checkpoint_rejects_a_cellpose_file(tmp_path, tiny_state):
+    torch.save(tiny_state, tmp_path / "cp.pt")
+    with pytest.raises(CpsnakeError, match="no 'image_encoder.\\*' keys"):
+        from_sam_checkpoint(tmp_path / "cp.pt")
+
+
+@pytest.mark.slow
+def test_vit_l_file_matches_cellpose(tmp_path):
+    """Full size: cellpose's ViT-L CPSAM with seeded random weights, saved, loaded by us, same output."""
+    torch.manual_seed(0)
+    ref = cellpose_vit.CPSAM().eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():  # SAM zero-initialises these; make them count
+            if "rel_pos" in name or name == "encoder.pos_embed":
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    torch.save(ref.state_dict(), tmp_path / "cpsam_random.pt")
+    net = load_model(tmp_path / "cpsam_random.pt")
+    assert list(net.state_dict()) == list(ref.state_dict())
+    assert infer_architecture(net.state_dict())["rel_pos_tokens"] == ARCHITECTURES["vit_l"]["rel_pos_tokens"]
+    x = tiles(1, seed=4)
+    with torch.no_grad():
+        out_ref = ref(x)[0]
+        del ref
+        assert_close(net(x), out_ref)

@@ -1,0 +1,188 @@
+"""cpsnake.reconstruct: masks from flows, parity with cellpose 4.2.1.1, thresholds, CLI."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from scipy import ndimage as ndi
+
+from cpsnake import dynamics, io, reconstruct
+
+cp_dynamics = pytest.importorskip("cellpose.dynamics")
+
+
+def voronoi_cells(shape=(96, 128), spacing=24, seed=0):
+    """Touching roundish cells: jittered grid seeds, Voronoi regions clipped at radius 8-12. (Y, X) int32."""
+    rng = np.random.default_rng(seed)
+    gy, gx = np.meshgrid(np.arange(spacing / 2, shape[0], spacing), np.arange(spacing / 2, shape[1], spacing), indexing="ij")
+    pts = np.stack([gy.ravel(), gx.ravel()], 1) + rng.uniform(-spacing / 4, spacing / 4, (gy.size, 2))
+    pts = np.clip(np.round(pts).astype(int), 0, np.array(shape) - 1)
+    free = np.ones(shape, bool)
+    free[pts[:, 0], pts[:, 1]] = False
+    dist, (iy, ix) = ndi.distance_transform_edt(free, return_indices=True)
+    seed_label = np.zeros(shape, np.int32)
+    seed_label[pts[:, 0], pts[:, 1]] = np.arange(1, len(pts) + 1)
+    labels = seed_label[iy, ix]
+    labels[dist > rng.uniform(8, 12, len(pts) + 1)[labels]] = 0
+    return labels
+
+
+def clean_flows(labels):
+    """Flows the network would ideally give: unit flows x5, cellprob logits +-4."""
+    flows = np.empty((3, *labels.shape), np.float32)
+    flows[:2] = dynamics.masks_to_flows(labels) * 5
+    flows[2] = np.where(labels > 0, 4.0, -4.0)
+    return flows
+
+
+def noisy_flows(labels, seed):
+    rng = np.random.default_rng(seed)
+    flows = clean_flows(labels)
+    flows[:2] += rng.normal(0, 1.5, flows[:2].shape).astype(np.float32)
+    flows[2] += rng.normal(0, 2.0, labels.shape).astype(np.float32)
+    return flows
+
+
+def reference(flows, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cp_dynamics.resize_and_compute_masks(flows[:2], flows[2], **kw).astype(np.int32)
+
+
+def match(a, b, iou=0.9):
+    """(true positives at IoU >= iou, #a, #b); iou >= 0.5 makes matches unique."""
+    na, nb = int(a.max()), int(b.max())
+    inter = np.bincount(a.ravel().astype(np.int64) * (nb + 1) + b.ravel(), minlength=(na + 1) * (nb + 1))
+    inter = inter.reshape(na + 1, nb + 1)[1:, 1:]
+    sa, sb = np.bincount(a.ravel(), minlength=na + 1)[1:], np.bincount(b.ravel(), minlength=nb + 1)[1:]
+    j = inter / (sa[:, None] + sb[None, :] - inter)
+    return int((j >= iou).sum()), na, nb
+
+
+def test_clean_flows_give_back_separate_masks():
+    labels = voronoi_cells((96, 128), seed=5)
+    # one background pixel between neighbours: nothing can drift into the next cell
+    edge = ndi.maximum_filter(labels, size=3) != ndi.minimum_filter(np.where(labels > 0, labels, 1 << 30), size=3)
+    labels[edge] = 0
+    labels = dynamics.fill_holes_and_remove_small_masks(labels, min_size=15)
+    masks = reconstruct.compute_masks(clean_flows(labels))
+    tp, n_ours, n_true = match(masks, labels, iou=0.99)
+    assert masks.dtype == np.int32
+    assert tp == n_true == n_ours > 10  # every object matched at IoU >= 0.99
+    assert np.array_equal(masks, reference(clean_flows(labels)))
+
+
+def test_clean_flows_touching_cells_same_as_cellpose():
+    labels = voronoi_cells((96, 128), seed=5)
+    labels = dynamics.fill_holes_and_remove_small_masks(labels, min_size=15)
+    masks = reconstruct.compute_masks(clean_flows(labels))
+    assert np.array_equal(masks, reference(clean_flows(labels)))
+    # against the truth, a few boundary pixels of touching cells drift to the neighbour (in Cellpose too)
+    tp, n_ours, n_true = match(masks, labels, iou=0.95)
+    assert tp == n_true == n_ours
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_noisy_flows_agree_with_cellpose(seed):
+    labels = voronoi_cells((128, 160), spacing=22, seed=seed)
+    flows = noisy_flows(labels, seed)
+    ours = reconstruct.compute_masks(flows)
+    theirs = reference(flows)
+    tp, na, nb = match(ours, theirs)
+    assert na > 10
+    assert tp / (na + nb - tp) >= 0.99  # AP at IoU 0.9, ours vs theirs
+    assert np.array_equal(ours, theirs)  # in fact the same labels, numbering included
+
+
+def test_settable_thresholds_agree_with_cellpose():
+    labels = voronoi_cells((96, 128), spacing=20, seed=7)
+    flows = noisy_flows(labels, 7)
+    kw = dict(cellprob_threshold=-1.0, flow_threshold=0.8, niter=80, min_size=30, max_size_fraction=0.3)
+    ours = reconstruct.compute_masks(flows, **kw)
+    assert np.array_equal(ours, reference(flows, **kw))
+
+
+def test_all_background_gives_empty_labels():
+    flows = np.zeros((3, 40, 50), np.float32)
+    flows[2] = -5
+    out = reconstruct.compute_masks(flows)
+    assert out.shape == (40, 50) and out.dtype == np.int32 and not out.any()
+    assert not reconstruct.compute_masks(np.zeros((3, 0, 0), np.float32)).size
+
+
+def test_no_seed_gives_empty_labels():
+    flows = np.zeros((3, 40, 50), np.float32)
+    flows[2, 10, 10] = 5  # a few cell pixels cannot make a histogram peak above 10 end points
+    flows[2, 20, 20:25] = 5
+    assert not reconstruct.compute_masks(flows).any()
+
+
+def test_flow_threshold_drops_inconsistent_mask():
+    labels = np.zeros((60, 60), np.int32)
+    labels[10:30, 10:30] = 1
+    labels[35:55, 35:55] = 2
+    flows = clean_flows(labels)
+    flows[0, 35:55, 35:55] = 5.0  # mask 2: uniform downward flow, unlike the flows of any mask
+    flows[1, 35:55, 35:55] = 0.0
+    kept = reconstruct.compute_masks(flows, flow_threshold=0.4)
+    unchecked = reconstruct.compute_masks(flows, flow_threshold=0)
+    assert kept.max() < unchecked.max()
+    assert np.array_equal(kept, reference(flows, flow_threshold=0.4))
+
+
+def test_max_size_fraction_drops_big_mask():
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:38, 2:38] = 1  # 81% of the image
+    flows = clean_flows(labels)
+    assert reconstruct.compute_masks(flows).max() == 0
+    assert reconstruct.compute_masks(flows, max_size_fraction=0.9).max() == 1
+
+
+def test_min_size_drops_small_masks():
+    labels = np.zeros((60, 60), np.int32)
+    labels[5:25, 5:25] = 1
+    labels[40:45, 40:45] = 2  # 25 px
+    flows = clean_flows(labels)
+    assert reconstruct.compute_masks(flows, min_size=15).max() == 2
+    assert reconstruct.compute_masks(flows, min_size=30).max() == 1
+
+
+def test_niter_for_diameter():
+    assert reconstruct.niter_for_diameter(None) == 200
+    assert reconstruct.niter_for_diameter(15.0) == 100  # int(200 / (30 / 15))
+    assert reconstruct.niter_for_diameter(60.0) == 400
+    assert reconstruct.niter_for_diameter(15.0, 50) == 50
+
+
+def test_cli_round_trip_keeps_calibration(tmp_path):
+    labels = voronoi_cells((64, 80), seed=2)
+    labels = dynamics.fill_holes_and_remove_small_masks(labels, min_size=15)
+    src, dst = tmp_path / "f.tif", tmp_path / "m.tif"
+    io.write_flows(src, clean_flows(labels), pixel_size=(0.5, 0.5), unit="micron")
+    assert reconstruct.main([str(src), str(dst), "--niter", "150", "--min-size", "10"]) == 0
+    out, meta = io.read_labels(dst)
+    assert meta["pixel_size"] == (0.5, 0.5) and meta["unit"] == "micron"
+    assert np.array_equal(out, reconstruct.compute_masks(clean_flows(labels), niter=150, min_size=10))
+
+
+def test_cli_rejects_stack_with_one_line_and_no_output(tmp_path, capsys):
+    import tifffile
+
+    src, dst = tmp_path / "f.tif", tmp_path / "m.tif"
+    tifffile.imwrite(src, np.zeros((4, 3, 16, 16), np.float32), photometric="minisblack")
+    assert reconstruct.main([str(src), str(dst)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "expected flows (3, Y, X)" in err
+    assert not dst.exists()
+
+
+def test_cli_rejects_bad_options(tmp_path, capsys):
+    src, dst = tmp_path / "f.tif", tmp_path / "m.tif"
+    io.write_flows(src, np.zeros((3, 8, 8), np.float32))
+    assert reconstruct.main([str(src), str(dst), "--niter", "0"]) == 1
+    assert "--niter" in capsys.readouterr().err
+    assert reconstruct.main([str(src), str(dst), "--diameter", "-3"]) == 1
+    assert not dst.exists()

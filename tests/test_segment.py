@@ -1,0 +1,79 @@
+"""`cpsnake segment`: the whole chain in one process equals the chain of step commands."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from cpsnake import cli, io
+
+DATA = Path(__file__).parent / "data" / "images"
+IMAGE = DATA / "bbbc039_O13_s3_uint16.tif"
+# a tiny random network finds nothing at the defaults; these thresholds make it find (nonsense) cells
+FIND = ["--flow-threshold", "0", "--cellprob-threshold", "-0.5"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+
+    from cpsnake.model import build_cpsam, save_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(build_cpsam("tiny"), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_image(tmp_path_factory) -> Path:
+    """A 200x260 crop of a real BBBC039 image, calibrated 0.5 um."""
+    img = tifffile.imread(IMAGE)[:200, :260]
+    path = tmp_path_factory.mktemp("img") / "crop.tif"
+    io.write_tiff(path, img, axes="YX", pixel_size=(0.5, 0.5), unit="um")
+    return path
+
+
+def test_segment_equals_step_commands(tmp_path, tiny_model, small_image):
+    out = tmp_path / "seg"
+    assert cli.main(["segment", str(small_image), "--out", str(out), "--model", str(tiny_model), *FIND]) == 0
+    steps = tmp_path / "steps"
+    norm, flows, masks = steps / "n.tif", steps / "f.tif", steps / "m.tif"
+    assert cli.main(["normalize", str(small_image), str(norm)]) == 0
+    assert cli.main(["infer", str(norm), str(flows), "--model", str(tiny_model)]) == 0
+    assert cli.main(["reconstruct", str(flows), str(masks), *FIND]) == 0
+    seg, meta = io.read_labels(out / "masks" / "crop.tif")
+    ref, _ = io.read_labels(masks)
+    assert seg.max() > 0
+    np.testing.assert_array_equal(seg, ref)
+    assert meta["pixel_size"] == pytest.approx((0.5, 0.5))
+    for sub, suffix in [("rois", ".zip"), ("measurements", ".csv"), ("overlays", ".png"), ("provenance", ".json")]:
+        assert (out / sub / f"crop{suffix}").stat().st_size > 0
+    # the per-step rois/measure commands give the same files' content
+    assert cli.main(["rois", str(masks), str(steps / "r.zip")]) == 0
+    assert cli.main(["measure", str(masks), str(small_image), str(steps / "m.csv")]) == 0
+    assert (steps / "m.csv").read_text() == (out / "measurements" / "crop.csv").read_text()
+
+
+def test_bad_image_fails_alone(tmp_path, tiny_model, small_image, capsys):
+    bad = tmp_path / "bad.tif"
+    bad.write_text("not an image\n")
+    good = tmp_path / "good.tif"
+    shutil.copy(small_image, good)
+    out = tmp_path / "out"
+    code = cli.main(["segment", str(bad), str(good), "--out", str(out), "--model", str(tiny_model), *FIND])
+    assert code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "bad.tif" in err[0]
+    assert (out / "masks" / "good.tif").exists()
+    assert not any(p.name.startswith("bad") for p in out.rglob("*"))
+
+
+def test_unknown_model_is_an_error(tmp_path, small_image, capsys):
+    assert cli.main(["segment", str(small_image), "--out", str(tmp_path), "--model", "no_such_model"]) == 1
+    err = capsys.readouterr().err
+    assert "no_such_model" in err and "cpsam" in err
