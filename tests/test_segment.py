@@ -18,18 +18,6 @@ FIND = ["--flow-threshold", "0", "--cellprob-threshold", "-0.5"]
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    import torch
-
-    from cpsnake.model import build_cpsam, save_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model(build_cpsam("tiny"), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def small_image(tmp_path_factory) -> Path:
     """A 200x260 crop of a real BBBC039 image, calibrated 0.5 um."""
     img = tifffile.imread(IMAGE)[:200, :260]

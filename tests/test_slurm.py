@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from test_workflow import comparable, make_run_dir, outputs_of, run_env, tiny_model  # noqa: F401  (fixture)
+from test_workflow import comparable, make_run_dir, outputs_of, run_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path("/etc/slurm/slurm.conf")

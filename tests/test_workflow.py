@@ -215,18 +215,6 @@ def write_good_images(folder: Path) -> None:
         tifffile.imwrite(folder / f"{name}.tif", img)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    import torch
-
-    from cpsnake.model import build_cpsam, save_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model(build_cpsam("tiny"), path)
-    return path
-
-
 # The tiny random model finds nothing with the default thresholds; without the flow-error check and
 # with a lower cell-probability threshold it finds some (nonsense) cells, which exercises the tables.
 FIND_CELLS = {"reconstruct": {"flow_threshold": 0.0, "cellprob_threshold": -0.5}}
