@@ -20,12 +20,15 @@ from cpsnake.errors import CpsnakeError
 from cpsnake.model import (
     ARCHITECTURES,
     CPSAMNet,
+    RelPosSDPAttention,
     build_cpsam,
     from_sam_checkpoint,
     infer_architecture,
     load_model,
     save_model,
+    set_attention,
 )
+from segment_anything.modeling.image_encoder import Attention as SAMAttention
 
 cellpose_vit = pytest.importorskip("cellpose.vit")
 build_sam_module = importlib.import_module("segment_anything.build_sam")
@@ -69,6 +72,8 @@ def test_small_variant_file_matches_cellpose(tmp_path, monkeypatch):
     torch.save(state, tmp_path / "small.pt")
     net = load_model(tmp_path / "small.pt")  # no architecture flags: inferred from the tensors
     assert list(net.state_dict()) == list(ref.state_dict())
+    assert all(type(blk.attn) is RelPosSDPAttention for blk in net.encoder.blocks)
+    assert all(type(blk.attn) is SAMAttention for blk in ref.encoder.blocks)  # the reference runs SAM's
     x = tiles(2)
     with torch.no_grad():
         out_ref, second = ref(x)  # cellpose returns (flows, zeros(B, 256)); we return flows only
@@ -106,6 +111,78 @@ def test_factory_shapes(arch):
     assert net.encoder.pos_embed.shape == (1, 32, 32, kw["embed_dim"])
     assert net.out.weight.shape == (192, kw["out_chans"], 1, 1) and net.W2.shape == (192, 3, 8, 8)
     assert all(blk.window_size == 0 for blk in net.encoder.blocks)
+    assert all(type(blk.attn) is RelPosSDPAttention for blk in net.encoder.blocks)
+
+
+@pytest.mark.parametrize("table", [32, 14])  # rel-pos rows made for 32 tokens, or 14 (interpolated)
+def test_sdpa_attention_equals_sam_attention(table):
+    """RelPosSDPAttention == segment-anything's Attention: 32x32 = 1024 tokens, global, random rel-pos."""
+    torch.manual_seed(0)
+    sam = SAMAttention(48, num_heads=3, qkv_bias=True, use_rel_pos=True, input_size=(table, table))
+    with torch.no_grad():
+        sam.rel_pos_h.normal_(0, 0.5)
+        sam.rel_pos_w.normal_(0, 0.5)
+    ours = SAMAttention(48, num_heads=3, qkv_bias=True, use_rel_pos=True, input_size=(table, table))
+    ours.__class__ = RelPosSDPAttention
+    ours.load_state_dict(sam.state_dict())
+    assert list(ours.state_dict()) == ["rel_pos_h", "rel_pos_w", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias"]
+    x = torch.randn(2, 32, 32, 48, requires_grad=True)
+    w = torch.randn(2, 32, 32, 48)  # random cotangent
+    grads = []
+    for attn in (sam, ours):
+        y = attn(x)
+        grads.append((y, *torch.autograd.grad((y * w).sum(), [x, attn.rel_pos_h, attn.qkv.weight])))
+    (y0, gx0, gr0, gq0), (y1, gx1, gr1, gq1) = grads
+    assert y0.abs().max() > 0.1 and gx0.abs().max() > 0.1 and gr0.abs().max() > 0.1  # not trivially zero
+    assert torch.allclose(y1, y0, atol=1e-5, rtol=0), (y1 - y0).abs().max()
+    assert torch.allclose(gx1, gx0, atol=1e-5, rtol=0), (gx1 - gx0).abs().max()
+    assert torch.allclose(gr1, gr0, atol=1e-5 * gr0.abs().max().item(), rtol=0), (gr1 - gr0).abs().max()
+    assert torch.allclose(gq1, gq0, atol=1e-5 * gq0.abs().max().item(), rtol=0), (gq1 - gq0).abs().max()
+
+
+def test_training_gradients_equal_sam_attention_with_layer_drop():
+    """Train mode (stochastic depth on): same skip pattern, same loss and gradients with either attention."""
+    torch.manual_seed(0)
+    net = build_cpsam("tiny", depth=3, rdrop=0.9).train()
+    with torch.no_grad():
+        for blk in net.encoder.blocks:
+            blk.attn.rel_pos_h.normal_(0, 0.1)
+            blk.attn.rel_pos_w.normal_(0, 0.1)
+    x = tiles(1)
+    results = {}
+    for kind in ("sam", "sdpa"):
+        set_attention(net.encoder, kind)
+        net.zero_grad()
+        torch.manual_seed(5)  # same per-sample skip draws both times
+        loss = net(x).square().mean()
+        loss.backward()
+        results[kind] = (loss.item(), {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad})
+    (l0, g0), (l1, g1) = results["sam"], results["sdpa"]
+    assert abs(l1 - l0) <= 1e-5 * abs(l0)
+    assert g0["encoder.blocks.0.attn.rel_pos_h"].abs().max() > 0  # rel-pos tables are trained
+    for name in g0:
+        scale = g0[name].abs().max().item()
+        assert torch.allclose(g1[name], g0[name], atol=1e-4 * scale + 1e-12, rtol=0), name
+
+
+def test_sdpa_attention_runs_in_bfloat16():
+    """The rel-pos mask follows q's dtype (SDPA requires it); bf16 output stays near the float32 one."""
+    torch.manual_seed(0)
+    net = build_cpsam("tiny", depth=1).eval()
+    with torch.no_grad():
+        net.encoder.blocks[0].attn.rel_pos_h.normal_(0, 0.1)
+        ref = net(tiles(1))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = net(tiles(1))
+        half = net.to(torch.bfloat16)(tiles(1).to(torch.bfloat16))
+    assert half.dtype == torch.bfloat16
+    for out in (auto, half):
+        assert torch.allclose(out.float(), ref, atol=0.05 * ref.abs().max().item(), rtol=0)
+
+
+def test_set_attention_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="expected 'sdpa' or 'sam'"):
+        set_attention(build_cpsam("tiny", depth=1).encoder, "flash")
 
 
 def test_unknown_architecture_is_an_error():
@@ -216,6 +293,7 @@ def test_from_sam_checkpoint_matches_cellpose_adaptation(tmp_path, monkeypatch):
     # reference: cellpose's CPSAM.__init__ adapting the SAM encoder loaded from that checkpoint
     ref = small_reference(monkeypatch, lambda checkpoint=None: SMALL_SAM(checkpoint=str(tmp_path / "sam_small.pth")))
     net = from_sam_checkpoint(tmp_path / "sam_small.pth").eval()
+    assert all(type(blk.attn) is RelPosSDPAttention for blk in net.encoder.blocks)
     ours, theirs = net.state_dict(), ref.state_dict()
     assert list(ours) == list(theirs)
     fresh = ("out.weight", "out.bias", "encoder.patch_embed.proj.bias")

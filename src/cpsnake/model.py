@@ -22,6 +22,16 @@ The ``vit_*`` variants keep SAM's relative-position tables (27 rows in windowed 
 four global blocks) because the published weights carry them; segment-anything interpolates them to the
 63 rows that 32 tokens need. ``tiny`` is built for 32 tokens directly.
 
+Attention runs through :class:`RelPosSDPAttention`, a subclass of segment-anything's ``Attention`` that
+every block gets when the encoder is built (:func:`build_encoder`, hence :func:`build_cpsam`,
+:func:`load_model` and :func:`from_sam_checkpoint`). Why: with 1024 tokens per tile, SAM's attention spends
+most of the network's CPU time in separate passes over the (heads, 1024, 1024) map: ``q @ k^T``, adding
+the decomposed relative-position terms (another full copy), softmax, ``@ v``; ``torch.nn.functional.scaled_dot_product_attention`` fuses
+these, taking the same relative-position terms as an additive mask. The parameters (``qkv``, ``proj``,
+``rel_pos_h``, ``rel_pos_w``) and so the state-dict keys are SAM's; the result equals SAM's attention up
+to float rounding (tests check 1e-5, forward and gradient). :func:`set_attention` switches an encoder back
+to SAM's own attention (what cellpose runs), e.g. for a benchmark.
+
 Loading never needs an architecture flag: :func:`infer_architecture` reads it from the tensors
 (depth = number of blocks, embed_dim and patch size from the patch-embedding kernel, heads from the
 rel-pos head dimension, neck channels, rel-pos table length per block, token grid from ``pos_embed``).
@@ -32,6 +42,7 @@ build_cpsam(arch="vit_l", **overrides) -> CPSAMNet            random initialisat
 load_model(path, *, device="cpu") -> CPSAMNet                 cellpose-4 state dict, strict, weights_only
 save_model(net, path)                                         atomic, plain state dict
 from_sam_checkpoint(path) -> CPSAMNet                         SAM ``sam_vit_*.pth`` -> Cellpose-SAM start
+set_attention(encoder, "sdpa" | "sam") -> encoder             switch the blocks' attention (same weights)
 
 A name from the weights registry becomes a path with :func:`cpsnake.weights.resolve`:
 ``load_model(weights.resolve("cpsam"))``.
@@ -47,6 +58,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
+from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import nn
 
 from cpsnake.errors import CpsnakeError
@@ -56,6 +68,8 @@ __all__ = [
     "CPSAMNet",
     "build_cpsam",
     "build_encoder",
+    "RelPosSDPAttention",
+    "set_attention",
     "infer_architecture",
     "load_state_dict_file",
     "load_model",
@@ -84,6 +98,64 @@ ARCHITECTURES: dict[str, dict] = {
 }
 
 
+def rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """SAM's decomposed relative-position term as an additive attention mask.
+
+    Same arithmetic as segment-anything's ``add_decomposed_rel_pos`` (query grid = key grid = ``hw``),
+    but returned on its own instead of added to an attention map.
+
+    Parameters
+    ----------
+    q : (..., H*W, C) unscaled queries (``...`` = batch, heads)
+    rel_pos_h, rel_pos_w : (L, C) tables; interpolated to ``2H-1`` / ``2W-1`` rows if needed
+    hw : (H, W) token grid
+
+    Returns
+    -------
+    (..., H*W, H*W) tensor, dtype of ``q``: ``bias[..., (i, j), (k, l)] = q_ij . Rh[i-k] + q_ij . Rw[j-l]``.
+    """
+    h, w = hw
+    rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # H H C
+    rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # W W C
+    r_q = q.reshape(*q.shape[:-2], h, w, q.shape[-1])
+    rel_h = torch.einsum("...hwc,hkc->...hwk", r_q, rh)  # ... H W H(keys)
+    rel_w = torch.einsum("...hwc,wkc->...hwk", r_q, rw)  # ... H W W(keys)
+    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(*q.shape[:-2], h * w, h * w)
+
+
+class RelPosSDPAttention(Attention):
+    """segment-anything's ``Attention`` computed with ``F.scaled_dot_product_attention``.
+
+    Same parameters and attribute names (``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w``, ``num_heads``,
+    ``scale``), so state dicts are unchanged; only :meth:`forward` differs. The relative-position term
+    (:func:`rel_pos_bias`) is passed as a float ``attn_mask`` in the dtype of ``q`` (float32, or bfloat16
+    under autocast on CUDA). Differentiable (autograd through SDPA and the mask, so ``rel_pos_*`` train).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, dim) -> (B, H, W, dim)."""
+        b, h, w, _ = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each B heads N C
+        bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w)) if self.use_rel_pos else None
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)  # B heads N C
+        x = x.transpose(1, 2).reshape(b, h, w, -1)
+        return self.proj(x)
+
+
+def set_attention(encoder: ImageEncoderViT, kind: str = "sdpa") -> ImageEncoderViT:
+    """Switch every block's attention, in place, to ``"sdpa"`` (:class:`RelPosSDPAttention`) or ``"sam"``.
+
+    Only the module class changes (the two share all parameters and buffers); returns ``encoder``.
+    """
+    cls = {"sdpa": RelPosSDPAttention, "sam": Attention}.get(kind)
+    if cls is None:
+        raise ValueError(f"attention kind {kind!r}: expected 'sdpa' or 'sam'")
+    for blk in encoder.blocks:
+        blk.attn.__class__ = cls
+    return encoder
+
+
 def build_encoder(
     embed_dim: int,
     depth: int,
@@ -97,7 +169,7 @@ def build_encoder(
     qkv_bias: bool = True,
     rel_pos_tokens: int | Sequence[int] | None = None,
 ) -> ImageEncoderViT:
-    """A segment-anything ``ImageEncoderViT`` with global attention in every block.
+    """A segment-anything ``ImageEncoderViT`` with global attention in every block, run by :class:`RelPosSDPAttention`.
 
     Parameters
     ----------
@@ -136,7 +208,7 @@ def build_encoder(
         if n != tokens:
             blk.attn.rel_pos_h = nn.Parameter(torch.zeros(2 * n - 1, head_dim))
             blk.attn.rel_pos_w = nn.Parameter(torch.zeros(2 * n - 1, head_dim))
-    return enc
+    return set_attention(enc, "sdpa")
 
 
 class CPSAMNet(nn.Module):
