@@ -103,9 +103,9 @@ REGISTRY: Mapping[str, Entry] = MappingProxyType({
     "cpsam": Entry(
         "cpsam", 1_233_587_898, "e1440429eb384f95afe32bcba6510f90d518eaedc917ede549bed6804004abe2",
         base=HF_BASE, note="Cellpose-SAM, ViT-L (as published)"),
-    # size and sha256 are filled in when the bundled model is (re)trained
+    # size and sha256 of resources/models/nuclei_small.pt (see resources/models/MODEL_CARD.md)
     "nuclei_small": Entry(
-        "nuclei_small", None, None, bundled=REPO_ROOT / "resources" / "models" / "nuclei_small.pt",
+        "nuclei_small", 9_140_833, "f9cd0eff4252cbb1afd37eab8a89d514685b92bc6d6124eda30a23f4eea85a8a", bundled=REPO_ROOT / "resources" / "models" / "nuclei_small.pt",
         note="small 'tiny' model for nuclei, fast on CPU (bundled)"),
 })
 
