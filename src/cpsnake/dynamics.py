@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -185,6 +186,41 @@ def _diffuse_band(T: np.ndarray, M: np.ndarray, src: np.ndarray, niter: int) -> 
         np.multiply(S, M, out=inner)
 
 
+class _Atlas(NamedTuple):
+    """Every object's bounding box packed into one small 2-D array (see :func:`_pack_atlas`)."""
+
+    y0: np.ndarray  # (K,) top of each present object's box in the image
+    x0: np.ndarray  # (K,) left of each box
+    hh: np.ndarray  # (K,) box heights
+    ww: np.ndarray  # (K,) box widths
+    oy: np.ndarray  # (K,) top of each box in the atlas
+    ox: np.ndarray  # (K,) left of each box in the atlas
+    height: int
+    width: int
+    bands: list  # row bands of the atlas that share only zero separator rows
+    nz: np.ndarray  # (N,) flat image indices of object pixels, raster order
+    lab: np.ndarray  # (N,) their labels
+    apos: np.ndarray  # (N,) their flat indices in the atlas
+
+
+def _atlas(labels: np.ndarray, slices: list, present: np.ndarray) -> _Atlas:
+    """Pack the boxes of the ``present`` objects (indices into ``slices``) and map object pixels into them."""
+    y0 = np.array([slices[i][0].start for i in present], dtype=np.int64)
+    x0 = np.array([slices[i][1].start for i in present], dtype=np.int64)
+    hh = np.array([slices[i][0].stop for i in present], dtype=np.int64) - y0
+    ww = np.array([slices[i][1].stop for i in present], dtype=np.int64) - x0
+    oy, ox, width, bands = _pack_atlas(hh, ww)
+    # box index of each label (labels may skip values)
+    box = np.full(len(slices) + 1, -1, dtype=np.int64)
+    box[present + 1] = np.arange(len(present))
+    nz = np.flatnonzero(labels)
+    lab = labels.reshape(-1)[nz]
+    b = box[lab]
+    yy, xx = np.divmod(nz, labels.shape[1])
+    apos = (oy[b] + yy - y0[b]) * width + (ox[b] + xx - x0[b])
+    return _Atlas(y0, x0, hh, ww, oy, ox, bands[-1][1] + 1, width, bands, nz, lab, apos)
+
+
 def _heat(labels: np.ndarray, slices: list, niter: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Heat after diffusion, for every object pixel.
 
@@ -193,31 +229,16 @@ def _heat(labels: np.ndarray, slices: list, niter: int | None) -> tuple[np.ndarr
     """
     Ly, Lx = labels.shape
     present = np.array([i for i, s in enumerate(slices) if s is not None], dtype=np.int64)
-    y0 = np.array([slices[i][0].start for i in present], dtype=np.int64)
-    x0 = np.array([slices[i][1].start for i in present], dtype=np.int64)
-    hh = np.array([slices[i][0].stop for i in present], dtype=np.int64) - y0
-    ww = np.array([slices[i][1].stop for i in present], dtype=np.int64) - x0
+    at = _atlas(labels, slices, present)
     if niter is None:
-        niter = int(2 * (hh + ww + 2).max())
+        niter = int(2 * (at.hh + at.ww + 2).max())
     centers = object_centers(labels, slices)
-
-    oy, ox, width, bands = _pack_atlas(hh, ww)
-    height = bands[-1][1] + 1
-    # box index of each label (labels may skip values)
-    box = np.full(len(slices) + 1, -1, dtype=np.int64)
-    box[present + 1] = np.arange(len(present))
-
-    nz = np.flatnonzero(labels)
-    lab = labels.reshape(-1)[nz]
-    b = box[lab]
-    yy, xx = np.divmod(nz, Lx)
-    apos = (oy[b] + yy - y0[b]) * width + (ox[b] + xx - x0[b])
-    del yy, xx, b
+    height, width, bands, nz, lab, apos = at.height, at.width, at.bands, at.nz, at.lab, at.apos
     M = np.zeros(height * width)
     M[apos] = 1.0
     M = M.reshape(height, width)
     T = np.zeros((height, width))
-    srcpos = (oy + centers[:, 0] - y0) * width + (ox + centers[:, 1] - x0)
+    srcpos = (at.oy + centers[:, 0] - at.y0) * width + (at.ox + centers[:, 1] - at.x0)
     src_row = srcpos // width
 
     def run(band: tuple[int, int]) -> None:
@@ -484,21 +505,11 @@ def _objects_with_holes(labels: np.ndarray, slices: list) -> np.ndarray:
     present = np.array([i for i, s in enumerate(slices) if s is not None], dtype=np.int64)
     if present.size == 0:
         return present
-    y0 = np.array([slices[i][0].start for i in present], dtype=np.int64)
-    x0 = np.array([slices[i][1].start for i in present], dtype=np.int64)
-    hh = np.array([slices[i][0].stop for i in present], dtype=np.int64) - y0
-    ww = np.array([slices[i][1].stop for i in present], dtype=np.int64) - x0
-    oy, ox, width, bands = _pack_atlas(hh, ww)
-    height = bands[-1][1] + 1
-    box = np.full(len(slices) + 1, -1, dtype=np.int64)
-    box[present + 1] = np.arange(len(present))
-    nz = np.flatnonzero(labels)
-    lab = labels.reshape(-1)[nz]
-    b = box[lab]
-    yy, xx = np.divmod(nz, labels.shape[1])
-    atlas = np.zeros((height, width), dtype=np.int32)
-    atlas.reshape(-1)[(oy[b] + yy - y0[b]) * width + (ox[b] + xx - x0[b])] = lab
-    del nz, lab, b, yy, xx
+    at = _atlas(labels, slices, present)
+    width = at.width
+    atlas = np.zeros((at.height, width), dtype=np.int32)
+    atlas.reshape(-1)[at.apos] = at.lab
+    del at
     fg = atlas > 0
     hy, hx = np.nonzero(ndi.binary_fill_holes(fg) & ~fg)
     if hy.size == 0:

@@ -444,19 +444,11 @@ def read_normalized(path: str | Path) -> tuple[np.ndarray, dict]:
 
     A 2-D ``(Y, X)`` file is one channel. Anything else (integers, more channels, NaN) is a CpsnakeError.
     """
-    import tifffile
+    from cpsnake.io import read_tiff
 
-    from cpsnake.io import read_calibration
-
-    fix = "pass the float32 (C, Y, X) image written by `cpsnake normalize`"
-    try:
-        with tifffile.TiffFile(path) as tif:
-            data = tif.asarray()
-            pixel_size, unit = read_calibration(tif)
-    except FileNotFoundError:
-        raise CpsnakeError(f"{path}: no such file; {fix}") from None
-    except Exception as exc:  # tifffile raises many types for non-TIFF or truncated files
-        raise CpsnakeError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc}); {fix}") from None
+    what = "the float32 (C, Y, X) image written by `cpsnake normalize`"
+    fix = f"pass {what}"
+    data, meta = read_tiff(path, expected=what)
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or not 1 <= data.shape[0] <= 3 or min(data.shape[1:]) < 1:
@@ -466,7 +458,7 @@ def read_normalized(path: str | Path) -> tuple[np.ndarray, dict]:
     data = data.astype(np.float32, copy=False)
     if not np.isfinite(data).all():
         raise CpsnakeError(f"{path}: found NaN or infinite values, expected finite floats; {fix}")
-    return data, {"pixel_size": pixel_size, "unit": unit}
+    return data, meta
 
 
 def _positive_float(text: str) -> float:

@@ -25,6 +25,7 @@ __all__ = [
     "write_tiff",
     "read_calibration",
     "write_flows",
+    "read_tiff",
     "read_flows",
     "write_labels",
     "read_labels",
@@ -157,25 +158,36 @@ def write_flows(
     write_tiff(path, flows, axes="CYX", pixel_size=pixel_size, unit=unit)
 
 
-def read_flows(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
-    """Read a flows file: float32 ``(3, Y, X)`` and ``{"pixel_size": (y, x) | None, "unit": str | None}``."""
-    import numpy as np
+def read_tiff(path: str | os.PathLike, *, expected: str) -> tuple["np.ndarray", dict]:
+    """Read a TIFF's array and ``{"pixel_size": (y, x) | None, "unit": str | None}``.
+
+    ``expected`` names what the file should be (e.g. ``"a flows TIFF written by `cpsnake infer`"``); a
+    missing or unreadable file is a one-line CpsnakeError that says it.
+    """
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            flows = tif.asarray()
+            data = tif.asarray()
             pixel_size, unit = read_calibration(tif)
     except FileNotFoundError:
-        raise CpsnakeError(f"{path}: no such file; expected a flows TIFF written by `cpsnake infer`") from None
-    except Exception as exc:  # tifffile raises many types for corrupt files
-        raise CpsnakeError(f"{path}: not a readable TIFF ({exc}); expected a flows TIFF written by `cpsnake infer`") from None
+        raise CpsnakeError(f"{path}: no such file; expected {expected}") from None
+    except Exception as exc:  # tifffile raises many types for corrupt or non-TIFF files
+        raise CpsnakeError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc}); expected {expected}") from None
+    return data, {"pixel_size": pixel_size, "unit": unit}
+
+
+def read_flows(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
+    """Read a flows file: float32 ``(3, Y, X)`` and ``{"pixel_size": (y, x) | None, "unit": str | None}``."""
+    import numpy as np
+
+    flows, meta = read_tiff(path, expected="a flows TIFF written by `cpsnake infer`")
     if flows.ndim != 3 or flows.shape[0] != 3:
         raise CpsnakeError(
             f"{path}: found an array of shape {flows.shape}, expected flows (3, Y, X) = dY, dX, cellprob; "
             "pass the output of `cpsnake infer`"
         )
-    return flows.astype(np.float32, copy=False), {"pixel_size": pixel_size, "unit": unit}
+    return flows.astype(np.float32, copy=False), meta
 
 
 LABEL_UINT16_MAX = 65535
@@ -229,16 +241,8 @@ def write_labels(
 def read_labels(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
     """Read a label image as int32/int64 ``(Y, X)`` or ``(Z, Y, X)`` plus ``{"pixel_size", "unit"}``."""
     import numpy as np
-    import tifffile
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            data = tif.asarray()
-            pixel_size, unit = read_calibration(tif)
-    except FileNotFoundError:
-        raise CpsnakeError(f"{path}: no such file; expected a label TIFF") from None
-    except Exception as exc:
-        raise CpsnakeError(f"{path}: not a readable TIFF ({exc}); expected a label TIFF") from None
+    data, meta = read_tiff(path, expected="a label TIFF")
     data = np.squeeze(data)
     if data.ndim not in (2, 3):
         raise CpsnakeError(f"{path}: labels of shape {data.shape}, expected (Y, X) or (Z, Y, X)")
@@ -250,7 +254,7 @@ def read_labels(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
     elif data.size and data.min() < 0:
         raise CpsnakeError(f"{path}: negative labels; expected 0 = background and 1..N = objects")
     out = data.astype(np.int64 if data.size and data.max() > 2**31 - 1 else np.int32)
-    return out, {"pixel_size": pixel_size, "unit": unit}
+    return out, meta
 
 
 # --- Reading input images --------------------------------------------------------------------------
