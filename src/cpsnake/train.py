@@ -32,8 +32,9 @@ steps/20, at most 100), constant, then halved 10 times in equal parts of the las
 Outputs in DIR: ``model.pt`` (a plain cellpose-4 state dict, loads with ``cpsnake.model.load_model``;
 ``diam_labels`` = mean training diameter), ``checkpoint.pt`` (model, optimiser, step, seed, loss log;
 tensors and plain containers only, ``torch.load(..., weights_only=True)``), ``log.csv`` (step, lr, loss,
-val_ap50). ``--resume DIR/checkpoint.pt`` continues the step count up to ``--steps`` (give the same
-``--steps``, ``--batch-size`` and schedule options to continue the run exactly). ``--workers N`` processes
+val_ap50). ``--resume DIR/checkpoint.pt`` continues the step count up to ``--steps``, with the batch size,
+learning rate, weight decay, warm-up, layer drop and diameter range recorded in the checkpoint unless given
+again (and its decay if ``--steps`` is unchanged), so the run goes on exactly. ``--workers N`` processes
 prepare batches ahead (default 0 on CPU, min(8, cores - 1) on a GPU); a batch depends only on
 ``(seed, step)``, never on the number of workers.
 With ``--val`` the pooled AP@0.5 on the validation images (the pipeline's own ``infer.predict`` +
@@ -408,7 +409,8 @@ def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, l
         opt.load_state_dict(resume["optimizer"])
         start, seed, log_rows = int(resume["step"]), int(resume["seed"]), list(resume.get("log", []))
     config = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-              "warmup": warmup, "decay": decay, "diam_range": list(diam_range)}
+              "warmup": warmup, "decay": decay, "diam_range": list(diam_range),
+              "layer_drop": float(getattr(net, "rdrop", 0.0))}
     net.diam_labels.data[:] = float(np.mean([it["diameter"] for it in items]))
     running, t0 = [], time.perf_counter()
     batches = _BatchStream(items, seed=seed, batch_size=batch_size, diam_range=tuple(diam_range), augment_p=augment_p)
@@ -554,13 +556,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=500, help="steps between validations (default 500)")
     p.add_argument("--val-max", type=int, default=None, help="use only the first N validation images")
     p.add_argument("--steps", type=int, default=1000, help="total optimiser steps (default 1000)")
-    p.add_argument("--batch-size", type=int, default=8)
+    # options left out on --resume are the checkpoint's (see _settings), so a resumed run goes on unchanged
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default 8)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (5e-5 fine-tuning, 2e-4 scratch)")
-    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0.1)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default steps/20, at most 100)")
     p.add_argument("--decay", type=int, default=None, help="final steps with 10 halvings (default steps/10)")
-    p.add_argument("--layer-drop", type=float, default=0.4, help="stochastic depth of the encoder (default 0.4)")
-    p.add_argument("--diam-range", type=float, nargs=2, default=[7.5, 120.0], metavar=("LO", "HI"))
+    p.add_argument("--layer-drop", type=float, default=None, help="stochastic depth of the encoder (default 0.4)")
+    p.add_argument("--diam-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="median object diameters to rescale to (default 7.5 120)")
     p.add_argument("--min-train-masks", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, mps")
@@ -582,6 +586,27 @@ def _pack_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     pack(a.src, a.out, max_mb=a.max_mb)
     return 0
+
+
+DEFAULTS = {"batch_size": 8, "weight_decay": 0.1, "layer_drop": 0.4, "diam_range": [7.5, 120.0]}
+
+
+def _settings(args: argparse.Namespace, resume: dict | None, lr_default: float) -> dict:
+    """Training options: given on the command line, else recorded in the resumed checkpoint, else defaults.
+
+    ``decay`` is taken from the checkpoint only when ``--steps`` is unchanged (a longer run decays over
+    its own last tenth); ``warmup`` is kept, so extending a run before its decay starts gives the run that
+    the longer ``--steps`` would have given from the start.
+    """
+    cfg = dict(resume.get("config", {})) if resume else {}
+    out = {}
+    for key, default in {**DEFAULTS, "lr": lr_default}.items():
+        given = getattr(args, key)
+        out[key] = given if given is not None else cfg.get(key, default)
+    out["warmup"] = args.warmup if args.warmup is not None else cfg.get("warmup")
+    same = cfg.get("steps") == args.steps
+    out["decay"] = args.decay if args.decay is not None else (cfg.get("decay") if same else None)
+    return out
 
 
 @guard("train")
@@ -619,9 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         net = M.build_cpsam(args.arch or "tiny")
         lr_default = 2e-4
-    if resume is not None and "lr" in resume.get("config", {}) and args.lr is None:
-        lr_default = float(resume["config"]["lr"])
-    net.rdrop = args.layer_drop
+    opts = _settings(args, resume, lr_default)
+    net.rdrop = opts["layer_drop"]
     out_dir = Path(args.out)
     items = prepare(list_pairs(args.train), args.cache or out_dir / "cache", min_masks=args.min_train_masks)
     if not items:
@@ -636,9 +660,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise CpsnakeError(f"--val: module {mod} is missing; expected the inference pipeline; drop --val")
     print(f"train: {len(items)} images, {sum(i['n'] for i in items)} objects, device {device}, "
           f"{sum(p.numel() for p in net.parameters()):,} parameters", flush=True)
-    train(net, items, out_dir=out_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr or lr_default,
-          weight_decay=args.weight_decay, warmup=args.warmup, decay=args.decay, seed=args.seed, device=device,
-          bf16=bf16, diam_range=tuple(args.diam_range), save_every=args.save_every, log_every=args.log_every,
+    if resume is not None:
+        print("resume: " + ", ".join(f"{k} {v}" for k, v in opts.items() if v is not None)
+              + " (options not given are the checkpoint's)", flush=True)
+    train(net, items, out_dir=out_dir, steps=args.steps, batch_size=opts["batch_size"], lr=opts["lr"],
+          weight_decay=opts["weight_decay"], warmup=opts["warmup"], decay=opts["decay"], seed=args.seed,
+          device=device, bf16=bf16, diam_range=tuple(opts["diam_range"]), save_every=args.save_every, log_every=args.log_every,
           val_pairs=val_pairs, val_every=args.val_every, val_max=args.val_max, resume=resume,
           workers=args.workers if args.workers is not None else
           (0 if device == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))))

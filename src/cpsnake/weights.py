@@ -105,7 +105,7 @@ REGISTRY: Mapping[str, Entry] = MappingProxyType({
         base=HF_BASE, note="Cellpose-SAM, ViT-L (as published)"),
     # size and sha256 of resources/models/nuclei_small.pt (see resources/models/MODEL_CARD.md)
     "nuclei_small": Entry(
-        "nuclei_small", 9_140_833, "f9cd0eff4252cbb1afd37eab8a89d514685b92bc6d6124eda30a23f4eea85a8a", bundled=REPO_ROOT / "resources" / "models" / "nuclei_small.pt",
+        "nuclei_small", 9_140_833, "d76ec8490cb0720fe77816191d33a34191d318c6c31551b749c9732e9d1f69d8", bundled=REPO_ROOT / "resources" / "models" / "nuclei_small.pt",
         note="small 'tiny' model for nuclei, fast on CPU (bundled)"),
 })
 

@@ -1,6 +1,7 @@
 # Sample discovery, model resolution and the helpers the rules share.
 import glob
 import json
+import os
 import re
 from pathlib import Path
 
@@ -134,7 +135,9 @@ def mem_mb(base, per_input_mb):
     """Memory request growing with the size of the job's input files: base + per_input_mb * MB in."""
 
     def request(wildcards, input):
-        return int(base + per_input_mb * input.size_mb)
+        # plain file sizes: Snakemake's input.size_mb is a coroutine wrapper that warns when used here
+        size = sum(os.path.getsize(f) for f in input if os.path.exists(f))
+        return int(base + per_input_mb * size / 1e6)
 
     return request
 
