@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 ## the workflow on the bundled demo images with the bundled model, offline
 run: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) --workflow-profile workflow/profiles/local
-	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) --report results/report.html
+	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) --workflow-profile workflow/profiles/local --report results/report.html
 
 ## every test, real ImageJ and SLURM included (.ci/run installs those first)
 test: setup
