@@ -595,8 +595,7 @@ def _settings(args: argparse.Namespace, resume: dict | None, lr_default: float) 
     """Training options: given on the command line, else recorded in the resumed checkpoint, else defaults.
 
     ``decay`` is taken from the checkpoint only when ``--steps`` is unchanged (a longer run decays over
-    its own last tenth); ``warmup`` is kept, so extending a run before its decay starts gives the run that
-    the longer ``--steps`` would have given from the start.
+    its own last tenth); ``warmup`` is the checkpoint's.
     """
     cfg = dict(resume.get("config", {})) if resume else {}
     out = {}
@@ -665,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
               + " (options not given are the checkpoint's)", flush=True)
     train(net, items, out_dir=out_dir, steps=args.steps, batch_size=opts["batch_size"], lr=opts["lr"],
           weight_decay=opts["weight_decay"], warmup=opts["warmup"], decay=opts["decay"], seed=args.seed,
-          device=device, bf16=bf16, diam_range=tuple(opts["diam_range"]), save_every=args.save_every, log_every=args.log_every,
+          device=device, bf16=bf16, diam_range=tuple(opts["diam_range"]), save_every=args.save_every,
+          log_every=args.log_every,
           val_pairs=val_pairs, val_every=args.val_every, val_max=args.val_max, resume=resume,
           workers=args.workers if args.workers is not None else
           (0 if device == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))))

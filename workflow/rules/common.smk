@@ -135,7 +135,7 @@ def mem_mb(base, per_input_mb):
     """Memory request growing with the size of the job's input files: base + per_input_mb * MB in."""
 
     def request(wildcards, input):
-        # plain file sizes: Snakemake's input.size_mb is a coroutine wrapper that warns when used here
+        # plain file sizes: Snakemake evaluates input.size_mb in its own async loop, which it cannot always nest
         size = sum(os.path.getsize(f) for f in input if os.path.exists(f))
         return int(base + per_input_mb * size / 1e6)
 
