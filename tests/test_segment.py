@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 
@@ -65,3 +66,35 @@ def test_unknown_model_is_an_error(tmp_path, small_image, capsys):
     assert cli.main(["segment", str(small_image), "--out", str(tmp_path), "--model", "no_such_model"]) == 1
     err = capsys.readouterr().err
     assert "no_such_model" in err and "cpsam" in err
+
+
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        (["--tile-overlap", "0.9"], "--tile-overlap 0.9"),
+        (["--niter", "0"], "--niter 0"),
+        (["--max-size-fraction", "2"], "--max-size-fraction 2"),
+        (["--low-high", "0", "100", "--tile-norm", "64"], "--low-high"),
+        (["--channels", "a"], "--channels 'a'"),
+    ],
+)
+def test_bad_option_is_one_error_line_before_any_work(tmp_path, small_image, capsys, option, expected):
+    # checked before the model is resolved: an unknown model name would be an error of its own
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(small_image), "--out", str(out), "--model", "no_such_model", *option]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and "no_such_model" not in err[0]
+    assert not out.exists()
+
+
+def test_segment_offers_every_option_of_the_step_commands():
+    from cpsnake import infer, normalize, reconstruct, segment
+
+    def flags(parser: argparse.ArgumentParser) -> set[str]:
+        return {s for a in parser._actions for s in a.option_strings}
+
+    steps = argparse.ArgumentParser()
+    for module in (normalize, infer, reconstruct):
+        module.add_options(steps)
+    assert len(flags(steps)) > 15
+    assert flags(steps) <= flags(segment._parser())

@@ -484,32 +484,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("normalized", type=Path, help="float32 (C, Y, X) TIFF from `cpsnake normalize`, C = 1..3")
     p.add_argument("flows", type=Path, help="output flows TIFF, float32 (3, Y, X) = dY, dX, cellprob logits")
     p.add_argument("--model", required=True, help="registry name (see `cpsnake weights list`) or path to a weights file")
+    add_options(p)
+    return p
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """Add the inference options (shared by ``cpsnake infer`` and ``cpsnake segment``)."""
     p.add_argument("--diameter", type=_positive_float, default=None, help="cell diameter in px: resize by 30/D first")
     p.add_argument("--augment", action="store_true", help="flip test-time augmentation (slower, smoother)")
     p.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto", help="tiles per batch (auto: 8 CPU, 32 GPU)")
     p.add_argument("--tile-overlap", type=float, default=0.1, help="overlap fraction of tiles, 0.05..0.5 (default 0.1)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
-    return p
+
+
+def options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`predict` from parsed options: device, dtype and batch size resolved."""
+    if not 0.05 <= args.tile_overlap <= 0.5:
+        raise CpsnakeError(f"--tile-overlap {args.tile_overlap}: expected a fraction in [0.05, 0.5]; the default is 0.1")
+    device = resolve_device(args.device)
+    return dict(
+        diameter=args.diameter,
+        augment=args.augment,
+        batch_size=args.batch_size or (8 if device.type == "cpu" else 32),
+        tile_overlap=args.tile_overlap,
+        device=device,
+        dtype=resolve_dtype(args.precision, device),
+    )
 
 
 @guard("infer")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not 0.05 <= args.tile_overlap <= 0.5:
-        raise CpsnakeError(f"--tile-overlap {args.tile_overlap}: expected a fraction in [0.05, 0.5]; the default is 0.1")
+    opts = options(args)
     img, meta = read_normalized(args.normalized)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.precision, device)
-    batch_size = args.batch_size or (8 if device.type == "cpu" else 32)
 
     from cpsnake import model, weights
 
-    net = model.load_model(weights.resolve(args.model, progress=True), device=str(device))
-    flows = predict(
-        net, img, diameter=args.diameter, batch_size=batch_size, tile_overlap=args.tile_overlap,
-        augment=args.augment, device=device, dtype=dtype, progress=None,
-    )
+    net = model.load_model(weights.resolve(args.model, progress=True), device=str(opts["device"]))
+    flows = predict(net, img, progress=None, **opts)
     from cpsnake.io import write_flows
 
     write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"])

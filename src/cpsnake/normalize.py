@@ -328,12 +328,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("image", help="input image: TIFF / OME-TIFF, PNG or JPEG, 2-D (grey, RGB or multi-channel)")
     p.add_argument("out", help="output TIFF (.tif or .tiff); the record goes to the same name with .json")
+    add_options(p)
+    return p
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """Add the normalization options (shared by ``cpsnake normalize`` and ``cpsnake segment``)."""
     p.add_argument("--channels", metavar="I,J,K", help="0-based channels to use, in this order (at most 3; default: all, if <= 3)")
     p.add_argument("--percentiles", nargs=2, type=float, metavar=("LOW", "HIGH"), help="percentiles mapped to 0 and 1 (default 1 99)")
     p.add_argument("--low-high", nargs=2, type=float, metavar=("LO", "HI"), help="fixed values mapped to 0 and 1, instead of percentiles")
     p.add_argument("--invert", action="store_true", help="1 - x after scaling (dark objects on a bright background)")
     p.add_argument("--tile-norm", type=int, default=0, metavar="N", help="percentiles per N x N pixel tile (0: whole image)")
-    return p
+
+
+def options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`normalize` (plus ``channels``) from parsed options; one error if they clash."""
+    if args.low_high is not None and (args.percentiles is not None or args.tile_norm):
+        raise CpsnakeError("--low-high replaces percentiles; expected it without --percentiles and --tile-norm")
+    return dict(
+        channels=_parse_channels(args.channels),
+        percentiles=tuple(args.percentiles) if args.percentiles else (1.0, 99.0),
+        low_high=args.low_high,
+        invert=args.invert,
+        tile_size=args.tile_norm,
+    )
 
 
 @guard("normalize")
@@ -345,9 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     src, out_path = Path(args.image), Path(args.out)
     if out_path.suffix.lower() not in (".tif", ".tiff"):
         raise CpsnakeError(f"{out_path}: output name ends in {out_path.suffix or 'nothing'!r}, expected .tif or .tiff")
-    if args.low_high is not None and (args.percentiles is not None or args.tile_norm):
-        raise CpsnakeError(f"{src}: --low-high replaces percentiles; expected it without --percentiles and --tile-norm")
-    channels = _parse_channels(args.channels)
+    opts = options(args)
+    channels = opts.pop("channels")
     img, meta = read_image(src)
     if img.ndim != 3:
         guessed = any(a in "QIR" for a in meta["axes"])
@@ -363,13 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         chosen = select_channels(img, channels)
-        data, record = normalize(
-            chosen,
-            percentiles=tuple(args.percentiles) if args.percentiles else (1.0, 99.0),
-            low_high=args.low_high,
-            invert=args.invert,
-            tile_size=args.tile_norm,
-        )
+        data, record = normalize(chosen, **opts)
     except CpsnakeError as exc:
         raise CpsnakeError(f"{src}: {exc}") from None
     used = channels if channels is not None else list(range(img.shape[0]))

@@ -97,6 +97,30 @@ def compute_masks(
     return dynamics.fill_holes_and_remove_small_masks(labels, min_size=int(min_size))
 
 
+def add_options(p: argparse.ArgumentParser) -> None:
+    """Add the reconstruction options (shared by ``cpsnake reconstruct`` and ``cpsnake segment``)."""
+    p.add_argument("--cellprob-threshold", type=float, default=0.0, help="cell probability logit threshold (0.0)")
+    p.add_argument("--flow-threshold", type=float, default=0.4, help="max flow error of a mask; 0 = no check (0.4)")
+    p.add_argument("--niter", type=int, default=None, help="flow-following iterations (200, or 200*D/30 with --diameter)")
+    p.add_argument("--min-size", type=int, default=15, help="smallest mask in pixels; -1 keeps all (15)")
+    p.add_argument("--max-size-fraction", type=float, default=0.4, help="drop masks above this image fraction (0.4)")
+
+
+def options(args: argparse.Namespace, diameter: float | None) -> dict:
+    """Keyword arguments of :func:`compute_masks` from parsed options and the network's diameter."""
+    if args.niter is not None and args.niter < 1:
+        raise CpsnakeError(f"--niter {args.niter}: expected a positive number of iterations; omit it for the default")
+    if not 0 < args.max_size_fraction <= 1:
+        raise CpsnakeError(f"--max-size-fraction {args.max_size_fraction}: expected a fraction in (0, 1]")
+    return dict(
+        cellprob_threshold=args.cellprob_threshold,
+        flow_threshold=args.flow_threshold,
+        niter=niter_for_diameter(diameter, args.niter),
+        min_size=args.min_size,
+        max_size_fraction=args.max_size_fraction,
+    )
+
+
 @guard("reconstruct")
 def main(argv: list[str] | None = None) -> int:
     """``cpsnake reconstruct FLOWS.tif LABELS.tif [options]``."""
@@ -106,30 +130,16 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("flows", help="flows TIFF (3, Y, X) = dY, dX, cellprob from `cpsnake infer`")
     ap.add_argument("labels", help="output label TIFF")
-    ap.add_argument("--cellprob-threshold", type=float, default=0.0, help="cell probability logit threshold (0.0)")
-    ap.add_argument("--flow-threshold", type=float, default=0.4, help="max flow error of a mask; 0 = no check (0.4)")
-    ap.add_argument("--niter", type=int, default=None, help="flow-following iterations (200, or 200*D/30 with --diameter)")
-    ap.add_argument("--min-size", type=int, default=15, help="smallest mask in pixels; -1 keeps all (15)")
-    ap.add_argument("--max-size-fraction", type=float, default=0.4, help="drop masks above this image fraction (0.4)")
+    add_options(ap)
     ap.add_argument("--diameter", type=float, default=None, help="cell diameter given to `cpsnake infer` (sets niter)")
     args = ap.parse_args(argv)
-    if args.niter is not None and args.niter < 1:
-        raise CpsnakeError(f"--niter {args.niter}: expected a positive number of iterations; omit it for the default")
     if args.diameter is not None and not args.diameter > 0:
         raise CpsnakeError(f"--diameter {args.diameter}: expected a positive cell diameter in pixels; omit it if unknown")
-    if not 0 < args.max_size_fraction <= 1:
-        raise CpsnakeError(f"--max-size-fraction {args.max_size_fraction}: expected a fraction in (0, 1]")
+    opts = options(args, args.diameter)
     flows, meta = io.read_flows(args.flows)
     if not np.all(np.isfinite(flows)):
         raise CpsnakeError(f"{args.flows}: flows contain NaN or infinite values; expected finite flows from `cpsnake infer`")
-    labels = compute_masks(
-        flows,
-        cellprob_threshold=args.cellprob_threshold,
-        flow_threshold=args.flow_threshold,
-        niter=niter_for_diameter(args.diameter, args.niter),
-        min_size=args.min_size,
-        max_size_fraction=args.max_size_fraction,
-    )
+    labels = compute_masks(flows, **opts)
     io.write_labels(args.labels, labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
     return 0
 

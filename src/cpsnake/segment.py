@@ -45,7 +45,7 @@ def segment_image(
     percentiles: tuple[float, float] = (1.0, 99.0),
     low_high=None,
     invert: bool = False,
-    tile_norm: int = 0,
+    tile_size: int = 0,
     diameter: float | None = None,
     augment: bool = False,
     tile_overlap: float = 0.1,
@@ -81,7 +81,7 @@ def segment_image(
 
     t0 = time.perf_counter()
     data, record = normalize(
-        select_channels(img, channels), percentiles=percentiles, low_high=low_high, invert=invert, tile_size=tile_norm
+        select_channels(img, channels), percentiles=percentiles, low_high=low_high, invert=invert, tile_size=tile_size
     )
     t1 = time.perf_counter()
     flows = predict(
@@ -102,27 +102,15 @@ def segment_image(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cpsnake segment", description=__doc__.split("\n\n")[0].strip("`: "))
+    from cpsnake import infer, normalize, reconstruct
+
+    p = argparse.ArgumentParser(prog="cpsnake segment", description="Segment images in one process (normalize, infer, reconstruct, then ROIs, measurements, overlay and provenance), for users without Snakemake.")
     p.add_argument("images", nargs="+", type=Path, help="2-D images: TIFF / OME-TIFF, PNG or JPEG")
     p.add_argument("--out", required=True, type=Path, help="output folder (masks/, rois/, measurements/, overlays/, provenance/)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or weights file (default {DEFAULT_MODEL})")
-    p.add_argument("--channels", default=None, help="0-based channels to use, in order, e.g. 0,2 (at most 3)")
-    p.add_argument("--percentiles", nargs=2, type=float, default=(1.0, 99.0), metavar=("LOW", "HIGH"))
-    p.add_argument("--low-high", nargs=2, type=float, default=None, metavar=("LO", "HI"))
-    p.add_argument("--invert", action="store_true")
-    p.add_argument("--tile-norm", type=int, default=0, metavar="N")
-    p.add_argument("--diameter", type=float, default=None, help="cell diameter in px (image resized by 30/D)")
-    p.add_argument("--augment", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--tile-overlap", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
-    p.add_argument("--cellprob-threshold", type=float, default=0.0)
-    p.add_argument("--flow-threshold", type=float, default=0.4)
-    p.add_argument("--niter", type=int, default=None)
-    p.add_argument("--min-size", type=int, default=15)
-    p.add_argument("--max-size-fraction", type=float, default=0.4)
     p.add_argument("--cache-dir", default=None, help="weights cache folder (default $CPSNAKE_CACHE or ~/.cache/cpsnake)")
+    for title, module in (("normalize", normalize), ("infer", infer), ("reconstruct", reconstruct)):
+        module.add_options(p.add_argument_group(f"{title} options (as `cpsnake {title}`)"))
     return p
 
 
@@ -171,34 +159,14 @@ def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
 @guard("segment")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from cpsnake import model, weights
-    from cpsnake.infer import resolve_device, resolve_dtype
-    from cpsnake.normalize import _parse_channels
+    from cpsnake import infer, model, normalize, reconstruct, weights
     from cpsnake.provenance import sha256
 
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.precision, device)
+    opts = {**normalize.options(args), **infer.options(args)}
+    opts.update(reconstruct.options(args, opts["diameter"]))
     path = weights.resolve(args.model, cache_dir=args.cache_dir, progress=True)
-    net = model.load_model(path, device=str(device))
+    net = model.load_model(path, device=str(opts["device"]))
     model_info = {"name": args.model, "file": str(path), "sha256": sha256(path)}
-    opts = dict(
-        channels=_parse_channels(args.channels),
-        percentiles=tuple(args.percentiles),
-        low_high=args.low_high,
-        invert=args.invert,
-        tile_norm=args.tile_norm,
-        diameter=args.diameter,
-        augment=args.augment,
-        tile_overlap=args.tile_overlap,
-        batch_size=args.batch_size or (8 if device.type == "cpu" else 32),
-        device=device,
-        dtype=dtype,
-        cellprob_threshold=args.cellprob_threshold,
-        flow_threshold=args.flow_threshold,
-        niter=args.niter,
-        min_size=args.min_size,
-        max_size_fraction=args.max_size_fraction,
-    )
     failed = 0
     for image in args.images:
         try:
