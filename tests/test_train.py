@@ -1,5 +1,7 @@
 """cpsnake.train and cpsnake.augment: targets, augmentation consistency, loss, schedule, training, resume, pack."""
 
+import sys
+
 import numpy as np
 import pytest
 import tifffile
@@ -157,6 +159,20 @@ def test_prepare_caches_targets(tmp_path):
     again = train.prepare(train.list_pairs(root), tmp_path / "cache")
     assert again[0]["path"] == items[0]["path"] and items[0]["path"].stat().st_mtime_ns == mtime
 
+
+
+def test_a_pair_listed_twice_is_drawn_twice_as_often(tmp_path, capsys):
+    root = _split(tmp_path / "s", n=2)
+    tifffile.imwrite(root / "masks" / "im1.tif", np.zeros((96, 112), np.uint16))  # too few objects
+    lst = tmp_path / "pairs.csv"
+    lst.write_text("image,mask\n" + "".join(f"s/images/im{i}.tif,s/masks/im{i}.tif\n" for i in (0, 0, 1, 1)))
+    items = train.prepare(train.list_pairs(lst), tmp_path / "cache", log=sys.stdout)
+    assert [it["name"] for it in items] == ["im0", "im0"] and items[0]["path"] == items[1]["path"]
+    assert "1 image(s) with fewer than 5 objects left out: im1\n" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # one cache file per distinct image
+    train.main([str(lst), "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "1",
+                "--cache", str(tmp_path / "cache"), "--save-every", "1"])
+    assert "train: 1 images, 9 objects (2 entries with repeats)" in capsys.readouterr().out
 
 # --- training ---------------------------------------------------------------------------------------
 

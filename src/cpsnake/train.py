@@ -10,7 +10,7 @@ Usage::
 TRAIN (and VAL) is a folder with ``images/`` and ``masks/`` (pairs matched by name stem; masks are label
 TIFF/PNG or ImageJ ``RoiSet.zip``), optionally with an ``index.csv`` whose ``file`` column names the
 images to use (the split is read from it, never drawn at random), or a CSV/text list of ``image,mask``
-path pairs. Images are percentile-normalised exactly as ``cpsnake normalize`` does (1 -> 0, 99 -> 1,
+path pairs; a pair listed k times is drawn k times as often (a way to weight rare kinds of image). Images are percentile-normalised exactly as ``cpsnake normalize`` does (1 -> 0, 99 -> 1,
 per channel) and zero-padded to 3 channels. Objects under 15 px are removed from the masks, and images
 with fewer than ``--min-train-masks`` (5) objects are left out, as cellpose does.
 
@@ -237,6 +237,7 @@ def prepare(pairs, cache_dir: str | os.PathLike, *, min_size: int = 15, min_mask
             continue
         items.append({"name": name, "path": path, "diameter": diameter, "n": n})
     if skipped:
+        skipped = list(dict.fromkeys(skipped))
         print(f"cpsnake train: {len(skipped)} image(s) with fewer than {min_masks} objects left out: "
               f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}", file=log)
     return items
@@ -657,7 +658,10 @@ def main(argv: list[str] | None = None) -> int:
         for mod in ("cpsnake.infer", "cpsnake.reconstruct"):
             if importlib.util.find_spec(mod) is None:
                 raise CpsnakeError(f"--val: module {mod} is missing; expected the inference pipeline; drop --val")
-    print(f"train: {len(items)} images, {sum(i['n'] for i in items)} objects, device {device}, "
+    distinct = {i["path"]: i["n"] for i in items}
+    print(f"train: {len(distinct)} images, {sum(distinct.values())} objects"
+          + (f" ({len(items)} entries with repeats)" if len(items) > len(distinct) else "")
+          + f", device {device}, "
           f"{sum(p.numel() for p in net.parameters()):,} parameters", flush=True)
     if resume is not None:
         print("resume: " + ", ".join(f"{k} {v}" for k, v in opts.items() if v is not None)
