@@ -201,6 +201,9 @@ def test_save_load_round_trip(tmp_path):
     x = tiles(1)
     with torch.no_grad():
         assert torch.equal(net(x), loaded(x))
+    # the same weights give the same file bytes (so the same sha256) whatever the file is called
+    save_model(loaded, tmp_path / "other_name.pt")
+    assert (tmp_path / "other_name.pt").read_bytes() == (tmp_path / "m.pt").read_bytes()
 
 
 def test_dataparallel_prefix_is_accepted(tmp_path):

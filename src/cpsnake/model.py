@@ -40,7 +40,7 @@ Functions
 ---------
 build_cpsam(arch="vit_l", **overrides) -> CPSAMNet            random initialisation
 load_model(path, *, device="cpu") -> CPSAMNet                 cellpose-4 state dict, strict, weights_only
-save_model(net, path)                                         atomic, plain state dict
+save_model(net, path)                                         atomic, plain state dict; same weights, same bytes
 from_sam_checkpoint(path) -> CPSAMNet                         SAM ``sam_vit_*.pth`` -> Cellpose-SAM start
 set_attention(encoder, "sdpa" | "sam") -> encoder             switch the blocks' attention (same weights)
 
@@ -74,6 +74,7 @@ __all__ = [
     "load_state_dict_file",
     "load_model",
     "save_model",
+    "save_tensors",
     "from_sam_checkpoint",
 ]
 
@@ -435,13 +436,26 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     return net.to(device).eval()
 
 
-def save_model(net: CPSAMNet, path: str | os.PathLike) -> None:
-    """Write ``net``'s state dict (float32, CPU tensors; cellpose-4 key names) to ``path`` atomically."""
+def save_tensors(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` ``obj`` (tensors and plain containers) to ``path`` atomically; equal contents, equal bytes.
+
+    Saved to a file, torch names the zip's inner folder after that file (here a temporary name holding the
+    process id), so the same weights would give a different sha256 each time; saved to a buffer, the name
+    is always ``archive``.
+    """
+    import io
+
     from cpsnake.io import atomic_output
 
-    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in net.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_output(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getvalue())
+
+
+def save_model(net: CPSAMNet, path: str | os.PathLike) -> None:
+    """Write ``net``'s state dict (float32, CPU tensors; cellpose-4 key names) to ``path`` atomically."""
+    save_tensors({k: v.detach().to("cpu", torch.float32).clone() for k, v in net.state_dict().items()}, path)
 
 
 def from_sam_checkpoint(path: str | os.PathLike, *, nout: int = 3) -> CPSAMNet:

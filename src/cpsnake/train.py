@@ -314,9 +314,7 @@ def loss_fn(pred, target):
 
 def save_checkpoint(path, net, optimizer, *, step: int, seed: int, log_rows: list[dict], config: dict) -> None:
     """Write a resumable checkpoint (tensors and plain containers only; loads with weights_only=True)."""
-    import torch
-
-    from cpsnake.io import atomic_output
+    from cpsnake.model import save_tensors
 
     state = {
         "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
@@ -326,8 +324,7 @@ def save_checkpoint(path, net, optimizer, *, step: int, seed: int, log_rows: lis
         "log": [dict(r) for r in log_rows],
         "config": dict(config),
     }
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
+    save_tensors(state, path)
 
 
 def load_checkpoint(path) -> dict:
