@@ -160,8 +160,8 @@ def test_prepare_caches_targets(tmp_path):
     assert again[0]["path"] == items[0]["path"] and items[0]["path"].stat().st_mtime_ns == mtime
 
 
-
-def test_a_pair_listed_twice_is_drawn_twice_as_often(tmp_path, capsys):
+def test_a_pair_listed_twice_is_kept_twice_and_reported_once(tmp_path, capsys):
+    """Batches draw uniformly over the entries, so an entry kept twice is drawn twice as often."""
     root = _split(tmp_path / "s", n=2)
     tifffile.imwrite(root / "masks" / "im1.tif", np.zeros((96, 112), np.uint16))  # too few objects
     lst = tmp_path / "pairs.csv"
@@ -173,6 +173,7 @@ def test_a_pair_listed_twice_is_drawn_twice_as_often(tmp_path, capsys):
     train.main([str(lst), "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "1",
                 "--cache", str(tmp_path / "cache"), "--save-every", "1"])
     assert "train: 1 images, 9 objects (2 entries with repeats)" in capsys.readouterr().out
+
 
 # --- training ---------------------------------------------------------------------------------------
 

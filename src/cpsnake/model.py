@@ -439,18 +439,14 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
 def save_tensors(obj, path: str | os.PathLike) -> None:
     """``torch.save`` ``obj`` (tensors and plain containers) to ``path`` atomically; equal contents, equal bytes.
 
-    Saved to a file, torch names the zip's inner folder after that file (here a temporary name holding the
-    process id), so the same weights would give a different sha256 each time; saved to a buffer, the name
-    is always ``archive``.
+    Given a path, torch names the zip's inner folder after the file (here a temporary name holding the
+    process id), so the same weights would give a different sha256 each time; given an open file, the
+    name is always ``archive`` (and no second copy is held in memory).
     """
-    import io
-
     from cpsnake.io import atomic_output
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def save_model(net: CPSAMNet, path: str | os.PathLike) -> None:

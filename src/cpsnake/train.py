@@ -10,8 +10,9 @@ Usage::
 TRAIN (and VAL) is a folder with ``images/`` and ``masks/`` (pairs matched by name stem; masks are label
 TIFF/PNG or ImageJ ``RoiSet.zip``), optionally with an ``index.csv`` whose ``file`` column names the
 images to use (the split is read from it, never drawn at random), or a CSV/text list of ``image,mask``
-path pairs; a pair listed k times is drawn k times as often (a way to weight rare kinds of image). Images are percentile-normalised exactly as ``cpsnake normalize`` does (1 -> 0, 99 -> 1,
-per channel) and zero-padded to 3 channels. Objects under 15 px are removed from the masks, and images
+path pairs; a pair listed k times is drawn k times as often (a way to weight rare kinds of image).
+Images are percentile-normalised exactly as ``cpsnake normalize`` does (1 -> 0, 99 -> 1, per channel)
+and zero-padded to 3 channels. Objects under 15 px are removed from the masks, and images
 with fewer than ``--min-train-masks`` (5) objects are left out, as cellpose does.
 
 Targets are computed once per image and cached (``--cache``, default ``DIR/cache``; file name = stem +
