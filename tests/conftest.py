@@ -1,10 +1,12 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files, and the CI rule that a skipped test fails (tests/ci_skips.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["ci_skips", "pytester"]
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +24,4 @@ def tiny_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     save_model(build_cpsam("tiny"), path)
     return path
+

@@ -9,11 +9,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from cpsnake import dynamics
+from reference import cellpose
 from synthetic import voronoi_cells
 
-cp_dynamics = pytest.importorskip("cellpose.dynamics")
-cp_utils = pytest.importorskip("cellpose.utils")
-fastremap = pytest.importorskip("fastremap")
 
 
 def odd_shapes():
@@ -31,7 +29,7 @@ def odd_shapes():
 def reference_flows(labels):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return cp_dynamics.masks_to_flows_gpu(labels.astype(np.int64))[0]
+        return cellpose("cellpose.dynamics").masks_to_flows_gpu(labels.astype(np.int64))[0]
 
 
 @pytest.mark.parametrize("labels", [voronoi_cells(), voronoi_cells(seed=3, spacing=18), odd_shapes()],
@@ -72,7 +70,7 @@ def test_object_centers_concave_object_inside():
     assert (labels[centers[:, 0], centers[:, 1]] == np.arange(1, labels.max() + 1)).all()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref, _ = cp_dynamics.get_centers(labels, ndi.find_objects(labels))
+        ref, _ = cellpose("cellpose.dynamics").get_centers(labels, ndi.find_objects(labels))
     assert np.array_equal(centers, ref)
 
 
@@ -80,7 +78,7 @@ def test_renumber_first_appearance_like_fastremap():
     rng = np.random.default_rng(0)
     labels = rng.choice([0, 0, 3, 9, 12, 40], size=(20, 30)).astype(np.int32)
     ours = dynamics.renumber(labels.copy())
-    theirs = fastremap.renumber(labels.copy())[0]
+    theirs = cellpose("fastremap").renumber(labels.copy())[0]
     assert np.array_equal(ours, theirs)
 
 
@@ -106,7 +104,7 @@ def nested_holes():
 def test_fill_holes_and_remove_small_masks_equals_cellpose(min_size):
     lab = nested_holes()
     ours = dynamics.fill_holes_and_remove_small_masks(lab.copy(), min_size=min_size)
-    theirs = cp_utils.fill_holes_and_remove_small_masks(lab.copy(), min_size=min_size)
+    theirs = cellpose("cellpose.utils").fill_holes_and_remove_small_masks(lab.copy(), min_size=min_size)
     assert np.array_equal(ours, theirs)
 
 
@@ -123,6 +121,6 @@ def test_flow_errors_equal_cellpose():
     ours = dynamics.flow_errors(labels, dP)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs, _ = cp_dynamics.flow_error(labels, dP)
+        theirs, _ = cellpose("cellpose.dynamics").flow_error(labels, dP)
     assert ours.shape == theirs.shape
     assert np.allclose(ours, theirs, rtol=1e-10, atol=1e-12)

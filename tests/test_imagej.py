@@ -3,7 +3,7 @@
 tests/imagej/RoiOracle.java opens our image and RoiSet.zip with ImageJ's own classes and writes every
 ROI's mask and ImageJ's Measure results; the tests require zero differing pixels, Area equal, and every
 other column within 1e-4 relative. They skip only where java or ij.jar are missing
-(install: apt-get install -y imagej default-jdk-headless).
+(install: apt-get install -y imagej default-jdk-headless); under CI=true that skip is a failure.
 """
 
 from __future__ import annotations
@@ -70,21 +70,27 @@ def _paint(shape, x, y, m):
 
 
 def _check_masks(ij, labels2d_or_3d, stack_axis="z"):
+    """Every ROI's ImageJ mask equals its label's pixels, and every label (per plane in stacks) has exactly one ROI.
+
+    Bugs this catches besides wrong outlines: a label (or a whole plane of a stack) without a ROI, a ROI
+    given twice, a ROI at the wrong z/t position (its mask then differs from that plane's label).
+    """
     lab = labels2d_or_3d
-    seen = set()
+    seen = []
     for name, z, t, x, y, m in ij["masks"]:
         stem = name[:-4]
         lab_id = int(stem.split("-")[0])
-        if lab.ndim == 2:
-            plane = lab
-        else:
-            plane = lab[(z if stack_axis == "z" else t) - 1]
-        diff = int((_paint(plane.shape, x, y, m) != (plane == lab_id)).sum())
+        plane = z if stack_axis == "z" else t  # 1-based
+        img = lab if lab.ndim == 2 else lab[plane - 1]
+        diff = int((_paint(img.shape, x, y, m) != (img == lab_id)).sum())
         assert diff == 0, f"ROI {name}: ImageJ's mask differs from label {lab_id} in {diff} pixels"
-        seen.add((lab_id, z, t) if lab.ndim == 3 else lab_id)
-    expected = set(np.unique(lab[lab > 0]).tolist()) if lab.ndim == 2 else None
-    if expected is not None:
-        assert seen == expected
+        seen.append(lab_id if lab.ndim == 2 else (lab_id, plane))
+    if lab.ndim == 2:
+        expected = set(np.unique(lab[lab > 0]).tolist())
+    else:
+        expected = {(int(i), k + 1) for k in range(lab.shape[0]) for i in np.unique(lab[k][lab[k] > 0])}
+    assert len(seen) == len(set(seen)), "a label has more than one ROI"
+    assert set(seen) == expected, f"labels without a ROI: {sorted(expected - set(seen))[:5]}"
 
 
 def _check_table(ij, labels, image, pixel_size, z=None):
@@ -181,6 +187,8 @@ def test_imported_roi_types_match_imagej_masks(imagej, tmp_path):
     write_rois(tmp_path / "r.zip", rois)
     io.write_tiff(tmp_path / "img.tif", np.zeros((1,) + shape, np.uint8), axes="CYX")
     ij = imagej(tmp_path / "img.tif", tmp_path / "r.zip", tmp_path / "ij")
+    # one ImageJ mask per ROI, in zip order: zip() below would silently stop at the shorter list
+    assert [name for name, *_ in ij["masks"]] == [f"{roi.name}.roi" for roi in rois]
     for roi, (name, _, _, x, y, m) in zip(rois, ij["masks"]):
         ours = roi_mask(roi, shape, entry=name)
         diff = int((ours != _paint(shape, x, y, m)).sum())

@@ -28,9 +28,9 @@ from cpsnake.model import (
     save_model,
     set_attention,
 )
+from reference import cellpose
 from segment_anything.modeling.image_encoder import Attention as SAMAttention
 
-cellpose_vit = pytest.importorskip("cellpose.vit")
 build_sam_module = importlib.import_module("segment_anything.build_sam")
 sam_registry = build_sam_module.sam_model_registry
 
@@ -38,8 +38,13 @@ SMALL_SAM = partial(build_sam_module._build_sam, encoder_embed_dim=64, encoder_d
                     encoder_global_attn_indexes=[1])
 
 
-def randomize(state: dict, seed: int, scale: float = 0.05) -> dict:
-    """Seeded random values for every tensor but the fixed W2 / diameters (rel-pos and pos_embed start at 0)."""
+def randomize(state: dict, seed: int, scale: float = 0.2) -> dict:
+    """Seeded random values for every tensor but the fixed W2 / diameters (rel-pos and pos_embed start at 0).
+
+    The scale matters: at 0.05 the attention is nearly uniform and the blocks nearly linear, so swapping
+    the rel-pos tables of Y and X changed the output by only 4e-6 of its range; at 0.2 the same bug
+    changes it by 2e-3 and a tanh-approximated GELU by 3e-5, while float rounding stays near 2e-7.
+    """
     g = torch.Generator().manual_seed(seed)
     return {k: v if k in ("W2", "diam_labels", "diam_mean") else torch.randn(v.shape, generator=g) * scale
             for k, v in state.items()}
@@ -48,16 +53,26 @@ def randomize(state: dict, seed: int, scale: float = 0.05) -> dict:
 def small_reference(monkeypatch, sam_builder=lambda checkpoint=None: SMALL_SAM(checkpoint=None)):
     """cellpose's CPSAM built around a small SAM encoder (see module docstring), eval mode."""
     monkeypatch.setitem(sam_registry, "vit_l", sam_builder)
-    ref = cellpose_vit.CPSAM()
+    ref = cellpose("cellpose.vit").CPSAM()
     monkeypatch.undo()
     return ref.eval()
 
 
-def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    """Max abs difference, asserted <= 1e-3 of the reference output's range."""
+PARITY_REL = 2e-6  # of the reference output's range; measured float rounding 1e-7 to 3e-7 (small variants)
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor, rel: float = PARITY_REL) -> float:
+    """Max abs difference, asserted <= ``rel`` of the reference output's range; returns it.
+
+    The tolerance sits about ten times above the float rounding measured between SAM's attention (what
+    cellpose runs) and our fused attention, and below what plausible bugs give with :func:`randomize`'s
+    weights: Y/X rel-pos tables swapped (2e-3 of the range), tanh-approximated GELU (3e-5). The old
+    bound, 1e-3 of the range, let both pass.
+    """
     assert ours.shape == ref.shape
     err = (ours - ref).abs().max().item()
-    assert err <= 1e-3 * (ref.max() - ref.min()).item(), err
+    span = (ref.max() - ref.min()).item()
+    assert span > 0 and err <= rel * span, f"max abs difference {err:.3g} = {err / span:.3g} of the range {span:.3g}"
     return err
 
 
@@ -325,7 +340,7 @@ def test_from_sam_checkpoint_rejects_a_cellpose_file(tmp_path, tiny_state):
 def test_vit_l_file_matches_cellpose(tmp_path):
     """Full size: cellpose's ViT-L CPSAM with seeded random weights, saved, loaded by us, same output."""
     torch.manual_seed(0)
-    ref = cellpose_vit.CPSAM().eval()
+    ref = cellpose("cellpose.vit").CPSAM().eval()
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, p in ref.named_parameters():  # SAM zero-initialises these; make them count

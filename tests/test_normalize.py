@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from scipy.ndimage import gaussian_filter1d
 
 from cpsnake import __version__
 from cpsnake.cli import main as cli_main
 from cpsnake.errors import CpsnakeError
 from cpsnake.io import read_image
 from cpsnake.normalize import normalize, select_channels, tile_starts, upsample_bilinear
+from reference import cellpose
 
 DATA = Path(__file__).parent / "data" / "images"
 REAL = {
@@ -225,13 +225,38 @@ def test_tile_norm_fills_flat_tiles_from_the_nearest_good_tile_like_cellpose():
     np.testing.assert_allclose(out, reference(img, tile_norm_blocksize=100), rtol=1e-5, atol=1e-5)
 
 
-def test_tile_norm_grid_is_smoothed_along_y_and_x():
-    img = noisy((1, 400, 500), np.float32) * np.linspace(1, 10, 500, dtype=np.float32)
-    raw = normalize(img, tile_size=100, tile_smooth=0.0)[1]["per_channel"][0]
-    smoothed = normalize(img, tile_size=100, tile_smooth=1.0)[1]["per_channel"][0]
-    for key in ("low", "high"):
-        expect = gaussian_filter1d(gaussian_filter1d(np.float32(raw[key]), 1.0, axis=0), 1.0, axis=1)
-        np.testing.assert_allclose(smoothed[key], expect, rtol=1e-6)
+def _varying_along(axis: str) -> np.ndarray:
+    """(1, Y, X) uint16 whose tile statistics change along ``axis`` only (Y or X) for 100 px tiles.
+
+    The image repeats every 50 px along the other axis, so every 100 px tile window holds each phase
+    exactly twice: tiles differ only along ``axis``, where a gain rises from 1 to 6.
+    """
+    band = noisy((600, 50), np.uint16).astype(np.float64) * np.linspace(1, 6, 600)[:, None]
+    img = np.tile(band.astype(np.uint16), (1, 8))  # (600, 400): statistics vary along Y
+    return (img if axis == "Y" else np.ascontiguousarray(img.T))[None]
+
+
+@pytest.mark.parametrize("axis", ["Y", "X"])
+def test_smoothed_tile_norm_equals_cellpose_along_each_axis(axis):
+    """The smoothed tile norm (what ``--tile-norm`` users get) against cellpose's own ``normalize99_tile``.
+
+    cellpose smooths its tile grid along Y only (``norm3D=False``: once). Our grid is smoothed along Y
+    and X; on an image whose tile statistics vary along one axis only, smoothing along the other axis
+    does nothing, so ours equals cellpose's on the image (axis Y) or on its transpose (axis X). Bugs this
+    catches: smoothing one axis only, the wrong sigma, smoothing before the flat-tile fill, no smoothing
+    (then the difference is 0.17); the old test compared with the same scipy calls the product makes.
+    """
+    normalize99_tile = cellpose("cellpose.transforms").normalize99_tile
+    img = _varying_along(axis)
+    ours, record = normalize(img, tile_size=100)  # tile_smooth=1.0, the default
+    assert record["tile_smooth"] == 1.0
+    if axis == "Y":
+        ref = normalize99_tile(img[0].astype(np.float32), blocksize=100, norm3D=False)
+    else:
+        ref = normalize99_tile(np.ascontiguousarray(img[0].T, np.float32), blocksize=100, norm3D=False).T
+    np.testing.assert_allclose(ours[0], ref, rtol=0, atol=2e-6)
+    unsmoothed, _ = normalize(img, tile_size=100, tile_smooth=0.0)
+    assert np.abs(unsmoothed[0] - ref).max() > 0.05  # smoothing matters on this image
 
 
 def test_tile_norm_evens_out_a_brightness_gradient():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +43,20 @@ def test_segment_equals_step_commands(tmp_path, tiny_model, small_image):
     assert meta["pixel_size"] == pytest.approx((0.5, 0.5))
     for sub, suffix in [("rois", ".zip"), ("measurements", ".csv"), ("overlays", ".png"), ("provenance", ".json")]:
         assert (out / sub / f"crop{suffix}").stat().st_size > 0
-    # the per-step rois/measure commands give the same files' content
+    # the per-step rois/measure commands give the same files' content (zip entries compared by name and
+    # bytes: the zip's own timestamps differ); a segment that traced other outlines, dropped or renamed
+    # a ROI, or measured another image would fail here
     assert cli.main(["rois", str(masks), str(steps / "r.zip")]) == 0
     assert cli.main(["measure", str(masks), str(small_image), str(steps / "m.csv")]) == 0
     assert (steps / "m.csv").read_text() == (out / "measurements" / "crop.csv").read_text()
+    assert zip_entries(steps / "r.zip") == zip_entries(out / "rois" / "crop.zip")
+    assert len(zip_entries(steps / "r.zip")) == seg.max()
+
+
+def zip_entries(path: Path) -> dict[str, bytes]:
+    """Entry name -> uncompressed bytes of a zip."""
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
 
 
 def test_bad_image_fails_alone(tmp_path, tiny_model, small_image, capsys):

@@ -209,13 +209,33 @@ def test_training_lowers_loss_and_writes_loadable_model(items, tmp_path):
     assert float(loaded.diam_labels) == pytest.approx(np.mean([it["diameter"] for it in items]), rel=1e-5)
 
 
-def test_trained_model_segments_with_the_pipeline(items, tmp_path):
-    """validate() runs the pipeline's infer.predict + reconstruct.compute_masks on a val split."""
-    net = _small_net()
-    root = tmp_path / "val"
-    _split(root, n=1)
-    ap = train.validate(net, train.list_pairs(root))
-    assert 0.0 <= ap <= 1.0
+def test_validate_scores_a_trained_model_as_the_segment_and_evaluate_commands_do(tmp_path):
+    """validate() (the AP logged during training) equals ``cpsnake segment`` + ``cpsnake evaluate``, and is high
+    for the bundled trained model and zero for an untrained one.
+
+    Bugs this catches: validate pairing image i's prediction with mask j, scoring at another IoU threshold,
+    skipping normalization, or returning a constant (the old test only checked ``0 <= AP <= 1``, which an
+    untrained network's 0.0 passes).
+    """
+    from pathlib import Path
+
+    from cpsnake import cli, weights
+    from cpsnake.model import load_model
+
+    val = Path(__file__).parent / "data" / "nuclei_val"
+    pairs = train.list_pairs(val)
+    bundled = weights.resolve("nuclei_small")
+    ap = train.validate(load_model(bundled), pairs)
+    seg = tmp_path / "seg"
+    assert cli.main(["segment", *[str(p) for _, p, _ in pairs], "--out", str(seg), "--model", str(bundled)]) == 0
+    table = tmp_path / "ap.csv"
+    assert cli.main(["evaluate", str(seg / "masks"), str(val / "masks"), "--out", str(table)]) == 0
+    import pandas as pd
+
+    pooled = pd.read_csv(table).set_index("image").loc["pooled", "ap@0.5"]
+    assert ap == pytest.approx(float(pooled), abs=1e-6)  # the table holds 6 decimals
+    assert ap > 0.5  # the bundled model on its own modality (fluorescence, histology crops)
+    assert train.validate(_small_net(), pairs) < 0.05  # untrained: the same check can fail
 
 
 def test_resume_continues_the_step_count_and_the_run(items, tmp_path):
@@ -324,6 +344,30 @@ def test_pack_is_lossless_and_keeps_the_index(tmp_path):
         np.testing.assert_array_equal(lab, tifffile.imread(root / "masks" / f"im{i}.tif"))
     assert (tmp_path / "pack" / "index.csv").read_text().splitlines()[1] == "im0.png,a"
     assert [n for n, _, _ in train.list_pairs(tmp_path / "pack")] == ["im0", "im1", "im2"]
+
+
+def test_drop_to_fit_thins_the_heaviest_kind_first():
+    size = {"a1": 10, "a2": 10, "a3": 10, "a4": 10, "b1": 4, "b2": 4, "c1": 30}
+    kind = {"a1": "A", "a2": "A", "a3": "A", "a4": "A", "b1": "B", "b2": "B", "c1": "C"}
+    assert train.drop_to_fit(size, kind, 1000) == []
+    assert train.drop_to_fit(size, kind, 70) == ["a2"]  # 78 -> 68: one of the heaviest kind (A, 40 bytes)
+    assert train.drop_to_fit(size, kind, 50) == ["a2", "a4", "a3"]  # A again (20 > B's 8), then A's last pair
+    # a kind with one image (c1) is never dropped: what cannot fit is left to the caller's error
+    assert train.drop_to_fit(size, kind, 10) == ["a2", "a4", "a3", "b2"]
+
+
+def test_pack_over_budget_drops_by_kind_and_says_so(tmp_path, capsys):
+    root = _split(tmp_path / "s", n=4)  # four 96x112 uint16 images: one kind
+    tifffile.imwrite(root / "images" / "odd.tif", _blobs((64, 80), seed=9)[0])
+    tifffile.imwrite(root / "masks" / "odd.tif", _blobs((64, 80), seed=9)[1].astype(np.uint16))
+    full, _ = train.pack(root, tmp_path / "full")
+    pngs = sum(p.stat().st_size for p in (tmp_path / "full").rglob("*.png"))  # what the budget weighs
+    total, dropped = train.pack(root, tmp_path / "small", max_mb=(pngs - 1) / 1e6)
+    assert dropped == ["im1"] and total < full
+    assert (tmp_path / "small" / "dropped.txt").read_text() == "im1\n"
+    assert "dropped 1 image(s)" in capsys.readouterr().out
+    with pytest.raises(CpsnakeError, match="raise --max-mb"):
+        train.pack(root, tmp_path / "tiny", max_mb=1e-6)
 
 
 def test_imagej_roiset_masks_are_read_as_labels(tmp_path):
