@@ -2,8 +2,9 @@
 
     python benchmarks/bench_infer.py [--size 1000] [--repeats 3] [--threads 1] [--tiny] [--augment]
 
-Prints seconds per image (best of ``--repeats``) for each implementation, the ratio ours / cellpose and
-the largest absolute difference of the flows. Networks: a small deterministic conv net (tiling and
+Prints seconds per image (median and range of ``--repeats`` runs, the two alternated, after one untimed
+warm-up each) for each implementation, the ratio ours / cellpose and the largest absolute difference of
+the flows. Networks: a small deterministic conv net (tiling and
 blending overhead dominate) and, with ``--tiny``, cpsnake's ``tiny`` Cellpose-SAM (random weights).
 """
 
@@ -15,6 +16,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from _stats import load, ratio, spread, timed
 
 
 class SmallConv(torch.nn.Module):
@@ -45,34 +48,29 @@ class CellposeWrap(torch.nn.Module):
         return self.net(x), torch.zeros((x.shape[0], 256))
 
 
-def best_of(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
-
-
 def bench(name, net, img, repeats, augment):
     from cellpose import core
 
     from cpsnake import infer
 
     net.eval()
-    t_ours, ours = best_of(lambda: infer.run_net(net, img, batch_size=8, augment=augment, progress=False), repeats)
     wrapped = CellposeWrap(net)
     x = img.transpose(1, 2, 0)[None]  # C Y X -> 1 Y X C
-
-    def ref_fn():
-        return core.run_net(wrapped, x, batch_size=8, augment=augment, tile_overlap=0.1, bsize=256)[0][0]
-
-    t_ref, ref = best_of(ref_fn, repeats)
-    diff = np.abs(ours - ref.transpose(2, 0, 1)).max()
+    sides = {
+        "ours": lambda: infer.run_net(net, img, batch_size=8, augment=augment, progress=False),
+        "cellpose": lambda: core.run_net(wrapped, x, batch_size=8, augment=augment, tile_overlap=0.1, bsize=256)[0][0],
+    }
+    times = {k: [] for k in sides}
+    out = {k: fn() for k, fn in sides.items()}  # warm-up
+    for r in range(repeats):
+        for k in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            t, out[k] = timed(sides[k])
+            times[k].append(t)
+    diff = np.abs(out["ours"] - out["cellpose"].transpose(2, 0, 1)).max()
     _, layout = infer.make_tiles(img, augment=augment)
     print(f"{name:<12} {img.shape[1]}x{img.shape[2]} C={img.shape[0]} tiles={layout.n_tiles:<4} augment={augment!s:<5} "
-          f"ours {t_ours:8.3f} s  cellpose {t_ref:8.3f} s  ratio ours/cellpose {t_ours / t_ref:5.2f}  "
-          f"max|diff| {diff:.2e}")
+          f"ours {spread(times['ours'])}  cellpose {spread(times['cellpose'])}  "
+          f"ratio ours/cellpose {ratio(times['ours'], times['cellpose'])}  max|diff| {diff:.2e}", flush=True)
 
 
 def main():
@@ -85,7 +83,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     img = np.random.default_rng(0).random((3, args.size, args.size), dtype=np.float32)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), best of {args.repeats}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.repeats} runs each; {load()}")
     for augment in [False, True] if args.augment else [False]:
         bench("small-conv", SmallConv(), img, args.repeats, augment)
         if args.tiny:
@@ -93,6 +91,7 @@ def main():
 
             torch.manual_seed(0)
             bench("tiny-cpsam", model.build_cpsam("tiny"), img, args.repeats, augment)
+    print(f"end: {load()}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark: mask reconstruction from flows, cpsnake vs cellpose 4.2.1.1 (CPU), same flows, one run.
 
-    python benchmarks/bench_reconstruct.py [--sizes 2048 4096] [--no-reference] [--seed 0]
+    python benchmarks/bench_reconstruct.py [--sizes 2048 4096] [--repeat 3] [--no-reference] [--seed 0]
 
 For each size a synthetic label image of touching / near-touching roundish cells is made (jittered
 grid seeds every 29 px, Voronoi cells clipped at a radius of 10-15 px: ~5,000 cells at 2048^2,
@@ -8,8 +8,9 @@ grid seeds every 29 px, Voronoi cells clipped at a radius of 10-15 px: ~5,000 ce
 cellprob logits +3 inside / -3 outside + noise (sd 1.5). Ours (``cpsnake.reconstruct.compute_masks``)
 and theirs (``cellpose.dynamics.resize_and_compute_masks``, default settings, CPU) each run in a fresh
 subprocess; the child reports its wall time and its own peak resident memory (``ru_maxrss``, which
-includes the interpreter, numpy and torch). Printed: time, peak memory, ratios, and agreement
-(AP at IoU 0.9 between ours and theirs, identical pixels, mask counts).
+includes the interpreter, numpy and torch). Each side runs ``--repeat`` times per size, alternating which
+goes first. Printed: time and peak memory (median and range), ratios, and agreement (AP at IoU 0.9
+between ours and theirs, identical pixels, mask counts).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from _stats import load, ratio, spread
 
 CHILD = r"""
 import json, resource, sys, time
@@ -106,8 +109,9 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096])
     ap.add_argument("--no-reference", action="store_true", help="time ours only (no cellpose run)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per side and size (alternating)")
     args = ap.parse_args()
-    print(f"cpus: {os.cpu_count()}, torch threads default; load avg {os.getloadavg()[0]:.1f}")
+    print(f"torch threads default; {load()}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             labels = synthetic_labels((size, size), seed=args.seed)
@@ -116,25 +120,30 @@ def main() -> int:
             np.save(src, flows)
             ncells = int(labels.max())
             del flows
-            ours = run_child("ours", src, Path(tmp) / "ours.npy")
+            sides = ["ours"] if args.no_reference else ["ours", "cellpose"]
+            runs = {k: [] for k in sides}
+            for r in range(args.repeat):
+                for k in (sides if r % 2 == 0 else sides[::-1]):
+                    runs[k].append(run_child(k, src, Path(tmp) / f"{k}.npy"))
+            t = {k: [x["time_s"] for x in v] for k, v in runs.items()}
+            m = {k: [x["peak_rss_gb"] for x in v] for k, v in runs.items()}
             m_ours = np.load(Path(tmp) / "ours.npy")
-            ap_truth = ap_at(m_ours, labels)[0]
-            print(f"\n{size}x{size}, {ncells} cells (ground truth)")
-            print(f"  ours     : {ours['time_s']:7.1f} s  peak {ours['peak_rss_gb']:5.2f} GB  "
-                  f"{int(m_ours.max())} masks  AP@0.9 vs truth {ap_truth:.3f}")
+            print(f"\n{size}x{size}, {ncells} cells (ground truth); {load()}")
+            print(f"  ours     : {spread(t['ours'], digits=1)}  peak {spread(m['ours'], 'GB')}  "
+                  f"{int(m_ours.max())} masks  AP@0.9 vs truth {ap_at(m_ours, labels)[0]:.3f}")
             if args.no_reference:
                 continue
-            theirs = run_child("cellpose", src, Path(tmp) / "theirs.npy")
-            m_theirs = np.load(Path(tmp) / "theirs.npy")
+            m_theirs = np.load(Path(tmp) / "cellpose.npy")
             apv, tp, fp, fn = ap_at(m_ours, m_theirs)
-            print(f"  cellpose : {theirs['time_s']:7.1f} s  peak {theirs['peak_rss_gb']:5.2f} GB  "
+            print(f"  cellpose : {spread(t['cellpose'], digits=1)}  peak {spread(m['cellpose'], 'GB')}  "
                   f"{int(m_theirs.max())} masks  AP@0.9 vs truth {ap_at(m_theirs, labels)[0]:.3f}")
-            print(f"  speed-up {theirs['time_s'] / ours['time_s']:.1f}x, memory ratio ours/theirs "
-                  f"{ours['peak_rss_gb'] / theirs['peak_rss_gb']:.2f}")
+            print(f"  speed-up cellpose/ours {ratio(t['cellpose'], t['ours'])}, memory ours/cellpose "
+                  f"{ratio(m['ours'], m['cellpose'])}")
             print(f"  agreement: AP@0.9 ours vs cellpose {apv:.4f} (TP {tp}, FP {fp}, FN {fn}); "
                   f"identical label images: {bool(np.array_equal(m_ours, m_theirs))}, "
                   f"differing pixels {int((m_ours != m_theirs).sum())}")
             sys.stdout.flush()
+    print(f"end: {load()}")
     return 0
 
 

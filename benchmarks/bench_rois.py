@@ -1,22 +1,23 @@
 """Benchmark: label image -> ImageJ RoiSet.zip, cpsnake vs cellpose's ``io.save_rois`` (the reference).
 
 A 4096 x 4096 label image with ~20,000 touching, irregular cells (jittered-grid Voronoi cells,
-shrunk by one pixel where they touch, some with holes) is exported by both; each is timed once after
-a warm-up on a small image. Prints both times and the ratio, plus how many labels each wrote and
-whether ImageJ's areas would be right (pixel-edge outlines vs cellpose's centre-line outlines).
+shrunk by one pixel where they touch, some with holes) is exported by both, ``--repeat`` times each
+(alternating which goes first) after a warm-up on a small image. Prints both times (median and range)
+and the ratio, plus how many ROIs each wrote (pixel-edge outlines vs cellpose's centre-line outlines).
 
-    python benchmarks/bench_rois.py [--size 4096] [--cells 20000]
+    python benchmarks/bench_rois.py [--size 4096] [--cells 20000] [--repeat 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from _stats import load, ratio, spread, timed
 
 
 def make_labels(size: int, cells: int, seed: int = 0) -> np.ndarray:
@@ -43,11 +44,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--cells", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=2, help="runs per side (alternating)")
     args = ap.parse_args()
     from cellpose import io as cpio
 
     from cpsnake.rois import labels_to_rois, write_rois
 
+    print(load())
     lab = make_labels(args.size, args.cells)
     n = len(np.unique(lab)) - 1
     small = make_labels(256, 60, seed=1)
@@ -55,18 +58,18 @@ def main() -> None:
         d = Path(d)
         write_rois(d / "w.zip", labels_to_rois(small))  # warm-up (imports, caches)
         cpio.save_rois(small, str(d / "w"))
-        t0 = time.perf_counter()
-        write_rois(d / "ours.zip", labels_to_rois(lab))
-        t_ours = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        cpio.save_rois(lab, str(d / "ref"))
-        t_ref = time.perf_counter() - t0
+        sides = {"ours": lambda: write_rois(d / "ours.zip", labels_to_rois(lab)),
+                 "cellpose": lambda: cpio.save_rois(lab, str(d / "ref"))}
+        times = {k: [] for k in sides}
+        for r in range(args.repeat):
+            for k in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                times[k].append(timed(sides[k])[0])
         n_ours = len(zipfile.ZipFile(d / "ours.zip").namelist())
         n_ref = len(zipfile.ZipFile(d / "ref_rois.zip").namelist())
     print(f"labels: {args.size}x{args.size}, {n} cells")
-    print(f"cpsnake rois      : {t_ours:8.2f} s  ({n_ours} ROIs, pixel-edge outlines, holes and pieces kept)")
-    print(f"cellpose save_rois: {t_ref:8.2f} s  ({n_ref} ROIs, centre-line outlines)")
-    print(f"ratio cellpose / cpsnake: {t_ref / t_ours:.2f}x")
+    print(f"cpsnake rois      : {spread(times['ours'])}  ({n_ours} ROIs, pixel-edge outlines, holes and pieces kept)")
+    print(f"cellpose save_rois: {spread(times['cellpose'])}  ({n_ref} ROIs, centre-line outlines)")
+    print(f"ratio cellpose / cpsnake: {ratio(times['cellpose'], times['ours'])}; end: {load()}")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,16 @@
 
 The fixture writes /etc/slurm/slurm.conf (one node on 127.0.0.1 with 2 CPUs, no accounting; an
 existing file is put back afterwards), starts munged, slurmctld and slurmd as root with their state and
-logs in a temporary folder, and stops them at the end. The demo goes through
+logs in a temporary folder, and stops them at the end. Two small synthetic images (``blobs_a``,
+``blobs_b``, from test_workflow's run folder) with a seeded random ``tiny`` model (not the demo and
+not the bundled model: each dependent job level costs seconds of status polling) go through
 ``--workflow-profile workflow/profiles/slurm`` (its ``squeue`` status command works without slurmdbd)
 with the GPU request of ``infer`` set to 0, as this machine has none. Evidence that every job went
 through SLURM: the plugin's per-job logs (kept with --slurm-keep-successful-logs) name a SLURM job id,
 and slurmctld's log shows each of those ids submitted and completed.
 
-Skips (with the reason) only when SLURM is not installed and cannot be installed, or does not start.
+Skips (with the reason) only when SLURM is not installed and cannot be installed, or does not start;
+under CI=true such a skip is a failure (tests/ci_skips.py).
 """
 
 from __future__ import annotations
