@@ -266,3 +266,67 @@ def test_cli_refuses_overlap_outside_range(tmp_path, capsys):
     assert infer.main([str(src), str(tmp_path / "f.tif"), "--model", "x", "--tile-overlap", "0.9"]) == 1
     assert "--tile-overlap 0.9" in capsys.readouterr().err
     assert not (tmp_path / "f.tif").exists()
+
+
+# --- several images, tiles pooled ---------------------------------------------------------------------
+
+
+class CountingNet(torch.nn.Module):
+    """Wraps a network and records the batch size of every call."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.calls: list[int] = []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        return self.net(x)
+
+
+MIXED = [(1, 60, 80), (3, 300, 200), (2, 256, 256), (1, 40, 500), (3, 130, 97)]
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_pooled_tiles_equal_one_image_at_a_time(augment):
+    """Images of 1-8 tiles share network batches of 32 (2 calls instead of 5+), with per-image diameters,
+    and each image's flows equal ``predict`` on it alone (<= 1e-6)."""
+    from cpsnake import model
+
+    torch.manual_seed(0)
+    net = CountingNet(model.build_cpsam("tiny", depth=1)).eval()
+    images = [_image(*shape, seed=k) for k, shape in enumerate(MIXED)]
+    diameters = [None, 20.0, None, 45.0, None]
+    alone = [infer.predict(net, img, diameter=d, augment=augment) for img, d in zip(images, diameters)]
+    calls_alone = len(net.calls)
+    net.calls.clear()
+    pooled = list(infer.predict_many(net, iter(images), diameters=diameters, batch_size=32, augment=augment))
+    n_tiles = sum(net.calls)
+    assert len(net.calls) == -(-n_tiles // 32) < calls_alone
+    assert all(c == 32 for c in net.calls[:-1])
+    for a, p, img in zip(alone, pooled, images):
+        assert p.shape == (3, *img.shape[1:])
+        np.testing.assert_allclose(p, a, rtol=0, atol=1e-6)
+
+
+def test_pooled_reads_images_lazily_and_keeps_their_order():
+    """Images are taken from the iterator as their tiles are needed, plus one ahead (being tiled in the
+    background): with batches of one tile, the first image's flows come after reading at most two."""
+    taken = []
+
+    def source():
+        for k, shape in enumerate(MIXED):
+            taken.append(k)
+            yield _image(*shape, seed=k)
+
+    net = TinyConv()
+    out = infer.predict_many(net, source(), batch_size=1)
+    first = next(out)
+    assert len(taken) <= 2
+    rest = list(out)
+    assert [f.shape[1:] for f in [first, *rest]] == [s[1:] for s in MIXED]
+    np.testing.assert_allclose(rest[-1], infer.run_net(net, _image(*MIXED[-1], seed=4)), atol=1e-6)
+
+
+def test_pooled_with_no_images_yields_nothing():
+    assert list(infer.predict_many(TinyConv(), [])) == []

@@ -28,17 +28,19 @@ The method (as Cellpose-SAM / cellpose 4.x):
 - Device ``auto`` picks cuda, then mps, then cpu. Precision ``auto`` is bfloat16 on a GPU, float32 on CPU.
   Batch size ``auto`` is 8 on CPU, 32 on a GPU. A progress bar over tiles goes to stderr for long images.
 
-Python API: :func:`predict` (diameter + :func:`run_net`), :func:`run_net` (tiling, batching, blending),
-and the inverse pair :func:`make_tiles` / :func:`stitch_tiles`.
+Python API: :func:`predict_many` (several images, their tiles pooled into shared network batches),
+:func:`predict` (one image, with a diameter), :func:`run_net` (one image at its own scale), and the
+inverse pair :func:`make_tiles` / :func:`stitch_tiles`.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -57,6 +59,7 @@ __all__ = [
     "resolve_dtype",
     "run_net",
     "predict",
+    "predict_many",
     "read_normalized",
     "main",
 ]
@@ -308,7 +311,152 @@ def _net_device_dtype(net: Callable) -> tuple["torch.device", "torch.dtype"]:
     return torch.device("cpu"), torch.float32
 
 
-# --- the network over tiles ------------------------------------------------------------------------
+# --- the network over tiles ---------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """One image on its way through the pooled tile stream (see :func:`predict_many`)."""
+
+    tiles: np.ndarray  # (N, 3, 256, 256) float32
+    layout: TileLayout
+    size: tuple[int, int] | None  # (Y, X) to resize the flows back to; None: no resizing
+    outputs: np.ndarray  # (N, 3, 256, 256) float32, filled as batches come back
+    done: int = 0  # tiles whose outputs are in
+    bar: object = None  # tqdm progress bar, or None
+
+
+def _as_network_input(img: np.ndarray, diameter: float | None, tile_overlap: float, augment: bool) -> _Pending:
+    """Pad to 3 channels, resize by 30 / diameter, tile: what the network needs of one image."""
+    img = np.asarray(img)
+    if img.ndim != 3 or not 1 <= img.shape[0] <= 3:
+        raise ValueError(f"image of shape {img.shape}, expected (C, Y, X) with C = 1..3")
+    size = None
+    if diameter is not None:
+        if not diameter > 0:
+            raise ValueError(f"diameter {diameter}, expected a positive number of pixels")
+        Y, X = img.shape[1:]
+        Yr, Xr = int(Y * 30.0 / diameter), int(X * 30.0 / diameter)
+        if Yr < 1 or Xr < 1:
+            raise CpsnakeError(
+                f"diameter {diameter}: resizing the {Y}x{X} image by 30/{diameter} leaves {Yr}x{Xr} pixels; "
+                "give a smaller diameter"
+            )
+        img, size = resize(img, (Yr, Xr)), (Y, X)
+    if img.shape[0] < 3:  # zero channels: for CPSAM the same as using the first C kernel channels
+        img = np.concatenate([img, np.zeros((3 - img.shape[0], *img.shape[1:]), img.dtype)])
+    tiles, layout = make_tiles(img, BSIZE, tile_overlap, augment=augment)
+    return _Pending(tiles, layout, size, np.empty((len(tiles), 3, BSIZE, BSIZE), np.float32))
+
+
+def _finish(item: _Pending) -> np.ndarray:
+    flows = stitch_tiles(item.outputs, item.layout, yx_channels=(0, 1))
+    return flows if item.size is None else resize(flows, item.size)
+
+
+def predict_many(
+    net: Callable,
+    images: Iterable[np.ndarray],
+    *,
+    diameters: float | Sequence[float | None] | None = None,
+    batch_size: int = 8,
+    tile_overlap: float = 0.1,
+    augment: bool = False,
+    device: "str | torch.device | None" = None,
+    dtype: "torch.dtype | None" = None,
+    progress: bool | None = None,
+) -> Iterator[np.ndarray]:
+    """Flows of several normalized images, their tiles pooled into shared network batches.
+
+    Tiles of consecutive images fill each batch of ``batch_size`` tiles (32 tiles on a GPU even when
+    every image has 1-4), and the next image is padded, resized and tiled in a background thread while
+    the network runs. Each image's flows equal :func:`predict` on that image alone (the same tiles go
+    through the same network; only which tiles share a batch differs).
+
+    Parameters
+    ----------
+    net : torch.nn.Module or callable
+        Maps a float tensor ``(B, 3, 256, 256)`` to ``(B, 3, 256, 256)`` = dY, dX, cellprob logits.
+        A module is set to eval mode and, if ``device`` / ``dtype`` are given, moved there.
+    images : iterable of (C, Y, X) ndarray
+        Normalized images, C = 1..3 (fewer than 3 channels are padded with zero channels). Read lazily:
+        at most the current and the next image are held besides the tiles in flight.
+    diameters : float, sequence of (float or None), or None
+        Typical cell diameter in pixels, for every image or one per image: the image is resized to
+        ``(int(Y * 30 / d), int(X * 30 / d))`` before tiling and the flows resized back to (Y, X).
+        Flow values are not rescaled.
+    batch_size, tile_overlap, augment, device, dtype, progress
+        As :func:`run_net`; ``progress`` counts the tiles of the image being prepared.
+
+    Yields
+    ------
+    (3, Y, X) float32 ndarray per image, in the order given: dY, dX, cellprob logits at its size.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch size {batch_size}, expected >= 1")
+    if isinstance(net, torch.nn.Module):
+        if device is not None or dtype is not None:
+            net.to(device=device, dtype=dtype)
+        net.eval()
+    net_device, net_dtype = _net_device_dtype(net)
+    device = torch.device(device) if device is not None else net_device
+    dtype = dtype if dtype is not None else net_dtype
+    per_image = diameters if isinstance(diameters, (list, tuple)) else None
+    source = iter(images)
+
+    def prepare(k: int, img: np.ndarray) -> _Pending:
+        d = per_image[k] if per_image is not None else diameters
+        return _as_network_input(img, d, tile_overlap, augment)
+
+    with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+        def submit(k: int):
+            img = next(source, None)
+            return None if img is None else pool.submit(prepare, k, img)
+
+        queue: list[_Pending] = []  # images whose tiles are (partly) in flight, oldest first
+        ahead, k, cursor = submit(0), 0, 0  # cursor: next tile of queue[-1] to send
+        while True:
+            batch: list[tuple[_Pending, int]] = []
+            while len(batch) < batch_size:
+                if not queue or cursor == len(queue[-1].tiles):
+                    if ahead is None:
+                        break
+                    queue.append(ahead.result())  # errors of one image surface here, in order
+                    k, cursor = k + 1, 0
+                    ahead = submit(k)
+                    _show(queue[-1], progress)
+                    continue
+                take = min(batch_size - len(batch), len(queue[-1].tiles) - cursor)
+                batch += [(queue[-1], i) for i in range(cursor, cursor + take)]
+                cursor += take
+            if batch:
+                x = torch.from_numpy(np.stack([item.tiles[i] for item, i in batch])).to(device=device, dtype=dtype)
+                y = net(x)
+                if tuple(y.shape[1:]) != (3, BSIZE, BSIZE):
+                    raise ValueError(f"network output of shape {tuple(y.shape)}, expected (B, 3, {BSIZE}, {BSIZE})")
+                y = y.float().cpu().numpy()
+                for (item, i), out in zip(batch, y):
+                    item.outputs[i] = out
+                    item.done += 1
+                    if item.bar is not None:
+                        item.bar.update(1)
+            while queue and queue[0].done == len(queue[0].tiles):
+                item = queue.pop(0)
+                if item.bar is not None:
+                    item.bar.close()
+                yield _finish(item)
+            if not batch and ahead is None and not queue:
+                return
+
+
+def _show(item: _Pending, progress: bool | None) -> None:
+    """Attach a tqdm bar over the image's tiles (stderr) when asked, or from PROGRESS_MIN_TILES on."""
+    if progress if progress is not None else len(item.tiles) >= PROGRESS_MIN_TILES:
+        from tqdm import tqdm
+
+        item.bar = tqdm(total=len(item.tiles), unit="tile", desc="infer", mininterval=1.0)
 
 
 def run_net(
@@ -349,43 +497,8 @@ def run_net(
     (3, Y, X) float32 ndarray
         dY, dX, cellprob logits at the image's size.
     """
-    import torch
-
-    img = np.asarray(img)
-    if img.ndim != 3 or not 1 <= img.shape[0] <= 3:
-        raise ValueError(f"image of shape {img.shape}, expected (C, Y, X) with C = 1..3")
-    if batch_size < 1:
-        raise ValueError(f"batch size {batch_size}, expected >= 1")
-    if img.shape[0] < 3:  # zero channels: for CPSAM the same as using the first C kernel channels
-        img = np.concatenate([img, np.zeros((3 - img.shape[0], *img.shape[1:]), img.dtype)])
-    if isinstance(net, torch.nn.Module):
-        if device is not None or dtype is not None:
-            net.to(device=device, dtype=dtype)
-        net.eval()
-    net_device, net_dtype = _net_device_dtype(net)
-    device = torch.device(device) if device is not None else net_device
-    dtype = dtype if dtype is not None else net_dtype
-
-    tiles, layout = make_tiles(img, BSIZE, tile_overlap, augment=augment)
-    outputs = np.empty((len(tiles), 3, BSIZE, BSIZE), np.float32)
-    show = len(tiles) >= PROGRESS_MIN_TILES if progress is None else progress
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(tiles), unit="tile", desc="infer", mininterval=1.0)
-    with torch.inference_mode():
-        for i in range(0, len(tiles), batch_size):
-            x = torch.from_numpy(tiles[i : i + batch_size]).to(device=device, dtype=dtype)
-            y = net(x)
-            if tuple(y.shape[1:]) != (3, BSIZE, BSIZE):
-                raise ValueError(f"network output of shape {tuple(y.shape)}, expected (B, 3, {BSIZE}, {BSIZE})")
-            outputs[i : i + len(x)] = y.float().cpu().numpy()
-            if bar is not None:
-                bar.update(len(x))
-    if bar is not None:
-        bar.close()
-    return stitch_tiles(outputs, layout, yx_channels=(0, 1))
+    return predict(net, img, batch_size=batch_size, tile_overlap=tile_overlap, augment=augment, device=device,
+                   dtype=dtype, progress=progress)
 
 
 def predict(
@@ -408,7 +521,7 @@ def predict(
         Normalized image, C = 1..3.
     diameter : float, optional
         Typical cell diameter in pixels: the image is resized to ``(int(Y * 30 / d), int(X * 30 / d))``
-        before :func:`run_net` and the outputs resized back to (Y, X). Flow values are not rescaled.
+        before the network and the outputs resized back to (Y, X). Flow values are not rescaled.
     Other parameters : as :func:`run_net`.
 
     Returns
@@ -416,24 +529,8 @@ def predict(
     (3, Y, X) float32 ndarray
         dY, dX, cellprob logits at the input's size.
     """
-    img = np.asarray(img)
-    if img.ndim != 3:
-        raise ValueError(f"image of shape {img.shape}, expected (C, Y, X)")
-    opts = dict(batch_size=batch_size, tile_overlap=tile_overlap, augment=augment, device=device, dtype=dtype, progress=progress)
-    if diameter is None:
-        return run_net(net, img, **opts)
-    if not diameter > 0:
-        raise ValueError(f"diameter {diameter}, expected a positive number of pixels")
-    Y, X = img.shape[1:]
-    scale = 30.0 / diameter
-    Yr, Xr = int(Y * scale), int(X * scale)
-    if Yr < 1 or Xr < 1:
-        raise CpsnakeError(
-            f"diameter {diameter}: resizing the {Y}x{X} image by 30/{diameter} leaves {Yr}x{Xr} pixels; "
-            "give a smaller diameter"
-        )
-    flows = run_net(net, resize(img, (Yr, Xr)), **opts)
-    return resize(flows, (Y, X))
+    return next(predict_many(net, [img], diameters=diameter, batch_size=batch_size, tile_overlap=tile_overlap,
+                             augment=augment, device=device, dtype=dtype, progress=progress))
 
 
 # --- command line ----------------------------------------------------------------------------------
