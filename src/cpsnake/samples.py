@@ -1,0 +1,267 @@
+"""``cpsnake samples``: which images a run holds, what each one is, and how they are batched.
+
+Usage::
+
+    cpsnake samples (--images FOLDER_OR_GLOB | --sheet SAMPLES.tsv) --out samples.tsv
+                    [--channels I,J,K] [--diameter D] [--batch-pixels N] [--batch-images M] [--max-pixels N]
+
+Samples come from a folder (every ``.tif``, ``.tiff``, ``.png``, ``.jpg``, ``.jpeg`` file directly in
+it, hidden files skipped), a glob (``data/**/*.tif``) or a sample sheet: a TSV or CSV file with one row
+per image and the columns
+
+* ``sample`` (required): the name the outputs carry (``masks/SAMPLE.tif``, ...); letters, digits,
+  ``.``, ``_``, ``-``; unique;
+* ``path`` (required): the image file, absolute or relative to the sheet's folder;
+* ``channels`` (optional): 0-based channels for the network, e.g. ``0,2`` (empty: the run's ``channels``);
+* ``diameter`` (optional): typical cell diameter in pixels (empty: the run's ``diameter``);
+* ``pixel_size`` (optional): pixel size in the image's unit, replacing the file's calibration (square
+  pixels; empty: the file's own).
+
+Without a sheet, a sample's name is its file name without the extension (``.ome.tif`` counts as one);
+two files with one name are an error, whatever their folders.
+
+Each image is *inspected* from its header only (shape, channels, planes, dtype; no pixel is decoded,
+so this is cheap for thousands of images and for slides): a file that is missing, not an image, or has
+a header that cannot be read, fails here with its one-line reason and goes into no batch. Images that
+pass are *batched*: in sample-name order, a batch takes images while it holds at most
+``--batch-images`` images (default 64) and at most ``--batch-pixels`` pixels (Y x X x planes, default
+50,000,000); an image larger than that budget is a batch of its own. Batches are named ``b0001``,
+``b0002``, ... in that order, so the same samples and settings always give the same batches.
+
+The output table (TSV) has one row per sample: ``sample, path, channels, diameter, pixel_size, status``
+(``ok`` or ``failed``), ``reason``, ``height, width, channels_in_file, planes, dtype, pixels, batch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from cpsnake.errors import CpsnakeError, guard
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "BATCH_IMAGES",
+    "BATCH_PIXELS",
+    "Sample",
+    "sample_name",
+    "discover",
+    "read_sheet",
+    "form_batches",
+    "write_table",
+    "read_table",
+    "main",
+]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+BATCH_IMAGES = 64  # at most this many images per batch job
+BATCH_PIXELS = 50_000_000  # at most this many pixels (Y x X x planes) per batch job, unless one image is larger
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class Sample:
+    """One row of the samples table (see the module docstring for the columns)."""
+
+    sample: str
+    path: str
+    channels: list[int] | None = None
+    diameter: float | None = None
+    pixel_size: float | None = None
+    status: str = "ok"
+    reason: str = ""
+    height: int | None = None
+    width: int | None = None
+    channels_in_file: int | None = None
+    planes: int | None = None
+    dtype: str = ""
+    pixels: int | None = None
+    batch: str = ""
+    extra: dict = field(default_factory=dict, repr=False)
+
+
+COLUMNS = [f.name for f in fields(Sample) if f.name != "extra"]
+
+
+def sample_name(path: str | os.PathLike) -> str:
+    """File name without its extension (``.ome.tif`` / ``.ome.tiff`` count as one extension)."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def discover(spec: str) -> list[Sample]:
+    """Samples of a folder or a glob pattern, sorted by name; an error when none, or when two share a name."""
+    if Path(spec).is_dir():
+        files = [p for p in sorted(Path(spec).iterdir()) if p.is_file() and not p.name.startswith(".")]
+        files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        files = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file()]
+    if not files:
+        raise CpsnakeError(
+            f"images={spec!r}: found no image files, expected a folder holding {'/'.join(IMAGE_SUFFIXES)} files "
+            "or a glob matching files; check the path, or give a sample sheet"
+        )
+    seen: dict[str, Path] = {}
+    for path in files:
+        name = sample_name(path)
+        if name in seen:
+            raise CpsnakeError(
+                f"images={spec!r}: found two files named {name!r} ({seen[name]}, {path}), expected unique names; "
+                "rename one, narrow the glob, or name the samples in a sample sheet"
+            )
+        seen[name] = path
+    return [Sample(name, str(seen[name])) for name in sorted(seen)]
+
+
+def _parse_channels(text: str, where: str) -> list[int] | None:
+    text = text.strip().strip("[]")
+    if not text:
+        return None
+    try:
+        chans = [int(t) for t in text.replace(" ", ",").split(",") if t != ""]
+    except ValueError:
+        chans = []
+    if not chans or len(chans) > 3 or len(set(chans)) != len(chans) or min(chans) < 0:
+        raise CpsnakeError(f"{where}: channels {text!r}, expected 1 to 3 distinct 0-based channel numbers, e.g. 0,2")
+    return chans
+
+
+def _parse_positive(text: str, where: str, what: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise CpsnakeError(f"{where}: {what} {text!r}, expected a positive number (or an empty cell for none)")
+    return value
+
+
+def read_sheet(path: str | os.PathLike) -> list[Sample]:
+    """Samples of a sample sheet (TSV or CSV, told by its first line), sorted by name.
+
+    Relative paths are relative to the sheet's folder. Errors (one line, naming the sheet and the row):
+    missing ``sample`` / ``path`` columns, unknown columns, an empty or malformed name, a repeated name,
+    bad ``channels`` / ``diameter`` / ``pixel_size`` values.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CpsnakeError(f"{path}: cannot be read as a text sample sheet ({exc}); expected a TSV or CSV file") from None
+    lines = text.splitlines()
+    if not lines:
+        raise CpsnakeError(f"{path}: empty sample sheet; expected a header line 'sample<TAB>path' and one row per image")
+    delimiter = "\t" if "\t" in lines[0] else ","
+    reader = csv.DictReader(lines, delimiter=delimiter)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    allowed = ("sample", "path", "channels", "diameter", "pixel_size")
+    if "sample" not in header or "path" not in header:
+        raise CpsnakeError(f"{path}: found columns {header}, expected at least 'sample' and 'path' "
+                           f"(optional: channels, diameter, pixel_size)")
+    unknown = [h for h in header if h not in allowed]
+    if unknown:
+        raise CpsnakeError(f"{path}: unknown column(s) {unknown}, expected only {', '.join(allowed)}; rename or remove them")
+    samples: dict[str, Sample] = {}
+    for i, raw in enumerate(reader, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        where = f"{path} line {i}"
+        name = row.get("sample", "")
+        if not NAME_RE.match(name):
+            raise CpsnakeError(f"{where}: sample name {name!r}, expected letters, digits, '.', '_' or '-' "
+                               "(it names the output files)")
+        if name in samples:
+            raise CpsnakeError(f"{where}: sample {name!r} appears twice, expected unique sample names")
+        image = row.get("path", "")
+        if not image:
+            raise CpsnakeError(f"{where}: sample {name!r} has no path, expected the image file")
+        image_path = Path(image).expanduser()
+        if not image_path.is_absolute():
+            image_path = path.parent / image_path
+        samples[name] = Sample(
+            name, str(image_path),
+            channels=_parse_channels(row.get("channels", ""), where),
+            diameter=_parse_positive(row.get("diameter", ""), where, "diameter"),
+            pixel_size=_parse_positive(row.get("pixel_size", ""), where, "pixel_size"),
+        )
+    if not samples:
+        raise CpsnakeError(f"{path}: no rows, expected one row per image under the header")
+    return [samples[n] for n in sorted(samples)]
+
+
+def form_batches(sizes: Sequence[tuple[str, int]], *, max_pixels: int = BATCH_PIXELS,
+                 max_images: int = BATCH_IMAGES) -> list[list[str]]:
+    """Group (name, pixels) pairs into batches, deterministically.
+
+    Names are taken in sorted order; a batch grows while it has fewer than ``max_images`` names and its
+    pixels stay within ``max_pixels``; an image larger than ``max_pixels`` is a batch of its own.
+
+    Returns
+    -------
+    list of batches, each a list of names in sorted order.
+    """
+    if max_images < 1 or max_pixels < 1:
+        raise ValueError(f"batch limits {max_images} images / {max_pixels} pixels, expected >= 1")
+    batches: list[list[str]] = []
+    current: list[str] = []
+    total = 0
+    for name, pixels in sorted(sizes):
+        if current and (len(current) >= max_images or total + pixels > max_pixels):
+            batches.append(current)
+            current, total = [], 0
+        current.append(name)
+        total += pixels
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def write_table(path: str | os.PathLike, samples: Iterable[Sample]) -> None:
+    """Write the samples table (TSV, :data:`COLUMNS`) atomically."""
+    from cpsnake.io import atomic_output
+
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(COLUMNS)
+        for s in samples:
+            w.writerow([_cell(getattr(s, c)) for c in COLUMNS])
+
+
+def read_table(path: str | os.PathLike) -> list[Sample]:
+    """Read a table written by :func:`write_table`."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            def num(key, kind):
+                return kind(row[key]) if row.get(key, "") != "" else None
+
+            out.append(Sample(
+                row["sample"], row["path"],
+                channels=[int(c) for c in row["channels"].split(",")] if row.get("channels") else None,
+                diameter=num("diameter", float), pixel_size=num("pixel_size", float),
+                status=row["status"], reason=row["reason"], height=num("height", int), width=num("width", int),
+                channels_in_file=num("channels_in_file", int), planes=num("planes", int), dtype=row["dtype"],
+                pixels=num("pixels", int), batch=row["batch"],
+            ))
+    return out
