@@ -1,0 +1,140 @@
+"""Size limits checked before anything of that size is allocated: pixels, image sides, network parameters.
+
+``max_pixels`` -- the most *samples* one input may decode to: the product of all its axes, channels
+and planes included (a 2000 x 3000 RGB image is 18,000,000 samples). It is checked from the file's
+header (TIFF series shape, PNG IHDR, JPEG frame header) before any pixel is decoded, for every image,
+label image, normalized image and flows file that a command reads (a flows file holds 3 samples per
+pixel of the image it was made from and is checked per pixel). Set it per command with
+``--max-pixels N``, for every command with the environment variable ``CPSNAKE_MAX_PIXELS``, and in the
+workflow with the config key ``max_pixels`` (which the rules pass on as ``--max-pixels``).
+
+Default, :data:`DEFAULT_MAX_PIXELS` = 100,000,000 (a 10,000 x 10,000 grey image). Measured with
+``benchmarks/peak_memory.py`` (bundled nuclei_small model, CPU, 2048^2 and 4096^2 uint16 images tiled
+from BBBC039 nuclei; peak resident memory of each command, interpreter, numpy and torch included), the
+memory of a step grows by these many bytes per pixel of a grey image, on top of a fixed part:
+
+===========================  ===========  ========  ======================
+step                         bytes/pixel  fixed MB  at 100,000,000 pixels
+===========================  ===========  ========  ======================
+infer                        97           1,171     10.4 GB
+segment (all steps)          94           1,158     10.1 GB
+reconstruct, every pixel     68           754       7.2 GB
+reconstruct, nuclei          25           812       3.2 GB
+overlay                      30           40        2.9 GB
+measure                      12           71        1.2 GB
+rois                         10           44        1.0 GB
+normalize (uint16)           6            39        0.6 GB
+===========================  ===========  ========  ======================
+
+so a run on an image at the limit peaks near 10.4 GB (97 x 10^8 B + 1.2 GB, in ``infer``), well under
+half of a 24 GB machine: it never swaps, with room for the system, other programs and a larger
+model (cpsam, ViT-L, adds about 3 GB: its weights and the activations of a batch). A multi-channel
+image counts every sample, so at the limit it has fewer pixels and needs less. On a machine with more
+memory, raise the limit to about (memory - 3 GB) / 100 bytes.
+
+``MIN_SIDE`` -- the steps that run the network (``normalize``, ``infer``, ``segment``, ``train``) refuse
+images thinner than 8 pixels along Y or X: no cell fits, and the network would still run a 256-pixel
+tile for every 256 pixels of the long side (a 100,000 x 2 image is 470 tiles of padding).
+
+``MAX_PARAMETERS`` -- a weights file may declare at most 1,000,000,000 parameters (4 GB as float32):
+Cellpose-SAM ViT-L has 304,628,930, a SAM ViT-H geometry 632,442,818. A training checkpoint (weights
+plus two AdamW moments) may hold three times as many.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Sequence
+
+from cpsnake.errors import CpsnakeError
+
+__all__ = [
+    "ENV",
+    "DEFAULT_MAX_PIXELS",
+    "MIN_SIDE",
+    "MAX_PARAMETERS",
+    "max_pixels",
+    "add_option",
+    "check_samples",
+    "check_min_side",
+]
+
+ENV = "CPSNAKE_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 100_000_000
+MIN_SIDE = 8
+MAX_PARAMETERS = 1_000_000_000
+RAISE = "--max-pixels N (or CPSNAKE_MAX_PIXELS=N, config key max_pixels)"
+
+
+def _positive_int(text: str, where: str) -> int:
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise CpsnakeError(f"{where}: found {text!r}, expected a positive whole number of samples, e.g. 200000000")
+    return value
+
+
+def max_pixels(value: int | None = None) -> int:
+    """The limit in force: ``value`` if given, else ``$CPSNAKE_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`."""
+    if value is not None:
+        if int(value) < 1:
+            raise CpsnakeError(f"--max-pixels {value}: expected a positive whole number of samples")
+        return int(value)
+    env = os.environ.get(ENV, "").strip()
+    return _positive_int(env, ENV) if env else DEFAULT_MAX_PIXELS
+
+
+def _argument(text: str) -> int:
+    try:
+        return _positive_int(text, "--max-pixels")
+    except CpsnakeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add ``--max-pixels N`` (default: ``$CPSNAKE_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`)."""
+    p.add_argument(
+        "--max-pixels", type=_argument, default=None, metavar="N",
+        help=f"refuse inputs that decode to more than N samples (pixels x channels x planes); default "
+        f"${ENV} or {DEFAULT_MAX_PIXELS:,} (a run at the limit needs about 10.4 GB)",
+    )
+
+
+def check_samples(
+    path: object, shape: Sequence[int], *, limit: int | None = None, per_pixel: int = 1, what: str = "image"
+) -> None:
+    """Refuse ``shape`` when it holds more than ``limit * per_pixel`` samples; checked before decoding.
+
+    Parameters
+    ----------
+    path : the file, for the message
+    shape : the declared shape (any axes), e.g. a TIFF series' shape or (Y, X, samples) of a PNG
+    limit : max_pixels, resolved with :func:`max_pixels` when None
+    per_pixel : samples per pixel that the limit allows for this kind of file (3 for flows)
+    what : the kind of file, for the message
+    """
+    allowed = max_pixels(limit) * per_pixel
+    n = math.prod(int(s) for s in shape)
+    if n > allowed:
+        dims = " x ".join(str(int(s)) for s in shape)
+        per = f" ({per_pixel} per pixel)" if per_pixel > 1 else ""
+        raise CpsnakeError(
+            f"{path}: found a {what} of {dims} = {n:,} samples, more than the limit of {allowed:,} samples{per}; "
+            f"expected at most {allowed:,}; crop or split it, or raise the limit with {RAISE} on a machine with "
+            "about 100 bytes of memory per pixel"
+        )
+
+
+def check_min_side(path: object, yx: Sequence[int]) -> None:
+    """Refuse an image whose Y or X is below :data:`MIN_SIDE` pixels (no cell fits; the network would tile padding)."""
+    y, x = (int(v) for v in yx[-2:])
+    if min(y, x) < MIN_SIDE:
+        raise CpsnakeError(
+            f"{path}: found an image of {y} x {x} pixels (Y x X); expected at least {MIN_SIDE} pixels along each "
+            "axis (no cell fits in fewer, and the network would run a 256-pixel tile per 256 pixels of the long side); "
+            "pass the full image, or pad it (Fiji: Image > Adjust > Canvas Size)"
+        )
