@@ -180,7 +180,8 @@ def _tiff(
                         f"{path}: found pixels of type {dtype}; expected integer or real values ({expected}); {fix}"
                     )
                 limits.check_samples(path, series.shape, limit=max_pixels, per_pixel=per_pixel, what=what)
-                data = series.asarray(maxworkers=1)
+                with limits.decode_budget(2 * series.size * dtype.itemsize):  # codecs may not expand beyond
+                    data = series.asarray(maxworkers=1)
                 axes = series.axes
                 pixel_size, unit, problem = calibration(tif)
                 page = series.pages[0] if series.pages else tif.pages.first
@@ -189,8 +190,9 @@ def _tiff(
             raise
         except MemoryError:
             raise CpsnakeError(
-                f"{path}: decoding needs more memory than this machine has; expected a TIFF of the size its "
-                f"header declares; crop or split it, or lower the limit with {limits.RAISE}"
+                f"{path}: found compressed data that expand beyond the size the TIFF header declares (or memory ran "
+                "out while decoding); expected a TIFF whose data match its header; the file is corrupt or hostile: "
+                "export it again from the original"
             ) from None
         except Exception as exc:  # tifffile and its codecs raise many types for truncated or corrupt files
             msg = " ".join(str(exc).split()) or type(exc).__name__
@@ -461,9 +463,9 @@ def _read_png_jpeg(path: Path, fmt: str, max_pixels: int | None) -> tuple["np.nd
                 head = fh.read(33)
             h, w, spp, nbytes = png_shape(path, head)
             limits.check_samples(path, (h, w, spp) if spp > 1 else (h, w), limit=max_pixels, what="PNG")
-            data = imagecodecs.png_decode(
-                files.read_bytes(path, f"a {what} of {h} x {w} pixels", limit=2 * h * (w * spp * nbytes + 1) + 2**24)
-            )
+            raw = files.read_bytes(path, f"a {what} of {h} x {w} pixels", limit=2 * h * (w * spp * nbytes + 1) + 2**24)
+            with limits.decode_budget(2 * h * w * spp * nbytes + len(raw)):
+                data = imagecodecs.png_decode(raw)
         else:
             from PIL import Image  # raises on a truncated JPEG (libjpeg alone only warns)
 
@@ -471,10 +473,11 @@ def _read_png_jpeg(path: Path, fmt: str, max_pixels: int | None) -> tuple["np.nd
                 w, h = im.size
                 bands = len(im.getbands())
                 limits.check_samples(path, (h, w, bands) if bands > 1 else (h, w), limit=max_pixels, what="JPEG")
-                im.load()
-                if im.mode not in ("L", "RGB"):
-                    im = im.convert("RGB")
-                data = np.asarray(im)
+                with limits.decode_budget(3 * h * w * (bands + 3)):  # the decoded image, RGB and array copies
+                    im.load()
+                    if im.mode not in ("L", "RGB"):
+                        im = im.convert("RGB")
+                    data = np.asarray(im)
     except CpsnakeError:
         raise
     except Exception as exc:

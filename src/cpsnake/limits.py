@@ -36,6 +36,12 @@ memory, raise the limit to about (memory - 3 GB) / 100 bytes.
 images thinner than 8 pixels along Y or X: no cell fits, and the network would still run a 256-pixel
 tile for every 256 pixels of the long side (a 100,000 x 2 image is 470 tiles of padding).
 
+``decode_budget`` -- the header check bounds what a file *declares*; a compressed block inside it may
+still expand beyond that (a TIFF tile stored as a PNG or JPEG carries its own, larger, size). While a
+codec runs, the process's data segment is capped (Linux ``RLIMIT_DATA``) at its current size plus the
+declared size and a margin of 256 MB, so such a block fails with one line instead of taking the
+machine's memory. Other systems rely on the header check alone.
+
 ``MAX_PARAMETERS`` -- a weights file may declare at most 1,000,000,000 parameters (4 GB as float32):
 Cellpose-SAM ViT-L has 304,628,930, a SAM ViT-H geometry 632,442,818. A training checkpoint (weights
 plus two AdamW moments) may hold three times as many.
@@ -44,9 +50,10 @@ plus two AdamW moments) may hold three times as many.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from cpsnake.errors import CpsnakeError
 
@@ -59,6 +66,7 @@ __all__ = [
     "add_option",
     "check_samples",
     "check_min_side",
+    "decode_budget",
 ]
 
 ENV = "CPSNAKE_MAX_PIXELS"
@@ -66,6 +74,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 MIN_SIDE = 8
 MAX_PARAMETERS = 1_000_000_000
 RAISE = "--max-pixels N (or CPSNAKE_MAX_PIXELS=N, config key max_pixels)"
+DECODE_MARGIN = 256 * 2**20  # bytes a codec may use beyond the declared size (its buffers, the file's bytes)
 
 
 def _positive_int(text: str, where: str) -> int:
@@ -138,3 +147,46 @@ def check_min_side(path: object, yx: Sequence[int]) -> None:
             "axis (no cell fits in fewer, and the network would run a 256-pixel tile per 256 pixels of the long side); "
             "pass the full image, or pad it (Fiji: Image > Adjust > Canvas Size)"
         )
+
+
+def _data_segment() -> int | None:
+    """This process's data segment in bytes (``VmData``, what RLIMIT_DATA limits), or None off Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def decode_budget(nbytes: int) -> Iterator[None]:
+    """While the block runs, allow this process ``nbytes`` (+ 256 MB) more data segment than it has now.
+
+    Linux only (``RLIMIT_DATA``; a lower limit already in force is kept); elsewhere it does nothing. A
+    decoder that allocates beyond the budget raises ``MemoryError``, which the caller reports as a file
+    whose compressed data expand beyond its header.
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    except (ImportError, AttributeError, OSError, ValueError):
+        yield
+        return
+    used = _data_segment()
+    if used is None:
+        yield
+        return
+    cap = used + int(nbytes) + DECODE_MARGIN
+    if soft != resource.RLIM_INFINITY:
+        cap = min(cap, soft)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))

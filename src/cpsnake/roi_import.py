@@ -247,7 +247,10 @@ def _region(roi, shape: tuple[int, int], where: str) -> tuple[int, int, np.ndarr
             raise CpsnakeError(f"{where}: a {rt.name.lower()} with fewer than 3 vertices; expected an area outline; "
                                f"remove it or redraw it, then {RESAVE}")
         return polygons([xy])
-    name = rt.name.lower() if hasattr(rt, "name") else str(rt)
+    if not isinstance(rt, ROI_TYPE) or int(rt) < 0:  # roifile reads a type byte it does not know as -1
+        raise CpsnakeError(f"{where}: found an unknown ROI type ({rt}); expected an ImageJ area ROI; the entry is "
+                           f"corrupt: {RESAVE}")
+    name = rt.name.lower()
     raise CpsnakeError(
         f"{where}: found a ROI of type {name}, not an area; expected rectangle, oval, polygon, freehand, traced or "
         "composite ROIs; convert lines and points to areas in Fiji first (Edit > Selection > Line to Area, or "
