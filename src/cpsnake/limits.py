@@ -13,24 +13,25 @@ Default, :data:`DEFAULT_MAX_PIXELS` = 100,000,000 (a 10,000 x 10,000 grey image)
 from BBBC039 nuclei; peak resident memory of each command, interpreter, numpy and torch included), the
 memory of a step grows by these many bytes per pixel of a grey image, on top of a fixed part:
 
-===========================  ===========  ========  ======================
-step                         bytes/pixel  fixed MB  at 100,000,000 pixels
-===========================  ===========  ========  ======================
-infer                        97           1,171     10.4 GB
-segment (all steps)          94           1,158     10.1 GB
-reconstruct, every pixel     68           754       7.2 GB
-reconstruct, nuclei          25           812       3.2 GB
-overlay                      30           40        2.9 GB
-measure                      12           71        1.2 GB
-rois                         10           44        1.0 GB
-normalize (uint16)           6            39        0.6 GB
-===========================  ===========  ========  ======================
+===========================  ===========  =========  ======================
+step                         bytes/pixel  fixed MiB  at 100,000,000 pixels
+===========================  ===========  =========  ======================
+segment (all steps)          96           1,153      10.0 GiB
+infer                        92           1,138      9.7 GiB
+reconstruct, every pixel     68           753        7.1 GiB
+reconstruct, nuclei          28           773        3.3 GiB
+overlay                      30           43         2.8 GiB
+measure                      12           66         1.2 GiB
+rois                         10           47         1.0 GiB
+normalize (uint16)           6            43         0.6 GiB
+===========================  ===========  =========  ======================
 
-so a run on an image at the limit peaks near 10.4 GB (97 x 10^8 B + 1.2 GB, in ``infer``), well under
-half of a 24 GB machine: it never swaps, with room for the system, other programs and a larger
-model (cpsam, ViT-L, adds about 3 GB: its weights and the activations of a batch). A multi-channel
-image counts every sample, so at the limit it has fewer pixels and needs less. On a machine with more
-memory, raise the limit to about (memory - 3 GB) / 100 bytes.
+Arithmetic for the worst step: 95.6 B x 10^8 = 9,117 MiB, plus 1,153 MiB = 10,270 MiB = 10.0 GiB
+(10.8 GB) for ``segment``; ``infer``, the largest workflow job, 9.7 GiB. That is under half of a 24 GB
+(22.4 GiB) machine: it never swaps, with room for the system, other programs and a larger model
+(cpsam, ViT-L, adds about 3 GiB: its weights and the activations of a batch). A multi-channel image
+counts every sample, so at the limit it has fewer pixels and needs less. On a machine with more
+memory, raise the limit to about (memory - 3 GiB) / 100 bytes.
 
 ``MIN_SIDE`` -- the steps that run the network (``normalize``, ``infer``, ``segment``, ``train``) refuse
 images thinner than 8 pixels along Y or X: no cell fits, and the network would still run a 256-pixel
@@ -109,7 +110,7 @@ def add_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--max-pixels", type=_argument, default=None, metavar="N",
         help=f"refuse inputs that decode to more than N samples (pixels x channels x planes); default "
-        f"${ENV} or {DEFAULT_MAX_PIXELS:,} (a run at the limit needs about 10.4 GB)",
+        f"${ENV} or {DEFAULT_MAX_PIXELS:,} (a run at the limit needs about 10 GiB)",
     )
 
 
