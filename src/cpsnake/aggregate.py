@@ -68,7 +68,9 @@ def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
         2 * sqrt(area / pi) for (Y, X); (6 * volume / pi) ** (1/3) for (Z, Y, X); one entry per label
         that has at least one pixel, in label order.
     """
-    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel())[1:]
+    from cpsnake.dynamics import compact
+
+    counts = np.bincount(compact(np.asarray(labels))[1].ravel())[1:]  # per object, whatever its id
     counts = counts[counts > 0].astype(np.float64)
     if labels.ndim == 3:
         return np.cbrt(6.0 * counts / math.pi)
@@ -105,10 +107,14 @@ def benchmark_seconds(path: str | os.PathLike) -> float:
     """Wall-clock seconds in a Snakemake benchmark TSV (column ``s``; the mean when it holds repeats)."""
     import pandas as pd
 
+    from cpsnake.files import regular_file
+
+    regular_file(path, "a Snakemake benchmark TSV")
     try:
         table = pd.read_csv(path, sep="\t")
     except (OSError, ValueError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read as a Snakemake benchmark file ({exc}); expected a TSV with an 's' column") from None
+        raise CpsnakeError(f"{path}: cannot be read as a Snakemake benchmark file ({exc}); expected a TSV with an 's' "
+                           "column; delete it and let Snakemake write it again") from None
     if "s" not in table.columns or not len(table):
         raise CpsnakeError(f"{path}: found columns {list(table.columns)} and {len(table)} rows; expected a Snakemake benchmark TSV with an 's' column")
     return float(table["s"].mean())
@@ -117,12 +123,16 @@ def benchmark_seconds(path: str | os.PathLike) -> float:
 def _read_measurements(path: str) -> "pd.DataFrame":
     import pandas as pd
 
+    from cpsnake.files import regular_file
+
+    regular_file(path, "a cpsnake measure output (CSV)")
     try:
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:  # a 0-byte file: no columns, no rows
         return pd.DataFrame()
     except (OSError, ValueError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read as a CSV table ({exc}); expected a cpsnake measure output") from None
+        raise CpsnakeError(f"{path}: cannot be read as a CSV table ({exc}); expected a cpsnake measure output; "
+                           "run `cpsnake measure` again for this image") from None
 
 
 def _names(paths: list[str], what: str) -> list[str]:
@@ -143,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmarks", nargs="*", default=[], metavar="TSV", help="Snakemake benchmark files (summed per image)")
     parser.add_argument("--out-measurements", required=True, metavar="CSV", help="all cells, with an image column")
     parser.add_argument("--out-summary", required=True, metavar="CSV", help="one row per image")
+    from cpsnake import limits
+
+    limits.add_option(parser)
     args = parser.parse_args(argv)
 
     import pandas as pd
@@ -166,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     table = concat_measurements([(n, _read_measurements(p)) for n, p in zip(names, args.measurements)])
     rows = []
     for name in names:
-        labels, meta = read_labels(mask_of[name])
+        labels, meta = read_labels(mask_of[name], max_pixels=args.max_pixels)
         row = {"image": name, **summarize_mask(labels, meta.get("pixel_size"), meta.get("unit"))}
         row["time_s"] = seconds.get(name, math.nan)
         rows.append(row)

@@ -18,7 +18,8 @@ Conventions: labels are ``(Y, X)`` integer images, 0 = background, 1..N = object
   mask and the predicted flows ``dP / 5``; masks above the threshold are dropped.
 * :func:`fill_holes_and_remove_small_masks` -- drop masks under ``min_size`` pixels, fill holes,
   drop again.
-* :func:`renumber` -- labels 1..N in order of first appearance in a raster scan.
+* :func:`renumber` -- labels 1..N in order of first appearance in a raster scan; :func:`compact` --
+  distinct labels and their ranks, with memory that follows the number of objects, not the largest id.
 
 The algorithms follow cellpose 4.2.1.1 (``cellpose.dynamics``, ``cellpose.utils``) step by step so that
 results agree with it, but the work is organised differently, for speed and memory:
@@ -51,6 +52,7 @@ __all__ = [
     "remove_bad_flow_masks",
     "fill_holes_and_remove_small_masks",
     "renumber",
+    "compact",
 ]
 
 # neighbour offsets (dy, dx) in Cellpose's summation order: centre, up, down, left, right, 4 diagonals
@@ -66,10 +68,46 @@ def _workers() -> int:
         return max(1, min(8, os.cpu_count() or 1))
 
 
+def compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct labels of ``labels`` and the image with each mapped to its rank, whatever the largest id.
+
+    Parameters
+    ----------
+    labels : (...) integer ndarray, 0 = background, no negative values; ids need not be consecutive
+
+    Returns
+    -------
+    ids : (K,) int64, the distinct non-zero labels, ascending
+    index : int32 (int64 above 2**31 - 1 objects) ndarray of the shape of ``labels``: 0 where 0, else
+        k + 1 where ``labels == ids[k]``.
+
+    Memory follows the number of pixels and objects, never the largest id: a lookup table when the
+    largest id is at most the number of pixels, else ``np.unique`` (a sort).
+    """
+    flat = np.asarray(labels).reshape(-1)
+    top = int(flat.max()) if flat.size else 0
+    if top <= max(flat.size, 1 << 16):
+        present = np.zeros(top + 1, dtype=bool)
+        present[flat] = True
+        present[0] = False
+        ids = np.flatnonzero(present).astype(np.int64)
+        lut = np.zeros(top + 1, dtype=np.int32 if ids.size < 2**31 - 1 else np.int64)
+        lut[ids] = np.arange(1, ids.size + 1)
+        return ids, lut[labels]
+    uniq, inv = np.unique(flat, return_inverse=True)
+    if uniq[0] == 0:
+        ids = uniq[1:]
+    else:  # no background pixel
+        ids, inv = uniq, inv + 1
+    index = inv.astype(np.int32 if ids.size < 2**31 - 1 else np.int64).reshape(np.shape(labels))
+    return ids.astype(np.int64), index
+
+
 def renumber(labels: np.ndarray) -> np.ndarray:
     """Relabel ``labels (Y, X)`` in place to 1..N in order of first appearance (raster scan); 0 stays 0.
 
-    Returns the same array (like ``fastremap.renumber``, which Cellpose uses).
+    Returns the same array (like ``fastremap.renumber``, which Cellpose uses). Tables are sized by the
+    number of objects, not the largest id (sparse ids go through :func:`compact`).
     """
     flat = labels.reshape(-1)
     nz = np.flatnonzero(flat)
@@ -77,6 +115,9 @@ def renumber(labels: np.ndarray) -> np.ndarray:
         return labels
     vals = flat[nz]
     top = int(vals.max())
+    if top > flat.size:  # sparse ids: rank them first (the order of first appearance does not change)
+        vals = compact(vals)[1]
+        top = int(vals.max())
     first = np.full(top + 1, nz.size, dtype=np.int64)
     first[vals[::-1]] = np.arange(nz.size - 1, -1, -1)  # last write wins -> first occurrence
     present = np.flatnonzero(first < nz.size)

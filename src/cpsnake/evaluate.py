@@ -36,7 +36,7 @@ import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard
 
-__all__ = ["iou_matrix", "match_counts", "scores", "evaluate_dirs", "pool", "main"]
+__all__ = ["iou_matrix", "match_counts", "overlap_pairs", "matched", "scores", "evaluate_dirs", "pool", "main"]
 
 SUFFIXES = (".tif", ".tiff", ".png")
 DEFAULT_THRESHOLDS = (0.5, 0.75, 0.9)
@@ -104,6 +104,56 @@ def match_counts(iou: np.ndarray, threshold: float) -> int:
     return int(ok[rows, cols].sum())
 
 
+def overlap_pairs(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """IoU of every overlapping (true object, predicted object) pair, without an n_true x n_pred table.
+
+    Parameters
+    ----------
+    true, pred : (Y, X) or (Z, Y, X) int ndarray of the same shape, 0 = background, ids need not be
+        consecutive
+
+    Returns
+    -------
+    ti, pi : (P,) int64 0-based object indices (in increasing label order) of the P overlapping pairs
+    iou : (P,) float64
+    n_true, n_pred : int, the numbers of distinct non-zero labels
+
+    Memory follows the number of pixels, whatever the numbers of objects (:func:`iou_matrix` needs
+    n_true x n_pred entries).
+    """
+    from cpsnake.dynamics import compact
+
+    if true.shape != pred.shape:
+        raise ValueError(f"label images of shapes {true.shape} and {pred.shape}; expected equal shapes")
+    t_ids, it = compact(true)
+    p_ids, ip = compact(pred)
+    it, ip = it.ravel(), ip.ravel()
+    nt, npr = t_ids.size, p_ids.size
+    area_t = np.bincount(it, minlength=nt + 1)
+    area_p = np.bincount(ip, minlength=npr + 1)
+    both = (it > 0) & (ip > 0)
+    keys, inter = np.unique(it[both].astype(np.int64) * (npr + 1) + ip[both], return_counts=True)
+    ti, pi = np.divmod(keys, npr + 1)
+    iou = inter / (area_t[ti] + area_p[pi] - inter).astype(np.float64)
+    return ti - 1, pi - 1, iou, nt, npr
+
+
+def matched(ti: np.ndarray, pi: np.ndarray, iou: np.ndarray, n_true: int, n_pred: int, threshold: float) -> int:
+    """True positives from :func:`overlap_pairs`: the largest one-to-one matching of pairs with IoU >= threshold.
+
+    Equal to :func:`match_counts` on the full matrix: cellpose's assignment maximises the number of
+    such pairs first (its IoU tie-break term adds less than 1 in all), i.e. a maximum bipartite matching.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    ok = iou >= threshold
+    if not ok.any():
+        return 0
+    graph = csr_matrix((np.ones(int(ok.sum()), np.int8), (ti[ok], pi[ok])), shape=(n_true, n_pred))
+    return int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())
+
+
 def scores(true: np.ndarray, pred: np.ndarray, thresholds=DEFAULT_THRESHOLDS) -> dict:
     """Counts and scores of one pair of label images.
 
@@ -118,10 +168,11 @@ def scores(true: np.ndarray, pred: np.ndarray, thresholds=DEFAULT_THRESHOLDS) ->
         ``n_true``, ``n_pred`` and, per threshold ``T`` (formatted with :func:`_fmt`), ``tp@T``,
         ``fp@T``, ``fn@T``, ``ap@T``, ``err@T`` (NaN where undefined).
     """
-    iou, n_true, n_pred = iou_matrix(true, pred)
+    pairs = overlap_pairs(true, pred)
+    n_true, n_pred = pairs[3], pairs[4]
     row: dict = {"n_true": n_true, "n_pred": n_pred}
     for th in thresholds:
-        tp = match_counts(iou, th)
+        tp = matched(*pairs, th)
         row.update(_derived(_fmt(th), tp, n_pred - tp, n_true - tp))
     return row
 
@@ -160,39 +211,61 @@ def _label_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def read_label_file(path: Path) -> np.ndarray:
-    """Read a label image (``.tif``/``.tiff`` via :func:`cpsnake.io.read_labels`, ``.png`` via Pillow)."""
+def read_label_file(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read a label image (``.tif``/``.tiff`` via :func:`cpsnake.io.read_labels`, ``.png`` via Pillow).
+
+    Only regular files are read, and the size the header declares is checked against ``max_pixels``
+    (see :mod:`cpsnake.limits`) before decoding.
+    """
+    from cpsnake import io
+
     if path.suffix.lower() == ".png":
         from PIL import Image
 
-        try:
-            arr = np.asarray(Image.open(path))
-        except Exception as exc:
-            raise CpsnakeError(f"{path}: not a readable PNG ({exc}); expected a label image") from None
-        if arr.ndim != 2 or arr.dtype.kind not in "ui":
-            raise CpsnakeError(f"{path}: PNG of shape {arr.shape} and type {arr.dtype}; expected a grey integer label image")
-        return arr.astype(np.int32)
-    from cpsnake.io import read_labels
+        from cpsnake import files, limits
 
-    return read_labels(path)[0]
+        what = "a grey integer label image (PNG)"
+        files.regular_file(path, what)
+        with open(path, "rb") as fh:
+            head = fh.read(33)
+        if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise CpsnakeError(f"{path}: not a PNG (the file starts with {head[:8]!r}); expected {what}; "
+                               "save the labels as PNG or TIFF")
+        h, w, spp, _ = io.png_shape(path, head)
+        limits.check_samples(path, (h, w, spp) if spp > 1 else (h, w), limit=max_pixels, what="PNG")
+        try:
+            with io.pillow_without_limit(), Image.open(path) as im:
+                arr = np.asarray(im)
+        except Exception as exc:
+            raise CpsnakeError(f"{path}: not a readable PNG ({exc}); expected {what}; copy or export it again") from None
+        if arr.ndim != 2 or arr.dtype.kind not in "ui":
+            raise CpsnakeError(f"{path}: found a PNG of shape {arr.shape} and type {arr.dtype}; expected {what}; "
+                               f"{io.LABELS_FIX}")
+        return arr.astype(np.int32)
+    return io.read_labels(path, max_pixels=max_pixels)[0]
 
 
 def read_index(path: Path, column: str) -> dict[str, str]:
     """Map file stem -> value of ``column`` from a CSV with a ``file`` column."""
     import pandas as pd
 
+    from cpsnake.files import regular_file
+
+    regular_file(path, f"a CSV index with columns file,{column}")
     try:
         df = pd.read_csv(path, dtype=str)
     except Exception as exc:
-        raise CpsnakeError(f"{path}: not a readable CSV ({exc}); expected columns file,{column}") from None
+        raise CpsnakeError(f"{path}: not a readable CSV ({exc}); expected columns file,{column}; "
+                           "save the index as a plain CSV (UTF-8)") from None
     for col in ("file", column):
         if col not in df.columns:
-            raise CpsnakeError(f"{path}: no column {col!r} (found {list(df.columns)}); expected columns file,{column}")
+            raise CpsnakeError(f"{path}: no column {col!r} (found {list(df.columns)}); expected columns file,{column}; "
+                               f"add the column or pass --group-by with one of {list(df.columns)}")
     return {Path(f).stem: g for f, g in zip(df["file"], df[column].fillna(""))}
 
 
 def evaluate_dirs(pred_dir, true_dir, *, thresholds=DEFAULT_THRESHOLDS, groups: dict[str, str] | None = None,
-                  log=None) -> "pd.DataFrame":
+                  log=None, max_pixels: int | None = None) -> "pd.DataFrame":
     """Score every true label image in ``true_dir`` against its namesake in ``pred_dir``.
 
     Returns
@@ -218,9 +291,9 @@ def evaluate_dirs(pred_dir, true_dir, *, thresholds=DEFAULT_THRESHOLDS, groups: 
               f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}", file=log)
     rows = []
     for stem, tpath in true_files.items():
-        true = read_label_file(tpath)
+        true = read_label_file(tpath, max_pixels=max_pixels)
         if stem in pred_files:
-            pred = read_label_file(pred_files[stem])
+            pred = read_label_file(pred_files[stem], max_pixels=max_pixels)
             if pred.shape != true.shape:
                 raise CpsnakeError(f"{pred_files[stem]}: labels of shape {pred.shape}, expected {true.shape} "
                                    f"as in {tpath}; predict at the true image's size")
@@ -261,12 +334,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="IoU thresholds (default 0.5 0.75 0.9)")
     p.add_argument("--index", help="CSV with a 'file' column and a grouping column (per-group pooled rows)")
     p.add_argument("--group-by", default="modality", help="grouping column of --index (default modality)")
+    from cpsnake import limits
+
+    limits.add_option(p)
     args = p.parse_args(argv)
     for t in args.thresholds:
         if not 0 < t <= 1:
             raise CpsnakeError(f"--thresholds: found {t}, expected IoU thresholds in (0, 1]")
     groups = read_index(Path(args.index), args.group_by) if args.index else None
-    df = evaluate_dirs(args.pred_dir, args.true_dir, thresholds=args.thresholds, groups=groups)
+    df = evaluate_dirs(args.pred_dir, args.true_dir, thresholds=args.thresholds, groups=groups, max_pixels=args.max_pixels)
     if args.out:
         from cpsnake.io import atomic_output
 

@@ -60,6 +60,7 @@ __all__ = [
     "run_net",
     "predict",
     "predict_many",
+    "resized_shape",
     "read_normalized",
     "main",
 ]
@@ -326,7 +327,8 @@ class _Pending:
     bar: object = None  # tqdm progress bar, or None
 
 
-def _as_network_input(img: np.ndarray, diameter: float | None, tile_overlap: float, augment: bool) -> _Pending:
+def _as_network_input(img: np.ndarray, diameter: float | None, tile_overlap: float, augment: bool,
+                      max_pixels: int | None = None) -> _Pending:
     """Pad to 3 channels, resize by 30 / diameter, tile: what the network needs of one image."""
     img = np.asarray(img)
     if img.ndim != 3 or not 1 <= img.shape[0] <= 3:
@@ -335,14 +337,8 @@ def _as_network_input(img: np.ndarray, diameter: float | None, tile_overlap: flo
     if diameter is not None:
         if not diameter > 0:
             raise ValueError(f"diameter {diameter}, expected a positive number of pixels")
-        Y, X = img.shape[1:]
-        Yr, Xr = int(Y * 30.0 / diameter), int(X * 30.0 / diameter)
-        if Yr < 1 or Xr < 1:
-            raise CpsnakeError(
-                f"diameter {diameter}: resizing the {Y}x{X} image by 30/{diameter} leaves {Yr}x{Xr} pixels; "
-                "give a smaller diameter"
-            )
-        img, size = resize(img, (Yr, Xr)), (Y, X)
+        size = img.shape[1:]
+        img = resize(img, resized_shape(img.shape, diameter, max_pixels))
     if img.shape[0] < 3:  # zero channels: for CPSAM the same as using the first C kernel channels
         img = np.concatenate([img, np.zeros((3 - img.shape[0], *img.shape[1:]), img.dtype)])
     tiles, layout = make_tiles(img, BSIZE, tile_overlap, augment=augment)
@@ -365,6 +361,7 @@ def predict_many(
     device: "str | torch.device | None" = None,
     dtype: "torch.dtype | None" = None,
     progress: bool | None = None,
+    max_pixels: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Flows of several normalized images, their tiles pooled into shared network batches.
 
@@ -387,6 +384,8 @@ def predict_many(
         Flow values are not rescaled.
     batch_size, tile_overlap, augment, device, dtype, progress
         As :func:`run_net`; ``progress`` counts the tiles of the image being prepared.
+    max_pixels : int, optional
+        Most samples an image resized for its diameter may hold (:func:`cpsnake.limits.max_pixels`).
 
     Yields
     ------
@@ -408,7 +407,7 @@ def predict_many(
 
     def prepare(k: int, img: np.ndarray) -> _Pending:
         d = per_image[k] if per_image is not None else diameters
-        return _as_network_input(img, d, tile_overlap, augment)
+        return _as_network_input(img, d, tile_overlap, augment, max_pixels)
 
     with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
         def submit(k: int):
@@ -501,6 +500,29 @@ def run_net(
                    dtype=dtype, progress=progress)
 
 
+def resized_shape(shape: Sequence[int], diameter: float, max_pixels: int | None = None) -> tuple[int, int]:
+    """(Y', X') of a (C, Y, X) image resized by 30 / ``diameter`` for the network; a CpsnakeError when that
+    leaves no pixel or more than ``max_pixels`` samples (:func:`cpsnake.limits.max_pixels`)."""
+    from cpsnake import limits
+
+    C, Y, X = (int(n) for n in shape[-3:])
+    scale = 30.0 / diameter
+    Yr, Xr = int(Y * scale), int(X * scale)
+    if Yr < 1 or Xr < 1:
+        raise CpsnakeError(
+            f"diameter {diameter}: resizing the {Y}x{X} image by 30/{diameter} leaves {Yr}x{Xr} pixels; "
+            "give a smaller diameter"
+        )
+    limit = limits.max_pixels(max_pixels)
+    if Yr * Xr * C > limit:
+        raise CpsnakeError(
+            f"diameter {diameter}: resizing the {Y}x{X} image by 30/{diameter} gives {Yr}x{Xr} pixels "
+            f"({Yr * Xr * C:,} samples), more than the limit of {limit:,}; expected the typical cell "
+            f"diameter in pixels (e.g. 17); give a larger diameter, or raise the limit with {limits.RAISE}"
+        )
+    return Yr, Xr
+
+
 def predict(
     net: Callable,
     img: np.ndarray,
@@ -512,6 +534,7 @@ def predict(
     device: "str | torch.device | None" = None,
     dtype: "torch.dtype | None" = None,
     progress: bool | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Flows of a normalized image, optionally at the scale where cells are 30 px across.
 
@@ -522,6 +545,7 @@ def predict(
     diameter : float, optional
         Typical cell diameter in pixels: the image is resized to ``(int(Y * 30 / d), int(X * 30 / d))``
         before the network and the outputs resized back to (Y, X). Flow values are not rescaled.
+        The resized image may hold at most ``max_pixels`` samples (:func:`cpsnake.limits.max_pixels`).
     Other parameters : as :func:`run_net`.
 
     Returns
@@ -530,28 +554,31 @@ def predict(
         dY, dX, cellprob logits at the input's size.
     """
     return next(predict_many(net, [img], diameters=diameter, batch_size=batch_size, tile_overlap=tile_overlap,
-                             augment=augment, device=device, dtype=dtype, progress=progress))
+                             augment=augment, device=device, dtype=dtype, progress=progress, max_pixels=max_pixels))
 
 
 # --- command line ----------------------------------------------------------------------------------
 
 
-def read_normalized(path: str | Path) -> tuple[np.ndarray, dict]:
+def read_normalized(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
     """Read a normalized image: float32 ``(C, Y, X)`` with C = 1..3, and ``{"pixel_size", "unit"}``.
 
-    A 2-D ``(Y, X)`` file is one channel. Anything else (integers, more channels, NaN) is a CpsnakeError.
+    A 2-D ``(Y, X)`` file is one channel. Anything else (integers, complex, more channels, NaN, an image
+    thinner than :data:`cpsnake.limits.MIN_SIDE`, more samples than ``max_pixels``) is a CpsnakeError.
     """
+    from cpsnake import limits
     from cpsnake.io import read_tiff
 
     what = "the float32 (C, Y, X) image written by `cpsnake normalize`"
     fix = f"pass {what}"
-    data, meta = read_tiff(path, expected=what)
+    data, meta = read_tiff(path, expected=what, fix=fix, max_pixels=max_pixels, what="normalized image")
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or not 1 <= data.shape[0] <= 3 or min(data.shape[1:]) < 1:
         raise CpsnakeError(f"{path}: found shape {data.shape}, expected (C, Y, X) with C = 1..3; {fix}")
     if not np.issubdtype(data.dtype, np.floating):
         raise CpsnakeError(f"{path}: found dtype {data.dtype}, expected float32 (a normalized image); {fix}")
+    limits.check_min_side(path, data.shape)
     data = data.astype(np.float32, copy=False)
     if not np.isfinite(data).all():
         raise CpsnakeError(f"{path}: found NaN or infinite values, expected finite floats; {fix}")
@@ -582,6 +609,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("flows", type=Path, help="output flows TIFF, float32 (3, Y, X) = dY, dX, cellprob logits")
     p.add_argument("--model", required=True, help="registry name (see `cpsnake weights list`) or path to a weights file")
     add_options(p)
+    from cpsnake import limits
+
+    limits.add_option(p)
     return p
 
 
@@ -595,10 +625,15 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
 
 
-def options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :func:`predict` from parsed options: device, dtype and batch size resolved."""
+def check_options(args: argparse.Namespace) -> None:
+    """The option checks that need no torch (so they come before any file is read)."""
     if not 0.05 <= args.tile_overlap <= 0.5:
         raise CpsnakeError(f"--tile-overlap {args.tile_overlap}: expected a fraction in [0.05, 0.5]; the default is 0.1")
+
+
+def options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`predict` from parsed options: device, dtype and batch size resolved."""
+    check_options(args)
     device = resolve_device(args.device)
     return dict(
         diameter=args.diameter,
@@ -613,13 +648,20 @@ def options(args: argparse.Namespace) -> dict:
 @guard("infer")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    check_options(args)
+    img, meta = read_normalized(args.normalized, max_pixels=args.max_pixels)
+    if args.diameter is not None:
+        resized_shape(img.shape, args.diameter, args.max_pixels)  # before the model is loaded
+
+    from cpsnake import statefile, weights
+
+    path = weights.resolve(args.model, progress=True)
+    statefile.check(path)  # a hostile weights file is refused here, before torch (0.9 GB) is imported
     opts = options(args)
-    img, meta = read_normalized(args.normalized)
+    from cpsnake import model
 
-    from cpsnake import model, weights
-
-    net = model.load_model(weights.resolve(args.model, progress=True), device=str(opts["device"]))
-    flows = predict(net, img, progress=None, **opts)
+    net = model.load_model(path, device=str(opts["device"]))
+    flows = predict(net, img, progress=None, max_pixels=args.max_pixels, **opts)
     from cpsnake.io import write_flows
 
     write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"])

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator
 
-from cpsnake.errors import CpsnakeError
+from cpsnake import files, limits
+from cpsnake.calibration import calibration, calibration_warning, read_calibration
+from cpsnake.errors import CpsnakeError, CpsnakeWarning
 
 __all__ = [
     "CpsnakeError",
     "atomic_output",
     "write_tiff",
     "read_calibration",
+    "calibration",
     "write_flows",
     "read_tiff",
     "read_flows",
@@ -31,6 +35,7 @@ __all__ = [
     "read_labels",
     "label_dtype",
     "read_image",
+    "png_shape",
     "IMAGE_FORMATS",
 ]
 
@@ -57,6 +62,14 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 # --- TIFF with ImageJ metadata -------------------------------------------------------------------
 # ImageJ 1 reads calibration only from ImageJ-style TIFF tags (resolution + `unit`), not OME-XML,
 # so every TIFF cpsnake writes is an ImageJ hyperstack with its axes, pixel size and unit.
+
+
+def _imagej_unit(unit: str | None) -> str:
+    """A unit as ImageJ's ASCII description can hold it: µm -> micron; other non-ASCII characters escaped
+    (``\\u00c5``) and control characters dropped, so a unit read from a damaged file cannot break the file."""
+    unit = {"um": "micron", "µm": "micron", "μm": "micron"}.get(unit or "", unit or "pixel")
+    unit = "".join(ch for ch in unit if ch.isprintable()).encode("ascii", "backslashreplace").decode("ascii")
+    return unit.strip() or "pixel"
 
 
 def write_tiff(
@@ -91,55 +104,9 @@ def write_tiff(
     if pixel_size is not None:
         py, px = (float(v) for v in pixel_size)
         kwargs["resolution"] = (1.0 / px, 1.0 / py)
-        meta["unit"] = {"um": "micron", "µm": "micron", "μm": "micron"}.get(unit or "", unit or "pixel")
+        meta["unit"] = _imagej_unit(unit)
     with atomic_output(path) as tmp:
         tifffile.imwrite(tmp, np.ascontiguousarray(array), imagej=True, metadata=meta, **kwargs)
-
-
-def read_calibration(tif: "tifffile.TiffFile") -> tuple[tuple[float, float] | None, str | None]:
-    """(y, x) pixel size and unit of an open TIFF, from OME-XML, ImageJ tags or the resolution tags; else (None, None).
-
-    OME-XML ``PhysicalSizeY``/``PhysicalSizeX`` (unit ``PhysicalSizeXUnit``, OME's default µm) win when
-    present (a missing Y size means square pixels); then the TIFF resolution tags with the ImageJ
-    ``unit``, or ResolutionUnit centimetre (converted to micron). Inch resolutions (the 72 dpi that
-    many programs write) and 1 pixel-per-pixel without a unit are no calibration.
-    """
-    import re
-
-    page = tif.pages.first
-    if tif.is_ome and tif.ome_metadata:
-        # the first <Pixels ...> element belongs to the first image, the one read_image reads
-        pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", tif.ome_metadata)
-        attrs = pixels.group(0) if pixels else tif.ome_metadata
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', attrs)
-        n = re.search(r'PhysicalSizeY="([0-9.eE+-]+)"', attrs)
-        u = re.search(r'PhysicalSizeXUnit="([^"]+)"', attrs)
-        if m and float(m.group(1)) > 0:
-            px = float(m.group(1))
-            py = float(n.group(1)) if n and float(n.group(1)) > 0 else px
-            return (py, px), (u.group(1) if u else "µm")
-    unit = None
-    ij = tif.imagej_metadata or {}
-    if ij.get("unit"):
-        unit = str(ij["unit"])
-    try:
-        xres = page.tags["XResolution"].value
-        yres = page.tags["YResolution"].value
-    except KeyError:
-        xres = yres = None
-    if xres and yres and xres[0] and yres[0] and xres[1] and yres[1]:
-        px, py = xres[1] / xres[0], yres[1] / yres[0]
-        if unit is None:
-            ru = page.tags.get("ResolutionUnit")
-            ru = int(ru.value) if ru is not None else 2  # TIFF default is inch
-            if ru == 3:  # centimetre
-                unit, px, py = "micron", px * 1e4, py * 1e4
-            elif ru == 2:  # inch: the common default of 72 dpi is not a calibration
-                return None, None
-        if unit in (None, "pixel", "pixels") and px == 1.0 and py == 1.0:
-            return None, None
-        return (py, px), unit
-    return None, None
 
 
 def write_flows(
@@ -158,52 +125,169 @@ def write_flows(
     write_tiff(path, flows, axes="CYX", pixel_size=pixel_size, unit=unit)
 
 
-def read_tiff(path: str | os.PathLike, *, expected: str) -> tuple["np.ndarray", dict]:
-    """Read a TIFF's array and ``{"pixel_size": (y, x) | None, "unit": str | None}``.
+class _TiffErrors:
+    """Collect tifffile's ERROR log records for the block: tifffile logs (rather than raises) some decode
+    failures and fills the data with zeros, so a logged error means an unreadable file."""
 
-    ``expected`` names what the file should be (e.g. ``"a flows TIFF written by `cpsnake infer`"``); a
-    missing or unreadable file is a one-line CpsnakeError that says it.
+    def __enter__(self) -> list[str]:
+        import logging
+
+        problems: list[str] = []
+
+        class _Collect(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.levelno >= logging.ERROR:
+                    problems.append(record.getMessage())
+
+        self.logger = logging.getLogger("tifffile")
+        self.handler = _Collect()
+        self.logger.addHandler(self.handler)
+        return problems
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+
+
+def _tiff(
+    path: str | os.PathLike,
+    *,
+    expected: str,
+    fix: str,
+    max_pixels: int | None,
+    per_pixel: int = 1,
+    what: str = "image",
+    sniffed: bool = False,
+) -> tuple["np.ndarray", dict]:
+    """Read the first series of a TIFF after checking its declared shape and type (before decoding).
+
+    Returns the data and ``{"axes", "pixel_size", "unit", "calibration_problem", "has_alpha"}``. Every
+    failure -- not a TIFF, truncated, corrupt, complex or non-numeric samples, more samples than
+    ``max_pixels * per_pixel`` -- is one CpsnakeError naming ``path``, ``expected`` and ``fix``.
     """
     import tifffile
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            data = tif.asarray()
-            pixel_size, unit = read_calibration(tif)
-    except FileNotFoundError:
-        raise CpsnakeError(f"{path}: no such file; expected {expected}") from None
-    except Exception as exc:  # tifffile raises many types for corrupt or non-TIFF files
-        raise CpsnakeError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc}); expected {expected}") from None
-    return data, {"pixel_size": pixel_size, "unit": unit}
+    if not sniffed:
+        files.regular_file(path, expected)
+    with _TiffErrors() as problems:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise CpsnakeError(f"{path}: found a TIFF without image data; expected {expected}; {fix}")
+                series = tif.series[0]
+                dtype = series.dtype
+                if dtype is None or dtype.kind not in "buif":
+                    raise CpsnakeError(
+                        f"{path}: found pixels of type {dtype}; expected integer or real values ({expected}); {fix}"
+                    )
+                limits.check_samples(path, series.shape, limit=max_pixels, per_pixel=per_pixel, what=what)
+                with limits.decode_budget(2 * series.size * dtype.itemsize):  # codecs may not expand beyond
+                    data = series.asarray(maxworkers=1)
+                axes = series.axes
+                pixel_size, unit, problem = calibration(tif)
+                page = series.pages[0] if series.pages else tif.pages.first
+                has_alpha = bool(getattr(page, "extrasamples", ())) and "S" in axes
+        except CpsnakeError:
+            raise
+        except MemoryError:
+            raise CpsnakeError(
+                f"{path}: found compressed data that expand beyond the size the TIFF header declares (or memory ran "
+                "out while decoding); expected a TIFF whose data match its header; the file is corrupt or hostile: "
+                "export it again from the original"
+            ) from None
+        except Exception as exc:  # tifffile and its codecs raise many types for truncated or corrupt files
+            msg = " ".join(str(exc).split()) or type(exc).__name__
+            if not sniffed and not _is_tiff(path):
+                raise CpsnakeError(f"{path}: not a TIFF ({msg}); expected {expected}; {fix}") from None
+            raise CpsnakeError(
+                f"{path}: found a TIFF whose data cannot be read ({msg}); expected {expected}; "
+                "the file is truncated or corrupt: copy or export it again"
+            ) from None
+    if problems:
+        raise CpsnakeError(
+            f"{path}: found a TIFF whose data cannot be decoded ({problems[0]}); expected {expected}; "
+            "the file is truncated or corrupt: copy or export it again"
+        )
+    if problem:
+        warnings.warn(calibration_warning(path, problem), CpsnakeWarning, stacklevel=3)
+    meta = {"axes": axes, "pixel_size": pixel_size, "unit": unit, "calibration_problem": problem, "has_alpha": has_alpha}
+    return data, meta
 
 
-def read_flows(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
-    """Read a flows file: float32 ``(3, Y, X)`` and ``{"pixel_size": (y, x) | None, "unit": str | None}``."""
+def _is_tiff(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return any(head.startswith(m) for m, fmt in _MAGIC if fmt == "tiff")
+
+
+def read_tiff(
+    path: str | os.PathLike,
+    *,
+    expected: str,
+    fix: str | None = None,
+    max_pixels: int | None = None,
+    per_pixel: int = 1,
+    what: str = "image",
+) -> tuple["np.ndarray", dict]:
+    """Read a TIFF's first series and ``{"pixel_size": (y, x) | None, "unit": str | None, "calibration_problem"}``.
+
+    ``expected`` names what the file should be (e.g. ``"a flows TIFF written by `cpsnake infer`"``) and
+    ``fix`` what to do (default: pass such a file). A missing, non-regular, non-TIFF, truncated or
+    corrupt file, complex samples, or more than ``max_pixels * per_pixel`` samples (checked from the
+    header, before decoding; see :mod:`cpsnake.limits`) is a one-line CpsnakeError that says it.
+    """
+    data, meta = _tiff(path, expected=expected, fix=fix or f"pass {expected}", max_pixels=max_pixels,
+                       per_pixel=per_pixel, what=what)
+    return data, {k: meta[k] for k in ("pixel_size", "unit", "calibration_problem")}
+
+
+FLOWS_FIX = "pass the FLOWS.tif that `cpsnake infer` wrote for this image (run `cpsnake infer` again if it is damaged)"
+
+
+def read_flows(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple["np.ndarray", dict]:
+    """Read a flows file: float32 ``(3, Y, X)`` and ``{"pixel_size": (y, x) | None, "unit": str | None}``.
+
+    The limit ``max_pixels`` counts pixels (Y * X): a flows file holds 3 samples per pixel.
+    Complex, integer or non-finite values are an error (never cast silently).
+    """
     import numpy as np
 
-    flows, meta = read_tiff(path, expected="a flows TIFF written by `cpsnake infer`")
+    what = "a flows TIFF written by `cpsnake infer` (float32, 3 x Y x X)"
+    flows, meta = read_tiff(path, expected=what, fix=FLOWS_FIX, max_pixels=max_pixels, per_pixel=3, what="flows file")
     if flows.ndim != 3 or flows.shape[0] != 3:
         raise CpsnakeError(
-            f"{path}: found an array of shape {flows.shape}, expected flows (3, Y, X) = dY, dX, cellprob; "
-            "pass the output of `cpsnake infer`"
+            f"{path}: found an array of shape {flows.shape}, expected flows (3, Y, X) = dY, dX, cellprob; {FLOWS_FIX}"
         )
-    return flows.astype(np.float32, copy=False), meta
+    if flows.dtype.kind != "f":
+        raise CpsnakeError(f"{path}: found flows of type {flows.dtype}, expected real floats (float32); {FLOWS_FIX}")
+    flows = flows.astype(np.float32, copy=False)
+    bad = int(flows.size - np.count_nonzero(np.isfinite(flows)))
+    if bad:
+        raise CpsnakeError(
+            f"{path}: found {bad} NaN or infinite flow values, expected finite flows; {FLOWS_FIX}; if the network "
+            "itself gives NaN, check the weights file"
+        )
+    return flows, meta
 
 
 LABEL_UINT16_MAX = 65535
 LABEL_FLOAT32_MAX = 16_777_216  # integers above this are not exact in float32
 
 
-def label_dtype(n_labels: int) -> "np.dtype":
-    """uint16 up to 65,535 labels; float32 above (ImageJ 1 has no 32-bit integer type; exact to 2**24)."""
+def label_dtype(n_labels: int, path: object = None) -> "np.dtype":
+    """uint16 up to 65,535 labels; float32 above (ImageJ 1 has no 32-bit integer type; exact to 2**24).
+
+    ``n_labels`` is the largest label; above 16,777,216 a CpsnakeError (naming ``path`` when given).
+    """
     import numpy as np
 
     if n_labels <= LABEL_UINT16_MAX:
         return np.dtype(np.uint16)
     if n_labels <= LABEL_FLOAT32_MAX:
         return np.dtype(np.float32)
+    where = f"{path}: " if path is not None else ""
     raise CpsnakeError(
-        f"{n_labels} labels, more than float32 holds exactly ({LABEL_FLOAT32_MAX}); split the image into smaller parts"
+        f"{where}found label {n_labels}, above {LABEL_FLOAT32_MAX:,}, the largest whole number an ImageJ label image "
+        "(float32) holds exactly; expected labels up to that; number the objects from 1 (or split the image)"
     )
 
 
@@ -227,7 +311,7 @@ def write_labels(
     if labels.ndim not in (2, 3):
         raise CpsnakeError(f"{path}: labels of shape {labels.shape}, expected (Y, X) or (Z, Y, X)")
     top = int(labels.max()) if labels.size else 0
-    dtype = label_dtype(top)
+    dtype = label_dtype(top, path)
     if dtype == np.float32:
         print(
             f"{path}: {top} labels exceed uint16 (65,535); written as float32, exact up to 16,777,216 "
@@ -238,21 +322,49 @@ def write_labels(
     return dtype
 
 
-def read_labels(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
-    """Read a label image as int32/int64 ``(Y, X)`` or ``(Z, Y, X)`` plus ``{"pixel_size", "unit"}``."""
+LABELS_FIX = (
+    "save the labels as an integer image, 0 = background and 1..N = objects (Fiji: Image > Type > 16-bit; from a "
+    "binary mask: Analyze > Analyze Particles with Show: Count Masks)"
+)
+
+
+def read_labels(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple["np.ndarray", dict]:
+    """Read a label image as int32/int64 ``(Y, X)`` or ``(Z, Y, X)`` plus ``{"pixel_size", "unit"}``.
+
+    Accepted: unsigned or signed integers without negative values, and floats holding only whole
+    non-negative numbers. Bool masks, complex, negative, fractional or NaN values are a CpsnakeError
+    with the fix. The declared size is checked against ``max_pixels`` before decoding.
+    """
     import numpy as np
 
-    data, meta = read_tiff(path, expected="a label TIFF")
+    what = "a label TIFF (0 = background, 1..N = objects)"
+    data, meta = read_tiff(path, expected=what, fix=LABELS_FIX, max_pixels=max_pixels, what="label image")
     data = np.squeeze(data)
     if data.ndim not in (2, 3):
-        raise CpsnakeError(f"{path}: labels of shape {data.shape}, expected (Y, X) or (Z, Y, X)")
+        raise CpsnakeError(
+            f"{path}: found labels of shape {data.shape}, expected (Y, X) or (Z, Y, X); save one label image per "
+            "image (a single plane or a Z stack, without channels)"
+        )
     if data.dtype.kind == "f":
-        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)) or (data.size and data.min() < 0):
-            raise CpsnakeError(f"{path}: float labels with non-integer, negative or NaN values; expected integer labels")
+        finite = np.isfinite(data)
+        if not finite.all():
+            raise CpsnakeError(f"{path}: found {data.size - int(finite.sum())} NaN or infinite labels; expected whole "
+                               f"numbers; {LABELS_FIX}")
+        del finite
+        if np.any(data != np.round(data)) or (data.size and data.min() < 0):
+            raise CpsnakeError(f"{path}: found float labels with fractional or negative values; expected whole numbers "
+                               f">= 0; {LABELS_FIX}")
+        if data.size and data.max() > 2**53:
+            raise CpsnakeError(f"{path}: found float labels above 2**53, which a float cannot hold exactly; {LABELS_FIX}")
+    elif data.dtype.kind == "b":
+        raise CpsnakeError(f"{path}: found a binary (bool) mask, expected labels that number each object; {LABELS_FIX}")
     elif data.dtype.kind not in "ui":
-        raise CpsnakeError(f"{path}: labels of type {data.dtype}, expected an integer (or integral float32) image")
+        raise CpsnakeError(f"{path}: found labels of type {data.dtype}, expected integers; {LABELS_FIX}")
     elif data.size and data.min() < 0:
-        raise CpsnakeError(f"{path}: negative labels; expected 0 = background and 1..N = objects")
+        raise CpsnakeError(f"{path}: found negative labels (smallest {data.min()}); expected 0 = background and "
+                           f"1..N = objects; {LABELS_FIX}")
+    if data.dtype.kind == "u" and data.dtype.itemsize == 8 and data.size and data.max() > 2**63 - 1:
+        raise CpsnakeError(f"{path}: found label {data.max()}, above 2**63 - 1; {LABELS_FIX}")
     out = data.astype(np.int64 if data.size and data.max() > 2**31 - 1 else np.int32)
     return out, meta
 
@@ -277,18 +389,20 @@ MAX_GUESSED_CHANNELS = 3
 
 
 def _sniff(path: Path) -> str:
-    """Format of ``path`` from its first bytes: ``"tiff"``, ``"png"`` or ``"jpeg"``; else a CpsnakeError."""
+    """Format of ``path`` from its first bytes: ``"tiff"``, ``"png"`` or ``"jpeg"``; else a CpsnakeError.
+
+    ``path`` must be a regular file (checked with ``os.stat`` first: a FIFO or device is refused, not read).
+    """
+    expected = f"an image ({IMAGE_FORMATS})"
+    st = files.regular_file(path, expected)
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
-    except FileNotFoundError:
-        raise CpsnakeError(f"{path}: no such file; expected an image ({IMAGE_FORMATS}); check the path") from None
-    except IsADirectoryError:
-        raise CpsnakeError(f"{path}: is a folder; expected an image file ({IMAGE_FORMATS}); pass a file") from None
     except OSError as exc:
-        raise CpsnakeError(f"{path}: cannot be opened ({exc.strerror}); expected a readable image file") from None
-    if not head:
-        raise CpsnakeError(f"{path}: found an empty file (0 bytes); expected an image ({IMAGE_FORMATS}); re-export or re-copy it")
+        raise CpsnakeError(f"{path}: cannot be opened ({exc.strerror}); expected a readable image file; "
+                           "check its permissions") from None
+    if not head or st.st_size == 0:
+        raise CpsnakeError(f"{path}: found an empty file (0 bytes); expected {expected}; re-export or re-copy it")
     for magic, fmt in _MAGIC:
         if head.startswith(magic):
             return fmt
@@ -298,71 +412,78 @@ def _sniff(path: Path) -> str:
     )
 
 
-def _read_tiff(path: Path) -> tuple["np.ndarray", str, tuple[float, float] | None, str | None, bool]:
-    """(data, axes, pixel_size, unit, has_alpha) of the first image series of a TIFF / OME-TIFF."""
-    import logging
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}  # colour type -> samples per pixel once decoded (palette: up to RGBA)
 
-    import tifffile
 
-    # tifffile logs (rather than raises) some decode failures and fills the data with zeros:
-    # collect its errors and treat them as an unreadable file.
-    problems: list[str] = []
+def png_shape(path: str | os.PathLike, head: bytes) -> tuple[int, int, int, int]:
+    """(height, width, samples per pixel, bytes per sample) from a PNG's first 33 bytes (signature + IHDR).
 
-    class _Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.levelno >= logging.ERROR:
-                problems.append(record.getMessage())
+    Nothing is decoded. A missing or malformed IHDR chunk is a CpsnakeError.
+    """
+    import struct
 
-    logger = logging.getLogger("tifffile")
-    handler = _Collect()
-    logger.addHandler(handler)
+    if len(head) < 33 or head[12:16] != b"IHDR":
+        raise CpsnakeError(f"{path}: found a PNG without its IHDR header; expected a complete PNG; "
+                           "the file is truncated or corrupt: copy or export it again")
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    if width == 0 or height == 0 or colour not in _PNG_SAMPLES or depth not in (1, 2, 4, 8, 16):
+        raise CpsnakeError(f"{path}: found a PNG header of {width} x {height} pixels, bit depth {depth}, colour type "
+                           f"{colour}; expected a valid PNG; the file is corrupt: copy or export it again")
+    return height, width, _PNG_SAMPLES[colour], 2 if depth == 16 else 1
+
+
+@contextlib.contextmanager
+def pillow_without_limit() -> Iterator[None]:
+    """Pillow refuses images above 2 x 89 million pixels on its own; cpsnake's max_pixels decides instead."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            data = series.asarray(maxworkers=1)
-            axes = series.axes
-            pixel_size, unit = read_calibration(tif)
-            page = series.pages[0] if series.pages else tif.pages.first
-            has_alpha = bool(getattr(page, "extrasamples", ())) and "S" in axes
-    except CpsnakeError:
-        raise
-    except Exception as exc:  # tifffile raises many types for truncated or corrupt files
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise CpsnakeError(
-            f"{path}: found a TIFF whose data cannot be read ({msg}); expected a complete TIFF; "
-            "the file is truncated or corrupt: copy or export it again"
-        ) from None
+        yield
     finally:
-        logger.removeHandler(handler)
-    if problems:
-        raise CpsnakeError(
-            f"{path}: found a TIFF whose data cannot be decoded ({problems[0]}); expected a complete TIFF; "
-            "the file is truncated or corrupt: copy or export it again"
-        )
-    return data, axes, pixel_size, unit, has_alpha
+        Image.MAX_IMAGE_PIXELS = saved
 
 
-def _read_png_jpeg(path: Path, fmt: str) -> tuple["np.ndarray", str, bool]:
-    """(data, axes, has_alpha) of a PNG (imagecodecs: 8 and 16 bit kept, grey and RGB) or a JPEG (Pillow)."""
+def _read_png_jpeg(path: Path, fmt: str, max_pixels: int | None) -> tuple["np.ndarray", str, bool]:
+    """(data, axes, has_alpha) of a PNG (imagecodecs: 8 and 16 bit kept, grey and RGB) or a JPEG (Pillow).
+
+    The size declared in the header (PNG IHDR, JPEG frame header read by Pillow without decoding) is
+    checked against ``max_pixels`` first; a PNG file much larger than its decoded pixels is refused
+    before it is read.
+    """
     import numpy as np
 
+    what = fmt.upper()
     try:
         if fmt == "png":
             import imagecodecs  # Pillow would cut 16-bit RGB PNGs to 8 bits
 
-            data = imagecodecs.png_decode(path.read_bytes())
+            with open(path, "rb") as fh:
+                head = fh.read(33)
+            h, w, spp, nbytes = png_shape(path, head)
+            limits.check_samples(path, (h, w, spp) if spp > 1 else (h, w), limit=max_pixels, what="PNG")
+            raw = files.read_bytes(path, f"a {what} of {h} x {w} pixels", limit=2 * h * (w * spp * nbytes + 1) + 2**24)
+            with limits.decode_budget(2 * h * w * spp * nbytes + len(raw)):
+                data = imagecodecs.png_decode(raw)
         else:
             from PIL import Image  # raises on a truncated JPEG (libjpeg alone only warns)
 
-            with Image.open(path) as im:
-                im.load()
-                if im.mode not in ("L", "RGB"):
-                    im = im.convert("RGB")
-                data = np.asarray(im)
+            with pillow_without_limit(), Image.open(path) as im:
+                w, h = im.size
+                bands = len(im.getbands())
+                limits.check_samples(path, (h, w, bands) if bands > 1 else (h, w), limit=max_pixels, what="JPEG")
+                with limits.decode_budget(3 * h * w * (bands + 3)):  # the decoded image, RGB and array copies
+                    im.load()
+                    if im.mode not in ("L", "RGB"):
+                        im = im.convert("RGB")
+                    data = np.asarray(im)
+    except CpsnakeError:
+        raise
     except Exception as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise CpsnakeError(
-            f"{path}: found a {fmt.upper()} whose data cannot be decoded ({msg}); expected a complete {fmt.upper()}; "
+            f"{path}: found a {what} whose data cannot be decoded ({msg}); expected a complete {what}; "
             "the file is truncated or corrupt: copy or export it again"
         ) from None
     if data.ndim == 2:
@@ -371,7 +492,7 @@ def _read_png_jpeg(path: Path, fmt: str) -> tuple["np.ndarray", str, bool]:
     return data, "YXS", data.shape[-1] in (2, 4)
 
 
-def read_image(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple["np.ndarray", dict]:
     """Read a 2-D image as ``(C, Y, X)`` or a stack as ``(Z, C, Y, X)``, in its own dtype.
 
     Formats (told by content, not by extension): TIFF / OME-TIFF (first image series, full
@@ -383,6 +504,10 @@ def read_image(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
     as it is) is taken as channels when it has at most 3 entries and as stack planes otherwise.
     Singleton axes are dropped. Two stack axes, or two channel axes, are an error.
 
+    Limits: only a regular file is opened (a FIFO or device is refused at once), and the number of
+    samples its header declares (all axes) must be at most ``max_pixels`` (default: see
+    :mod:`cpsnake.limits`), checked before any pixel is decoded.
+
     Returns
     -------
     data : ndarray
@@ -391,23 +516,27 @@ def read_image(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
     meta : dict
         ``pixel_size`` ((y, x) or None), ``unit`` (str or None), ``axes`` (the file's axes, e.g.
         ``"YXS"``), ``shape`` (the file's shape), ``dtype`` (str), ``format`` (``"tiff"``, ``"png"``,
-        ``"jpeg"``), ``dropped_alpha`` (bool).
+        ``"jpeg"``), ``dropped_alpha`` (bool), ``calibration_problem`` (None, or the unusable stored pixel
+        size that was ignored; a warning names it too).
 
     Raises
     ------
     CpsnakeError
-        Missing, empty, truncated, corrupt or non-image files; NaN or infinite values; complex data;
-        shapes that are not 2-D images or stacks of them.
+        Missing, non-regular, empty, truncated, corrupt or non-image files; more samples than
+        ``max_pixels``; NaN or infinite values; complex data; shapes that are not 2-D images or stacks.
     """
     import numpy as np
 
     path = Path(path)
     fmt = _sniff(path)
-    pixel_size = unit = None
+    pixel_size = unit = problem = None
     if fmt == "tiff":
-        data, axes, pixel_size, unit, has_alpha = _read_tiff(path)
+        data, tmeta = _tiff(path, expected="a complete TIFF image", fix="convert the image (e.g. Fiji: Image > Type > 32-bit)",
+                            max_pixels=max_pixels, sniffed=True)
+        axes, pixel_size, unit = tmeta["axes"], tmeta["pixel_size"], tmeta["unit"]
+        has_alpha, problem = tmeta["has_alpha"], tmeta["calibration_problem"]
     else:
-        data, axes, has_alpha = _read_png_jpeg(path, fmt)
+        data, axes, has_alpha = _read_png_jpeg(path, fmt, max_pixels)
     shape, dtype = tuple(int(n) for n in data.shape), data.dtype
     meta = {
         "pixel_size": pixel_size,
@@ -417,6 +546,7 @@ def read_image(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
         "dtype": str(dtype),
         "format": fmt,
         "dropped_alpha": False,
+        "calibration_problem": problem,
     }
     if dtype.kind not in "buif":
         raise CpsnakeError(
@@ -424,7 +554,8 @@ def read_image(path: str | os.PathLike) -> tuple["np.ndarray", dict]:
             "convert the image (e.g. Fiji: Image > Type > 32-bit)"
         )
     if data.ndim != len(axes) or "Y" not in axes or "X" not in axes:
-        raise CpsnakeError(f"{path}: found shape {shape} with axes {axes!r}; expected an image with Y and X axes")
+        raise CpsnakeError(f"{path}: found shape {shape} with axes {axes!r}; expected an image with Y and X axes; "
+                           "save the image again with its axes (e.g. Fiji: File > Save As > Tiff)")
     if has_alpha and axes[-1] == "S" and data.shape[-1] in (2, 4):
         data = data[..., :-1]
         meta["dropped_alpha"] = True

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpsnake.dynamics import compact
 from cpsnake.errors import CpsnakeError, guard
 from cpsnake.rois import trace_outlines
 
@@ -291,7 +292,8 @@ def measure_labels(
 
     Parameters
     ----------
-    labels : (Y, X) int ndarray, 0 = background
+    labels : (Y, X) int ndarray, 0 = background; ids need not be consecutive (memory follows the number
+        of objects, not the largest id: a label of 4,000,000,000 costs what label 1 does)
     image : (C, Y, X) ndarray (any numeric dtype)
     pixel_size : (py, px) in the image's unit, or None for pixels
 
@@ -308,11 +310,13 @@ def measure_labels(
     ph, pw = (float(pixel_size[0]), float(pixel_size[1])) if pixel_size else (1.0, 1.0)
     C = img.shape[0]
     ids, outs = trace_outlines(lab)
-    slices = ndimage.find_objects(lab.astype(np.int64) if lab.dtype.kind != "i" else lab)
+    # objects by rank (1..K), so per-object tables follow the number of objects, not the largest id
+    _, index = compact(lab)
+    slices = ndimage.find_objects(index)
     rows = []
-    for lab_id, outlines in zip(ids.tolist(), outs):
-        sl = slices[lab_id - 1]
-        m = lab[sl] == lab_id
+    for k, (lab_id, outlines) in enumerate(zip(ids.tolist(), outs)):
+        sl = slices[k]
+        m = index[sl] == k + 1
         yy, xx = np.nonzero(m)
         ys, xs = yy + sl[0].start, xx + sl[1].start
         row = {"label": lab_id, "image": image_name}
@@ -347,11 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("labels", help="label image (TIFF, 0 = background)")
     ap.add_argument("image", help="the image the labels belong to")
     ap.add_argument("out", help="output CSV")
-    args = ap.parse_args(argv)
-    from cpsnake import io
+    from cpsnake import io, limits
 
-    labels, lmeta = io.read_labels(args.labels)
-    img, meta = io.read_image(args.image)
+    limits.add_option(ap)
+    args = ap.parse_args(argv)
+
+    labels, lmeta = io.read_labels(args.labels, max_pixels=args.max_pixels)
+    img, meta = io.read_image(args.image, max_pixels=args.max_pixels)
     name = Path(args.image).name
     pixel_size = meta.get("pixel_size") or lmeta.get("pixel_size")
     if labels.ndim == 2:

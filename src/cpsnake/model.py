@@ -61,7 +61,9 @@ from segment_anything.modeling import ImageEncoderViT
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import nn
 
+from cpsnake import files, limits, statefile
 from cpsnake.errors import CpsnakeError
+from cpsnake.statefile import infer_architecture
 
 __all__ = [
     "ARCHITECTURES",
@@ -311,57 +313,24 @@ def build_cpsam(arch: str = "vit_l", **overrides) -> CPSAMNet:
     return CPSAMNet(build_encoder(**kw), **net_kw)
 
 
-def infer_architecture(state: Mapping[str, torch.Tensor], *, prefix: str = "encoder.", source: str = "state dict") -> dict:
-    """Keyword arguments of :func:`build_encoder` that reproduce the encoder stored under ``prefix``.
-
-    Raises :class:`CpsnakeError` (naming ``source``) when the tensors that define the architecture
-    are missing or inconsistent.
-    """
-    def get(key: str) -> torch.Tensor:
-        if prefix + key not in state:
-            some = ", ".join(list(state)[:3])
-            raise CpsnakeError(
-                f"{source}: found no {prefix + key!r} (keys start {some} ...), expected a cellpose-4 "
-                "Cellpose-SAM state dict (encoder.*, out.*, W2, diam_labels, diam_mean); pass a cpsam-format file"
-            )
-        return state[prefix + key]
-
-    w = get("patch_embed.proj.weight")  # D C p p
-    embed_dim, in_chans, patch_size = w.shape[0], w.shape[1], w.shape[-1]
-    blocks = sorted({int(k[len(prefix) + 7:].split(".")[0]) for k in state if k.startswith(prefix + "blocks.")})
-    depth = len(blocks)
-    if depth == 0 or blocks != list(range(depth)):
-        raise CpsnakeError(f"{source}: found blocks {blocks[:5]}..., expected {prefix}blocks.0 .. blocks.N-1")
-    head_dim = get("blocks.0.attn.rel_pos_h").shape[1]
-    rel = [int(get(f"blocks.{i}.attn.rel_pos_h").shape[0] + 1) // 2 for i in range(depth)]
-    if embed_dim % head_dim:
-        raise CpsnakeError(f"{source}: embed dim {embed_dim} is not a multiple of head dim {head_dim}")
-    tokens = get("pos_embed").shape[1]
-    return dict(
-        embed_dim=int(embed_dim),
-        depth=depth,
-        num_heads=int(embed_dim // head_dim),
-        out_chans=int(get("neck.0.weight").shape[0]),
-        patch_size=int(patch_size),
-        tokens=int(tokens),
-        in_chans=int(in_chans),
-        mlp_ratio=get("blocks.0.mlp.lin1.weight").shape[0] / embed_dim,
-        qkv_bias=prefix + "blocks.0.attn.qkv.bias" in state,
-        rel_pos_tokens=tuple(rel),
-    )
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_state_dict_file(
+    path: str | os.PathLike, *, max_parameters: int = limits.MAX_PARAMETERS
+) -> dict[str, torch.Tensor]:
     """Read a ``torch.save``'d dict of tensors with ``weights_only=True`` (never unpickles objects).
 
-    Raises :class:`CpsnakeError` naming the file if it is missing, unreadable/truncated, holds
-    arbitrary Python objects, or is not a dict of tensors.
+    Before anything is loaded, :func:`cpsnake.statefile.check` reads the file's table of contents and
+    refuses expanded (stride-0) views, storages shorter than declared, more than ``max_parameters``
+    elements and NaN/Inf values; a file it cannot read that way (legacy format) gets the same checks on
+    the loaded tensors. Raises :class:`CpsnakeError` naming the file if it is missing, not a regular
+    file, unreadable/truncated, holds arbitrary Python objects, or is not a dict of tensors.
     """
     import pickle
 
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CpsnakeError(f"{path}: no such weights file; give an existing path or a registry name (cpsnake weights list)")
+    files.regular_file(path, "a weights file (a torch.save'd state dict)")
+    inspected = statefile.check(path, max_parameters=max_parameters)
     try:
         try:  # memory-mapped: a 1.2 GB file is not held twice while it is copied into the network
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -385,7 +354,34 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                            "save with torch.save(net.state_dict(), path)")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
+    check_tensors(state, str(path), max_parameters=max_parameters, finite=not inspected)
     return dict(state)
+
+
+def check_tensors(
+    state: Mapping[str, torch.Tensor], source: str, *, max_parameters: int = limits.MAX_PARAMETERS, finite: bool = True
+) -> None:
+    """The checks of :func:`cpsnake.statefile.check`, on loaded tensors: no expanded (stride-0) views, at most
+    ``max_parameters`` elements in all, and (``finite``) no NaN or infinite value in a float tensor."""
+    fix = "the file is damaged or not a weights file: download or copy it again, or use a registry name"
+    total = 0
+    for key, t in state.items():
+        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+            raise CpsnakeError(
+                f"{source}: tensor {key!r} declares {t.numel():,} elements (shape {tuple(t.shape)}, stride {t.stride()}) "
+                f"over a storage of {t.untyped_storage().nbytes():,} bytes: an expanded (stride-0) view; expected a "
+                f"plain tensor per key; {fix}")
+        total += t.numel()
+    if total > max_parameters:
+        raise CpsnakeError(f"{source}: found {total:,} parameters in all, more than the limit of {max_parameters:,}; "
+                           f"expected a Cellpose-SAM state dict; {fix}")
+    if finite:
+        for key, t in state.items():
+            if t.is_floating_point() or t.is_complex():
+                if not bool(torch.isfinite(t).all()):
+                    raise CpsnakeError(
+                        f"{source}: tensor {key!r} holds NaN or infinite values; expected finite weights (a network "
+                        "with them finds no cells); use another weights file, or retrain from the last good checkpoint")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -430,8 +426,9 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
                            "use cpsam, cpsam_v2 or a cpsnake-trained model")
     kw = infer_architecture(state, source=str(path))
     nout = state["W2"].shape[1]
+    with torch.device("meta"):  # shapes only: a file describing a huge network is refused before it is built
+        _check_keys(CPSAMNet(build_encoder(**kw), nout=nout), state, str(path))
     net = CPSAMNet(build_encoder(**kw), nout=nout)
-    _check_keys(net, state, str(path))
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return net.to(device).eval()
 
@@ -470,8 +467,9 @@ def from_sam_checkpoint(path: str | os.PathLike, *, nout: int = 3) -> CPSAMNet:
         raise CpsnakeError(f"{path}: found no 'image_encoder.*' keys, expected a segment-anything checkpoint "
                            "(sam_vit_b/l/h_*.pth); for a cellpose model use load_model")
     kw = infer_architecture(enc_state, prefix="", source=str(path))
+    with torch.device("meta"):  # shapes only, before anything is allocated
+        _check_keys(build_encoder(**kw), enc_state, str(path), prefix="")
     enc = build_encoder(**kw)
-    _check_keys(enc, enc_state, str(path), prefix="")
     enc.load_state_dict(enc_state, strict=True)
     # 16x16 kernel -> 8x8 by taking every other tap; 64x64 position tokens -> 32x32 likewise
     step = kw["patch_size"] // PATCH_SIZE

@@ -16,6 +16,16 @@ defaults): the ``low`` percentile (1) maps to 0.0 and the ``high`` percentile (9
 outside are kept (not clipped). Percentiles use numpy's linear interpolation on float32 values; for
 channels above 224**3 pixels they are taken on every (Y//224, X//224)-th pixel, as Cellpose does.
 
+Arithmetic: float32, as Cellpose, for every image whose values float32 holds exactly (8- and 16-bit
+integers, float16, float32, and wider types whose values all lie within +-2**24). An image of a wider
+type (uint32, int32, uint64, int64, float64) with a value beyond +-2**24 is normalized in float64
+instead (percentiles, low/high and scaling; the output is still float32), because float32 would round
+its values to 24 bits and change the segmentation silently; OUT.json records ``"arithmetic":
+"float64"``. Integers beyond 2**53 lose their lowest bits even in float64: a warning says so.
+
+Limits (:mod:`cpsnake.limits`): ``--max-pixels N`` bounds the samples IMAGE may decode to (checked
+from its header before decoding), and an image thinner than 8 pixels along Y or X is refused.
+
 - ``--low-high LO HI``: fixed values instead of percentiles (same for every channel).
 - ``--invert``: 1 - x after scaling, for dark objects on a bright background.
 - ``--tile-norm N``: percentiles per N x N tile (tiles overlap by 10 %), flat tiles (range < 1e-3)
@@ -38,20 +48,34 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError, guard
+from cpsnake import limits
+from cpsnake.errors import CpsnakeError, CpsnakeWarning, guard
 
-__all__ = ["select_channels", "normalize", "tile_starts", "upsample_bilinear", "main"]
+__all__ = ["select_channels", "normalize", "needs_float64", "tile_starts", "upsample_bilinear", "main"]
 
 MAX_CHANNELS = 3
 FLAT_RANGE = 1e-3  # a low..high range at most this wide is no range (Cellpose's threshold)
 SAMPLE_ABOVE = 224**3  # channels with more pixels take percentiles on a regular subsample (as Cellpose)
 TILE_OVERLAP = 0.1
-TILE_ROWS = 256  # tile mode scales this many image rows at a time
+TILE_ROWS = 256  # tile mode (and float64 scaling) works on this many image rows at a time
+FLOAT32_EXACT = 2**24  # every integer up to this magnitude is exact in float32
+FLOAT64_EXACT = 2**53
+
+
+def needs_float64(dtype: np.dtype, largest: float) -> bool:
+    """True for a type wider than float32 holds exactly (uint32, int32, 64-bit) whose largest |value| is beyond 2**24.
+
+    uint8, int8, uint16, int16, float16, float32 and bool are always False (Cellpose's float32 arithmetic).
+    """
+    dtype = np.dtype(dtype)
+    wider = dtype.kind in "uif" and dtype.itemsize > 2 and dtype != np.float32
+    return bool(wider and largest > FLOAT32_EXACT)
 
 
 def select_channels(img: np.ndarray, channels: Sequence[int] | None = None) -> np.ndarray:
@@ -91,15 +115,26 @@ def select_channels(img: np.ndarray, channels: Sequence[int] | None = None) -> n
     return img[channels]
 
 
-def _percentiles(x: np.ndarray, q: tuple[float, float]) -> tuple[np.float32, np.float32, list[int]]:
-    """Low and high percentiles of a (Y, X) channel in float32, on Cellpose's subsample above 224**3 px."""
+def _percentiles(x: np.ndarray, q: tuple[float, float], work=np.float32) -> tuple[np.floating, np.floating, list[int]]:
+    """Low and high percentiles of a (Y, X) channel in ``work`` (float32, or float64 for wide values), on
+    Cellpose's subsample above 224**3 px."""
     step = [1, 1]
     if x.size > SAMPLE_ABOVE:
         step = [max(1, x.shape[0] // 224), max(1, x.shape[1] // 224)]
         x = x[:: step[0], :: step[1]]
-    sample = x.astype(np.float32, copy=True)  # our own copy, so the partition may reuse it
+    sample = x.astype(work, copy=True)  # our own copy, so the partition may reuse it
     lo, hi = np.percentile(sample, q, overwrite_input=True)
-    return np.float32(lo), np.float32(hi), step
+    return work(lo), work(hi), step
+
+
+def _scale_rows(x: np.ndarray, lo, hi, o: np.ndarray) -> None:
+    """o = (x - lo) / (hi - lo) in float64, a block of rows at a time; ``lo``/``hi`` scalars or (rows, X) maps."""
+    for y in range(0, x.shape[0], TILE_ROWS):
+        rows = slice(y, min(y + TILE_ROWS, x.shape[0]))
+        t = x[rows].astype(np.float64)
+        t -= lo if np.ndim(lo) == 0 else lo[rows]
+        t /= (hi - lo) if np.ndim(lo) == 0 else (hi[rows] - lo[rows])
+        o[rows] = t
 
 
 def tile_starts(length: int, block: int, overlap: float = TILE_OVERLAP) -> tuple[np.ndarray, int]:
@@ -113,7 +148,7 @@ def tile_starts(length: int, block: int, overlap: float = TILE_OVERLAP) -> tuple
     return np.linspace(0, length - size, n).astype(int), size
 
 
-def _linear_index(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _linear_index(n_src: int, n_dst: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """OpenCV-style linear interpolation along one axis: (i0, i1, t) with value = (1 - t) v[i0] + t v[i1]."""
     f = (np.arange(n_dst, dtype=np.float64) + 0.5) * (n_src / n_dst) - 0.5
     i0 = np.floor(f).astype(int)
@@ -121,19 +156,19 @@ def _linear_index(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.nd
     t[i0 < 0] = 0.0  # before the first centre: the edge value
     i0 = np.clip(i0, 0, n_src - 1)
     i1 = np.minimum(i0 + 1, n_src - 1)  # after the last centre: the edge value
-    return i0, i1, t.astype(np.float32)
+    return i0, i1, t.astype(dtype)
 
 
-def upsample_bilinear(grid: np.ndarray, shape: tuple[int, int], rows: slice | None = None) -> np.ndarray:
-    """Interpolate a (ny, nx) grid of tile values to (Y, X) pixels, float32.
+def upsample_bilinear(grid: np.ndarray, shape: tuple[int, int], rows: slice | None = None, dtype=np.float32) -> np.ndarray:
+    """Interpolate a (ny, nx) grid of tile values to (Y, X) pixels, in ``dtype`` (float32, as Cellpose).
 
     Tile values sit at the centres of ny x nx equal cells covering the image (pixel centres at
     +0.5); pixels beyond the outermost centres take the edge value (OpenCV's INTER_LINEAR rule).
     ``rows`` restricts the output to those image rows (a (len(rows), X) block of the same result).
     """
-    grid = np.asarray(grid, dtype=np.float32)
-    y0, y1, ty = _linear_index(grid.shape[0], shape[0])
-    x0, x1, tx = _linear_index(grid.shape[1], shape[1])
+    grid = np.asarray(grid, dtype=dtype)
+    y0, y1, ty = _linear_index(grid.shape[0], shape[0], dtype)
+    x0, x1, tx = _linear_index(grid.shape[1], shape[1], dtype)
     if rows is not None:
         y0, y1, ty = y0[rows], y1[rows], ty[rows]
     band = grid[y0] * (1 - ty)[:, None] + grid[y1] * ty[:, None]  # (rows, nx)
@@ -144,17 +179,17 @@ def upsample_bilinear(grid: np.ndarray, shape: tuple[int, int], rows: slice | No
 
 
 def _tile_maps(
-    x: np.ndarray, q: tuple[float, float], block: int, smooth: float
+    x: np.ndarray, q: tuple[float, float], block: int, smooth: float, work=np.float32
 ) -> tuple[np.ndarray, np.ndarray, dict] | None:
     """(ny, nx) grids of low and high values from tile percentiles, and a record; None when every tile is flat."""
     from scipy.ndimage import gaussian_filter1d
 
     ys, by = tile_starts(x.shape[0], block)
     xs, bx = tile_starts(x.shape[1], block)
-    lo = np.empty((len(ys), len(xs)), np.float32)
+    lo = np.empty((len(ys), len(xs)), work)
     hi = np.empty_like(lo)
-    for j, y in enumerate(ys):  # one row of tiles at a time: (nx, by, bx) float32
-        band = np.stack([x[y : y + by, x0 : x0 + bx] for x0 in xs]).astype(np.float32)
+    for j, y in enumerate(ys):  # one row of tiles at a time: (nx, by, bx) in the working type
+        band = np.stack([x[y : y + by, x0 : x0 + bx] for x0 in xs]).astype(work)
         lo[j], hi[j] = np.percentile(band.reshape(len(xs), -1), q, axis=1, overwrite_input=True)
     flat = hi - lo < FLAT_RANGE
     if flat.all():
@@ -210,7 +245,8 @@ def normalize(
     -------
     out : (C, Y, X) float32
     record : dict
-        ``mode`` ("percentile", "low_high" or "tile"), ``percentiles``, ``invert``, ``tile_size``
+        ``mode`` ("percentile", "low_high" or "tile"), ``arithmetic`` ("float32" as Cellpose, or "float64"
+        for wide values and for ``low_high``), ``percentiles``, ``invert``, ``tile_size``
         and ``per_channel``: one dict per channel with ``low``, ``high`` (numbers, or tile grids in
         tile mode) and ``status`` ("scaled", or why the channel was set to 0).
 
@@ -252,6 +288,14 @@ def normalize(
         )
 
     mode = "low_high" if low_high is not None else ("tile" if tile_size > 0 else "percentile")
+    top = max(max(abs(float(lo)), abs(float(hi))) for lo, hi in ranges)
+    wide = needs_float64(img.dtype, top)
+    work = np.float64 if wide else np.float32
+    if img.dtype.kind in "ui" and top > FLOAT64_EXACT:
+        warnings.warn(
+            f"found {img.dtype} values up to {top:.0f}, beyond 2**53, the largest integers float64 holds exactly; "
+            "they were normalized in float64, so values closer than about "
+            f"{top / FLOAT64_EXACT:.0f} apart became equal", CpsnakeWarning, stacklevel=2)
     out = np.empty(img.shape, np.float32)
     per_channel = []
     for c in range(nchan):
@@ -267,7 +311,7 @@ def normalize(
             o[:] = 0
             entry["status"] = f"constant ({float(ranges[c][0]):g}): set to 0"
         elif mode == "tile":
-            maps = _tile_maps(x, q, tile_size, tile_smooth)
+            maps = _tile_maps(x, q, tile_size, tile_smooth, work)
             if maps is None:
                 o[:] = 0
                 entry["status"] = f"every tile's percentiles within {FLAT_RANGE:g}: set to 0"
@@ -275,18 +319,24 @@ def normalize(
                 lo_grid, hi_grid, info = maps
                 for y in range(0, x.shape[0], TILE_ROWS):  # row blocks keep the per-pixel maps small
                     rows = slice(y, min(y + TILE_ROWS, x.shape[0]))
-                    lo_map = upsample_bilinear(lo_grid, x.shape, rows)
-                    hi_map = upsample_bilinear(hi_grid, x.shape, rows)
+                    lo_map = upsample_bilinear(lo_grid, x.shape, rows, work)
+                    hi_map = upsample_bilinear(hi_grid, x.shape, rows, work)
+                    if wide:
+                        _scale_rows(x[rows], lo_map, hi_map, o[rows])
+                        continue
                     np.subtract(x[rows], lo_map, out=o[rows], dtype=np.float32, casting="unsafe")
                     hi_map -= lo_map
                     o[rows] /= hi_map
                 entry.update(info)
         else:
-            lo, hi, step = _percentiles(x, q)
+            lo, hi, step = _percentiles(x, q, work)
             entry.update(low=float(lo), high=float(hi), sample_step=step)
             if hi - lo > FLAT_RANGE:
-                np.subtract(x, lo, out=o, dtype=np.float32, casting="unsafe")
-                o /= hi - lo
+                if wide:
+                    _scale_rows(x, lo, hi, o)
+                else:  # Cellpose's float32 arithmetic, bit for bit
+                    np.subtract(x, lo, out=o, dtype=np.float32, casting="unsafe")
+                    o /= hi - lo
             else:
                 o[:] = 0
                 entry["status"] = f"percentiles {q[0]:g} and {q[1]:g} within {FLAT_RANGE:g}: set to 0"
@@ -302,6 +352,7 @@ def normalize(
         )
     record = {
         "mode": mode,
+        "arithmetic": "float64" if wide or mode == "low_high" else "float32",
         "percentiles": list(q) if mode != "low_high" else None,
         "invert": bool(invert),
         "tile_size": tile_size,
@@ -329,6 +380,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="input image: TIFF / OME-TIFF, PNG or JPEG, 2-D (grey, RGB or multi-channel)")
     p.add_argument("out", help="output TIFF (.tif or .tiff); the record goes to the same name with .json")
     add_options(p)
+    limits.add_option(p)
     return p
 
 
@@ -365,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CpsnakeError(f"{out_path}: output name ends in {out_path.suffix or 'nothing'!r}, expected .tif or .tiff")
     opts = options(args)
     channels = opts.pop("channels")
-    img, meta = read_image(src)
+    img, meta = read_image(src, max_pixels=args.max_pixels)
     if img.ndim != 3:
         guessed = any(a in "QIR" for a in meta["axes"])
         hint = (
@@ -378,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{src}: found a stack of {img.shape[0]} planes (axes {meta['axes']!r}, shape {meta['shape']}); expected a 2-D image; "
             f"cpsnake handles 2-D images for now: save each plane as its own file (Fiji: Image > Stacks > Stack to Images){hint}"
         )
+    limits.check_min_side(src, img.shape)
     try:
         chosen = select_channels(img, channels)
         data, record = normalize(chosen, **opts)
@@ -398,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "pixel_size": list(meta["pixel_size"]) if meta["pixel_size"] else None,
         "unit": meta["unit"],
+        "calibration_problem": meta["calibration_problem"],
         "channels": used,
         **record,
         "output": {"path": str(out_path), "shape": list(data.shape), "dtype": "float32", "axes": "CYX"},

@@ -127,12 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("image", help="the segmented image (TIFF, PNG or JPEG)")
     parser.add_argument("labels", help="label image (cpsnake reconstruct output)")
     parser.add_argument("out", help="output PNG")
+    from cpsnake import limits
+
+    limits.add_option(parser)
     args = parser.parse_args(argv)
 
     from cpsnake.io import read_image, read_labels
 
-    img, _ = read_image(args.image)
-    labels, _ = read_labels(args.labels)
+    img, _ = read_image(args.image, max_pixels=args.max_pixels)
+    labels, _ = read_labels(args.labels, max_pixels=args.max_pixels)
     img, labels = _plane(img, "image", args.image), _plane(labels, "labels", args.labels)
     if labels.shape != img.shape[1:]:
         raise CpsnakeError(

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
 import re
 import sys
 from importlib import metadata
-from pathlib import Path
 
 from cpsnake.errors import CpsnakeError, guard
 
@@ -31,12 +29,10 @@ __all__ = ["sha256", "package_versions", "build_record", "main"]
 
 
 def sha256(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a regular file, read in chunks (a FIFO or device is refused with one line, not read forever)."""
+    from cpsnake import files
+
+    return files.sha256(path, expected="an input of the run (image or model file)", chunk=chunk)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -110,15 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         config = json.loads(args.config_json)
     except json.JSONDecodeError as exc:
         raise CpsnakeError(f"--config-json: found invalid JSON ({exc}); expected the config as a JSON object") from None
+    from cpsnake import files
+
     for path in [args.model, *args.images, *args.normalization]:
-        if not Path(path).is_file():
-            raise CpsnakeError(f"{path}: no such file; expected an input of the run; check the path")
+        files.regular_file(path, "an input of the run")
     values = []
     for path in args.normalization:
+        what = "the values file (JSON) `cpsnake normalize` writes"
         try:
-            values.append(json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CpsnakeError(f"{path}: found invalid JSON ({exc}); expected the values file `cpsnake normalize` writes") from None
+            values.append(json.loads(files.read_text(path, what, limit=64 * 2**20)))
+        except json.JSONDecodeError as exc:
+            raise CpsnakeError(f"{path}: found invalid JSON ({exc}); expected {what}; run `cpsnake normalize` again") from None
     record = build_record(
         model=args.model,
         model_name=args.model_name,

@@ -14,8 +14,9 @@ The Cellpose mask reconstruction (as in cellpose 4.2.1.1, ``dynamics.resize_and_
 4. masks under ``--min-size`` pixels (15) are dropped, holes filled, small masks dropped again;
 5. labels are renumbered 1..N (order of first appearance, row by row).
 
-Input: a flows TIFF from ``cpsnake infer`` (float32, (3, Y, X)). Output: a label TIFF (uint16, or
-float32 above 65,535 objects) with the flows file's pixel size and unit. 2-D only.
+Input: a flows TIFF from ``cpsnake infer`` (float32, (3, Y, X); complex, integer, NaN or infinite
+values are refused, and ``--max-pixels N`` bounds Y * X before the file is decoded). Output: a label TIFF
+(uint16, or float32 above 65,535 objects) with the flows file's pixel size and unit. 2-D only.
 """
 
 from __future__ import annotations
@@ -132,13 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("labels", help="output label TIFF")
     add_options(ap)
     ap.add_argument("--diameter", type=float, default=None, help="cell diameter given to `cpsnake infer` (sets niter)")
+    from cpsnake import limits
+
+    limits.add_option(ap)
     args = ap.parse_args(argv)
     if args.diameter is not None and not args.diameter > 0:
         raise CpsnakeError(f"--diameter {args.diameter}: expected a positive cell diameter in pixels; omit it if unknown")
     opts = options(args, args.diameter)
-    flows, meta = io.read_flows(args.flows)
-    if not np.all(np.isfinite(flows)):
-        raise CpsnakeError(f"{args.flows}: flows contain NaN or infinite values; expected finite flows from `cpsnake infer`")
+    flows, meta = io.read_flows(args.flows, max_pixels=args.max_pixels)  # real, finite, (3, Y, X), within the limit
     labels = compute_masks(flows, **opts)
     io.write_labels(args.labels, labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
     return 0

@@ -36,23 +36,24 @@ composite made of straight segments; with or without stack positions) and paints
 into an image of the shape of ``--like IMAGE`` (its Y, X and, for stacks, its Z), with ImageJ's rule
 "pixel centre inside the outline" (even-odd). The label is the ROI name when it is a whole number
 (optionally followed by ``-z..``/``-t..``), else the ROI's index (1-based) in the zip. Later ROIs
-overwrite earlier ones where they overlap. Zip entries are read with size limits and their names are
-never used as paths. A malformed or non-area ROI (line, point, text) is an error naming the entry.
-The output keeps the calibration of ``--like IMAGE``.
+overwrite earlier ones where they overlap. Each ROI is clipped to the image before anything is
+allocated (a ROI wholly outside it is skipped and named in a warning). Zip entries are read with size
+limits and their names are never used as paths. A malformed, encrypted or non-area ROI (line, point,
+text) or a NaN coordinate is an error naming the zip and the entry. The output keeps the calibration
+of ``--like IMAGE``. Reading and painting live in :mod:`cpsnake.roi_import`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError, guard
+from cpsnake.errors import guard
+from cpsnake.roi_import import read_rois, roi_mask, rois_to_labels
 
 __all__ = [
     "trace_outlines",
@@ -64,10 +65,6 @@ __all__ = [
     "rois_to_labels",
     "main",
 ]
-
-MAX_ENTRY_BYTES = 64 * 2**20  # one .roi entry in a zip
-MAX_ENTRIES = 1_000_000
-MAX_TOTAL_BYTES = 2 * 2**30
 
 # ---------------------------------------------------------------------------------------------
 # Export: tracing outlines on the pixel-corner grid
@@ -281,204 +278,6 @@ def write_rois(path: str | os.PathLike, rois: list) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Import: zip -> ROIs -> label image
-# ---------------------------------------------------------------------------------------------
-
-
-def read_rois(path: str | os.PathLike) -> list[tuple[str, object]]:
-    """Read an ImageJ ROI set (``.zip`` of ``.roi`` entries, or one ``.roi`` file) with size limits.
-
-    Returns
-    -------
-    list of (entry name, ``roifile.ImagejRoi``) in zip order. Entry names are only used in messages.
-    """
-    from roifile import ImagejRoi
-
-    path = Path(path)
-    if not path.is_file():
-        raise CpsnakeError(f"{path}: no such file; expected an ImageJ ROI set (RoiSet.zip) or a .roi file")
-    blobs: list[tuple[str, bytes]] = []
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                infos = [i for i in zf.infolist() if not i.is_dir()]
-                if len(infos) > MAX_ENTRIES:
-                    raise CpsnakeError(f"{path}: {len(infos)} entries, more than {MAX_ENTRIES}; split the ROI set")
-                total = 0
-                for info in infos:
-                    if info.file_size > MAX_ENTRY_BYTES:
-                        raise CpsnakeError(
-                            f"{path}: entry {info.filename!r} is {info.file_size} bytes, more than {MAX_ENTRY_BYTES}; "
-                            "expected ImageJ .roi entries of a few kB"
-                        )
-                    total += info.file_size
-                    if total > MAX_TOTAL_BYTES:
-                        raise CpsnakeError(f"{path}: more than {MAX_TOTAL_BYTES} bytes uncompressed; split the ROI set")
-                    with zf.open(info) as fh:  # read at most the declared size (+1 to catch lies)
-                        data = fh.read(MAX_ENTRY_BYTES + 1)
-                    if len(data) > MAX_ENTRY_BYTES:
-                        raise CpsnakeError(f"{path}: entry {info.filename!r} larger than {MAX_ENTRY_BYTES} bytes")
-                    blobs.append((info.filename, data))
-        except zipfile.BadZipFile as exc:
-            raise CpsnakeError(f"{path}: broken zip ({exc}); expected an ImageJ ROI set saved by the ROI Manager") from None
-    else:
-        if path.stat().st_size > MAX_ENTRY_BYTES:
-            raise CpsnakeError(f"{path}: {path.stat().st_size} bytes; expected a zip of .roi entries or one .roi file")
-        blobs.append((path.name, path.read_bytes()))
-    out = []
-    for name, data in blobs:
-        if data[:4] != b"Iout":
-            raise CpsnakeError(f"{path}: entry {name!r} does not start with 'Iout'; expected an ImageJ .roi file")
-        try:
-            roi = ImagejRoi.frombytes(data)
-        except Exception as exc:
-            raise CpsnakeError(f"{path}: entry {name!r} is not a valid ImageJ ROI ({exc}); re-save it from the ROI Manager") from None
-        out.append((name, roi))
-    return out
-
-
-def _fill_polygons(polys: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Even-odd fill of closed polygons by ImageJ's rule: a pixel is inside when its centre is.
-
-    Parameters
-    ----------
-    polys : list of (n, 2) float (x, y) vertex arrays (closing vertex optional)
-    shape : (Y, X)
-
-    Returns
-    -------
-    (Y, X) bool mask
-    """
-    H, W = shape
-    mask = np.zeros(shape, dtype=bool)
-    segs = []
-    for p in polys:
-        p = np.asarray(p, dtype=np.float64)
-        if len(p) < 3:
-            continue
-        q = np.roll(p, -1, axis=0)
-        segs.append(np.concatenate([p, q], axis=1))
-    if not segs:
-        return mask
-    s = np.concatenate(segs)
-    s = s[s[:, 1] != s[:, 3]]  # horizontal edges never cross a pixel-centre row
-    if s.size == 0:
-        return mask
-    x0, y0, x1, y1 = s.T
-    ylo, yhi = np.minimum(y0, y1), np.maximum(y0, y1)
-    rows0 = max(int(np.floor(ylo.min() - 0.5)), 0)
-    rows1 = min(int(np.ceil(yhi.max() - 0.5)) + 1, H)
-    parity = np.zeros((max(rows1 - rows0, 0), W + 1), dtype=np.int8)
-    for r in range(rows0, rows1):
-        yc = r + 0.5
-        hit = (ylo <= yc) & (yc < yhi)
-        if not hit.any():
-            continue
-        xs = x0[hit] + (yc - y0[hit]) * (x1[hit] - x0[hit]) / (y1[hit] - y0[hit])
-        # pixel x is inside when an odd number of crossings lie at or left of its centre x + 0.5
-        cols = np.clip(np.ceil(xs - 0.5).astype(np.int64), 0, W)
-        np.add.at(parity[r - rows0], cols, 1)
-    if parity.size:
-        mask[rows0:rows1] = (np.cumsum(parity, axis=1)[:, :W] % 2).astype(bool)
-    return mask
-
-
-def roi_mask(roi, shape: tuple[int, int], *, entry: str = "?") -> np.ndarray:
-    """Pixels inside an ImageJ area ROI (centre-inside rule), as a (Y, X) bool mask of ``shape``."""
-    from roifile import ROI_TYPE
-
-    H, W = shape
-    rt = roi.roitype
-    if roi.composite:
-        try:
-            paths = roi.path2coords(roi.multi_coordinates)
-        except Exception as exc:
-            raise CpsnakeError(
-                f"ROI {entry!r}: composite ROI with curved or invalid segments ({exc}); expected straight "
-                "segments (in Fiji: Edit > Selection > Interpolate, or convert to polygons, then save again)"
-            ) from None
-        return _fill_polygons(paths, shape)
-    if rt == ROI_TYPE.RECT:
-        if roi.subpixelrect:
-            xs, ys, w, h = roi.xd, roi.yd, roi.widthd, roi.heightd
-            return _fill_polygons([np.array([[xs, ys], [xs + w, ys], [xs + w, ys + h], [xs, ys + h]])], shape)
-        m = np.zeros(shape, bool)
-        m[max(roi.top, 0) : max(roi.bottom, 0), max(roi.left, 0) : max(roi.right, 0)] = True
-        return m
-    if rt == ROI_TYPE.OVAL:
-        m = np.zeros(shape, bool)
-        w, h = roi.right - roi.left, roi.bottom - roi.top
-        if w <= 0 or h <= 0:
-            return m
-        yy, xx = np.mgrid[0:h, 0:w]
-        inside = ((xx + 0.5 - w / 2) / (w / 2)) ** 2 + ((yy + 0.5 - h / 2) / (h / 2)) ** 2 <= 1.0
-        _paste(m, inside, roi.top, roi.left)
-        return m
-    if rt in (ROI_TYPE.POLYGON, ROI_TYPE.FREEHAND, ROI_TYPE.TRACED):
-        xy = roi.coordinates()
-        if xy is None or len(xy) < 3:
-            raise CpsnakeError(f"ROI {entry!r}: a {rt.name.lower()} with fewer than 3 vertices; expected an area outline")
-        return _fill_polygons([xy], shape)
-    raise CpsnakeError(
-        f"ROI {entry!r}: type {rt.name.lower()} is not an area; expected rectangle, oval, polygon, freehand, "
-        "traced or composite ROIs (convert lines and points to areas in Fiji first)"
-    )
-
-
-def _paste(dst: np.ndarray, src: np.ndarray, top: int, left: int) -> None:
-    H, W = dst.shape
-    h, w = src.shape
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + h, H), min(left + w, W)
-    if y1 > y0 and x1 > x0:
-        dst[y0:y1, x0:x1] |= src[y0 - top : y1 - top, x0 - left : x1 - left]
-
-
-_NAME = re.compile(r"^(\d+)(?:-[zt]\d+)?$")
-
-
-def rois_to_labels(rois: list[tuple[str, object]], shape: tuple[int, ...], *, stack_axis: str = "z") -> np.ndarray:
-    """Paint ROIs into a label image.
-
-    Parameters
-    ----------
-    rois : list of (entry name, ``roifile.ImagejRoi``), as from :func:`read_rois`
-    shape : (Y, X) or (S, Y, X); S is z or t (``stack_axis``), the ROI's position along it picks the slice
-        (a ROI without position goes into every slice, as ImageJ shows it on every slice)
-
-    Returns
-    -------
-    (Y, X) or (S, Y, X) int32 labels: the ROI name when it is a number (``0042``, ``0042-z03``), else its
-    1-based index in ``rois``; later ROIs overwrite earlier ones.
-    """
-    labels = np.zeros(shape, dtype=np.int32)
-    plane = shape[-2:]
-    for i, (entry, roi) in enumerate(rois):
-        stem = entry[:-4] if entry.lower().endswith(".roi") else entry
-        m = _NAME.match(roi.name or stem) or _NAME.match(stem)
-        value = int(m.group(1)) if m else i + 1
-        if value > 2**31 - 1:
-            raise CpsnakeError(f"ROI {entry!r}: label {value} does not fit int32; rename the ROI")
-        if len(shape) == 2:
-            labels[roi_mask(roi, plane, entry=entry)] = value
-            continue
-        pos = roi.t_position if stack_axis == "t" else roi.z_position
-        if not pos:
-            pos = roi.position
-        m = roi_mask(roi, plane, entry=entry)
-        if not pos:  # no position: ImageJ shows the ROI on every slice
-            labels[:, m] = value
-            continue
-        if not 1 <= pos <= shape[0]:
-            raise CpsnakeError(
-                f"ROI {entry!r}: {stack_axis} position {pos}, expected 1..{shape[0]} (the image's slices); "
-                "pass the image the ROIs were drawn on as --like"
-            )
-        labels[pos - 1][m] = value
-    return labels
-
-
-# ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
 
@@ -500,11 +299,11 @@ def _stack_axis_of(path: str | os.PathLike) -> str:
     return "z"
 
 
-def _image_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], dict]:
+def _image_shape(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[tuple[int, ...], dict]:
     """(Y, X) or (Z, Y, X) shape of an image (as :func:`cpsnake.io.read_image` reads it) and its calibration."""
     from cpsnake import io
 
-    data, meta = io.read_image(path)  # (C, Y, X) or (Z, C, Y, X)
+    data, meta = io.read_image(path, max_pixels=max_pixels)  # (C, Y, X) or (Z, C, Y, X)
     shape = data.shape[-2:] if data.ndim == 3 else (data.shape[0],) + data.shape[-2:]
     return tuple(int(s) for s in shape), {"pixel_size": meta.get("pixel_size"), "unit": meta.get("unit")}
 
@@ -523,23 +322,25 @@ def main(argv: list[str] | None = None) -> int:
         "--stack-axis", choices=("z", "t"), default=None,
         help="meaning of the third axis of a 3-D label image (default: from the TIFF's ImageJ metadata, else z)",
     )
+    from cpsnake import io, limits
+
+    limits.add_option(ap)
     args = ap.parse_args(argv)
-    from cpsnake import io
 
     if args.import_:
         if len(args.inputs) != 1 or not args.like:
             ap.error("--import ROIS.zip needs --like IMAGE and one output path OUT.tif")
-        shape, cal = _image_shape(args.like)
+        shape, cal = _image_shape(args.like, args.max_pixels)
         axis = args.stack_axis or _stack_axis_of(args.like)
         rois = read_rois(args.import_)
-        labels = rois_to_labels(rois, shape, stack_axis=axis)
+        labels = rois_to_labels(rois, shape, stack_axis=axis, source=args.import_)
         io.write_labels(args.inputs[0], labels, pixel_size=cal["pixel_size"], unit=cal["unit"])
         print(f"{args.inputs[0]}: {len(rois)} ROIs -> {len(np.unique(labels)) - 1} labels", file=sys.stderr)
         return 0
     if len(args.inputs) != 2:
         ap.error("expected LABELS.tif OUT.zip")
     src, out = args.inputs
-    labels, _ = io.read_labels(src)
+    labels, _ = io.read_labels(src, max_pixels=args.max_pixels)
     axis = args.stack_axis or _stack_axis_of(src)
     rois = labels_to_rois(labels, stack_axis=axis)
     write_rois(out, rois)

@@ -18,6 +18,9 @@ The model is loaded once. The steps are the same functions the per-step commands
 (``normalize`` -> ``infer`` -> ``reconstruct`` -> ``rois`` / ``measure`` / ``overlay``), so a chain of
 ``cpsnake <step>`` commands gives the same files. A bad image fails alone: its error is printed as one
 line, nothing is written under its final names, the other images go on, and the exit code is 1.
+Two inputs that map to the same NAME (``a.tif`` and ``other/a.png``) would overwrite each other's files:
+the call is refused before anything is loaded. ``--max-pixels N`` bounds every image (see
+:mod:`cpsnake.limits`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def segment_image(
     niter: int | None = None,
     min_size: int = 15,
     max_size_fraction: float = 0.4,
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """Normalize, run the network and reconstruct masks for one image.
 
@@ -66,7 +70,8 @@ def segment_image(
         (B, 3, 256, 256) -> (B, 3, 256, 256) network, e.g. :func:`cpsnake.model.load_model`'s.
     img : (C, Y, X) ndarray
         The raw image, any numeric dtype.
-    Other parameters : as ``cpsnake normalize``, ``cpsnake infer`` and ``cpsnake reconstruct``.
+    Other parameters : as ``cpsnake normalize``, ``cpsnake infer`` and ``cpsnake reconstruct``;
+        ``max_pixels`` bounds the image resized for ``diameter`` (see :mod:`cpsnake.limits`).
 
     Returns
     -------
@@ -86,7 +91,7 @@ def segment_image(
     t1 = time.perf_counter()
     flows = predict(
         net, data, diameter=diameter, batch_size=batch_size, tile_overlap=tile_overlap, augment=augment,
-        device=device, dtype=dtype,
+        device=device, dtype=dtype, max_pixels=max_pixels,
     )
     t2 = time.perf_counter()
     labels = compute_masks(
@@ -111,22 +116,42 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="weights cache folder (default $CPSNAKE_CACHE or ~/.cache/cpsnake)")
     for title, module in (("normalize", normalize), ("infer", infer), ("reconstruct", reconstruct)):
         module.add_options(p.add_argument_group(f"{title} options (as `cpsnake {title}`)"))
+    from cpsnake import limits
+
+    limits.add_option(p)
     return p
+
+
+def check_names(images: list[Path]) -> None:
+    """Refuse two inputs that would write the same output files (same name without extension)."""
+    from cpsnake.aggregate import image_name
+
+    seen: dict[str, Path] = {}
+    for path in images:
+        name = image_name(path)
+        if name in seen:
+            raise CpsnakeError(
+                f"{seen[name]} and {path}: both map to the output name {name!r} (masks/{name}.tif, rois/{name}.zip, ...), "
+                "so the second would overwrite the first; expected one input per name; rename one of them, or "
+                "segment them in separate calls with different --out folders"
+            )
+        seen[name] = path
 
 
 def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
     """Segment one image and write its files; return its number of cells."""
-    from cpsnake import __version__, io, measure, overlay, rois
+    from cpsnake import __version__, io, limits, measure, overlay, rois
     from cpsnake.aggregate import image_name
 
-    img, meta = io.read_image(path)
+    img, meta = io.read_image(path, max_pixels=args.max_pixels)
     if img.ndim != 3:
         raise CpsnakeError(
             f"{path}: found a stack of {img.shape[0]} planes (axes {meta['axes']!r}); expected a 2-D image; "
             "save each plane as its own file (Fiji: Image > Stacks > Stack to Images)"
         )
+    limits.check_min_side(path, img.shape)
     try:
-        labels, _, record, seconds = segment_image(net, img, **opts)
+        labels, _, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, **opts)
     except CpsnakeError as exc:
         raise CpsnakeError(f"{path}: {exc}") from None
     name, out = image_name(path), args.out
@@ -142,7 +167,8 @@ def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
     doc = {
         "cpsnake_version": __version__,
         "step": "segment",
-        "image": {"path": str(path), "shape": list(meta["shape"]), "dtype": meta["dtype"], "axes": meta["axes"], **cal},
+        "image": {"path": str(path), "shape": list(meta["shape"]), "dtype": meta["dtype"], "axes": meta["axes"], **cal,
+                  "calibration_problem": meta["calibration_problem"]},
         "model": model_info,
         "parameters": {k: v for k, v in opts.items() if k not in ("device", "dtype")},
         "device": str(opts["device"]),
@@ -159,22 +185,33 @@ def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
 @guard("segment")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from cpsnake import infer, model, normalize, reconstruct, weights
+    from cpsnake import infer, normalize, reconstruct, statefile, weights
+    from cpsnake.errors import collected_warnings, one_line
     from cpsnake.provenance import sha256
 
-    opts = {**normalize.options(args), **infer.options(args)}
-    opts.update(reconstruct.options(args, opts["diameter"]))
+    # every check that needs no torch and no image first: options, output names, the weights file
+    opts = normalize.options(args)
+    infer.check_options(args)
+    opts.update(reconstruct.options(args, args.diameter))
+    check_names(args.images)
     path = weights.resolve(args.model, cache_dir=args.cache_dir, progress=True)
+    statefile.check(path)
+    opts.update(infer.options(args))
+    from cpsnake import model
+
     net = model.load_model(path, device=str(opts["device"]))
     model_info = {"name": args.model, "file": str(path), "sha256": sha256(path)}
     failed = 0
     for image in args.images:
         try:
-            n = _one(image, net, args, opts, model_info)
+            with collected_warnings() as notes:  # an image's warnings, printed only if it succeeds
+                n = _one(image, net, args, opts, model_info)
+            for note in notes:
+                print(f"cpsnake segment: warning: {note}", file=sys.stderr)
             print(f"{image}: {n} cells", file=sys.stderr)
         except CpsnakeError as exc:
             failed += 1
-            print(f"cpsnake segment: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"cpsnake segment: error: {one_line(exc)}", file=sys.stderr)
     if failed:
         print(f"cpsnake segment: {failed} of {len(args.images)} images failed", file=sys.stderr)
     return 1 if failed else 0

@@ -114,9 +114,7 @@ def list_pairs(src: str | os.PathLike) -> list[tuple[str, Path, Path]]:
                                "or a list file of image,mask pairs")
         images, masks = _by_stem(idir, IMAGE_SUFFIXES), _by_stem(mdir, MASK_SUFFIXES)
         if (src / "index.csv").exists():
-            import pandas as pd
-
-            df = pd.read_csv(src / "index.csv", dtype=str)
+            df = _read_index(src / "index.csv")
             if "file" not in df.columns:
                 raise CpsnakeError(f"{src / 'index.csv'}: no 'file' column (found {list(df.columns)}); "
                                    "expected the image file names of the split")
@@ -130,9 +128,12 @@ def list_pairs(src: str | os.PathLike) -> list[tuple[str, Path, Path]]:
             if s not in masks:
                 raise CpsnakeError(f"{mdir}: no mask named {s!r} for {images[s].name}; expected a mask per image")
             pairs.append((s, images[s], masks[s]))
-    elif src.is_file():
+    elif os.path.lexists(src):
+        from cpsnake.files import read_text
+
         pairs = []
-        for n, line in enumerate(src.read_text().splitlines(), 1):
+        text = read_text(src, "a list file of image,mask path pairs (UTF-8 text)", limit=64 * 2**20)
+        for n, line in enumerate(text.splitlines(), 1):
             parts = [x.strip() for x in line.split(",")]
             if not line.strip() or line.startswith("#") or parts[:2] == ["image", "mask"]:
                 continue
@@ -147,16 +148,29 @@ def list_pairs(src: str | os.PathLike) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+def _read_index(path: Path) -> "pd.DataFrame":
+    import pandas as pd
+
+    from cpsnake.files import regular_file
+
+    regular_file(path, "an index.csv with a 'file' column")
+    try:
+        return pd.read_csv(path, dtype=str)
+    except Exception as exc:
+        raise CpsnakeError(f"{path}: not a readable CSV ({exc}); expected an index.csv with a 'file' column; "
+                           "save it as a plain CSV (UTF-8)") from None
+
+
+def read_mask(path: Path, shape: tuple[int, int], *, max_pixels: int | None = None) -> np.ndarray:
     """Label image (Y, X) int32 from a label TIFF/PNG or an ImageJ RoiSet.zip (needs ``shape``)."""
     from cpsnake.evaluate import read_label_file
 
     if path.suffix.lower() == ".zip":
         from cpsnake import rois
 
-        lab = rois.rois_to_labels(rois.read_rois(path), shape)
+        lab = rois.rois_to_labels(rois.read_rois(path), shape, source=path)
     else:
-        lab = read_label_file(path)
+        lab = read_label_file(path, max_pixels=max_pixels)
     lab = np.asarray(lab)
     if lab.shape != tuple(shape):
         raise CpsnakeError(f"{path}: mask of shape {lab.shape}, expected {tuple(shape)} (the image's Y, X)")
@@ -164,47 +178,63 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def median_diameter(labels: np.ndarray) -> float:
-    """Median over objects of the equivalent-circle diameter 2 sqrt(area / pi) (0 if no object)."""
-    areas = np.bincount(labels.ravel())[1:]
+    """Median over objects of the equivalent-circle diameter 2 sqrt(area / pi) (0 if no object); any ids."""
+    from cpsnake.dynamics import compact
+
+    areas = np.bincount(compact(labels)[1].ravel())[1:]
     areas = areas[areas > 0]
     return float(np.median(2 * np.sqrt(areas / np.pi))) if areas.size else 0.0
 
 
 def _clean(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects under ``min_size`` px and renumber 1..N."""
-    areas = np.bincount(labels.ravel())
+    """Drop objects under ``min_size`` px and renumber 1..N (in id order; tables follow the object count)."""
+    from cpsnake.dynamics import compact
+
+    index = compact(labels)[1]
+    areas = np.bincount(index.ravel())
     keep = areas >= min_size
     keep[0] = False
     new = np.zeros(areas.size, np.int32)
     new[keep] = np.arange(1, keep.sum() + 1)
-    return new[labels]
+    return new[index]
 
 
-def _image_for_net(path: Path) -> np.ndarray:
+def _image_for_net(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read an image and normalise it as the pipeline does -> (3, Y, X) float32 (zero-padded channels)."""
+    from cpsnake import limits
     from cpsnake.io import read_image
     from cpsnake.normalize import normalize
 
-    img, _ = read_image(path)
+    img, _ = read_image(path, max_pixels=max_pixels)
     if img.ndim != 3:
         raise CpsnakeError(f"{path}: image of shape {img.shape}, expected a 2-D image (C, Y, X); train on planes")
     if img.shape[0] > 3:
         raise CpsnakeError(f"{path}: {img.shape[0]} channels, expected at most 3; select channels before training")
-    x, _ = normalize(img)
+    limits.check_min_side(path, img.shape)
+    try:
+        x, _ = normalize(img)
+    except CpsnakeError as exc:
+        raise CpsnakeError(f"{path}: {exc}") from None
     out = np.zeros((3,) + x.shape[1:], np.float32)
     out[: x.shape[0]] = x
     return out
 
 
 def _digest(*paths: Path) -> str:
+    """Short hash of the files' bytes (regular files only, read in chunks)."""
+    from cpsnake.files import regular_file
+
     h = hashlib.sha1()
     for p in paths:
-        h.update(Path(p).read_bytes())
+        regular_file(p, "a training image or mask file")
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:12]
 
 
 def prepare(pairs, cache_dir: str | os.PathLike, *, min_size: int = 15, min_masks: int = 5,
-            log=None) -> list[dict]:
+            log=None, max_pixels: int | None = None) -> list[dict]:
     """Compute (or reuse) each pair's cached network input and targets.
 
     Returns
@@ -227,8 +257,8 @@ def prepare(pairs, cache_dir: str | os.PathLike, *, min_size: int = 15, min_mask
             with np.load(path, allow_pickle=False) as z:
                 diameter, n = float(z["diameter"]), int(z["n"])
         else:
-            img = _image_for_net(ipath)
-            lab = _clean(read_mask(mpath, img.shape[1:]), min_size)
+            img = _image_for_net(ipath, max_pixels=max_pixels)
+            lab = _clean(read_mask(mpath, img.shape[1:], max_pixels=max_pixels), min_size)
             n = int(lab.max())
             diameter = median_diameter(lab)
             flows = masks_to_flows(lab) if n else np.zeros((2,) + lab.shape, np.float32)
@@ -333,18 +363,31 @@ def save_checkpoint(path, net, optimizer, *, step: int, seed: int, log_rows: lis
 
 
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Before loading, :func:`cpsnake.statefile.check` refuses expanded views, short storages, NaN/Inf and
+    more than 3 x :data:`cpsnake.limits.MAX_PARAMETERS` elements (weights and two AdamW moments); after,
+    the model's tensors get the checks of :func:`cpsnake.model.check_tensors`.
+    """
     import torch
 
+    from cpsnake import limits, statefile
+    from cpsnake.model import check_tensors
+
+    what = "a checkpoint.pt written by cpsnake train"
+    if not os.path.lexists(path):
+        raise CpsnakeError(f"{path}: no such file; expected {what}; check the path")
+    inspected = statefile.check(path, max_parameters=3 * limits.MAX_PARAMETERS, what=what)
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CpsnakeError(f"{path}: no such file; expected a checkpoint.pt written by cpsnake train") from None
     except Exception as exc:
-        raise CpsnakeError(f"{path}: not a loadable checkpoint ({str(exc).splitlines()[0]}); "
-                           "expected a checkpoint.pt written by cpsnake train") from None
+        raise CpsnakeError(f"{path}: not a loadable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                           f"expected {what}; resume from an earlier checkpoint or start again") from None
     if not isinstance(ck, dict) or not {"model", "optimizer", "step", "seed"} <= set(ck):
         raise CpsnakeError(f"{path}: found no model/optimizer/step/seed entries; expected a cpsnake train checkpoint")
+    if not isinstance(ck["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ck["model"].values()):
+        raise CpsnakeError(f"{path}: found a 'model' entry that is not a dict of tensors; expected {what}")
+    check_tensors(ck["model"], str(path), finite=not inspected)
     return ck
 
 
@@ -357,7 +400,7 @@ def _net_from_state(state: dict):
     return net
 
 
-def validate(net, val_pairs, *, device=None, max_images: int | None = None) -> float:
+def validate(net, val_pairs, *, device=None, max_images: int | None = None, max_pixels: int | None = None) -> float:
     """Pooled AP@0.5 of ``net`` on (name, image, mask) pairs via ``infer.predict`` + ``reconstruct.compute_masks``."""
     from cpsnake import evaluate
     from cpsnake.infer import predict
@@ -367,8 +410,8 @@ def validate(net, val_pairs, *, device=None, max_images: int | None = None) -> f
     net.eval()
     rows = []
     for name, ipath, mpath in val_pairs[:max_images]:
-        img = _image_for_net(ipath)
-        true = read_mask(mpath, img.shape[1:])
+        img = _image_for_net(ipath, max_pixels=max_pixels)
+        true = read_mask(mpath, img.shape[1:], max_pixels=max_pixels)
         flows = predict(net, img, device=device, progress=False)
         rows.append(evaluate.scores(true, compute_masks(flows), [0.5]))
     net.train(was_training)
@@ -379,7 +422,8 @@ def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, l
           weight_decay: float = 0.1, warmup: int | None = None, decay: int | None = None, seed: int = 0,
           device: str = "cpu", bf16: bool = False, diam_range=(7.5, 120.0), save_every: int = 100,
           log_every: int = 10, val_pairs=None, val_every: int = 0, val_max: int | None = None,
-          resume: dict | None = None, augment_p: dict | None = None, workers: int = 0, out=None) -> list[dict]:
+          resume: dict | None = None, augment_p: dict | None = None, workers: int = 0, out=None,
+          max_pixels: int | None = None) -> list[dict]:
     """Train ``net`` in place for steps ``start .. steps - 1`` and write ``model.pt``, ``checkpoint.pt``, ``log.csv``.
 
     Parameters
@@ -436,7 +480,7 @@ def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, l
         running.append(row["loss"])
         dt = (time.perf_counter() - t0) / len(running)  # training time per step, validation excluded
         if val_pairs and val_every and ((step + 1) % val_every == 0 or step + 1 == steps):
-            row["val_ap50"] = validate(net, val_pairs, device=device, max_images=val_max)
+            row["val_ap50"] = validate(net, val_pairs, device=device, max_images=val_max, max_pixels=max_pixels)
             net.train()
         log_rows.append(row)
         if (step + 1) % log_every == 0 or step + 1 == steps or "val_ap50" in row:
@@ -606,6 +650,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--cache", help="target cache folder (default OUT/cache)")
+    from cpsnake import limits
+
+    limits.add_option(p)
     return p
 
 
@@ -680,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = _settings(args, resume, lr_default)
     net.rdrop = opts["layer_drop"]
     out_dir = Path(args.out)
-    items = prepare(list_pairs(args.train), args.cache or out_dir / "cache", min_masks=args.min_train_masks)
+    items = prepare(list_pairs(args.train), args.cache or out_dir / "cache", min_masks=args.min_train_masks,
+                    max_pixels=args.max_pixels)
     if not items:
         raise CpsnakeError(f"{args.train}: no image with at least {args.min_train_masks} objects; "
                            "expected annotated images (or lower --min-train-masks)")
@@ -703,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
           weight_decay=opts["weight_decay"], warmup=opts["warmup"], decay=opts["decay"], seed=args.seed,
           device=device, bf16=bf16, diam_range=tuple(opts["diam_range"]), save_every=args.save_every,
           log_every=args.log_every,
-          val_pairs=val_pairs, val_every=args.val_every, val_max=args.val_max, resume=resume,
+          val_pairs=val_pairs, val_every=args.val_every, val_max=args.val_max, resume=resume, max_pixels=args.max_pixels,
           workers=args.workers if args.workers is not None else
           (0 if device == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))))
     print(f"model: {out_dir / 'model.pt'}  checkpoint: {out_dir / 'checkpoint.pt'}  log: {out_dir / 'log.csv'}")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import sys
 import urllib.error
@@ -116,12 +115,10 @@ def cache_dir_default(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex sha256 of a regular file, read in 1 MiB chunks (a FIFO or device is refused, not read forever)."""
+    from cpsnake.files import sha256
+
+    return sha256(path, expected="a weights file", chunk=CHUNK)
 
 
 def _human(n: int | None) -> str:
@@ -344,10 +341,15 @@ def resolve(
     entry = registry.get(key)
     if entry is None:
         path = Path(key).expanduser()
-        if path.is_file():
+        if os.path.lexists(path):
+            if path.is_dir():
+                raise CpsnakeError(f"{path}: is a folder, expected a weights file or a model name; pass the weights file "
+                                   f"inside it (e.g. {path / 'model.pt'}, as `cpsnake train` writes) or a registry name "
+                                   f"({', '.join(registry)})")
+            from cpsnake.files import regular_file
+
+            regular_file(path, "a weights file (a torch.save'd state dict) or a model name")
             return path
-        if path.exists():
-            raise CpsnakeError(f"{path}: is a folder, expected a weights file or a model name")
         looks_like_path = os.sep in key or "/" in key or Path(key).suffix != ""
         if looks_like_path:
             raise CpsnakeError(f"{path}: no such weights file; check the path, or use a model name ({', '.join(registry)})")

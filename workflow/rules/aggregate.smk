@@ -22,10 +22,12 @@ rule aggregate:
     resources:
         mem_mb=mem_mb(1000, 5),
         runtime=10,
+    params:
+        limit=limit_args(),
     shell:
         "cpsnake aggregate --measurements {input.measurements:q} --masks {input.masks:q}"
         " --benchmarks {input.benchmarks:q} --out-measurements {output.measurements:q}"
-        " --out-summary {output.summary:q} > {log:q} 2>&1"
+        " --out-summary {output.summary:q} {params.limit} > {log:q} 2>&1"
 
 
 rule provenance:

@@ -97,6 +97,11 @@ def normalize_args():
     return " ".join(args)
 
 
+def limit_args():
+    """`--max-pixels N` from config max_pixels (every step that reads images, labels or flows)."""
+    return f"--max-pixels {int(config['max_pixels'])}"
+
+
 def diameter_args():
     """`--diameter D` when config diameter is set."""
     return "" if config["diameter"] is None else f"--diameter {config['diameter']}"

@@ -21,8 +21,9 @@ rule infer:
         runtime=60,
         gpu=0,
     params:
+        limit=limit_args(),
         args=infer_args(),
         device=infer_device,
     shell:
         "cpsnake infer {input.image:q} {output:q} --model {input.model:q} --device {params.device}"
-        " {params.args} > {log:q} 2>&1"
+        " {params.args} {params.limit} > {log:q} 2>&1"

@@ -15,5 +15,8 @@ rule measure:
     resources:
         mem_mb=mem_mb(500, 10),
         runtime=10,
+    params:
+        limit=limit_args(),
     shell:
-        "cpsnake measure {input.labels:q} {input.image:q} {output:q} > {log:q} 2>&1"
+        "cpsnake measure {input.labels:q} {input.image:q} {output:q} {params.limit}"
+        " > {log:q} 2>&1"

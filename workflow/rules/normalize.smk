@@ -18,6 +18,8 @@ rule normalize:
         mem_mb=mem_mb(500, 30),
         runtime=10,
     params:
+        limit=limit_args(),
         args=normalize_args(),
     shell:
-        "cpsnake normalize {input:q} {output.image:q} {params.args} > {log:q} 2>&1"
+        "cpsnake normalize {input:q} {output.image:q} {params.args} {params.limit}"
+        " > {log:q} 2>&1"

@@ -20,5 +20,8 @@ rule overlay:
     resources:
         mem_mb=mem_mb(500, 10),
         runtime=10,
+    params:
+        limit=limit_args(),
     shell:
-        "cpsnake overlay {input.image:q} {input.labels:q} {output:q} > {log:q} 2>&1"
+        "cpsnake overlay {input.image:q} {input.labels:q} {output:q} {params.limit}"
+        " > {log:q} 2>&1"

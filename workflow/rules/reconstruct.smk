@@ -17,6 +17,8 @@ rule reconstruct:
         mem_mb=mem_mb(1000, 10),
         runtime=30,
     params:
+        limit=limit_args(),
         args=reconstruct_args(),
     shell:
-        "cpsnake reconstruct {input:q} {output:q} {params.args} > {log:q} 2>&1"
+        "cpsnake reconstruct {input:q} {output:q} {params.args} {params.limit}"
+        " > {log:q} 2>&1"

@@ -14,5 +14,7 @@ rule rois:
     resources:
         mem_mb=mem_mb(500, 10),
         runtime=10,
+    params:
+        limit=limit_args(),
     shell:
-        "cpsnake rois {input:q} {output:q} > {log:q} 2>&1"
+        "cpsnake rois {input:q} {output:q} {params.limit} > {log:q} 2>&1"

@@ -1,0 +1,104 @@
+"""Pixel size and unit of a TIFF (OME-XML, ImageJ tags, resolution tags), and what to do when they are unusable.
+
+ImageJ 1 reads calibration only from ImageJ-style TIFF tags (resolution + ``unit``), not OME-XML; cpsnake
+reads both. A stored pixel size that is not finite, zero, negative or outside 1e-30..1e30 (which would
+give ``Area = inf`` or negative areas in a measurement table) is never used: the image is treated as
+uncalibrated (measurements in pixels), :func:`calibration` says why, and the readers emit one
+:class:`~cpsnake.errors.CpsnakeWarning` naming the file and the value (the normalize JSON and the
+provenance record it as ``calibration_problem``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+from cpsnake.errors import CpsnakeWarning
+
+__all__ = ["PIXEL_SIZE_RANGE", "calibration", "read_calibration", "calibration_warning"]
+
+PIXEL_SIZE_RANGE = (1e-30, 1e30)  # a usable pixel size: finite, positive, and its square finite and nonzero
+
+
+def _usable(v: float) -> bool:
+    return math.isfinite(v) and PIXEL_SIZE_RANGE[0] <= v <= PIXEL_SIZE_RANGE[1]
+
+
+def calibration(tif: "tifffile.TiffFile") -> tuple[tuple[float, float] | None, str | None, str | None]:
+    """(y, x) pixel size, unit and problem of an open TIFF: see :func:`read_calibration`.
+
+    ``problem`` is None, or one phrase saying which stored pixel size was unusable (non-finite, zero,
+    negative or outside 1e-30..1e30) and where it was found; the pixel size is then None (uncalibrated).
+    """
+    import re
+
+    page = tif.pages.first
+    if tif.is_ome and tif.ome_metadata:
+        # the first <Pixels ...> element belongs to the first image, the one read_image reads
+        pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", tif.ome_metadata)
+        attrs = pixels.group(0) if pixels else tif.ome_metadata
+        m = re.search(r'PhysicalSizeX="([^"]*)"', attrs)
+        n = re.search(r'PhysicalSizeY="([^"]*)"', attrs)
+        u = re.search(r'PhysicalSizeXUnit="([^"]+)"', attrs)
+        if m:
+            unit = u.group(1) if u else "µm"
+            texts = (n.group(1) if n else m.group(1), m.group(1))
+            try:
+                py, px = (float(t) for t in texts)
+            except ValueError:
+                py = px = math.nan
+            if not (_usable(px) and _usable(py)):
+                shown = " x ".join(repr(t) for t in texts)
+                return None, None, f"pixel size (Y x X) {shown} {unit} in the OME metadata"
+            return (py, px), unit, None
+    unit = None
+    ij = tif.imagej_metadata or {}
+    if ij.get("unit"):
+        unit = str(ij["unit"])
+    try:
+        (xn, xd), (yn, yd) = (tuple(int(v) for v in page.tags[t].value) for t in ("XResolution", "YResolution"))
+    except (KeyError, TypeError, ValueError):
+        return None, None, None
+    if (xn, xd, yn, yd) == (0, 0, 0, 0):  # unset
+        return None, None, None
+    # pixels per unit -> unit per pixel; 0 pixels per unit is an infinite pixel, 0/0 not a number
+    px = xd / xn if xn else (math.inf if xd else math.nan)
+    py = yd / yn if yn else (math.inf if yd else math.nan)
+    if unit is None:
+        ru = page.tags.get("ResolutionUnit")
+        ru = int(ru.value) if ru is not None else 2  # TIFF default is inch
+        if ru == 3:  # centimetre
+            unit, px, py = "micron", px * 1e4, py * 1e4
+        elif ru == 2:  # inch: the common default of 72 dpi is not a calibration
+            return None, None, None
+    if unit in (None, "pixel", "pixels") and px == 1.0 and py == 1.0:
+        return None, None, None
+    if not (_usable(px) and _usable(py)):
+        return None, None, (
+            f"pixel size (Y x X) {py:g} x {px:g} {unit or ''} from the TIFF resolution tags "
+            f"({yn}/{yd} and {xn}/{xd} pixels per unit)"
+        ).replace("  ", " ")
+    return (py, px), unit, None
+
+
+def read_calibration(tif: "tifffile.TiffFile") -> tuple[tuple[float, float] | None, str | None]:
+    """(y, x) pixel size and unit of an open TIFF, from OME-XML, ImageJ tags or the resolution tags; else (None, None).
+
+    OME-XML ``PhysicalSizeY``/``PhysicalSizeX`` (unit ``PhysicalSizeXUnit``, OME's default µm) win when
+    present (a missing Y size means square pixels); then the TIFF resolution tags with the ImageJ
+    ``unit``, or ResolutionUnit centimetre (converted to micron). Inch resolutions (the 72 dpi that
+    many programs write) and 1 pixel-per-pixel without a unit are no calibration. A stored size that
+    is not finite, zero, negative or outside 1e-30..1e30 is no calibration either, and a
+    :class:`~cpsnake.errors.CpsnakeWarning` names the file and the value (see :func:`calibration`).
+    """
+    pixel_size, unit, problem = calibration(tif)
+    if problem:
+        warnings.warn(calibration_warning(getattr(tif.filehandle, "path", "?"), problem), CpsnakeWarning, stacklevel=2)
+    return pixel_size, unit
+
+
+def calibration_warning(path: object, problem: str) -> str:
+    return (
+        f"{path}: found {problem}; expected a finite positive pixel size; the file is treated as uncalibrated "
+        "(measurements in pixels); set the pixel size in Fiji (Image > Properties) and save again to calibrate it"
+    )
