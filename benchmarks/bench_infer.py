@@ -67,7 +67,9 @@ def bench(name, net, img, repeats, augment):
             t, out[k] = timed(sides[k])
             times[k].append(t)
     diff = np.abs(out["ours"] - out["cellpose"].transpose(2, 0, 1)).max()
-    _, layout = infer.make_tiles(img, augment=augment)
+    from cpsnake.tiles import make_tiles
+
+    _, layout = make_tiles(img, augment=augment)
     print(f"{name:<12} {img.shape[1]}x{img.shape[2]} C={img.shape[0]} tiles={layout.n_tiles:<4} augment={augment!s:<5} "
           f"ours {spread(times['ours'])}  cellpose {spread(times['cellpose'])}  "
           f"ratio ours/cellpose {ratio(times['ours'], times['cellpose'])}  max|diff| {diff:.2e}", flush=True)

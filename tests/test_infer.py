@@ -1,4 +1,4 @@
-"""Tiled inference: tile/untile round trip, and parity with cellpose 4's core.run_net on the same network."""
+"""Tiled inference (cpsnake.tiles, cpsnake.infer): tile/untile round trip, parity with cellpose 4's core.run_net, pooled tiles."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cpsnake import infer
+from cpsnake import infer, tiles
 from cpsnake.errors import CpsnakeError
 
 
@@ -63,9 +63,9 @@ def _cellpose_run_net(net, img, augment=False):
 @pytest.mark.parametrize("augment", [False, True])
 def test_stitching_identity_outputs_gives_back_the_image(shape, augment):
     img = _image(*shape)
-    tiles, layout = infer.make_tiles(img, 256, 0.1, augment=augment)
+    cut, layout = tiles.make_tiles(img, 256, 0.1, augment=augment)
     # an identity network sees flipped tiles and returns them flipped: stitching must undo the flips
-    out = infer.stitch_tiles(tiles, layout, yx_channels=None)
+    out = tiles.stitch_tiles(cut, layout, yx_channels=None)
     assert out.dtype == np.float32 and out.shape == img.shape
     np.testing.assert_array_equal(out, img)
 
@@ -75,12 +75,12 @@ def test_padding_matches_cellpose(length):
     from cellpose import transforms
 
     ref = transforms.get_pad_yx(length, length, min_size=(256, 256))
-    assert infer.pad_widths(length, 256) == ref[:2]
+    assert tiles.pad_widths(length, 256) == ref[:2]
 
 
 def test_tile_count_follows_the_overlap_formula():
     # 1000 px pads to 1024 (multiple of 16 plus a 16 px margin): ceil(1.2 * 1024 / 256) = 5 tiles
-    _, layout = infer.make_tiles(np.zeros((1, 1000, 700), np.float32))
+    _, layout = tiles.make_tiles(np.zeros((1, 1000, 700), np.float32))
     assert layout.padded_shape == (1024, 720)
     assert len(layout.ystarts) == 5 and len(layout.xstarts) == 4
     assert layout.ystarts[0] == 0 and layout.ystarts[-1] == 1024 - 256
@@ -89,12 +89,12 @@ def test_tile_count_follows_the_overlap_formula():
 def test_taper_mask_matches_cellpose():
     from cellpose import transforms
 
-    np.testing.assert_allclose(infer.taper_mask(256), transforms._taper_mask(256, 256), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(tiles.taper_mask(256), transforms._taper_mask(256, 256), rtol=0, atol=1e-15)
 
 
 def test_overlap_outside_range_is_refused():
     with pytest.raises(ValueError, match="overlap"):
-        infer.make_tiles(np.zeros((1, 300, 300), np.float32), 256, 0.7)
+        tiles.make_tiles(np.zeros((1, 300, 300), np.float32), 256, 0.7)
 
 
 # --- parity with cellpose's run_net --------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_resize_matches_opencv_linear(opencv_without_ipp, channels, src, dst):
     img = np.random.default_rng(0).random((channels, *src), dtype=np.float32) * 3 - 1
     ref = opencv_without_ipp.resize(img.transpose(1, 2, 0), dst[::-1], interpolation=opencv_without_ipp.INTER_LINEAR)
     ref = ref.reshape(*dst, channels).transpose(2, 0, 1)
-    np.testing.assert_allclose(infer.resize(img, dst), ref, rtol=0, atol=3e-7)
+    np.testing.assert_allclose(tiles.resize(img, dst), ref, rtol=0, atol=3e-7)
 
 
 def test_diameter_path_matches_cellpose(opencv_without_ipp):

@@ -8,7 +8,7 @@ import tifffile
 import torch
 from scipy import ndimage as ndi
 
-from cpsnake import augment, train
+from cpsnake import augment, pack, train
 from cpsnake.errors import CpsnakeError
 
 
@@ -335,7 +335,7 @@ def test_pack_is_lossless_and_keeps_the_index(tmp_path):
 
     root = _split(tmp_path / "s", n=3)
     (root / "index.csv").write_text("file,modality\nim0.tif,a\nim1.tif,b\nim2.tif,c\n")
-    total, dropped = train.pack(root, tmp_path / "pack")
+    total, dropped = pack.pack(root, tmp_path / "pack")
     assert dropped == [] and total > 0
     for i in range(3):
         img = np.asarray(Image.open(tmp_path / "pack" / "images" / f"im{i}.png"))
@@ -349,25 +349,25 @@ def test_pack_is_lossless_and_keeps_the_index(tmp_path):
 def test_drop_to_fit_thins_the_heaviest_kind_first():
     size = {"a1": 10, "a2": 10, "a3": 10, "a4": 10, "b1": 4, "b2": 4, "c1": 30}
     kind = {"a1": "A", "a2": "A", "a3": "A", "a4": "A", "b1": "B", "b2": "B", "c1": "C"}
-    assert train.drop_to_fit(size, kind, 1000) == []
-    assert train.drop_to_fit(size, kind, 70) == ["a2"]  # 78 -> 68: one of the heaviest kind (A, 40 bytes)
-    assert train.drop_to_fit(size, kind, 50) == ["a2", "a4", "a3"]  # A again (20 > B's 8), then A's last pair
+    assert pack.drop_to_fit(size, kind, 1000) == []
+    assert pack.drop_to_fit(size, kind, 70) == ["a2"]  # 78 -> 68: one of the heaviest kind (A, 40 bytes)
+    assert pack.drop_to_fit(size, kind, 50) == ["a2", "a4", "a3"]  # A again (20 > B's 8), then A's last pair
     # a kind with one image (c1) is never dropped: what cannot fit is left to the caller's error
-    assert train.drop_to_fit(size, kind, 10) == ["a2", "a4", "a3", "b2"]
+    assert pack.drop_to_fit(size, kind, 10) == ["a2", "a4", "a3", "b2"]
 
 
 def test_pack_over_budget_drops_by_kind_and_says_so(tmp_path, capsys):
     root = _split(tmp_path / "s", n=4)  # four 96x112 uint16 images: one kind
     tifffile.imwrite(root / "images" / "odd.tif", _blobs((64, 80), seed=9)[0])
     tifffile.imwrite(root / "masks" / "odd.tif", _blobs((64, 80), seed=9)[1].astype(np.uint16))
-    full, _ = train.pack(root, tmp_path / "full")
+    full, _ = pack.pack(root, tmp_path / "full")
     pngs = sum(p.stat().st_size for p in (tmp_path / "full").rglob("*.png"))  # what the budget weighs
-    total, dropped = train.pack(root, tmp_path / "small", max_mb=(pngs - 1) / 1e6)
+    total, dropped = pack.pack(root, tmp_path / "small", max_mb=(pngs - 1) / 1e6)
     assert dropped == ["im1"] and total < full
     assert (tmp_path / "small" / "dropped.txt").read_text() == "im1\n"
     assert "dropped 1 image(s)" in capsys.readouterr().out
     with pytest.raises(CpsnakeError, match="raise --max-mb"):
-        train.pack(root, tmp_path / "tiny", max_mb=1e-6)
+        pack.pack(root, tmp_path / "tiny", max_mb=1e-6)
 
 
 def test_imagej_roiset_masks_are_read_as_labels(tmp_path):

@@ -16,27 +16,18 @@ The method (as Cellpose-SAM / cellpose 4.x):
 - Diameter ``d`` (optional): the image is resized by ``30 / d`` (bilinear, pixel-centre aligned) before the
   network and the three output maps are resized back to the input size afterwards. The flow *values* are not
   rescaled (as cellpose); ``cpsnake reconstruct --diameter`` follows them for ``200 * d / 30`` iterations.
-- Padding: zeros, at least 8 px on each side and up to a multiple of 16 (or up to one whole tile for
-  images smaller than a tile), as cellpose, so that the tiles sit where cellpose puts them.
-- Tiles: 256x256, ``n = ceil((1 + 2 * overlap) * L / 256)`` tiles along a padded axis of length ``L > 256``
-  (one tile otherwise), spread evenly from edge to edge; ``overlap`` in [0.05, 0.5], default 0.1.
-- Blending: each tile's output is weighted by a taper mask (a sigmoid falloff with sigma 7.5 px, 20 px
-  inside the tile's edges) and the weighted sum is divided by the summed weights.
-- ``--augment``: test-time augmentation as cellpose's ``augment``: tiles overlap by half a tile and
-  alternate tiles are flipped in Y, X or both; outputs are flipped back and the sign of dY (Y flip) and dX
-  (X flip) restored before blending.
+- Padding, 256x256 tiles (overlap 0.1 by default), taper-weighted blending and the flipped tiles of
+  ``--augment`` (cellpose's test-time augmentation) are cellpose 4's: see :mod:`cpsnake.tiles`.
 - Device ``auto`` picks cuda, then mps, then cpu. Precision ``auto`` is bfloat16 on a GPU, float32 on CPU.
   Batch size ``auto`` is 8 on CPU, 32 on a GPU. A progress bar over tiles goes to stderr for long images.
 
 Python API: :func:`predict_many` (several images, their tiles pooled into shared network batches),
-:func:`predict` (one image, with a diameter), :func:`run_net` (one image at its own scale), and the
-inverse pair :func:`make_tiles` / :func:`stitch_tiles`.
+:func:`predict` (one image, with a diameter), :func:`run_net` (one image at its own scale).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,16 +36,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard
+from cpsnake.tiles import BSIZE, TileLayout, make_tiles, resize, stitch_tiles
 
 __all__ = [
-    "BSIZE",
-    "TileLayout",
-    "pad_widths",
-    "tile_starts",
-    "taper_mask",
-    "make_tiles",
-    "stitch_tiles",
-    "resize",
     "resolve_device",
     "resolve_dtype",
     "run_net",
@@ -65,211 +49,10 @@ __all__ = [
     "main",
 ]
 
-BSIZE = 256  # tile size of Cellpose-SAM (the ViT sees 256x256 pixels as 32x32 tokens of 8x8)
-PAD_DIV = 16  # cellpose pads each axis to a multiple of 16 plus a 16 px margin (half on each side)
-TAPER_SIGMA = 7.5  # px, sigmoid falloff of the blending mask
-TAPER_INSET = 20  # px, the mask is 0.5 this far inside a tile's edge
 PROGRESS_MIN_TILES = 32  # progress=None shows a bar from this many tiles on
 
 
-# --- tiles -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TileLayout:
-    """Where the tiles of one image lie: what :func:`stitch_tiles` needs to undo :func:`make_tiles`.
-
-    Attributes
-    ----------
-    shape : (int, int)
-        (Y, X) of the image before padding.
-    pads : (int, int, int, int)
-        Zero padding (top, bottom, left, right) added before tiling.
-    ystarts, xstarts : tuple of int
-        Top / left corner of each tile row / column in the padded image; tiles are ordered row-major
-        (``index = row * len(xstarts) + column``).
-    bsize : int
-        Tile side in pixels.
-    augment : bool
-        Tiles at odd rows are flipped in X, at odd columns in Y (cellpose's test-time augmentation).
-    """
-
-    shape: tuple[int, int]
-    pads: tuple[int, int, int, int]
-    ystarts: tuple[int, ...]
-    xstarts: tuple[int, ...]
-    bsize: int
-    augment: bool
-
-    @property
-    def padded_shape(self) -> tuple[int, int]:
-        """(Y, X) of the padded image the tiles cover."""
-        top, bottom, left, right = self.pads
-        return self.shape[0] + top + bottom, self.shape[1] + left + right
-
-    @property
-    def n_tiles(self) -> int:
-        return len(self.ystarts) * len(self.xstarts)
-
-    def flips(self, row: int, col: int) -> tuple[int, ...]:
-        """Axes (-2 = Y, -1 = X) flipped in the tile at (row, col); empty without augmentation."""
-        if not self.augment:
-            return ()
-        return tuple(ax for ax, odd in ((-2, col % 2), (-1, row % 2)) if odd)
-
-
-def pad_widths(length: int, bsize: int = BSIZE) -> tuple[int, int]:
-    """Zero padding (before, after) of an axis of ``length`` pixels, as cellpose 4 pads before tiling.
-
-    At least ``PAD_DIV // 2`` px each side and a multiple of ``PAD_DIV`` in all; an axis shorter than a
-    tile is padded up to one tile (``bsize``).
-    """
-    if length >= bsize:
-        total = PAD_DIV * math.ceil(length / PAD_DIV) - length + PAD_DIV
-    else:
-        total = max(PAD_DIV, bsize - length)
-    return total // 2, total - total // 2
-
-
-def tile_starts(length: int, bsize: int = BSIZE, overlap: float = 0.1, augment: bool = False) -> tuple[int, ...]:
-    """Start of each tile along a padded axis of ``length >= bsize`` pixels, first at 0, last at ``length - bsize``.
-
-    ``ceil((1 + 2 * overlap) * length / bsize)`` tiles (one if the axis fits a tile); with ``augment``,
-    ``max(2, ceil(2 * length / bsize))`` tiles (half-tile overlap, so every pixel is seen in two flips).
-    """
-    if length < bsize:
-        raise ValueError(f"axis of {length} px is shorter than a tile ({bsize} px); pad it first")
-    if augment:
-        n = max(2, math.ceil(2.0 * length / bsize))
-    else:
-        n = 1 if length <= bsize else math.ceil((1.0 + 2 * overlap) * length / bsize)
-    return tuple(int(v) for v in np.linspace(0, length - bsize, n).astype(int))
-
-
-def taper_mask(bsize: int = BSIZE, sigma: float = TAPER_SIGMA) -> np.ndarray:
-    """Blending weights of a tile, float64 ``(bsize, bsize)``: ~1 inside, a sigmoid falloff near the edges.
-
-    ``w(y, x) = s(y) * s(x)``, ``s(t) = 1 / (1 + exp((|t - c| - (bsize / 2 - 20)) / sigma))``, ``c`` the
-    tile centre ``(bsize - 1) / 2``: 0.5 at 20 px inside the edge, sigma 7.5 px.
-    """
-    t = np.abs(np.arange(bsize) - (bsize - 1) / 2.0)
-    s = 1.0 / (1.0 + np.exp((t - (bsize / 2.0 - TAPER_INSET)) / sigma))
-    return s[:, None] * s[None, :]
-
-
-def make_tiles(
-    img: np.ndarray, bsize: int = BSIZE, overlap: float = 0.1, *, augment: bool = False
-) -> tuple[np.ndarray, TileLayout]:
-    """Cut an image into overlapping square tiles; :func:`stitch_tiles` puts them back.
-
-    Parameters
-    ----------
-    img : (C, Y, X) ndarray
-        Image, any real dtype (tiles are float32).
-    bsize : int
-        Tile side in pixels.
-    overlap : float
-        Fraction of a tile shared with each neighbour, in [0.05, 0.5] (ignored with ``augment``).
-    augment : bool
-        Half-tile overlap and flipped tiles (see :class:`TileLayout`).
-
-    Returns
-    -------
-    tiles : (N, C, bsize, bsize) float32 ndarray
-        N = ``len(layout.ystarts) * len(layout.xstarts)`` tiles of the zero-padded image, row-major.
-    layout : TileLayout
-    """
-    if img.ndim != 3:
-        raise ValueError(f"image of shape {img.shape}, expected (C, Y, X)")
-    if not augment and not 0.05 <= overlap <= 0.5:
-        raise ValueError(f"tile overlap {overlap}, expected a fraction in [0.05, 0.5]")
-    _, Y, X = img.shape
-    (top, bottom), (left, right) = pad_widths(Y, bsize), pad_widths(X, bsize)
-    padded = np.pad(np.asarray(img, dtype=np.float32), ((0, 0), (top, bottom), (left, right)))
-    ystarts = tile_starts(padded.shape[1], bsize, overlap, augment)
-    xstarts = tile_starts(padded.shape[2], bsize, overlap, augment)
-    layout = TileLayout((Y, X), (top, bottom, left, right), ystarts, xstarts, bsize, augment)
-    tiles = np.empty((layout.n_tiles, img.shape[0], bsize, bsize), np.float32)
-    for r, y0 in enumerate(ystarts):
-        for c, x0 in enumerate(xstarts):
-            tile = padded[:, y0 : y0 + bsize, x0 : x0 + bsize]
-            flips = layout.flips(r, c)
-            tiles[r * len(xstarts) + c] = np.flip(tile, flips) if flips else tile
-    return tiles, layout
-
-
-def stitch_tiles(
-    outputs: np.ndarray, layout: TileLayout, *, yx_channels: tuple[int, int] | None = (0, 1)
-) -> np.ndarray:
-    """Blend per-tile outputs into one image: the inverse of :func:`make_tiles`.
-
-    Parameters
-    ----------
-    outputs : (N, K, bsize, bsize) ndarray
-        One output per tile, in the order :func:`make_tiles` returned the tiles.
-    layout : TileLayout
-        From :func:`make_tiles`.
-    yx_channels : (int, int) or None
-        Channels holding the Y and X components of a vector field (dY, dX): with an augmented layout a
-        tile flipped in Y gets its Y component negated (and likewise X). None: no vector channels.
-
-    Returns
-    -------
-    (K, Y, X) float32 ndarray
-        Taper-weighted mean of the overlapping tiles, padding removed (the input image's size).
-    """
-    n, k, by, bx = outputs.shape
-    if n != layout.n_tiles or by != layout.bsize or bx != layout.bsize:
-        raise ValueError(f"outputs of shape {outputs.shape}, expected ({layout.n_tiles}, K, {layout.bsize}, {layout.bsize})")
-    mask = taper_mask(layout.bsize)
-    Yp, Xp = layout.padded_shape
-    acc = np.zeros((k, Yp, Xp), np.float64)
-    weight = np.zeros((Yp, Xp), np.float64)
-    b = layout.bsize
-    for r, y0 in enumerate(layout.ystarts):
-        for c, x0 in enumerate(layout.xstarts):
-            out = np.asarray(outputs[r * len(layout.xstarts) + c], dtype=np.float64)
-            flips = layout.flips(r, c)
-            if flips:
-                out = np.flip(out, flips).copy()
-                if yx_channels is not None:
-                    for ax, ch in zip((-2, -1), yx_channels):
-                        if ax in flips:
-                            out[ch] *= -1
-            acc[:, y0 : y0 + b, x0 : x0 + b] += out * mask
-            weight[y0 : y0 + b, x0 : x0 + b] += mask
-    acc /= weight
-    top, bottom, left, right = layout.pads
-    return acc[:, top : Yp - bottom, left : Xp - right].astype(np.float32)
-
-
-# --- resizing, device, precision -------------------------------------------------------------------
-
-
-def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices (i0, i1) and weight of i1 for each of ``n_out`` pixel centres resampled from ``n_in``."""
-    # pixel centres aligned; the position is rounded to float32 as OpenCV does (so results match cv2.resize)
-    src = ((np.arange(n_out) + 0.5) * (1.0 / (n_out / n_in)) - 0.5).astype(np.float32)
-    src = np.clip(src, np.float32(0), np.float32(n_in - 1))  # edges repeat the border pixel
-    i0 = np.floor(src).astype(np.intp)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0.astype(np.float32)).astype(np.float64)
-
-
-def resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of each channel, pixel centres aligned, no antialiasing (as OpenCV's INTER_LINEAR).
-
-    img : (C, Y, X) ndarray -> (C, shape[0], shape[1]) float32 ndarray (equal to cv2.resize within 1 float32 ulp).
-    """
-    img = np.asarray(img, dtype=np.float32)
-    (Y, X), (Yo, Xo) = img.shape[-2:], (int(shape[0]), int(shape[1]))
-    if (Y, X) == (Yo, Xo):
-        return img.copy()
-    y0, y1, wy = _linear_taps(Y, Yo)
-    x0, x1, wx = _linear_taps(X, Xo)
-    rows = img[:, y0, :] * (1.0 - wy)[:, None] + img[:, y1, :] * wy[:, None]  # C Yo X, float64
-    out = rows[:, :, x0] * (1.0 - wx) + rows[:, :, x1] * wx  # C Yo Xo
-    return out.astype(np.float32)
+# --- device, precision ---------------------------------------------------------------------------
 
 
 def resolve_device(name: str = "auto") -> "torch.device":
