@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from cpsnake import io
+from cpsnake import io, measure
 from cpsnake.measure import columns, fit_ellipse, main, measure_labels, traced_perimeter
 
 
@@ -85,3 +85,64 @@ def test_shape_mismatch_is_one_clear_error(tmp_path, capsys):
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 1
     err = capsys.readouterr().err
     assert "img.tif" in err and "expected" in err and not (tmp_path / "t.csv").exists()
+
+
+# --- quality columns ---------------------------------------------------------------------------------
+
+
+def _two_cells():
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:25, 5:25] = 3  # ids need not be consecutive
+    labels[10:30, 35:55] = 9
+    return labels
+
+
+def test_quality_flow_error_is_zero_for_a_cells_own_flows_and_grows_as_they_weaken():
+    """flow_error = mean squared difference between the cell's own unit flows and the predicted flows / 5."""
+    from cpsnake.dynamics import masks_to_flows
+
+    labels = _two_cells()
+    mu = masks_to_flows(labels)  # unit vectors inside the cells (0 where the heat has no gradient)
+    flows = np.zeros((3, *labels.shape), np.float32)
+    flows[:2] = 5 * mu
+    flows[:2, :, 30:] *= 0.5  # the second cell's predicted flows at half speed
+    errors, prob = measure.quality(labels, flows)
+    own = [float((np.sum(mu ** 2, axis=0))[labels == i].mean()) for i in (3, 9)]  # ~1: |mu| = 1 almost everywhere
+    assert own[0] > 0.95 and own[1] > 0.95
+    assert errors[0] == pytest.approx(0.0, abs=1e-12)
+    assert errors[1] == pytest.approx(0.25 * own[1], rel=1e-6)  # |mu - mu/2|^2 = |mu|^2 / 4
+    flows[:2] = 0  # no predicted flow at all
+    errors, _ = measure.quality(labels, flows)
+    assert errors == pytest.approx(own, rel=1e-6)
+
+
+def test_quality_cellprob_is_the_mean_probability_of_the_cells_pixels():
+    labels = _two_cells()
+    flows = np.zeros((3, *labels.shape), np.float32)
+    flows[2] = 2.0
+    flows[2, 10:30, 35:45] = -50.0  # half of cell 9 certain background, half logit 2
+    _, prob = measure.quality(labels, flows)
+    p2 = 1 / (1 + np.exp(-2.0))
+    assert prob[0] == pytest.approx(p2, rel=1e-9)
+    assert prob[1] == pytest.approx(0.5 * p2, rel=1e-6)
+
+
+def test_table_gets_quality_columns_only_with_flows(tmp_path):
+    labels = _two_cells()
+    img = np.random.default_rng(0).integers(0, 1000, (1, *labels.shape)).astype(np.uint16)
+    flows = np.zeros((3, *labels.shape), np.float32)
+    rows = measure.measure_labels(labels, img, flows=flows)
+    assert [r["label"] for r in rows] == [3, 9] and all(r["flow_error"] > 0.9 and r["cellprob"] == 0.5 for r in rows)
+    assert "flow_error" not in measure.measure_labels(labels, img)[0]
+    assert measure.columns(1, quality=True)[-2:] == ["flow_error", "cellprob"]
+    io.write_labels(tmp_path / "l.tif", labels)
+    io.write_tiff(tmp_path / "i.tif", img, axes="CYX")
+    io.write_flows(tmp_path / "f.tif", flows)
+    assert measure.main([str(tmp_path / "l.tif"), str(tmp_path / "i.tif"), str(tmp_path / "m.csv"),
+                         "--flows", str(tmp_path / "f.tif")]) == 0
+    table = (tmp_path / "m.csv").read_text().splitlines()
+    assert table[0].endswith(",flow_error,cellprob") and len(table) == 3
+    io.write_flows(tmp_path / "g.tif", flows[:, :20])
+    assert measure.main([str(tmp_path / "l.tif"), str(tmp_path / "i.tif"), str(tmp_path / "n.csv"),
+                         "--flows", str(tmp_path / "g.tif")]) == 1
+    assert not (tmp_path / "n.csv").exists()

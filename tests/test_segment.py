@@ -47,7 +47,7 @@ def test_segment_equals_step_commands(tmp_path, tiny_model, small_image):
     # bytes: the zip's own timestamps differ); a segment that traced other outlines, dropped or renamed
     # a ROI, or measured another image would fail here
     assert cli.main(["rois", str(masks), str(steps / "r.zip")]) == 0
-    assert cli.main(["measure", str(masks), str(small_image), str(steps / "m.csv")]) == 0
+    assert cli.main(["measure", str(masks), str(small_image), str(steps / "m.csv"), "--flows", str(flows)]) == 0
     assert (steps / "m.csv").read_text() == (out / "measurements" / "crop.csv").read_text()
     assert zip_entries(steps / "r.zip") == zip_entries(out / "rois" / "crop.zip")
     assert len(zip_entries(steps / "r.zip")) == seg.max()

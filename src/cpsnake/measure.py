@@ -2,7 +2,7 @@
 
 Usage::
 
-    cpsnake measure LABELS.tif IMAGE OUT.csv
+    cpsnake measure LABELS.tif IMAGE OUT.csv [--flows FLOWS.tif]
 
 One row per label (per label and slice for 3-D label images, with a ``slice`` column, 1-based), in
 label order. Columns: ``label``, ``image`` (the image's file name), ``area_px`` (pixels), then ImageJ's
@@ -33,6 +33,17 @@ tags), else in pixels. Multi-channel images: the shape columns appear once and t
 (1-based, as ImageJ numbers channels); a single-channel image has no suffix. RGB images are
 measured per colour channel (in Fiji: Image > Color > Make Composite, then Measure per channel).
 An image without labels gives the header and no rows.
+
+Quality columns (with ``--flows FLOWS.tif``, the flows the labels were reconstructed from; the workflow
+and ``cpsnake segment`` always add them), so doubtful cells can be filtered without rerunning:
+
+* ``flow_error``: the statistic that ``--flow-threshold`` tests, computed on the final label image: the
+  mean over the cell's pixels of the squared difference between the unit flows recomputed from the cell
+  (heat diffusion, as cellpose) and the predicted flows divided by 5. 0 for a cell whose predicted flows
+  are exactly its own; 1 where the network predicted no flow at all. (The reconstruction tested the same
+  quantity before holes were filled and small masks dropped, so a cell whose holes were filled may show
+  a slightly different value than the one that passed the threshold.)
+* ``cellprob``: the mean over the cell's pixels of the predicted cell probability, 1 / (1 + exp(-logit)).
 """
 
 from __future__ import annotations
@@ -50,7 +61,8 @@ from cpsnake.dynamics import compact
 from cpsnake.errors import CpsnakeError, guard
 from cpsnake.rois import trace_outlines
 
-__all__ = ["SHAPE_COLUMNS", "INTENSITY_COLUMNS", "columns", "measure_labels", "write_table", "main"]
+__all__ = ["SHAPE_COLUMNS", "INTENSITY_COLUMNS", "QUALITY_COLUMNS", "columns", "measure_labels", "quality",
+           "write_table", "measure_file", "main"]
 
 INTENSITY_COLUMNS = ["Mean", "StdDev", "Min", "Max", "XM", "YM", "IntDen", "RawIntDen"]
 IMAGEJ_ORDER = [
@@ -59,17 +71,48 @@ IMAGEJ_ORDER = [
     "MinFeret", "AR", "Round", "Solidity",
 ]  # fmt: skip
 SHAPE_COLUMNS = [c for c in IMAGEJ_ORDER if c not in INTENSITY_COLUMNS]
+QUALITY_COLUMNS = ["flow_error", "cellprob"]
 
 
-def columns(n_channels: int, *, stack: bool = False) -> list[str]:
-    """Header of the table for an image with ``n_channels`` channels (ImageJ order, intensity columns per channel)."""
+def columns(n_channels: int, *, stack: bool = False, quality: bool = False) -> list[str]:
+    """Header of the table for an image with ``n_channels`` channels (ImageJ order, intensity columns per
+    channel), with the :data:`QUALITY_COLUMNS` last when ``quality``."""
     head = ["label", "image"] + (["slice"] if stack else []) + ["area_px"]
     for c in IMAGEJ_ORDER:
         if c in INTENSITY_COLUMNS and n_channels > 1:
             head += [f"{c}_c{k + 1}" for k in range(n_channels)]
         else:
             head.append(c)
-    return head
+    return head + (QUALITY_COLUMNS if quality else [])
+
+
+def quality(labels: np.ndarray, flows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell ``flow_error`` and mean ``cellprob`` (see the module docstring), in ascending label order.
+
+    Parameters
+    ----------
+    labels : (Y, X) int ndarray, 0 = background, ids need not be consecutive
+    flows : (3, Y, X) float ndarray: dY, dX (network scale, x5) and cellprob logits
+
+    Returns
+    -------
+    (K,) float64 flow errors and (K,) float64 mean probabilities, K = number of labels
+    """
+    from cpsnake.dynamics import flow_errors
+
+    lab = np.asarray(labels)
+    flows = np.asarray(flows)
+    if flows.ndim != 3 or flows.shape[0] != 3 or flows.shape[1:] != lab.shape:
+        raise ValueError(f"flows of shape {flows.shape}, expected (3, {lab.shape[0]}, {lab.shape[1]})")
+    _, index = compact(lab)  # ranks 1..K in ascending id order
+    k = int(index.max()) if index.size else 0
+    if k == 0:
+        return np.zeros(0), np.zeros(0)
+    errors = flow_errors(index, flows[:2].astype(np.float32, copy=False))
+    prob = 1.0 / (1.0 + np.exp(-flows[2].astype(np.float64)))
+    counts = np.bincount(index.ravel(), minlength=k + 1)[1:]
+    sums = np.bincount(index.ravel(), weights=prob.ravel(), minlength=k + 1)[1:]
+    return errors, sums / counts
 
 
 # --- geometry of the outlines (pixel-corner polygons, (x, y)) ---------------------------------
@@ -287,6 +330,7 @@ def measure_labels(
     *,
     pixel_size: tuple[float, float] | None = None,
     image_name: str = "",
+    flows: np.ndarray | None = None,
 ) -> list[dict]:
     """Measure every label of a 2-D label image on a multi-channel image.
 
@@ -296,10 +340,12 @@ def measure_labels(
         of objects, not the largest id: a label of 4,000,000,000 costs what label 1 does)
     image : (C, Y, X) ndarray (any numeric dtype)
     pixel_size : (py, px) in the image's unit, or None for pixels
+    flows : (3, Y, X) ndarray, optional: the flows the labels came from; adds :data:`QUALITY_COLUMNS`
 
     Returns
     -------
-    list of dicts keyed by :func:`columns` (``columns(C)``), one per label in ascending order
+    list of dicts keyed by :func:`columns` (``columns(C, quality=flows is not None)``), one per label in
+    ascending order
     """
     from scipy import ndimage
 
@@ -329,6 +375,9 @@ def measure_labels(
             else:
                 row.update({f"{k}_c{c + 1}": v for k, v in inten.items()})
         rows.append(row)
+    if flows is not None:
+        for row, err, prob in zip(rows, *quality(lab, flows)):
+            row["flow_error"], row["cellprob"] = float(err), float(prob)
     return rows
 
 
@@ -351,38 +400,60 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("labels", help="label image (TIFF, 0 = background)")
     ap.add_argument("image", help="the image the labels belong to")
     ap.add_argument("out", help="output CSV")
-    from cpsnake import io, limits
+    ap.add_argument("--flows", default=None, help="the flows the labels came from: adds flow_error and cellprob columns")
+    from cpsnake import limits
 
     limits.add_option(ap)
     args = ap.parse_args(argv)
 
-    labels, lmeta = io.read_labels(args.labels, max_pixels=args.max_pixels)
-    img, meta = io.read_image(args.image, max_pixels=args.max_pixels)
-    name = Path(args.image).name
-    pixel_size = meta.get("pixel_size") or lmeta.get("pixel_size")
+    measure_file(args.labels, args.image, args.out, max_pixels=args.max_pixels, flows_path=args.flows)
+    return 0
+
+
+def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = None, flows_path=None,
+                 pixel_size: float | None = None) -> int:
+    """Read a label image, its image (and flows), write the table ``out_csv``; return the number of rows.
+
+    ``pixel_size`` (square, given by the user) replaces the calibration of the files; without it the
+    image's pixel size is used, else the label image's.
+    """
+    from cpsnake import io
+
+    labels, lmeta = io.read_labels(labels_path, max_pixels=max_pixels)
+    img, meta = io.read_image(image_path, max_pixels=max_pixels)
+    name = Path(image_path).name
+    cal = (float(pixel_size),) * 2 if pixel_size else (meta.get("pixel_size") or lmeta.get("pixel_size"))
+    flows = None
+    if flows_path is not None:
+        flows, _ = io.read_flows(flows_path, max_pixels=max_pixels)
+        if labels.ndim != 2 or flows.shape[1:] != labels.shape:
+            raise CpsnakeError(
+                f"{flows_path}: flows of shape {flows.shape}, expected (3, {', '.join(map(str, labels.shape[-2:]))}) "
+                f"to match the 2-D labels {labels_path}; pass the flows the labels were reconstructed from"
+            )
     if labels.ndim == 2:
         if img.ndim != 3 or img.shape[-2:] != labels.shape:
             raise CpsnakeError(
-                f"{args.image}: image of shape {img.shape}, expected (C, {labels.shape[0]}, {labels.shape[1]}) to match "
-                f"{args.labels}; pass the image the labels were made from"
+                f"{image_path}: image of shape {img.shape}, expected (C, {labels.shape[0]}, {labels.shape[1]}) to match "
+                f"{labels_path}; pass the image the labels were made from"
             )
-        rows = measure_labels(labels, img, pixel_size=pixel_size, image_name=name)
-        header = columns(img.shape[0])
+        rows = measure_labels(labels, img, pixel_size=cal, image_name=name, flows=flows)
+        header = columns(img.shape[0], quality=flows is not None)
     else:
         if img.ndim != 4 or img.shape[0] != labels.shape[0] or img.shape[-2:] != labels.shape[-2:]:
             raise CpsnakeError(
-                f"{args.image}: image of shape {img.shape}, expected (Z, C, Y, X) with (Z, Y, X) = {labels.shape} of "
-                f"{args.labels}; pass the stack the labels were made from"
+                f"{image_path}: image of shape {img.shape}, expected (Z, C, Y, X) with (Z, Y, X) = {labels.shape} of "
+                f"{labels_path}; pass the stack the labels were made from"
             )
         rows = []
         for z in range(labels.shape[0]):
-            for r in measure_labels(labels[z], img[z], pixel_size=pixel_size, image_name=name):
+            for r in measure_labels(labels[z], img[z], pixel_size=cal, image_name=name):
                 r["slice"] = z + 1
                 rows.append(r)
         rows.sort(key=lambda r: (r["label"], r["slice"]))
         header = columns(img.shape[1], stack=True)
-    write_table(args.out, rows, header)
-    return 0
+    write_table(out_csv, rows, header)
+    return len(rows)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ import numpy as np
 from cpsnake import limits
 from cpsnake.errors import CpsnakeError, CpsnakeWarning, guard
 
-__all__ = ["select_channels", "normalize", "needs_float64", "tile_starts", "upsample_bilinear", "main"]
+__all__ = ["select_channels", "normalize", "normalize_file", "needs_float64", "tile_starts", "upsample_bilinear", "main"]
 
 MAX_CHANNELS = 3
 FLAT_RANGE = 1e-3  # a low..high range at most this wide is no range (Cellpose's threshold)
@@ -406,18 +406,31 @@ def options(args: argparse.Namespace) -> dict:
     )
 
 
-@guard("normalize")
-def main(argv: list[str] | None = None) -> int:
+def normalize_file(
+    src: str | Path,
+    out_path: str | Path,
+    *,
+    channels: list[int] | None = None,
+    max_pixels: int | None = None,
+    pixel_size: float | None = None,
+    **opts,
+) -> dict:
+    """Read an image, normalize it, write ``out_path`` (float32 CYX TIFF) and return the record (what OUT.json holds).
+
+    Parameters
+    ----------
+    src : a 2-D image file (TIFF / OME-TIFF, PNG or JPEG)
+    out_path : the output TIFF; ``out_path`` with suffix ``.json`` gets the record
+    channels : 0-based channels for the network (None: all, at most 3)
+    max_pixels : see :mod:`cpsnake.limits`
+    pixel_size : square pixel size replacing the file's calibration (in the file's unit, else micron)
+    opts : keyword arguments of :func:`normalize`
+    """
     from cpsnake import __version__
     from cpsnake.io import atomic_output, read_image, write_tiff
 
-    args = _parser().parse_args(argv)
-    src, out_path = Path(args.image), Path(args.out)
-    if out_path.suffix.lower() not in (".tif", ".tiff"):
-        raise CpsnakeError(f"{out_path}: output name ends in {out_path.suffix or 'nothing'!r}, expected .tif or .tiff")
-    opts = options(args)
-    channels = opts.pop("channels")
-    img, meta = read_image(src, max_pixels=args.max_pixels)
+    src, out_path = Path(src), Path(out_path)
+    img, meta = read_image(src, max_pixels=max_pixels)
     if img.ndim != 3:
         guessed = any(a in "QIR" for a in meta["axes"])
         hint = (
@@ -438,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
         raise CpsnakeError(f"{src}: {exc}") from None
     used = channels if channels is not None else list(range(img.shape[0]))
     record["per_channel"] = [{"channel": c, **entry} for c, entry in zip(used, record["per_channel"])]
+    cal, unit = meta["pixel_size"], meta["unit"]
+    if pixel_size is not None:  # given by the user (a sample sheet): replaces the file's calibration
+        cal, unit = (float(pixel_size), float(pixel_size)), unit if unit not in (None, "pixel", "pixels") else "micron"
     doc = {
         "cpsnake_version": __version__,
         "step": "normalize",
@@ -449,8 +465,9 @@ def main(argv: list[str] | None = None) -> int:
             "axes": meta["axes"],
             "dropped_alpha": meta["dropped_alpha"],
         },
-        "pixel_size": list(meta["pixel_size"]) if meta["pixel_size"] else None,
-        "unit": meta["unit"],
+        "pixel_size": list(cal) if cal else None,
+        "unit": unit,
+        "pixel_size_given": pixel_size is not None,
         "calibration_problem": meta["calibration_problem"],
         "channels": used,
         **record,
@@ -458,7 +475,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     with atomic_output(out_path.with_suffix(".json")) as tmp_json:
         tmp_json.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-        write_tiff(out_path, data, axes="CYX", pixel_size=meta["pixel_size"], unit=meta["unit"])
+        write_tiff(out_path, data, axes="CYX", pixel_size=cal, unit=unit)
+    return doc
+
+
+@guard("normalize")
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out_path = Path(args.out)
+    if out_path.suffix.lower() not in (".tif", ".tiff"):
+        raise CpsnakeError(f"{out_path}: output name ends in {out_path.suffix or 'nothing'!r}, expected .tif or .tiff")
+    opts = options(args)
+    normalize_file(args.image, out_path, max_pixels=args.max_pixels, **opts)
     return 0
 
 

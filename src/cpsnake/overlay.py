@@ -18,7 +18,7 @@ import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard
 
-__all__ = ["auto_contrast", "outlines", "label_colours", "render", "write_png", "main"]
+__all__ = ["auto_contrast", "outlines", "label_colours", "render", "write_png", "overlay_file", "main"]
 
 
 def auto_contrast(img: np.ndarray, *, low: float = 1.0, high: float = 99.8) -> np.ndarray:
@@ -132,18 +132,23 @@ def main(argv: list[str] | None = None) -> int:
     limits.add_option(parser)
     args = parser.parse_args(argv)
 
+    overlay_file(args.image, args.labels, args.out, max_pixels=args.max_pixels)
+    return 0
+
+
+def overlay_file(image_path, labels_path, out_png, *, max_pixels: int | None = None) -> None:
+    """Read an image and its labels, write the QC picture ``out_png`` (middle plane of a stack)."""
     from cpsnake.io import read_image, read_labels
 
-    img, _ = read_image(args.image, max_pixels=args.max_pixels)
-    labels, _ = read_labels(args.labels, max_pixels=args.max_pixels)
-    img, labels = _plane(img, "image", args.image), _plane(labels, "labels", args.labels)
+    img, _ = read_image(image_path, max_pixels=max_pixels)
+    labels, _ = read_labels(labels_path, max_pixels=max_pixels)
+    img, labels = _plane(img, "image", image_path), _plane(labels, "labels", labels_path)
     if labels.shape != img.shape[1:]:
         raise CpsnakeError(
-            f"{args.labels}: found labels of size {labels.shape} (Y, X), expected the image's size "
-            f"{img.shape[1:]} ({args.image}); pass the label image made from this image"
+            f"{labels_path}: found labels of size {labels.shape} (Y, X), expected the image's size "
+            f"{img.shape[1:]} ({image_path}); pass the label image made from this image"
         )
-    write_png(args.out, render(img, labels))
-    return 0
+    write_png(out_png, render(img, labels))
 
 
 if __name__ == "__main__":

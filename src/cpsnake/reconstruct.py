@@ -27,7 +27,7 @@ import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard
 
-__all__ = ["compute_masks", "niter_for_diameter", "main"]
+__all__ = ["compute_masks", "niter_for_diameter", "reconstruct_file", "main"]
 
 
 def niter_for_diameter(diameter: float | None, niter: int | None = None) -> int:
@@ -125,8 +125,6 @@ def options(args: argparse.Namespace, diameter: float | None) -> dict:
 @guard("reconstruct")
 def main(argv: list[str] | None = None) -> int:
     """``cpsnake reconstruct FLOWS.tif LABELS.tif [options]``."""
-    from cpsnake import io
-
     ap = argparse.ArgumentParser(prog="cpsnake reconstruct", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("flows", help="flows TIFF (3, Y, X) = dY, dX, cellprob from `cpsnake infer`")
@@ -139,11 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.diameter is not None and not args.diameter > 0:
         raise CpsnakeError(f"--diameter {args.diameter}: expected a positive cell diameter in pixels; omit it if unknown")
-    opts = options(args, args.diameter)
-    flows, meta = io.read_flows(args.flows, max_pixels=args.max_pixels)  # real, finite, (3, Y, X), within the limit
-    labels = compute_masks(flows, **opts)
-    io.write_labels(args.labels, labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
+    reconstruct_file(args.flows, args.labels, max_pixels=args.max_pixels, **options(args, args.diameter))
     return 0
+
+
+def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, **opts) -> int:
+    """Read a flows TIFF, reconstruct, write the label TIFF (the flows' calibration); return the number of labels.
+
+    ``opts`` are the keyword arguments of :func:`compute_masks` (see :func:`options`).
+    """
+    from cpsnake import io
+
+    flows, meta = io.read_flows(flows_path, max_pixels=max_pixels)  # real, finite, (3, Y, X), within the limit
+    labels = compute_masks(flows, **opts)
+    io.write_labels(labels_path, labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
+    return int(labels.max())
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ __all__ = [
     "read_rois",
     "roi_mask",
     "rois_to_labels",
+    "export_file",
     "main",
 ]
 
@@ -339,14 +340,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if len(args.inputs) != 2:
         ap.error("expected LABELS.tif OUT.zip")
-    src, out = args.inputs
-    labels, _ = io.read_labels(src, max_pixels=args.max_pixels)
-    axis = args.stack_axis or _stack_axis_of(src)
-    rois = labels_to_rois(labels, stack_axis=axis)
-    write_rois(out, rois)
-    if not rois:
-        print(f"{src}: no labels (image is all background); wrote {out} with no ROIs", file=sys.stderr)
+    export_file(*args.inputs, stack_axis=args.stack_axis, max_pixels=args.max_pixels)
     return 0
+
+
+def export_file(labels_path, out_zip, *, stack_axis: str | None = None, max_pixels: int | None = None) -> int:
+    """Read a label image and write its RoiSet.zip; return the number of ROIs (a note on stderr when 0).
+
+    ``stack_axis`` (``"z"`` or ``"t"``) names the third axis of a 3-D label image; None reads it from the
+    TIFF's ImageJ metadata (else z).
+    """
+    from cpsnake import io
+
+    labels, _ = io.read_labels(labels_path, max_pixels=max_pixels)
+    rois = labels_to_rois(labels, stack_axis=stack_axis or _stack_axis_of(labels_path))
+    write_rois(out_zip, rois)
+    if not rois:
+        print(f"{labels_path}: no labels (image is all background); wrote {out_zip} with no ROIs", file=sys.stderr)
+    return len(rois)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def check_names(images: list[Path]) -> None:
     """Refuse two inputs that would write the same output files (same name without extension)."""
-    from cpsnake.aggregate import image_name
+    from cpsnake.samples import sample_name as image_name
 
     seen: dict[str, Path] = {}
     for path in images:
@@ -141,7 +141,7 @@ def check_names(images: list[Path]) -> None:
 def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
     """Segment one image and write its files; return its number of cells."""
     from cpsnake import __version__, io, limits, measure, overlay, rois
-    from cpsnake.aggregate import image_name
+    from cpsnake.samples import sample_name as image_name
 
     img, meta = io.read_image(path, max_pixels=args.max_pixels)
     if img.ndim != 3:
@@ -151,7 +151,7 @@ def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
         )
     limits.check_min_side(path, img.shape)
     try:
-        labels, _, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, **opts)
+        labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, **opts)
     except CpsnakeError as exc:
         raise CpsnakeError(f"{path}: {exc}") from None
     name, out = image_name(path), args.out
@@ -159,8 +159,8 @@ def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
     t = time.perf_counter()
     io.write_labels(out / "masks" / f"{name}.tif", labels, **cal)
     rois.write_rois(out / "rois" / f"{name}.zip", rois.labels_to_rois(labels))
-    rows = measure.measure_labels(labels, img, pixel_size=meta["pixel_size"], image_name=path.name)
-    measure.write_table(out / "measurements" / f"{name}.csv", rows, measure.columns(img.shape[0]))
+    rows = measure.measure_labels(labels, img, pixel_size=meta["pixel_size"], image_name=path.name, flows=flows)
+    measure.write_table(out / "measurements" / f"{name}.csv", rows, measure.columns(img.shape[0], quality=True))
     overlay.write_png(out / "overlays" / f"{name}.png", overlay.render(img, labels))
     seconds["outputs"] = time.perf_counter() - t
     n = int(labels.max())
