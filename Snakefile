@@ -1,4 +1,4 @@
-# cpsnake: Cellpose-SAM segmentation, one image per job, results for Fiji/ImageJ.
+# cpsnake: Cellpose-SAM segmentation, one job per batch of images and step, results for Fiji/ImageJ.
 # The rules live in workflow/rules/ (one file per stage); config keys are documented in
 # workflow/schemas/config.schema.yaml.
 from snakemake.utils import min_version
@@ -14,6 +14,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/weights.smk"
+include: "workflow/rules/samples.smk"
 include: "workflow/rules/normalize.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/reconstruct.smk"

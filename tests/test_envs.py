@@ -65,9 +65,9 @@ def test_every_rule_names_an_existing_env():
     n_rules = 0
     for smk in rules:
         text = smk.read_text()
-        n_rules += len(re.findall(r"^rule \w+:", text, flags=re.M))
+        n_rules += len(re.findall(r"^(?:rule|checkpoint) \w+:", text, flags=re.M))
         envs = re.findall(r"conda:\s*\n\s*\"([^\"]+)\"", text)
-        assert len(envs) == len(re.findall(r"^rule \w+:", text, flags=re.M)), f"{smk.name}: a rule has no conda:"
+        assert len(envs) == len(re.findall(r"^(?:rule|checkpoint) \w+:", text, flags=re.M)), f"{smk.name}: a rule has no conda:"
         for env in envs:
             assert (smk.parent / env).resolve().is_file(), f"{smk.name}: conda env {env} not found"
     assert n_rules >= 9

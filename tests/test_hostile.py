@@ -435,17 +435,38 @@ def _h_index(d, m):
     return ["evaluate", d / "pred", d / "true", "--index", f, "--out", d / "t.csv"], f, [d / "t.csv"]
 
 
+def _mini_run(d, name="a", labels=None):
+    """A results folder of one segmented image ``name`` (samples table, manifests, mask); returns it."""
+    from cpsnake import batch, samples
+
+    res = d / "results"
+    samples.write_table(res / "samples.tsv", [samples.Sample(name, str(d / "img.tif"), batch="b0001", pixels=256)])
+    paths = batch.Paths(res, "b0001")
+    paths.masks(name).parent.mkdir(parents=True)
+    write_tif(paths.masks(name), np.ones((16, 16), np.uint16) if labels is None else labels)
+    for step in batch.STEPS:
+        batch.write_manifest(paths.manifest(step), [batch.Outcome(name, "ok")])
+    return res
+
+
+def _aggregate_args(res, d):
+    return ["aggregate", "--samples", res / "samples.tsv", "--results", res, "--out-measurements", d / "all.csv",
+            "--out-summary", d / "summary.csv", "--out-failed", d / "failed.csv"]
+
+
 def _h_measurements(d, m):
-    f = _fifo(d, "a.csv")
-    lab = write_tif(d / "a.tif", np.ones((16, 16), np.uint16))
-    args = ["aggregate", "--measurements", f, "--masks", lab, "--out-measurements", d / "all.csv",
-            "--out-summary", d / "summary.csv"]
-    return args, f, [d / "all.csv", d / "summary.csv"]
+    res = _mini_run(d)
+    (res / "measurements").mkdir()
+    f = _fifo(res / "measurements", "a.csv")
+    return _aggregate_args(res, d), f, [d / "all.csv", d / "summary.csv", d / "failed.csv"]
 
 
 def _h_provenance(d, m):
+    res = _mini_run(d)
     f = _fifo(d, "model.pt")
-    return ["provenance", d / "p.json", "--model", f, "--model-name", "x"], f, [d / "p.json"]
+    args = ["provenance", d / "p.json", "--model", f, "--model-name", "x", "--samples", res / "samples.tsv",
+            "--results", res]
+    return args, f, [d / "p.json"]
 
 
 def _h_train_list(d, m):
@@ -547,9 +568,12 @@ def _t_sparse_measure(d):
 
 
 def _t_sparse_aggregate(d):
-    (d / "m.csv").write_text("label,image,Area\n")
-    return ["aggregate", "--measurements", d / "m.csv", "--masks", _sparse_labels(d).rename(d / "m.tif"),
-            "--out-measurements", d / "all.csv", "--out-summary", d / "summary.csv"], None, None, None
+    import tifffile
+
+    res = _mini_run(d, "m", labels=tifffile.imread(_sparse_labels(d)))
+    (res / "measurements").mkdir()
+    (res / "measurements" / "m.csv").write_text("label,image,Area\n")
+    return _aggregate_args(res, d), None, None, None
 
 
 def _t_sparse_rois(d):

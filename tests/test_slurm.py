@@ -2,13 +2,13 @@
 
 The fixture writes /etc/slurm/slurm.conf (one node on 127.0.0.1 with 2 CPUs, no accounting; an
 existing file is put back afterwards), starts munged, slurmctld and slurmd as root with their state and
-logs in a temporary folder, and stops them at the end. Two small synthetic images (``blobs_a``,
-``blobs_b``, from test_workflow's run folder) with a seeded random ``tiny`` model (not the demo and
-not the bundled model: each dependent job level costs seconds of status polling) go through
+logs in a temporary folder, and stops them at the end. Three small synthetic images (test_workflow's
+run folder) in two batches, with a seeded random ``tiny`` model (not the demo and not the bundled
+model: each dependent job level costs seconds of status polling), go through
 ``--workflow-profile workflow/profiles/slurm`` (its ``squeue`` status command works without slurmdbd)
 with the GPU request of ``infer`` set to 0, as this machine has none. Evidence that every job went
-through SLURM: the plugin's per-job logs (kept with --slurm-keep-successful-logs) name a SLURM job id,
-and slurmctld's log shows each of those ids submitted and completed.
+through SLURM, one per batch and rule: the plugin's per-job logs (kept with --slurm-keep-successful-logs)
+name a SLURM job id, and slurmctld's log shows each of those ids submitted and completed.
 
 Skips (with the reason) only when SLURM is not installed and cannot be installed, or does not start;
 under CI=true such a skip is a failure (tests/ci_skips.py).
@@ -30,8 +30,9 @@ from test_workflow import comparable, make_run_dir, outputs_of, run_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path("/etc/slurm/slurm.conf")
-NAMES = ("blobs_a", "blobs_b")  # two images: each dependent job level costs seconds of status polling
-PER_IMAGE_RULES = ("normalize", "infer", "reconstruct", "rois", "measure", "overlay")
+NAMES = ("blobs_a", "blobs_b", "blobs_c")  # three images in two batches (batch images: 2)
+BATCH_RULES = ("normalize", "infer", "reconstruct", "rois", "measure", "overlay")
+BATCHES = 2
 
 pytestmark = pytest.mark.slurm
 
@@ -159,12 +160,8 @@ def _wait_gone(pidfile: Path, timeout: float = 15.0) -> None:
         pass
 
 
-def _two_image_dir(root: Path, model: Path) -> Path:
-    workdir = make_run_dir(root, model)
-    for img in (workdir / "images").iterdir():
-        if img.stem not in NAMES:
-            img.unlink()
-    return workdir
+def _run_dir(root: Path, model: Path) -> Path:
+    return make_run_dir(root, model, batch={"images": 2})
 
 
 def _snakemake(workdir: Path, profile: str, *extra: str) -> subprocess.CompletedProcess:
@@ -183,10 +180,10 @@ def _snakemake(workdir: Path, profile: str, *extra: str) -> subprocess.Completed
 
 
 def test_slurm_run_goes_through_slurm_and_equals_the_local_run(slurm_cluster, tiny_model, tmp_path):
-    local = _two_image_dir(tmp_path / "local", tiny_model)
+    local = _run_dir(tmp_path / "local", tiny_model)
     _snakemake(local, "local", "--cores", "2")
 
-    cluster = _two_image_dir(tmp_path / "cluster", tiny_model)
+    cluster = _run_dir(tmp_path / "cluster", tiny_model)
     _snakemake(
         cluster, "slurm",
         "--jobs", "4",
@@ -196,18 +193,20 @@ def test_slurm_run_goes_through_slurm_and_equals_the_local_run(slurm_cluster, ti
         "--latency-wait", "10",
     )
 
-    # every job went through SLURM: a plugin log per job, each naming a job id slurmctld ran
+    # one SLURM job per batch and rule, never per image: a plugin log per job, each naming a job id
+    # slurmctld ran (the last job, `check`, is a local rule)
     logs = sorted((cluster / ".snakemake" / "slurm_logs").rglob("*.log"))
     by_rule: dict[str, list[str]] = {}
     for log in logs:
         rule = log.relative_to(cluster / ".snakemake" / "slurm_logs").parts[0].removeprefix("rule_")
         by_rule.setdefault(rule, []).append(log.stem)
-    for rule in PER_IMAGE_RULES:
-        assert len(by_rule.get(rule, [])) == len(NAMES), (rule, by_rule)
-    assert len(by_rule.get("aggregate", [])) == 1 and len(by_rule.get("provenance", [])) == 1, by_rule
+    for rule in BATCH_RULES:
+        assert len(by_rule.get(rule, [])) == BATCHES, (rule, by_rule)
+    for rule in ("samples", "aggregate", "provenance"):
+        assert len(by_rule.get(rule, [])) == 1, (rule, by_rule)
     ctld = (slurm_cluster / "slurmctld.log").read_text()
     job_ids = [re.match(r"\d+", stem).group(0) for stems in by_rule.values() for stem in stems]
-    assert len(set(job_ids)) == len(job_ids) == len(PER_IMAGE_RULES) * len(NAMES) + 2
+    assert len(set(job_ids)) == len(job_ids) == len(BATCH_RULES) * BATCHES + 3
     for job_id in job_ids:
         assert re.search(rf"JobId={job_id}\b.*(?:WEXITSTATUS 0|done)", ctld), f"job {job_id} not completed in slurmctld.log"
 

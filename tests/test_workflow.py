@@ -1,9 +1,12 @@
 """The Snakemake workflow end to end, and the small modules only it uses (overlay, aggregate, provenance).
 
 Workflow tests (marker ``workflow``) run the real Snakefile with the local profile on tiny synthetic
-images and a tiny random-weights model: they check the plumbing (every output, logs, benchmarks,
-temporary files, provenance), that a bad input fails only its own jobs with a one-line reason, and
-that a run killed with SIGKILL and run again gives the outputs of an uninterrupted run.
+images and a tiny random-weights model, with cpsnake off PATH (the rules call the environment's own
+Python): they check the plumbing (every output, one job per batch and step, logs, benchmarks, temporary
+files, provenance, the report), that batches give the same outputs as one image per job, that a bad
+input fails alone inside its batch while the run tables are written, that a new image reruns only its
+batch, sample sheets with per-image options and an output folder of its own, and that a run killed with
+SIGKILL and run again gives the outputs of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -121,44 +124,82 @@ def test_concat_measurements_image_column_first_and_empty_case():
     assert list(none.columns) == ["image", "label", "area"] and len(none) == 0
 
 
-def test_aggregate_cli_tables(tmp_path):
+def fake_run(root: Path) -> Path:
+    """A results folder as a run leaves it: samples.tsv, one batch's manifests and per-image files.
+
+    A: segmented (2 cells, calibrated); B: segmented, no cells; C: unreadable (failed at samples);
+    D: failed at normalize (so skipped by every later step).
+    """
+    from cpsnake import batch, samples
     from cpsnake.io import write_labels
 
+    res = root / "results"
+    rows = [samples.Sample(n, f"/data/{n}.tif", batch="b0001", pixels=144) for n in ("A", "B", "D")]
+    rows.append(samples.Sample("C", "/data/C.tif", status="failed", reason="/data/C.tif: not an image"))
+    samples.write_table(res / "samples.tsv", rows)
+    paths = batch.Paths(res, "b0001")
     labels = np.zeros((12, 12), np.int32)
     labels[1:5, 1:5] = 1
     labels[6:10, 6:11] = 2
-    write_labels(tmp_path / "A.tif", labels, pixel_size=(0.25, 0.25), unit="um")
-    write_labels(tmp_path / "B.tif", np.zeros((12, 12), np.int32), pixel_size=None, unit=None)
-    pd.DataFrame({"label": [1, 2], "area": [16, 20]}).to_csv(tmp_path / "A.csv", index=False)
-    pd.DataFrame(columns=["label", "area"]).to_csv(tmp_path / "B.csv", index=False)
-    (tmp_path / "infer").mkdir()
-    (tmp_path / "reconstruct").mkdir()
-    for rule, seconds in (("infer", 2.5), ("reconstruct", 0.25)):
-        (tmp_path / rule / "A.tsv").write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:02\t100\n")
-    argv = ["--measurements", str(tmp_path / "A.csv"), str(tmp_path / "B.csv")]
-    argv += ["--masks", str(tmp_path / "A.tif"), str(tmp_path / "B.tif")]
-    argv += ["--benchmarks", str(tmp_path / "infer" / "A.tsv"), str(tmp_path / "reconstruct" / "A.tsv")]
-    argv += ["--out-measurements", str(tmp_path / "m.csv"), "--out-summary", str(tmp_path / "s.csv")]
+    write_labels(paths.masks("A"), labels, pixel_size=(0.25, 0.25), unit="um")
+    write_labels(paths.masks("B"), np.zeros((12, 12), np.int32), pixel_size=None, unit=None)
+    paths.measurements("A").parent.mkdir(parents=True)
+    pd.DataFrame({"label": [1, 2], "area": [16, 20]}).to_csv(paths.measurements("A"), index=False)
+    pd.DataFrame(columns=["label", "area"]).to_csv(paths.measurements("B"), index=False)
+    secs = {"infer": 2.5, "reconstruct": 0.25}
+    for step in batch.STEPS:
+        out = [batch.Outcome("A", "ok", "", secs.get(step, 0.1), {"normalization": {"per_channel": [1]}}),
+               batch.Outcome("B", "ok", "", 0.0)]
+        if step == "normalize":
+            out.append(batch.Outcome("D", "failed", "/data/D.tif: found a constant image"))
+        else:
+            out.append(batch.Outcome("D", "skipped", "normalize failed"))
+        batch.write_manifest(paths.manifest(step), out)
+    return res
+
+
+def test_aggregate_cli_tables_from_manifests(tmp_path):
+    res = fake_run(tmp_path)
+    out = {k: tmp_path / f"{k}.csv" for k in ("m", "s", "f")}
+    argv = ["--samples", str(res / "samples.tsv"), "--results", str(res), "--out-measurements", str(out["m"]),
+            "--out-summary", str(out["s"]), "--out-failed", str(out["f"])]
     assert aggregate.main(argv) == 0
-    m = pd.read_csv(tmp_path / "m.csv")
+    m = pd.read_csv(out["m"])
     assert list(m.columns) == ["image", "label", "area"] and list(m["image"]) == ["A", "A"]
-    s = pd.read_csv(tmp_path / "s.csv")
+    s = pd.read_csv(out["s"])
     assert list(s.columns) == aggregate.SUMMARY_COLUMNS
-    assert list(s["image"]) == ["A", "B"] and list(s["cells"]) == [2, 0]
+    assert list(s["image"]) == ["A", "B"] and list(s["cells"]) == [2, 0]  # the failed images have no row
     d = np.median([2 * math.sqrt(16 / math.pi), 2 * math.sqrt(20 / math.pi)])
     assert s.loc[0, "median_diameter_px"] == pytest.approx(d, abs=1e-4)
     assert s.loc[0, "median_diameter"] == pytest.approx(0.25 * d, abs=1e-4)
-    assert s.loc[0, "time_s"] == pytest.approx(2.75) and math.isnan(s.loc[1, "time_s"])
+    assert s.loc[0, "time_s"] == pytest.approx(2.75) and s.loc[1, "time_s"] == 0
     assert math.isnan(s.loc[1, "median_diameter_px"])
+    f = pd.read_csv(out["f"])
+    assert list(f.columns) == ["image", "step", "reason"]
+    assert f.values.tolist() == [["C", "samples", "/data/C.tif: not an image"],
+                                 ["D", "normalize", "/data/D.tif: found a constant image"]]
 
 
-def test_aggregate_cli_rejects_unmatched_images(tmp_path, capsys):
-    pd.DataFrame({"label": [1]}).to_csv(tmp_path / "A.csv", index=False)
-    argv = ["--measurements", str(tmp_path / "A.csv"), "--masks", str(tmp_path / "Z.tif")]
-    argv += ["--out-measurements", str(tmp_path / "m.csv"), "--out-summary", str(tmp_path / "s.csv")]
+def test_aggregate_check_fails_the_run_only_when_an_image_failed(tmp_path, capsys):
+    pd.DataFrame([["C", "samples", "C.tif: not an image"]], columns=["image", "step", "reason"]).to_csv(
+        tmp_path / "f.csv", index=False)
+    assert aggregate.main(["--check", str(tmp_path / "f.csv"), "--done", str(tmp_path / "done")]) == 1
+    err = capsys.readouterr().err
+    assert "C: failed at samples: C.tif: not an image" in err and "1 image(s) failed" in err
+    assert not (tmp_path / "done").exists()
+    pd.DataFrame(columns=["image", "step", "reason"]).to_csv(tmp_path / "g.csv", index=False)
+    assert aggregate.main(["--check", str(tmp_path / "g.csv"), "--done", str(tmp_path / "done")]) == 0
+    assert (tmp_path / "done").exists()
+
+
+def test_aggregate_cli_missing_manifest_is_one_line(tmp_path, capsys):
+    res = fake_run(tmp_path)
+    (res / "work" / "b0001" / "measure.tsv").unlink()
+    argv = ["--samples", str(res / "samples.tsv"), "--results", str(res), "--out-measurements", str(tmp_path / "m.csv"),
+            "--out-summary", str(tmp_path / "s.csv"), "--out-failed", str(tmp_path / "f.csv")]
     assert aggregate.main(argv) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("cpsnake aggregate: error:") and "\n" not in err
+    assert err.startswith("cpsnake aggregate: error:") and "\n" not in err and "measure.tsv" in err
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "s.csv").exists()
 
 
@@ -166,30 +207,35 @@ def test_aggregate_cli_rejects_unmatched_images(tmp_path, capsys):
 
 
 def test_provenance_record(tmp_path):
+    res = fake_run(tmp_path)
     model = tmp_path / "m.pt"
     model.write_bytes(b"weights")
-    img = tmp_path / "x.tif"
-    img.write_bytes(b"pixels")
-    norm = tmp_path / "x.json"
-    norm.write_text(json.dumps({"per_channel": [{"low": 1.0, "high": 9.0}]}))
-    argv = [str(tmp_path / "p.json"), "--model", str(model), "--model-name", "m", "--config-json", '{"diameter": 17}']
-    argv += ["--snakemake-version", "9.0", "--images", str(img), "--normalization", str(norm)]
+    table = res / "samples.tsv"
+    text = table.read_text()
+    for name in ("A", "B", "C", "D"):  # real files to hash
+        (tmp_path / f"{name}.tif").write_bytes(name.encode())
+        text = text.replace(f"/data/{name}.tif", str(tmp_path / f"{name}.tif"))
+    table.write_text(text)
+    argv = [str(tmp_path / "p.json"), "--model", str(model), "--model-name", "m", "--config-json", '{"diameter": 17}',
+            "--snakemake-version", "9.0", "--samples", str(table), "--results", str(res)]
     assert provenance.main(argv) == 0
     rec = json.loads((tmp_path / "p.json").read_text())
     assert rec["model"]["sha256"] == hashlib.sha256(b"weights").hexdigest() and rec["model"]["bytes"] == 7
     assert rec["parameters"] == {"diameter": 17}
-    assert rec["images"] == [
-        {"name": "x", "path": str(img), "sha256": hashlib.sha256(b"pixels").hexdigest(),
-         "normalization": {"per_channel": [{"low": 1.0, "high": 9.0}]}}
-    ]
+    assert [e["name"] for e in rec["images"]] == ["A", "B"]  # the normalized images
+    assert rec["images"][0]["sha256"] == hashlib.sha256(b"A").hexdigest()
+    assert rec["images"][0]["normalization"] == {"per_channel": [1]}
+    assert [(f["image"], f["step"]) for f in rec["failed"]] == [("C", "samples"), ("D", "normalize")]
     assert rec["packages"]["snakemake"] == "9.0" and rec["packages"]["numpy"] == np.__version__
     assert "torch" in rec["packages"] and rec["packages"]["cpsnake"]
 
 
-def test_provenance_rejects_unpaired_normalization(tmp_path):
+def test_provenance_refuses_bad_config_json(tmp_path):
+    res = fake_run(tmp_path)
     model = tmp_path / "m.pt"
     model.write_bytes(b"w")
-    argv = [str(tmp_path / "p.json"), "--model", str(model), "--model-name", "m", "--images", str(model)]
+    argv = [str(tmp_path / "p.json"), "--model", str(model), "--model-name", "m", "--config-json", "{nope",
+            "--samples", str(res / "samples.tsv"), "--results", str(res)]
     assert provenance.main(argv) == 1
     assert not (tmp_path / "p.json").exists()
 
@@ -240,8 +286,13 @@ def snakemake_cmd(workdir: Path, *extra: str) -> list[str]:
 
 
 def run_env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    """The environment of a user who has not activated the venv: cpsnake is not on PATH.
+
+    The rules call the Python that runs Snakemake (`python -m cpsnake`), so they must work without it.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not (Path(p) / "cpsnake").exists()) or "/usr/bin:/bin"
     return env
 
 
@@ -252,10 +303,22 @@ def snakemake(workdir: Path, *extra: str, check: bool = True) -> subprocess.Comp
     return proc
 
 
-def outputs_of(workdir: Path, names=GOOD) -> list[Path]:
-    res = workdir / "results"
+def jobs_run(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> jobs Snakemake ran (its "rule NAME:" headers; the DAG grows after the checkpoint, so its
+    first 'Job stats' table is incomplete), without the target rule `all`."""
+    import re
+    from collections import Counter
+
+    heads = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", proc.stdout + proc.stderr, flags=re.M)
+    counts = Counter(heads)
+    counts.pop("all", None)
+    return dict(counts)
+
+
+def outputs_of(workdir: Path, names=GOOD, results: str = "results") -> list[Path]:
+    res = workdir / results
     files = [res / kind / f"{n}.{ext}" for n in names for kind, ext in PER_IMAGE.items()]
-    return files + [res / "measurements.csv", res / "summary.csv", res / "provenance.json"]
+    return files + [res / "measurements.csv", res / "summary.csv", res / "failed.csv", res / "provenance.json"]
 
 
 def comparable(path: Path):
@@ -271,16 +334,19 @@ def comparable(path: Path):
         for entry in rec["images"]:  # absolute paths differ between run folders
             entry["path"] = Path(entry["path"]).name
             entry["normalization"]["source"]["path"] = Path(entry["normalization"]["source"]["path"]).name
+            entry["normalization"]["output"]["path"] = Path(entry["normalization"]["output"]["path"]).name
         rec["parameters"]["images"] = "-"
+        rec["parameters"]["batch"] = "-"
         return rec
     return path.read_bytes()
 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, tiny_model) -> Path:
-    """One uninterrupted run of the good images."""
+    """One uninterrupted run of the good images (one batch)."""
     workdir = make_run_dir(tmp_path_factory.mktemp("reference"), tiny_model)
-    snakemake(workdir)
+    proc = snakemake(workdir)
+    (workdir / "jobs.json").write_text(json.dumps(jobs_run(proc)))
     return workdir
 
 
@@ -289,13 +355,17 @@ def test_run_writes_every_output(reference_run, tiny_model):
     res = reference_run / "results"
     for path in outputs_of(reference_run):
         assert path.is_file(), path
-    for rule in ("normalize", "infer", "reconstruct", "rois", "measure", "overlay"):
-        assert len(list((res / "logs" / rule).glob("*.log"))) == len(GOOD), rule
-    for rule in ("normalize", "infer", "reconstruct"):
-        assert len(list((res / "benchmarks" / rule).glob("*.tsv"))) == len(GOOD), rule
-    # intermediates are temporary by default; the normalization values stay
-    assert not list((res / "flows").glob("*.tif")) and not list((res / "normalized").glob("*.tif"))
-    assert len(list((res / "normalized").glob("*.json"))) == len(GOOD)
+    # one job per batch and step: 3 small images are one batch
+    steps = ("normalize", "infer", "reconstruct", "rois", "measure", "overlay")
+    assert json.loads((reference_run / "jobs.json").read_text()) == {
+        "samples": 1, **{step: 1 for step in steps}, "aggregate": 1, "provenance": 1, "check": 1}
+    for step in steps:
+        assert [p.name for p in (res / "logs" / step).glob("*.log")] == ["b0001.log"], step
+    for step in ("normalize", "infer", "reconstruct"):
+        assert [p.name for p in (res / "benchmarks" / step).glob("*.tsv")] == ["b0001.tsv"], step
+    # intermediates are temporary by default; the normalization values are in the provenance record
+    assert not (res / "work" / "b0001" / "flows").exists() and not (res / "work" / "b0001" / "normalized").exists()
+    assert (res / "failed.csv").read_text() == "image,step,reason\n"
 
     summary = pd.read_csv(res / "summary.csv")
     assert list(summary["image"]) == sorted(GOOD)
@@ -305,7 +375,8 @@ def test_run_writes_every_output(reference_run, tiny_model):
     for name, cells in zip(summary["image"], summary["cells"]):
         labels, _ = read_labels(res / "masks" / f"{name}.tif")
         assert cells == len(np.unique(labels[labels > 0]))
-        assert len(pd.read_csv(res / "measurements" / f"{name}.csv")) == cells
+        table = pd.read_csv(res / "measurements" / f"{name}.csv")
+        assert len(table) == cells and {"flow_error", "cellprob"} <= set(table.columns)
     assert summary["cells"].sum() > 0, "no cells at all: the tables below would test nothing"
     table = pd.read_csv(res / "measurements.csv")
     assert table.columns[0] == "image" and len(table) == summary["cells"].sum()
@@ -314,7 +385,17 @@ def test_run_writes_every_output(reference_run, tiny_model):
     assert rec["model"]["sha256"] == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
     assert rec["parameters"]["reconstruct"]["min_size"] == 15  # schema defaults filled in
     assert [e["name"] for e in rec["images"]] == sorted(GOOD)
-    assert all(e["normalization"]["per_channel"] for e in rec["images"])
+    assert all(e["normalization"]["per_channel"] for e in rec["images"]) and rec["failed"] == []
+
+
+@pytest.mark.workflow
+def test_one_image_per_batch_gives_the_same_outputs(tmp_path, tiny_model, reference_run):
+    """Batches change how the work is cut into jobs, not the results (pooled tiles included)."""
+    workdir = make_run_dir(tmp_path, tiny_model, batch={"images": 1})
+    proc = snakemake(workdir)
+    assert jobs_run(proc)["infer"] == 3 and len(list((workdir / "results" / "work").glob("b*"))) == 3
+    for path in outputs_of(workdir):
+        assert comparable(path) == comparable(reference_run / path.relative_to(workdir)), path
 
 
 @pytest.mark.workflow
@@ -330,49 +411,105 @@ def test_report_shows_overlays_and_summary(reference_run):
 @pytest.mark.workflow
 def test_keep_config_keeps_intermediates(tmp_path, tiny_model):
     workdir = make_run_dir(tmp_path, tiny_model, keep={"flows": True, "normalized": True})
-    snakemake(workdir, "--until", "reconstruct")
-    res = workdir / "results"
-    assert len(list((res / "flows").glob("*.tif"))) == len(GOOD)
-    assert len(list((res / "normalized").glob("*.tif"))) == len(GOOD)
+    snakemake(workdir)
+    work = workdir / "results" / "work" / "b0001"
+    assert len(list((work / "flows").glob("*.tif"))) == len(GOOD)
+    assert len(list((work / "normalized").glob("*.tif"))) == len(GOOD)
 
 
 def write_bad_images(folder: Path) -> dict[str, str]:
-    """Four bad inputs; returns name -> the rule expected to fail on it."""
+    """Five bad inputs; returns name -> the step expected to fail on it."""
     good = folder / f"{GOOD[0]}.tif"
     data = good.read_bytes()
     (folder / "bad_truncated.tif").write_bytes(data[: len(data) // 2])
     (folder / "bad_text.tif").write_text("this is not an image\n")
     tifffile.imwrite(folder / "bad_zeros.tif", np.zeros((40, 40), np.uint16))
     tifffile.imwrite(folder / "bad_5d.tif", np.ones((2, 2, 2, 16, 16), np.uint8))
-    return {"bad_truncated": "normalize", "bad_text": "normalize", "bad_zeros": "normalize", "bad_5d": "normalize"}
+    nan = blobs(7).astype(np.float32)
+    nan[3, 3] = np.nan
+    tifffile.imwrite(folder / "bad_nan.tif", nan)
+    return {"bad_truncated": "normalize", "bad_text": "samples", "bad_zeros": "normalize", "bad_5d": "normalize",
+            "bad_nan": "normalize"}
 
 
 @pytest.mark.workflow
-def test_bad_files_fail_only_their_own_jobs(tmp_path, tiny_model, reference_run):
+def test_bad_files_fail_alone_and_the_run_tables_are_written(tmp_path, tiny_model, reference_run):
     workdir = make_run_dir(tmp_path, tiny_model)
     bad = write_bad_images(workdir / "images")
-    proc = snakemake(workdir, "--keep-going", check=False)
-    assert proc.returncode != 0
+    proc = snakemake(workdir, check=False)
+    assert proc.returncode != 0  # the run says that something failed ...
+    assert "5 image(s) failed" in proc.stdout + proc.stderr
     res = workdir / "results"
-    for path in outputs_of(workdir)[:-3]:  # every good image is finished ...
+    assert len(list((res / "work").glob("b*"))) == 1  # ... though the bad images shared the good ones' batch
+    for path in outputs_of(workdir):  # ... every good image is finished and every table written for them
         assert path.is_file(), path
-        assert comparable(path) == comparable(reference_run / path.relative_to(workdir))
-    for name, rule in bad.items():  # ... and each bad one failed with one line in its log
-        assert not (res / "masks" / f"{name}.tif").exists()
-        assert not list(res.glob(f"**/{name}.tif")), "a partial output was left under a final name"
-        lines = (res / "logs" / rule / f"{name}.log").read_text().strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"cpsnake {rule}: error: "), (name, lines)
+        if path.name not in ("provenance.json", "failed.csv"):
+            assert comparable(path) == comparable(reference_run / path.relative_to(workdir)), path
+    failed = pd.read_csv(res / "failed.csv")
+    assert dict(zip(failed["image"], failed["step"])) == bad
+    rec = json.loads((res / "provenance.json").read_text())
+    assert [e["name"] for e in rec["images"]] == sorted(GOOD)
+    assert sorted(f["image"] for f in rec["failed"]) == sorted(bad)
+    for name, step in bad.items():  # each bad one failed with one line in a log named after it
+        assert not list(res.glob(f"*/{name}.*")), "an output was left under a final name"
+        lines = (res / "logs" / "images" / f"{name}.log").read_text().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"cpsnake {step}: error: "), (name, lines)
         assert name in lines[0]
-    assert not (res / "summary.csv").exists()  # the run-level tables wait for every image
+        assert failed.set_index("image").loc[name, "reason"] in lines[0]
 
-    # removing the bad files lets the same command finish the run without redoing the good images
+    # removing the bad files lets the same command finish the run, with the reference's outputs
     for name in bad:
         (workdir / "images" / f"{name}.tif").unlink()
-    before = {p: p.stat().st_mtime_ns for p in outputs_of(workdir)[:-3]}
     snakemake(workdir)
-    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
     for path in outputs_of(workdir):
         assert comparable(path) == comparable(reference_run / path.relative_to(workdir)), path
+
+
+@pytest.mark.workflow
+def test_a_new_image_reruns_only_its_batch(tmp_path, tiny_model):
+    workdir = make_run_dir(tmp_path, tiny_model, batch={"images": 2})
+    snakemake(workdir)
+    res = workdir / "results"
+    first = [res / kind / f"{n}.{ext}" for n in GOOD[:2] for kind, ext in PER_IMAGE.items()]
+    before = {p: p.stat().st_mtime_ns for p in first}
+    tifffile.imwrite(workdir / "images" / "blobs_z.tif", blobs(9))  # sorts last: joins the second batch
+    proc = snakemake(workdir)
+    jobs = jobs_run(proc)
+    assert jobs["samples"] == 1 and jobs["infer"] == 1, jobs  # b0002 only
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert list(pd.read_csv(res / "summary.csv")["image"]) == [*GOOD, "blobs_z"]
+
+
+@pytest.mark.workflow
+def test_sample_sheet_results_folder_and_channels(tmp_path, tiny_model):
+    """A sheet with per-image channels and diameter over a folder of grey and 3-channel images, an output
+    folder of its own, channels given on the command line as a string, and no cpsnake on PATH."""
+    workdir = make_run_dir(tmp_path, tiny_model)
+    img = blobs(3)
+    rgb = np.stack([img // 2, img, np.zeros_like(img)])  # the nuclei are in channel 1
+    tifffile.imwrite(workdir / "images" / "three.tif", rgb, imagej=True, metadata={"axes": "CYX"})
+    sheet = workdir / "samples.tsv"
+    sheet.write_text("sample\tpath\tchannels\tdiameter\n"
+                     "grey_a\timages/blobs_a.tif\t\t\n"
+                     "grey_b\timages/blobs_b.tif\t\t20\n"
+                     "colour\timages/three.tif\t1\t\n")
+    snakemake(workdir, "--config", f"samples={sheet}", "results=out/set1", "channels=0")
+    res = workdir / "out" / "set1"
+    rec = json.loads((res / "provenance.json").read_text())
+    assert [e["name"] for e in rec["images"]] == ["colour", "grey_a", "grey_b"]
+    chans = {e["name"]: e["normalization"]["channels"] for e in rec["images"]}
+    assert chans == {"colour": [1], "grey_a": [0], "grey_b": [0]}
+    assert rec["images"][2]["options"]["diameter"] == 20
+    assert list(pd.read_csv(res / "summary.csv")["image"]) == ["colour", "grey_a", "grey_b"]
+    assert not (workdir / "results").exists()
+    # the sheet's channel choice equals `cpsnake segment --channels 1` on that image
+    from cpsnake import cli
+
+    seg = tmp_path / "seg"
+    argv = ["segment", str(workdir / "images" / "three.tif"), "--out", str(seg), "--model", str(tiny_model),
+            "--channels", "1", "--flow-threshold", "0", "--cellprob-threshold", "-0.5"]
+    assert cli.main(argv) == 0
+    assert (seg / "masks" / "three.tif").read_bytes() == (res / "masks" / "colour.tif").read_bytes()
 
 
 @pytest.mark.workflow
@@ -410,3 +547,7 @@ def test_bad_config_is_refused_before_any_job(tmp_path, tiny_model):
     (workdir2 / "images").mkdir()
     proc = snakemake(workdir2, "-n", check=False)
     assert proc.returncode != 0 and "found no image files" in proc.stdout + proc.stderr
+    sheet = workdir2 / "s.tsv"
+    sheet.write_text("sample\tpath\tcolour\na\tx.tif\tred\n")
+    proc = snakemake(workdir2, "-n", "--config", f"samples={sheet}", check=False)
+    assert proc.returncode != 0 and "colour" in proc.stdout + proc.stderr

@@ -1,15 +1,17 @@
-"""``cpsnake aggregate``: join per-image results into the run's two tables.
+"""``cpsnake aggregate``: the run's tables from the batches' manifests and per-image files.
 
-    cpsnake aggregate --measurements m/A.csv m/B.csv --masks masks/A.tif masks/B.tif \\
-        [--benchmarks bench/infer/A.tsv bench/reconstruct/A.tsv ...] \\
-        --out-measurements measurements.csv --out-summary summary.csv
+    cpsnake aggregate --samples results/samples.tsv --results results \
+        --out-measurements results/measurements.csv --out-summary results/summary.csv --out-failed results/failed.csv
+    cpsnake aggregate --check results/failed.csv --done results/work/check.done
 
-An image's name is its file name without the extension; measurement tables and masks are matched by it.
+Inputs: the samples table (``cpsnake samples``) and, for each batch, the step manifests under
+``RESULTS/work/BATCH/`` with the per-image files they list (see :mod:`cpsnake.batch`). The tables cover
+exactly the samples of the table, in its (name) order:
 
-``measurements.csv``: every row of every per-image table, with an ``image`` column first, images in
-the order given. Images with no cells add no rows; when no image has cells the file still has its header.
+``measurements.csv``: every row of every image's ``measurements/NAME.csv``, with an ``image`` column
+first. Images with no cells add no rows; when no image has cells the file still has its header.
 
-``summary.csv``: one row per image, columns
+``summary.csv``: one row per image whose masks were made, columns
 
 - ``image``: the name;
 - ``cells``: number of labels in the mask;
@@ -17,8 +19,15 @@ the order given. Images with no cells add no rows; when no image has cells the f
   (6 * volume / pi) ** (1/3) for 3-D masks; empty when there are no cells;
 - ``median_diameter`` and ``unit``: the same in the mask's calibrated unit (2-D masks with a pixel
   size only, area * pixel height * pixel width), else empty;
-- ``time_s``: seconds of network inference plus mask reconstruction, the sum of the wall-clock ``s``
-  column of the Snakemake benchmark files given for the image (mean over repeats); empty without them.
+- ``time_s``: seconds of network inference plus mask reconstruction for the image (from the manifests;
+  an image's share of a pooled network batch is the time between its flows and the previous image's).
+
+``failed.csv``: one row per image that failed, columns ``image``, ``step`` (``samples``, ``normalize``,
+... the first step that failed it) and ``reason`` (its one-line error); header only when none failed.
+
+``--check FAILED.csv --done FILE``: exit 1 and say how many images failed (each on one line) when the
+table has rows, else write ``FILE``: the workflow's last job, so that the run's exit code says that an
+image failed while every table is written for the others.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,24 +44,15 @@ from cpsnake.errors import CpsnakeError, guard
 
 __all__ = [
     "SUMMARY_COLUMNS",
-    "image_name",
     "equivalent_diameters",
     "summarize_mask",
     "concat_measurements",
-    "benchmark_seconds",
+    "outcomes",
+    "check",
     "main",
 ]
 
 SUMMARY_COLUMNS = ["image", "cells", "median_diameter_px", "median_diameter", "unit", "time_s"]
-
-
-def image_name(path: str | os.PathLike) -> str:
-    """File name without its extension (``.ome.tif`` counts as one extension)."""
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
@@ -103,24 +104,7 @@ def concat_measurements(tables: list[tuple[str, "pd.DataFrame"]]) -> "pd.DataFra
     return pd.concat(rows, ignore_index=True)[columns]
 
 
-def benchmark_seconds(path: str | os.PathLike) -> float:
-    """Wall-clock seconds in a Snakemake benchmark TSV (column ``s``; the mean when it holds repeats)."""
-    import pandas as pd
-
-    from cpsnake.files import regular_file
-
-    regular_file(path, "a Snakemake benchmark TSV")
-    try:
-        table = pd.read_csv(path, sep="\t")
-    except (OSError, ValueError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read as a Snakemake benchmark file ({exc}); expected a TSV with an 's' "
-                           "column; delete it and let Snakemake write it again") from None
-    if "s" not in table.columns or not len(table):
-        raise CpsnakeError(f"{path}: found columns {list(table.columns)} and {len(table)} rows; expected a Snakemake benchmark TSV with an 's' column")
-    return float(table["s"].mean())
-
-
-def _read_measurements(path: str) -> "pd.DataFrame":
+def _read_measurements(path) -> "pd.DataFrame":
     import pandas as pd
 
     from cpsnake.files import regular_file
@@ -135,65 +119,102 @@ def _read_measurements(path: str) -> "pd.DataFrame":
                            "run `cpsnake measure` again for this image") from None
 
 
-def _names(paths: list[str], what: str) -> list[str]:
-    names = [image_name(p) for p in paths]
-    seen: dict[str, str] = {}
-    for name, path in zip(names, paths):
-        if name in seen:
-            raise CpsnakeError(f"{path}: found a second {what} for image {name!r} ({seen[name]}); expected one per image")
-        seen[name] = path
-    return names
+FAILED_COLUMNS = ["image", "step", "reason"]
+
+
+def outcomes(samples_tsv, results) -> tuple[list, dict, list[dict]]:
+    """(samples, {name: {step: Outcome}}, failed rows) of a run, from its samples table and manifests."""
+    from cpsnake import batch, samples
+
+    table = sorted(samples.read_table(samples_tsv), key=lambda s: s.sample)
+    by_step: dict[str, dict] = {s.sample: {} for s in table}
+    failed = []
+    for name in sorted({s.batch for s in table if s.batch}):
+        paths = batch.Paths(Path(results), name)
+        for step in batch.STEPS:
+            for o in batch.read_manifest(paths.manifest(step)):
+                by_step[o.sample][step] = o
+    for s in table:
+        if s.status != "ok":
+            failed.append({"image": s.sample, "step": "samples", "reason": s.reason})
+            continue
+        for step in batch.STEPS:
+            o = by_step[s.sample].get(step)
+            if o is not None and o.status == "failed":
+                failed.append({"image": s.sample, "step": step, "reason": o.reason})
+                break
+    return table, by_step, failed
+
+
+def check(failed_csv, done) -> int:
+    """Exit code of the run's last job: 1 (with each failed image on stderr) if ``failed_csv`` has rows."""
+    import pandas as pd
+
+    from cpsnake.io import atomic_output
+
+    rows = pd.read_csv(failed_csv, dtype=str, keep_default_na=False)
+    if len(rows):
+        for r in rows.itertuples():
+            print(f"{r.image}: failed at {r.step}: {r.reason}", file=sys.stderr)
+        print(f"cpsnake aggregate: {len(rows)} image(s) failed, listed in {failed_csv}; the tables hold the others",
+              file=sys.stderr)
+        return 1
+    with atomic_output(done) as tmp:
+        tmp.write_text("every image of the run was segmented\n")
+    return 0
 
 
 @guard("aggregate")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cpsnake aggregate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--measurements", nargs="+", required=True, metavar="CSV", help="per-image measurement tables")
-    parser.add_argument("--masks", nargs="+", required=True, metavar="TIF", help="per-image label images")
-    parser.add_argument("--benchmarks", nargs="*", default=[], metavar="TSV", help="Snakemake benchmark files (summed per image)")
-    parser.add_argument("--out-measurements", required=True, metavar="CSV", help="all cells, with an image column")
-    parser.add_argument("--out-summary", required=True, metavar="CSV", help="one row per image")
+    parser.add_argument("--samples", metavar="TSV", help="the samples table (`cpsnake samples`)")
+    parser.add_argument("--results", metavar="DIR", help="the results folder holding work/ and the per-image files")
+    parser.add_argument("--out-measurements", metavar="CSV", help="all cells, with an image column")
+    parser.add_argument("--out-summary", metavar="CSV", help="one row per segmented image")
+    parser.add_argument("--out-failed", metavar="CSV", help="one row per failed image")
+    parser.add_argument("--check", metavar="CSV", help="a failed.csv: exit 1 if it lists an image")
+    parser.add_argument("--done", metavar="FILE", help="with --check: written when no image failed")
     from cpsnake import limits
 
     limits.add_option(parser)
     args = parser.parse_args(argv)
+    if args.check:
+        if not args.done:
+            parser.error("--check needs --done FILE")
+        return check(args.check, args.done)
+    missing = [f"--{k.replace('_', '-')}" for k in ("samples", "results", "out_measurements", "out_summary", "out_failed")
+               if getattr(args, k) is None]
+    if missing:
+        parser.error(f"missing {', '.join(missing)}")
 
     import pandas as pd
 
+    from cpsnake import batch
     from cpsnake.io import atomic_output, read_labels
 
-    names = _names(args.measurements, "measurement table")
-    mask_of = dict(zip(_names(args.masks, "mask"), args.masks))
-    if set(mask_of) != set(names):
-        odd = sorted(set(mask_of) ^ set(names))
-        raise CpsnakeError(
-            f"--masks / --measurements: found images {odd} in only one of the lists; expected the same images in both"
-        )
-    seconds: dict[str, float] = {}
-    for path in args.benchmarks:
-        name = image_name(path)
-        if name not in mask_of:
-            raise CpsnakeError(f"{path}: found a benchmark file for image {name!r}, expected one of the images given")
-        seconds[name] = seconds.get(name, 0.0) + benchmark_seconds(path)
-
-    table = concat_measurements([(n, _read_measurements(p)) for n, p in zip(names, args.measurements)])
-    rows = []
-    for name in names:
-        labels, meta = read_labels(mask_of[name], max_pixels=args.max_pixels)
-        row = {"image": name, **summarize_mask(labels, meta.get("pixel_size"), meta.get("unit"))}
-        row["time_s"] = seconds.get(name, math.nan)
-        rows.append(row)
+    table, by_step, failed = outcomes(args.samples, args.results)
+    tables, rows = [], []
+    for s in table:
+        done = by_step[s.sample]
+        paths = batch.Paths(Path(args.results), s.batch)
+        if "measure" in done and done["measure"].status == "ok":
+            tables.append((s.sample, _read_measurements(paths.measurements(s.sample))))
+        if "reconstruct" in done and done["reconstruct"].status == "ok":
+            labels, meta = read_labels(paths.masks(s.sample), max_pixels=args.max_pixels)
+            row = {"image": s.sample, **summarize_mask(labels, meta.get("pixel_size"), meta.get("unit"))}
+            row["time_s"] = done["infer"].seconds + done["reconstruct"].seconds
+            rows.append(row)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     summary = summary.round({"median_diameter_px": 4, "median_diameter": 4, "time_s": 3})
-
     with atomic_output(args.out_measurements) as tmp:
-        table.to_csv(tmp, index=False)
+        concat_measurements(tables).to_csv(tmp, index=False)
     with atomic_output(args.out_summary) as tmp:
         summary.to_csv(tmp, index=False)
+    with atomic_output(args.out_failed) as tmp:
+        pd.DataFrame(failed, columns=FAILED_COLUMNS).to_csv(tmp, index=False)
+    print(f"cpsnake aggregate: {len(table)} images, {len(rows)} segmented, {len(failed)} failed", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

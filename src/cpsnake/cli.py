@@ -20,6 +20,8 @@ STEPS: dict[str, tuple[str, str]] = {
     "aggregate": ("cpsnake.aggregate", "join per-image tables into run-level tables"),
     "provenance": ("cpsnake.provenance", "provenance record of a workflow run (versions, model sha256, parameters)"),
     "segment": ("cpsnake.segment", "the whole chain in one process: images -> masks"),
+    "samples": ("cpsnake.samples", "the run's images: sample sheet or folder, header inspection, batches"),
+    "batch": ("cpsnake.batch", "one workflow step for a batch of images, in one process"),
     "weights": ("cpsnake.weights", "list or fetch model weights (sha256-checked cache)"),
     "train": ("cpsnake.train", "train or fine-tune a Cellpose-SAM model"),
     "evaluate": ("cpsnake.evaluate", "average precision and error rate of predicted vs true labels"),

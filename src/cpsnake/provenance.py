@@ -1,15 +1,15 @@
 """``cpsnake provenance OUT.json ...``: the provenance record of a workflow run.
 
-    cpsnake provenance results/provenance.json --model resources/models/nuclei_small.pt \\
-        --model-name nuclei_small --config-json '{"diameter": null, ...}' \\
-        --images a.tif b.tif --normalization results/normalized/a.json results/normalized/b.json
+    cpsnake provenance results/provenance.json --samples results/samples.tsv --results results \
+        --model resources/models/nuclei_small.pt --model-name nuclei_small --config-json '{"diameter": null, ...}'
 
 The JSON file holds: ``created`` (UTC time, the one field that differs between identical runs),
 ``cpsnake`` (version), ``python`` and ``platform``, ``packages`` (installed versions of cpsnake's
 dependencies, plus Snakemake's when given), ``model`` (name, file, size in bytes, sha256),
-``parameters`` (the whole workflow config), and ``images``: for each, its name, path, sha256 and the
-normalization values used (the JSON ``cpsnake normalize`` wrote beside the normalized image).
-``--images`` and ``--normalization`` are matched by order.
+``parameters`` (the whole workflow config), ``images``: for each image that was normalized, its name,
+path, sha256, its own options from a sample sheet (channels, diameter, pixel_size; null when the run's
+apply) and the normalization values used (the record ``cpsnake normalize`` writes), and ``failed``:
+each image that failed, with the step and the reason (as failed.csv).
 """
 
 from __future__ import annotations
@@ -54,25 +54,20 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def build_record(
-    *,
-    model: str,
-    model_name: str,
-    config: dict,
-    images: list[str],
-    normalization: list[dict],
-    snakemake_version: str | None = None,
-) -> dict:
-    """The provenance dictionary (see the module docstring); ``images`` and ``normalization`` pair by index."""
+def build_record(*, model: str, model_name: str, config: dict, images: list[dict], failed: list[dict] | None = None,
+                 snakemake_version: str | None = None) -> dict:
+    """The provenance dictionary (see the module docstring).
+
+    ``images``: one dict per image with at least ``name`` and ``path`` (hashed here) and whatever else
+    describes it (options, ``normalization``), kept in order.
+    """
     from cpsnake import __version__
-    from cpsnake.aggregate import image_name
 
     packages = package_versions()
     if snakemake_version:
         packages["snakemake"] = snakemake_version
-    entries = []
-    for path, values in zip(images, normalization):
-        entries.append({"name": image_name(path), "path": str(path), "sha256": sha256(path), "normalization": values})
+    entries = [{"name": e["name"], "path": str(e["path"]), "sha256": sha256(e["path"]),
+                **{k: v for k, v in e.items() if k not in ("name", "path")}} for e in images]
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpsnake": __version__,
@@ -82,6 +77,7 @@ def build_record(
         "model": {"name": model_name, "file": str(model), "bytes": os.path.getsize(model), "sha256": sha256(model)},
         "parameters": config,
         "images": entries,
+        "failed": list(failed or []),
     }
 
 
@@ -93,38 +89,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-name", required=True, help="its registry name (or file stem)")
     parser.add_argument("--config-json", default="{}", help="the workflow config as JSON")
     parser.add_argument("--snakemake-version", default=None)
-    parser.add_argument("--images", nargs="*", default=[], help="input images")
-    parser.add_argument("--normalization", nargs="*", default=[], help="cpsnake normalize JSON files, one per image")
+    parser.add_argument("--samples", required=True, help="the samples table (`cpsnake samples`)")
+    parser.add_argument("--results", required=True, help="the results folder (work/BATCH/normalize.tsv)")
     args = parser.parse_args(argv)
 
-    if len(args.images) != len(args.normalization):
-        raise CpsnakeError(
-            f"--images / --normalization: found {len(args.images)} images and {len(args.normalization)} "
-            "normalization files; expected one normalization file per image, in the same order"
-        )
     try:
         config = json.loads(args.config_json)
     except json.JSONDecodeError as exc:
         raise CpsnakeError(f"--config-json: found invalid JSON ({exc}); expected the config as a JSON object") from None
     from cpsnake import files
+    from cpsnake.aggregate import outcomes
 
-    for path in [args.model, *args.images, *args.normalization]:
-        files.regular_file(path, "an input of the run")
-    values = []
-    for path in args.normalization:
-        what = "the values file (JSON) `cpsnake normalize` writes"
-        try:
-            values.append(json.loads(files.read_text(path, what, limit=64 * 2**20)))
-        except json.JSONDecodeError as exc:
-            raise CpsnakeError(f"{path}: found invalid JSON ({exc}); expected {what}; run `cpsnake normalize` again") from None
-    record = build_record(
-        model=args.model,
-        model_name=args.model_name,
-        config=config,
-        images=args.images,
-        normalization=values,
-        snakemake_version=args.snakemake_version,
-    )
+    files.regular_file(args.model, "the model file of the run")
+    table, by_step, failed = outcomes(args.samples, args.results)
+    images = []
+    for s in table:
+        done = by_step[s.sample].get("normalize")
+        if done is None or done.status != "ok":
+            continue
+        images.append({"name": s.sample, "path": s.path,
+                       "options": {"channels": s.channels, "diameter": s.diameter, "pixel_size": s.pixel_size},
+                       "normalization": done.info.get("normalization")})
+    record = build_record(model=args.model, model_name=args.model_name, config=config, images=images, failed=failed,
+                          snakemake_version=args.snakemake_version)
     from cpsnake.io import atomic_output
 
     with atomic_output(args.out) as tmp:

@@ -39,6 +39,7 @@ import csv
 import glob
 import os
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -56,6 +57,8 @@ __all__ = [
     "form_batches",
     "write_table",
     "read_table",
+    "inspect_header",
+    "inspect",
     "main",
 ]
 
@@ -249,7 +252,19 @@ def write_table(path: str | os.PathLike, samples: Iterable[Sample]) -> None:
 
 
 def read_table(path: str | os.PathLike) -> list[Sample]:
-    """Read a table written by :func:`write_table`."""
+    """Read a table written by :func:`write_table` (a missing or damaged one is a one-line CpsnakeError)."""
+    from cpsnake.files import regular_file
+
+    what = "the samples table written by `cpsnake samples`"
+    regular_file(path, what)
+    try:
+        return _rows(path)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); expected {what}; "
+                           "delete it and run `cpsnake samples` (or the workflow) again") from None
+
+
+def _rows(path) -> list[Sample]:
     out = []
     with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
@@ -265,3 +280,135 @@ def read_table(path: str | os.PathLike) -> list[Sample]:
                 pixels=num("pixels", int), batch=row["batch"],
             ))
     return out
+
+
+# --- inspection: from each file's header only ---------------------------------------------------------
+
+
+def inspect_header(path: str | os.PathLike) -> dict:
+    """What an image's header declares, decoding no pixel: ``height, width, channels_in_file, planes, dtype, pixels``.
+
+    TIFF / OME-TIFF: the first series' shape and axes (Y, X; C/S are channels; Z/T planes; axes without
+    metadata count as channels up to 3 entries, else planes, as :func:`cpsnake.io.read_image` reads
+    them); PNG: the IHDR chunk; JPEG: the frame header. ``pixels`` is Y x X x planes. A file that is
+    missing, not a regular file, not an image, or whose header cannot be read is a one-line CpsnakeError.
+    """
+    from cpsnake import io
+
+    path = Path(path)
+    fmt = io._sniff(path)
+    try:
+        if fmt == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise CpsnakeError(f"{path}: found a TIFF without image data; expected an image; export it again")
+                series = tif.series[0]
+                shape, axes, dtype = tuple(int(n) for n in series.shape), series.axes, str(series.dtype)
+        elif fmt == "png":
+            with open(path, "rb") as fh:
+                head = fh.read(33)
+            h, w, spp, nbytes = io.png_shape(path, head)
+            shape, axes, dtype = (h, w, spp), "YXS", "uint16" if nbytes == 2 else "uint8"
+        else:
+            from PIL import Image
+
+            with io.pillow_without_limit(), Image.open(path) as im:
+                w, h = im.size
+                shape, axes, dtype = (h, w, len(im.getbands())), "YXS", "uint8"
+    except CpsnakeError:
+        raise
+    except Exception as exc:  # readers raise many types for a broken header
+        raise CpsnakeError(f"{path}: found a {fmt.upper()} whose header cannot be read ({one_line_of(exc)}); "
+                           "expected a complete image; the file is truncated or corrupt: copy or export it again") from None
+    if "Y" not in axes or "X" not in axes:
+        raise CpsnakeError(f"{path}: found shape {shape} with axes {axes!r}; expected an image with Y and X axes")
+    channels = planes = 1
+    for a, n in zip(axes, shape):
+        if a in "CS":
+            channels *= n
+        elif a in "ZT" or (a in "QIR" and n > 3):
+            planes *= n
+        elif a not in "YX":
+            channels *= n
+    height, width = shape[axes.index("Y")], shape[axes.index("X")]
+    return {"height": height, "width": width, "channels_in_file": channels, "planes": planes, "dtype": dtype,
+            "pixels": height * width * planes}
+
+
+def one_line_of(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_images: int = BATCH_IMAGES,
+            max_pixels: int | None = None) -> list[Sample]:
+    """Fill in each sample's header fields and status, then its batch (see the module docstring).
+
+    An image whose header cannot be read, or declares more than ``max_pixels`` samples, is ``failed``
+    with its one-line reason and goes into no batch. Returns the samples in name order.
+    """
+    from cpsnake import limits
+
+    for s in samples:
+        try:
+            head = inspect_header(s.path)
+            limits.check_samples(s.path, (head["pixels"], head["channels_in_file"]), limit=max_pixels)
+        except CpsnakeError as exc:
+            s.status, s.reason = "failed", one_line_of(exc)
+            continue
+        for key, value in head.items():
+            setattr(s, key, value)
+    ok = [s for s in samples if s.status == "ok"]
+    by_name = {s.sample: s for s in ok}
+    for k, names in enumerate(form_batches([(s.sample, s.pixels) for s in ok], max_pixels=batch_pixels,
+                                           max_images=batch_images), start=1):
+        for n in names:
+            by_name[n].batch = f"b{k:04d}"
+    return sorted(samples, key=lambda s: s.sample)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected a positive whole number")
+    return value
+
+
+@guard("samples")
+def main(argv: list[str] | None = None) -> int:
+    from cpsnake import limits
+
+    p = argparse.ArgumentParser(prog="cpsnake samples", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="a folder or a glob pattern of images")
+    src.add_argument("--sheet", type=Path, help="a sample sheet (TSV or CSV: sample, path[, channels, diameter, pixel_size])")
+    p.add_argument("--out", type=Path, required=True, help="the samples table to write (TSV)")
+    p.add_argument("--batch-images", type=_positive, default=BATCH_IMAGES, help=f"most images per batch ({BATCH_IMAGES})")
+    p.add_argument("--batch-pixels", type=_positive, default=BATCH_PIXELS,
+                   help=f"most pixels per batch, unless one image is larger ({BATCH_PIXELS:,})")
+    p.add_argument("--logs", type=Path, default=None, help="folder for one NAME.log per unreadable image")
+    limits.add_option(p)
+    args = p.parse_args(argv)
+    found = discover(args.images) if args.images else read_sheet(args.sheet)
+    table = inspect(found, batch_pixels=args.batch_pixels, batch_images=args.batch_images, max_pixels=args.max_pixels)
+    write_table(args.out, table)
+    failed = [s for s in table if s.status != "ok"]
+    for s in failed:
+        print(f"cpsnake samples: error: {s.reason}", file=sys.stderr)
+        if args.logs is not None:
+            from cpsnake.io import atomic_output
+
+            with atomic_output(args.logs / f"{s.sample}.log") as tmp:
+                tmp.write_text(f"cpsnake samples: error: {s.reason}\n")
+    batches = len({s.batch for s in table if s.batch})
+    print(f"cpsnake samples: {len(table)} images, {len(failed)} unreadable, {batches} batch(es) -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,12 +1,14 @@
-# Run-level tables (every cell with an image column; one summary row per image) and the provenance record.
+# The run's tables from every batch's manifests (every cell with an image column; one summary row per
+# segmented image; one row per failed image), the provenance record, and the last job: it fails the
+# run (exit code) when an image failed, after every table has been written for the others.
 
 
 rule aggregate:
     input:
-        measurements=per_sample(f"{RESULTS}/measurements/{{sample}}.csv"),
-        masks=per_sample(f"{RESULTS}/masks/{{sample}}.tif"),
-        benchmarks=per_sample(f"{RESULTS}/benchmarks/infer/{{sample}}.tsv")
-        + per_sample(f"{RESULTS}/benchmarks/reconstruct/{{sample}}.tsv"),
+        reconstruct=per_batch(work("reconstruct")),
+        measure=per_batch(work("measure")),
+        rois=per_batch(work("rois")),
+        overlay=per_batch(work("overlay")),
     output:
         measurements=f"{RESULTS}/measurements.csv",
         summary=report(
@@ -14,42 +16,66 @@ rule aggregate:
             caption="../report/summary.rst",
             category="Summary",
         ),
+        failed=f"{RESULTS}/failed.csv",
     log:
-        f"{RESULTS}/logs/aggregate/aggregate.log",
+        f"{RESULTS}/logs/aggregate.log",
     conda:
         "../../envs/cpsnake.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(1000, 5),
-        runtime=10,
+        mem_mb=2000,
+        runtime=30,
     params:
+        cpsnake=CPSNAKE,
+        samples=SAMPLES_TABLE,
+        results=results_of,
         limit=limit_args(),
     shell:
-        "cpsnake aggregate --measurements {input.measurements:q} --masks {input.masks:q}"
-        " --benchmarks {input.benchmarks:q} --out-measurements {output.measurements:q}"
-        " --out-summary {output.summary:q} {params.limit} > {log:q} 2>&1"
+        "{params.cpsnake} aggregate --samples {params.samples:q} --results {params.results:q}"
+        " --out-measurements {output.measurements:q} --out-summary {output.summary:q}"
+        " --out-failed {output.failed:q} {params.limit} > {log:q} 2>&1"
 
 
 rule provenance:
     input:
-        images=[SAMPLES[s] for s in sorted(SAMPLES)],
+        normalize=per_batch(work("normalize")),
+        failures=f"{RESULTS}/failed.csv",
         model=MODEL_FILE,
-        normalization=per_sample(f"{RESULTS}/normalized/{{sample}}.json"),
     output:
         f"{RESULTS}/provenance.json",
     log:
-        f"{RESULTS}/logs/provenance/provenance.log",
+        f"{RESULTS}/logs/provenance.log",
     conda:
         "../../envs/cpsnake.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=30,
+        runtime=60,
     params:
+        cpsnake=CPSNAKE,
+        samples=SAMPLES_TABLE,
+        results=results_of,
         model_name=MODEL_NAME,
         config=json.dumps(config, sort_keys=True),
         snakemake=SNAKEMAKE_VERSION,
     shell:
-        "cpsnake provenance {output:q} --model {input.model:q} --model-name {params.model_name:q}"
-        " --config-json {params.config:q} --snakemake-version {params.snakemake}"
-        " --images {input.images:q} --normalization {input.normalization:q} > {log:q} 2>&1"
+        "{params.cpsnake} provenance {output:q} --samples {params.samples:q} --results {params.results:q}"
+        " --model {input.model:q} --model-name {params.model_name:q} --config-json {params.config:q}"
+        " --snakemake-version {params.snakemake} > {log:q} 2>&1"
+
+
+rule check:
+    input:
+        failed=f"{RESULTS}/failed.csv",
+        provenance=f"{RESULTS}/provenance.json",
+    output:
+        f"{RESULTS}/work/check.done",
+    log:
+        f"{RESULTS}/logs/check.log",
+    localrule: True
+    conda:
+        "../../envs/cpsnake.yaml"
+    params:
+        cpsnake=CPSNAKE,
+    shell:
+        "{params.cpsnake} aggregate --check {input.failed:q} --done {output:q} > {log:q} 2>&1"

@@ -1,49 +1,105 @@
-# Sample discovery, model resolution and the helpers the rules share.
-import glob
+# Samples, batches, the model, and the helpers the rules share.
+#
+# The run's images are known at parse time (a folder, a glob or a sample sheet); the `samples` checkpoint
+# reads each one's header and forms batches; every per-image rule then runs one job per batch, whose
+# per-image files keep their names (RESULTS/masks/NAME.tif, ...) and whose manifest
+# RESULTS/work/BATCH/STEP.tsv says which images succeeded (see cpsnake.batch).
 import json
 import os
 import re
+import shlex
+import sys
 from pathlib import Path
 
+import pandas as pd
 from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+
+def typed(value, nested=False):
+    """Snakemake's --config leaves every value inside a list or mapping a string ("3", "true", "0.5"):
+    read those as YAML scalars, so --config 'batch={images: 3}' and channels=[0,2] mean what they say.
+    """
+    if isinstance(value, dict):
+        return {k: typed(v, True) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v, True) for v in value]
+    if nested and isinstance(value, str):
+        import yaml
+
+        try:
+            return yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+config.update(typed(config))
 validate(config, schema="../schemas/config.schema.yaml")
 
-RESULTS = "results"
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+try:
+    from cpsnake import samples as sample_table
+    from cpsnake.errors import CpsnakeError
+except ImportError as exc:
+    raise WorkflowError(
+        f"cannot import cpsnake ({exc}); expected Snakemake to run in the environment where cpsnake is "
+        "installed: use .venv/bin/snakemake after `make run` (or activate .venv), or `pip install -e .`"
+    )
+
+RESULTS = config["results"].rstrip(os.sep) or os.curdir
+SAMPLES_TABLE = f"{RESULTS}/samples.tsv"
 # registry names shipped with the repository in resources/models/NAME.pt
 BUNDLED = ("nuclei_small",)
 # registry names that `cpsnake weights fetch` downloads (sha256-checked) into resources/weights/
 DOWNLOADABLE = ("cpsam", "cpsam_v2")
 
+# The rules call this environment's own cpsnake (the Python that runs Snakemake, here and in cluster
+# jobs), never whatever `cpsnake` is first on PATH; with --use-conda they call the conda env's.
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    CPSNAKE = "cpsnake"
+else:
+    CPSNAKE = f"{shlex.quote(sys.executable)} -m cpsnake"
 
-def find_images(spec):
-    """Map sample name -> image path for a folder or a glob pattern (sorted by name)."""
-    if Path(spec).is_dir():
-        files = [p for p in sorted(Path(spec).iterdir()) if p.is_file()]
-        files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-        files = [p for p in files if not p.name.startswith(".")]
-    else:
-        files = [Path(p) for p in sorted(glob.glob(spec, recursive=True))]
-        files = [p for p in files if p.is_file()]
-    if not files:
-        raise WorkflowError(
-            f"config images={spec!r}: found no image files, expected a folder holding "
-            f"{'/'.join(IMAGE_SUFFIXES)} files or a glob matching files; set `images` in config.yaml "
-            "or pass --config images=PATH"
-        )
-    samples = {}
-    for path in files:
-        name = re.sub(r"\.ome$", "", path.stem)
-        if name in samples:
-            raise WorkflowError(
-                f"config images={spec!r}: found two files named {name!r} ({samples[name]}, {path}), "
-                "expected unique names; rename one or narrow the glob"
+
+def parse_channels(value):
+    """config channels as a list of ints (or None): a list, a string "0,2" or one number."""
+    if value is None or isinstance(value, list):
+        return value
+    if isinstance(value, int):
+        return [value]
+    return [int(c) for c in str(value).replace(" ", "").split(",") if c != ""]
+
+
+CHANNELS = parse_channels(config["channels"])
+
+
+def listed_samples():
+    """The run's samples at parse time: a validated sample sheet, or the images folder / glob."""
+    try:
+        if config["samples"]:
+            sheet = pd.read_csv(
+                config["samples"],
+                sep=None,
+                engine="python",
+                dtype=str,
+                keep_default_na=False,
             )
-        samples[name] = str(path)
-    return samples
+            sheet = sheet.replace("", None)
+            for col in ("diameter", "pixel_size"):
+                if col in sheet:
+                    sheet[col] = pd.to_numeric(sheet[col])
+            validate(sheet, schema="../schemas/samples.schema.yaml")
+            return sample_table.read_sheet(config["samples"])
+        return sample_table.discover(config["images"])
+    except (CpsnakeError, OSError, ValueError) as exc:
+        raise WorkflowError(
+            f"config {'samples' if config['samples'] else 'images'}: {exc}"
+        )
+
+
+LISTED = listed_samples()
 
 
 def resolve_model(spec):
@@ -64,17 +120,77 @@ def resolve_model(spec):
     )
 
 
-SAMPLES = find_images(config["images"])
 MODEL_FILE, MODEL_NAME = resolve_model(config["model"])
 
 
 wildcard_constraints:
-    sample="|".join(re.escape(s) for s in SAMPLES),
+    batch=r"b[0-9]+",
 
 
-def image_of(wildcards):
-    """The input image of one sample."""
-    return SAMPLES[wildcards.sample]
+# --- samples and batches (known once the `samples` checkpoint has run) --------------------------------
+
+
+def samples_source():
+    """`cpsnake samples` arguments naming where the samples come from."""
+    if config["samples"]:
+        return f"--sheet {shlex.quote(config['samples'])}"
+    return f"--images {shlex.quote(config['images'])}"
+
+
+def listing():
+    """Every listed sample with its options: a change reruns the checkpoint (a param, not a file)."""
+    return json.dumps(
+        [[s.sample, s.path, s.channels, s.diameter, s.pixel_size] for s in LISTED]
+    )
+
+
+def table(wildcards=None):
+    """The samples table (after the checkpoint)."""
+    return sample_table.read_table(checkpoints.samples.get().output[0])
+
+
+def batches(wildcards=None):
+    """The run's batches, in order."""
+    return sorted({s.batch for s in table() if s.batch})
+
+
+def rows(wildcards):
+    """The samples of one batch."""
+    return [s for s in table() if s.batch == wildcards.batch]
+
+
+def batch_images(wildcards):
+    """The image files of one batch (so a changed image reruns its batch only)."""
+    return [s.path for s in rows(wildcards)]
+
+
+def batch_signature(wildcards):
+    """The batch's samples and their options: a change reruns the batch's jobs."""
+    return json.dumps(
+        [
+            [s.sample, s.path, s.channels, s.diameter, s.pixel_size]
+            for s in rows(wildcards)
+        ]
+    )
+
+
+def per_batch(pattern):
+    """Input function: `pattern` ({batch}) for every batch of the run."""
+
+    def paths(wildcards):
+        return [pattern.format(batch=b) for b in batches()]
+
+    return paths
+
+
+def work(step):
+    """RESULTS/work/{batch}/STEP.tsv, the manifest of a step."""
+    return f"{RESULTS}/work/{{batch}}/{step}.tsv"
+
+
+def results_of(wildcards, output):
+    """The results folder, from a rule's first output (RESULTS/NAME)."""
+    return os.path.dirname(output[0]) or os.curdir
 
 
 def intermediate(path, key):
@@ -82,12 +198,20 @@ def intermediate(path, key):
     return path if config["keep"][key] else temp(path)
 
 
+# --- options from config ---------------------------------------------------------------------------
+
+
+def batch_args(step):
+    """`cpsnake batch STEP SAMPLES BATCH --results RESULTS` (the batch filled in by Snakemake)."""
+    return f"{CPSNAKE} batch {step} {shlex.quote(SAMPLES_TABLE)} {{wildcards.batch}} --results {shlex.quote(RESULTS)}"
+
+
 def normalize_args():
     """`cpsnake normalize` options from config."""
     cfg = config["normalize"]
     args = ["--percentiles", *map(str, cfg["percentiles"])]
-    if config["channels"] is not None:
-        args += ["--channels", ",".join(map(str, config["channels"]))]
+    if CHANNELS is not None:
+        args += ["--channels", ",".join(map(str, CHANNELS))]
     if cfg["low_high"] is not None:
         args += ["--low-high", *map(str, cfg["low_high"])]
     if cfg["invert"]:
@@ -103,7 +227,7 @@ def limit_args():
 
 
 def diameter_args():
-    """`--diameter D` when config diameter is set."""
+    """`--diameter D` when config diameter is set (a sample sheet's diameter overrides it per image)."""
     return "" if config["diameter"] is None else f"--diameter {config['diameter']}"
 
 
@@ -114,11 +238,6 @@ def infer_args():
     if cfg["augment"]:
         args.append("--augment")
     return " ".join(a for a in args if a)
-
-
-def infer_device(wildcards, resources):
-    """`cuda` when the job was given a GPU (resources gpu > 0), else `auto`."""
-    return "cuda" if int(resources.get("gpu", 0)) > 0 else "auto"
 
 
 def reconstruct_args():
@@ -136,30 +255,26 @@ def reconstruct_args():
     return " ".join(a for a in args if a)
 
 
-def mem_mb(base, per_input_mb):
-    """Memory request growing with the size of the job's input files: base + per_input_mb * MB in."""
+def mem_mb(base, bytes_per_pixel):
+    """Memory request of a batch job: base + bytes_per_pixel x the pixels of its largest image (the
+    images of a batch are processed one after the other)."""
 
-    def request(wildcards, input):
-        # plain file sizes: Snakemake evaluates input.size_mb in its own async loop, which it cannot always nest
-        size = sum(os.path.getsize(f) for f in input if os.path.exists(f))
-        return int(base + per_input_mb * size / 1e6)
+    def request(wildcards):
+        largest = max(
+            (s.pixels * max(s.channels_in_file or 1, 1) for s in rows(wildcards)),
+            default=0,
+        )
+        return int(base + bytes_per_pixel * largest / 1e6)
 
     return request
-
-
-def per_sample(pattern):
-    """`pattern` expanded over every sample."""
-    return expand(pattern, sample=sorted(SAMPLES))
 
 
 def all_outputs():
     """Everything `rule all` asks for."""
     return [
-        *per_sample(f"{RESULTS}/masks/{{sample}}.tif"),
-        *per_sample(f"{RESULTS}/rois/{{sample}}.zip"),
-        *per_sample(f"{RESULTS}/measurements/{{sample}}.csv"),
-        *per_sample(f"{RESULTS}/overlays/{{sample}}.png"),
         f"{RESULTS}/measurements.csv",
         f"{RESULTS}/summary.csv",
+        f"{RESULTS}/failed.csv",
         f"{RESULTS}/provenance.json",
+        f"{RESULTS}/work/check.done",
     ]

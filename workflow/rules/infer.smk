@@ -1,29 +1,36 @@
-# Normalized image -> flows (dY, dX, cellprob logits), tiled network inference. The heavy step:
-# threads reach torch through OMP_NUM_THREADS (Snakemake sets it to the job's threads); a job given
-# resources gpu > 0 (see workflow/profiles/slurm) runs on CUDA, otherwise the device is chosen automatically.
+# A batch of normalized images -> flows (dY, dX, cellprob logits): the model is loaded once and the
+# tiles of the batch's images share network batches. Threads reach torch through OMP_NUM_THREADS
+# (Snakemake sets it to the job's threads); a job given resources gpu > 0 (see workflow/profiles/slurm)
+# runs on CUDA, otherwise the device is chosen automatically.
 
 
 rule infer:
     input:
-        image=f"{RESULTS}/normalized/{{sample}}.tif",
+        images=f"{RESULTS}/work/{{batch}}/normalized",
+        # the batch's images: ties the job to the samples checkpoint (its params and resources read it)
+        sources=batch_images,
+        upstream=work("normalize"),
         model=MODEL_FILE,
     output:
-        intermediate(f"{RESULTS}/flows/{{sample}}.tif", "flows"),
+        flows=intermediate(directory(f"{RESULTS}/work/{{batch}}/flows"), "flows"),
+        manifest=work("infer"),
     log:
-        f"{RESULTS}/logs/infer/{{sample}}.log",
+        f"{RESULTS}/logs/infer/{{batch}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/infer/{{sample}}.tsv"
+        f"{RESULTS}/benchmarks/infer/{{batch}}.tsv"
     conda:
         "../../envs/cpsnake.yaml"
     threads: 2
     resources:
-        mem_mb=mem_mb(2000, 4),
-        runtime=60,
+        mem_mb=mem_mb(2000, 100),
+        runtime=120,
         gpu=0,
     params:
+        samples=batch_signature,
         limit=limit_args(),
         args=infer_args(),
-        device=infer_device,
     shell:
-        "cpsnake infer {input.image:q} {output:q} --model {input.model:q} --device {params.device}"
-        " {params.args} {params.limit} > {log:q} 2>&1"
+        # cuda when the job was given a GPU (resources gpu > 0), else auto (cuda, mps or cpu)
+        "device=$([ {resources.gpu} -gt 0 ] && echo cuda || echo auto); "
+        + batch_args("infer")
+        + " --model {input.model:q} --device $device {params.args} {params.limit} > {log:q} 2>&1"

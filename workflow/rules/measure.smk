@@ -1,22 +1,24 @@
-# Label image + original image -> one row per cell (ImageJ's measurement definitions).
+# A batch of label images + their images (+ flows, for the quality columns) -> one table per image,
+# RESULTS/measurements/NAME.csv (ImageJ's measurement definitions, flow_error and cellprob per cell).
 
 
 rule measure:
     input:
-        labels=f"{RESULTS}/masks/{{sample}}.tif",
-        image=image_of,
+        upstream=work("reconstruct"),
+        flows=f"{RESULTS}/work/{{batch}}/flows",
+        images=batch_images,
     output:
-        f"{RESULTS}/measurements/{{sample}}.csv",
+        manifest=work("measure"),
     log:
-        f"{RESULTS}/logs/measure/{{sample}}.log",
+        f"{RESULTS}/logs/measure/{{batch}}.log",
     conda:
         "../../envs/cpsnake.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(500, 10),
-        runtime=10,
+        mem_mb=mem_mb(300, 30),
+        runtime=30,
     params:
+        samples=batch_signature,
         limit=limit_args(),
     shell:
-        "cpsnake measure {input.labels:q} {input.image:q} {output:q} {params.limit}"
-        " > {log:q} 2>&1"
+        batch_args("measure") + " {params.limit} > {log:q} 2>&1"

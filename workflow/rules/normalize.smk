@@ -1,25 +1,27 @@
-# Image -> float32 network input (channels chosen, percentile-normalized) + the values used (JSON).
+# A batch of images -> float32 network inputs (channels chosen, percentile-normalized), one process.
 
 
 rule normalize:
     input:
-        image_of,
+        images=batch_images,
     output:
-        image=intermediate(f"{RESULTS}/normalized/{{sample}}.tif", "normalized"),
-        values=f"{RESULTS}/normalized/{{sample}}.json",
+        images=intermediate(
+            directory(f"{RESULTS}/work/{{batch}}/normalized"), "normalized"
+        ),
+        manifest=work("normalize"),
     log:
-        f"{RESULTS}/logs/normalize/{{sample}}.log",
+        f"{RESULTS}/logs/normalize/{{batch}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/normalize/{{sample}}.tsv"
+        f"{RESULTS}/benchmarks/normalize/{{batch}}.tsv"
     conda:
         "../../envs/cpsnake.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(500, 30),
-        runtime=10,
+        mem_mb=mem_mb(300, 12),
+        runtime=30,
     params:
+        samples=batch_signature,
         limit=limit_args(),
         args=normalize_args(),
     shell:
-        "cpsnake normalize {input:q} {output.image:q} {params.args} {params.limit}"
-        " > {log:q} 2>&1"
+        batch_args("normalize") + " {params.args} {params.limit} > {log:q} 2>&1"

@@ -1,27 +1,30 @@
-# QC picture: the image (auto-contrast) with each cell's outline in colour; shown in the report.
+# QC pictures RESULTS/overlays/NAME.png: the image (auto-contrast) with each cell's outline in colour;
+# linked into RESULTS/work/BATCH/overlays/ for the report.
 
 
 rule overlay:
     input:
-        image=image_of,
-        labels=f"{RESULTS}/masks/{{sample}}.tif",
+        upstream=work("reconstruct"),
+        images=batch_images,
     output:
-        report(
-            f"{RESULTS}/overlays/{{sample}}.png",
+        manifest=work("overlay"),
+        report=report(
+            directory(f"{RESULTS}/work/{{batch}}/overlays"),
+            patterns=["{name}.png"],
             caption="../report/overlay.rst",
             category="Overlays",
-            labels={"image": "{sample}"},
+            labels={"image": "{name}"},
         ),
     log:
-        f"{RESULTS}/logs/overlay/{{sample}}.log",
+        f"{RESULTS}/logs/overlay/{{batch}}.log",
     conda:
         "../../envs/cpsnake.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(500, 10),
-        runtime=10,
+        mem_mb=mem_mb(300, 40),
+        runtime=30,
     params:
+        samples=batch_signature,
         limit=limit_args(),
     shell:
-        "cpsnake overlay {input.image:q} {input.labels:q} {output:q} {params.limit}"
-        " > {log:q} 2>&1"
+        batch_args("overlay") + " {params.limit} > {log:q} 2>&1"

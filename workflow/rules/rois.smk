@@ -1,20 +1,23 @@
-# Label image -> ImageJ RoiSet.zip (one traced ROI per cell; Fiji's ROI Manager opens it).
+# A batch of label images -> ImageJ RoiSet.zip files RESULTS/rois/NAME.zip (one traced ROI per cell).
 
 
 rule rois:
     input:
-        f"{RESULTS}/masks/{{sample}}.tif",
+        upstream=work("reconstruct"),
+        # the batch's images: ties the job to the samples checkpoint (its params and resources read it)
+        sources=batch_images,
     output:
-        f"{RESULTS}/rois/{{sample}}.zip",
+        manifest=work("rois"),
     log:
-        f"{RESULTS}/logs/rois/{{sample}}.log",
+        f"{RESULTS}/logs/rois/{{batch}}.log",
     conda:
         "../../envs/cpsnake.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(500, 10),
-        runtime=10,
+        mem_mb=mem_mb(300, 12),
+        runtime=30,
     params:
+        samples=batch_signature,
         limit=limit_args(),
     shell:
-        "cpsnake rois {input:q} {output:q} {params.limit} > {log:q} 2>&1"
+        batch_args("rois") + " {params.limit} > {log:q} 2>&1"

@@ -8,7 +8,7 @@ rule weights:
     output:
         "resources/weights/{name}",
     log:
-        "results/logs/weights/{name}.log",
+        f"{RESULTS}/logs/weights/{{name}}.log",
     wildcard_constraints:
         name="|".join(DOWNLOADABLE),
     conda:
@@ -16,6 +16,8 @@ rule weights:
     resources:
         mem_mb=1000,
         runtime=60,
+    params:
+        cpsnake=CPSNAKE,
     shell:
-        '(src=$(cpsnake weights fetch --quiet {wildcards.name}) && echo "$src"'
+        '(src=$({params.cpsnake} weights fetch --quiet {wildcards.name}) && echo "$src"'
         ' && (ln -f "$src" {output:q} || cp "$src" {output:q})) > {log:q} 2>&1'

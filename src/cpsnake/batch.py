@@ -1,0 +1,319 @@
+"""``cpsnake batch STEP SAMPLES.tsv BATCH --results DIR [options]``: one workflow step for a batch of images, in one process.
+
+The workflow's per-image steps run as one job per batch of images (see :mod:`cpsnake.samples` for how
+batches are formed): the process starts once, imports numpy and torch once and, for ``infer``, loads the
+model once and pools the tiles of the batch's images into shared network batches
+(:func:`cpsnake.infer.predict_many`). Each image goes through the same per-file function as the
+one-image command (``normalize_file``, ``reconstruct_file``, ``export_file``, ``measure_file``,
+``overlay_file``), so its files are the same bytes as ``cpsnake normalize IMAGE ...`` would write.
+
+STEP is one of ``normalize, infer, reconstruct, rois, measure, overlay``. Files, under the results folder
+DIR, for a batch ``b`` and an image ``NAME``:
+
+========================  =============================================  ================================
+step                      writes                                         reads
+========================  =============================================  ================================
+normalize                 ``work/b/normalized/NAME.tif`` (+ ``.json``)   the image (SAMPLES.tsv's path)
+infer                     ``work/b/flows/NAME.tif``                      ``work/b/normalized/NAME.tif``
+reconstruct               ``masks/NAME.tif``                             ``work/b/flows/NAME.tif``
+rois                      ``rois/NAME.zip``                              ``masks/NAME.tif``
+measure                   ``measurements/NAME.csv``                      masks, the image, the flows
+overlay                   ``overlays/NAME.png`` (+ ``work/b/overlays/``)  masks, the image
+========================  =============================================  ================================
+
+and the step's *manifest* ``work/b/STEP.tsv``: one row per image of the batch, columns ``sample``,
+``status`` (``ok``, ``failed`` or ``skipped`` when an earlier step failed it), ``reason`` (the one-line
+error), ``seconds`` and ``info`` (JSON: the normalization record, the number of cells, ...). The
+manifest is written last and atomically, so a batch job that did not finish leaves none.
+
+Failure isolation: an image whose step fails (a :class:`~cpsnake.errors.CpsnakeError`: truncated file,
+constant image, ...) is marked ``failed`` with its one-line reason, which also goes to
+``logs/images/NAME.log`` and to the job's stderr; the other images go on and the job exits 0. Later steps
+skip it. A bug (any other exception) stops the job with its traceback, as everywhere in cpsnake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from cpsnake.errors import CpsnakeError, collected_warnings, guard, one_line
+
+__all__ = ["STEPS", "UPSTREAM", "Outcome", "Paths", "read_manifest", "write_manifest", "run_step", "main"]
+
+STEPS = ("normalize", "infer", "reconstruct", "rois", "measure", "overlay")
+UPSTREAM = {"normalize": None, "infer": "normalize", "reconstruct": "infer", "rois": "reconstruct",
+            "measure": "reconstruct", "overlay": "reconstruct"}
+
+
+@dataclass
+class Outcome:
+    """What one step did with one image (a manifest row)."""
+
+    sample: str
+    status: str  # "ok", "failed" or "skipped"
+    reason: str = ""
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the files of batch ``batch`` lie under the results folder ``results``."""
+
+    results: Path
+    batch: str
+
+    @property
+    def work(self) -> Path:
+        return self.results / "work" / self.batch
+
+    def manifest(self, step: str) -> Path:
+        return self.work / f"{step}.tsv"
+
+    def normalized(self, name: str) -> Path:
+        return self.work / "normalized" / f"{name}.tif"
+
+    def flows(self, name: str) -> Path:
+        return self.work / "flows" / f"{name}.tif"
+
+    def masks(self, name: str) -> Path:
+        return self.results / "masks" / f"{name}.tif"
+
+    def rois(self, name: str) -> Path:
+        return self.results / "rois" / f"{name}.zip"
+
+    def measurements(self, name: str) -> Path:
+        return self.results / "measurements" / f"{name}.csv"
+
+    def overlay(self, name: str) -> Path:
+        return self.results / "overlays" / f"{name}.png"
+
+    def report_overlay(self, name: str) -> Path:
+        return self.work / "overlays" / f"{name}.png"
+
+    def image_log(self, name: str) -> Path:
+        return self.results / "logs" / "images" / f"{name}.log"
+
+
+# --- manifests --------------------------------------------------------------------------------------
+
+MANIFEST_COLUMNS = ["sample", "status", "reason", "seconds", "info"]
+
+
+def write_manifest(path: str | os.PathLike, outcomes: list[Outcome]) -> None:
+    """Write a step's manifest (TSV, :data:`MANIFEST_COLUMNS`) atomically."""
+    from cpsnake.io import atomic_output
+
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(MANIFEST_COLUMNS)
+        for o in outcomes:
+            w.writerow([o.sample, o.status, o.reason, f"{o.seconds:.4f}", json.dumps(o.info, sort_keys=True, default=str)])
+
+
+def read_manifest(path: str | os.PathLike) -> list[Outcome]:
+    """Read a manifest written by :func:`write_manifest` (a missing or damaged one is a one-line CpsnakeError)."""
+    from cpsnake.files import regular_file
+
+    what = "a step manifest written by `cpsnake batch`"
+    regular_file(path, what)
+    csv.field_size_limit(1 << 30)  # the info column holds normalization records
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [Outcome(r["sample"], r["status"], r["reason"], float(r["seconds"]), json.loads(r["info"]))
+                    for r in csv.DictReader(fh, delimiter="\t")]
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); expected {what}; "
+                           "delete it and run the step again") from None
+
+
+# --- running a step over the batch ------------------------------------------------------------------
+
+
+def _fail(paths: Paths, step: str, name: str, exc: CpsnakeError, t0: float) -> Outcome:
+    from cpsnake.io import atomic_output
+
+    reason = one_line(exc)
+    print(f"cpsnake batch {step}: error: {reason}", file=sys.stderr)
+    with atomic_output(paths.image_log(name)) as tmp:
+        tmp.write_text(f"cpsnake {step}: error: {reason}\n")
+    return Outcome(name, "failed", reason, time.perf_counter() - t0)
+
+
+def _each(rows, paths: Paths, step: str, fn: Callable[..., dict | None]) -> Iterator[Outcome]:
+    """Run ``fn(sample) -> info`` on each row, one failing image at a time."""
+    for s in rows:
+        t0 = time.perf_counter()
+        try:
+            with collected_warnings() as notes:
+                info = fn(s) or {}
+        except CpsnakeError as exc:
+            yield _fail(paths, step, s.sample, exc, t0)
+            continue
+        for note in notes:
+            print(f"cpsnake batch {step}: warning: {s.sample}: {note}", file=sys.stderr)
+        yield Outcome(s.sample, "ok", "", time.perf_counter() - t0, info)
+
+
+def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
+    """The batch's images through one model, their tiles pooled (see :func:`cpsnake.infer.predict_many`)."""
+    from cpsnake import infer, io, model, statefile, weights
+
+    infer.check_options(args)
+    path = weights.resolve(args.model, progress=False)
+    statefile.check(path)
+    opts = infer.options(args)
+    default_diameter = opts.pop("diameter")
+    net = model.load_model(path, device=str(opts["device"]))
+    taken: list = []  # (sample, meta) of the images handed to the network, in order
+    diameters: list = []  # filled as images are taken: predict_many reads entry k when it prepares image k
+    failed: list[Outcome] = []
+
+    def images():
+        for s in rows:
+            t0 = time.perf_counter()
+            try:
+                img, meta = infer.read_normalized(paths.normalized(s.sample), max_pixels=args.max_pixels)
+                d = s.diameter if s.diameter is not None else default_diameter
+                if d is not None:
+                    infer.resized_shape(img.shape, d, args.max_pixels)
+            except CpsnakeError as exc:
+                failed.append(_fail(paths, "infer", s.sample, exc, t0))
+                continue
+            taken.append((s, meta))
+            diameters.append(d)
+            yield img
+
+    t = time.perf_counter()
+    outcomes = {}
+    for k, flows in enumerate(infer.predict_many(net, images(), diameters=diameters, progress=False,
+                                                 max_pixels=args.max_pixels, **opts)):
+        s, meta = taken[k]
+        io.write_flows(paths.flows(s.sample), flows, pixel_size=meta["pixel_size"], unit=meta["unit"])
+        now = time.perf_counter()
+        outcomes[s.sample] = Outcome(s.sample, "ok", "", now - t, {"diameter": diameters[k]})
+        t = now
+    outcomes.update({o.sample: o for o in failed})
+    return iter([outcomes[s.sample] for s in rows])
+
+
+def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
+    """Run ``step`` on the batch's samples ``rows`` (:class:`cpsnake.samples.Sample`, those still ``ok``).
+
+    ``args`` holds the step's options as parsed by :func:`main`. Returns one outcome per row, in order.
+    """
+    from cpsnake import measure, normalize, overlay, reconstruct, rois
+
+    if step == "normalize":
+        opts = normalize.options(args)
+        default_channels = opts.pop("channels")
+
+        def one(s):
+            channels = s.channels if s.channels is not None else default_channels
+            doc = normalize.normalize_file(s.path, paths.normalized(s.sample), channels=channels,
+                                           max_pixels=args.max_pixels, pixel_size=s.pixel_size, **opts)
+            return {"normalization": doc}
+
+        return list(_each(rows, paths, step, one))
+    if step == "infer":
+        return list(_infer(rows, paths, args))
+    if step == "reconstruct":
+        def one(s):
+            d = s.diameter if s.diameter is not None else args.diameter
+            n = reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample),
+                                             max_pixels=args.max_pixels, **reconstruct.options(args, d))
+            return {"cells": n}
+
+        return list(_each(rows, paths, step, one))
+    if step == "rois":
+        return list(_each(rows, paths, step, lambda s: {"rois": rois.export_file(
+            paths.masks(s.sample), paths.rois(s.sample), max_pixels=args.max_pixels)}))
+    if step == "measure":
+        return list(_each(rows, paths, step, lambda s: {"rows": measure.measure_file(
+            paths.masks(s.sample), s.path, paths.measurements(s.sample), max_pixels=args.max_pixels,
+            flows_path=paths.flows(s.sample), pixel_size=s.pixel_size)}))
+    if step == "overlay":
+        def one(s):
+            overlay.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample), max_pixels=args.max_pixels)
+            _link(paths.overlay(s.sample), paths.report_overlay(s.sample))
+
+        return list(_each(rows, paths, step, one))
+    raise CpsnakeError(f"step {step!r}: unknown, expected one of {', '.join(STEPS)}")
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` becomes a hard link to ``src`` (a copy where links are not possible)."""
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    from cpsnake import infer, limits, normalize, reconstruct
+
+    p = argparse.ArgumentParser(prog="cpsnake batch", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p.add_argument("step", choices=STEPS)
+    p.add_argument("samples", type=Path, help="the samples table written by `cpsnake samples`")
+    p.add_argument("batch", help="the batch to run (e.g. b0001, the table's batch column)")
+    p.add_argument("--results", type=Path, required=True, help="the results folder")
+    p.add_argument("--model", default=None, help="infer: registry name or weights file")
+    for title, module in (("normalize", normalize), ("infer", infer), ("reconstruct", reconstruct)):
+        module.add_options(p.add_argument_group(f"{title} options (as `cpsnake {title}`)"))
+    limits.add_option(p)
+    return p
+
+
+@guard("batch")
+def main(argv: list[str] | None = None) -> int:
+    from cpsnake import samples as sample_table
+
+    args = _parser().parse_args(argv)
+    if args.step == "infer" and not args.model:
+        raise CpsnakeError("cpsnake batch infer: found no --model, expected a registry name or a weights file")
+    paths = Paths(args.results, args.batch)
+    rows = [s for s in sample_table.read_table(args.samples) if s.batch == args.batch and s.status == "ok"]
+    if not rows:
+        raise CpsnakeError(f"{args.samples}: batch {args.batch!r} holds no image; expected a batch of the table "
+                           "(`cpsnake samples` writes them)")
+    skipped: dict[str, Outcome] = {}
+    upstream = UPSTREAM[args.step]
+    if upstream is not None:
+        done = {o.sample: o for o in read_manifest(paths.manifest(upstream))}
+        for s in rows:
+            o = done.get(s.sample)
+            if o is None or o.status != "ok":
+                why = o.reason if o is not None and o.status == "skipped" else f"{upstream} {o.status if o else 'missing'}"
+                skipped[s.sample] = Outcome(s.sample, "skipped", why)
+    todo = [s for s in rows if s.sample not in skipped]
+    outcomes = {o.sample: o for o in run_step(args.step, todo, paths, args)}
+    outcomes.update(skipped)
+    result = [outcomes[s.sample] for s in rows]
+    folder = {"normalize": "normalized", "infer": "flows", "overlay": "overlays"}.get(args.step)
+    if folder:  # the step's folder is a workflow output: it exists even when every image failed
+        (paths.work / folder).mkdir(parents=True, exist_ok=True)
+    write_manifest(paths.manifest(args.step), result)
+    failed = sum(o.status == "failed" for o in result)
+    print(f"cpsnake batch {args.step} {args.batch}: {len(result) - failed - len(skipped)} ok, {failed} failed, "
+          f"{len(skipped)} skipped", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+# The run's images -> RESULTS/samples.tsv: each image's header (shape, channels, planes), unreadable
+# files failed with their reason (and RESULTS/logs/images/NAME.log), the rest grouped into batches.
+
+
+checkpoint samples:
+    input:
+        sheet=config["samples"] or [],
+    output:
+        SAMPLES_TABLE,
+    log:
+        f"{RESULTS}/logs/samples.log",
+    conda:
+        "../../envs/cpsnake.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        cpsnake=CPSNAKE,
+        source=samples_source(),
+        listing=listing(),
+        batch=f"--batch-images {config['batch']['images']} --batch-pixels {config['batch']['pixels']}",
+        limit=limit_args(),
+        logs=shlex.quote(f"{RESULTS}/logs/images"),
+    shell:
+        "{params.cpsnake} samples {params.source} --out {output:q} {params.batch} {params.limit}"
+        " --logs {params.logs} > {log:q} 2>&1"
