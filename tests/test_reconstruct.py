@@ -191,9 +191,9 @@ def test_many_bands_and_blocks_agree_with_cellpose(monkeypatch, seed):
         bands.append(T.shape)
         return diffuse(T, *args)
 
-    def count_blocks(dP, inds, niter=200, *, block=1 << 16):
+    def count_blocks(dP, inds, niter=200, *, block=1 << 16, device=None):
         blocks.append(-(-len(inds[0]) // block))
-        return follow(dP, inds, niter, block=block)
+        return follow(dP, inds, niter, block=block, device=device)
 
     monkeypatch.setattr(dynamics, "_diffuse_band", count_band)
     monkeypatch.setattr(dynamics, "follow_flows", count_blocks)
@@ -203,3 +203,33 @@ def test_many_bands_and_blocks_agree_with_cellpose(monkeypatch, seed):
     theirs = reference(flows)
     assert ours.max() > 500
     assert np.array_equal(ours, theirs)
+
+
+# --- the torch path (what a GPU job runs), forced on the CPU device ------------------------------------
+
+
+def test_torch_path_diffuses_to_the_same_bits():
+    import torch
+
+    for labels in (voronoi_cells((200, 230), spacing=20, seed=3), voronoi_cells((64, 80), seed=1)):
+        assert np.array_equal(dynamics.masks_to_flows(labels, device=torch.device("cpu")), dynamics.masks_to_flows(labels))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_torch_path_gives_the_cpu_labels(monkeypatch, seed):
+    """Flow following, seeding and the flow-error check through torch (device=cpu) give the same labels as
+    the numpy path, on an image that uses several atlas bands and point blocks there."""
+    import torch
+
+    labels = voronoi_cells((640, 600), spacing=20, seed=seed)
+    flows = noisy_flows(labels, seed)
+    cpu = reconstruct.compute_masks(flows)
+    calls = []
+    seed_torch = dynamics._seed_labels_torch
+    monkeypatch.setattr(dynamics, "_seed_labels_torch", lambda *a: calls.append(1) or seed_torch(*a))
+    dev = reconstruct.compute_masks(flows, device=torch.device("cpu"))
+    assert calls, "the torch seeding did not run"
+    assert cpu.max() > 500 and np.array_equal(dev, cpu)
+    kw = dict(cellprob_threshold=-1.0, flow_threshold=0.8, niter=80, min_size=30, max_size_fraction=0.3)
+    assert np.array_equal(reconstruct.compute_masks(flows[:, :200, :260], device=torch.device("cpu"), **kw),
+                          reconstruct.compute_masks(flows[:, :200, :260], **kw))

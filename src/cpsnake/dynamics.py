@@ -227,6 +227,33 @@ def _diffuse_band(T: np.ndarray, M: np.ndarray, src: np.ndarray, niter: int) -> 
         np.multiply(S, M, out=inner)
 
 
+def _diffuse_torch(M: np.ndarray, srcpos: np.ndarray, niter: int, device) -> np.ndarray:
+    """:func:`_diffuse_band` over the whole atlas at once, in float64 through torch on ``device``.
+
+    ``M (H, W)`` is the atlas's object mask (zero border and zero separator rows), ``srcpos`` the flat
+    source indices. The additions, the division by 9 and the masking are the same float64 operations in
+    the same order as the numpy bands (whose zero separator rows stay zero here too, as M is 0 there), so
+    the heat is the same to the last bit. Returns the heat (H, W) as a numpy array.
+    """
+    import torch
+
+    H, W = M.shape
+    T = torch.zeros((H, W), dtype=torch.float64, device=device)
+    mask = torch.from_numpy(np.ascontiguousarray(M[1:-1, 1:-1])).to(device)
+    src = torch.from_numpy(np.asarray(srcpos, dtype=np.int64)).to(device)
+    S = torch.empty((H - 2, W - 2), dtype=torch.float64, device=device)
+    flat, inner = T.view(-1), T[1:-1, 1:-1]
+    views = [T[1 + dy : H - 1 + dy, 1 + dx : W - 1 + dx] for dy, dx in _NEIGHBOURS]
+    for _ in range(niter):
+        flat[src] += 1.0  # one source per object: no repeated index
+        torch.add(views[0], views[1], out=S)
+        for v in views[2:]:
+            S.add_(v)
+        S.div_(9.0)
+        torch.mul(S, mask, out=inner)
+    return T.cpu().numpy()
+
+
 class _Atlas(NamedTuple):
     """Every object's bounding box packed into one small 2-D array (see :func:`_pack_atlas`)."""
 
@@ -262,8 +289,8 @@ def _atlas(labels: np.ndarray, slices: list, present: np.ndarray) -> _Atlas:
     return _Atlas(y0, x0, hh, ww, oy, ox, bands[-1][1] + 1, width, bands, nz, lab, apos)
 
 
-def _heat(labels: np.ndarray, slices: list, niter: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Heat after diffusion, for every object pixel.
+def _heat(labels: np.ndarray, slices: list, niter: int | None, device=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heat after diffusion, for every object pixel (diffused by numpy, or by torch on ``device``).
 
     Returns (flat pixel indices of object pixels in raster order (N,), their labels (N,),
     heat image (Y+2, X+2) float64 with a one-pixel zero border).
@@ -282,14 +309,17 @@ def _heat(labels: np.ndarray, slices: list, niter: int | None) -> tuple[np.ndarr
     srcpos = (at.oy + centers[:, 0] - at.y0) * width + (at.ox + centers[:, 1] - at.x0)
     src_row = srcpos // width
 
-    def run(band: tuple[int, int]) -> None:
-        r0, r1 = band
-        sel = (src_row > r0) & (src_row < r1)
-        _diffuse_band(T[r0 : r1 + 1], M[r0 + 1 : r1, 1:-1], srcpos[sel] - r0 * width, niter)
+    if device is not None:
+        T = _diffuse_torch(M, srcpos, niter, device)
+    else:
+        def run(band: tuple[int, int]) -> None:
+            r0, r1 = band
+            sel = (src_row > r0) & (src_row < r1)
+            _diffuse_band(T[r0 : r1 + 1], M[r0 + 1 : r1, 1:-1], srcpos[sel] - r0 * width, niter)
 
-    # bands only share zero separator rows, so they can run in parallel (numpy releases the GIL)
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        list(pool.map(run, bands))
+        # bands only share zero separator rows, so they can run in parallel (numpy releases the GIL)
+        with ThreadPoolExecutor(max_workers=_workers()) as pool:
+            list(pool.map(run, bands))
     del M
     heat = np.zeros((Ly + 2, Lx + 2))
     yy, xx = np.divmod(nz, Lx)
@@ -297,9 +327,9 @@ def _heat(labels: np.ndarray, slices: list, niter: int | None) -> tuple[np.ndarr
     return nz, lab, heat
 
 
-def _flows_at(labels: np.ndarray, slices: list, niter: int | None = None):
+def _flows_at(labels: np.ndarray, slices: list, niter: int | None = None, device=None):
     """Unit flows at object pixels: (flat indices (N,), labels (N,), mu (2, N) float64)."""
-    nz, lab, heat = _heat(labels, slices, niter)
+    nz, lab, heat = _heat(labels, slices, niter, device)
     Lx = labels.shape[1]
     yy, xx = np.divmod(nz, Lx)
     yy += 1
@@ -315,7 +345,7 @@ def _flows_at(labels: np.ndarray, slices: list, niter: int | None = None):
     return nz, lab, mu
 
 
-def masks_to_flows(labels: np.ndarray, *, niter: int | None = None) -> np.ndarray:
+def masks_to_flows(labels: np.ndarray, *, niter: int | None = None, device=None) -> np.ndarray:
     """Flows of a label image: unit vectors (dY, dX) pointing to each object's centre.
 
     Parameters
@@ -324,6 +354,8 @@ def masks_to_flows(labels: np.ndarray, *, niter: int | None = None) -> np.ndarra
         0 = background; objects need not be numbered consecutively.
     niter : int, optional
         Diffusion iterations; default ``2 * max(h + w + 2)`` over the objects' bounding boxes.
+    device : torch device, optional
+        Diffuse through torch on this device (float64, the same result to the last bit); None: numpy.
 
     Returns
     -------
@@ -336,13 +368,13 @@ def masks_to_flows(labels: np.ndarray, *, niter: int | None = None) -> np.ndarra
     if labels.size == 0 or labels.max() <= 0:
         return out
     labels = labels.astype(np.int64, copy=False) if labels.dtype.kind != "i" else labels
-    nz, _, mu = _flows_at(labels, ndi.find_objects(labels), niter)
+    nz, _, mu = _flows_at(labels, ndi.find_objects(labels), niter, device)
     out.reshape(2, -1)[:, nz] = mu
     return out
 
 
 def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int = 200,
-                 *, block: int = 1 << 16) -> np.ndarray:
+                 *, block: int = 1 << 16, device=None) -> np.ndarray:
     """Euler-integrate pixels along the flow field with bilinear interpolation.
 
     Parameters
@@ -355,6 +387,9 @@ def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int
         Iterations.
     block : int
         Points integrated together (all iterations), so their neighbourhood stays in cache.
+    device : torch device, optional
+        Integrate every point at once on this device (a GPU); each point's path is computed by the same
+        operations either way, so on the same device type the end points are the same. None: CPU blocks.
 
     Returns
     -------
@@ -371,17 +406,18 @@ def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int
     if n == 0:
         return out
     ext = (float(Lx - 1), float(Ly - 1))  # (x, y) order, as grid_sample wants
-    im = torch.empty((1, 2, Ly, Lx), dtype=torch.float32)
-    im[0, 0] = torch.from_numpy(np.ascontiguousarray(dP[1], dtype=np.float32))  # x first
-    im[0, 1] = torch.from_numpy(np.ascontiguousarray(dP[0], dtype=np.float32))
+    on = torch.device(device) if device is not None else torch.device("cpu")
+    im = torch.empty((1, 2, Ly, Lx), dtype=torch.float32, device=on)
+    im[0, 0] = torch.from_numpy(np.ascontiguousarray(dP[1], dtype=np.float32)).to(on)  # x first
+    im[0, 1] = torch.from_numpy(np.ascontiguousarray(dP[0], dtype=np.float32)).to(on)
     for k in range(2):
         im[:, k] *= 2.0 / ext[k]
-    ys = torch.from_numpy(np.asarray(inds[0]))
-    xs = torch.from_numpy(np.asarray(inds[1]))
+    ys = torch.from_numpy(np.asarray(inds[0])).to(on)
+    xs = torch.from_numpy(np.asarray(inds[1])).to(on)
 
     def run(a: int) -> None:
         b = min(a + block, n)
-        pt = torch.empty((1, 1, b - a, 2), dtype=torch.float32)
+        pt = torch.empty((1, 1, b - a, 2), dtype=torch.float32, device=on)
         pt[0, 0, :, 0] = xs[a:b].to(torch.float32)
         pt[0, 0, :, 1] = ys[a:b].to(torch.float32)
         for k in range(2):
@@ -398,8 +434,14 @@ def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int
         pt *= 0.5
         for k in range(2):
             pt[..., k] *= ext[k]
-        out[0, a:b] = flat[:, 1].numpy()
-        out[1, a:b] = flat[:, 0].numpy()
+        out[0, a:b] = flat[:, 1].cpu().numpy()
+        out[1, a:b] = flat[:, 0].cpu().numpy()
+
+    if device is not None:  # one block of every point, on the device
+        with torch.inference_mode():
+            block = n
+            run(0)
+        return out
 
     # blocks are independent: one torch thread per block, blocks spread over a small thread pool
     # (small ops with torch's own threading are slow on a busy machine)
@@ -414,7 +456,7 @@ def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int
 
 
 def get_masks(p: np.ndarray, inds: tuple[np.ndarray, np.ndarray], shape: tuple[int, int],
-              *, max_size_fraction: float = 0.4) -> np.ndarray:
+              *, max_size_fraction: float = 0.4, device=None) -> np.ndarray:
     """Masks from end points: histogram seeds grown in 11x11 windows, big masks dropped, renumbered.
 
     Parameters
@@ -425,6 +467,9 @@ def get_masks(p: np.ndarray, inds: tuple[np.ndarray, np.ndarray], shape: tuple[i
     shape : (Y, X)
     max_size_fraction : float
         Masks with more than this fraction of ``Y * X`` pixels are removed.
+    device : torch device, optional
+        Histogram, seeds and seed growth through torch on this device (:func:`_seed_labels_torch`,
+        the same labels); None: numpy.
 
     Returns
     -------
@@ -439,11 +484,16 @@ def get_masks(p: np.ndarray, inds: tuple[np.ndarray, np.ndarray], shape: tuple[i
     px = np.clip(p[1].astype(np.int64) + rpad, 0, Lx + rpad - 1)
     fp = py * Hx + px
     del py, px
+    labels = np.zeros(shape, dtype=np.int32)
+    if device is not None:
+        seeded = _seed_labels_torch(fp, (Hy, Hx), device)
+        if seeded is None:
+            return labels
+        return _finish_masks(labels, inds, seeded, max_size_fraction)
     h = np.bincount(fp, minlength=Hy * Hx).astype(np.int32).reshape(Hy, Hx)
     hmax = ndi.maximum_filter(h, size=5, mode="constant", cval=0)
     seeds = np.flatnonzero((h >= hmax) & (h > 10))
     del hmax
-    labels = np.zeros(shape, dtype=np.int32)
     if seeds.size == 0:
         return labels
     # ascending end-point count; torch's sort so that ties fall as in Cellpose (larger index wins overlaps)
@@ -462,29 +512,70 @@ def get_masks(p: np.ndarray, inds: tuple[np.ndarray, np.ndarray], shape: tuple[i
     M1 = np.zeros(Hy * Hx, dtype=np.int32)
     np.maximum.at(M1, win[k, wy, wx], (k + 1).astype(np.int32))
     del win
+    return _finish_masks(labels, inds, M1[fp], max_size_fraction)
+
+
+def _finish_masks(labels: np.ndarray, inds, seeded: np.ndarray, max_size_fraction: float) -> np.ndarray:
+    """Paint each followed pixel with its end point's seed label, drop masks over the size limit, renumber."""
+    Ly, Lx = labels.shape
     flat = labels.reshape(-1)
-    flat[np.asarray(inds[0]) * Lx + np.asarray(inds[1])] = M1[fp]
-    del M1, fp
+    flat[np.asarray(inds[0]) * Lx + np.asarray(inds[1])] = seeded
     counts = np.bincount(flat)
     bigl = np.flatnonzero(counts > Ly * Lx * max_size_fraction)
     _remove_labels(labels, bigl[bigl > 0])
     return renumber(labels)
 
 
-def flow_errors(labels: np.ndarray, dP: np.ndarray) -> np.ndarray:
+def _seed_labels_torch(fp: np.ndarray, hshape: tuple[int, int], device) -> np.ndarray | None:
+    """:func:`get_masks`'s seeding through torch on ``device``: the seed label of each end-point bin ``fp``.
+
+    Same steps as the numpy code: histogram of the end points, local maxima over 5x5 with more than 10
+    end points, seeds ordered by count (on the CPU, with the numpy path's sort, so ties fall alike),
+    each grown 5 steps (8-connected) through bins with more than 2 end points in its 11x11 window,
+    overlaps won by the later seed. Returns (N,) int32 labels (0: no seed), or None when no bin is a seed.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    Hy, Hx = hshape
+    fpt = torch.from_numpy(fp).to(device)
+    h = torch.bincount(fpt, minlength=Hy * Hx).to(torch.int32)
+    hf = h.view(1, 1, Hy, Hx).to(torch.float64)  # counts are exact in float64
+    hmax = F.max_pool2d(hf, 5, stride=1, padding=2)  # padding never wins: counts are >= 0
+    seeds = torch.nonzero(((hf >= hmax) & (hf > 10)).view(-1)).view(-1)  # ascending, as np.flatnonzero
+    if seeds.numel() == 0:
+        return None
+    order = torch.argsort(h[seeds].cpu())
+    seeds = seeds[order.to(device)]
+    sy, sx = seeds // Hx, seeds % Hx
+    off = torch.arange(-5, 6, device=device)
+    win = (sy[:, None, None] + off[None, :, None]) * Hx + (sx[:, None, None] + off[None, None, :])
+    big = h[win] > 2  # (n, 11, 11)
+    grow = torch.zeros(big.shape, dtype=torch.bool, device=device)
+    grow[:, 5, 5] = True
+    for _ in range(5):  # 8-connected dilation inside the window (outside it counts as empty)
+        grow = (F.max_pool2d(grow[:, None].to(torch.float32), 3, stride=1, padding=1)[:, 0] > 0) & big
+    k, wy, wx = torch.nonzero(grow, as_tuple=True)
+    M1 = torch.zeros(Hy * Hx, dtype=torch.int32, device=device)
+    M1.scatter_reduce_(0, win[k, wy, wx], (k + 1).to(torch.int32), reduce="amax")
+    return M1[fpt].cpu().numpy()
+
+
+def flow_errors(labels: np.ndarray, dP: np.ndarray, *, device=None) -> np.ndarray:
     """Mean squared error per mask between its own flows and the predicted flows ``dP / 5``.
 
     Parameters
     ----------
     labels : (Y, X) int ndarray, labels 1..K consecutive.
     dP : (2, Y, X) float32 ndarray, network flows (dY, dX) at the network's scale (x5).
+    device : torch device, optional: the masks' heat diffusion runs there (:func:`masks_to_flows`).
 
     Returns
     -------
     (K,) float64 ndarray; entry ``k`` for label ``k + 1``.
     """
     slices = ndi.find_objects(labels)
-    nz, lab, mu = _flows_at(labels, slices)
+    nz, lab, mu = _flows_at(labels, slices, device=device)
     dp = dP.reshape(2, -1)
     err = np.zeros(nz.size)
     for c in range(2):
@@ -496,9 +587,9 @@ def flow_errors(labels: np.ndarray, dP: np.ndarray) -> np.ndarray:
         return sums / counts
 
 
-def remove_bad_flow_masks(labels: np.ndarray, dP: np.ndarray, *, threshold: float = 0.4) -> np.ndarray:
+def remove_bad_flow_masks(labels: np.ndarray, dP: np.ndarray, *, threshold: float = 0.4, device=None) -> np.ndarray:
     """Drop masks whose :func:`flow_errors` exceed ``threshold``; renumber. ``labels (Y, X)`` is modified."""
-    err = flow_errors(labels, dP)
+    err = flow_errors(labels, dP, device=device)
     _remove_labels(labels, 1 + np.flatnonzero(err > threshold))
     return renumber(labels)
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard
 
-__all__ = ["compute_masks", "niter_for_diameter", "reconstruct_file", "main"]
+__all__ = ["compute_masks", "niter_for_diameter", "resolve_device", "reconstruct_file", "main"]
 
 
 def niter_for_diameter(diameter: float | None, niter: int | None = None) -> int:
@@ -50,6 +50,7 @@ def compute_masks(
     niter: int = 200,
     min_size: int = 15,
     max_size_fraction: float = 0.4,
+    device=None,
 ) -> np.ndarray:
     """Label image from flows.
 
@@ -67,6 +68,11 @@ def compute_masks(
         Smallest kept mask in pixels (``<= 0`` keeps all); holes are filled in any case.
     max_size_fraction : float
         Masks larger than this fraction of the image are removed.
+    device : torch device, optional
+        Run flow following, seeding and the flow-error check through torch on this device (a GPU; as
+        cellpose 4 does on a GPU, but keeping float64 heat diffusion so that the labels equal the CPU
+        path's, which tests check by forcing this path on the CPU device). None: the CPU path. Hole
+        filling and the size filter run on the CPU either way.
 
     Returns
     -------
@@ -89,12 +95,12 @@ def compute_masks(
     step = dP * cell
     step /= np.float32(5.0)
     del cell
-    p = dynamics.follow_flows(step, inds, niter=int(niter))
+    p = dynamics.follow_flows(step, inds, niter=int(niter), device=device)
     del step
-    labels = dynamics.get_masks(p, inds, shape, max_size_fraction=max_size_fraction)
+    labels = dynamics.get_masks(p, inds, shape, max_size_fraction=max_size_fraction, device=device)
     del p, inds
     if labels.max() > 0 and flow_threshold is not None and flow_threshold > 0:
-        labels = dynamics.remove_bad_flow_masks(labels, dP, threshold=flow_threshold)
+        labels = dynamics.remove_bad_flow_masks(labels, dP, threshold=flow_threshold, device=device)
     return dynamics.fill_holes_and_remove_small_masks(labels, min_size=int(min_size))
 
 
@@ -107,8 +113,32 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-size-fraction", type=float, default=0.4, help="drop masks above this image fraction (0.4)")
 
 
+def resolve_device(name: str | None):
+    """Where reconstruction runs: a CUDA device through torch, or None for the CPU path.
+
+    ``auto`` takes CUDA when there is one; ``cpu`` and ``mps`` (no float64 there) take the CPU path;
+    ``cuda`` / ``cuda:N`` must exist.
+    """
+    if name in (None, "cpu", "mps"):
+        return None
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CpsnakeError(f"--device {name}: unknown device; expected auto, cpu or cuda[:N]") from None
+    if dev.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        raise CpsnakeError(f"--device {name}: found no CUDA device; use --device auto or cpu")
+    return dev
+
+
 def options(args: argparse.Namespace, diameter: float | None) -> dict:
-    """Keyword arguments of :func:`compute_masks` from parsed options and the network's diameter."""
+    """Keyword arguments of :func:`compute_masks` from parsed options and the network's diameter
+    (``device`` from ``args.device`` where the parser has one, see :func:`resolve_device`)."""
     if args.niter is not None and args.niter < 1:
         raise CpsnakeError(f"--niter {args.niter}: expected a positive number of iterations; omit it for the default")
     if not 0 < args.max_size_fraction <= 1:
@@ -119,6 +149,7 @@ def options(args: argparse.Namespace, diameter: float | None) -> dict:
         niter=niter_for_diameter(diameter, args.niter),
         min_size=args.min_size,
         max_size_fraction=args.max_size_fraction,
+        device=resolve_device(getattr(args, "device", None)),
     )
 
 
@@ -131,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("labels", help="output label TIFF")
     add_options(ap)
     ap.add_argument("--diameter", type=float, default=None, help="cell diameter given to `cpsnake infer` (sets niter)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA if there is one, else the CPU path), cpu, cuda or cuda:N")
     from cpsnake import limits
 
     limits.add_option(ap)

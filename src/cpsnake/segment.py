@@ -60,6 +60,7 @@ def segment_image(
     niter: int | None = None,
     min_size: int = 15,
     max_size_fraction: float = 0.4,
+    reconstruct_device=None,
     max_pixels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """Normalize, run the network and reconstruct masks for one image.
@@ -70,6 +71,8 @@ def segment_image(
         (B, 3, 256, 256) -> (B, 3, 256, 256) network, e.g. :func:`cpsnake.model.load_model`'s.
     img : (C, Y, X) ndarray
         The raw image, any numeric dtype.
+    reconstruct_device : torch device, optional
+        Where the reconstruction runs (:func:`cpsnake.reconstruct.compute_masks`); None: the CPU path.
     Other parameters : as ``cpsnake normalize``, ``cpsnake infer`` and ``cpsnake reconstruct``;
         ``max_pixels`` bounds the image resized for ``diameter`` (see :mod:`cpsnake.limits`).
 
@@ -101,6 +104,7 @@ def segment_image(
         niter=niter_for_diameter(diameter, niter),
         min_size=min_size,
         max_size_fraction=max_size_fraction,
+        device=reconstruct_device,
     )
     t3 = time.perf_counter()
     return labels, flows, record, {"normalize": t1 - t0, "infer": t2 - t1, "reconstruct": t3 - t2}
@@ -170,7 +174,7 @@ def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
         "image": {"path": str(path), "shape": list(meta["shape"]), "dtype": meta["dtype"], "axes": meta["axes"], **cal,
                   "calibration_problem": meta["calibration_problem"]},
         "model": model_info,
-        "parameters": {k: v for k, v in opts.items() if k not in ("device", "dtype")},
+        "parameters": {k: v for k, v in opts.items() if k not in ("device", "dtype", "reconstruct_device")},
         "device": str(opts["device"]),
         "precision": str(opts["dtype"]).replace("torch.", ""),
         "normalization": record,
@@ -192,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     # every check that needs no torch and no image first: options, output names, the weights file
     opts = normalize.options(args)
     infer.check_options(args)
-    opts.update(reconstruct.options(args, args.diameter))
+    ropts = reconstruct.options(args, args.diameter)
+    reconstruct_device = ropts.pop("device")  # a GPU's, else None (the CPU path); infer's is opts["device"]
+    opts.update(ropts, reconstruct_device=reconstruct_device)
     check_names(args.images)
     path = weights.resolve(args.model, cache_dir=args.cache_dir, progress=True)
     statefile.check(path)

@@ -1,5 +1,6 @@
 # A batch of flows -> label images RESULTS/masks/NAME.tif (flow following, flow-error QC, hole filling,
-# min/max size), ImageJ uint16 TIFFs.
+# min/max size), ImageJ uint16 TIFFs. Given a GPU (resources gpu > 0, e.g. --set-resources
+# reconstruct:gpu=1) the flow following, seeding and flow-error check run on it, with the same labels.
 
 
 rule reconstruct:
@@ -20,9 +21,13 @@ rule reconstruct:
     resources:
         mem_mb=mem_mb(1000, 70),
         runtime=60,
+        gpu=0,
     params:
         samples=batch_signature,
         limit=limit_args(),
         args=reconstruct_args(),
     shell:
-        batch_args("reconstruct") + " {params.args} {params.limit} > {log:q} 2>&1"
+        # on a GPU when the job was given one (flow following, seeding, flow-error check), else the CPU path
+        "device=$([ {resources.gpu} -gt 0 ] && echo cuda || echo cpu); "
+        + batch_args("reconstruct")
+        + " --device $device {params.args} {params.limit} > {log:q} 2>&1"
