@@ -547,6 +547,12 @@ def test_bad_config_is_refused_before_any_job(tmp_path, tiny_model):
     (workdir2 / "images").mkdir()
     proc = snakemake(workdir2, "-n", check=False)
     assert proc.returncode != 0 and "found no image files" in proc.stdout + proc.stderr
+    # values given on the command line as Snakemake passes them (strings inside lists and mappings)
+    for good in (["channels=[0,1]"], ["channels=0,2"], ["channels=1"], ["batch={images: 3, pixels: 1000}"]):
+        proc = snakemake(make_run_dir(tmp_path / "cli", tiny_model), "-n", "--config", *good, check=False)
+        assert proc.returncode == 0, (good, proc.stderr[-2000:])
+    proc = snakemake(make_run_dir(tmp_path / "cli", tiny_model), "-n", "--config", "channels=a,b", check=False)
+    assert proc.returncode != 0 and "channels" in proc.stdout + proc.stderr
     sheet = workdir2 / "s.tsv"
     sheet.write_text("sample\tpath\tcolour\na\tx.tif\tred\n")
     proc = snakemake(workdir2, "-n", "--config", f"samples={sheet}", check=False)
