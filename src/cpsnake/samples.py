@@ -52,6 +52,7 @@ __all__ = [
     "BATCH_PIXELS",
     "Sample",
     "sample_name",
+    "name_clash",
     "discover",
     "read_sheet",
     "form_batches",
@@ -113,16 +114,25 @@ def discover(spec: str) -> list[Sample]:
             f"images={spec!r}: found no image files, expected a folder holding {'/'.join(IMAGE_SUFFIXES)} files "
             "or a glob matching files; check the path, or give a sample sheet"
         )
+    clash = name_clash(files)
+    if clash:
+        first, second, name = clash
+        raise CpsnakeError(
+            f"images={spec!r}: found two files named {name!r} ({first}, {second}), expected unique names; "
+            "rename one, narrow the glob, or name the samples in a sample sheet"
+        )
+    return sorted((Sample(sample_name(p), str(p)) for p in files), key=lambda s: s.sample)
+
+
+def name_clash(paths: Iterable[str | os.PathLike]) -> tuple[Path, Path, str] | None:
+    """The first two paths with one sample name (:func:`sample_name`) and that name, or None."""
     seen: dict[str, Path] = {}
-    for path in files:
+    for path in map(Path, paths):
         name = sample_name(path)
         if name in seen:
-            raise CpsnakeError(
-                f"images={spec!r}: found two files named {name!r} ({seen[name]}, {path}), expected unique names; "
-                "rename one, narrow the glob, or name the samples in a sample sheet"
-            )
+            return seen[name], path, name
         seen[name] = path
-    return [Sample(name, str(seen[name])) for name in sorted(seen)]
+    return None
 
 
 def _parse_channels(text: str, where: str) -> list[int] | None:

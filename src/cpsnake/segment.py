@@ -128,18 +128,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def check_names(images: list[Path]) -> None:
     """Refuse two inputs that would write the same output files (same name without extension)."""
-    from cpsnake.samples import sample_name as image_name
+    from cpsnake.samples import name_clash
 
-    seen: dict[str, Path] = {}
-    for path in images:
-        name = image_name(path)
-        if name in seen:
-            raise CpsnakeError(
-                f"{seen[name]} and {path}: both map to the output name {name!r} (masks/{name}.tif, rois/{name}.zip, ...), "
-                "so the second would overwrite the first; expected one input per name; rename one of them, or "
-                "segment them in separate calls with different --out folders"
-            )
-        seen[name] = path
+    clash = name_clash(images)
+    if clash:
+        first, second, name = clash
+        raise CpsnakeError(
+            f"{first} and {second}: both map to the output name {name!r} (masks/{name}.tif, rois/{name}.zip, ...), "
+            "so the second would overwrite the first; expected one input per name; rename one of them, or "
+            "segment them in separate calls with different --out folders"
+        )
 
 
 def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
