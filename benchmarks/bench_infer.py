@@ -89,10 +89,10 @@ def main():
     for augment in [False, True] if args.augment else [False]:
         bench("small-conv", SmallConv(), img, args.repeats, augment)
         if args.tiny:
-            from cpsnake import model
+            from cpsnake import models
 
             torch.manual_seed(0)
-            bench("tiny-cpsam", model.build_cpsam("tiny"), img, args.repeats, augment)
+            bench("tiny-cpsam", models.build_cpsam("tiny"), img, args.repeats, augment)
     print(f"end: {load()}")
 
 

@@ -4,7 +4,7 @@
 
 Part 1 (``--arch``): cellpose's own ``cellpose.vit.CPSAM`` (segment-anything's attention, what cellpose
 runs) is built and given seeded random weights (random rel-pos tables and position embedding too, which
-SAM initialises to zero); its state dict is saved and loaded by ``cpsnake.model.load_model`` (fused
+SAM initialises to zero); its state dict is saved and loaded by ``cpsnake.models.load_model`` (fused
 SDPA attention). ``vit_l`` is the published architecture; ``vit_b`` is cellpose's CPSAM built around
 SAM's ViT-B (cellpose always asks the registry for ``vit_l``: the entry is pointed at ``vit_b`` for the
 build). Both networks run on the same ``--batch`` random 256x256 tiles, eval mode, no autograd: one
@@ -13,7 +13,7 @@ batch (median and range), the ratio cellpose / cpsnake (> 1: cpsnake is faster),
 absolute difference of the outputs, also relative to the output range.
 
 Part 2 (``--attention``): architectures without a cellpose counterpart (``tiny``, the bundled model's)
-run with segment-anything's attention and with SDPA in the same network (:func:`cpsnake.model.set_attention`).
+run with segment-anything's attention and with SDPA in the same network (:func:`cpsnake.models.cpsam.set_attention`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def cellpose_cpsam(arch: str, seed: int = 0) -> torch.nn.Module:
 
 
 def versus_cellpose(arch: str, batch: int, repeats: int) -> None:
-    from cpsnake.model import load_model
+    from cpsnake.models import load_model
 
     ref = cellpose_cpsam(arch)
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +74,7 @@ def versus_cellpose(arch: str, batch: int, repeats: int) -> None:
 
 
 def attention_only(arch: str, batch: int, repeats: int) -> None:
-    from cpsnake.model import build_cpsam, set_attention
+    from cpsnake.models.cpsam import build_cpsam, set_attention
 
     torch.manual_seed(0)
     net = build_cpsam(arch).eval()

@@ -50,7 +50,7 @@ def command(args: list[str]) -> float:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from cpsnake import io, model, weights
+    from cpsnake import io, models, weights
     from cpsnake.segment import segment_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {load()}")
     img = image_1024()
-    net = model.load_model(weights.resolve("nuclei_small"))
+    net = models.load_model(weights.resolve("nuclei_small"))
     segment_image(net, img[:, :256, :256])  # warm-up
     steps: dict[str, list[float]] = {}
     cells = 0

@@ -21,7 +21,7 @@ EVERY = {"fluorescence_gray": 40, "color_histology_or_brightfield": 8, "brightfi
 def main() -> None:
     import torch
 
-    from cpsnake import io, model, weights
+    from cpsnake import io, models, weights
     from cpsnake.evaluate import pool, read_label_file, scores
     from cpsnake.infer import predict
     from cpsnake.normalize import normalize
@@ -36,7 +36,7 @@ def main() -> None:
 
     rows = list(csv.DictReader(open(args.data / "index.csv")))
     pick = [r for m, k in EVERY.items() for r in [r for r in rows if r["modality"] == m][::k]]
-    net = model.load_model(weights.resolve(args.model), device="cpu")
+    net = models.load_model(weights.resolve(args.model), device="cpu")
     results: dict = {pair: {} for pair in PAIRS}
     for r in pick:
         img, _ = io.read_image(args.data / "images" / r["file"])

@@ -18,7 +18,7 @@ def tiny_model(tmp_path_factory) -> Path:
     """
     import torch
 
-    from cpsnake.model import build_cpsam, save_model
+    from cpsnake.models import build_cpsam, save_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"

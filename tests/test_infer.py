@@ -225,10 +225,10 @@ def test_missing_input_is_one_error_line(tmp_path, capsys):
 
 
 def test_tiny_cpsam_run_net_matches_cellpose():
-    from cpsnake import model
+    from cpsnake import models
 
     torch.manual_seed(0)
-    net = model.build_cpsam("tiny").eval()
+    net = models.build_cpsam("tiny").eval()
     img = _image(1, 300, 200, seed=9)  # one channel: we pad with zeros, cellpose slices the patch kernel
     ours = infer.run_net(net, img)
     ref = _cellpose_run_net(net, img)
@@ -238,11 +238,11 @@ def test_tiny_cpsam_run_net_matches_cellpose():
 def test_cli_writes_calibrated_flows_with_a_tiny_model(tmp_path):
     import tifffile
 
-    from cpsnake import cli, io, model
+    from cpsnake import cli, io, models
 
     torch.manual_seed(0)
     weights = tmp_path / "tiny.pt"
-    model.save_model(model.build_cpsam("tiny"), weights)
+    models.save_model(models.build_cpsam("tiny"), weights)
     img = _image(2, 90, 130, seed=10)
     src, dst = tmp_path / "norm.tif", tmp_path / "flows.tif"
     io.write_tiff(src, img, axes="CYX", pixel_size=(0.5, 0.25), unit="um")
@@ -254,7 +254,7 @@ def test_cli_writes_calibrated_flows_with_a_tiny_model(tmp_path):
     with tifffile.TiffFile(dst) as tif:
         assert tif.series[0].axes == "CYX"
     # the CLI computes what the API computes with the loaded model
-    expected = infer.predict(model.load_model(weights), img, diameter=20)
+    expected = infer.predict(models.load_model(weights), img, diameter=20)
     np.testing.assert_allclose(flows, expected, rtol=0, atol=1e-6)
 
 
@@ -291,10 +291,10 @@ MIXED = [(1, 60, 80), (3, 300, 200), (2, 256, 256), (1, 40, 500), (3, 130, 97)]
 def test_pooled_tiles_equal_one_image_at_a_time(augment):
     """Images of 1-8 tiles share network batches of 32 (2 calls instead of 5+), with per-image diameters,
     and each image's flows equal ``predict`` on it alone (<= 1e-6)."""
-    from cpsnake import model
+    from cpsnake import models
 
     torch.manual_seed(0)
-    net = CountingNet(model.build_cpsam("tiny", depth=1)).eval()
+    net = CountingNet(models.build_cpsam("tiny", depth=1)).eval()
     images = [_image(*shape, seed=k) for k, shape in enumerate(MIXED)]
     diameters = [None, 20.0, None, 45.0, None]
     alone = [infer.predict(net, img, diameter=d, augment=augment) for img, d in zip(images, diameters)]

@@ -1,4 +1,4 @@
-"""cpsnake.model: parity with cellpose.vit.CPSAM, architecture inference, strict and safe loading.
+"""cpsnake.models (Cellpose-SAM family): parity with cellpose.vit.CPSAM, architecture inference, strict and safe loading.
 
 Reference: cellpose 4.2.1.1's ``CPSAM`` always builds its encoder through
 ``segment_anything.sam_model_registry["vit_l"]``. For fast tests we temporarily point that registry entry
@@ -17,15 +17,14 @@ import pytest
 import torch
 
 from cpsnake.errors import CpsnakeError
-from cpsnake.model import (
+from cpsnake.models import load_model, save_model
+from cpsnake.models.cpsam import (
     ARCHITECTURES,
     CPSAMNet,
     RelPosSDPAttention,
     build_cpsam,
     from_sam_checkpoint,
     infer_architecture,
-    load_model,
-    save_model,
     set_attention,
 )
 from reference import cellpose

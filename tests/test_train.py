@@ -179,7 +179,7 @@ def test_a_pair_listed_twice_is_kept_twice_and_reported_once(tmp_path, capsys):
 
 
 def _small_net(seed=0):
-    from cpsnake.model import build_cpsam
+    from cpsnake.models import build_cpsam
 
     torch.manual_seed(seed)
     return build_cpsam("tiny", embed_dim=64, depth=1, num_heads=2, out_chans=32)
@@ -192,7 +192,7 @@ def items(tmp_path_factory):
 
 
 def test_training_lowers_loss_and_writes_loadable_model(items, tmp_path):
-    from cpsnake.model import load_model
+    from cpsnake.models import load_model
 
     torch.set_num_threads(1)
     net = _small_net()
@@ -220,7 +220,7 @@ def test_validate_scores_a_trained_model_as_the_segment_and_evaluate_commands_do
     from pathlib import Path
 
     from cpsnake import cli, weights
-    from cpsnake.model import load_model
+    from cpsnake.models import load_model
 
     val = Path(__file__).parent / "data" / "nuclei_val"
     pairs = train.list_pairs(val)

@@ -165,14 +165,14 @@ def _each(rows, paths: Paths, step: str, fn: Callable[..., dict | None]) -> Iter
 
 def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
     """The batch's images through one model, their tiles pooled (see :func:`cpsnake.infer.predict_many`)."""
-    from cpsnake import infer, io, model, statefile, weights
+    from cpsnake import infer, io, models, statefile, weights
 
     infer.check_options(args)
     path = weights.resolve(args.model, progress=False)
     statefile.check(path)
     opts = infer.options(args)
     default_diameter = opts.pop("diameter")
-    net = model.load_model(path, device=str(opts["device"]))
+    net = models.load_model(path, device=str(opts["device"]))
     taken: list = []  # (sample, meta) of the images handed to the network, in order
     diameters: list = []  # filled as images are taken: predict_many reads entry k when it prepares image k
     failed: list[Outcome] = []

@@ -441,9 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = weights.resolve(args.model, progress=True)
     statefile.check(path)  # a hostile weights file is refused here, before torch (0.9 GB) is imported
     opts = options(args)
-    from cpsnake import model
+    from cpsnake import models
 
-    net = model.load_model(path, device=str(opts["device"]))
+    net = models.load_model(path, device=str(opts["device"]))
     flows = predict(net, img, progress=None, max_pixels=args.max_pixels, **opts)
     from cpsnake.io import write_flows
 

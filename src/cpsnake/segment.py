@@ -68,7 +68,7 @@ def segment_image(
     Parameters
     ----------
     net : callable
-        (B, 3, 256, 256) -> (B, 3, 256, 256) network, e.g. :func:`cpsnake.model.load_model`'s.
+        (B, 3, 256, 256) -> (B, 3, 256, 256) network, e.g. :func:`cpsnake.models.load_model`'s.
     img : (C, Y, X) ndarray
         The raw image, any numeric dtype.
     reconstruct_device : torch device, optional
@@ -201,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     path = weights.resolve(args.model, cache_dir=args.cache_dir, progress=True)
     statefile.check(path)
     opts.update(infer.options(args))
-    from cpsnake import model
+    from cpsnake import models
 
-    net = model.load_model(path, device=str(opts["device"]))
+    net = models.load_model(path, device=str(opts["device"]))
     model_info = {"name": args.model, "file": str(path), "sha256": sha256(path)}
     failed = 0
     for image in args.images:

@@ -12,7 +12,7 @@ persistent id ``('storage', torch.<Type>Storage, key, location, numel)``) and ``
 raw bytes of each storage). :func:`records` unpickles ``data.pkl`` with stand-ins for exactly these
 names (nothing else is ever imported or called) and returns one :class:`TensorRecord` per tensor.
 A file it cannot read this way (the legacy non-zip format, other globals) gives ``None``; then
-:func:`cpsnake.model.load_state_dict_file` applies the same checks to the loaded tensors instead.
+:func:`cpsnake.models.state.load_state_dict_file` applies the same checks to the loaded tensors instead.
 
 :func:`check` refuses, naming the file and the first offending key:
 
@@ -345,11 +345,11 @@ def check(path: str | os.PathLike, *, max_parameters: int = limits.MAX_PARAMETER
     return True
 
 
-# --- architecture from shapes (shared with cpsnake.model; no torch needed) -------------------------
+# --- architecture from shapes (shared with cpsnake.models.cpsam; no torch needed) -------------------------
 
 
 def infer_architecture(state: Mapping[str, object], *, prefix: str = "encoder.", source: str = "state dict") -> dict:
-    """Keyword arguments of :func:`cpsnake.model.build_encoder` that reproduce the encoder stored under ``prefix``.
+    """Keyword arguments of :func:`cpsnake.models.cpsam.build_encoder` that reproduce the encoder stored under ``prefix``.
 
     ``state`` maps keys to anything with a ``shape`` (torch tensors, or :class:`TensorRecord`).
     Raises :class:`CpsnakeError` (naming ``source``) when the tensors that define the architecture
@@ -402,7 +402,7 @@ def parameter_count(
     embed_dim: int, depth: int, num_heads: int, out_chans: int, *, patch_size: int = 8, tokens: int = 32,
     in_chans: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True, rel_pos_tokens=None, nout: int = 3,
 ) -> int:
-    """Parameters of the Cellpose-SAM network :func:`cpsnake.model.build_encoder` builds from these arguments
+    """Parameters of the Cellpose-SAM network :func:`cpsnake.models.cpsam.build_encoder` builds from these arguments
     (encoder, readout ``out``, ``W2`` and the two diameters), computed without building it."""
     d, m, hd = embed_dim, int(embed_dim * mlp_ratio), embed_dim // max(num_heads, 1)
     rel = rel_pos_tokens if rel_pos_tokens is not None else tokens

@@ -30,7 +30,7 @@ steps/20, at most 100), constant, then halved 10 times in equal parts of the las
 (default steps/10). Defaults: lr 5e-5 for fine-tuning (``--init``, ``--sam``; the Cellpose-SAM value),
 2e-4 from scratch. ``--layer-drop`` is the per-sample stochastic depth of the network (0.4 as cellpose).
 
-Outputs in DIR: ``model.pt`` (a plain cellpose-4 state dict, loads with ``cpsnake.model.load_model``;
+Outputs in DIR: ``model.pt`` (a plain cellpose-4 state dict, loads with ``cpsnake.models.load_model``;
 ``diam_labels`` = mean training diameter), ``checkpoint.pt`` (model, optimiser, step, seed, loss log;
 tensors and plain containers only, ``torch.load(..., weights_only=True)``), ``log.csv`` (step, lr, loss,
 val_ap50). ``--resume DIR/checkpoint.pt`` continues the step count up to ``--steps``, with the batch size,
@@ -341,7 +341,7 @@ def loss_fn(pred, target):
 
 def save_checkpoint(path, net, optimizer, *, step: int, seed: int, log_rows: list[dict], config: dict) -> None:
     """Write a resumable checkpoint (tensors and plain containers only; loads with weights_only=True)."""
-    from cpsnake.model import save_tensors
+    from cpsnake.models.state import save_tensors
 
     state = {
         "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
@@ -359,12 +359,12 @@ def load_checkpoint(path) -> dict:
 
     Before loading, :func:`cpsnake.statefile.check` refuses expanded views, short storages, NaN/Inf and
     more than 3 x :data:`cpsnake.limits.MAX_PARAMETERS` elements (weights and two AdamW moments); after,
-    the model's tensors get the checks of :func:`cpsnake.model.check_tensors`.
+    the model's tensors get the checks of :func:`cpsnake.models.state.check_tensors`.
     """
     import torch
 
     from cpsnake import limits, statefile
-    from cpsnake.model import check_tensors
+    from cpsnake.models.state import check_tensors
 
     what = "a checkpoint.pt written by cpsnake train"
     if not os.path.lexists(path):
@@ -384,7 +384,7 @@ def load_checkpoint(path) -> dict:
 
 
 def _net_from_state(state: dict):
-    from cpsnake.model import CPSAMNet, build_encoder, infer_architecture
+    from cpsnake.models.cpsam import CPSAMNet, build_encoder, infer_architecture
 
     kw = infer_architecture(state, source="checkpoint")
     net = CPSAMNet(build_encoder(**kw), nout=state["W2"].shape[1])
@@ -434,7 +434,7 @@ def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, l
     """
     import torch
 
-    from cpsnake.model import save_model
+    from cpsnake.models.state import save_model
 
     out = sys.stdout if out is None else out
     out_dir = Path(out_dir)
@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return pack_main(argv[1:])
     args = _parser().parse_args(argv)
-    from cpsnake import model as M
+    from cpsnake import models as M
 
     if args.device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,4 +1,4 @@
-"""The Cellpose-SAM network: a SAM ViT image encoder that predicts Cellpose flow fields.
+"""The Cellpose-SAM family: a SAM ViT image encoder that predicts Cellpose flow fields (cellpose 4).
 
 :class:`CPSAMNet` is segment-anything's ``ImageEncoderViT`` with an 8x8 patch embedding, 32x32 position
 tokens and global attention in every block, followed by SAM's neck, a 1x1 readout convolution ``out``
@@ -39,12 +39,12 @@ rel-pos head dimension, neck channels, rel-pos table length per block, token gri
 Functions
 ---------
 build_cpsam(arch="vit_l", **overrides) -> CPSAMNet            random initialisation
-load_model(path, *, device="cpu") -> CPSAMNet                 cellpose-4 state dict, strict, weights_only
-save_model(net, path)                                         atomic, plain state dict; same weights, same bytes
+from_state(state, source) -> CPSAMNet                         cellpose-4 state dict, strict
 from_sam_checkpoint(path) -> CPSAMNet                         SAM ``sam_vit_*.pth`` -> Cellpose-SAM start
 set_attention(encoder, "sdpa" | "sam") -> encoder             switch the blocks' attention (same weights)
 
-A name from the weights registry becomes a path with :func:`cpsnake.weights.resolve`:
+Files load through :func:`cpsnake.models.load_model`, which recognises the family from the keys; a
+name from the weights registry becomes a path with :func:`cpsnake.weights.resolve`:
 ``load_model(weights.resolve("cpsam"))``.
 """
 
@@ -61,8 +61,8 @@ from segment_anything.modeling import ImageEncoderViT
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import nn
 
-from cpsnake import files, limits, statefile
 from cpsnake.errors import CpsnakeError
+from cpsnake.models.state import check_keys, load_state_dict_file
 from cpsnake.statefile import infer_architecture
 
 __all__ = [
@@ -73,10 +73,7 @@ __all__ = [
     "RelPosSDPAttention",
     "set_attention",
     "infer_architecture",
-    "load_state_dict_file",
-    "load_model",
-    "save_model",
-    "save_tensors",
+    "from_state",
     "from_sam_checkpoint",
 ]
 
@@ -313,142 +310,23 @@ def build_cpsam(arch: str = "vit_l", **overrides) -> CPSAMNet:
     return CPSAMNet(build_encoder(**kw), **net_kw)
 
 
-def load_state_dict_file(
-    path: str | os.PathLike, *, max_parameters: int = limits.MAX_PARAMETERS
-) -> dict[str, torch.Tensor]:
-    """Read a ``torch.save``'d dict of tensors with ``weights_only=True`` (never unpickles objects).
+def from_state(state: Mapping[str, torch.Tensor], source: str) -> CPSAMNet:
+    """A :class:`CPSAMNet` holding a cellpose-4 Cellpose-SAM state dict (strict; architecture from the tensors).
 
-    Before anything is loaded, :func:`cpsnake.statefile.check` reads the file's table of contents and
-    refuses expanded (stride-0) views, storages shorter than declared, more than ``max_parameters``
-    elements and NaN/Inf values; a file it cannot read that way (legacy format) gets the same checks on
-    the loaded tensors. Raises :class:`CpsnakeError` naming the file if it is missing, not a regular
-    file, unreadable/truncated, holds arbitrary Python objects, or is not a dict of tensors.
+    The keys and shapes are checked against a network built on torch's "meta" device first (nothing
+    allocated), so a file describing a huge network is refused before it is built. Eval mode, float32, CPU.
     """
-    import pickle
-
-    path = Path(path)
-    if not os.path.lexists(path):
-        raise CpsnakeError(f"{path}: no such weights file; give an existing path or a registry name (cpsnake weights list)")
-    files.regular_file(path, "a weights file (a torch.save'd state dict)")
-    inspected = statefile.check(path, max_parameters=max_parameters)
-    try:
-        try:  # memory-mapped: a 1.2 GB file is not held twice while it is copied into the network
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except pickle.UnpicklingError as exc:
-        if "unsupported global" in str(exc).lower():
-            raise CpsnakeError(
-                f"{path}: refused, the file holds arbitrary Python objects, expected a plain state dict of "
-                "tensors (loaded with weights_only=True); re-save it with torch.save(net.state_dict(), path)"
-            ) from None
-        raise CpsnakeError(f"{path}: cannot read ({_first_line(exc)}), expected a torch.save'd state dict; "
-                           "the file is corrupt or truncated: download or copy it again") from None
-    except Exception as exc:  # zip/EOF/runtime errors of a damaged file
-        raise CpsnakeError(f"{path}: cannot read ({type(exc).__name__}: {_first_line(exc)}), expected a "
-                           "torch.save'd state dict; the file is corrupt or truncated: download or copy it again") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CpsnakeError(f"{path}: found a {type(state).__name__}, expected a dict of tensors (a state dict); "
-                           "save with torch.save(net.state_dict(), path)")
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
-    check_tensors(state, str(path), max_parameters=max_parameters, finite=not inspected)
-    return dict(state)
-
-
-def check_tensors(
-    state: Mapping[str, torch.Tensor], source: str, *, max_parameters: int = limits.MAX_PARAMETERS, finite: bool = True
-) -> None:
-    """The checks of :func:`cpsnake.statefile.check`, on loaded tensors: no expanded (stride-0) views, at most
-    ``max_parameters`` elements in all, and (``finite``) no NaN or infinite value in a float tensor."""
-    fix = "the file is damaged or not a weights file: download or copy it again, or use a registry name"
-    total = 0
-    for key, t in state.items():
-        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
-            raise CpsnakeError(
-                f"{source}: tensor {key!r} declares {t.numel():,} elements (shape {tuple(t.shape)}, stride {t.stride()}) "
-                f"over a storage of {t.untyped_storage().nbytes():,} bytes: an expanded (stride-0) view; expected a "
-                f"plain tensor per key; {fix}")
-        total += t.numel()
-    if total > max_parameters:
-        raise CpsnakeError(f"{source}: found {total:,} parameters in all, more than the limit of {max_parameters:,}; "
-                           f"expected a Cellpose-SAM state dict; {fix}")
-    if finite:
-        for key, t in state.items():
-            if t.is_floating_point() or t.is_complex():
-                if not bool(torch.isfinite(t).all()):
-                    raise CpsnakeError(
-                        f"{source}: tensor {key!r} holds NaN or infinite values; expected finite weights (a network "
-                        "with them finds no cells); use another weights file, or retrain from the last good checkpoint")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
-
-
-def _check_keys(net: nn.Module, state: Mapping[str, torch.Tensor], source: str, prefix: str = "") -> None:
-    """Raise one CpsnakeError listing missing keys, unexpected keys and shape mismatches."""
-    own = {prefix + k: v for k, v in net.state_dict().items()}
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and state[k].shape != own[k].shape]
-
-    def few(xs: list[str]) -> str:
-        return ", ".join(xs[:3]) + (f" (+{len(xs) - 3} more)" if len(xs) > 3 else "")
-
-    problems = []
-    if missing:
-        problems.append(f"missing keys {few(missing)}")
-    if extra:
-        problems.append(f"unexpected keys {few(extra)}")
-    if shapes:
-        problems.append(f"wrong shapes (found vs expected) {few(shapes)}")
-    if problems:
-        raise CpsnakeError(f"{source}: found {'; '.join(problems)}; expected a complete cellpose-4 Cellpose-SAM "
-                           "state dict; use a file saved by cellpose 4 or cpsnake (save_model)")
-
-
-def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> CPSAMNet:
-    """Load a cellpose-4 Cellpose-SAM state dict (cpsam / cpsam_v2 format) into a :class:`CPSAMNet`.
-
-    The architecture is inferred from the tensors; every key must match (strict), loading uses
-    ``weights_only=True``. Returns the network in eval mode on ``device``, float32.
-    A registry name is resolved first by the caller: ``load_model(weights.resolve(name))``.
-    """
-    state = load_state_dict_file(path)
     if "W2" not in state:
-        raise CpsnakeError(f"{path}: found no 'W2' key, expected a cellpose-4 Cellpose-SAM state dict "
-                           "(cellpose 3 models are not compatible; a SAM sam_vit_*.pth is converted by from_sam_checkpoint); "
+        raise CpsnakeError(f"{source}: found no 'W2' key, expected a cellpose-4 Cellpose-SAM state dict "
+                           "(a SAM sam_vit_*.pth is converted by from_sam_checkpoint); "
                            "use cpsam, cpsam_v2 or a cpsnake-trained model")
-    kw = infer_architecture(state, source=str(path))
+    kw = infer_architecture(state, source=source)
     nout = state["W2"].shape[1]
-    with torch.device("meta"):  # shapes only: a file describing a huge network is refused before it is built
-        _check_keys(CPSAMNet(build_encoder(**kw), nout=nout), state, str(path))
+    with torch.device("meta"):  # shapes only
+        check_keys(CPSAMNet(build_encoder(**kw), nout=nout), state, source)
     net = CPSAMNet(build_encoder(**kw), nout=nout)
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return net.to(device).eval()
-
-
-def save_tensors(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` ``obj`` (tensors and plain containers) to ``path`` atomically; equal contents, equal bytes.
-
-    Given a path, torch names the zip's inner folder after the file (here a temporary name holding the
-    process id), so the same weights would give a different sha256 each time; given an open file, the
-    name is always ``archive`` (and no second copy is held in memory).
-    """
-    from cpsnake.io import atomic_output
-
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-
-
-def save_model(net: CPSAMNet, path: str | os.PathLike) -> None:
-    """Write ``net``'s state dict (float32, CPU tensors; cellpose-4 key names) to ``path`` atomically."""
-    save_tensors({k: v.detach().to("cpu", torch.float32).clone() for k, v in net.state_dict().items()}, path)
+    return net.eval()
 
 
 def from_sam_checkpoint(path: str | os.PathLike, *, nout: int = 3) -> CPSAMNet:
@@ -468,7 +346,7 @@ def from_sam_checkpoint(path: str | os.PathLike, *, nout: int = 3) -> CPSAMNet:
                            "(sam_vit_b/l/h_*.pth); for a cellpose model use load_model")
     kw = infer_architecture(enc_state, prefix="", source=str(path))
     with torch.device("meta"):  # shapes only, before anything is allocated
-        _check_keys(build_encoder(**kw), enc_state, str(path), prefix="")
+        check_keys(build_encoder(**kw), enc_state, str(path), prefix="")
     enc = build_encoder(**kw)
     enc.load_state_dict(enc_state, strict=True)
     # 16x16 kernel -> 8x8 by taking every other tap; 64x64 position tokens -> 32x32 likewise
