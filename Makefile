@@ -19,11 +19,17 @@ run: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) --workflow-profile workflow/profiles/local
 	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) --workflow-profile workflow/profiles/local --report results/report.html
 
+# cellpose 3.1.1.3, the reference of the classic U-Net, in a folder of its own: cellpose 3 and 4 cannot
+# share one environment (same package name); the tests call it in a subprocess with this folder on PYTHONPATH
+$(VENV)/cellpose3/.installed: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps --target $(VENV)/cellpose3 cellpose==3.1.1.3 numba llvmlite
+	touch $@
+
 ## every test, real ImageJ and SLURM included (.ci/run installs those first)
-test: setup
+test: setup $(VENV)/cellpose3/.installed
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup $(VENV)/cellpose3/.installed
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -m "not slow and not slurm and not imagej and not workflow"
 
 lint: setup

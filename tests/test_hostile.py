@@ -316,7 +316,7 @@ BOMBS = {
     "normalized declared": (_normalized_declared, r"normalized image of 60000 x 60000"),
     "weights stride-0 view": (_weights_expanded, r"encoder.patch_embed.proj.weight.*expanded \(stride-0\) view"),
     "weights describing a huge network": (_weights_architecture, r"describe a network of [\d,]+ parameters, more than"),
-    "--diameter resizing to 192000 x 192000": (_diameter_option, r"gives 192000x192000 pixels .*more than the limit"),
+    "--diameter resizing to 192000 x 192000": (_diameter_option, r"would have 192000x192000 pixels .*more than the limit"),
     "roi bounding box 1000x the image": (_roi_bbox, None),
 }
 

@@ -45,6 +45,9 @@ __all__ = [
     "predict",
     "predict_many",
     "resized_shape",
+    "scaled_shape",
+    "Tiling",
+    "tiling",
     "read_normalized",
     "main",
 ]
@@ -98,34 +101,73 @@ def _net_device_dtype(net: Callable) -> tuple["torch.device", "torch.dtype"]:
 # --- the network over tiles ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """How a network sees an image: tile side, whether small images are padded to a whole tile, input
+    channels, and the diameter (px) it sees cells at. See :func:`tiling`."""
+
+    bsize: int
+    to_tile: bool
+    in_chans: int
+    diam_mean: float
+    diam_labels: float | None = None  # the U-Net's scale when no diameter is given (cellpose 3)
+
+    def scale(self, diameter: float | None) -> float | None:
+        """Resize factor of the image for a cell ``diameter`` (None: as the family does without one);
+        None when the image is used at its own size."""
+        if diameter is None:
+            diameter = self.diam_labels
+            if diameter is None or diameter <= 0:
+                return None
+        factor = self.diam_mean / diameter
+        return None if factor == 1.0 else factor
+
+
+def tiling(net: Callable) -> Tiling:
+    """The :class:`Tiling` of a network: Cellpose-SAM (and any other callable) 256 px tiles, small images
+    padded to a tile, 3 channels, cells at 30 px, the image's own scale without a diameter; the
+    classic U-Net 224 px tiles, small images not padded to a tile (cellpose 3), its input channels, its
+    ``diam_mean``, and ``diam_mean / diam_labels`` without a diameter (cellpose 3's default rescale)."""
+    from cpsnake.models.unet import TILE, UNet
+
+    if isinstance(net, UNet):
+        return Tiling(TILE, False, net.in_chans, float(net.diam_mean), float(net.diam_labels))
+    return Tiling(BSIZE, True, 3, 30.0)
+
+
 @dataclass
 class _Pending:
     """One image on its way through the pooled tile stream (see :func:`predict_many`)."""
 
-    tiles: np.ndarray  # (N, 3, 256, 256) float32
+    tiles: np.ndarray  # (N, C, ty, tx) float32
     layout: TileLayout
     size: tuple[int, int] | None  # (Y, X) to resize the flows back to; None: no resizing
-    outputs: np.ndarray  # (N, 3, 256, 256) float32, filled as batches come back
+    outputs: np.ndarray  # (N, 3, ty, tx) float32, filled as batches come back
     done: int = 0  # tiles whose outputs are in
     bar: object = None  # tqdm progress bar, or None
 
 
 def _as_network_input(img: np.ndarray, diameter: float | None, tile_overlap: float, augment: bool,
-                      max_pixels: int | None = None) -> _Pending:
-    """Pad to 3 channels, resize by 30 / diameter, tile: what the network needs of one image."""
+                      max_pixels: int | None = None, spec: Tiling = Tiling(BSIZE, True, 3, 30.0)) -> _Pending:
+    """Resize for the diameter, pad with zero channels to the network's inputs, tile: one image, ready."""
     img = np.asarray(img)
-    if img.ndim != 3 or not 1 <= img.shape[0] <= 3:
-        raise ValueError(f"image of shape {img.shape}, expected (C, Y, X) with C = 1..3")
+    if img.ndim != 3 or not 1 <= img.shape[0] <= spec.in_chans:
+        raise CpsnakeError(
+            f"found an image of shape {tuple(img.shape)}; expected (C, Y, X) with C = 1..{spec.in_chans} channels for "
+            f"this network; choose at most {spec.in_chans} with --channels"
+        )
     size = None
-    if diameter is not None:
-        if not diameter > 0:
+    scale = spec.scale(diameter)
+    if scale is not None:
+        if diameter is not None and not diameter > 0:
             raise ValueError(f"diameter {diameter}, expected a positive number of pixels")
         size = img.shape[1:]
-        img = resize(img, resized_shape(img.shape, diameter, max_pixels))
-    if img.shape[0] < 3:  # zero channels: for CPSAM the same as using the first C kernel channels
-        img = np.concatenate([img, np.zeros((3 - img.shape[0], *img.shape[1:]), img.dtype)])
-    tiles, layout = make_tiles(img, BSIZE, tile_overlap, augment=augment)
-    return _Pending(tiles, layout, size, np.empty((len(tiles), 3, BSIZE, BSIZE), np.float32))
+        why = f"diameter {diameter:g}: resizing by {spec.diam_mean:g}/{diameter:g}" if diameter else f"resizing by {scale:g}"
+        img = resize(img, scaled_shape(img.shape, scale, max_pixels, why=why))
+    if img.shape[0] < spec.in_chans:  # zero channels: for CPSAM the same as using the first C kernel channels
+        img = np.concatenate([img, np.zeros((spec.in_chans - img.shape[0], *img.shape[1:]), img.dtype)])
+    tiles, layout = make_tiles(img, spec.bsize, tile_overlap, augment=augment, to_tile=spec.to_tile)
+    return _Pending(tiles, layout, size, np.empty((len(tiles), 3, *layout.tile), np.float32))
 
 
 def _finish(item: _Pending) -> np.ndarray:
@@ -149,8 +191,9 @@ def predict_many(
     """Flows of several normalized images, their tiles pooled into shared network batches.
 
     Tiles of consecutive images fill each batch of ``batch_size`` tiles (32 tiles on a GPU even when
-    every image has 1-4), and the next image is padded, resized and tiled in a background thread while
-    the network runs. Each image's flows equal :func:`predict` on that image alone (the same tiles go
+    every image has 1-4; tiles of different sizes, which a U-Net gets for images narrower than a tile,
+    go to separate batches), and the next image is padded, resized and tiled in a background thread while
+    the network runs. The tiling follows the network's family (:func:`tiling`). Each image's flows equal :func:`predict` on that image alone (the same tiles go
     through the same network; only which tiles share a batch differs).
 
     Parameters
@@ -187,10 +230,11 @@ def predict_many(
     dtype = dtype if dtype is not None else net_dtype
     per_image = diameters if isinstance(diameters, (list, tuple)) else None
     source = iter(images)
+    spec = tiling(net)
 
     def prepare(k: int, img: np.ndarray) -> _Pending:
         d = per_image[k] if per_image is not None else diameters
-        return _as_network_input(img, d, tile_overlap, augment, max_pixels)
+        return _as_network_input(img, d, tile_overlap, augment, max_pixels, spec)
 
     with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
         def submit(k: int):
@@ -210,14 +254,16 @@ def predict_many(
                     ahead = submit(k)
                     _show(queue[-1], progress)
                     continue
+                if batch and queue[-1].layout.tile != batch[0][0].layout.tile:
+                    break  # tiles of another size (an image narrower than a U-Net tile): the next batch
                 take = min(batch_size - len(batch), len(queue[-1].tiles) - cursor)
                 batch += [(queue[-1], i) for i in range(cursor, cursor + take)]
                 cursor += take
             if batch:
                 x = torch.from_numpy(np.stack([item.tiles[i] for item, i in batch])).to(device=device, dtype=dtype)
                 y = net(x)
-                if tuple(y.shape[1:]) != (3, BSIZE, BSIZE):
-                    raise ValueError(f"network output of shape {tuple(y.shape)}, expected (B, 3, {BSIZE}, {BSIZE})")
+                if tuple(y.shape[1:]) != (3, *x.shape[2:]):
+                    raise ValueError(f"network output of shape {tuple(y.shape)}, expected (B, 3, {x.shape[2]}, {x.shape[3]})")
                 y = y.float().cpu().numpy()
                 for (item, i), out in zip(batch, y):
                     item.outputs[i] = out
@@ -279,29 +325,35 @@ def run_net(
     (3, Y, X) float32 ndarray
         dY, dX, cellprob logits at the image's size.
     """
-    return predict(net, img, batch_size=batch_size, tile_overlap=tile_overlap, augment=augment, device=device,
-                   dtype=dtype, progress=progress)
+    own_size = tiling(net).diam_mean  # a diameter equal to the network's own: no resizing
+    return predict(net, img, diameter=own_size, batch_size=batch_size, tile_overlap=tile_overlap, augment=augment,
+                   device=device, dtype=dtype, progress=progress)
 
 
-def resized_shape(shape: Sequence[int], diameter: float, max_pixels: int | None = None) -> tuple[int, int]:
-    """(Y', X') of a (C, Y, X) image resized by 30 / ``diameter`` for the network; a CpsnakeError when that
-    leaves no pixel or more than ``max_pixels`` samples (:func:`cpsnake.limits.max_pixels`)."""
+def resized_shape(shape: Sequence[int], diameter: float, max_pixels: int | None = None, *,
+                  base: float = 30.0) -> tuple[int, int]:
+    """(Y', X') of a (C, Y, X) image resized by ``base / diameter`` for the network (``base``: the diameter
+    the network sees cells at, 30 for Cellpose-SAM); a CpsnakeError when that leaves no pixel or more
+    than ``max_pixels`` samples (:func:`cpsnake.limits.max_pixels`)."""
+    return scaled_shape(shape, base / diameter, max_pixels, why=f"diameter {diameter:g}: resizing by {base:g}/{diameter:g}")
+
+
+def scaled_shape(shape: Sequence[int], scale: float, max_pixels: int | None = None, *, why: str = "") -> tuple[int, int]:
+    """(int(Y * scale), int(X * scale)) of a (C, Y, X) image (cellpose's rounding), checked as :func:`resized_shape`."""
     from cpsnake import limits
 
     C, Y, X = (int(n) for n in shape[-3:])
-    scale = 30.0 / diameter
+    why = why or f"resizing by {scale:g}"
     Yr, Xr = int(Y * scale), int(X * scale)
     if Yr < 1 or Xr < 1:
-        raise CpsnakeError(
-            f"diameter {diameter}: resizing the {Y}x{X} image by 30/{diameter} leaves {Yr}x{Xr} pixels; "
-            "give a smaller diameter"
-        )
+        raise CpsnakeError(f"{why}: the {Y}x{X} image would have {Yr}x{Xr} pixels; expected at least 1x1; "
+                           "give a smaller diameter")
     limit = limits.max_pixels(max_pixels)
     if Yr * Xr * C > limit:
         raise CpsnakeError(
-            f"diameter {diameter}: resizing the {Y}x{X} image by 30/{diameter} gives {Yr}x{Xr} pixels "
-            f"({Yr * Xr * C:,} samples), more than the limit of {limit:,}; expected the typical cell "
-            f"diameter in pixels (e.g. 17); give a larger diameter, or raise the limit with {limits.RAISE}"
+            f"{why}: the {Y}x{X} image would have {Yr}x{Xr} pixels ({Yr * Xr * C:,} samples), more than the limit "
+            f"of {limit:,}; expected the typical cell diameter in pixels (e.g. 17); give a larger diameter, or "
+            f"raise the limit with {limits.RAISE}"
         )
     return Yr, Xr
 

@@ -43,12 +43,14 @@ class TileLayout:
     shape : (int, int)
         (Y, X) of the image before padding.
     pads : (int, int, int, int)
-        Zero padding (top, bottom, left, right) added before tiling.
+        Zero padding (top, bottom, left, right) added before tiling (with augmentation, an axis still
+        shorter than a tile is padded further at its end, as cellpose does, and that is counted here).
     ystarts, xstarts : tuple of int
         Top / left corner of each tile row / column in the padded image; tiles are ordered row-major
         (``index = row * len(xstarts) + column``).
-    bsize : int
-        Tile side in pixels.
+    tile : (int, int)
+        Tile height and width in pixels: the nominal tile size, or the padded image's size along an axis
+        shorter than that (cellpose 3 runs its U-Net on such smaller tiles).
     augment : bool
         Tiles at odd rows are flipped in X, at odd columns in Y (cellpose's test-time augmentation).
     """
@@ -57,7 +59,7 @@ class TileLayout:
     pads: tuple[int, int, int, int]
     ystarts: tuple[int, ...]
     xstarts: tuple[int, ...]
-    bsize: int
+    tile: tuple[int, int]
     augment: bool
 
     @property
@@ -77,13 +79,14 @@ class TileLayout:
         return tuple(ax for ax, odd in ((-2, col % 2), (-1, row % 2)) if odd)
 
 
-def pad_widths(length: int, bsize: int = BSIZE) -> tuple[int, int]:
-    """Zero padding (before, after) of an axis of ``length`` pixels, as cellpose 4 pads before tiling.
+def pad_widths(length: int, bsize: int = BSIZE, *, to_tile: bool = True) -> tuple[int, int]:
+    """Zero padding (before, after) of an axis of ``length`` pixels, as cellpose pads before tiling.
 
-    At least ``PAD_DIV // 2`` px each side and a multiple of ``PAD_DIV`` in all; an axis shorter than a
-    tile is padded up to one tile (``bsize``).
+    At least ``PAD_DIV // 2`` px each side and a multiple of ``PAD_DIV`` in all. With ``to_tile``
+    (cellpose 4, whose ViT needs whole tiles) an axis shorter than a tile is padded up to one tile
+    (``bsize``); without (cellpose 3's U-Net) it is not.
     """
-    if length >= bsize:
+    if length >= bsize or not to_tile:
         total = PAD_DIV * math.ceil(length / PAD_DIV) - length + PAD_DIV
     else:
         total = max(PAD_DIV, bsize - length)
@@ -91,51 +94,63 @@ def pad_widths(length: int, bsize: int = BSIZE) -> tuple[int, int]:
 
 
 def tile_starts(length: int, bsize: int = BSIZE, overlap: float = 0.1, augment: bool = False) -> tuple[int, ...]:
-    """Start of each tile along a padded axis of ``length >= bsize`` pixels, first at 0, last at ``length - bsize``.
+    """Start of each tile along a padded axis of ``length`` pixels, first at 0, last at ``length - size``.
 
-    ``ceil((1 + 2 * overlap) * length / bsize)`` tiles (one if the axis fits a tile); with ``augment``,
-    ``max(2, ceil(2 * length / bsize))`` tiles (half-tile overlap, so every pixel is seen in two flips).
+    ``size = min(bsize, length)``: ``ceil((1 + 2 * overlap) * length / bsize)`` tiles (one if the axis fits
+    a tile); with ``augment`` (where ``length >= bsize``), ``max(2, ceil(2 * length / bsize))`` tiles
+    (half-tile overlap, so every pixel is seen in two flips).
     """
-    if length < bsize:
-        raise ValueError(f"axis of {length} px is shorter than a tile ({bsize} px); pad it first")
     if augment:
+        if length < bsize:
+            raise ValueError(f"axis of {length} px is shorter than a tile ({bsize} px); pad it first")
         n = max(2, math.ceil(2.0 * length / bsize))
     else:
         n = 1 if length <= bsize else math.ceil((1.0 + 2 * overlap) * length / bsize)
-    return tuple(int(v) for v in np.linspace(0, length - bsize, n).astype(int))
+    size = min(bsize, length)
+    return tuple(int(v) for v in np.linspace(0, length - size, n).astype(int))
 
 
-def taper_mask(bsize: int = BSIZE, sigma: float = TAPER_SIGMA) -> np.ndarray:
-    """Blending weights of a tile, float64 ``(bsize, bsize)``: ~1 inside, a sigmoid falloff near the edges.
+def taper_mask(ly: int = BSIZE, lx: int | None = None, sigma: float = TAPER_SIGMA) -> np.ndarray:
+    """Blending weights of a tile, float64 ``(ly, lx)``: ~1 inside, a sigmoid falloff near the edges.
 
-    ``w(y, x) = s(y) * s(x)``, ``s(t) = 1 / (1 + exp((|t - c| - (bsize / 2 - 20)) / sigma))``, ``c`` the
-    tile centre ``(bsize - 1) / 2``: 0.5 at 20 px inside the edge, sigma 7.5 px.
+    ``w(y, x) = s(y) * s(x)``, ``s(t) = 1 / (1 + exp((|t - c| - (n / 2 - 20)) / sigma))`` on ``n =
+    max(224, ly, lx)`` pixels (``c`` their centre ``(n - 1) / 2``: 0.5 at 20 px inside the edge, sigma
+    7.5 px), cropped to the central ``(ly, lx)``: cellpose's mask, for square tiles and for the smaller
+    tiles of images narrower than a tile.
     """
-    t = np.abs(np.arange(bsize) - (bsize - 1) / 2.0)
-    s = 1.0 / (1.0 + np.exp((t - (bsize / 2.0 - TAPER_INSET)) / sigma))
-    return s[:, None] * s[None, :]
+    lx = ly if lx is None else lx
+    n = max(224, ly, lx)
+    t = np.abs(np.arange(n) - (n - 1) / 2.0)
+    s = 1.0 / (1.0 + np.exp((t - (n / 2.0 - TAPER_INSET)) / sigma))
+    sy = s[n // 2 - ly // 2 : n // 2 + ly // 2 + ly % 2]
+    sx = s[n // 2 - lx // 2 : n // 2 + lx // 2 + lx % 2]
+    return sy[:, None] * sx[None, :]
 
 
 def make_tiles(
-    img: np.ndarray, bsize: int = BSIZE, overlap: float = 0.1, *, augment: bool = False
+    img: np.ndarray, bsize: int = BSIZE, overlap: float = 0.1, *, augment: bool = False, to_tile: bool = True
 ) -> tuple[np.ndarray, TileLayout]:
-    """Cut an image into overlapping square tiles; :func:`stitch_tiles` puts them back.
+    """Cut an image into overlapping tiles; :func:`stitch_tiles` puts them back.
 
     Parameters
     ----------
     img : (C, Y, X) ndarray
         Image, any real dtype (tiles are float32).
     bsize : int
-        Tile side in pixels.
+        Tile side in pixels (256 for Cellpose-SAM, 224 for cellpose 3's U-Net).
     overlap : float
         Fraction of a tile shared with each neighbour, in [0.05, 0.5] (ignored with ``augment``).
     augment : bool
         Half-tile overlap and flipped tiles (see :class:`TileLayout`).
+    to_tile : bool
+        Pad an image smaller than a tile up to a whole tile (see :func:`pad_widths`); else its tiles are
+        the padded image's size along that axis.
 
     Returns
     -------
-    tiles : (N, C, bsize, bsize) float32 ndarray
-        N = ``len(layout.ystarts) * len(layout.xstarts)`` tiles of the zero-padded image, row-major.
+    tiles : (N, C, ty, tx) float32 ndarray
+        N = ``len(layout.ystarts) * len(layout.xstarts)`` tiles of the zero-padded image, row-major;
+        ``(ty, tx) = layout.tile``.
     layout : TileLayout
     """
     if img.ndim != 3:
@@ -143,15 +158,20 @@ def make_tiles(
     if not augment and not 0.05 <= overlap <= 0.5:
         raise ValueError(f"tile overlap {overlap}, expected a fraction in [0.05, 0.5]")
     _, Y, X = img.shape
-    (top, bottom), (left, right) = pad_widths(Y, bsize), pad_widths(X, bsize)
+    (top, bottom), (left, right) = pad_widths(Y, bsize, to_tile=to_tile), pad_widths(X, bsize, to_tile=to_tile)
+    if augment:  # an axis still shorter than a tile is padded at its end (cellpose 3 does so)
+        bottom += max(0, bsize - (Y + top + bottom))
+        right += max(0, bsize - (X + left + right))
     padded = np.pad(np.asarray(img, dtype=np.float32), ((0, 0), (top, bottom), (left, right)))
-    ystarts = tile_starts(padded.shape[1], bsize, overlap, augment)
-    xstarts = tile_starts(padded.shape[2], bsize, overlap, augment)
-    layout = TileLayout((Y, X), (top, bottom, left, right), ystarts, xstarts, bsize, augment)
-    tiles = np.empty((layout.n_tiles, img.shape[0], bsize, bsize), np.float32)
+    Yp, Xp = padded.shape[1:]
+    ystarts = tile_starts(Yp, bsize, overlap, augment)
+    xstarts = tile_starts(Xp, bsize, overlap, augment)
+    ty, tx = min(bsize, Yp), min(bsize, Xp)
+    layout = TileLayout((Y, X), (top, bottom, left, right), ystarts, xstarts, (ty, tx), augment)
+    tiles = np.empty((layout.n_tiles, img.shape[0], ty, tx), np.float32)
     for r, y0 in enumerate(ystarts):
         for c, x0 in enumerate(xstarts):
-            tile = padded[:, y0 : y0 + bsize, x0 : x0 + bsize]
+            tile = padded[:, y0 : y0 + ty, x0 : x0 + tx]
             flips = layout.flips(r, c)
             tiles[r * len(xstarts) + c] = np.flip(tile, flips) if flips else tile
     return tiles, layout
@@ -164,7 +184,7 @@ def stitch_tiles(
 
     Parameters
     ----------
-    outputs : (N, K, bsize, bsize) ndarray
+    outputs : (N, K, ty, tx) ndarray
         One output per tile, in the order :func:`make_tiles` returned the tiles.
     layout : TileLayout
         From :func:`make_tiles`.
@@ -178,13 +198,13 @@ def stitch_tiles(
         Taper-weighted mean of the overlapping tiles, padding removed (the input image's size).
     """
     n, k, by, bx = outputs.shape
-    if n != layout.n_tiles or by != layout.bsize or bx != layout.bsize:
-        raise ValueError(f"outputs of shape {outputs.shape}, expected ({layout.n_tiles}, K, {layout.bsize}, {layout.bsize})")
-    mask = taper_mask(layout.bsize)
+    ty, tx = layout.tile
+    if n != layout.n_tiles or (by, bx) != (ty, tx):
+        raise ValueError(f"outputs of shape {outputs.shape}, expected ({layout.n_tiles}, K, {ty}, {tx})")
+    mask = taper_mask(ty, tx)
     Yp, Xp = layout.padded_shape
     acc = np.zeros((k, Yp, Xp), np.float64)
     weight = np.zeros((Yp, Xp), np.float64)
-    b = layout.bsize
     for r, y0 in enumerate(layout.ystarts):
         for c, x0 in enumerate(layout.xstarts):
             out = np.asarray(outputs[r * len(layout.xstarts) + c], dtype=np.float64)
@@ -195,8 +215,8 @@ def stitch_tiles(
                     for ax, ch in zip((-2, -1), yx_channels):
                         if ax in flips:
                             out[ch] *= -1
-            acc[:, y0 : y0 + b, x0 : x0 + b] += out * mask
-            weight[y0 : y0 + b, x0 : x0 + b] += mask
+            acc[:, y0 : y0 + ty, x0 : x0 + tx] += out * mask
+            weight[y0 : y0 + ty, x0 : x0 + tx] += mask
     acc /= weight
     top, bottom, left, right = layout.pads
     return acc[:, top : Yp - bottom, left : Xp - right].astype(np.float32)

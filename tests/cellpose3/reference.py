@@ -1,0 +1,80 @@
+"""Reference computations with cellpose 3.1.1.3, run in a subprocess (cellpose 3 and 4 share a package name).
+
+    PYTHONPATH=.venv/cellpose3 python tests/cellpose3/reference.py REQUEST.json
+
+REQUEST holds ``op`` and its arguments; the outputs go to the ``out`` .npz file it names:
+
+* ``make_net``: a cellpose 3 ``CPnet`` with seeded random weights and BatchNorm running statistics,
+  saved as cellpose saves models (``torch.save(net.state_dict())``) to ``state``;
+* ``net``: ``CPnet.forward`` (mkldnn off) on the tiles in ``inputs`` (.npy): ``y``, ``style``;
+* ``run_net``: ``cellpose.core.run_net`` on ``image`` (.npy, Lz x Ly x Lx x nchan): ``y``, ``style``;
+* ``eval``: ``CellposeModel(pretrained_model=state).eval(image, channels, diameter, ...)`` without masks:
+  ``dP``, ``cellprob``, ``style``;
+* ``size``: ``SizeModel(model, pretrained_size=size).eval(image, channels)``: ``diam``, ``diam_style``.
+"""
+
+import json
+import sys
+
+import numpy as np
+import torch
+
+
+def main(request: str) -> None:
+    import cellpose
+    from cellpose import core, models, resnet_torch
+
+    assert cellpose.version.startswith("3."), cellpose.version
+    req = json.loads(open(request).read())
+    op, out = req["op"], {}
+    torch.set_num_threads(1)
+    if op == "make_net":
+        torch.manual_seed(req["seed"])
+        net = resnet_torch.CPnet(list(req["nbase"]), 3, 3, mkldnn=False, diam_mean=req["diam_mean"])
+        g = torch.Generator().manual_seed(req["seed"])
+        with torch.no_grad():
+            for name, t in net.state_dict().items():
+                if name.endswith("running_mean"):
+                    t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+                elif name.endswith("running_var"):
+                    t.copy_(0.5 + torch.rand(t.shape, generator=g))
+                elif name.endswith("num_batches_tracked"):
+                    t.fill_(7)
+                elif name.endswith(".weight") and t.ndim == 1:  # BatchNorm scale
+                    t.copy_(0.8 + 0.4 * torch.rand(t.shape, generator=g))
+                elif name.endswith(".bias"):
+                    t.copy_(torch.randn(t.shape, generator=g) * 0.05)
+            net.diam_labels.data[:] = req["diam_labels"]
+        torch.save(net.state_dict(), req["state"])
+        return
+    if op in ("net", "run_net"):
+        net = resnet_torch.CPnet(list(req["nbase"]), 3, 3, mkldnn=False)
+        net.load_state_dict(torch.load(req["state"], weights_only=True))
+        net.eval()
+        if op == "net":
+            with torch.no_grad():
+                y, style = net(torch.from_numpy(np.load(req["inputs"])))[:2]
+            out = {"y": y.numpy(), "style": style.numpy()}
+        else:
+            y, style = core.run_net(net, np.load(req["image"]), batch_size=req.get("batch_size", 8),
+                                    augment=req["augment"], tile_overlap=req["tile_overlap"], bsize=224,
+                                    rsz=req.get("rsz"))
+            out = {"y": y, "style": style}
+    elif op in ("eval", "size"):
+        model = models.CellposeModel(gpu=False, pretrained_model=req["state"], nchan=2)
+        model.net.mkldnn = False
+        image = np.load(req["image"])
+        if op == "eval":
+            _, flows, style = model.eval(image, channels=req["channels"], diameter=req.get("diameter"),
+                                         augment=req.get("augment", False), compute_masks=False,
+                                         channel_axis=req.get("channel_axis"))
+            out = {"dP": flows[1], "cellprob": flows[2], "style": style}
+        else:
+            size = models.SizeModel(model, pretrained_size=req["size"])
+            diam, diam_style = size.eval(image, channels=req["channels"], channel_axis=req.get("channel_axis"))
+            out = {"diam": np.array(diam), "diam_style": np.array(diam_style)}
+    np.savez(req["out"], **out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

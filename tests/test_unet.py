@@ -1,0 +1,161 @@
+"""The classic Cellpose family (cpsnake.models.unet): parity with cellpose 3.1.1.3's CPnet and run_net.
+
+cellpose 3 and 4 share a package name, so cellpose 3 runs in a subprocess with ``.venv/cellpose3`` (where
+`make test` installs it with ``pip install --no-deps --target``) on its PYTHONPATH:
+tests/cellpose3/reference.py. Its networks get seeded random weights *and* BatchNorm running statistics,
+so that every layer's inference-time normalisation is compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cpsnake import infer, models
+from cpsnake.errors import CpsnakeError
+
+ROOT = Path(__file__).resolve().parents[1]
+CP3 = Path(os.environ.get("CPSNAKE_CELLPOSE3", ROOT / ".venv" / "cellpose3"))
+SCRIPT = Path(__file__).parent / "cellpose3" / "reference.py"
+
+
+@pytest.fixture(scope="module")
+def cp3(tmp_path_factory):
+    """Run one cellpose 3 reference op (see tests/cellpose3/reference.py); returns its outputs."""
+    if not (CP3 / "cellpose").is_dir():
+        pytest.skip(f"cellpose 3.1.1.3 is not in {CP3}: make .venv/cellpose3/.installed")
+    tmp = tmp_path_factory.mktemp("cp3")
+    count = [0]
+
+    def run(op: str, **args) -> dict:
+        count[0] += 1
+        req = tmp / f"req{count[0]}.json"
+        out = tmp / f"out{count[0]}.npz"
+        req.write_text(json.dumps({"op": op, "out": str(out), **args}))
+        env = {**os.environ, "PYTHONPATH": str(CP3)}
+        proc = subprocess.run([sys.executable, str(SCRIPT), str(req)], capture_output=True, text=True, env=env,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return dict(np.load(out)) if out.exists() else {}
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def cp3_net(cp3, tmp_path_factory):
+    """A cellpose 3 default-width network file (seeded random weights, diam_labels 24) and ours loaded from it."""
+    state = tmp_path_factory.mktemp("net") / "cp3_random.pt"
+    cp3("make_net", state=str(state), nbase=[2, 32, 64, 128, 256], seed=3, diam_mean=30.0, diam_labels=24.0)
+    net = models.load_model(state)
+    assert isinstance(net, models.UNet)
+    return state, net
+
+
+def assert_close(ours, ref, tol=1e-4):
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    err = float(np.abs(ours - ref).max())
+    assert err <= tol, f"max abs difference {err:.3g} (reference range {float(ref.max() - ref.min()):.3g})"
+    return err
+
+
+def test_network_and_style_equal_cellpose3(cp3, cp3_net, tmp_path):
+    state, net = cp3_net
+    assert models.family_of(torch.load(state, weights_only=True)) == "unet"
+    assert net.nbase == [2, 32, 64, 128, 256] and float(net.diam_labels) == 24.0
+    for shape in [(2, 2, 224, 224), (1, 2, 96, 160)]:
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        np.save(tmp_path / "x.npy", x)
+        ref = cp3("net", state=str(state), nbase=[2, 32, 64, 128, 256], inputs=str(tmp_path / "x.npy"))
+        with torch.no_grad():
+            y, style = net.forward_with_style(torch.from_numpy(x))
+        assert_close(y.numpy(), ref["y"], 1e-4)
+        assert_close(style.numpy(), ref["style"], 1e-6)
+        assert np.abs(ref["y"]).max() > 0.1  # the comparison compares something
+
+
+@pytest.mark.parametrize("shape, augment, rsz", [
+    ((2, 100, 150), False, None),  # smaller than a tile: the U-Net runs on the padded image, not a 224 tile
+    ((2, 500, 400), False, None),
+    ((2, 300, 260), True, None),
+    ((1, 180, 90), True, None),    # one channel (the second is zero) and narrower than a tile, augmented
+    ((2, 300, 260), False, 0.6),   # resized for a diameter
+])
+def test_whole_image_flows_equal_cellpose3_run_net(cp3, cp3_net, tmp_path, shape, augment, rsz):
+    state, net = cp3_net
+    img = np.random.default_rng(1).random(shape, dtype=np.float32)
+    two = np.concatenate([img, np.zeros((2 - shape[0], *shape[1:]), np.float32)])
+    np.save(tmp_path / "img.npy", two.transpose(1, 2, 0)[None])  # 1 Y X 2
+    ref = cp3("run_net", state=str(state), nbase=[2, 32, 64, 128, 256], image=str(tmp_path / "img.npy"),
+              augment=augment, tile_overlap=0.1, rsz=rsz)
+    yref = ref["y"][0].transpose(2, 0, 1)  # Y X 3 -> 3 Y X at the (resized) size
+    if rsz is None:
+        ours = infer.run_net(net, img, augment=augment)
+    else:  # cellpose 3's run_net works at the resized size: compare there
+        from cpsnake.tiles import resize
+
+        Yr, Xr = int(shape[1] * rsz), int(shape[2] * rsz)
+        ours = infer.run_net(net, resize(img, (Yr, Xr)), augment=augment)
+    assert_close(ours, yref, 1e-4)
+
+
+def test_a_file_of_neither_family_is_one_error(tmp_path):
+    torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "odd.pt")
+    with pytest.raises(CpsnakeError, match=r"found keys conv.weight .*expected a Cellpose-SAM model .* or a cellpose 1-3 U-Net"):
+        models.load_model(tmp_path / "odd.pt")
+
+
+def test_missing_and_extra_keys_are_one_error(tmp_path):
+    state = models.build_unet().state_dict()
+    del state["output.2.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CpsnakeError, match=r"missing keys output.2.bias; unexpected keys extra.weight; expected a complete cellpose 3 U-Net"):
+        models.load_model(tmp_path / "bad.pt")
+
+
+def test_save_and_load_round_trip_keeps_batchnorm_counters(tmp_path):
+    net = models.build_unet(nbase=(2, 8, 16), diam_mean=17.0)
+    models.save_model(net, tmp_path / "u.pt")
+    sd = torch.load(tmp_path / "u.pt", weights_only=True)
+    assert sd["output.0.num_batches_tracked"].dtype == torch.int64
+    back = models.load_model(tmp_path / "u.pt")
+    assert back.nbase == [2, 8, 16] and float(back.diam_mean) == 17.0
+    x = torch.rand(1, 2, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net.eval()(x))
+
+
+@pytest.mark.parametrize("case", ["grey, no diameter (diam_labels)", "grey, diameter 17", "colour [2, 3]", "augment"])
+def test_normalized_image_to_flows_equals_cellpose3_eval(cp3, cp3_net, tmp_path, case):
+    """Normalization, channels, the scale (diam_mean / diameter, or diam_mean / diam_labels without a
+    diameter: 30/24 here) and resizing back, against ``CellposeModel.eval`` (compute_masks off).
+
+    cellpose 3's ``channels=[chan, chan2]`` (1-based, 0 = grey) is ``--channels chan-1,chan2-1`` here;
+    ``[0, 0]`` on a grey image is the default (one channel, the second input zero).
+    """
+    from cpsnake.normalize import normalize, select_channels
+
+    state, net = cp3_net
+    rng = np.random.default_rng(2)
+    if case.startswith("colour"):
+        img = rng.gamma(2.0, 300, (3, 210, 260)).astype(np.uint16)
+        channels, ours_channels, axis = [2, 3], [1, 2], 0
+    else:
+        img = rng.gamma(2.0, 300, (1, 210, 260)).astype(np.uint16)
+        channels, ours_channels, axis = [0, 0], None, None
+    diameter = 17.0 if "17" in case else None
+    np.save(tmp_path / "img.npy", img if axis == 0 else img[0])
+    ref = cp3("eval", state=str(state), image=str(tmp_path / "img.npy"), channels=channels, diameter=diameter,
+              augment=case == "augment", channel_axis=axis)
+    x, _ = normalize(select_channels(img, ours_channels))
+    flows = infer.predict(net, x, diameter=diameter, augment=case == "augment")
+    assert_close(flows[:2], ref["dP"], 1e-4)
+    assert_close(flows[2], ref["cellprob"], 1e-4)
