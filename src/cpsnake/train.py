@@ -1,8 +1,8 @@
-"""``cpsnake train``: train or fine-tune a Cellpose-SAM network on images with label masks.
+"""``cpsnake train``: train or fine-tune a Cellpose-SAM network or a classic Cellpose U-Net on images with label masks.
 
 Usage::
 
-    cpsnake train TRAIN --out DIR [--arch tiny | --init MODEL | --sam SAM.pth] [--val VAL]
+    cpsnake train TRAIN --out DIR [--arch tiny | --family unet [--nbase 3,32,64,128,256] | --init MODEL | --sam SAM.pth] [--val VAL]
                   [--steps 1000] [--batch-size 8] [--lr LR] [--weight-decay 0.1] [--warmup N]
                   [--layer-drop 0.4] [--seed 0] [--device auto] [--resume DIR/checkpoint.pt]
     python -m cpsnake.train pack SRC_SPLIT OUT_DIR [--max-mb 50]
@@ -19,7 +19,8 @@ Targets are computed once per image and cached (``--cache``, default ``DIR/cache
 hash of the image and mask bytes): cell probability (mask > 0) and unit flows from
 :func:`cpsnake.dynamics.masks_to_flows`. Each step draws ``--batch-size`` images (with replacement, from a
 generator seeded by ``(seed, step)``, so a run is reproducible and a resumed run continues exactly) and
-augments each into a 256x256 crop (:mod:`cpsnake.augment`: rotation, flip, rescaling so that the median
+augments each into a crop of the family's tile size (256 px for Cellpose-SAM, 224 px for the U-Net;
+:mod:`cpsnake.augment`: rotation, flip, rescaling so that the median
 object diameter is log-uniform in ``--diam-range`` 7.5-120 px, channel permutation/dropping, grey
 conversion, inversion, brightness/contrast, blur, downsampling, Poisson noise).
 
@@ -294,14 +295,14 @@ def make_batch(items: list[dict], rng: np.random.Generator, batch_size: int, *, 
 class _BatchStream:
     """Map-style dataset: index ``step`` -> the augmented batch of that step (tensors), from ``(seed, step)``."""
 
-    def __init__(self, items, *, seed: int, batch_size: int, diam_range, augment_p=None) -> None:
+    def __init__(self, items, *, seed: int, batch_size: int, diam_range, augment_p=None, bsize: int = 256) -> None:
         self.items, self.seed, self.batch_size = items, seed, batch_size
-        self.diam_range, self.augment_p = diam_range, augment_p
+        self.diam_range, self.augment_p, self.bsize = diam_range, augment_p, bsize
 
     def __getitem__(self, step: int):
         import torch
 
-        x, y = make_batch(self.items, np.random.default_rng([self.seed, step]), self.batch_size,
+        x, y = make_batch(self.items, np.random.default_rng([self.seed, step]), self.batch_size, bsize=self.bsize,
                           diam_range=self.diam_range, augment_p=self.augment_p)
         return torch.from_numpy(x), torch.from_numpy(y)
 
@@ -384,12 +385,11 @@ def load_checkpoint(path) -> dict:
 
 
 def _net_from_state(state: dict):
-    from cpsnake.models.cpsam import CPSAMNet, build_encoder, infer_architecture
+    """The network of a checkpoint's model state, of either family (train mode is set by :func:`train`)."""
+    from cpsnake.models import cpsam, family_of, unet
 
-    kw = infer_architecture(state, source="checkpoint")
-    net = CPSAMNet(build_encoder(**kw), nout=state["W2"].shape[1])
-    net.load_state_dict(state, strict=True)
-    return net
+    build = cpsam.from_state if family_of(state, "checkpoint") == "cpsam" else unet.from_state
+    return build(state, "checkpoint")
 
 
 def validate(net, val_pairs, *, device=None, max_images: int | None = None, max_pixels: int | None = None) -> float:
@@ -415,13 +415,18 @@ def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, l
           device: str = "cpu", bf16: bool = False, diam_range=(7.5, 120.0), save_every: int = 100,
           log_every: int = 10, val_pairs=None, val_every: int = 0, val_max: int | None = None,
           resume: dict | None = None, augment_p: dict | None = None, workers: int = 0, out=None,
-          max_pixels: int | None = None) -> list[dict]:
+          max_pixels: int | None = None, diam_labels: float | None = None) -> list[dict]:
     """Train ``net`` in place for steps ``start .. steps - 1`` and write ``model.pt``, ``checkpoint.pt``, ``log.csv``.
 
     Parameters
     ----------
-    net : CPSAMNet (train mode is set here)
+    net : a :class:`~cpsnake.models.CPSAMNet` or :class:`~cpsnake.models.UNet` (train mode is set here);
+        crops are the family's tile size (256 or 224 px)
     items : from :func:`prepare`
+    diam_labels : float, optional
+        Stored in the model as ``diam_labels``; default the mean diameter of the training objects
+        (cellpose's convention). A U-Net without a ``--diameter`` rescales images by ``diam_mean /
+        diam_labels`` (cellpose 3), so a size-robust U-Net stores its ``diam_mean`` here (own scale).
     resume : a :func:`load_checkpoint` dict: model and optimiser state are restored, counting goes on
         from its ``step`` (the seed is taken from it too).
     workers : int
@@ -450,9 +455,12 @@ def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, l
     config = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
               "warmup": warmup, "decay": decay, "diam_range": list(diam_range),
               "layer_drop": float(getattr(net, "rdrop", 0.0))}
-    net.diam_labels.data[:] = float(np.mean([it["diameter"] for it in items]))
+    net.diam_labels.data[:] = float(np.mean([it["diameter"] for it in items]) if diam_labels is None else diam_labels)
+    from cpsnake.infer import tiling
+
     running, t0 = [], time.perf_counter()
-    batches = _BatchStream(items, seed=seed, batch_size=batch_size, diam_range=tuple(diam_range), augment_p=augment_p)
+    batches = _BatchStream(items, seed=seed, batch_size=batch_size, diam_range=tuple(diam_range), augment_p=augment_p,
+                           bsize=tiling(net).bsize)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, steps), num_workers=workers,
                                          prefetch_factor=2 if workers else None)
     step = start
@@ -511,7 +519,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("train", help="split folder (images/, masks/[, index.csv]) or a list file of image,mask pairs")
     p.add_argument("--out", required=True, help="output folder: model.pt, checkpoint.pt, log.csv, cache/")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--arch", default=None, help="train from scratch: tiny (default), vit_b, vit_l, vit_h")
+    start.add_argument("--arch", default=None, help="train a Cellpose-SAM from scratch: tiny (default), vit_b, vit_l, vit_h")
+    start.add_argument("--family", choices=("cpsam", "unet"), default=None,
+                       help="train from scratch: cpsam (with --arch) or unet (the classic Cellpose U-Net, --nbase)")
     start.add_argument("--init", help="fine-tune a cellpose-4 / cpsnake model (path or registry name)")
     start.add_argument("--sam", help="start from a segment-anything checkpoint (sam_vit_*.pth)")
     start.add_argument("--resume", help="continue from a checkpoint.pt (same --steps total or more)")
@@ -528,6 +538,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-drop", type=float, default=None, help="stochastic depth of the encoder (default 0.4)")
     p.add_argument("--diam-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="median object diameters to rescale to (default 7.5 120)")
+    p.add_argument("--nbase", default="3,32,64,128,256",
+                   help="--family unet: input channels and widths per level (cellpose 3: 2,32,64,128,256)")
+    p.add_argument("--diam-labels", type=float, default=None,
+                   help="stored as the model's diam_labels (default: mean training diameter; see train())")
     p.add_argument("--min-train-masks", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, mps")
@@ -598,11 +612,21 @@ def main(argv: list[str] | None = None) -> int:
     elif args.sam:
         net = M.from_sam_checkpoint(args.sam)
         lr_default = 5e-5
+    elif args.family == "unet":
+        try:
+            nbase = [int(n) for n in args.nbase.split(",")]
+        except ValueError:
+            nbase = []
+        if len(nbase) < 3 or min(nbase) < 1:
+            raise CpsnakeError(f"--nbase {args.nbase!r}: expected input channels and at least two widths, e.g. 3,32,64,128,256")
+        net = M.build_unet(nbase)
+        lr_default = 2e-3
     else:
         net = M.build_cpsam(args.arch or "tiny")
         lr_default = 2e-4
     opts = _settings(args, resume, lr_default)
-    net.rdrop = opts["layer_drop"]
+    if hasattr(net, "rdrop"):  # Cellpose-SAM's stochastic depth
+        net.rdrop = opts["layer_drop"]
     out_dir = Path(args.out)
     items = prepare(list_pairs(args.train), args.cache or out_dir / "cache", min_masks=args.min_train_masks,
                     max_pixels=args.max_pixels)
@@ -629,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
           device=device, bf16=bf16, diam_range=tuple(opts["diam_range"]), save_every=args.save_every,
           log_every=args.log_every,
           val_pairs=val_pairs, val_every=args.val_every, val_max=args.val_max, resume=resume, max_pixels=args.max_pixels,
+          diam_labels=args.diam_labels,
           workers=args.workers if args.workers is not None else
           (0 if device == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))))
     print(f"model: {out_dir / 'model.pt'}  checkpoint: {out_dir / 'checkpoint.pt'}  log: {out_dir / 'log.csv'}")
