@@ -159,3 +159,73 @@ def test_normalized_image_to_flows_equals_cellpose3_eval(cp3, cp3_net, tmp_path,
     flows = infer.predict(net, x, diameter=diameter, augment=case == "augment")
     assert_close(flows[:2], ref["dP"], 1e-4)
     assert_close(flows[2], ref["cellprob"], 1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_flow_following_without_interpolation_equals_cellpose3(cp3, tmp_path, seed):
+    """``interp=False`` follows the flows as cellpose 3's ``steps2D`` (what its size estimation uses): the
+    same end points. (The masks made from them then go through cpsnake's seeding, which is cellpose 4's.)"""
+    from cpsnake import dynamics
+    from synthetic import voronoi_cells
+    from test_reconstruct import noisy_flows
+
+    flows = noisy_flows(voronoi_cells((128, 160), spacing=22, seed=seed), seed)
+    step = (flows[:2] * (flows[2] > 0) / np.float32(5)).astype(np.float32)
+    np.save(tmp_path / "s.npy", step)
+    np.save(tmp_path / "c.npy", flows[2])
+    ref = cp3("follow", step=str(tmp_path / "s.npy"), cellprob=str(tmp_path / "c.npy"), niter=200)
+    ours = dynamics.follow_flows(step, np.nonzero(flows[2] > 0), 200, interp=False)
+    np.testing.assert_array_equal(ours, ref["p"])
+    assert not np.array_equal(ours, dynamics.follow_flows(step, np.nonzero(flows[2] > 0), 200))  # another algorithm
+
+
+def _size_file(path, style_channels=256, seed=0):
+    rng = np.random.default_rng(seed)
+    params = {"A": rng.normal(0, 0.5, style_channels), "smean": rng.normal(0, 0.05, style_channels),
+              "ymean": np.float64(-0.1), "diam_mean": 30.0}
+    np.save(path, params)  # what cellpose 3 writes: a pickled dict in a .npy
+    return path
+
+
+def test_size_from_style_equals_cellpose3_size_model(cp3, cp3_net, tmp_path):
+    """``--diameter auto``, pass 1 (style -> diameter by the size model's regression) as ``SizeModel.eval``.
+
+    Pass 2 (masks at that scale, their median diameter) reconstructs with cpsnake's own (cellpose 4's)
+    seeding, which differs from cellpose 3's; it is checked against cellpose 3 with a trained model in
+    test_bundled_unet.py. A random network finds no masks, so both fall back to diam_mean here.
+    """
+    from cpsnake import size
+    from cpsnake.normalize import normalize
+
+    state, net = cp3_net
+    sfile = _size_file(tmp_path / "size_cp3_random.npy")
+    img = np.random.default_rng(5).gamma(2.0, 300, (1, 230, 250)).astype(np.uint16)
+    np.save(tmp_path / "img.npy", img[0])
+    ref = cp3("size", state=str(state), size=str(sfile), image=str(tmp_path / "img.npy"), channels=[0, 0])
+    params = size.read_size_model(sfile, style_channels=256)
+    diam, diam_style = size.estimate_diameter(net, normalize(img)[0], params)
+    assert diam_style == pytest.approx(float(ref["diam_style"]), rel=1e-4)
+    assert diam_style != pytest.approx(30.0, rel=1e-3)  # the regression moved it
+    assert diam == pytest.approx(float(ref["diam"]), rel=1e-6)
+
+
+def test_size_model_files_are_read_without_unpickling_objects(tmp_path):
+    from cpsnake import size
+
+    assert size.size_model_path(tmp_path / "cyto3") == tmp_path / "size_cyto3.npy"
+    assert size.size_model_path(tmp_path / "m.pt") == tmp_path / "size_m.npy"
+    size.read_size_model(_size_file(tmp_path / "ok.npy"), style_channels=256)
+    with pytest.raises(CpsnakeError, match="styles of 256 values .*expected 128"):
+        size.read_size_model(tmp_path / "ok.npy", style_channels=128)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    np.save(tmp_path / "evil.npy", np.array({"A": Evil()}, dtype=object), allow_pickle=True)
+    with pytest.raises(CpsnakeError, match="found no cellpose size model .*not allowed"):
+        size.read_size_model(tmp_path / "evil.npy")
+    assert not (tmp_path / "pwned").exists()
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(CpsnakeError, match="not a dict"):
+        size.read_size_model(tmp_path / "plain.npy")

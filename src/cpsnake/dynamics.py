@@ -374,7 +374,7 @@ def masks_to_flows(labels: np.ndarray, *, niter: int | None = None, device=None)
 
 
 def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int = 200,
-                 *, block: int = 1 << 16, device=None) -> np.ndarray:
+                 *, block: int = 1 << 16, device=None, interp: bool = True) -> np.ndarray:
     """Euler-integrate pixels along the flow field with bilinear interpolation.
 
     Parameters
@@ -390,6 +390,9 @@ def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int
     device : torch device, optional
         Integrate every point at once on this device (a GPU); each point's path is computed by the same
         operations either way, so on the same device type the end points are the same. None: CPU blocks.
+    interp : bool
+        False: no interpolation, each step is the flow at the pixel the point is in (its coordinates
+        truncated), in float32, as cellpose 3's ``steps2D`` (what its size estimation uses).
 
     Returns
     -------
@@ -405,6 +408,8 @@ def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int
     out = np.empty((2, n), dtype=np.float32)
     if n == 0:
         return out
+    if not interp:
+        return _steps_nearest(np.asarray(dP, np.float32), inds, niter)
     ext = (float(Lx - 1), float(Ly - 1))  # (x, y) order, as grid_sample wants
     on = torch.device(device) if device is not None else torch.device("cpu")
     im = torch.empty((1, 2, Ly, Lx), dtype=torch.float32, device=on)
@@ -453,6 +458,18 @@ def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def _steps_nearest(dP: np.ndarray, inds, niter: int) -> np.ndarray:
+    """Euler steps without interpolation: (2, N) float32 end points, clamped to the image (see follow_flows)."""
+    Ly, Lx = dP.shape[1:]
+    p = np.stack([np.asarray(inds[0]), np.asarray(inds[1])]).astype(np.float32)
+    hi = np.array([Ly - 1, Lx - 1], np.float32)[:, None]
+    for _ in range(niter):
+        step = dP[:, p[0].astype(np.intp), p[1].astype(np.intp)]  # both steps read before either moves
+        np.add(p, step, out=p)
+        np.clip(p, 0, hi, out=p)
+    return p
 
 
 def get_masks(p: np.ndarray, inds: tuple[np.ndarray, np.ndarray], shape: tuple[int, int],

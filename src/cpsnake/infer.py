@@ -145,24 +145,26 @@ class _Pending:
     outputs: np.ndarray  # (N, 3, ty, tx) float32, filled as batches come back
     done: int = 0  # tiles whose outputs are in
     bar: object = None  # tqdm progress bar, or None
+    styles: np.ndarray | None = None  # (N, S) per-tile styles of a U-Net, when asked for
 
 
 def _as_network_input(img: np.ndarray, diameter: float | None, tile_overlap: float, augment: bool,
-                      max_pixels: int | None = None, spec: Tiling = Tiling(BSIZE, True, 3, 30.0)) -> _Pending:
-    """Resize for the diameter, pad with zero channels to the network's inputs, tile: one image, ready."""
+                      max_pixels: int | None = None, spec: Tiling = Tiling(BSIZE, True, 3, 30.0),
+                      scale: float | None = None, resample: bool = True) -> _Pending:
+    """Resize for the diameter (or by ``scale``), pad with zero channels to the network's inputs, tile."""
     img = np.asarray(img)
     if img.ndim != 3 or not 1 <= img.shape[0] <= spec.in_chans:
         raise CpsnakeError(
             f"found an image of shape {tuple(img.shape)}; expected (C, Y, X) with C = 1..{spec.in_chans} channels for "
             f"this network; choose at most {spec.in_chans} with --channels"
         )
+    if diameter is not None and not diameter > 0:
+        raise ValueError(f"diameter {diameter}, expected a positive number of pixels")
     size = None
-    scale = spec.scale(diameter)
+    scale = spec.scale(diameter) if scale is None else (None if scale == 1.0 else scale)
     if scale is not None:
-        if diameter is not None and not diameter > 0:
-            raise ValueError(f"diameter {diameter}, expected a positive number of pixels")
-        size = img.shape[1:]
         why = f"diameter {diameter:g}: resizing by {spec.diam_mean:g}/{diameter:g}" if diameter else f"resizing by {scale:g}"
+        size = img.shape[1:] if resample else None
         img = resize(img, scaled_shape(img.shape, scale, max_pixels, why=why))
     if img.shape[0] < spec.in_chans:  # zero channels: for CPSAM the same as using the first C kernel channels
         img = np.concatenate([img, np.zeros((spec.in_chans - img.shape[0], *img.shape[1:]), img.dtype)])
@@ -170,9 +172,13 @@ def _as_network_input(img: np.ndarray, diameter: float | None, tile_overlap: flo
     return _Pending(tiles, layout, size, np.empty((len(tiles), 3, *layout.tile), np.float32))
 
 
-def _finish(item: _Pending) -> np.ndarray:
+def _finish(item: _Pending):
     flows = stitch_tiles(item.outputs, item.layout, yx_channels=(0, 1))
-    return flows if item.size is None else resize(flows, item.size)
+    flows = flows if item.size is None else resize(flows, item.size)
+    if item.styles is None:
+        return flows
+    style = item.styles.sum(axis=0)  # the image's style: its tiles' styles summed, unit length (cellpose 3)
+    return flows, style / (style ** 2).sum() ** 0.5
 
 
 def predict_many(
@@ -187,6 +193,9 @@ def predict_many(
     dtype: "torch.dtype | None" = None,
     progress: bool | None = None,
     max_pixels: int | None = None,
+    scales: Sequence[float] | None = None,
+    resample: bool = True,
+    with_style: bool = False,
 ) -> Iterator[np.ndarray]:
     """Flows of several normalized images, their tiles pooled into shared network batches.
 
@@ -212,10 +221,18 @@ def predict_many(
         As :func:`run_net`; ``progress`` counts the tiles of the image being prepared.
     max_pixels : int, optional
         Most samples an image resized for its diameter may hold (:func:`cpsnake.limits.max_pixels`).
+    scales : sequence of float, optional
+        Resize factor of each image, instead of one from ``diameters`` (cellpose's ``rescale``).
+    resample : bool
+        Resize the flows back to the image's size (True), or return them at the network's size.
+    with_style : bool
+        Also the image's style vector (U-Net only): its tiles' styles summed and scaled to unit length,
+        as cellpose 3's ``run_net`` (for :mod:`cpsnake.size`).
 
     Yields
     ------
-    (3, Y, X) float32 ndarray per image, in the order given: dY, dX, cellprob logits at its size.
+    (3, Y, X) float32 ndarray per image, in the order given: dY, dX, cellprob logits at its size; with
+    ``with_style`` a tuple (flows, style (S,) float32).
     """
     import torch
 
@@ -231,10 +248,20 @@ def predict_many(
     per_image = diameters if isinstance(diameters, (list, tuple)) else None
     source = iter(images)
     spec = tiling(net)
+    spec_style = int(getattr(net, "nbase", [0])[-1])
+
+    if with_style and not hasattr(net, "forward_with_style"):
+        raise CpsnakeError("a style vector needs a classic Cellpose U-Net; this network has none (Cellpose-SAM "
+                           "has no style): give --diameter, or use a U-Net model with its size model")
+    run = net.forward_with_style if with_style else net
 
     def prepare(k: int, img: np.ndarray) -> _Pending:
         d = per_image[k] if per_image is not None else diameters
-        return _as_network_input(img, d, tile_overlap, augment, max_pixels, spec)
+        item = _as_network_input(img, d, tile_overlap, augment, max_pixels, spec,
+                                 scale=None if scales is None else scales[k], resample=resample)
+        if with_style:
+            item.styles = np.zeros((len(item.tiles), spec_style), np.float32)
+        return item
 
     with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
         def submit(k: int):
@@ -261,7 +288,12 @@ def predict_many(
                 cursor += take
             if batch:
                 x = torch.from_numpy(np.stack([item.tiles[i] for item, i in batch])).to(device=device, dtype=dtype)
-                y = net(x)
+                y = run(x)
+                if with_style:
+                    y, st = y
+                    st = st.float().cpu().numpy()
+                    for (item, i), v in zip(batch, st):
+                        item.styles[i] = v
                 if tuple(y.shape[1:]) != (3, *x.shape[2:]):
                     raise ValueError(f"network output of shape {tuple(y.shape)}, expected (B, 3, {x.shape[2]}, {x.shape[3]})")
                 y = y.float().cpu().numpy()

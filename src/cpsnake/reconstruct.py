@@ -51,6 +51,7 @@ def compute_masks(
     min_size: int = 15,
     max_size_fraction: float = 0.4,
     device=None,
+    interp: bool = True,
 ) -> np.ndarray:
     """Label image from flows.
 
@@ -73,6 +74,9 @@ def compute_masks(
         cellpose 4 does on a GPU, but keeping float64 heat diffusion so that the labels equal the CPU
         path's, which tests check by forcing this path on the CPU device). None: the CPU path. Hole
         filling and the size filter run on the CPU either way.
+    interp : bool
+        Follow the flows with bilinear interpolation (True, cellpose's default) or without (False, what
+        cellpose 3's size estimation uses; CPU only).
 
     Returns
     -------
@@ -95,7 +99,7 @@ def compute_masks(
     step = dP * cell
     step /= np.float32(5.0)
     del cell
-    p = dynamics.follow_flows(step, inds, niter=int(niter), device=device)
+    p = dynamics.follow_flows(step, inds, niter=int(niter), device=None if not interp else device, interp=interp)
     del step
     labels = dynamics.get_masks(p, inds, shape, max_size_fraction=max_size_fraction, device=device)
     del p, inds

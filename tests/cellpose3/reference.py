@@ -10,7 +10,9 @@ REQUEST holds ``op`` and its arguments; the outputs go to the ``out`` .npz file 
 * ``run_net``: ``cellpose.core.run_net`` on ``image`` (.npy, Lz x Ly x Lx x nchan): ``y``, ``style``;
 * ``eval``: ``CellposeModel(pretrained_model=state).eval(image, channels, diameter, ...)`` without masks:
   ``dP``, ``cellprob``, ``style``;
-* ``size``: ``SizeModel(model, pretrained_size=size).eval(image, channels)``: ``diam``, ``diam_style``.
+* ``size``: ``SizeModel(model, pretrained_size=size).eval(image, channels)``: ``diam``, ``diam_style``;
+* ``follow``: ``dynamics.follow_flows(step, inds, niter, interp=False)`` on ``step`` (.npy, 2 x Y x X) from the
+  pixels where ``cellprob`` > 0 (.npy): ``p``.
 """
 
 import json
@@ -60,6 +62,12 @@ def main(request: str) -> None:
                                     augment=req["augment"], tile_overlap=req["tile_overlap"], bsize=224,
                                     rsz=req.get("rsz"))
             out = {"y": y, "style": style}
+    elif op == "follow":
+        from cellpose import dynamics
+
+        step = np.load(req["step"])
+        inds = np.nonzero(np.load(req["cellprob"]) > 0)
+        out = {"p": dynamics.follow_flows(step, inds, niter=req["niter"], interp=False)}
     elif op in ("eval", "size"):
         model = models.CellposeModel(gpu=False, pretrained_model=req["state"], nchan=2)
         model.net.mkldnn = False
