@@ -191,9 +191,9 @@ def test_many_bands_and_blocks_agree_with_cellpose(monkeypatch, seed):
         bands.append(T.shape)
         return diffuse(T, *args)
 
-    def count_blocks(dP, inds, niter=200, *, block=1 << 16, device=None):
+    def count_blocks(dP, inds, niter=200, *, block=1 << 16, device=None, interp=True):
         blocks.append(-(-len(inds[0]) // block))
-        return follow(dP, inds, niter, block=block, device=device)
+        return follow(dP, inds, niter, block=block, device=device, interp=interp)
 
     monkeypatch.setattr(dynamics, "_diffuse_band", count_band)
     monkeypatch.setattr(dynamics, "follow_flows", count_blocks)

@@ -208,8 +208,10 @@ def test_aggregate_cli_missing_manifest_is_one_line(tmp_path, capsys):
 
 def test_provenance_record(tmp_path):
     res = fake_run(tmp_path)
+    from cpsnake.models import build_unet, save_model
+
     model = tmp_path / "m.pt"
-    model.write_bytes(b"weights")
+    save_model(build_unet(nbase=(2, 8, 16)), model)
     table = res / "samples.tsv"
     text = table.read_text()
     for name in ("A", "B", "C", "D"):  # real files to hash
@@ -220,7 +222,8 @@ def test_provenance_record(tmp_path):
             "--snakemake-version", "9.0", "--samples", str(table), "--results", str(res)]
     assert provenance.main(argv) == 0
     rec = json.loads((tmp_path / "p.json").read_text())
-    assert rec["model"]["sha256"] == hashlib.sha256(b"weights").hexdigest() and rec["model"]["bytes"] == 7
+    assert rec["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert rec["model"]["bytes"] == model.stat().st_size and rec["model"]["family"] == "unet"
     assert rec["parameters"] == {"diameter": 17}
     assert [e["name"] for e in rec["images"]] == ["A", "B"]  # the normalized images
     assert rec["images"][0]["sha256"] == hashlib.sha256(b"A").hexdigest()

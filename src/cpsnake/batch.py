@@ -165,7 +165,7 @@ def _each(rows, paths: Paths, step: str, fn: Callable[..., dict | None]) -> Iter
 
 def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
     """The batch's images through one model, their tiles pooled (see :func:`cpsnake.infer.predict_many`)."""
-    from cpsnake import infer, io, models, statefile, weights
+    from cpsnake import infer, io, models, size, statefile, weights
 
     infer.check_options(args)
     path = weights.resolve(args.model, progress=False)
@@ -173,6 +173,9 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
     opts = infer.options(args)
     default_diameter = opts.pop("diameter")
     net = models.load_model(path, device=str(opts["device"]))
+    spec = infer.tiling(net)
+    wants_auto = default_diameter == "auto" or any(s.diameter == "auto" for s in rows)
+    size_params = size.size_model_for(net, path, args.size_model) if wants_auto else None
     taken: list = []  # (sample, meta) of the images handed to the network, in order
     diameters: list = []  # filled as images are taken: predict_many reads entry k when it prepares image k
     failed: list[Outcome] = []
@@ -183,8 +186,10 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
             try:
                 img, meta = infer.read_normalized(paths.normalized(s.sample), max_pixels=args.max_pixels)
                 d = s.diameter if s.diameter is not None else default_diameter
-                if d is not None:
-                    infer.resized_shape(img.shape, d, args.max_pixels)
+                if d == "auto":
+                    d = infer.auto_diameter(net, img, path, args.size_model, opts, source=s.sample, params=size_params)
+                if spec.scale(d) is not None:
+                    infer.scaled_shape(img.shape, spec.scale(d), args.max_pixels, why=f"{s.sample}: diameter {d}")
             except CpsnakeError as exc:
                 failed.append(_fail(paths, "infer", s.sample, exc, t0))
                 continue
@@ -197,7 +202,8 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
     for k, flows in enumerate(infer.predict_many(net, images(), diameters=diameters, progress=False,
                                                  max_pixels=args.max_pixels, **opts)):
         s, meta = taken[k]
-        io.write_flows(paths.flows(s.sample), flows, pixel_size=meta["pixel_size"], unit=meta["unit"])
+        io.write_flows(paths.flows(s.sample), flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
+                       network_scale=spec.scale(diameters[k]))
         now = time.perf_counter()
         outcomes[s.sample] = Outcome(s.sample, "ok", "", now - t, {"diameter": diameters[k]})
         t = now
@@ -226,10 +232,11 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
     if step == "infer":
         return list(_infer(rows, paths, args))
     if step == "reconstruct":
-        def one(s):
-            d = s.diameter if s.diameter is not None else args.diameter
-            n = reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample),
-                                             max_pixels=args.max_pixels, **reconstruct.options(args, d))
+        opts = reconstruct.options(args)
+
+        def one(s):  # the flows record the network's scale (and so niter)
+            n = reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample), max_pixels=args.max_pixels,
+                                             **opts)
             return {"cells": n}
 
         return list(_each(rows, paths, step, one))

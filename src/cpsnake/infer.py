@@ -427,6 +427,20 @@ def predict(
 # --- command line ----------------------------------------------------------------------------------
 
 
+def auto_diameter(net, img: np.ndarray, model_path, size_model, opts: dict, *, source: object = "image",
+                  params: dict | None = None) -> float:
+    """``--diameter auto``: the size model's estimate for one normalized image (:mod:`cpsnake.size`), said on stderr."""
+    import sys
+
+    from cpsnake import size
+
+    params = size.size_model_for(net, model_path, size_model) if params is None else params
+    keep = {k: opts[k] for k in ("batch_size", "tile_overlap", "augment", "device", "dtype") if k in opts}
+    diam, diam_style = size.estimate_diameter(net, img, params, **keep)
+    print(f"{source}: estimated cell diameter {diam:.2f} px (from the style alone {diam_style:.2f} px)", file=sys.stderr)
+    return diam
+
+
 def read_normalized(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
     """Read a normalized image: float32 ``(C, Y, X)`` with C = 1..3, and ``{"pixel_size", "unit"}``.
 
@@ -459,6 +473,11 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _diameter(text: str) -> float | str:
+    """A positive number of pixels, or ``auto`` (estimated by a U-Net's size model, :mod:`cpsnake.size`)."""
+    return "auto" if text == "auto" else _positive_float(text)
+
+
 def _batch_size(text: str) -> int | None:
     if text == "auto":
         return None
@@ -484,7 +503,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """Add the inference options (shared by ``cpsnake infer`` and ``cpsnake segment``)."""
-    p.add_argument("--diameter", type=_positive_float, default=None, help="cell diameter in px: resize by 30/D first")
+    p.add_argument("--diameter", type=_diameter, default=None,
+                   help="cell diameter in px (resize by diam_mean/D first: 30/D for Cellpose-SAM), or auto (a U-Net's "
+                        "size model estimates it per image)")
+    p.add_argument("--size-model", default=None,
+                   help="with --diameter auto: cellpose's size model file (default: size_<model>.npy beside the model)")
     p.add_argument("--augment", action="store_true", help="flip test-time augmentation (slower, smoother)")
     p.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto", help="tiles per batch (auto: 8 CPU, 32 GPU)")
     p.add_argument("--tile-overlap", type=float, default=0.1, help="overlap fraction of tiles, 0.05..0.5 (default 0.1)")
@@ -517,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     check_options(args)
     img, meta = read_normalized(args.normalized, max_pixels=args.max_pixels)
-    if args.diameter is not None:
+    if args.diameter not in (None, "auto"):
         resized_shape(img.shape, args.diameter, args.max_pixels)  # before the model is loaded
 
     from cpsnake import statefile, weights
@@ -528,10 +551,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cpsnake import models
 
     net = models.load_model(path, device=str(opts["device"]))
+    if opts["diameter"] == "auto":
+        opts["diameter"] = auto_diameter(net, img, path, args.size_model, opts, source=args.normalized)
     flows = predict(net, img, progress=None, max_pixels=args.max_pixels, **opts)
     from cpsnake.io import write_flows
 
-    write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"])
+    write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
+                network_scale=tiling(net).scale(opts["diameter"]))
     return 0
 
 

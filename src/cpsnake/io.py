@@ -115,14 +115,20 @@ def write_flows(
     *,
     pixel_size: tuple[float, float] | None = None,
     unit: str | None = None,
+    network_scale: float | None = None,
 ) -> None:
-    """Write flows, float32 ``(3, Y, X)`` = dY, dX, cellprob logits, as an ImageJ TIFF (axes CYX)."""
+    """Write flows, float32 ``(3, Y, X)`` = dY, dX, cellprob logits, as an ImageJ TIFF (axes CYX).
+
+    ``network_scale``: the factor the image was resized by for the network (``diam_mean / diameter``), kept
+    in the ImageJ metadata so that ``cpsnake reconstruct`` follows the flows ``int(200 / scale)`` steps.
+    """
     import numpy as np
 
     flows = np.asarray(flows, dtype=np.float32)
     if flows.ndim != 3 or flows.shape[0] != 3:
         raise CpsnakeError(f"{path}: flows of shape {flows.shape}, expected (3, Y, X) = dY, dX, cellprob")
-    write_tiff(path, flows, axes="CYX", pixel_size=pixel_size, unit=unit)
+    extra = {"network_scale": float(network_scale)} if network_scale is not None else None
+    write_tiff(path, flows, axes="CYX", pixel_size=pixel_size, unit=unit, metadata=extra)
 
 
 class _TiffErrors:
@@ -184,6 +190,7 @@ def _tiff(
                     data = series.asarray(maxworkers=1)
                 axes = series.axes
                 pixel_size, unit, problem = calibration(tif)
+                scale = _positive_or_none((tif.imagej_metadata or {}).get("network_scale"))
                 page = series.pages[0] if series.pages else tif.pages.first
                 has_alpha = bool(getattr(page, "extrasamples", ())) and "S" in axes
         except CpsnakeError:
@@ -209,8 +216,17 @@ def _tiff(
         )
     if problem:
         warnings.warn(calibration_warning(path, problem), CpsnakeWarning, stacklevel=3)
-    meta = {"axes": axes, "pixel_size": pixel_size, "unit": unit, "calibration_problem": problem, "has_alpha": has_alpha}
+    meta = {"axes": axes, "pixel_size": pixel_size, "unit": unit, "calibration_problem": problem, "has_alpha": has_alpha,
+            "network_scale": scale}
     return data, meta
+
+
+def _positive_or_none(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 and value < float("inf") else None
 
 
 def _is_tiff(path: str | os.PathLike) -> bool:
@@ -237,7 +253,7 @@ def read_tiff(
     """
     data, meta = _tiff(path, expected=expected, fix=fix or f"pass {expected}", max_pixels=max_pixels,
                        per_pixel=per_pixel, what=what)
-    return data, {k: meta[k] for k in ("pixel_size", "unit", "calibration_problem")}
+    return data, {k: meta[k] for k in ("pixel_size", "unit", "calibration_problem", "network_scale")}
 
 
 FLOWS_FIX = "pass the FLOWS.tif that `cpsnake infer` wrote for this image (run `cpsnake infer` again if it is damaged)"

@@ -5,7 +5,8 @@
 
 The JSON file holds: ``created`` (UTC time, the one field that differs between identical runs),
 ``cpsnake`` (version), ``python`` and ``platform``, ``packages`` (installed versions of cpsnake's
-dependencies, plus Snakemake's when given), ``model`` (name, file, size in bytes, sha256),
+dependencies, plus Snakemake's when given), ``model`` (name, file, size in bytes, sha256, family:
+``cpsam`` or ``unet``),
 ``parameters`` (the whole workflow config), ``images``: for each image that was normalized, its name,
 path, sha256, its own options from a sample sheet (channels, diameter, pixel_size; null when the run's
 apply) and the normalization values used (the record ``cpsnake normalize`` writes), and ``failed``:
@@ -54,6 +55,13 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def model_family(path: str | os.PathLike) -> str:
+    """``cpsam`` or ``unet``: the model file's family, from its keys (memory-mapped, checked, weights-only)."""
+    from cpsnake.models import family_of, load_state_dict_file
+
+    return family_of(load_state_dict_file(path), str(path))
+
+
 def build_record(*, model: str, model_name: str, config: dict, images: list[dict], failed: list[dict] | None = None,
                  snakemake_version: str | None = None) -> dict:
     """The provenance dictionary (see the module docstring).
@@ -74,7 +82,8 @@ def build_record(*, model: str, model_name: str, config: dict, images: list[dict
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": packages,
-        "model": {"name": model_name, "file": str(model), "bytes": os.path.getsize(model), "sha256": sha256(model)},
+        "model": {"name": model_name, "file": str(model), "bytes": os.path.getsize(model), "sha256": sha256(model),
+                  "family": model_family(model)},
         "parameters": config,
         "images": entries,
         "failed": list(failed or []),

@@ -140,9 +140,10 @@ def resolve_device(name: str | None):
     return dev
 
 
-def options(args: argparse.Namespace, diameter: float | None) -> dict:
-    """Keyword arguments of :func:`compute_masks` from parsed options and the network's diameter
-    (``device`` from ``args.device`` where the parser has one, see :func:`resolve_device`)."""
+def options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`reconstruct_file` from parsed options (``niter`` None when not given: it then
+    follows the network's scale; ``device`` from ``args.device`` where the parser has one, see
+    :func:`resolve_device`)."""
     if args.niter is not None and args.niter < 1:
         raise CpsnakeError(f"--niter {args.niter}: expected a positive number of iterations; omit it for the default")
     if not 0 < args.max_size_fraction <= 1:
@@ -150,7 +151,7 @@ def options(args: argparse.Namespace, diameter: float | None) -> dict:
     return dict(
         cellprob_threshold=args.cellprob_threshold,
         flow_threshold=args.flow_threshold,
-        niter=niter_for_diameter(diameter, args.niter),
+        niter=args.niter,
         min_size=args.min_size,
         max_size_fraction=args.max_size_fraction,
         device=resolve_device(getattr(args, "device", None)),
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("flows", help="flows TIFF (3, Y, X) = dY, dX, cellprob from `cpsnake infer`")
     ap.add_argument("labels", help="output label TIFF")
     add_options(ap)
-    ap.add_argument("--diameter", type=float, default=None, help="cell diameter given to `cpsnake infer` (sets niter)")
+    ap.add_argument("--diameter", type=float, default=None,
+                    help="cell diameter given to `cpsnake infer` (sets niter for flows that do not record their scale)")
     ap.add_argument("--device", default="auto", help="auto (CUDA if there is one, else the CPU path), cpu, cuda or cuda:N")
     from cpsnake import limits
 
@@ -173,19 +175,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.diameter is not None and not args.diameter > 0:
         raise CpsnakeError(f"--diameter {args.diameter}: expected a positive cell diameter in pixels; omit it if unknown")
-    reconstruct_file(args.flows, args.labels, max_pixels=args.max_pixels, **options(args, args.diameter))
+    reconstruct_file(args.flows, args.labels, max_pixels=args.max_pixels, diameter=args.diameter, **options(args))
     return 0
 
 
-def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, **opts) -> int:
+def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, diameter: float | None = None,
+                     niter: int | None = None, **opts) -> int:
     """Read a flows TIFF, reconstruct, write the label TIFF (the flows' calibration); return the number of labels.
 
-    ``opts`` are the keyword arguments of :func:`compute_masks` (see :func:`options`).
+    Without ``niter`` the flows are followed ``int(200 / scale)`` steps, ``scale`` the network's resize
+    factor that ``cpsnake infer`` records in the flows file (``diam_mean / diameter``), else the one of
+    ``diameter`` for Cellpose-SAM (:func:`niter_for_diameter`). ``opts``: the other keyword arguments
+    of :func:`compute_masks`.
     """
     from cpsnake import io
 
     flows, meta = io.read_flows(flows_path, max_pixels=max_pixels)  # real, finite, (3, Y, X), within the limit
-    labels = compute_masks(flows, **opts)
+    if niter is None:
+        scale = meta.get("network_scale")
+        niter = int(200 / scale) if scale else niter_for_diameter(diameter)
+    labels = compute_masks(flows, niter=niter, **opts)
     io.write_labels(labels_path, labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
     return int(labels.max())
 

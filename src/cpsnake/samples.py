@@ -13,7 +13,8 @@ per image and the columns
   ``.``, ``_``, ``-``; unique;
 * ``path`` (required): the image file, absolute or relative to the sheet's folder;
 * ``channels`` (optional): 0-based channels for the network, e.g. ``0,2`` (empty: the run's ``channels``);
-* ``diameter`` (optional): typical cell diameter in pixels (empty: the run's ``diameter``);
+* ``diameter`` (optional): typical cell diameter in pixels, or ``auto`` (a U-Net's size model; empty: the
+  run's ``diameter``);
 * ``pixel_size`` (optional): pixel size in the image's unit, replacing the file's calibration (square
   pixels; empty: the file's own).
 
@@ -76,7 +77,7 @@ class Sample:
     sample: str
     path: str
     channels: list[int] | None = None
-    diameter: float | None = None
+    diameter: float | str | None = None  # pixels, or "auto"
     pixel_size: float | None = None
     status: str = "ok"
     reason: str = ""
@@ -205,7 +206,8 @@ def read_sheet(path: str | os.PathLike) -> list[Sample]:
         samples[name] = Sample(
             name, str(image_path),
             channels=_parse_channels(row.get("channels", ""), where),
-            diameter=_parse_positive(row.get("diameter", ""), where, "diameter"),
+            diameter=("auto" if row.get("diameter", "").strip() == "auto"
+                      else _parse_positive(row.get("diameter", ""), where, "diameter")),
             pixel_size=_parse_positive(row.get("pixel_size", ""), where, "pixel_size"),
         )
     if not samples:
@@ -284,7 +286,8 @@ def _rows(path) -> list[Sample]:
             out.append(Sample(
                 row["sample"], row["path"],
                 channels=[int(c) for c in row["channels"].split(",")] if row.get("channels") else None,
-                diameter=num("diameter", float), pixel_size=num("pixel_size", float),
+                diameter="auto" if row.get("diameter") == "auto" else num("diameter", float),
+                pixel_size=num("pixel_size", float),
                 status=row["status"], reason=row["reason"], height=num("height", int), width=num("width", int),
                 channels_in_file=num("channels_in_file", int), planes=num("planes", int), dtype=row["dtype"],
                 pixels=num("pixels", int), batch=row["batch"],

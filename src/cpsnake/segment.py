@@ -62,6 +62,7 @@ def segment_image(
     max_size_fraction: float = 0.4,
     reconstruct_device=None,
     max_pixels: int | None = None,
+    size_params: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """Normalize, run the network and reconstruct masks for one image.
 
@@ -73,6 +74,9 @@ def segment_image(
         The raw image, any numeric dtype.
     reconstruct_device : torch device, optional
         Where the reconstruction runs (:func:`cpsnake.reconstruct.compute_masks`); None: the CPU path.
+    diameter : float, ``"auto"`` or None
+        ``"auto"``: estimated by the U-Net's size model ``size_params`` (:mod:`cpsnake.size`); the estimate
+        is returned as ``normalization["diameter_estimated"]``.
     Other parameters : as ``cpsnake normalize``, ``cpsnake infer`` and ``cpsnake reconstruct``;
         ``max_pixels`` bounds the image resized for ``diameter`` (see :mod:`cpsnake.limits`).
 
@@ -85,12 +89,19 @@ def segment_image(
     """
     from cpsnake.infer import predict
     from cpsnake.normalize import normalize, select_channels
-    from cpsnake.reconstruct import compute_masks, niter_for_diameter
+    from cpsnake.infer import tiling
+    from cpsnake.reconstruct import compute_masks
 
     t0 = time.perf_counter()
     data, record = normalize(
         select_channels(img, channels), percentiles=percentiles, low_high=low_high, invert=invert, tile_size=tile_size
     )
+    if diameter == "auto":
+        from cpsnake.infer import auto_diameter
+
+        diameter = auto_diameter(net, data, None, None, dict(batch_size=batch_size, tile_overlap=tile_overlap,
+                                 augment=augment, device=device, dtype=dtype), params=size_params)
+        record["diameter_estimated"] = diameter
     t1 = time.perf_counter()
     flows = predict(
         net, data, diameter=diameter, batch_size=batch_size, tile_overlap=tile_overlap, augment=augment,
@@ -101,7 +112,7 @@ def segment_image(
         flows,
         cellprob_threshold=cellprob_threshold,
         flow_threshold=flow_threshold,
-        niter=niter_for_diameter(diameter, niter),
+        niter=niter or int(200 / (tiling(net).scale(diameter) or 1.0)),  # cellpose: 200 / the network's scale
         min_size=min_size,
         max_size_fraction=max_size_fraction,
         device=reconstruct_device,
@@ -172,7 +183,7 @@ def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
         "image": {"path": str(path), "shape": list(meta["shape"]), "dtype": meta["dtype"], "axes": meta["axes"], **cal,
                   "calibration_problem": meta["calibration_problem"]},
         "model": model_info,
-        "parameters": {k: v for k, v in opts.items() if k not in ("device", "dtype", "reconstruct_device")},
+        "parameters": {k: v for k, v in opts.items() if k not in ("device", "dtype", "reconstruct_device", "size_params")},
         "device": str(opts["device"]),
         "precision": str(opts["dtype"]).replace("torch.", ""),
         "normalization": record,
@@ -194,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     # every check that needs no torch and no image first: options, output names, the weights file
     opts = normalize.options(args)
     infer.check_options(args)
-    ropts = reconstruct.options(args, args.diameter)
+    ropts = reconstruct.options(args)
     reconstruct_device = ropts.pop("device")  # a GPU's, else None (the CPU path); infer's is opts["device"]
     opts.update(ropts, reconstruct_device=reconstruct_device)
     check_names(args.images)
@@ -204,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     from cpsnake import models
 
     net = models.load_model(path, device=str(opts["device"]))
-    model_info = {"name": args.model, "file": str(path), "sha256": sha256(path)}
+    if opts["diameter"] == "auto":
+        from cpsnake.size import size_model_for
+
+        opts["size_params"] = size_model_for(net, path, args.size_model)
+    family = models.family_of_net(net)
+    model_info = {"name": args.model, "file": str(path), "sha256": sha256(path), "family": family}
     failed = 0
     for image in args.images:
         try:

@@ -30,7 +30,7 @@ import numpy as np
 
 from cpsnake.errors import CpsnakeError
 
-__all__ = ["read_size_model", "size_model_path", "diameter_from_style", "estimate_diameter"]
+__all__ = ["read_size_model", "size_model_path", "size_model_for", "diameter_from_style", "estimate_diameter"]
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -93,6 +93,25 @@ def size_model_path(model_path: str | os.PathLike) -> Path:
     """Where cellpose keeps a model's size model: ``size_<model file name>.npy`` beside it."""
     model_path = Path(model_path)
     return model_path.with_name(f"size_{model_path.stem if model_path.suffix == '.pt' else model_path.name}.npy")
+
+
+def size_model_for(net, model_path: str | os.PathLike, size_model: str | os.PathLike | None = None) -> dict:
+    """The size model parameters for ``--diameter auto``: ``size_model`` or ``size_<model>.npy`` beside the model.
+
+    A one-line CpsnakeError for a Cellpose-SAM network (it has no style vector; cellpose 4 dropped size
+    models) and for a U-Net without a size model file.
+    """
+    from cpsnake.models import UNet
+
+    if not isinstance(net, UNet):
+        raise CpsnakeError(f"{model_path}: found a Cellpose-SAM model, expected a classic Cellpose U-Net with a size "
+                           "model for --diameter auto (Cellpose-SAM is trained to work at any size); give a "
+                           "diameter in pixels, or leave it out")
+    path = Path(size_model) if size_model else size_model_path(model_path)
+    if not path.is_file():
+        raise CpsnakeError(f"{path}: no size model for {model_path}; expected cellpose's size_<model>.npy beside the "
+                           "model file (or --size-model FILE) for --diameter auto; give a diameter in pixels instead")
+    return read_size_model(path, style_channels=int(net.nbase[-1]))
 
 
 def diameter_from_style(style: np.ndarray, params: dict) -> float:

@@ -89,7 +89,9 @@ def listed_samples():
             sheet = sheet.replace("", None)
             for col in ("diameter", "pixel_size"):
                 if col in sheet:
-                    sheet[col] = pd.to_numeric(sheet[col])
+                    sheet[col] = [
+                        v if v in (None, "auto") else float(v) for v in sheet[col]
+                    ]
             validate(sheet, schema="../schemas/samples.schema.yaml")
             return sample_table.read_sheet(config["samples"])
         return sample_table.discover(config["images"])
