@@ -229,3 +229,70 @@ def test_size_model_files_are_read_without_unpickling_objects(tmp_path):
     np.save(tmp_path / "plain.npy", np.zeros(3))
     with pytest.raises(CpsnakeError, match="not a dict"):
         size.read_size_model(tmp_path / "plain.npy")
+
+
+# --- the U-Net in the pipeline ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unet_file(tmp_path_factory):
+    """A small seeded random U-Net (diam_mean 17 as cellpose's nuclei models, diam_labels 17) saved as cellpose does."""
+    torch.manual_seed(0)
+    net = models.build_unet(nbase=(2, 8, 16, 32), diam_mean=17.0)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if name.endswith("running_var"):
+                t.fill_(0.5)
+    path = tmp_path_factory.mktemp("unet") / "unet17.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_step_commands_and_segment_take_a_unet_and_follow_its_scale(unet_file, tmp_path):
+    """`cpsnake infer --diameter 34` on a diam_mean-17 U-Net resizes by 17/34 and records it; `reconstruct`
+    then follows 400 steps (cellpose 3: 200 / rescale); `segment` gives the same labels."""
+    import tifffile
+
+    from cpsnake import cli, io
+
+    img = np.random.default_rng(0).gamma(2.0, 300, (90, 120)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    find = ["--flow-threshold", "0", "--cellprob-threshold", "-0.5"]
+    assert cli.main(["normalize", str(tmp_path / "img.tif"), str(tmp_path / "n.tif")]) == 0
+    assert cli.main(["infer", str(tmp_path / "n.tif"), str(tmp_path / "f.tif"), "--model", str(unet_file),
+                     "--diameter", "34"]) == 0
+    flows, meta = io.read_flows(tmp_path / "f.tif")
+    assert meta["network_scale"] == pytest.approx(0.5)
+    assert cli.main(["reconstruct", str(tmp_path / "f.tif"), str(tmp_path / "m.tif"), *find]) == 0
+    from cpsnake.reconstruct import compute_masks
+
+    expected = compute_masks(flows, niter=400, flow_threshold=0, cellprob_threshold=-0.5)
+    assert np.array_equal(io.read_labels(tmp_path / "m.tif")[0], expected)
+    assert not np.array_equal(expected, compute_masks(flows, niter=200, flow_threshold=0, cellprob_threshold=-0.5))
+    out = tmp_path / "seg"
+    assert cli.main(["segment", str(tmp_path / "img.tif"), "--out", str(out), "--model", str(unet_file),
+                     "--diameter", "34", *find]) == 0
+    assert np.array_equal(io.read_labels(out / "masks" / "img.tif")[0], expected)
+    assert json.loads((out / "provenance" / "img.json").read_text())["model"]["family"] == "unet"
+
+
+def test_diameter_auto_errors_are_one_line(unet_file, tiny_model, tmp_path, capsys):
+    import tifffile
+
+    from cpsnake import cli
+
+    tifffile.imwrite(tmp_path / "img.tif", np.random.default_rng(0).integers(0, 999, (64, 64)).astype(np.uint16))
+    assert cli.main(["segment", str(tmp_path / "img.tif"), "--out", str(tmp_path / "a"), "--model", str(tiny_model),
+                     "--diameter", "auto"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "found a Cellpose-SAM model, expected a classic Cellpose U-Net with a size model" in err[0]
+    assert cli.main(["segment", str(tmp_path / "img.tif"), "--out", str(tmp_path / "b"), "--model", str(unet_file),
+                     "--diameter", "auto"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "size_unet17.npy: no size model" in err[0]
+    _size_file(tmp_path / "small_style.npy", style_channels=8)
+    assert cli.main(["segment", str(tmp_path / "img.tif"), "--out", str(tmp_path / "c"), "--model", str(unet_file),
+                     "--diameter", "auto", "--size-model", str(tmp_path / "small_style.npy")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "styles of 8 values" in err[0] and "expected 32 values" in err[0]
+    assert not (tmp_path / "c").exists()

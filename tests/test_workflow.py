@@ -560,3 +560,21 @@ def test_bad_config_is_refused_before_any_job(tmp_path, tiny_model):
     sheet.write_text("sample\tpath\tcolour\na\tx.tif\tred\n")
     proc = snakemake(workdir2, "-n", "--config", f"samples={sheet}", check=False)
     assert proc.returncode != 0 and "colour" in proc.stdout + proc.stderr
+
+
+@pytest.mark.workflow
+def test_a_classic_unet_model_runs_through_the_workflow(tmp_path):
+    """`model` may be a cellpose 1-3 U-Net file: recognised from its keys, no flag; provenance says so."""
+    import torch
+
+    from cpsnake.models import build_unet
+
+    torch.manual_seed(0)
+    unet = tmp_path / "my_cp3_model"  # cellpose model files often have no extension
+    torch.save(build_unet(nbase=(2, 8, 16, 32)).state_dict(), unet)
+    workdir = make_run_dir(tmp_path / "run", unet)
+    snakemake(workdir)
+    res = workdir / "results"
+    assert (res / "failed.csv").read_text() == "image,step,reason\n"
+    assert all((res / "masks" / f"{n}.tif").is_file() for n in GOOD)
+    assert json.loads((res / "provenance.json").read_text())["model"]["family"] == "unet"
