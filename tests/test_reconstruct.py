@@ -185,7 +185,9 @@ def test_many_bands_and_blocks_agree_with_cellpose(monkeypatch, seed):
     labels = voronoi_cells((640, 600), spacing=20, seed=seed)
     flows = noisy_flows(labels, seed)
     bands, blocks = [], []
-    diffuse, follow = dynamics._diffuse_band, dynamics.follow_flows
+    from cpsnake import heat
+
+    diffuse, follow = heat._diffuse_band, dynamics.follow_flows
 
     def count_band(T, *args):
         bands.append(T.shape)
@@ -195,9 +197,10 @@ def test_many_bands_and_blocks_agree_with_cellpose(monkeypatch, seed):
         blocks.append(-(-len(inds[0]) // block))
         return follow(dP, inds, niter, block=block, device=device, interp=interp)
 
-    monkeypatch.setattr(dynamics, "_diffuse_band", count_band)
+    monkeypatch.setattr(heat, "_diffuse_band", count_band)
     monkeypatch.setattr(dynamics, "follow_flows", count_blocks)
-    monkeypatch.setattr(dynamics, "_workers", lambda: 4)
+    monkeypatch.setattr(heat, "workers", lambda: 4)
+    monkeypatch.setattr(dynamics, "workers", lambda: 4)
     ours = reconstruct.compute_masks(flows)
     assert len(bands) >= 3 and blocks[0] >= 3, (len(bands), blocks)
     theirs = reference(flows)
