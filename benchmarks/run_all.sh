@@ -16,6 +16,7 @@ mkdir -p benchmarks/results
         "benchmarks/bench_reconstruct.py --sizes 2048 --repeat 3" \
         "benchmarks/bench_reconstruct.py --sizes 4096 --repeat 2" \
         "benchmarks/bench_rois.py --size 4096 --repeat 2" \
+        "benchmarks/bench_stitch.py --repeat 3" \
         "benchmarks/bench_segment.py --repeat 3 --folder ../shared/data/nuclei/val/images" \
         "benchmarks/check_normalize.py ../shared/data/nuclei/val/images"; do
         echo; echo "\$ python $cmd"
