@@ -97,15 +97,15 @@ def stack_of_ellipsoids():
     img = np.stack([
         100.0 + 3.0 * z + 0.5 * y - 0.25 * x + rng.normal(0, 5, shape),
         rng.integers(0, 4096, shape).astype(np.float64),
-    ])  # fmt: skip
-    return lab, img
+    ], axis=1)  # fmt: skip
+    return lab, img  # (Z, C, Y, X)
 
 
 def regionprops_table(lab, img, spacing):
     """scikit-image's per-object values for the same stack, ascending ids; image as (Z, Y, X, C)."""
     props = ["label", "area", "centroid", "bbox", "equivalent_diameter_area", "intensity_mean", "intensity_min",
              "intensity_max", "intensity_std", "num_pixels"]
-    table = skimage_measure.regionprops_table(lab, np.moveaxis(img, 0, -1), properties=props, spacing=spacing)
+    table = skimage_measure.regionprops_table(lab, np.moveaxis(img, 1, -1), properties=props, spacing=spacing)
     return pd.DataFrame(table).sort_values("label").reset_index(drop=True)
 
 
@@ -322,10 +322,10 @@ def test_channel_columns_and_image_layouts():
     lab[1, 1:3, 1:4] = 1
     img = np.arange(60, dtype=np.uint16).reshape(3, 4, 5)
     one = measure_3d(lab, img, voxel_size=(1.5, 0.2, 0.2), unit="micron")
-    pd.testing.assert_frame_equal(one, measure_3d(lab, img[None], voxel_size=(1.5, 0.2, 0.2), unit="micron"))
+    pd.testing.assert_frame_equal(one, measure_3d(lab, img[:, None], voxel_size=(1.5, 0.2, 0.2), unit="micron"))
     assert list(one.columns) == columns_3d(1) and "Mean" in one.columns
     assert one.attrs == {"unit": "micron", "voxel_size": (1.5, 0.2, 0.2)}
-    two = measure_3d(lab, np.stack([img, 2 * img]))
+    two = measure_3d(lab, np.stack([img, 2 * img], axis=1))
     assert list(two.columns[-8:]) == ["Mean_c1", "Mean_c2", "StdDev_c1", "StdDev_c2", "Min_c1", "Min_c2", "Max_c1", "Max_c2"]
     assert two["Mean_c2"].iloc[0] == 2 * two["Mean_c1"].iloc[0] == 2 * img[lab == 1].mean()
 
@@ -349,9 +349,9 @@ def test_no_objects_gives_the_columns_and_no_rows():
         (np.zeros((1, 2, 4, 5), np.int32), np.zeros((1, 2, 4, 5)), (1, 1, 1), "found labels with 4 dimensions"),
         (np.zeros((3, 4, 5)), np.zeros((3, 4, 5)), (1, 1, 1), "found labels of dtype float64, expected an integer"),
         (-np.ones((3, 4, 5), np.int16), np.zeros((3, 4, 5)), (1, 1, 1), "found a negative label -1"),
-        (np.zeros((3, 4, 5), np.int32), np.zeros((3, 4, 6)), (1, 1, 1), r"image of shape \(3, 4, 6\), expected \(C, 3, 4, 5\)"),
+        (np.zeros((3, 4, 5), np.int32), np.zeros((3, 4, 6)), (1, 1, 1), r"image of shape \(3, 4, 6\), expected \(3, C, 4, 5\)"),
         (np.zeros((3, 4, 5), np.int32), np.zeros((2, 3, 5, 4)), (1, 1, 1), "to match the labels"),
-        (np.zeros((3, 4, 5), np.int32), np.zeros((3, 2, 4, 5)), (1, 1, 1), r"looks like \(Z, C, Y, X\).*moveaxis"),
+        (np.zeros((3, 4, 5), np.int32), np.zeros((2, 3, 4, 5)), (1, 1, 1), r"looks like \(C, Z, Y, X\).*moveaxis"),
         (np.zeros((3, 4, 5), np.int32), np.zeros((3, 4, 5), complex), (1, 1, 1), "dtype complex128, expected real numbers"),
         (np.zeros((3, 4, 5), np.int32), np.zeros((3, 4, 5)), (0, 1, 1), r"found voxel_size \(0, 1, 1\), expected three finite positive"),
         (np.zeros((3, 4, 5), np.int32), np.zeros((3, 4, 5)), (1, -0.5, 1), "expected three finite positive"),

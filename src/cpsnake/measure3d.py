@@ -1,7 +1,7 @@
 """Per-object measurements of a 3-D label stack: volume, surface area, shape and intensities, one row per object.
 
 :func:`measure_3d` takes a label stack ``(Z, Y, X)`` (0 = background; ids need not be consecutive and may
-be as large as 2**63 - 1) and the intensities of the same stack, ``(C, Z, Y, X)`` or ``(Z, Y, X)``, and
+be as large as 2**63 - 1) and the intensities of the same stack, ``(Z, C, Y, X)`` or ``(Z, Y, X)``, and
 returns a :class:`pandas.DataFrame` with one row per object in ascending id order. ``voxel_size`` is the
 physical size ``(dz, dy, dx)`` of a voxel (anisotropic voxels are the rule in microscopy: z steps are
 often several times the pixel size); every calibrated column is in ``unit`` (volumes in unit^3, areas in
@@ -86,8 +86,8 @@ Memory follows the size of a plane and the number of objects, never the largest 
 plane by plane (ids ranked by a search in the sorted list of ids present), and every per-object table has
 one entry per object.
 
-Axis order everywhere: ``(Z, Y, X)`` for labels, ``(C, Z, Y, X)`` for images (note: :func:`cpsnake.io.read_image`
-gives stacks as ``(Z, C, Y, X)``; pass ``np.moveaxis(image, 1, 0)``).
+Axis order everywhere: ``(Z, Y, X)`` for labels, ``(Z, C, Y, X)`` for images (as :func:`cpsnake.io.read_image`
+gives stacks).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def measure_3d(
     labels : (Z, Y, X) integer ndarray
         0 = background, no negative values; ids need not be consecutive (memory follows the number of
         objects and the size of a plane, not the largest id: an id of 3,000,000,000 costs what 1 does).
-    image : (C, Z, Y, X) or (Z, Y, X) ndarray of numbers
+    image : (Z, C, Y, X) or (Z, Y, X) ndarray of numbers
         Intensities of the same stack; ``(Z, Y, X)`` is one channel.
     voxel_size : (dz, dy, dx)
         Physical size of a voxel along z, y, x in ``unit``; (1, 1, 1) measures in voxels.
@@ -180,7 +180,7 @@ def measure_3d(
     ------
     CpsnakeError
         Labels not 3-D or not integer, negative labels, an image that is not numeric or whose shape is
-        not ``(C, Z, Y, X)`` / ``(Z, Y, X)`` of the labels' ``(Z, Y, X)``, a voxel size that is not three
+        not ``(Z, C, Y, X)`` / ``(Z, Y, X)`` of the labels' ``(Z, Y, X)``, a voxel size that is not three
         finite positive numbers, a unit that is not a string.
     """
     import pandas as pd
@@ -358,7 +358,7 @@ def _check_labels(labels) -> np.ndarray:
 
 
 def _check_image(image, shape: tuple[int, int, int]) -> np.ndarray:
-    """``image`` as (C, Z, Y, X) for labels of ``shape`` (Z, Y, X), or a CpsnakeError."""
+    """``image`` (Z, C, Y, X) or (Z, Y, X) as (C, Z, Y, X) for labels of ``shape`` (Z, Y, X), or a CpsnakeError."""
     img = np.asarray(image)
     if not (np.issubdtype(img.dtype, np.number) or img.dtype == bool) or np.issubdtype(img.dtype, np.complexfloating):
         raise CpsnakeError(
@@ -366,14 +366,14 @@ def _check_image(image, shape: tuple[int, int, int]) -> np.ndarray:
             "pass the intensity stack the labels were made from")
     if img.ndim == 3 and img.shape == shape:
         return img[None]
-    if img.ndim == 4 and img.shape[1:] == shape:
-        return img
     z, y, x = shape
-    hint = "pass the intensity stack the labels were made from"
     if img.ndim == 4 and img.shape[0] == z and img.shape[2:] == (y, x):
-        hint = "it looks like (Z, C, Y, X), as cpsnake.io reads stacks: pass np.moveaxis(image, 1, 0)"
+        return np.moveaxis(img, 1, 0)
+    hint = "pass the intensity stack the labels were made from"
+    if img.ndim == 4 and img.shape[1:] == shape:
+        hint = "it looks like (C, Z, Y, X): pass np.moveaxis(image, 0, 1)"
     raise CpsnakeError(
-        f"measure_3d: found an image of shape {img.shape}, expected (C, {z}, {y}, {x}) or ({z}, {y}, {x}) to "
+        f"measure_3d: found an image of shape {img.shape}, expected ({z}, C, {y}, {x}) or ({z}, {y}, {x}) to "
         f"match the labels (Z, Y, X) = {shape}; {hint}")
 
 
