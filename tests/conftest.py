@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest_plugins = ["ci_skips", "pytester"]
+
+ROOT = Path(__file__).resolve().parents[1]
+CP3 = Path(os.environ.get("CPSNAKE_CELLPOSE3", ROOT / ".venv" / "cellpose3"))
+SCRIPT = Path(__file__).parent / "cellpose3" / "reference.py"
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +34,42 @@ def tiny_model(tmp_path_factory) -> Path:
     save_model(build_cpsam("tiny"), path)
     return path
 
+
+@pytest.fixture(scope="session")
+def cp3(tmp_path_factory):
+    """Run one cellpose 3 reference op (see tests/cellpose3/reference.py); returns its outputs."""
+    if not (CP3 / "cellpose").is_dir():
+        pytest.skip(f"cellpose 3.1.1.3 is not in {CP3}: make .venv/cellpose3/.installed")
+    tmp = tmp_path_factory.mktemp("cp3")
+    count = [0]
+
+    def run(op: str, **args) -> dict:
+        count[0] += 1
+        req = tmp / f"req{count[0]}.json"
+        out = tmp / f"out{count[0]}.npz"
+        req.write_text(json.dumps({"op": op, "out": str(out), **args}))
+        env = {**os.environ, "PYTHONPATH": str(CP3)}
+        proc = subprocess.run([sys.executable, str(SCRIPT), str(req)], capture_output=True, text=True, env=env,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return dict(np.load(out)) if out.exists() else {}
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def unet_file(tmp_path_factory):
+    """A small seeded random U-Net (diam_mean 17 as cellpose's nuclei models, diam_labels 17) saved as cellpose does."""
+    import torch
+
+    from cpsnake import models
+
+    torch.manual_seed(0)
+    net = models.build_unet(nbase=(2, 8, 16, 32), diam_mean=17.0)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if name.endswith("running_var"):
+                t.fill_(0.5)
+    path = tmp_path_factory.mktemp("unet") / "unet17.pt"
+    torch.save(net.state_dict(), path)
+    return path

@@ -564,17 +564,30 @@ def test_bad_config_is_refused_before_any_job(tmp_path, tiny_model):
 
 @pytest.mark.workflow
 def test_a_classic_unet_model_runs_through_the_workflow(tmp_path):
-    """`model` may be a cellpose 1-3 U-Net file: recognised from its keys, no flag; provenance says so."""
+    """`model` may be a cellpose 1-3 U-Net file: recognised from its keys, no flag; provenance says so.
+    With `diameter: auto` its size model (beside it) gives each image's diameter, recorded in provenance
+    as the estimate `cpsnake.size` makes (a bug that recorded the configured "auto" or dropped it fails)."""
     import torch
 
-    from cpsnake.models import build_unet
+    from cpsnake import io, size
+    from cpsnake.models import build_unet, load_model
+    from cpsnake.normalize import normalize
 
     torch.manual_seed(0)
     unet = tmp_path / "my_cp3_model"  # cellpose model files often have no extension
     torch.save(build_unet(nbase=(2, 8, 16, 32)).state_dict(), unet)
-    workdir = make_run_dir(tmp_path / "run", unet)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "size_my_cp3_model.npy", {"A": rng.normal(0, 0.5, 32), "smean": rng.normal(0, 0.05, 32),
+                                                 "ymean": np.float64(-0.1), "diam_mean": 30.0})
+    workdir = make_run_dir(tmp_path / "run", unet, diameter="auto")
     snakemake(workdir)
     res = workdir / "results"
     assert (res / "failed.csv").read_text() == "image,step,reason\n"
     assert all((res / "masks" / f"{n}.tif").is_file() for n in GOOD)
-    assert json.loads((res / "provenance.json").read_text())["model"]["family"] == "unet"
+    record = json.loads((res / "provenance.json").read_text())
+    assert record["model"]["family"] == "unet"
+    net, params = load_model(unet), size.read_size_model(tmp_path / "size_my_cp3_model.npy")
+    for image in record["images"]:
+        img, _ = io.read_image(workdir / "images" / f"{image['name']}.tif")
+        expected, _ = size.estimate_diameter(net, normalize(img)[0], params, progress=False)
+        assert image["diameter_used"] == pytest.approx(expected, rel=1e-5)

@@ -23,7 +23,8 @@ STEPS: dict[str, tuple[str, str]] = {
     "samples": ("cpsnake.samples", "the run's images: sample sheet or folder, header inspection, batches"),
     "batch": ("cpsnake.batch", "one workflow step for a batch of images, in one process"),
     "weights": ("cpsnake.weights", "list or fetch model weights (sha256-checked cache)"),
-    "train": ("cpsnake.train", "train or fine-tune a Cellpose-SAM model"),
+    "train": ("cpsnake.train", "train or fine-tune a Cellpose-SAM model or a classic Cellpose U-Net"),
+    "train-size": ("cpsnake.train_size", "fit a U-Net's size model (style -> diameter) for --diameter auto"),
     "evaluate": ("cpsnake.evaluate", "average precision and error rate of predicted vs true labels"),
 }
 

@@ -9,7 +9,9 @@ dependencies, plus Snakemake's when given), ``model`` (name, file, size in bytes
 ``cpsam`` or ``unet``),
 ``parameters`` (the whole workflow config), ``images``: for each image that was normalized, its name,
 path, sha256, its own options from a sample sheet (channels, diameter, pixel_size; null when the run's
-apply) and the normalization values used (the record ``cpsnake normalize`` writes), and ``failed``:
+apply), the normalization values used (the record ``cpsnake normalize`` writes) and ``diameter_used``
+(the diameter the network ran at, px: the one given, or the estimate of ``diameter: auto``; null for
+the image's own scale), and ``failed``:
 each image that failed, with the step and the reason (as failed.csv).
 """
 
@@ -116,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         done = by_step[s.sample].get("normalize")
         if done is None or done.status != "ok":
             continue
+        inferred = by_step[s.sample].get("infer")
         images.append({"name": s.sample, "path": s.path,
                        "options": {"channels": s.channels, "diameter": s.diameter, "pixel_size": s.pixel_size},
-                       "normalization": done.info.get("normalization")})
+                       "normalization": done.info.get("normalization"),
+                       "diameter_used": inferred.info.get("diameter") if inferred and inferred.status == "ok" else None})
     record = build_record(model=args.model, model_name=args.model_name, config=config, images=images, failed=failed,
                           snakemake_version=args.snakemake_version)
     from cpsnake.io import atomic_output

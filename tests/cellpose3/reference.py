@@ -11,6 +11,9 @@ REQUEST holds ``op`` and its arguments; the outputs go to the ``out`` .npz file 
 * ``eval``: ``CellposeModel(pretrained_model=state).eval(image, channels, diameter, ...)`` without masks:
   ``dP``, ``cellprob``, ``style``;
 * ``size``: ``SizeModel(model, pretrained_size=size).eval(image, channels)``: ``diam``, ``diam_style``;
+  for both, ``nbase`` (optional) gives a network's widths where they are not cellpose 3's ``[2, 32, 64,
+  128, 256]`` (cellpose 3 builds only those widths and allocates 256 style values in ``run_net``; the
+  script builds ``CPnet`` with the file's widths and sizes those two style buffers to its last width);
 * ``follow``: ``dynamics.follow_flows(step, inds, niter, interp=False)`` on ``step`` (.npy, 2 x Y x X) from the
   pixels where ``cellprob`` > 0 (.npy): ``p``.
 """
@@ -69,7 +72,22 @@ def main(request: str) -> None:
         inds = np.nonzero(np.load(req["cellprob"]) > 0)
         out = {"p": dynamics.follow_flows(step, inds, niter=req["niter"], interp=False)}
     elif op in ("eval", "size"):
-        model = models.CellposeModel(gpu=False, pretrained_model=req["state"], nchan=2)
+        if "nbase" in req:  # cellpose 3 fixes the widths after the input at 32-256; take the file's
+            cpnet = models.CPnet
+            models.CPnet = lambda nbase, *a, **k: cpnet(list(req["nbase"]), *a, **k)
+            width = req["nbase"][-1]
+            if width != 256:  # run_net allocates its style buffers as (n, 256): size them to the network
+
+                class _NP:
+                    def __getattr__(self, name):
+                        return getattr(np, name)
+
+                    def zeros(self, shape, *a, **k):
+                        shape = (shape[0], width) if len(shape) == 2 and shape[1] == 256 else shape
+                        return np.zeros(shape, *a, **k)
+
+                core.np = _NP()
+        model = models.CellposeModel(gpu=False, pretrained_model=req["state"], nchan=req.get("nbase", [2])[0])
         model.net.mkldnn = False
         image = np.load(req["image"])
         if op == "eval":
