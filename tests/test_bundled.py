@@ -1,8 +1,9 @@
-"""The shipped artefact: the bundled model segments the demo images as recorded.
+"""The shipped artefacts: each bundled model segments the demo images as recorded.
 
-tests/data/demo_expected/ holds what ``cpsnake segment`` with the bundled ``nuclei_small`` found on
-resources/demo/images (masks and counts), written by ``python tests/make_demo_expected.py``; rerun that
-command, and commit its output with an explanation, only when a change is meant to alter the results.
+tests/data/demo_expected/MODEL/ holds what ``cpsnake segment --model MODEL`` with a bundled model
+(``nuclei_small``, ``nuclei_unet``) found on resources/demo/images (masks and counts), written by
+``python tests/make_demo_expected.py``; rerun that command, and commit its output with an explanation,
+only when a change is meant to alter the results.
 
 Tolerance: per image the cell count may move by 2 % (at least 1 cell) and at least 97 % of the recorded
 cells must be found again at IoU >= 0.9, which leaves room for float rounding on other CPUs. Real
@@ -25,29 +26,38 @@ from cpsnake.provenance import sha256
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "resources" / "demo" / "images"
 EXPECTED = Path(__file__).parent / "data" / "demo_expected"
+BUNDLED = sorted(name for name, entry in weights.REGISTRY.items() if entry.bundled)
 COUNT_TOLERANCE = 0.02
 MATCHED_AT_09 = 0.97
 
 
-@pytest.fixture(scope="module")
-def segmented(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
+def _recorded(model: str) -> dict:
+    return json.loads((EXPECTED / model / "counts.json").read_text())
+
+
+@pytest.fixture(scope="module", params=BUNDLED)
+def segmented(request, tmp_path_factory) -> tuple[str, Path]:
+    out = tmp_path_factory.mktemp(request.param)
     images = sorted(p for p in DEMO.iterdir() if p.suffix == ".tif")
     assert len(images) == 4
-    assert cli.main(["segment", *map(str, images), "--out", str(out)]) == 0
-    return out
+    assert cli.main(["segment", *map(str, images), "--out", str(out), "--model", request.param]) == 0
+    return request.param, out
 
 
-def test_expectations_belong_to_the_bundled_model():
-    doc = json.loads((EXPECTED / "counts.json").read_text())
-    assert doc["sha256"] == sha256(weights.resolve("nuclei_small")) == weights.REGISTRY["nuclei_small"].sha256
+def test_every_bundled_model_has_expectations_made_with_it():
+    assert BUNDLED == ["nuclei_small", "nuclei_unet"]
+    for model in BUNDLED:
+        doc = _recorded(model)
+        assert doc["model"] == model
+        assert doc["sha256"] == sha256(weights.resolve(model)) == weights.REGISTRY[model].sha256
 
 
-@pytest.mark.parametrize("name", sorted(json.loads((EXPECTED / "counts.json").read_text())["cells"]))
+@pytest.mark.parametrize("name", sorted(_recorded("nuclei_small")["cells"]))
 def test_bundled_model_finds_the_recorded_cells(segmented, name):
-    expected_n = json.loads((EXPECTED / "counts.json").read_text())["cells"][name]
-    ours, _ = io.read_labels(segmented / "masks" / f"{name}.tif")
-    recorded, _ = io.read_labels(EXPECTED / "masks" / f"{name}.tif")
+    model, out = segmented
+    expected_n = _recorded(model)["cells"][name]
+    ours, _ = io.read_labels(out / "masks" / f"{name}.tif")
+    recorded, _ = io.read_labels(EXPECTED / model / "masks" / f"{name}.tif")
     n = int(ours.max())
     assert abs(n - expected_n) <= max(1, COUNT_TOLERANCE * expected_n), f"{name}: {n} cells, recorded {expected_n}"
     row = evaluate.scores(recorded, ours, [0.9])

@@ -231,7 +231,7 @@ def test_local_path_is_returned_as_is(tmp_path):
 
 
 def test_unknown_name_lists_known_names():
-    with pytest.raises(CpsnakeError, match="unknown name.*cpsam_v2, cpsam, nuclei_small"):
+    with pytest.raises(CpsnakeError, match="unknown name.*cpsam_v2, cpsam, nuclei_small, nuclei_unet"):
         resolve("cpsam_v3")
 
 

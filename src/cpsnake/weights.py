@@ -13,8 +13,10 @@ Registry (:data:`REGISTRY`, name -> :class:`Entry`):
   Pin a commit with ``--revision COMMIT`` (env ``CPSNAKE_WEIGHTS_REVISION``); sites with their own copy
   point ``--base-url URL`` (env ``CPSNAKE_WEIGHTS_URL``) at a folder holding files named ``cpsam``,
   ``cpsam_v2``.
-- ``nuclei_small``: the small model bundled with the repository (``resources/models/nuclei_small.pt``),
-  verified by size and sha256 like a download (hashed on every use: it is small).
+- ``nuclei_small``, ``nuclei_unet``: the small models bundled with the repository
+  (``resources/models/NAME.pt``; ``nuclei_unet`` is a classic Cellpose U-Net with its size model
+  ``size_nuclei_unet.npy`` beside it), verified by size and sha256 like a download (hashed on every use:
+  they are small).
 
 Cache: ``--cache-dir`` / ``cache_dir=`` > env ``CPSNAKE_CACHE`` > ``~/.cache/cpsnake``. A download goes to
 ``NAME.part`` (resumed with an HTTP Range request after an interruption when the server allows it, else
@@ -106,6 +108,11 @@ REGISTRY: Mapping[str, Entry] = MappingProxyType({
     "nuclei_small": Entry(
         "nuclei_small", 9_140_833, "d76ec8490cb0720fe77816191d33a34191d318c6c31551b749c9732e9d1f69d8", bundled=REPO_ROOT / "resources" / "models" / "nuclei_small.pt",
         note="small 'tiny' model for nuclei, fast on CPU (bundled)"),
+    # size and sha256 of resources/models/nuclei_unet.pt (see resources/models/MODEL_CARD_nuclei_unet.md)
+    "nuclei_unet": Entry(
+        "nuclei_unet", 6_736_909, "ca9b2f7f1ce3bedf51cf2d16f5adb97c63148e501fb0b02bfe0744caaa075cdd",
+        bundled=REPO_ROOT / "resources" / "models" / "nuclei_unet.pt",
+        note="classic Cellpose U-Net for nuclei, with its size model (bundled)"),
 })
 
 

@@ -51,7 +51,7 @@ except ImportError as exc:
 RESULTS = config["results"].rstrip(os.sep) or os.curdir
 SAMPLES_TABLE = f"{RESULTS}/samples.tsv"
 # registry names shipped with the repository in resources/models/NAME.pt
-BUNDLED = ("nuclei_small",)
+BUNDLED = ("nuclei_small", "nuclei_unet")
 # registry names that `cpsnake weights fetch` downloads (sha256-checked) into resources/weights/
 DOWNLOADABLE = ("cpsam", "cpsam_v2")
 
