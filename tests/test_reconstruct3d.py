@@ -50,11 +50,11 @@ def clean_flows(seed: int) -> np.ndarray:
     return flows
 
 
-def noisy_flows(seed: int) -> np.ndarray:
+def noisy_flows(seed: int, sd_flow: float = 1.5, sd_prob: float = 2.0) -> np.ndarray:
     rng = np.random.default_rng(seed + 100)
     flows = clean_flows(seed)
-    flows[:3] += rng.normal(0, 1.5, flows[:3].shape).astype(np.float32)
-    flows[3] += rng.normal(0, 2.0, flows.shape[1:]).astype(np.float32)
+    flows[:3] += rng.normal(0, sd_flow, flows[:3].shape).astype(np.float32)
+    flows[3] += rng.normal(0, sd_prob, flows.shape[1:]).astype(np.float32)
     return flows
 
 
@@ -116,8 +116,7 @@ def test_object_centers_3d_inside_and_skipped_labels():
 def test_clean_flows_same_labels_as_cellpose():
     """Clean flows: the same label stack as cellpose, numbering included, and (nearly) the truth.
 
-    Catches: end points rounded instead of truncated, the step not divided by 5, x and z swapped in the
-    sampling grid (cellpose's grid is (x, y, z)).
+    Catches: the step not divided by 5, x and z swapped in the sampling grid (cellpose's grid is (x, y, z)).
     """
     flows = clean_flows(0)
     ours = reconstruct3d.compute_masks_3d(flows)
@@ -128,20 +127,44 @@ def test_clean_flows_same_labels_as_cellpose():
     assert ap(ours, ellipsoids(seed=0), iou=0.5)[0] >= 0.9  # touching ellipsoids: some boundary voxels drift
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_noisy_flows_agree_with_cellpose(seed):
+@pytest.mark.parametrize("seed, sd_flow, sd_prob", [(0, 1.5, 2.0), (1, 1.5, 2.0), (2, 1.5, 2.0), (0, 3.0, 3.0),
+                                                    (1, 3.0, 3.0)])
+def test_noisy_flows_agree_with_cellpose(seed, sd_flow, sd_prob):
     """Noisy flows and cellprob: AP at IoU 0.9 between ours and cellpose's >= 0.99, in fact identical labels.
 
-    Catches: a 6- instead of 26-connected seed growth, local maxima over 3x3x3 instead of 5x5x5, seeds in
-    another order (ties: later seed wins), counts > 2 / > 10 off by one.
+    Catches (the very noisy cases): end points rounded instead of truncated, local maxima over 3x3x3
+    instead of 5x5x5, growth through bins with > 1 instead of > 2 end points; (all) a 6- instead of
+    26-connected seed growth; (seed 2) fill_voids' face-scan quirk not reproduced.
     """
-    flows = noisy_flows(seed)
+    flows = noisy_flows(seed, sd_flow, sd_prob)
     ours = reconstruct3d.compute_masks_3d(flows)
     theirs = reference(flows)
     score, tp, na, nb = ap(ours, theirs)
     assert na > 15
     assert score >= 0.99
     assert np.array_equal(ours, theirs)
+
+
+def test_overlapping_seed_windows_equal_cellpose():
+    """Two end-point clusters 7 bins apart joined by a bridge of 3-count bins: both seeds grow into the
+    bridge and the seed taken later (the larger count, though first in raster order) wins it, as in
+    cellpose's ``get_masks_torch``.
+
+    Catches: seeds taken in raster order instead of ascending count, overlaps won by the earlier seed.
+    """
+    import torch
+
+    shape = (12, 30, 30)
+    pts = [((6, 15, 10), 80), ((6, 15, 17), 50)] + [((6, 15, x), 3) for x in range(11, 17)]
+    p = np.concatenate([np.tile(np.array(c, np.float32)[:, None] + 0.25, n) for c, n in pts], axis=1)
+    idx = np.arange(p.shape[1]) * 7  # distinct start voxels
+    ours = reconstruct3d.get_masks_3d(p, idx, shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = cellpose("cellpose.dynamics").get_masks_torch(
+            torch.from_numpy(p).int(), np.unravel_index(idx, shape), shape)
+    assert ours.max() == 2
+    assert np.array_equal(ours, theirs.astype(np.int32))
 
 
 def test_settable_thresholds_agree_with_cellpose():
