@@ -183,9 +183,11 @@ def test_settable_thresholds_agree_with_cellpose():
 
 
 def test_blocks_and_threads_give_the_same_labels(monkeypatch):
-    """Points followed in many small blocks on several threads: the same labels as one block.
+    """Points followed in many small blocks on several threads, seeds grown in small chunks: the same
+    labels as one block and one chunk.
 
-    Catches: a block's points written to another block's slot, the last (short) block never followed.
+    Catches: a block's points written to another block's slot, the last (short) block never followed,
+    seed labels restarting at 1 in every chunk.
     """
     from cpsnake import heat
 
@@ -193,6 +195,7 @@ def test_blocks_and_threads_give_the_same_labels(monkeypatch):
     whole = reconstruct3d.compute_masks_3d(flows, block=1 << 30)
     monkeypatch.setattr(reconstruct3d, "workers", lambda: 4)
     monkeypatch.setattr(heat, "workers", lambda: 4)
+    monkeypatch.setattr(reconstruct3d, "_SEED_CHUNK", 5)
     parts = reconstruct3d.compute_masks_3d(flows, block=997)
     assert whole.max() > 15 and np.array_equal(parts, whole)
 

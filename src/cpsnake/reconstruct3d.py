@@ -56,6 +56,7 @@ __all__ = ["compute_masks_3d", "follow_flows_3d", "get_masks_3d", "flow_errors_3
            "fill_holes_and_remove_small_masks_3d"]
 
 _PAD = 5  # histogram border: room for the 11x11x11 seed windows
+_SEED_CHUNK = 4096  # seeds grown together
 
 
 def compute_masks_3d(
@@ -256,19 +257,23 @@ def get_masks_3d(p: np.ndarray, idx: np.ndarray, shape: tuple[int, int, int], *,
     seeds = cand[is_max]
     # ascending end-point count; torch's sort on int32 counts so that ties fall as in cellpose
     seeds = seeds[torch.argsort(torch.from_numpy(h[seeds])).numpy()]
-    n = seeds.size
-    win = seeds[:, None] + _offsets(5, H)[None, :]  # (n, 1331) flat bins of each seed's window
-    big = (h[win] > 2).reshape(n, 11, 11, 11)
-    grow = np.zeros(big.shape, dtype=bool)
-    grow[:, 5, 5, 5] = True
-    for _ in range(5):  # 26-connected dilation inside the window (outside it counts as empty)
-        grow = ndi.binary_dilation(grow, structure=np.ones((1, 3, 3, 3), bool)) & big
-    del big
-    k, w = np.nonzero(grow.reshape(n, -1))
-    del grow
+    off = _offsets(5, H)
+    pos, lab = [], []
+    for s0 in range(0, seeds.size, _SEED_CHUNK):  # seeds in chunks: windows use bounded memory
+        chunk = seeds[s0 : s0 + _SEED_CHUNK]
+        win = chunk[:, None] + off[None, :]  # (n, 1331) flat bins of each seed's window
+        big = (h[win] > 2).reshape(chunk.size, 11, 11, 11)
+        grow = np.zeros(big.shape, dtype=bool)
+        grow[:, 5, 5, 5] = True
+        for _ in range(5):  # 26-connected dilation inside the window (outside it counts as empty)
+            grow = ndi.binary_dilation(grow, structure=np.ones((1, 3, 3, 3), bool)) & big
+        k, w = np.nonzero(grow.reshape(chunk.size, -1))
+        pos.append(win[k, w])
+        lab.append((k + s0 + 1).astype(np.int32))
+        del win, big, grow, k, w
     h[:] = 0  # the histogram's memory now holds the seed label of each bin (the later seed wins)
-    np.maximum.at(h, win[k, w], (k + 1).astype(np.int32))
-    del win, k, w
+    np.maximum.at(h, np.concatenate(pos), np.concatenate(lab))
+    del pos, lab
     labels.reshape(-1)[idx] = h[fp]
     del h, ht, fp
     counts = np.bincount(labels.reshape(-1))
