@@ -329,7 +329,10 @@ def test_flow_threshold_drops_inconsistent_object_and_is_off_by_default():
 
 
 def test_max_size_fraction_drops_big_object():
-    """An object with 47% of the stack's voxels is dropped at 0.4 and kept at 0.5."""
+    """An object with 47% of the stack's voxels is dropped at 0.4 and kept at 0.5.
+
+    Catches: the fraction taken of one plane (the object is then always dropped), the test inverted.
+    """
     lab = np.zeros((10, 30, 30), np.int32)
     lab[:, 0:30, 0:14] = 1  # 46.7% of the stack's voxels
     flows = np.empty((4, *lab.shape), np.float32)
@@ -343,6 +346,10 @@ def test_max_size_fraction_drops_big_object():
 
 
 def test_all_background_and_no_seed_give_empty_labels():
+    """No voxel above the threshold, or too few to make a histogram peak: an empty int32 stack.
+
+    Catches: the no-seed case reaching the seed growth (empty arrays to concatenate).
+    """
     flows = np.zeros((4, 6, 20, 20), np.float32)
     flows[3] = -5
     out = reconstruct3d.compute_masks_3d(flows)
