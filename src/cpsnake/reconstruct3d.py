@@ -170,7 +170,7 @@ def follow_flows_3d(dP: np.ndarray, cell: np.ndarray, idx: np.ndarray, *, niter:
 
     shape = dP.shape[1:]
     n = idx.size
-    out = np.empty((3, n), dtype=np.float32)
+    out = np.full((3, n), np.nan, dtype=np.float32)  # a point never followed stays NaN, never stale memory
     if n == 0:
         return out
     ext = [float(L - 1) for L in shape[::-1]]  # (x, y, z), as grid_sample wants
