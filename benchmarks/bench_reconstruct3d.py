@@ -120,12 +120,15 @@ def main() -> int:
         src = Path(tmp) / "flows.npy"
         np.save(src, flows)
         nobj = int(len(np.unique(labels)) - 1)
+        print(f"{'x'.join(map(str, shape))}: {nobj} objects, flows made; {load()}", flush=True)
         del flows
         sides = ["ours"] if args.no_reference else ["ours", "cellpose"]
         runs = {k: [] for k in sides}
         for r in range(args.repeat):
             for k in (sides if r % 2 == 0 else sides[::-1]):
                 runs[k].append(run_child(k, src, Path(tmp) / f"{k}.npy"))
+                print(f"  run {r + 1} {k}: {runs[k][-1]['time_s']:.1f} s, peak {runs[k][-1]['peak_rss_gb']:.2f} GB",
+                      flush=True)
         t = {k: [x["time_s"] for x in v] for k, v in runs.items()}
         m = {k: [x["peak_rss_gb"] for x in v] for k, v in runs.items()}
         m_ours = np.load(Path(tmp) / "ours.npy")
