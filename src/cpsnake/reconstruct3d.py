@@ -33,8 +33,9 @@ exceeds the threshold is dropped before step 4. Its errors are :func:`flow_error
 
 How it differs from cellpose in the work, not the labels: only the followed voxels are kept (flat
 indices, no (3, N) index arrays, no full-stack float temporaries: the step field is written straight into
-the sampling tensor); points are followed in blocks that stay within cache, blocks in parallel threads
-(torch's 3-D ``grid_sample`` on the CPU runs on one thread for one batch); the histogram is one int32
+the sampling tensor); points are followed in blocks (65,536 points), blocks in parallel threads, one
+torch thread each (torch's 3-D ``grid_sample`` on the CPU parallelises over the batch only, so cellpose's
+one batch of all points runs on one core); the histogram is one int32
 stack padded by 5 voxels (not 20), local maxima are looked for only at bins with more than 10 end points,
 and the same stack is reused for the seed labels; holes are found by labelling each object's background.
 
@@ -91,7 +92,7 @@ def compute_masks_3d(
         Fill only true voids (True), or also the box-face voxels that cellpose's ``fill_voids`` fills
         (False, default: cellpose's labels); see :func:`fill_holes_and_remove_small_masks_3d`.
     block : int
-        Points followed together (a cache-sized block; blocks run in parallel threads).
+        Points followed together (blocks run in parallel threads).
 
     Returns
     -------
