@@ -189,11 +189,11 @@ def test_blocks_and_threads_give_the_same_labels(monkeypatch):
     Catches: a block's points written to another block's slot, the last (short) block never followed,
     seed labels restarting at 1 in every chunk.
     """
-    from cpsnake import heat
+    from cpsnake import dynamics, heat
 
     flows = noisy_flows(2)
     whole = reconstruct3d.compute_masks_3d(flows, block=1 << 30)
-    monkeypatch.setattr(reconstruct3d, "workers", lambda: 4)
+    monkeypatch.setattr(dynamics, "workers", lambda: 4)  # dynamics.run_blocks' pool
     monkeypatch.setattr(heat, "workers", lambda: 4)
     monkeypatch.setattr(reconstruct3d, "_SEED_CHUNK", 5)
     parts = reconstruct3d.compute_masks_3d(flows, block=997)

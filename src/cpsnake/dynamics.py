@@ -198,8 +198,18 @@ def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int
             run(0)
         return out
 
-    # blocks are independent: one torch thread per block, blocks spread over a small thread pool
-    # (small ops with torch's own threading are slow on a busy machine)
+    run_blocks(run, n, block)
+    return out
+
+
+def run_blocks(run, n: int, block: int) -> None:
+    """Call ``run(start)`` for ``start`` in ``range(0, n, block)``, blocks spread over a small thread pool.
+
+    Blocks are independent: each runs with one torch thread (small ops with torch's own threading are slow
+    on a busy machine), under ``torch.inference_mode``; torch's thread count is restored after.
+    """
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -207,7 +217,6 @@ def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int
             list(pool.map(run, range(0, n, block)))
     finally:
         torch.set_num_threads(threads)
-    return out
 
 
 def _steps_nearest(dP: np.ndarray, inds, niter: int) -> np.ndarray:

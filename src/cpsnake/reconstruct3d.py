@@ -44,14 +44,11 @@ Axis order: flows ``(4, Z, Y, X)`` = dZ, dY, dX, cellprob; labels ``(Z, Y, X)``.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from scipy import ndimage as ndi
 
-from cpsnake.dynamics import _remove_labels, _remove_small, renumber
+from cpsnake.dynamics import _remove_labels, _remove_small, renumber, run_blocks
 from cpsnake.errors import CpsnakeError
-from cpsnake.heat import workers
 
 __all__ = ["compute_masks_3d", "follow_flows_3d", "get_masks_3d", "flow_errors_3d",
            "fill_holes_and_remove_small_masks_3d"]
@@ -205,13 +202,7 @@ def follow_flows_3d(dP: np.ndarray, cell: np.ndarray, idx: np.ndarray, *, niter:
             pt[..., k] *= ext[k]
             out[2 - k, a:b] = flat[:, k].numpy()
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode(), ThreadPoolExecutor(max_workers=workers()) as pool:
-            list(pool.map(run, range(0, n, block)))
-    finally:
-        torch.set_num_threads(threads)
+    run_blocks(run, n, block)
     return out
 
 
