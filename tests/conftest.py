@@ -73,3 +73,16 @@ def unet_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("unet") / "unet17.pt"
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture
+def opencv_without_ipp():
+    """cellpose resizes with cv2.resize; with Intel IPP on (the wheel's default) OpenCV takes IPP's bilinear
+    code for 1, 3 and 4 channels, whose sample positions differ by up to ~3e-5 px from OpenCV's own
+    INTER_LINEAR (which we reproduce). Compare against OpenCV's own code."""
+    import cv2
+
+    was = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    yield cv2
+    cv2.ipp.setUseIPP(was)

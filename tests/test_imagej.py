@@ -195,6 +195,31 @@ def test_imported_roi_types_match_imagej_masks(imagej, tmp_path):
         assert diff == 0, f"{name}: our mask differs from ImageJ's in {diff} pixels"
 
 
+def test_label_hyperstack_keeps_voxel_depth_frame_interval_and_tz_rois(imagej, tmp_path):
+    """A (T, Z, Y, X) label hyperstack as `cpsnake segment` writes it for a time series of Z stacks: ImageJ reads
+    2 frames x 3 slices, the voxel depth and the frame interval, and every ROI (name LABEL-tT-zZ, hyperstack
+    position) masks exactly its label's pixels in its own plane."""
+    base = hard_shapes()
+    lab = np.stack([np.stack([np.roll(base, 3 * (z + 2 * t), axis=1) for z in range(3)]) for t in range(2)])
+    lab[1, 2][lab[1, 2] == lab[1, 2].max()] = 0  # one label missing from one plane
+    io.write_labels(tmp_path / "lab.tif", lab, pixel_size=(0.25, 0.25), unit="um", stack_axes="TZ", z_step=1.5,
+                    frame_interval=30.0)
+    write_rois(tmp_path / "r.zip", labels_to_rois(lab))
+    ij = imagej(tmp_path / "lab.tif", tmp_path / "r.zip", tmp_path / "ij")
+    info = ij["info"]
+    assert (info["slices"], info["frames"], info["unit"]) == ("3", "2", "micron")
+    assert float(info["pixelDepth"]) == 1.5 and float(info["frameInterval"]) == 30.0
+    seen = set()
+    for name, z, t, x, y, m in ij["masks"]:
+        lab_id = int(name.split("-")[0])
+        assert name[:-4] == f"{lab_id:0{len(str(lab.max()))}d}-t{t}-z{z}"
+        plane = lab[t - 1, z - 1]
+        assert int((_paint(plane.shape, x, y, m) != (plane == lab_id)).sum()) == 0, name
+        seen.add((lab_id, t, z))
+    expected = {(int(i), t + 1, z + 1) for t in range(2) for z in range(3) for i in np.unique(lab[t, z]) if i}
+    assert seen == expected
+
+
 @pytest.mark.parametrize("n_labels", [300, 70000])
 def test_label_tiff_opens_calibrated_in_imagej(imagej, tmp_path, n_labels):
     lab = np.zeros((4, 20000 // 4 if n_labels > 65535 else 100), np.int64)

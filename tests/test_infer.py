@@ -124,19 +124,6 @@ def test_augmented_run_net_matches_cellpose(shape):
     assert np.abs(ours - infer.run_net(net, img)).max() > 1e-3
 
 
-@pytest.fixture
-def opencv_without_ipp():
-    """cellpose resizes with cv2.resize; with Intel IPP on (the wheel's default) OpenCV takes IPP's bilinear
-    code for 1, 3 and 4 channels, whose sample positions differ by up to ~3e-5 px from OpenCV's own
-    INTER_LINEAR (which we reproduce). Compare against OpenCV's own code."""
-    import cv2
-
-    was = cv2.ipp.useIPP()
-    cv2.ipp.setUseIPP(False)
-    yield cv2
-    cv2.ipp.setUseIPP(was)
-
-
 @pytest.mark.parametrize("channels", [1, 2, 3])
 @pytest.mark.parametrize("src, dst", [((300, 410), (200, 273)), ((200, 273), (300, 410)), ((7, 5), (20, 3))])
 def test_resize_matches_opencv_linear(opencv_without_ipp, channels, src, dst):

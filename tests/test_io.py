@@ -151,9 +151,40 @@ def test_stack_reads_as_zcyx(tmp_path):
 def test_time_series_reads_as_planes(tmp_path):
     a = _ramp((3, 10, 12), np.uint16)
     f = tmp_path / "t.tif"
-    tifffile.imwrite(f, a, imagej=True, metadata={"axes": "TYX"})
-    data, _ = read_image(f)
-    assert data.shape == (3, 1, 10, 12)
+    tifffile.imwrite(f, a, imagej=True, metadata={"axes": "TYX", "finterval": 2.5})
+    data, meta = read_image(f)
+    assert data.shape == (3, 1, 10, 12) and meta["stack_axes"] == "T"
+    assert meta["frame_interval"] == 2.5 and meta["z_step"] is None
+
+
+def test_imagej_hyperstack_tzcyx_keeps_both_stack_axes_and_calibration(tmp_path):
+    a = _ramp((2, 3, 2, 10, 12), np.uint16)
+    f = tmp_path / "tz.tif"
+    tifffile.imwrite(f, a, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                     metadata={"axes": "TZCYX", "spacing": 2.0, "unit": "micron", "finterval": 30.0})
+    data, meta = read_image(f)
+    assert data.shape == (2, 3, 2, 10, 12) and meta["stack_axes"] == "TZ"
+    np.testing.assert_array_equal(data, a)
+    assert meta["pixel_size"] == (0.5, 0.5) and meta["z_step"] == 2.0 and meta["frame_interval"] == 30.0
+
+
+def test_ome_tiff_tzcyx_reads_voxel_depth_and_time_increment(tmp_path):
+    a = _ramp((2, 3, 2, 10, 12), np.uint8)
+    f = tmp_path / "5d.ome.tif"
+    tifffile.imwrite(f, a, ome=True, metadata={"axes": "TZCYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25,
+                                               "PhysicalSizeZ": 1.5, "TimeIncrement": 4.0})
+    data, meta = read_image(f)
+    assert data.shape == (2, 3, 2, 10, 12) and meta["stack_axes"] == "TZ"
+    np.testing.assert_array_equal(data, a)
+    assert meta["pixel_size"] == (0.25, 0.25) and meta["z_step"] == 1.5 and meta["frame_interval"] == 4.0
+
+
+def test_zcyx_stack_has_stack_axis_z(tmp_path):
+    f = tmp_path / "z.tif"
+    tifffile.imwrite(f, _ramp((4, 10, 12), np.uint8), imagej=True, metadata={"axes": "ZYX", "spacing": 0.0})
+    data, meta = read_image(f)
+    assert data.shape == (4, 1, 10, 12) and meta["stack_axes"] == "Z"
+    assert meta["z_step"] is None  # a zero spacing is no calibration
 
 
 @pytest.mark.parametrize("n, shape", [(2, (2, 10, 12)), (3, (3, 10, 12)), (5, (5, 1, 10, 12))])
@@ -171,10 +202,10 @@ def test_singleton_axes_are_dropped(tmp_path):
     assert data.shape == (2, 10, 12)
 
 
-def test_five_dimensional_image_is_an_error(tmp_path):
-    f = tmp_path / "5d.ome.tif"
-    tifffile.imwrite(f, _ramp((2, 3, 2, 10, 12), np.uint8), ome=True, metadata={"axes": "TZCYX"})
-    with pytest.raises(CpsnakeError, match=r"5d\.ome\.tif: found 5 dimensions \(2, 3, 2, 10, 12\).*expected a 2-D image"):
+def test_two_unnamed_plane_axes_are_an_error(tmp_path):
+    f = tmp_path / "4d.tif"
+    tifffile.imwrite(f, _ramp((5, 6, 10, 12), np.uint8), photometric="minisblack")
+    with pytest.raises(CpsnakeError, match=r"4d\.tif: found 4 dimensions \(5, 6, 10, 12\).*expected a 2-D image.*axes named"):
         read_image(f)
 
 

@@ -74,9 +74,32 @@ def test_stack_rows_per_label_and_slice(tmp_path):
     lab = np.stack([_rect(), np.zeros((10, 14), np.int32), _rect() * 2])
     io.write_labels(tmp_path / "lab.tif", lab)
     io.write_tiff(tmp_path / "img.tif", np.ones((3, 1, 10, 14), np.uint8), axes="ZCYX")
-    assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 0
+    assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv"), "--per-slice"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
     assert [(r["label"], r["slice"]) for r in rows] == [("1", "1"), ("2", "3")]
+
+
+def test_z_stack_rows_per_3d_object_calibrated(tmp_path):
+    lab = np.zeros((4, 10, 14), np.int32)
+    lab[0:3, 2:6, 3:8] = 5  # 3 x 4 x 5 = 60 voxels
+    lab[3, 1:3, 1:3] = 9
+    io.write_labels(tmp_path / "lab.tif", lab)
+    io.write_tiff(tmp_path / "img.tif", np.full((4, 1, 10, 14), 7, np.uint8), axes="ZCYX", pixel_size=(0.5, 0.5),
+                  unit="um", metadata={"spacing": 2.0})
+    assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert [(r["label"], r["image"], r["voxels"], r["slices"]) for r in rows] == [("5", "img.tif", "60", "3"),
+                                                                                  ("9", "img.tif", "4", "1")]
+    assert float(rows[0]["volume"]) == 60 * 2.0 * 0.5 * 0.5 and float(rows[0]["Mean"]) == 7.0
+
+
+def test_time_series_rows_per_object_and_frame(tmp_path):
+    lab = np.stack([_rect(), _rect()])
+    io.write_labels(tmp_path / "lab.tif", lab, stack_axes="T")
+    io.write_tiff(tmp_path / "img.tif", np.ones((2, 1, 10, 14), np.uint8), axes="TCYX")
+    assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert [(r["label"], r["frame"]) for r in rows] == [("1", "1"), ("1", "2")] and "slice" not in rows[0]
 
 
 def test_shape_mismatch_is_one_clear_error(tmp_path, capsys):

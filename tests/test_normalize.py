@@ -149,9 +149,37 @@ def test_bad_options_are_errors(kwargs, pattern):
         normalize(noisy((2, 20, 20), np.uint8), **kwargs)
 
 
-def test_stack_is_rejected_by_normalize():
-    with pytest.raises(CpsnakeError, match=r"shape \(2, 1, 20, 20\), expected a 2-D image.*Stack to Images"):
-        normalize(noisy((2, 1, 20, 20), np.uint8))
+@pytest.mark.parametrize("shape", [(4, 2, 50, 60), (60, 1, 700, 300)], ids=["small", "subsampled"])
+def test_whole_stack_equals_cellpose_norm3d(shape):
+    """Percentiles over all planes (cellpose's norm3D); above 224**3 voxels on cellpose's 3-D subsample
+    (every Z // 50-th plane, Y // 224-th row, X // 224-th column)."""
+    from cpsnake.stack import normalize_stack
+
+    transforms = cellpose("cellpose.transforms")
+    stack = noisy(shape, np.uint16)
+    ours, record = normalize_stack(stack, per_plane=False)
+    ref = transforms.normalize_img(stack.transpose(0, 2, 3, 1), norm3D=True).transpose(0, 3, 1, 2)
+    assert record["scope"] == "stack"
+    np.testing.assert_array_equal(ours, ref)
+    if shape[0] == 60:
+        assert record["per_channel"][0]["sample_step"] == [1, 3, 1]
+
+
+def test_stack_plane_by_plane_equals_cellpose_per_slice():
+    from cpsnake.stack import normalize_stack
+
+    transforms = cellpose("cellpose.transforms")
+    stack = noisy((3, 2, 40, 30), np.uint8)
+    stack[1] //= 4  # planes differ in range
+    ours, record = normalize_stack(stack, per_plane=True)
+    ref = transforms.normalize_img(stack.transpose(0, 2, 3, 1), norm3D=False).transpose(0, 3, 1, 2)
+    assert len(record["planes"]) == 3
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_tile_norm_of_a_whole_stack_is_refused():
+    with pytest.raises(CpsnakeError, match="--tile-norm 64 with a whole-stack normalization"):
+        normalize(noisy((1, 3, 80, 80), np.uint8), tile_size=64)
 
 
 # --- channel selection ------------------------------------------------------------------------------
@@ -327,6 +355,26 @@ def _stack(d: Path) -> Path:
     return d / "stack.tif"
 
 
+@pytest.mark.parametrize("norm3d", [False, True])
+def test_cli_normalizes_a_stack_per_plane_or_as_a_whole(tmp_path, norm3d):
+    src = _stack(tmp_path)
+    out = tmp_path / "n.tif"
+    assert cli_main(["normalize", str(src), str(out), *(["--norm3d"] if norm3d else [])]) == 0
+    doc = json.loads(out.with_suffix(".json").read_text())
+    with tifffile.TiffFile(out) as tif:
+        data, axes = tif.asarray(), tif.series[0].axes
+    assert data.shape == (3, 20, 20) and axes == "ZYX" and doc["output"]["axes"] == "ZCYX"
+    assert doc["scope"] == ("stack" if norm3d else "plane") and ("planes" in doc) != norm3d
+    raw = tifffile.imread(src).astype(np.float32)
+    if norm3d:  # one low/high for all planes
+        lo, hi = np.percentile(raw, [1, 99])
+        np.testing.assert_allclose(data, (raw - lo) / (hi - lo), rtol=1e-5, atol=1e-5)
+    else:
+        for z in range(3):
+            lo, hi = np.percentile(raw[z], [1, 99])
+            np.testing.assert_allclose(data[z], (raw[z] - lo) / (hi - lo), rtol=1e-5, atol=1e-5)
+
+
 def _tif(d: Path, name: str, array: np.ndarray, **kw) -> Path:
     tifffile.imwrite(d / name, array, **kw)
     return d / name
@@ -348,9 +396,9 @@ BAD_INPUTS = {
     "nan": (lambda d: _tif(d, "nan.tif", np.where(np.eye(30, 40) > 0, np.nan, 1.0).astype(np.float32)), "nan.tif: found 30 NaN or infinite pixel values"),
     "5-D": (
         lambda d: _tif(d, "five.ome.tif", noisy((2, 2, 2, 20, 20), np.uint8), ome=True, metadata={"axes": "TZCYX"}),
-        "five.ome.tif: found 5 dimensions (2, 2, 2, 20, 20) with axes 'TZCYX'; expected a 2-D image",
+        "five.ome.tif: found a time series of Z stacks (axes 'TZCYX', shape (2, 2, 2, 20, 20)); expected a 2-D image, a Z "
+        "stack or a time series of 2-D frames",
     ),
-    "stack": (_stack, "stack.tif: found a stack of 3 planes (axes 'ZYX', shape (3, 20, 20)); expected a 2-D image"),
     "4 channels": (
         lambda d: _tif(d, "c4.tif", noisy((4, 20, 20), np.uint8), imagej=True, metadata={"axes": "CYX"}),
         "c4.tif: found 4 channels, expected at most 3; choose which go in with --channels",

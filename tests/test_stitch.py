@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cpsnake.errors import CpsnakeError
-from cpsnake.stitch import min_size_3d, stitch_planes
+from cpsnake.stitch import stitch_planes
 from reference import cellpose
 from synthetic import voronoi_cells
 
@@ -221,28 +221,6 @@ def test_output_dtype_and_input_untouched():
     assert np.array_equal(out8, reference(m8.astype(np.int32), 0.25))
 
 
-def test_min_size_3d_counts_voxels_over_planes():
-    """Known answer: an object thin in every plane but large in 3-D is kept, a small one dropped; 1..N.
-
-    Catches: counting per plane instead of over the stack; renumbering by first appearance or not at
-    all; changing the dtype.
-    """
-    lab = np.zeros((5, 6, 6), np.uint16)
-    lab[:, 0:2, 0:2] = 40  # 4 voxels per plane, 20 in all: kept at min_size 15
-    lab[0, 3:6, 3:6] = 7  # 9 voxels in one plane: dropped
-    lab[2:4, 3:6, 0:3] = 9  # 18 voxels: kept
-    lab[4, 5, 5] = 3  # 1 voxel: dropped
-    out = min_size_3d(lab, 15)
-    assert out.dtype == np.uint16 and np.array_equal(np.unique(out), [0, 1, 2])
-    assert (out[lab == 9] == 1).all() and (out[lab == 40] == 2).all()  # ascending old ids -> 1..N
-    assert not out[(lab == 7) | (lab == 3)].any()
-    assert np.array_equal(min_size_3d(lab, 0), np.searchsorted([0, 3, 7, 9, 40], lab))  # all kept, renumbered
-    assert min_size_3d(np.zeros((2, 3, 3), np.int32), 15).max() == 0
-    huge = np.zeros((2, 4, 4), np.int64)
-    huge[:, 0:2, 0:2] = 3_000_000_000
-    assert np.array_equal(min_size_3d(huge, 8), (huge > 0).astype(np.int64))
-
-
 @pytest.mark.parametrize("masks, threshold, found", [
     (np.zeros((8, 8), np.int32), 0.25, "2 dimensions"),
     (np.zeros((2, 2, 8, 8), np.int32), 0.25, "4 dimensions"),
@@ -267,11 +245,3 @@ def test_bad_input_is_one_clear_line(masks, threshold, found):
         stitch_planes(masks, threshold)
     msg = str(err.value)
     assert found in msg and "expected" in msg and "\n" not in msg
-
-
-def test_min_size_3d_bad_input():
-    """Float or negative labels are refused with one line. Catches: float labels cast silently."""
-    with pytest.raises(CpsnakeError, match="dtype float64.*expected an integer"):
-        min_size_3d(np.zeros((2, 3, 3)), 5)
-    with pytest.raises(CpsnakeError, match="negative label"):
-        min_size_3d(np.full((2, 3, 3), -2, np.int16), 5)

@@ -179,17 +179,32 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
     taken: list = []  # (sample, meta) of the images handed to the network, in order
     diameters: list = []  # filled as images are taken: predict_many reads entry k when it prepares image k
     failed: list[Outcome] = []
+    done: list[Outcome] = []  # stacks, written as they are read
+    from cpsnake import stack
+    from cpsnake.stack import stack_flows
+
+    sopts = stack.options(args)
 
     def images():
         for s in rows:
             t0 = time.perf_counter()
             try:
                 img, meta = infer.read_normalized(paths.normalized(s.sample), max_pixels=args.max_pixels)
+                infer.check_stack_request(s.sample, meta["stack_axes"], sopts["mode"])
                 d = s.diameter if s.diameter is not None else default_diameter
                 if d == "auto":
-                    d = infer.auto_diameter(net, img, path, args.size_model, opts, source=s.sample, params=size_params)
+                    plane = img if img.ndim == 3 else img[img.shape[0] // 2]  # a stack: its middle plane
+                    d = infer.auto_diameter(net, plane, path, args.size_model, opts, source=s.sample, params=size_params)
                 if spec.scale(d) is not None:
                     infer.scaled_shape(img.shape, spec.scale(d), args.max_pixels, why=f"{s.sample}: diameter {d}")
+                if img.ndim == 4:  # a stack: its planes (or three views) go through the network now
+                    flows = stack_flows(net, img, do_3d=sopts["mode"] == "3d", diameter=d,
+                                        anisotropy=sopts["anisotropy"], flow3d_smooth=sopts["flow3d_smooth"],
+                                        max_pixels=args.max_pixels, **opts)
+                    io.write_flows(paths.flows(s.sample), flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
+                                   network_scale=spec.scale(d), stack_axes=meta["stack_axes"], z_step=meta.get("z_step"))
+                    done.append(Outcome(s.sample, "ok", "", time.perf_counter() - t0, {"diameter": d}))
+                    continue
             except CpsnakeError as exc:
                 failed.append(_fail(paths, "infer", s.sample, exc, t0))
                 continue
@@ -207,7 +222,7 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
         now = time.perf_counter()
         outcomes[s.sample] = Outcome(s.sample, "ok", "", now - t, {"diameter": diameters[k]})
         t = now
-    outcomes.update({o.sample: o for o in failed})
+    outcomes.update({o.sample: o for o in failed + done})
     return iter([outcomes[s.sample] for s in rows])
 
 
@@ -216,23 +231,24 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
 
     ``args`` holds the step's options as parsed by :func:`main`. Returns one outcome per row, in order.
     """
-    from cpsnake import measure, normalize, overlay, reconstruct, rois
+    from cpsnake import measure, normalize, overlay, reconstruct, rois, stack
 
     if step == "normalize":
         opts = normalize.options(args)
         default_channels = opts.pop("channels")
+        norm3d = stack.options(args)["mode"] != "planes"  # --do-3d and --stitch-threshold: the whole stack at once
 
         def one(s):
             channels = s.channels if s.channels is not None else default_channels
             doc = normalize.normalize_file(s.path, paths.normalized(s.sample), channels=channels,
-                                           max_pixels=args.max_pixels, pixel_size=s.pixel_size, **opts)
+                                           max_pixels=args.max_pixels, pixel_size=s.pixel_size, norm3d=norm3d, **opts)
             return {"normalization": doc}
 
         return list(_each(rows, paths, step, one))
     if step == "infer":
         return list(_infer(rows, paths, args))
     if step == "reconstruct":
-        opts = reconstruct.options(args)
+        opts = reconstruct.options(args) | reconstruct.stack_options(args)
 
         def one(s):  # the flows record the network's scale (and so niter)
             n = reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample), max_pixels=args.max_pixels,
@@ -244,9 +260,10 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
         return list(_each(rows, paths, step, lambda s: {"rois": rois.export_file(
             paths.masks(s.sample), paths.rois(s.sample), max_pixels=args.max_pixels)}))
     if step == "measure":
+        per_slice = stack.options(args)["mode"] == "planes"  # Z stacks plane by plane: 2-D objects, rows per slice
         return list(_each(rows, paths, step, lambda s: {"rows": measure.measure_file(
             paths.masks(s.sample), s.path, paths.measurements(s.sample), max_pixels=args.max_pixels,
-            flows_path=paths.flows(s.sample), pixel_size=s.pixel_size)}))
+            flows_path=paths.flows(s.sample), pixel_size=s.pixel_size, per_slice=per_slice)}))
     if step == "overlay":
         def one(s):
             overlay.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample), max_pixels=args.max_pixels)
@@ -283,6 +300,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="infer: registry name or weights file")
     for title, module in (("normalize", normalize), ("infer", infer), ("reconstruct", reconstruct)):
         module.add_options(p.add_argument_group(f"{title} options (as `cpsnake {title}`)"))
+    from cpsnake import stack
+
+    stack.add_options(p.add_argument_group("stack options (see cpsnake.stack)"))
     limits.add_option(p)
     return p
 

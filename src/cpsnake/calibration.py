@@ -15,7 +15,7 @@ import warnings
 
 from cpsnake.errors import CpsnakeWarning
 
-__all__ = ["PIXEL_SIZE_RANGE", "calibration", "read_calibration", "calibration_warning"]
+__all__ = ["PIXEL_SIZE_RANGE", "calibration", "read_calibration", "calibration_warning", "stack_calibration"]
 
 PIXEL_SIZE_RANGE = (1e-30, 1e30)  # a usable pixel size: finite, positive, and its square finite and nonzero
 
@@ -102,3 +102,32 @@ def calibration_warning(path: object, problem: str) -> str:
         f"{path}: found {problem}; expected a finite positive pixel size; the file is treated as uncalibrated "
         "(measurements in pixels); set the pixel size in Fiji (Image > Properties) and save again to calibrate it"
     )
+
+
+def _positive(text) -> float | None:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        return None
+    return v if _usable(v) else None
+
+
+def stack_calibration(tif: "tifffile.TiffFile") -> tuple[float | None, float | None, str | None]:
+    """(z step, frame interval, time unit) of an open TIFF; None for what is not stored or not usable.
+
+    OME-XML: ``PhysicalSizeZ`` (in ``PhysicalSizeZUnit``, taken to be the X unit) and ``TimeIncrement``
+    (``TimeIncrementUnit``, OME's default s). ImageJ: ``spacing`` (in the image's unit) and ``finterval``
+    (``tunit``, default sec). A value that is not finite and positive counts as not stored.
+    """
+    import re
+
+    if tif.is_ome and tif.ome_metadata:
+        pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", tif.ome_metadata)
+        attrs = pixels.group(0) if pixels else ""
+        z = re.search(r'PhysicalSizeZ="([^"]*)"', attrs)
+        t = re.search(r'TimeIncrement="([^"]*)"', attrs)
+        tu = re.search(r'TimeIncrementUnit="([^"]+)"', attrs)
+        return (_positive(z.group(1)) if z else None, _positive(t.group(1)) if t else None,
+                tu.group(1) if tu else "s")
+    ij = tif.imagej_metadata or {}
+    return _positive(ij.get("spacing")), _positive(ij.get("finterval")), str(ij.get("tunit") or "sec")

@@ -442,7 +442,8 @@ def auto_diameter(net, img: np.ndarray, model_path, size_model, opts: dict, *, s
 
 
 def read_normalized(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
-    """Read a normalized image: float32 ``(C, Y, X)`` with C = 1..3, and ``{"pixel_size", "unit"}``.
+    """Read a normalized image: float32 ``(C, Y, X)`` with C = 1..3 (a stack: ``(S, C, Y, X)``), and ``{"pixel_size",
+    "unit", "stack_axes" ("" , "Z" or "T"), "z_step"}``.
 
     A 2-D ``(Y, X)`` file is one channel. Anything else (integers, complex, more channels, NaN, an image
     thinner than :data:`cpsnake.limits.MIN_SIDE`, more samples than ``max_pixels``) is a CpsnakeError.
@@ -450,19 +451,29 @@ def read_normalized(path: str | Path, *, max_pixels: int | None = None) -> tuple
     from cpsnake import limits
     from cpsnake.io import read_tiff
 
-    what = "the float32 (C, Y, X) image written by `cpsnake normalize`"
+    what = "the float32 (C, Y, X) image (or (Z|T, C, Y, X) stack) written by `cpsnake normalize`"
     fix = f"pass {what}"
     data, meta = read_tiff(path, expected=what, fix=fix, max_pixels=max_pixels, what="normalized image")
+    axes = meta.pop("axes") or ""
     if data.ndim == 2:
         data = data[None]
-    if data.ndim != 3 or not 1 <= data.shape[0] <= 3 or min(data.shape[1:]) < 1:
-        raise CpsnakeError(f"{path}: found shape {data.shape}, expected (C, Y, X) with C = 1..3; {fix}")
+    elif data.ndim == 3 and axes[:1] in ("Z", "T") and "C" not in axes:  # a one-channel stack (ImageJ drops C = 1)
+        data = data[:, None]
+    stack_axes = ""
+    if data.ndim == 4 and axes[:1] in ("Z", "T"):
+        stack_axes = axes[0]
+    elif data.ndim != 3:
+        raise CpsnakeError(f"{path}: found shape {data.shape} (axes {axes!r}), expected (C, Y, X) with C = 1..3 or a "
+                           f"stack (Z|T, C, Y, X); {fix}")
+    if not 1 <= data.shape[-3] <= 3 or min(data.shape[-2:]) < 1:
+        raise CpsnakeError(f"{path}: found shape {data.shape}, expected C = 1..3 channels; {fix}")
     if not np.issubdtype(data.dtype, np.floating):
         raise CpsnakeError(f"{path}: found dtype {data.dtype}, expected float32 (a normalized image); {fix}")
     limits.check_min_side(path, data.shape)
     data = data.astype(np.float32, copy=False)
     if not np.isfinite(data).all():
         raise CpsnakeError(f"{path}: found NaN or infinite values, expected finite floats; {fix}")
+    meta["stack_axes"] = stack_axes
     return data, meta
 
 
@@ -491,14 +502,24 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cpsnake infer", description="Tiled Cellpose-SAM inference: normalized image -> flows (dY, dX, cellprob)."
     )
-    p.add_argument("normalized", type=Path, help="float32 (C, Y, X) TIFF from `cpsnake normalize`, C = 1..3")
-    p.add_argument("flows", type=Path, help="output flows TIFF, float32 (3, Y, X) = dY, dX, cellprob logits")
+    p.add_argument("normalized", type=Path, help="float32 (C, Y, X) TIFF from `cpsnake normalize`, C = 1..3 (or a stack)")
+    p.add_argument("flows", type=Path, help="output flows TIFF, float32 (3, Y, X) = dY, dX, cellprob logits (per plane "
+                                            "for stacks; (4, Z, Y, X) with --do-3d)")
     p.add_argument("--model", required=True, help="registry name (see `cpsnake weights list`) or path to a weights file")
     add_options(p)
-    from cpsnake import limits
+    from cpsnake import limits, stack
 
+    stack.add_options(p.add_argument_group("stacks (see cpsnake.stack)"), masks=False)
     limits.add_option(p)
     return p
+
+
+def check_stack_request(path, stack_axes: str, mode: str) -> None:
+    """One clear line for --do-3d on what is not a Z stack (a 2-D image, a time series of 2-D frames)."""
+    if mode == "3d" and stack_axes != "Z":
+        found = "a 2-D image" if not stack_axes else "a time series of 2-D frames (no Z axis)"
+        raise CpsnakeError(f"{path}: found {found} given --do-3d; expected a Z stack; leave out --do-3d, or save the "
+                           "planes as Z if they are depths (Fiji: Image > Properties)")
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -539,7 +560,11 @@ def options(args: argparse.Namespace) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     check_options(args)
+    from cpsnake import stack
+
+    sopts = stack.options(args)
     img, meta = read_normalized(args.normalized, max_pixels=args.max_pixels)
+    check_stack_request(args.normalized, meta["stack_axes"], sopts["mode"])
     if args.diameter not in (None, "auto"):
         resized_shape(img.shape, args.diameter, args.max_pixels)  # before the model is loaded
 
@@ -551,6 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cpsnake import models
 
     net = models.load_model(path, device=str(opts["device"]))
+    if img.ndim == 4:
+        return _main_stack(args, net, img, meta, opts, sopts, path)
     if opts["diameter"] == "auto":
         opts["diameter"] = auto_diameter(net, img, path, args.size_model, opts, source=args.normalized)
     flows = predict(net, img, progress=None, max_pixels=args.max_pixels, **opts)
@@ -558,6 +585,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
                 network_scale=tiling(net).scale(opts["diameter"]))
+    return 0
+
+
+def _main_stack(args, net, img: np.ndarray, meta: dict, opts: dict, sopts: dict, model_path) -> int:
+    """``cpsnake infer`` on a normalized stack: per-plane flows, or 3-D flows with --do-3d (:mod:`cpsnake.stack`)."""
+    from cpsnake.io import write_flows
+    from cpsnake.stack import stack_flows
+
+    if opts["diameter"] == "auto":
+        mid = img.shape[0] // 2
+        opts["diameter"] = auto_diameter(net, img[mid], model_path, args.size_model, opts,
+                                         source=f"{args.normalized} (middle plane {mid + 1})")
+    flows = stack_flows(net, img, do_3d=sopts["mode"] == "3d", anisotropy=sopts["anisotropy"],
+                        flow3d_smooth=sopts["flow3d_smooth"], max_pixels=args.max_pixels, **opts)
+    write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"], stack_axes=meta["stack_axes"],
+                network_scale=tiling(net).scale(opts["diameter"]), z_step=meta.get("z_step"))
     return 0
 
 

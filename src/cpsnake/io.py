@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cpsnake import files, limits
-from cpsnake.calibration import calibration, calibration_warning, read_calibration
+from cpsnake.calibration import calibration, calibration_warning, read_calibration, stack_calibration
 from cpsnake.errors import CpsnakeError, CpsnakeWarning
 
 __all__ = [
@@ -116,19 +116,32 @@ def write_flows(
     pixel_size: tuple[float, float] | None = None,
     unit: str | None = None,
     network_scale: float | None = None,
+    stack_axes: str = "",
+    z_step: float | None = None,
 ) -> None:
-    """Write flows, float32 ``(3, Y, X)`` = dY, dX, cellprob logits, as an ImageJ TIFF (axes CYX).
+    """Write flows as an ImageJ TIFF: float32 ``(3, Y, X)`` = dY, dX, cellprob logits (axes CYX); a stack's per-plane
+    flows ``(S, 3, Y, X)`` (``stack_axes`` ``"Z"`` or ``"T"``: axes ZCYX / TCYX); or 3-D flows ``(4, Z, Y, X)`` = dZ,
+    dY, dX, cellprob (``stack_axes="Z"``; stored as ZCYX with 4 channels, as ImageJ orders hyperstack axes).
 
     ``network_scale``: the factor the image was resized by for the network (``diam_mean / diameter``), kept
     in the ImageJ metadata so that ``cpsnake reconstruct`` follows the flows ``int(200 / scale)`` steps.
+    ``z_step`` goes to ImageJ's ``spacing`` (carried on to the labels).
     """
     import numpy as np
 
     flows = np.asarray(flows, dtype=np.float32)
-    if flows.ndim != 3 or flows.shape[0] != 3:
+    if stack_axes not in ("", "Z", "T"):
+        raise CpsnakeError(f"{path}: flows with stack axes {stack_axes!r}, expected '', 'Z' or 'T'")
+    if not stack_axes and (flows.ndim != 3 or flows.shape[0] != 3):
         raise CpsnakeError(f"{path}: flows of shape {flows.shape}, expected (3, Y, X) = dY, dX, cellprob")
-    extra = {"network_scale": float(network_scale)} if network_scale is not None else None
-    write_tiff(path, flows, axes="CYX", pixel_size=pixel_size, unit=unit, metadata=extra)
+    if stack_axes and not (flows.ndim == 4 and (flows.shape[1] == 3 or flows.shape[0] == 4 and stack_axes == "Z")):
+        raise CpsnakeError(f"{path}: stack flows of shape {flows.shape}, expected (S, 3, Y, X) per plane or (4, Z, Y, X)")
+    extra = {"network_scale": float(network_scale)} if network_scale is not None else {}
+    if z_step and stack_axes == "Z":
+        extra["spacing"] = float(z_step)
+    if stack_axes and flows.shape[1] != 3:  # (4, Z, Y, X) -> (Z, 4, Y, X)
+        flows = flows.transpose(1, 0, 2, 3)
+    write_tiff(path, flows, axes=stack_axes + "CYX", pixel_size=pixel_size, unit=unit, metadata=extra or None)
 
 
 class _TiffErrors:
@@ -190,6 +203,7 @@ def _tiff(
                     data = series.asarray(maxworkers=1)
                 axes = series.axes
                 pixel_size, unit, problem = calibration(tif)
+                z_step, frame_interval, time_unit = stack_calibration(tif)
                 scale = _positive_or_none((tif.imagej_metadata or {}).get("network_scale"))
                 page = series.pages[0] if series.pages else tif.pages.first
                 has_alpha = bool(getattr(page, "extrasamples", ())) and "S" in axes
@@ -217,7 +231,7 @@ def _tiff(
     if problem:
         warnings.warn(calibration_warning(path, problem), CpsnakeWarning, stacklevel=3)
     meta = {"axes": axes, "pixel_size": pixel_size, "unit": unit, "calibration_problem": problem, "has_alpha": has_alpha,
-            "network_scale": scale}
+            "network_scale": scale, "z_step": z_step, "frame_interval": frame_interval, "time_unit": time_unit}
     return data, meta
 
 
@@ -253,25 +267,38 @@ def read_tiff(
     """
     data, meta = _tiff(path, expected=expected, fix=fix or f"pass {expected}", max_pixels=max_pixels,
                        per_pixel=per_pixel, what=what)
-    return data, {k: meta[k] for k in ("pixel_size", "unit", "calibration_problem", "network_scale")}
+    return data, {k: meta[k] for k in ("pixel_size", "unit", "calibration_problem", "network_scale", "z_step",
+                                       "frame_interval", "axes")}
 
 
 FLOWS_FIX = "pass the FLOWS.tif that `cpsnake infer` wrote for this image (run `cpsnake infer` again if it is damaged)"
 
 
 def read_flows(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple["np.ndarray", dict]:
-    """Read a flows file: float32 ``(3, Y, X)`` and ``{"pixel_size": (y, x) | None, "unit": str | None}``.
+    """Read a flows file (see :func:`write_flows`) and ``{"pixel_size", "unit", "network_scale", "kind", "stack_axes",
+    "z_step"}``.
 
-    The limit ``max_pixels`` counts pixels (Y * X): a flows file holds 3 samples per pixel.
-    Complex, integer or non-finite values are an error (never cast silently).
+    ``kind`` ``"2d"``: float32 ``(3, Y, X)``; ``"planes"``: ``(S, 3, Y, X)``, one (dY, dX, cellprob) per plane of a Z
+    stack or time series (``stack_axes`` "Z" or "T"); ``"3d"``: ``(4, Z, Y, X)`` = dZ, dY, dX, cellprob. The limit
+    ``max_pixels`` counts pixels (voxels): a flows file holds 3 (or 4) samples per pixel. Complex, integer or
+    non-finite values are an error (never cast silently).
     """
     import numpy as np
 
-    what = "a flows TIFF written by `cpsnake infer` (float32, 3 x Y x X)"
-    flows, meta = read_tiff(path, expected=what, fix=FLOWS_FIX, max_pixels=max_pixels, per_pixel=3, what="flows file")
-    if flows.ndim != 3 or flows.shape[0] != 3:
+    what = "a flows TIFF written by `cpsnake infer` (float32, 3 x Y x X, or per plane / 3-D for stacks)"
+    flows, meta = read_tiff(path, expected=what, fix=FLOWS_FIX, max_pixels=max_pixels, per_pixel=4, what="flows file")
+    axes = meta.pop("axes") or ""
+    stack_axes = "T" if axes.startswith("T") else "Z" if axes.startswith("Z") else ""  # as write_flows names them
+    if flows.ndim == 3 and flows.shape[0] == 3:
+        kind, stack_axes = "2d", ""
+    elif flows.ndim == 4 and flows.shape[1] == 3 and stack_axes:
+        kind = "planes"
+    elif flows.ndim == 4 and flows.shape[1] == 4 and stack_axes == "Z":
+        kind, flows = "3d", flows.transpose(1, 0, 2, 3)
+    else:
         raise CpsnakeError(
-            f"{path}: found an array of shape {flows.shape}, expected flows (3, Y, X) = dY, dX, cellprob; {FLOWS_FIX}"
+            f"{path}: found an array of shape {flows.shape} (axes {axes!r}), expected flows (3, Y, X) = dY, dX, cellprob, "
+            f"a stack's (Z, 3, Y, X) or 3-D flows (Z, 4, Y, X); {FLOWS_FIX}"
         )
     if flows.dtype.kind != "f":
         raise CpsnakeError(f"{path}: found flows of type {flows.dtype}, expected real floats (float32); {FLOWS_FIX}")
@@ -282,6 +309,7 @@ def read_flows(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
             f"{path}: found {bad} NaN or infinite flow values, expected finite flows; {FLOWS_FIX}; if the network "
             "itself gives NaN, check the weights file"
         )
+    meta.update(kind=kind, stack_axes=stack_axes)
     return flows, meta
 
 
@@ -313,19 +341,27 @@ def write_labels(
     *,
     pixel_size: tuple[float, float] | None = None,
     unit: str | None = None,
+    stack_axes: str | None = None,
+    z_step: float | None = None,
+    frame_interval: float | None = None,
 ) -> "np.dtype":
-    """Write a label image ``(Y, X)`` or ``(Z, Y, X)`` (0 = background) as an ImageJ TIFF; return the dtype used.
+    """Write a label image ``(Y, X)``, stack ``(Z, Y, X)`` / ``(T, Y, X)`` or ``(T, Z, Y, X)`` (0 = background) as an
+    ImageJ hyperstack TIFF; return the dtype used.
 
-    uint16 when the largest label is at most 65,535, else float32 (exact up to 16,777,216), with a
-    message on stderr saying so, because ImageJ 1 has no 32-bit integer images.
+    ``stack_axes`` names the planes: ``"Z"`` (default for 3-D), ``"T"`` or ``"TZ"`` (4-D). ``z_step`` (in
+    ``unit``) and ``frame_interval`` (seconds) go to ImageJ's ``spacing`` and ``finterval``, so Fiji shows the
+    voxel depth and the frame rate. uint16 when the largest label is at most 65,535, else float32 (exact up
+    to 16,777,216), with a message on stderr saying so, because ImageJ 1 has no 32-bit integer images.
     """
     import sys
 
     import numpy as np
 
     labels = np.asarray(labels)
-    if labels.ndim not in (2, 3):
-        raise CpsnakeError(f"{path}: labels of shape {labels.shape}, expected (Y, X) or (Z, Y, X)")
+    stack_axes = stack_axes if stack_axes is not None else {2: "", 3: "Z", 4: "TZ"}.get(labels.ndim, "")
+    if labels.ndim not in (2, 3, 4) or labels.ndim != 2 + len(stack_axes) or stack_axes not in ("", "Z", "T", "TZ"):
+        raise CpsnakeError(f"{path}: labels of shape {labels.shape} with stack axes {stack_axes!r}, expected (Y, X), "
+                           "(Z, Y, X), (T, Y, X) or (T, Z, Y, X)")
     top = int(labels.max()) if labels.size else 0
     dtype = label_dtype(top, path)
     if dtype == np.float32:
@@ -334,7 +370,13 @@ def write_labels(
             "(ImageJ 1 has no 32-bit integer type)",
             file=sys.stderr,
         )
-    write_tiff(path, labels.astype(dtype), axes="YX" if labels.ndim == 2 else "ZYX", pixel_size=pixel_size, unit=unit)
+    extra = {}
+    if z_step and "Z" in stack_axes:
+        extra["spacing"] = float(z_step)
+    if frame_interval and "T" in stack_axes:
+        extra["finterval"] = float(frame_interval)
+    write_tiff(path, labels.astype(dtype), axes=stack_axes + "YX", pixel_size=pixel_size, unit=unit,
+               metadata=extra or None)
     return dtype
 
 
@@ -345,7 +387,7 @@ LABELS_FIX = (
 
 
 def read_labels(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple["np.ndarray", dict]:
-    """Read a label image as int32/int64 ``(Y, X)`` or ``(Z, Y, X)`` plus ``{"pixel_size", "unit"}``.
+    """Read a label image as int32/int64 ``(Y, X)``, ``(Z, Y, X)`` or ``(T, Z, Y, X)`` plus ``{"pixel_size", "unit"}``.
 
     Accepted: unsigned or signed integers without negative values, and floats holding only whole
     non-negative numbers. Bool masks, complex, negative, fractional or NaN values are a CpsnakeError
@@ -356,10 +398,10 @@ def read_labels(path: str | os.PathLike, *, max_pixels: int | None = None) -> tu
     what = "a label TIFF (0 = background, 1..N = objects)"
     data, meta = read_tiff(path, expected=what, fix=LABELS_FIX, max_pixels=max_pixels, what="label image")
     data = np.squeeze(data)
-    if data.ndim not in (2, 3):
+    if data.ndim not in (2, 3, 4):
         raise CpsnakeError(
-            f"{path}: found labels of shape {data.shape}, expected (Y, X) or (Z, Y, X); save one label image per "
-            "image (a single plane or a Z stack, without channels)"
+            f"{path}: found labels of shape {data.shape}, expected (Y, X), (Z, Y, X) or (T, Z, Y, X); save one label "
+            "image per image (a single plane, a stack or a hyperstack, without channels)"
         )
     if data.dtype.kind == "f":
         finite = np.isfinite(data)
@@ -509,16 +551,18 @@ def _read_png_jpeg(path: Path, fmt: str, max_pixels: int | None) -> tuple["np.nd
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple["np.ndarray", dict]:
-    """Read a 2-D image as ``(C, Y, X)`` or a stack as ``(Z, C, Y, X)``, in its own dtype.
+    """Read a 2-D image as ``(C, Y, X)``, a stack as ``(Z, C, Y, X)`` or a time series of stacks as
+    ``(T, Z, C, Y, X)``, in its own dtype.
 
     Formats (told by content, not by extension): TIFF / OME-TIFF (first image series, full
     resolution; axes from ImageJ, OME or tifffile metadata), PNG (8 and 16 bit) and JPEG.
 
     Axes: ``C`` and ``S`` (RGB samples) become C; grey images get C = 1; an alpha sample (RGBA,
-    grey+alpha) is dropped. A ``Z`` or ``T`` axis makes a stack ``(Z, C, Y, X)`` (time points are
-    returned as planes). An axis without metadata (tifffile's ``Q``/``I``, e.g. a numpy array saved
-    as it is) is taken as channels when it has at most 3 entries and as stack planes otherwise.
-    Singleton axes are dropped. Two stack axes, or two channel axes, are an error.
+    grey+alpha) is dropped. One ``Z`` or ``T`` axis makes a stack ``(Z, C, Y, X)`` whose planes are depths
+    or time points (``meta["stack_axes"]`` says which: ``"Z"`` or ``"T"``); both make ``(T, Z, C, Y, X)``
+    (``"TZ"``); a 2-D image has ``""``. An axis without metadata (tifffile's ``Q``/``I``, e.g. a numpy
+    array saved as it is) is taken as channels when it has at most 3 entries and as Z planes otherwise.
+    Singleton axes are dropped. Two axes of one kind, or any other axis, are an error.
 
     Limits: only a regular file is opened (a FIFO or device is refused at once), and the number of
     samples its header declares (all axes) must be at most ``max_pixels`` (default: see
@@ -533,7 +577,10 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
         ``pixel_size`` ((y, x) or None), ``unit`` (str or None), ``axes`` (the file's axes, e.g.
         ``"YXS"``), ``shape`` (the file's shape), ``dtype`` (str), ``format`` (``"tiff"``, ``"png"``,
         ``"jpeg"``), ``dropped_alpha`` (bool), ``calibration_problem`` (None, or the unusable stored pixel
-        size that was ignored; a warning names it too).
+        size that was ignored; a warning names it too), ``stack_axes`` (``""``, ``"Z"``, ``"T"`` or
+        ``"TZ"``), ``z_step`` (the distance between Z planes in ``unit``: OME ``PhysicalSizeZ`` or ImageJ
+        ``spacing``; None if not stored), ``frame_interval`` and ``time_unit`` (OME ``TimeIncrement`` or
+        ImageJ ``finterval``; None if not stored).
 
     Raises
     ------
@@ -545,12 +592,13 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
 
     path = Path(path)
     fmt = _sniff(path)
-    pixel_size = unit = problem = None
+    pixel_size = unit = problem = z_step = frame_interval = time_unit = None
     if fmt == "tiff":
         data, tmeta = _tiff(path, expected="a complete TIFF image", fix="convert the image (e.g. Fiji: Image > Type > 32-bit)",
                             max_pixels=max_pixels, sniffed=True)
         axes, pixel_size, unit = tmeta["axes"], tmeta["pixel_size"], tmeta["unit"]
         has_alpha, problem = tmeta["has_alpha"], tmeta["calibration_problem"]
+        z_step, frame_interval, time_unit = tmeta["z_step"], tmeta["frame_interval"], tmeta["time_unit"]
     else:
         data, axes, has_alpha = _read_png_jpeg(path, fmt, max_pixels)
     shape, dtype = tuple(int(n) for n in data.shape), data.dtype
@@ -563,6 +611,10 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
         "format": fmt,
         "dropped_alpha": False,
         "calibration_problem": problem,
+        "z_step": z_step,
+        "frame_interval": frame_interval,
+        "time_unit": time_unit,
+        "stack_axes": "",
     }
     if dtype.kind not in "buif":
         raise CpsnakeError(
@@ -580,24 +632,25 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
     keep = [i for i, a in enumerate(axes) if a in "YX" or data.shape[i] > 1]
     data = data.reshape(tuple(data.shape[i] for i in keep))
     axes = "".join(axes[i] for i in keep)
-    axes = axes.replace("S", "C").replace("T", "Z")
+    axes = axes.replace("S", "C")
     named = list(axes)
     for i, a in enumerate(named):
         if a in _UNKNOWN_AXES:  # no metadata: few entries are channels, more are planes
             named[i] = "C" if data.shape[i] <= MAX_GUESSED_CHANNELS and "C" not in named else "Z"
     axes = "".join(named)
-    unknown = [a for a in axes if a not in "ZCYX"]
-    if unknown or axes.count("C") > 1 or axes.count("Z") > 1:
+    unknown = [a for a in axes if a not in "TZCYX"]
+    if unknown or any(axes.count(a) > 1 for a in "TZC"):
         raise CpsnakeError(
             f"{path}: found {len(shape)} dimensions {shape} with axes {meta['axes']!r}; expected a 2-D image (Y, X) "
-            "with channels, or one stack of such planes (Z or T); save one plane, channel set or time series per file"
+            "with channels, a stack of such planes (Z or T), or a time series of Z stacks (T, Z); save the image "
+            "again with its axes named (e.g. Fiji: Image > Hyperstacks > Re-order Hyperstack, then File > Save As > "
+            "Tiff), or one plane, channel set or time series per file"
         )
     if "C" not in axes:
         data, axes = data[np.newaxis], "C" + axes
-    if "Z" in axes:
-        order = [axes.index(a) for a in "ZCYX"]
-    else:
-        order = [axes.index(a) for a in "CYX"]
+    stack_axes = "".join(a for a in "TZ" if a in axes)
+    meta["stack_axes"] = stack_axes
+    order = [axes.index(a) for a in stack_axes + "CYX"]
     data = data.transpose(order)  # a view: interleaved RGB (Y, X, 3) is not copied
     if data.dtype == bool:
         data = data.astype(np.uint8)

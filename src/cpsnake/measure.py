@@ -74,10 +74,11 @@ SHAPE_COLUMNS = [c for c in IMAGEJ_ORDER if c not in INTENSITY_COLUMNS]
 QUALITY_COLUMNS = ["flow_error", "cellprob"]
 
 
-def columns(n_channels: int, *, stack: bool = False, quality: bool = False) -> list[str]:
+def columns(n_channels: int, *, stack: bool = False, quality: bool = False, frame: bool = False) -> list[str]:
     """Header of the table for an image with ``n_channels`` channels (ImageJ order, intensity columns per
-    channel), with the :data:`QUALITY_COLUMNS` last when ``quality``."""
-    head = ["label", "image"] + (["slice"] if stack else []) + ["area_px"]
+    channel), with the :data:`QUALITY_COLUMNS` last when ``quality``; ``frame`` / ``stack`` add the 1-based
+    ``frame`` / ``slice`` columns of stacks."""
+    head = ["label", "image"] + (["frame"] if frame else []) + (["slice"] if stack else []) + ["area_px"]
     for c in IMAGEJ_ORDER:
         if c in INTENSITY_COLUMNS and n_channels > 1:
             head += [f"{c}_c{k + 1}" for k in range(n_channels)]
@@ -401,21 +402,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("image", help="the image the labels belong to")
     ap.add_argument("out", help="output CSV")
     ap.add_argument("--flows", default=None, help="the flows the labels came from: adds flow_error and cellprob columns")
+    ap.add_argument("--per-slice", action="store_true",
+                    help="Z stacks: one row per object and slice with ImageJ's 2-D columns (default: one row per 3-D "
+                         "object: volume, surface area, sphericity, ...)")
     from cpsnake import limits
 
     limits.add_option(ap)
     args = ap.parse_args(argv)
 
-    measure_file(args.labels, args.image, args.out, max_pixels=args.max_pixels, flows_path=args.flows)
+    measure_file(args.labels, args.image, args.out, max_pixels=args.max_pixels, flows_path=args.flows,
+                 per_slice=args.per_slice)
     return 0
 
 
 def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = None, flows_path=None,
-                 pixel_size: float | None = None) -> int:
+                 pixel_size: float | None = None, per_slice: bool = False) -> int:
     """Read a label image, its image (and flows), write the table ``out_csv``; return the number of rows.
 
     ``pixel_size`` (square, given by the user) replaces the calibration of the files; without it the
-    image's pixel size is used, else the label image's.
+    image's pixel size is used, else the label image's. A Z stack gives one row per 3-D object
+    (:func:`cpsnake.measure3d.write_stack_table`: volume, surface area, ...), or with ``per_slice`` one row
+    per object and slice with ImageJ's 2-D columns; a time series (T) one row per object and frame.
     """
     from cpsnake import io
 
@@ -424,9 +431,9 @@ def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = N
     name = Path(image_path).name
     cal = (float(pixel_size),) * 2 if pixel_size else (meta.get("pixel_size") or lmeta.get("pixel_size"))
     flows = None
-    if flows_path is not None:
+    if flows_path is not None and labels.ndim == 2:  # the quality columns are 2-D only
         flows, _ = io.read_flows(flows_path, max_pixels=max_pixels)
-        if labels.ndim != 2 or flows.shape[1:] != labels.shape:
+        if flows.ndim != 3 or flows.shape[1:] != labels.shape:
             raise CpsnakeError(
                 f"{flows_path}: flows of shape {flows.shape}, expected (3, {', '.join(map(str, labels.shape[-2:]))}) "
                 f"to match the 2-D labels {labels_path}; pass the flows the labels were reconstructed from"
@@ -445,13 +452,13 @@ def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = N
                 f"{image_path}: image of shape {img.shape}, expected (Z, C, Y, X) with (Z, Y, X) = {labels.shape} of "
                 f"{labels_path}; pass the stack the labels were made from"
             )
-        rows = []
-        for z in range(labels.shape[0]):
-            for r in measure_labels(labels[z], img[z], pixel_size=cal, image_name=name):
-                r["slice"] = z + 1
-                rows.append(r)
-        rows.sort(key=lambda r: (r["label"], r["slice"]))
-        header = columns(img.shape[1], stack=True)
+        from cpsnake.measure3d import write_stack_table
+
+        axes = meta.get("stack_axes") or ("T" if "T" in (lmeta.get("axes") or "") else "Z")
+        z_step = meta.get("z_step") or lmeta.get("z_step")
+        return write_stack_table(out_csv, labels, img, axes=axes, objects_3d=axes == "Z" and not per_slice,
+                                 image_name=name, pixel_size=cal, unit=meta.get("unit") or lmeta.get("unit"),
+                                 z_step=z_step)
     write_table(out_csv, rows, header)
     return len(rows)
 

@@ -389,3 +389,61 @@ def _check_voxel_size(voxel_size) -> tuple[float, float, float]:
             f"measure_3d: found voxel_size {voxel_size!r}, expected three finite positive sizes (dz, dy, dx) "
             f"between {lo:g} and {hi:g}; pass the physical voxel size, or (1, 1, 1) to measure in voxels")
     return sizes
+
+
+# --- the table of a segmented stack ------------------------------------------------------------------
+
+
+def write_stack_table(path, labels: np.ndarray, image: np.ndarray, *, axes: str, objects_3d: bool, image_name: str,
+                      pixel_size=None, unit: str | None = None, z_step: float | None = None) -> int:
+    """Write the measurement table of a segmented stack; return its number of rows.
+
+    ``axes`` names the stack axes of ``labels`` / ``image``: ``"Z"`` ((Z, Y, X) / (Z, C, Y, X)), ``"T"`` or
+    ``"TZ"`` ((T, Z, Y, X) / (T, Z, C, Y, X)). With ``objects_3d`` (stitched or 3-D segmentation) each 3-D
+    object of each frame is one row of :func:`measure_3d` (voxel size ``(z_step, *pixel_size)``; without a
+    z step the voxel depth is taken as the pixel height, and a warning says so); otherwise each object's
+    2-D section in each plane is one row of :func:`cpsnake.measure.measure_labels` (ImageJ's columns).
+    Rows carry ``image``, and ``frame`` (1-based) for time series and ``slice`` (1-based) for 2-D rows of
+    Z stacks.
+    """
+    import warnings
+
+    from cpsnake import measure
+    from cpsnake.errors import CpsnakeWarning
+
+    if axes == "TZ":
+        frames = [(t + 1, labels[t], image[t]) for t in range(labels.shape[0])]
+    elif axes == "T":
+        frames = [(t + 1, labels[t:t + 1], image[t:t + 1]) for t in range(labels.shape[0])]
+    else:
+        frames = [(None, labels, image)]
+    has_frame = "T" in axes
+    rows: list[dict] = []
+    if objects_3d:
+        py, px = pixel_size if pixel_size else (1.0, 1.0)
+        if pixel_size and not z_step:
+            warnings.warn(f"{image_name}: no Z step stored; volumes assume a voxel depth equal to the pixel height "
+                          f"({py:g} {unit}); set it in Fiji (Image > Properties: Voxel depth) and save again",
+                          CpsnakeWarning, stacklevel=2)
+        voxel = (float(z_step) if z_step and pixel_size else py, py, px)
+        header = columns_3d(image.shape[-3])
+        header[1:1] = ["image"] + (["frame"] if has_frame else [])
+        for t, lab, img in frames:
+            table = measure_3d(lab, img, voxel_size=voxel, unit=unit if pixel_size else "pixel")
+            table["image"] = image_name
+            if has_frame:
+                table["frame"] = t
+            rows += table[header].to_dict("records")
+    else:
+        for t, lab, img in frames:
+            for z in range(lab.shape[0]):
+                for r in measure.measure_labels(lab[z], img[z], pixel_size=pixel_size, image_name=image_name):
+                    if has_frame:
+                        r["frame"] = t
+                    if axes != "T":
+                        r["slice"] = z + 1
+                    rows.append(r)
+        rows.sort(key=lambda r: (r["label"], r.get("frame", 0), r.get("slice", 0)))
+        header = measure.columns(image.shape[-3], stack=axes != "T", frame=has_frame)
+    measure.write_table(path, rows, header)
+    return len(rows)

@@ -83,17 +83,17 @@ def select_channels(img: np.ndarray, channels: Sequence[int] | None = None) -> n
 
     Parameters
     ----------
-    img : (C, Y, X) ndarray
+    img : (C, Y, X) or (Z, C, Y, X) ndarray
     channels : list of int, optional
         0-based indices into C, at most 3, no repeats. None keeps all channels (then C must be <= 3).
 
     Returns
     -------
-    (C', Y, X) ndarray, C' <= 3 (a view when all channels are kept in order).
+    (C', Y, X) or (Z, C', Y, X) ndarray, C' <= 3 (a view when all channels are kept in order).
     """
-    if img.ndim != 3:
-        raise CpsnakeError(f"found an image of shape {img.shape}, expected (C, Y, X)")
-    n = img.shape[0]
+    if img.ndim not in (3, 4):
+        raise CpsnakeError(f"found an image of shape {img.shape}, expected (C, Y, X) or a stack (Z, C, Y, X)")
+    n = img.shape[-3]
     if channels is None:
         if n > MAX_CHANNELS:
             raise CpsnakeError(
@@ -112,23 +112,31 @@ def select_channels(img: np.ndarray, channels: Sequence[int] | None = None) -> n
         )
     if channels == list(range(n)):
         return img
-    return img[channels]
+    return img[..., channels, :, :]
 
 
 def _percentiles(x: np.ndarray, q: tuple[float, float], work=np.float32) -> tuple[np.floating, np.floating, list[int]]:
-    """Low and high percentiles of a (Y, X) channel in ``work`` (float32, or float64 for wide values), on
-    Cellpose's subsample above 224**3 px."""
-    step = [1, 1]
+    """Low and high percentiles of a (Y, X) or (Z, Y, X) channel in ``work`` (float32, or float64 for wide
+    values), on Cellpose's subsample above 224**3 px: every (Y // 224, X // 224)-th pixel, and in a stack
+    every (Z // 50)-th plane."""
+    step = [1] * x.ndim
     if x.size > SAMPLE_ABOVE:
-        step = [max(1, x.shape[0] // 224), max(1, x.shape[1] // 224)]
-        x = x[:: step[0], :: step[1]]
+        step = [max(1, n // 224) for n in x.shape]
+        if x.ndim == 3:
+            step[0] = max(1, x.shape[0] // 50)
+        x = x[tuple(slice(None, None, k) for k in step)]
     sample = x.astype(work, copy=True)  # our own copy, so the partition may reuse it
     lo, hi = np.percentile(sample, q, overwrite_input=True)
     return work(lo), work(hi), step
 
 
 def _scale_rows(x: np.ndarray, lo, hi, o: np.ndarray) -> None:
-    """o = (x - lo) / (hi - lo) in float64, a block of rows at a time; ``lo``/``hi`` scalars or (rows, X) maps."""
+    """o = (x - lo) / (hi - lo) in float64, a block of rows at a time; ``lo``/``hi`` scalars or (rows, X) maps;
+    a (Z, Y, X) channel (scalar ``lo``/``hi``) plane by plane."""
+    if x.ndim == 3:
+        for z in range(x.shape[0]):
+            _scale_rows(x[z], lo, hi, o[z])
+        return
     for y in range(0, x.shape[0], TILE_ROWS):
         rows = slice(y, min(y + TILE_ROWS, x.shape[0]))
         t = x[rows].astype(np.float64)
@@ -228,8 +236,9 @@ def normalize(
 
     Parameters
     ----------
-    img : (C, Y, X) ndarray
-        Any integer or real dtype; finite values.
+    img : (C, Y, X) ndarray, or (C, Z, Y, X) for a whole stack at once
+        Any integer or real dtype; finite values. A stack (as cellpose's ``norm3D``) takes each channel's
+        percentiles over all its planes (subsampled as cellpose above 224**3 voxels); no tile mode.
     percentiles : (float, float)
         Low and high percentiles (0 <= low < high <= 100), used unless ``low_high`` is given.
     low_high : (2,) or (C, 2) array-like, optional
@@ -255,12 +264,14 @@ def normalize(
     CpsnakeError
         Not (C, Y, X); bad percentiles or low/high; a constant image; every channel flat.
     """
-    if img.ndim != 3:
+    if img.ndim not in (3, 4):
+        raise CpsnakeError(f"found an array of shape {img.shape}, expected a 2-D image (C, Y, X) or a stack (C, Z, Y, X)")
+    if img.ndim == 4 and int(tile_size) > 0:
         raise CpsnakeError(
-            f"found an array of shape {img.shape}, expected a 2-D image (C, Y, X); stacks (Z planes) are not "
-            "supported yet: save each plane as its own file (Fiji: Image > Stacks > Stack to Images)"
+            f"--tile-norm {tile_size} with a whole-stack normalization (--do-3d or --stitch-threshold); expected "
+            "--tile-norm only for 2-D images and plane-by-plane stacks; leave --tile-norm out for this stack"
         )
-    if img.shape[1] < 1 or img.shape[2] < 1 or img.shape[0] < 1:
+    if min(img.shape) < 1:
         raise CpsnakeError(f"found an empty image of shape {img.shape}, expected at least 1 x 1 pixels")
     q = (float(percentiles[0]), float(percentiles[1]))
     if not 0.0 <= q[0] < q[1] <= 100.0:
@@ -380,6 +391,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="input image: TIFF / OME-TIFF, PNG or JPEG, 2-D (grey, RGB or multi-channel)")
     p.add_argument("out", help="output TIFF (.tif or .tiff); the record goes to the same name with .json")
     add_options(p)
+    p.add_argument("--norm3d", action="store_true",
+                   help="stacks: each channel's percentiles over all planes at once (what --do-3d and --stitch-threshold "
+                        "expect; cellpose's norm3D), instead of plane by plane")
     limits.add_option(p)
     return p
 
@@ -413,13 +427,19 @@ def normalize_file(
     channels: list[int] | None = None,
     max_pixels: int | None = None,
     pixel_size: float | None = None,
+    norm3d: bool = False,
     **opts,
 ) -> dict:
     """Read an image, normalize it, write ``out_path`` (float32 CYX TIFF) and return the record (what OUT.json holds).
 
+    A Z stack or a time series of 2-D frames is written as float32 ZCYX / TCYX (with its z step / frame
+    interval), normalized plane by plane, or with ``norm3d`` as a whole (each channel's percentiles over all
+    planes, cellpose's ``norm3D``: what ``--do-3d`` and ``--stitch-threshold`` expect); see
+    :func:`cpsnake.stack.normalize_stack`. A time series of Z stacks is refused (``cpsnake segment`` takes it).
+
     Parameters
     ----------
-    src : a 2-D image file (TIFF / OME-TIFF, PNG or JPEG)
+    src : a 2-D image file (TIFF / OME-TIFF, PNG or JPEG) or a stack (TIFF)
     out_path : the output TIFF; ``out_path`` with suffix ``.json`` gets the record
     channels : 0-based channels for the network (None: all, at most 3)
     max_pixels : see :mod:`cpsnake.limits`
@@ -431,26 +451,26 @@ def normalize_file(
 
     src, out_path = Path(src), Path(out_path)
     img, meta = read_image(src, max_pixels=max_pixels)
-    if img.ndim != 3:
-        guessed = any(a in "QIR" for a in meta["axes"])
-        hint = (
-            " (an axis without metadata with more than 3 entries is read as planes; if they are channels, save the file "
-            "with its axes, e.g. as an ImageJ hyperstack or tifffile metadata={'axes': 'CYX'}, and pick up to 3 with --channels)"
-            if guessed
-            else ""
-        )
+    stack_axes = meta["stack_axes"]
+    if stack_axes == "TZ":
         raise CpsnakeError(
-            f"{src}: found a stack of {img.shape[0]} planes (axes {meta['axes']!r}, shape {meta['shape']}); expected a 2-D image; "
-            f"cpsnake handles 2-D images for now: save each plane as its own file (Fiji: Image > Stacks > Stack to Images){hint}"
+            f"{src}: found a time series of Z stacks (axes {meta['axes']!r}, shape {meta['shape']}); expected a 2-D image, "
+            "a Z stack or a time series of 2-D frames for the workflow's steps; segment it with `cpsnake segment` "
+            "(which takes T x Z hyperstacks), or save one file per time point"
         )
     limits.check_min_side(src, img.shape)
     try:
-        chosen = select_channels(img, channels)
-        data, record = normalize(chosen, **opts)
+        if stack_axes:
+            from cpsnake.stack import normalize_stack
+
+            data, record = normalize_stack(img, per_plane=not norm3d, channels=channels, **opts)
+        else:
+            data, record = normalize(select_channels(img, channels), **opts)
     except CpsnakeError as exc:
         raise CpsnakeError(f"{src}: {exc}") from None
-    used = channels if channels is not None else list(range(img.shape[0]))
-    record["per_channel"] = [{"channel": c, **entry} for c, entry in zip(used, record["per_channel"])]
+    used = channels if channels is not None else list(range(img.shape[-3]))
+    for rec in record.get("planes", [record]):
+        rec["per_channel"] = [{"channel": c, **entry} for c, entry in zip(used, rec["per_channel"])]
     cal, unit = meta["pixel_size"], meta["unit"]
     if pixel_size is not None:  # given by the user (a sample sheet): replaces the file's calibration
         cal, unit = (float(pixel_size), float(pixel_size)), unit if unit not in (None, "pixel", "pixels") else "micron"
@@ -471,11 +491,13 @@ def normalize_file(
         "calibration_problem": meta["calibration_problem"],
         "channels": used,
         **record,
-        "output": {"path": str(out_path), "shape": list(data.shape), "dtype": "float32", "axes": "CYX"},
+        "output": {"path": str(out_path), "shape": list(data.shape), "dtype": "float32", "axes": stack_axes + "CYX"},
     }
+    extra = {k: v for k, v in (("spacing", meta["z_step"] if "Z" in stack_axes else None),
+                               ("finterval", meta["frame_interval"] if "T" in stack_axes else None)) if v}
     with atomic_output(out_path.with_suffix(".json")) as tmp_json:
         tmp_json.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-        write_tiff(out_path, data, axes="CYX", pixel_size=cal, unit=unit)
+        write_tiff(out_path, data, axes=stack_axes + "CYX", pixel_size=cal, unit=unit, metadata=extra or None)
     return doc
 
 
@@ -486,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     if out_path.suffix.lower() not in (".tif", ".tiff"):
         raise CpsnakeError(f"{out_path}: output name ends in {out_path.suffix or 'nothing'!r}, expected .tif or .tiff")
     opts = options(args)
-    normalize_file(args.image, out_path, max_pixels=args.max_pixels, **opts)
+    normalize_file(args.image, out_path, max_pixels=args.max_pixels, norm3d=args.norm3d, **opts)
     return 0
 
 

@@ -16,7 +16,14 @@ The Cellpose mask reconstruction (as in cellpose 4.2.1.1, ``dynamics.resize_and_
 
 Input: a flows TIFF from ``cpsnake infer`` (float32, (3, Y, X); complex, integer, NaN or infinite
 values are refused, and ``--max-pixels N`` bounds Y * X before the file is decoded). Output: a label TIFF
-(uint16, or float32 above 65,535 objects) with the flows file's pixel size and unit. 2-D only.
+(uint16, or float32 above 65,535 objects) with the flows file's pixel size and unit.
+
+Stacks (the flows file says which; see :mod:`cpsnake.stack` for the modes): 3-D flows ``(4, Z, Y, X)``
+from ``cpsnake infer --do-3d`` are followed in 3-D (:func:`cpsnake.reconstruct3d.compute_masks_3d`;
+``--min-size`` in voxels; the flow-error check only with ``--flow3d-threshold``, as cellpose never checks
+in 3-D). A stack's per-plane flows are reconstructed plane by plane, then with ``--stitch-threshold T``
+linked into 3-D objects (``--min-size`` then counts voxels), with ``--track`` (time series) linked frame to
+frame, else numbered plane after plane. The labels are an ImageJ hyperstack with the stack's z step.
 """
 
 from __future__ import annotations
@@ -140,6 +147,16 @@ def resolve_device(name: str | None):
     return dev
 
 
+def stack_options(args: argparse.Namespace) -> dict:
+    """The stack keywords of :func:`reconstruct_file` from parsed options (see :func:`cpsnake.stack.options`)."""
+    from cpsnake import stack
+
+    sopts = stack.options(args)
+    return {"stitch_threshold": sopts["stitch_threshold"] if sopts["mode"] == "stitch" else 0.0,
+            "track": sopts["track"], "track_threshold": sopts["track_threshold"],
+            "flow3d_threshold": sopts["flow3d_threshold"]}
+
+
 def options(args: argparse.Namespace) -> dict:
     """Keyword arguments of :func:`reconstruct_file` from parsed options (``niter`` None when not given: it then
     follows the network's scale; ``device`` from ``args.device`` where the parser has one, see
@@ -169,34 +186,66 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--diameter", type=float, default=None,
                     help="cell diameter given to `cpsnake infer` (sets niter for flows that do not record their scale)")
     ap.add_argument("--device", default="auto", help="auto (CUDA if there is one, else the CPU path), cpu, cuda or cuda:N")
-    from cpsnake import limits
+    from cpsnake import limits, stack
 
+    stack.add_options(ap.add_argument_group("stacks (see cpsnake.stack)"), network=False)
     limits.add_option(ap)
     args = ap.parse_args(argv)
     if args.diameter is not None and not args.diameter > 0:
         raise CpsnakeError(f"--diameter {args.diameter}: expected a positive cell diameter in pixels; omit it if unknown")
-    reconstruct_file(args.flows, args.labels, max_pixels=args.max_pixels, diameter=args.diameter, **options(args))
+    reconstruct_file(args.flows, args.labels, max_pixels=args.max_pixels, diameter=args.diameter, **options(args),
+                     **stack_options(args))
     return 0
 
 
 def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, diameter: float | None = None,
-                     niter: int | None = None, **opts) -> int:
-    """Read a flows TIFF, reconstruct, write the label TIFF (the flows' calibration); return the number of labels.
+                     niter: int | None = None, stitch_threshold: float = 0.0, track: bool = False,
+                     track_threshold: float = 0.25, flow3d_threshold: float = 0.0, **opts) -> int:
+    """Read a flows TIFF, reconstruct, write the label TIFF (the flows' calibration); return the number of objects.
 
     Without ``niter`` the flows are followed ``int(200 / scale)`` steps, ``scale`` the network's resize
     factor that ``cpsnake infer`` records in the flows file (``diam_mean / diameter``), else the one of
     ``diameter`` for Cellpose-SAM (:func:`niter_for_diameter`). ``opts``: the other keyword arguments
-    of :func:`compute_masks`.
+    of :func:`compute_masks`. Stacks: see the module docstring.
     """
     from cpsnake import io
 
-    flows, meta = io.read_flows(flows_path, max_pixels=max_pixels)  # real, finite, (3, Y, X), within the limit
+    flows, meta = io.read_flows(flows_path, max_pixels=max_pixels)  # real, finite, within the limit
     if niter is None:
         scale = meta.get("network_scale")
         niter = int(200 / scale) if scale else niter_for_diameter(diameter)
-    labels = compute_masks(flows, niter=niter, **opts)
-    io.write_labels(labels_path, labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
-    return int(labels.max())
+    kind, axes = meta["kind"], meta["stack_axes"]
+    if kind == "2d" and (stitch_threshold > 0 or track):
+        raise CpsnakeError(f"{flows_path}: found the flows of a 2-D image given {'--track' if track else '--stitch-threshold'}; "
+                           "expected a stack's flows; leave the option out for 2-D images")
+    if kind == "3d":
+        from cpsnake.reconstruct3d import compute_masks_3d
+
+        opts.pop("device", None)
+        opts.pop("flow_threshold", None)  # cellpose never checks flow errors in 3-D: --flow3d-threshold does
+        labels = compute_masks_3d(flows, niter=niter, flow_threshold=flow3d_threshold, **opts)
+    elif kind == "planes":
+        labels = _planes(flows_path, flows, axes, niter, stitch_threshold, track, track_threshold, opts)
+    else:
+        labels = compute_masks(flows, niter=niter, **opts)
+    io.write_labels(labels_path, labels, pixel_size=meta["pixel_size"], unit=meta["unit"], stack_axes=axes,
+                    z_step=meta.get("z_step"))
+    return int(labels.max()) if kind == "2d" else int(np.unique(labels[labels > 0]).size)
+
+
+def _planes(flows_path, flows, axes: str, niter: int, stitch_threshold: float, track: bool, track_threshold: float,
+            opts: dict) -> np.ndarray:
+    """Labels (S, Y, X) from per-plane flows (S, 3, Y, X): stitched (Z), tracked (T), or numbered plane after plane."""
+    if stitch_threshold > 0 and axes != "Z":
+        raise CpsnakeError(f"{flows_path}: found the flows of a time series given --stitch-threshold; expected a Z stack; "
+                           "use --track to link frames")
+    if track and axes != "T":
+        raise CpsnakeError(f"{flows_path}: found the flows of a Z stack given --track; expected a time series (T); "
+                           "use --stitch-threshold to link Z planes")
+    from cpsnake.stack import reconstruct_planes
+
+    return reconstruct_planes(flows, stitch_threshold=stitch_threshold, track=track, track_threshold=track_threshold,
+                              niter=niter, **opts)
 
 
 if __name__ == "__main__":

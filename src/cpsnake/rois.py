@@ -52,7 +52,7 @@ import zipfile
 
 import numpy as np
 
-from cpsnake.errors import guard
+from cpsnake.errors import CpsnakeError, guard
 from cpsnake.roi_import import read_rois, roi_mask, rois_to_labels
 
 __all__ = [
@@ -235,34 +235,36 @@ def labels_to_rois(labels: np.ndarray, *, stack_axis: str = "z") -> list:
 
     Parameters
     ----------
-    labels : (Y, X) or (S, Y, X) int ndarray, 0 = background; S is z or t (``stack_axis``)
+    labels : (Y, X), (S, Y, X) or (T, Z, Y, X) int ndarray, 0 = background; S is z or t (``stack_axis``)
 
     Returns
     -------
-    list of ``roifile.ImagejRoi``: per label (ascending), per slice (ascending) for stacks
+    list of ``roifile.ImagejRoi``: per label (ascending), per slice (ascending) for stacks. A (T, Z, Y, X)
+    hyperstack's ROIs carry both positions and are named ``LABEL-tTT-zZZ``.
     """
     lab = np.asarray(labels)
-    if lab.ndim == 2:
-        slices = [lab]
-    elif lab.ndim == 3:
-        slices = list(lab)
-    else:
-        raise ValueError(f"labels of shape {lab.shape}, expected (Y, X) or (S, Y, X)")
+    if lab.ndim not in (2, 3, 4):
+        raise ValueError(f"labels of shape {lab.shape}, expected (Y, X), (S, Y, X) or (T, Z, Y, X)")
     if stack_axis not in ("z", "t"):
         raise ValueError(f"stack_axis {stack_axis!r}, expected 'z' or 't'")
+    planes = lab.reshape((-1, *lab.shape[-2:]))
     top = int(lab.max()) if lab.size else 0
     width = len(str(max(top, 1)))
-    swidth = len(str(len(slices)))
-    items = []  # (label, slice, roi)
-    for s, sl in enumerate(slices):
+    items = []  # (label, plane index, roi)
+    for s, sl in enumerate(planes):
         ids, outs = trace_outlines(sl)
         for lab_id, o in zip(ids.tolist(), outs):
-            if lab.ndim == 2:
-                roi = outlines_to_roi(o, f"{lab_id:0{width}d}")
+            name = f"{lab_id:0{width}d}"
+            if lab.ndim == 3:
+                name += f"-{stack_axis}{s + 1:0{len(str(lab.shape[0]))}d}"
+                roi = outlines_to_roi(o, name, **{stack_axis: s})
+            elif lab.ndim == 4:
+                t, z = divmod(s, lab.shape[1])
+                name += f"-t{t + 1:0{len(str(lab.shape[0]))}d}-z{z + 1:0{len(str(lab.shape[1]))}d}"
+                roi = outlines_to_roi(o, name, z=z, t=t)
+                roi.position = 0  # a hyperstack position (c, z, t), not a stack index
             else:
-                name = f"{lab_id:0{width}d}-{stack_axis}{s + 1:0{swidth}d}"
-                pos = {stack_axis: s}
-                roi = outlines_to_roi(o, name, **pos)
+                roi = outlines_to_roi(o, name)
             items.append((lab_id, s, roi))
     items.sort(key=lambda it: (it[0], it[1]))
     return [it[2] for it in items]
@@ -305,8 +307,14 @@ def _image_shape(path: str | os.PathLike, max_pixels: int | None = None) -> tupl
     from cpsnake import io
 
     data, meta = io.read_image(path, max_pixels=max_pixels)  # (C, Y, X) or (Z, C, Y, X)
+    if data.ndim == 5:
+        raise CpsnakeError(
+            f"{path}: found a time series of Z stacks (axes {meta['axes']!r}); expected a 2-D image or one stack (Z or T) "
+            "for --like; import the ROIs of one time point at a time (Fiji: Image > Duplicate with one frame)"
+        )
     shape = data.shape[-2:] if data.ndim == 3 else (data.shape[0],) + data.shape[-2:]
-    return tuple(int(s) for s in shape), {"pixel_size": meta.get("pixel_size"), "unit": meta.get("unit")}
+    return tuple(int(s) for s in shape), {"pixel_size": meta.get("pixel_size"), "unit": meta.get("unit"),
+                                          "z_step": meta.get("z_step"), "frame_interval": meta.get("frame_interval")}
 
 
 @guard("rois")
@@ -335,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         axis = args.stack_axis or _stack_axis_of(args.like)
         rois = read_rois(args.import_)
         labels = rois_to_labels(rois, shape, stack_axis=axis, source=args.import_)
-        io.write_labels(args.inputs[0], labels, pixel_size=cal["pixel_size"], unit=cal["unit"])
+        io.write_labels(args.inputs[0], labels, pixel_size=cal["pixel_size"], unit=cal["unit"],
+                        stack_axes=axis.upper() if labels.ndim == 3 else "", z_step=cal["z_step"],
+                        frame_interval=cal["frame_interval"])
         print(f"{args.inputs[0]}: {len(rois)} ROIs -> {len(np.unique(labels)) - 1} labels", file=sys.stderr)
         return 0
     if len(args.inputs) != 2:

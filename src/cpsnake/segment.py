@@ -125,12 +125,16 @@ def _parser() -> argparse.ArgumentParser:
     from cpsnake import infer, normalize, reconstruct
 
     p = argparse.ArgumentParser(prog="cpsnake segment", description="Segment images in one process (normalize, infer, reconstruct, then ROIs, measurements, overlay and provenance), for users without Snakemake.")
-    p.add_argument("images", nargs="+", type=Path, help="2-D images: TIFF / OME-TIFF, PNG or JPEG")
+    p.add_argument("images", nargs="+", type=Path,
+                   help="2-D images (TIFF / OME-TIFF, PNG or JPEG) or stacks (TIFF with Z and/or T axes)")
     p.add_argument("--out", required=True, type=Path, help="output folder (masks/, rois/, measurements/, overlays/, provenance/)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or weights file (default {DEFAULT_MODEL})")
     p.add_argument("--cache-dir", default=None, help="weights cache folder (default $CPSNAKE_CACHE or ~/.cache/cpsnake)")
     for title, module in (("normalize", normalize), ("infer", infer), ("reconstruct", reconstruct)):
         module.add_options(p.add_argument_group(f"{title} options (as `cpsnake {title}`)"))
+    from cpsnake import stack
+
+    stack.add_options(p.add_argument_group("stack options (Z stacks and time series; see cpsnake.stack)"))
     from cpsnake import limits
 
     limits.add_option(p)
@@ -151,39 +155,44 @@ def check_names(images: list[Path]) -> None:
         )
 
 
-def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
-    """Segment one image and write its files; return its number of cells."""
-    from cpsnake import __version__, io, limits, measure, overlay, rois
+def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> int:
+    """Segment one image or stack and write its files; return its number of objects."""
+    from cpsnake import __version__, io, limits
     from cpsnake.samples import sample_name as image_name
 
     img, meta = io.read_image(path, max_pixels=args.max_pixels)
-    if img.ndim != 3:
-        raise CpsnakeError(
-            f"{path}: found a stack of {img.shape[0]} planes (axes {meta['axes']!r}); expected a 2-D image; "
-            "save each plane as its own file (Fiji: Image > Stacks > Stack to Images)"
-        )
     limits.check_min_side(path, img.shape)
+    axes = meta["stack_axes"]
     try:
-        labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, **opts)
+        if axes:
+            labels, record, seconds, params = _segment_stack(path, net, img, axes, opts, sopts, args.max_pixels)
+        else:
+            if sopts["mode"] != "planes" or sopts["track"]:
+                flag = "--do-3d" if sopts["mode"] == "3d" else "--stitch-threshold" if sopts["mode"] == "stitch" else "--track"
+                raise CpsnakeError(f"found a 2-D image (axes {meta['axes']!r}) given {flag}; expected a stack with Z (or T "
+                                   f"for --track) planes; leave out {flag}, or save the stack with its axes named")
+            labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, **opts)
+            params = {}
     except CpsnakeError as exc:
         raise CpsnakeError(f"{path}: {exc}") from None
     name, out = image_name(path), args.out
     cal = {"pixel_size": meta["pixel_size"], "unit": meta["unit"]}
     t = time.perf_counter()
-    io.write_labels(out / "masks" / f"{name}.tif", labels, **cal)
-    rois.write_rois(out / "rois" / f"{name}.zip", rois.labels_to_rois(labels))
-    rows = measure.measure_labels(labels, img, pixel_size=meta["pixel_size"], image_name=path.name, flows=flows)
-    measure.write_table(out / "measurements" / f"{name}.csv", rows, measure.columns(img.shape[0], quality=True))
-    overlay.write_png(out / "overlays" / f"{name}.png", overlay.render(img, labels))
+    if axes:
+        _stack_outputs(out, name, path, img, meta, labels, sopts)
+    else:
+        _image_outputs(out, name, path, img, meta, labels, flows)
     seconds["outputs"] = time.perf_counter() - t
-    n = int(labels.max())
+    n = int(np.unique(labels[labels > 0]).size) if axes else int(labels.max())
+    skip = ("device", "dtype", "reconstruct_device", "size_params")
     doc = {
         "cpsnake_version": __version__,
         "step": "segment",
         "image": {"path": str(path), "shape": list(meta["shape"]), "dtype": meta["dtype"], "axes": meta["axes"], **cal,
+                  "stack_axes": axes, "z_step": meta["z_step"], "frame_interval": meta["frame_interval"],
                   "calibration_problem": meta["calibration_problem"]},
         "model": model_info,
-        "parameters": {k: v for k, v in opts.items() if k not in ("device", "dtype", "reconstruct_device", "size_params")},
+        "parameters": {**{k: v for k, v in opts.items() if k not in skip}, **params},
         "device": str(opts["device"]),
         "precision": str(opts["dtype"]).replace("torch.", ""),
         "normalization": record,
@@ -193,6 +202,85 @@ def _one(path: Path, net, args, opts: dict, model_info: dict) -> int:
     with io.atomic_output(out / "provenance" / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False, default=str) + "\n")
     return n
+
+
+def _image_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, flows) -> None:
+    from cpsnake import io, measure, overlay, rois
+
+    io.write_labels(out / "masks" / f"{name}.tif", labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
+    rois.write_rois(out / "rois" / f"{name}.zip", rois.labels_to_rois(labels))
+    rows = measure.measure_labels(labels, img, pixel_size=meta["pixel_size"], image_name=path.name, flows=flows)
+    measure.write_table(out / "measurements" / f"{name}.csv", rows, measure.columns(img.shape[0], quality=True))
+    overlay.write_png(out / "overlays" / f"{name}.png", overlay.render(img, labels))
+
+
+def _segment_stack(path: Path, net, img, axes: str, opts: dict, sopts: dict, max_pixels):
+    """Labels ``(Z|T, Y, X)`` or ``(T, Z, Y, X)`` of a stack (see :mod:`cpsnake.stack`), frames linked with --track."""
+    import sys
+
+    from cpsnake.stack import segment_stack
+    from cpsnake.track import track_frames
+
+    mode = sopts["mode"]
+    if axes == "T" and mode != "planes":
+        flag = "--do-3d" if mode == "3d" else "--stitch-threshold"
+        raise CpsnakeError(f"found a time series of 2-D frames (no Z axis) given {flag}; expected a Z stack for {flag}; "
+                           "leave it out (frames are segmented one by one; --track links them), or save the planes "
+                           "as Z if they are depths (Fiji: Image > Properties, swap slices and frames)")
+    if "T" not in axes and sopts["track"]:
+        raise CpsnakeError("found a Z stack without a time axis given --track; expected a time series (T); leave out "
+                           "--track, or save the planes as frames (T) if they are time points")
+    if axes == "Z" and mode == "planes":
+        print(f"{path}: {img.shape[0]} Z planes segmented one by one (no 3-D objects); give --do-3d or "
+              "--stitch-threshold 0.25 for 3-D objects", file=sys.stderr)
+    keys = ("stitch_threshold", "anisotropy", "flow3d_smooth", "flow3d_threshold")
+    kw = {k: sopts[k] for k in keys} | opts
+    frames = [img] if axes == "Z" else [img] if axes == "T" else list(img)
+    seconds: dict = {}
+    out, records = [], []
+    for k, frame in enumerate(frames):
+        try:
+            labels, _, record, secs = segment_stack(net, frame, mode=mode, max_pixels=max_pixels, **kw)
+        except CpsnakeError as exc:
+            raise CpsnakeError(f"frame {k + 1}: {exc}" if axes == "TZ" else str(exc)) from None
+        out.append(labels)
+        records.append(record)
+        for step, v in secs.items():
+            seconds[step] = seconds.get(step, 0.0) + v
+    if axes == "TZ":
+        from cpsnake.stack import offset_planes
+
+        labels = np.stack(out)
+        if not sopts["track"]:  # ids unique over the whole series
+            labels = offset_planes(labels.reshape(labels.shape[0], -1, labels.shape[-1])).reshape(labels.shape)
+    else:
+        labels = out[0]
+    if sopts["track"]:
+        t0 = time.perf_counter()
+        labels = track_frames(labels, sopts["track_threshold"])
+        seconds["track"] = time.perf_counter() - t0
+    params = {"stack_mode": mode, "track": sopts["track"]}
+    params |= {"track_threshold": sopts["track_threshold"]} if sopts["track"] else {}
+    params |= {k: sopts[k] for k in keys if mode == "3d" or k == "stitch_threshold" and mode == "stitch"}
+    return labels, records[0] if len(records) == 1 else {"frames": records}, seconds, params
+
+
+def _stack_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, sopts: dict) -> None:
+    """Label hyperstack, per-slice ROIs, the table (3-D objects: one row each; planes: one row per slice) and an
+    overlay of the middle plane, for a stack ``img`` (Z|T, C, Y, X) or (T, Z, C, Y, X)."""
+    from cpsnake import io, measure3d, overlay, rois
+
+    axes = meta["stack_axes"]
+    io.write_labels(out / "masks" / f"{name}.tif", labels, pixel_size=meta["pixel_size"], unit=meta["unit"],
+                    stack_axes=axes, z_step=meta["z_step"], frame_interval=meta["frame_interval"])
+    rois.write_rois(out / "rois" / f"{name}.zip", rois.labels_to_rois(labels, stack_axis="t" if axes == "T" else "z"))
+    measure3d.write_stack_table(out / "measurements" / f"{name}.csv", labels, img, axes=axes,
+                              objects_3d=sopts["mode"] != "planes", image_name=path.name,
+                              pixel_size=meta["pixel_size"], unit=meta["unit"], z_step=meta["z_step"])
+    first = img if axes != "TZ" else img[0]
+    lab = labels if axes != "TZ" else labels[0]
+    mid = first.shape[0] // 2
+    overlay.write_png(out / "overlays" / f"{name}.png", overlay.render(first[mid], lab[mid]))
 
 
 @guard("segment")
@@ -205,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     # every check that needs no torch and no image first: options, output names, the weights file
     opts = normalize.options(args)
     infer.check_options(args)
+    from cpsnake import stack
+
+    sopts = stack.options(args)
     ropts = reconstruct.options(args)
     reconstruct_device = ropts.pop("device")  # a GPU's, else None (the CPU path); infer's is opts["device"]
     opts.update(ropts, reconstruct_device=reconstruct_device)
@@ -225,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     for image in args.images:
         try:
             with collected_warnings() as notes:  # an image's warnings, printed only if it succeeds
-                n = _one(image, net, args, opts, model_info)
+                n = _one(image, net, args, opts, model_info, sopts)
             for note in notes:
                 print(f"cpsnake segment: warning: {note}", file=sys.stderr)
             print(f"{image}: {n} cells", file=sys.stderr)

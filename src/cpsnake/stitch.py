@@ -2,8 +2,7 @@
 
 A stack ``(Z, Y, X)`` segmented plane by plane has labels that mean nothing from one plane to the next.
 :func:`stitch_planes` walks down the stack and gives each object of plane ``z + 1`` the id of the object
-of plane ``z`` it continues, or a new id; :func:`min_size_3d` then drops objects too small *as 3-D
-objects* and renumbers. This is Cellpose's ``stitch_threshold`` mode (``cellpose.utils.stitch3D`` in
+of plane ``z`` it continues, or a new id. This is Cellpose's ``stitch_threshold`` mode (``cellpose.utils.stitch3D`` in
 cellpose 4.2.1.1), and the labels are equal to it bit for bit. The rule, for each pair of neighbouring
 planes ``z`` (already stitched ids) and ``z + 1`` (its own ids):
 
@@ -44,11 +43,12 @@ Differences from ``cellpose.utils.stitch3D``, none in the label values:
 * bad input (fewer than 2 planes, not 3-D, non-integer or negative labels, a threshold outside (0, 1])
   is refused with one :class:`~cpsnake.errors.CpsnakeError` line.
 
-Minimum size: cellpose applies ``min_size`` to each 2-D plane before stitching (in its mask
-reconstruction), so an object that is small in every plane but large in 3-D is lost, and a 3-D object
-that is tiny overall survives if one plane holds enough pixels. cpsnake applies it to the 3-D objects
-after stitching (:func:`min_size_3d`): the voxels of each stitched object are counted over the whole
-stack. (Each plane's 2-D reconstruction should then run with its own ``min_size`` off or small.)
+Minimum size and holes (the whole stitch mode is :func:`cpsnake.stack.segment_stack`): cellpose 4.2.1.1
+reconstructs each plane with no minimum size (``min_size=-1`` when stitching), stitches, and then fills
+3-D holes and drops objects under ``min_size`` *voxels* of the whole 3-D object
+(``fill_holes_and_remove_small_masks`` on the stack); cpsnake does the same with
+:func:`cpsnake.reconstruct3d.fill_holes_and_remove_small_masks_3d`. (Cellpose 3 and older applied
+``min_size`` to each plane before stitching, losing objects small in every plane but large in 3-D.)
 
 Axis order everywhere: ``(Z, Y, X)``; 0 = background.
 """
@@ -60,7 +60,7 @@ import numpy as np
 from cpsnake.dynamics import compact
 from cpsnake.errors import CpsnakeError
 
-__all__ = ["stitch_planes", "min_size_3d"]
+__all__ = ["stitch_planes"]
 
 _MAX_ID = 2**63 - 1  # ids are computed in int64
 
@@ -179,34 +179,6 @@ def _link(prev_new, prev_index, ids, index, top_next, top, threshold) -> tuple[n
     # new ids count every unmatched id 1..top_next, absent ids included (cellpose's numbering)
     new[lone] = top + lone_ids - np.searchsorted(ids[matched], lone_ids)
     return new, top + top_next - matched.size
-
-
-def min_size_3d(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects with fewer than ``min_size`` voxels over the whole stack; renumber 1..N.
-
-    Parameters
-    ----------
-    labels : (Z, Y, X) integer ndarray
-        Stitched labels (0 = background, no negative values). Not modified.
-    min_size : int
-        Objects with fewer voxels, counted over all planes, become background; ``<= 0`` keeps all.
-
-    Returns
-    -------
-    (Z, Y, X) labels of the input's dtype, the kept objects renumbered 1..N in ascending order of their
-    old ids (so the order of stitched ids, and hence of first appearance plane by plane, is kept).
-
-    Cellpose applies ``min_size`` to each 2-D plane before stitching; cpsnake applies it here, to the
-    3-D objects after stitching (see the module docstring). Tables follow the number of objects, not the
-    largest id.
-    """
-    labels = _check_labels(labels, "min_size_3d")
-    ids, index = compact(labels)
-    counts = np.bincount(index.reshape(-1), minlength=ids.size + 1)[1:]
-    kept = counts >= min_size
-    lut = np.zeros(ids.size + 1, dtype=labels.dtype)
-    lut[1:][kept] = np.arange(1, int(kept.sum()) + 1)
-    return lut[index]
 
 
 def _check_labels(labels, where: str) -> np.ndarray:

@@ -32,6 +32,8 @@ public class RoiOracle {
             info.println("bitDepth=" + imp.getBitDepth());
             info.println("pixelWidth=" + cal.pixelWidth);
             info.println("pixelHeight=" + cal.pixelHeight);
+            info.println("pixelDepth=" + cal.pixelDepth);
+            info.println("frameInterval=" + cal.frameInterval);
             info.println("unit=" + cal.getUnit());
             info.println("scaled=" + cal.scaled());
             info.println("width=" + imp.getWidth());
