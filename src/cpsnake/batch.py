@@ -190,7 +190,6 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
             t0 = time.perf_counter()
             try:
                 img, meta = infer.read_normalized(paths.normalized(s.sample), max_pixels=args.max_pixels)
-                infer.check_stack_request(s.sample, meta["stack_axes"], sopts["mode"])
                 d = s.diameter if s.diameter is not None else default_diameter
                 if d == "auto":
                     plane = img if img.ndim == 3 else img[img.shape[0] // 2]  # a stack: its middle plane
@@ -198,11 +197,13 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
                 if spec.scale(d) is not None:
                     infer.scaled_shape(img.shape, spec.scale(d), args.max_pixels, why=f"{s.sample}: diameter {d}")
                 if img.ndim == 4:  # a stack: its planes (or three views) go through the network now
-                    flows = stack_flows(net, img, do_3d=sopts["mode"] == "3d", diameter=d,
+                    do_3d = sopts["mode"] == "3d" and meta["stack_axes"] == "Z"  # config stacks: where it fits
+                    flows = stack_flows(net, img, do_3d=do_3d, diameter=d,
                                         anisotropy=sopts["anisotropy"], flow3d_smooth=sopts["flow3d_smooth"],
                                         max_pixels=args.max_pixels, **opts)
                     io.write_flows(paths.flows(s.sample), flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
-                                   network_scale=spec.scale(d), stack_axes=meta["stack_axes"], z_step=meta.get("z_step"))
+                                   network_scale=spec.scale(d), stack_axes=meta["stack_axes"], z_step=meta.get("z_step"),
+                                   frame_interval=meta.get("frame_interval"))
                     done.append(Outcome(s.sample, "ok", "", time.perf_counter() - t0, {"diameter": d}))
                     continue
             except CpsnakeError as exc:
@@ -252,7 +253,7 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
 
         def one(s):  # the flows record the network's scale (and so niter)
             n = reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample), max_pixels=args.max_pixels,
-                                             **opts)
+                                             where_fit=True, **opts)
             return {"cells": n}
 
         return list(_each(rows, paths, step, one))

@@ -600,7 +600,8 @@ def _main_stack(args, net, img: np.ndarray, meta: dict, opts: dict, sopts: dict,
     flows = stack_flows(net, img, do_3d=sopts["mode"] == "3d", anisotropy=sopts["anisotropy"],
                         flow3d_smooth=sopts["flow3d_smooth"], max_pixels=args.max_pixels, **opts)
     write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"], stack_axes=meta["stack_axes"],
-                network_scale=tiling(net).scale(opts["diameter"]), z_step=meta.get("z_step"))
+                network_scale=tiling(net).scale(opts["diameter"]), z_step=meta.get("z_step"),
+                                   frame_interval=meta.get("frame_interval"))
     return 0
 
 

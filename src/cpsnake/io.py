@@ -118,6 +118,7 @@ def write_flows(
     network_scale: float | None = None,
     stack_axes: str = "",
     z_step: float | None = None,
+    frame_interval: float | None = None,
 ) -> None:
     """Write flows as an ImageJ TIFF: float32 ``(3, Y, X)`` = dY, dX, cellprob logits (axes CYX); a stack's per-plane
     flows ``(S, 3, Y, X)`` (``stack_axes`` ``"Z"`` or ``"T"``: axes ZCYX / TCYX); or 3-D flows ``(4, Z, Y, X)`` = dZ,
@@ -125,7 +126,7 @@ def write_flows(
 
     ``network_scale``: the factor the image was resized by for the network (``diam_mean / diameter``), kept
     in the ImageJ metadata so that ``cpsnake reconstruct`` follows the flows ``int(200 / scale)`` steps.
-    ``z_step`` goes to ImageJ's ``spacing`` (carried on to the labels).
+    ``z_step`` and ``frame_interval`` go to ImageJ's ``spacing`` and ``finterval`` (carried on to the labels).
     """
     import numpy as np
 
@@ -139,6 +140,8 @@ def write_flows(
     extra = {"network_scale": float(network_scale)} if network_scale is not None else {}
     if z_step and stack_axes == "Z":
         extra["spacing"] = float(z_step)
+    if frame_interval and stack_axes == "T":
+        extra["finterval"] = float(frame_interval)
     if stack_axes and flows.shape[1] != 3:  # (4, Z, Y, X) -> (Z, 4, Y, X)
         flows = flows.transpose(1, 0, 2, 3)
     write_tiff(path, flows, axes=stack_axes + "CYX", pixel_size=pixel_size, unit=unit, metadata=extra or None)

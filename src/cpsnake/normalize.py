@@ -392,7 +392,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output TIFF (.tif or .tiff); the record goes to the same name with .json")
     add_options(p)
     p.add_argument("--norm3d", action="store_true",
-                   help="stacks: each channel's percentiles over all planes at once (what --do-3d and --stitch-threshold "
+                   help="Z stacks: each channel's percentiles over all planes at once (what --do-3d and --stitch-threshold "
                         "expect; cellpose's norm3D), instead of plane by plane")
     limits.add_option(p)
     return p
@@ -433,7 +433,7 @@ def normalize_file(
     """Read an image, normalize it, write ``out_path`` (float32 CYX TIFF) and return the record (what OUT.json holds).
 
     A Z stack or a time series of 2-D frames is written as float32 ZCYX / TCYX (with its z step / frame
-    interval), normalized plane by plane, or with ``norm3d`` as a whole (each channel's percentiles over all
+    interval), normalized plane by plane, or with ``norm3d`` (Z stacks; frames stay plane by plane) as a whole (each channel's percentiles over all
     planes, cellpose's ``norm3D``: what ``--do-3d`` and ``--stitch-threshold`` expect); see
     :func:`cpsnake.stack.normalize_stack`. A time series of Z stacks is refused (``cpsnake segment`` takes it).
 
@@ -463,7 +463,7 @@ def normalize_file(
         if stack_axes:
             from cpsnake.stack import normalize_stack
 
-            data, record = normalize_stack(img, per_plane=not norm3d, channels=channels, **opts)
+            data, record = normalize_stack(img, per_plane=not (norm3d and stack_axes == "Z"), channels=channels, **opts)
         else:
             data, record = normalize(select_channels(img, channels), **opts)
     except CpsnakeError as exc:

@@ -200,13 +200,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, diameter: float | None = None,
                      niter: int | None = None, stitch_threshold: float = 0.0, track: bool = False,
-                     track_threshold: float = 0.25, flow3d_threshold: float = 0.0, **opts) -> int:
+                     track_threshold: float = 0.25, flow3d_threshold: float = 0.0, where_fit: bool = False,
+                     **opts) -> int:
     """Read a flows TIFF, reconstruct, write the label TIFF (the flows' calibration); return the number of objects.
 
     Without ``niter`` the flows are followed ``int(200 / scale)`` steps, ``scale`` the network's resize
     factor that ``cpsnake infer`` records in the flows file (``diam_mean / diameter``), else the one of
     ``diameter`` for Cellpose-SAM (:func:`niter_for_diameter`). ``opts``: the other keyword arguments
-    of :func:`compute_masks`. Stacks: see the module docstring.
+    of :func:`compute_masks`. Stacks: see the module docstring. ``where_fit`` (the workflow, whose config applies
+    to every image): ``stitch_threshold`` is used for Z stacks only and ``track`` for time series only, instead
+    of an error elsewhere.
     """
     from cpsnake import io
 
@@ -215,6 +218,9 @@ def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, 
         scale = meta.get("network_scale")
         niter = int(200 / scale) if scale else niter_for_diameter(diameter)
     kind, axes = meta["kind"], meta["stack_axes"]
+    if where_fit:
+        stitch_threshold = stitch_threshold if kind == "planes" and axes == "Z" else 0.0
+        track = track and kind == "planes" and axes == "T"
     if kind == "2d" and (stitch_threshold > 0 or track):
         raise CpsnakeError(f"{flows_path}: found the flows of a 2-D image given {'--track' if track else '--stitch-threshold'}; "
                            "expected a stack's flows; leave the option out for 2-D images")
@@ -229,7 +235,7 @@ def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, 
     else:
         labels = compute_masks(flows, niter=niter, **opts)
     io.write_labels(labels_path, labels, pixel_size=meta["pixel_size"], unit=meta["unit"], stack_axes=axes,
-                    z_step=meta.get("z_step"))
+                    z_step=meta.get("z_step"), frame_interval=meta.get("frame_interval"))
     return int(labels.max()) if kind == "2d" else int(np.unique(labels[labels > 0]).size)
 
 

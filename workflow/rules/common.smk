@@ -220,7 +220,7 @@ def normalize_args():
         args.append("--invert")
     if cfg["tile_norm"]:
         args += ["--tile-norm", str(cfg["tile_norm"])]
-    return " ".join(args)
+    return " ".join(args + [stack_args()]).strip()
 
 
 def limit_args():
@@ -239,7 +239,7 @@ def infer_args():
     args = [f"--tile-overlap {cfg['tile_overlap']}", diameter_args()]
     if cfg["augment"]:
         args.append("--augment")
-    return " ".join(a for a in args if a)
+    return " ".join(a for a in args + [stack_args()] if a)
 
 
 def reconstruct_args():
@@ -254,7 +254,32 @@ def reconstruct_args():
     ]
     if cfg["niter"] is not None:
         args.append(f"--niter {cfg['niter']}")
-    return " ".join(a for a in args if a)
+    return " ".join(a for a in args + [stack_args()] if a)
+
+
+def stack_args():
+    """The stack options from config `stacks` (every per-image step takes them: each uses its own)."""
+    cfg = config["stacks"]
+    if cfg["do_3d"] and cfg["stitch_threshold"] > 0:
+        raise WorkflowError(
+            "config stacks: do_3d and stitch_threshold > 0 both set; expected one of them"
+        )
+    args = []
+    if cfg["do_3d"]:
+        args.append("--do-3d")
+        if cfg["anisotropy"] is not None:
+            args.append(f"--anisotropy {cfg['anisotropy']}")
+        smooth = cfg["flow3d_smooth"]
+        args.append(
+            "--flow3d-smooth "
+            + " ".join(map(str, smooth if isinstance(smooth, list) else [smooth]))
+        )
+        args.append(f"--flow3d-threshold {cfg['flow3d_threshold']}")
+    if cfg["stitch_threshold"] > 0:
+        args.append(f"--stitch-threshold {cfg['stitch_threshold']}")
+    if cfg["track"]:
+        args.append(f"--track --track-threshold {cfg['track_threshold']}")
+    return " ".join(args)
 
 
 def mem_mb(base, bytes_per_pixel):

@@ -20,5 +20,7 @@ rule measure:
     params:
         samples=batch_signature,
         limit=limit_args(),
+        # stacks segmented plane by plane get ImageJ's rows per slice, 3-D objects one row each
+        args=stack_args(),
     shell:
-        batch_args("measure") + " {params.limit} > {log:q} 2>&1"
+        batch_args("measure") + " {params.args} {params.limit} > {log:q} 2>&1"
