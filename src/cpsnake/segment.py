@@ -18,6 +18,13 @@ The model is loaded once. The steps are the same functions the per-step commands
 (``normalize`` -> ``infer`` -> ``reconstruct`` -> ``rois`` / ``measure`` / ``overlay``), so a chain of
 ``cpsnake <step>`` commands gives the same files. A bad image fails alone: its error is printed as one
 line, nothing is written under its final names, the other images go on, and the exit code is 1.
+Stacks (TIFF with Z and/or T axes, see :func:`cpsnake.io.read_image`) go through :mod:`cpsnake.stack`: plane
+by plane by default, ``--stitch-threshold T`` (planes linked into 3-D objects) or ``--do-3d`` (3-D flows) for Z
+stacks, ``--track`` to link the frames of a time series; a T x Z hyperstack is segmented frame by frame. The
+label file is then an ImageJ hyperstack with the stack's z step and frame interval, the ROI set has one ROI
+per object and plane (``0042-z03``, ``0042-t02``, ``0042-t02-z03``), the table one row per 3-D object
+(:func:`cpsnake.measure3d.write_stack_table`; per object and slice when segmented plane by plane, per object
+and frame for time series), and the overlay shows the middle plane (of the first frame).
 Two inputs that map to the same NAME (``a.tif`` and ``other/a.png``) would overwrite each other's files:
 the call is refused before anything is loaded. ``--max-pixels N`` bounds every image (see
 :mod:`cpsnake.limits`).
