@@ -200,6 +200,29 @@ def test_segment_time_series_tracks_and_tables_carry_frames(tmp_path):
     assert "frame" in table.columns and "slice" not in table.columns and set(table["frame"]) == {1, 2, 3}
 
 
+def test_segment_tz_hyperstack_stitches_each_frame_and_tracks_3d_objects(tmp_path):
+    from cpsnake import io, segment
+    from cpsnake.roi_import import read_rois
+
+    stack, _ = _stack(crop=48, planes=4)
+    movie = np.stack([stack, np.roll(stack, 1, axis=2)])  # 2 frames, the second moved down 1 px
+    path = tmp_path / "tz.tif"
+    tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TZYX", "spacing": 2.0, "finterval": 10.0})
+    assert segment.main([str(path), "--out", str(tmp_path / "o"), "--stitch-threshold", "0.25", "--track"]) == 0
+    labels, _ = io.read_labels(tmp_path / "o" / "masks" / "tz.tif")
+    with tifffile.TiffFile(tmp_path / "o" / "masks" / "tz.tif") as tif:
+        ij = tif.imagej_metadata
+    assert labels.shape == (2, 4, 48, 48) and (ij["frames"], ij["slices"], ij["spacing"], ij["finterval"]) == (2, 4, 2.0, 10.0)
+    first = set(np.unique(labels[0])) - {0}
+    assert first and first == set(np.unique(labels[1])) - {0}  # every 3-D object kept its id in frame 2
+    names = [r.name for _, r in read_rois(tmp_path / "o" / "rois" / "tz.zip")]
+    assert all(len(n.split("-")) == 3 and n.split("-")[1][0] == "t" and n.split("-")[2][0] == "z" for n in names)
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "o" / "measurements" / "tz.csv")
+    assert list(table.columns[:4]) == ["label", "image", "frame", "voxels"] and len(table) == 2 * len(first)
+
+
 @pytest.mark.parametrize("axes, shape, flags, match", [
     ("YX", (40, 40), ["--do-3d"], "found a 2-D image .* given --do-3d"),
     ("TYX", (3, 40, 40), ["--do-3d"], "time series of 2-D frames .* given --do-3d"),

@@ -242,7 +242,7 @@ def _segment_stack(path: Path, net, img, axes: str, opts: dict, sopts: dict, max
               "--stitch-threshold 0.25 for 3-D objects", file=sys.stderr)
     keys = ("stitch_threshold", "anisotropy", "flow3d_smooth", "flow3d_threshold")
     kw = {k: sopts[k] for k in keys} | opts
-    frames = [img] if axes == "Z" else [img] if axes == "T" else list(img)
+    frames = list(img) if axes == "TZ" else [img]  # a T x Z hyperstack: frame by frame
     seconds: dict = {}
     out, records = [], []
     for k, frame in enumerate(frames):
