@@ -187,12 +187,19 @@ def test_zcyx_stack_has_stack_axis_z(tmp_path):
     assert meta["z_step"] is None  # a zero spacing is no calibration
 
 
-@pytest.mark.parametrize("n, shape", [(2, (2, 10, 12)), (3, (3, 10, 12)), (5, (5, 1, 10, 12))])
-def test_axis_without_metadata_small_is_channels_large_is_planes(tmp_path, n, shape):
+@pytest.mark.parametrize("n, shape", [(2, (2, 10, 12)), (3, (3, 10, 12))])
+def test_axis_without_metadata_up_to_3_entries_is_channels(tmp_path, n, shape):
     f = tmp_path / "q.tif"
     tifffile.imwrite(f, _ramp((n, 10, 12)).astype(np.float32), photometric="minisblack")
     data, meta = read_image(f)
-    assert data.shape == shape
+    assert data.shape == shape and meta["stack_axes"] == ""
+
+
+def test_planes_without_axis_metadata_are_refused_with_how_to_name_them(tmp_path):
+    f = tmp_path / "q5.tif"
+    tifffile.imwrite(f, _ramp((5, 10, 12)).astype(np.float32), photometric="minisblack")
+    with pytest.raises(CpsnakeError, match=r"q5\.tif: found 5 planes on an axis without a name .*imagej=True"):
+        read_image(f)
 
 
 def test_singleton_axes_are_dropped(tmp_path):
@@ -205,7 +212,7 @@ def test_singleton_axes_are_dropped(tmp_path):
 def test_two_unnamed_plane_axes_are_an_error(tmp_path):
     f = tmp_path / "4d.tif"
     tifffile.imwrite(f, _ramp((5, 6, 10, 12), np.uint8), photometric="minisblack")
-    with pytest.raises(CpsnakeError, match=r"4d\.tif: found 4 dimensions \(5, 6, 10, 12\).*expected a 2-D image.*axes named"):
+    with pytest.raises(CpsnakeError, match=r"4d\.tif: found 5 planes on an axis without a name"):
         read_image(f)
 
 

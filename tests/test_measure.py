@@ -169,3 +169,19 @@ def test_table_gets_quality_columns_only_with_flows(tmp_path):
     assert measure.main([str(tmp_path / "l.tif"), str(tmp_path / "i.tif"), str(tmp_path / "n.csv"),
                          "--flows", str(tmp_path / "g.tif")]) == 1
     assert not (tmp_path / "n.csv").exists()
+
+
+def test_stack_labels_with_flows_of_another_stack_are_one_clear_error(tmp_path, capsys):
+    lab = np.zeros((3, 10, 14), np.int32)
+    lab[1, 2:6, 3:8] = 1
+    io.write_labels(tmp_path / "lab.tif", lab)
+    io.write_tiff(tmp_path / "img.tif", np.ones((3, 1, 10, 14), np.uint8), axes="ZCYX")
+    io.write_flows(tmp_path / "f.tif", np.zeros((4, 4, 10, 14), np.float32), stack_axes="Z",
+                   three_d=True)  # 4 planes, not 3
+    out = tmp_path / "t.csv"
+    assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(out), "--flows", str(tmp_path / "f.tif")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "f.tif: found flows of shape (4, 4, 10, 14) (3d)" in err and "(3, 10, 14)" in err
+    assert not out.exists()
+    io.write_flows(tmp_path / "f.tif", np.zeros((3, 3, 10, 14), np.float32), stack_axes="Z")  # per plane, matching
+    assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(out), "--flows", str(tmp_path / "f.tif")]) == 0

@@ -203,7 +203,8 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
                                         max_pixels=args.max_pixels, **opts)
                     io.write_flows(paths.flows(s.sample), flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
                                    network_scale=spec.scale(d), stack_axes=meta["stack_axes"], z_step=meta.get("z_step"),
-                                   frame_interval=meta.get("frame_interval"))
+                                   frame_interval=meta.get("frame_interval"),
+                                   three_d=do_3d)
                     done.append(Outcome(s.sample, "ok", "", time.perf_counter() - t0, {"diameter": d}))
                     continue
             except CpsnakeError as exc:

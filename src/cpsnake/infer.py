@@ -597,11 +597,12 @@ def _main_stack(args, net, img: np.ndarray, meta: dict, opts: dict, sopts: dict,
         mid = img.shape[0] // 2
         opts["diameter"] = auto_diameter(net, img[mid], model_path, args.size_model, opts,
                                          source=f"{args.normalized} (middle plane {mid + 1})")
-    flows = stack_flows(net, img, do_3d=sopts["mode"] == "3d", anisotropy=sopts["anisotropy"],
+    do_3d = sopts["mode"] == "3d"
+    flows = stack_flows(net, img, do_3d=do_3d, anisotropy=sopts["anisotropy"],
                         flow3d_smooth=sopts["flow3d_smooth"], max_pixels=args.max_pixels, **opts)
     write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"], stack_axes=meta["stack_axes"],
                 network_scale=tiling(net).scale(opts["diameter"]), z_step=meta.get("z_step"),
-                                   frame_interval=meta.get("frame_interval"))
+                frame_interval=meta.get("frame_interval"), three_d=do_3d)
     return 0
 
 

@@ -119,10 +119,12 @@ def write_flows(
     stack_axes: str = "",
     z_step: float | None = None,
     frame_interval: float | None = None,
+    three_d: bool = False,
 ) -> None:
     """Write flows as an ImageJ TIFF: float32 ``(3, Y, X)`` = dY, dX, cellprob logits (axes CYX); a stack's per-plane
-    flows ``(S, 3, Y, X)`` (``stack_axes`` ``"Z"`` or ``"T"``: axes ZCYX / TCYX); or 3-D flows ``(4, Z, Y, X)`` = dZ,
-    dY, dX, cellprob (``stack_axes="Z"``; stored as ZCYX with 4 channels, as ImageJ orders hyperstack axes).
+    flows ``(S, 3, Y, X)`` (``stack_axes`` ``"Z"`` or ``"T"``: axes ZCYX / TCYX); or with ``three_d`` 3-D flows
+    ``(4, Z, Y, X)`` = dZ, dY, dX, cellprob (``stack_axes="Z"``; stored as ZCYX with 4 channels, as ImageJ orders
+    hyperstack axes).
 
     ``network_scale``: the factor the image was resized by for the network (``diam_mean / diameter``), kept
     in the ImageJ metadata so that ``cpsnake reconstruct`` follows the flows ``int(200 / scale)`` steps.
@@ -135,14 +137,16 @@ def write_flows(
         raise CpsnakeError(f"{path}: flows with stack axes {stack_axes!r}, expected '', 'Z' or 'T'")
     if not stack_axes and (flows.ndim != 3 or flows.shape[0] != 3):
         raise CpsnakeError(f"{path}: flows of shape {flows.shape}, expected (3, Y, X) = dY, dX, cellprob")
-    if stack_axes and not (flows.ndim == 4 and (flows.shape[1] == 3 or flows.shape[0] == 4 and stack_axes == "Z")):
-        raise CpsnakeError(f"{path}: stack flows of shape {flows.shape}, expected (S, 3, Y, X) per plane or (4, Z, Y, X)")
+    if three_d and not (flows.ndim == 4 and flows.shape[0] == 4 and stack_axes == "Z"):
+        raise CpsnakeError(f"{path}: 3-D flows of shape {flows.shape} (stack axes {stack_axes!r}), expected (4, Z, Y, X)")
+    if stack_axes and not three_d and not (flows.ndim == 4 and flows.shape[1] == 3):
+        raise CpsnakeError(f"{path}: stack flows of shape {flows.shape}, expected (S, 3, Y, X) per plane")
     extra = {"network_scale": float(network_scale)} if network_scale is not None else {}
     if z_step and stack_axes == "Z":
         extra["spacing"] = float(z_step)
     if frame_interval and stack_axes == "T":
         extra["finterval"] = float(frame_interval)
-    if stack_axes and flows.shape[1] != 3:  # (4, Z, Y, X) -> (Z, 4, Y, X)
+    if three_d:  # (4, Z, Y, X) -> (Z, 4, Y, X)
         flows = flows.transpose(1, 0, 2, 3)
     write_tiff(path, flows, axes=stack_axes + "CYX", pixel_size=pixel_size, unit=unit, metadata=extra or None)
 
@@ -564,7 +568,8 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
     grey+alpha) is dropped. One ``Z`` or ``T`` axis makes a stack ``(Z, C, Y, X)`` whose planes are depths
     or time points (``meta["stack_axes"]`` says which: ``"Z"`` or ``"T"``); both make ``(T, Z, C, Y, X)``
     (``"TZ"``); a 2-D image has ``""``. An axis without metadata (tifffile's ``Q``/``I``, e.g. a numpy
-    array saved as it is) is taken as channels when it has at most 3 entries and as Z planes otherwise.
+    array saved as it is) is taken as channels when it has at most 3 entries; with more it is refused
+    (depths, time points or channels cannot be told apart), with how to name the axes.
     Singleton axes are dropped. Two axes of one kind, or any other axis, are an error.
 
     Limits: only a regular file is opened (a FIFO or device is refused at once), and the number of
@@ -638,8 +643,15 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
     axes = axes.replace("S", "C")
     named = list(axes)
     for i, a in enumerate(named):
-        if a in _UNKNOWN_AXES:  # no metadata: few entries are channels, more are planes
-            named[i] = "C" if data.shape[i] <= MAX_GUESSED_CHANNELS and "C" not in named else "Z"
+        if a in _UNKNOWN_AXES:  # no metadata: a few entries are channels; more could be Z, T or C
+            if data.shape[i] > MAX_GUESSED_CHANNELS or "C" in named:
+                raise CpsnakeError(
+                    f"{path}: found {data.shape[i]} planes on an axis without a name (shape {shape}, axes "
+                    f"{meta['axes']!r}); expected the stack's axes named (Z, T or C); save it as an ImageJ hyperstack "
+                    "(Fiji: Image > Properties, set Slices (z) / Frames (t) / Channels, then File > Save As > Tiff; "
+                    "Python: tifffile.imwrite(path, data, imagej=True, metadata={'axes': 'ZYX'}))"
+                )
+            named[i] = "C"
     axes = "".join(named)
     unknown = [a for a in axes if a not in "TZCYX"]
     if unknown or any(axes.count(a) > 1 for a in "TZC"):

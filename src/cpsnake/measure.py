@@ -431,13 +431,17 @@ def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = N
     name = Path(image_path).name
     cal = (float(pixel_size),) * 2 if pixel_size else (meta.get("pixel_size") or lmeta.get("pixel_size"))
     flows = None
-    if flows_path is not None and labels.ndim == 2:  # the quality columns are 2-D only
-        flows, _ = io.read_flows(flows_path, max_pixels=max_pixels)
-        if flows.ndim != 3 or flows.shape[1:] != labels.shape:
+    if flows_path is not None:
+        flows, fmeta = io.read_flows(flows_path, max_pixels=max_pixels)
+        size = flows.shape[1:] if fmeta["kind"] != "planes" else (flows.shape[0], *flows.shape[2:])
+        if size != labels.shape:
+            expected = "(3, Y, X)" if labels.ndim == 2 else "(Z, 3, Y, X) per plane or (4, Z, Y, X)"
             raise CpsnakeError(
-                f"{flows_path}: flows of shape {flows.shape}, expected (3, {', '.join(map(str, labels.shape[-2:]))}) "
-                f"to match the 2-D labels {labels_path}; pass the flows the labels were reconstructed from"
+                f"{flows_path}: found flows of shape {flows.shape} ({fmeta['kind']}), expected {expected} with the size "
+                f"{labels.shape} of the labels {labels_path}; pass the flows the labels were reconstructed from"
             )
+        if labels.ndim != 2:
+            flows = None  # the quality columns are 2-D only
     if labels.ndim == 2:
         if img.ndim != 3 or img.shape[-2:] != labels.shape:
             raise CpsnakeError(
