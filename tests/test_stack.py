@@ -90,6 +90,15 @@ def test_planes_mode_numbers_every_plane_after_the_previous_ones(bundled_net):
         shift += int(alone.max())
 
 
+def test_blank_plane_is_zero_plane_by_plane_and_a_blank_stack_is_one_error():
+    stack = np.random.default_rng(0).integers(0, 200, (3, 1, 20, 20)).astype(np.uint8)
+    stack[0] = 0
+    out, record = stack_mod.normalize_stack(stack, per_plane=True)
+    assert not out[0].any() and out[1].any() and "constant" in record["planes"][0]["per_channel"][0]["status"]
+    with pytest.raises(CpsnakeError, match="found a constant image"):
+        stack_mod.normalize_stack(np.zeros((3, 1, 20, 20), np.uint8), per_plane=True)
+
+
 def test_offset_planes():
     lab = np.array([[[1, 2]], [[0, 1]], [[0, 0]], [[2, 1]]])
     assert stack_mod.offset_planes(lab).tolist() == [[[1, 2]], [[0, 3]], [[0, 0]], [[5, 4]]]

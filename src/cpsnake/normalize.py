@@ -231,6 +231,7 @@ def normalize(
     invert: bool = False,
     tile_size: int = 0,
     tile_smooth: float = 1.0,
+    allow_flat: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """Scale each channel so that its low value maps to 0.0 and its high value to 1.0.
 
@@ -249,6 +250,9 @@ def normalize(
         > 0: percentiles per tile of this size, interpolated to every pixel (see the module doc).
     tile_smooth : float
         Sigma, in tiles, of the Gaussian that smooths the tile grid along Y and X (0: none).
+    allow_flat : bool
+        A constant image, or one whose every channel is flat, becomes all 0 (each channel's status says why)
+        instead of an error: for the planes of a stack normalized one by one (cellpose sets them to 0).
 
     Returns
     -------
@@ -290,7 +294,7 @@ def normalize(
     tile_size = int(tile_size)
 
     ranges = [(img[c].min(), img[c].max()) for c in range(nchan)]
-    if all(lo == hi for lo, hi in ranges):
+    if all(lo == hi for lo, hi in ranges) and not allow_flat:
         values = sorted({float(lo) for lo, _ in ranges})
         shown = f"every pixel is {values[0]:g}" if len(values) == 1 else "every channel is constant"
         raise CpsnakeError(
@@ -355,7 +359,7 @@ def normalize(
             np.subtract(np.float32(1), o, out=o)
         per_channel.append(entry)
 
-    if all(e["status"] != "scaled" for e in per_channel):
+    if all(e["status"] != "scaled" for e in per_channel) and not allow_flat:
         raise CpsnakeError(
             f"found no channel with a spread of intensities between percentiles {q[0]:g} and {q[1]:g} "
             f"({'; '.join(e['status'] for e in per_channel)}); expected low < high; "

@@ -43,22 +43,24 @@ def normalize_stack(stack: np.ndarray, *, per_plane: bool, channels=None, percen
                     invert: bool = False, tile_size: int = 0) -> tuple[np.ndarray, dict]:
     """Normalize a ``(Z, C, Y, X)`` stack plane by plane or as a whole; returns float32 ``(Z, C', Y, X)`` and the record.
 
-    Per plane, the record holds ``"planes"``: one :func:`cpsnake.normalize.normalize` record per plane.
+    Per plane, the record holds ``"planes"``: one :func:`cpsnake.normalize.normalize` record per plane; a blank
+    or flat plane becomes 0 (its record says why), and only a stack with no spread in any plane is an error.
     As a whole, it is the record of one normalization of all planes (``"scope": "stack"``).
     """
     from cpsnake.normalize import normalize, select_channels
 
     x = select_channels(stack, channels)
     opts = dict(percentiles=percentiles, low_high=low_high, invert=invert, tile_size=tile_size)
-    if per_plane:
+    if per_plane:  # a blank or flat plane becomes 0, as in cellpose; only a stack without any spread is an error
         out = np.empty(x.shape, np.float32)
         records = []
         for z in range(x.shape[0]):
-            try:
-                out[z], rec = normalize(x[z], **opts)
-            except CpsnakeError as exc:
-                raise CpsnakeError(f"plane {z + 1} of {x.shape[0]}: {exc}") from None
+            out[z], rec = normalize(x[z], allow_flat=True, **opts)
             records.append(rec)
+        if not any(e["status"] == "scaled" for rec in records for e in rec["per_channel"]):
+            normalize(x.transpose(1, 0, 2, 3), **opts)  # raises the whole stack's one-line reason
+            raise CpsnakeError(f"found no plane with a spread of intensities between percentiles {percentiles[0]:g} and "
+                               f"{percentiles[1]:g}; expected low < high in some plane; use wider --percentiles")
         return out, {"scope": "plane", "planes": records}
     out, rec = normalize(x.transpose(1, 0, 2, 3), **opts)
     rec["scope"] = "stack"
