@@ -182,6 +182,39 @@ def test_settable_thresholds_agree_with_cellpose():
     assert np.array_equal(ours, theirs)
 
 
+@pytest.mark.parametrize("shape, niter", [((7, 30, 41), 200), ((2, 5, 9), 37), ((16, 16, 16), 1)])
+def test_compiled_follower_equals_grid_sample_to_the_bit(shape, niter):
+    """cpsnake.follow3d against cellpose's own step loop (torch grid_sample, 5-D, align_corners=False, clamp),
+    on random steps large enough to push points out of the stack and against its faces."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    dP = rng.normal(0, 8, (3, *shape)).astype(np.float32)
+    cell = rng.random(shape) > 0.3
+    idx = np.flatnonzero(cell)
+    ours = reconstruct3d.follow_flows_3d(dP, cell, idx, niter=niter, block=97)
+    # cellpose's steps_interp in 3-D, written out
+    ext = [float(L - 1) for L in shape[::-1]]
+    im = torch.from_numpy(np.stack([dP[2 - k] * cell / np.float32(5.0) for k in range(3)])[None].astype(np.float32))
+    for k in range(3):
+        im[:, k] *= 2.0 / ext[k]
+    zyx = np.unravel_index(idx, shape)
+    pt = torch.from_numpy(np.stack([zyx[2 - k].astype(np.float32) for k in range(3)], 1)[None, None, None].copy())
+    for k in range(3):
+        pt[..., k] /= ext[k]
+    pt = pt * 2 - 1
+    for _ in range(niter):
+        d = F.grid_sample(im, pt, align_corners=False)
+        for k in range(3):
+            pt[..., k] = torch.clamp(pt[..., k] + d[:, k], -1.0, 1.0)
+    pt = (pt + 1) * 0.5
+    for k in range(3):
+        pt[..., k] *= ext[k]
+    ref = np.stack([pt[0, 0, 0, :, 2 - k].numpy() for k in range(3)])
+    assert np.array_equal(ours, ref), np.abs(ours - ref).max()
+
+
 def test_blocks_and_threads_give_the_same_labels(monkeypatch):
     """Points followed in many small blocks on several threads, seeds grown in small chunks: the same
     labels as one block and one chunk.

@@ -32,12 +32,13 @@ positive threshold the flows of the masks found at step 3 are recomputed by 3-D 
 exceeds the threshold is dropped before step 4. Its errors are :func:`flow_errors_3d`.
 
 How it differs from cellpose in the work, not the labels: only the followed voxels are kept (flat
-indices, no (3, N) index arrays, no full-stack float temporaries: the step field is written straight into
-the sampling tensor); points are followed in blocks (65,536 points), blocks in parallel threads, one
-torch thread each (torch's 3-D ``grid_sample`` on the CPU parallelises over the batch only, so cellpose's
-one batch of all points runs on one core); the histogram is one int32
-stack padded by 5 voxels (not 20), local maxima are looked for only at bins with more than 10 end points,
-and the same stack is reused for the seed labels; holes are found by labelling each object's background.
+indices, no (3, N) index arrays); the step field is never built: the compiled follower
+(:mod:`cpsnake.follow3d`, numba) computes each sampled value where it reads it and walks each point through
+all its steps before the next, with torch's ``grid_sample`` arithmetic reproduced to the bit; points are
+followed in blocks (65,536 points), blocks in parallel threads (cellpose's one ``grid_sample`` batch runs on
+one core); the histogram is one int32 stack padded by 5 voxels (not 20), local maxima are looked for only
+at bins with more than 10 end points, and the same stack is reused for the seed labels; holes are found by
+labelling each object's background.
 
 Axis order: flows ``(4, Z, Y, X)`` = dZ, dY, dX, cellprob; labels ``(Z, Y, X)``.
 """
@@ -146,61 +147,39 @@ def follow_flows_3d(dP: np.ndarray, cell: np.ndarray, idx: np.ndarray, *, niter:
 
     Parameters
     ----------
-    dP : (3, Z, Y, X) float32 ndarray
-        Network flows dZ, dY, dX (the step is ``dP / 5`` where ``cell``, 0 elsewhere).
+    dP : (3, Z, Y, X) float ndarray
+        Network flows dZ, dY, dX (the step is ``dP / 5`` where ``cell``, 0 elsewhere); float32 is used as
+        it is, anything else is converted.
     cell : (Z, Y, X) bool ndarray
         Voxels whose flows count (cellprob above threshold).
     idx : (N,) int ndarray
         Flat (raster) indices of the start voxels.
     niter : int
     block : int
-        Points integrated together through all iterations; blocks run in parallel threads.
+        Points per block; blocks run in parallel threads.
 
     Returns
     -------
     (3, N) float32 ndarray: final (z, y, x), within [0, L - 1] per axis. The arithmetic is cellpose's
-    ``steps_interp`` in 3-D operation for operation (torch ``grid_sample``, 5-D, bilinear = trilinear,
-    zero padding, ``align_corners=False``, clamp to [-1, 1] after each step), so the end points are
-    cellpose's to the bit whatever the block size.
+    ``steps_interp`` in 3-D operation for operation (torch ``grid_sample``, 5-D, trilinear, zero padding,
+    ``align_corners=False``, clamp to [-1, 1] after each step), done per point by the compiled
+    :func:`cpsnake.follow3d.follow_points`, so the end points are cellpose's to the bit.
     """
-    import torch
-    import torch.nn.functional as F
+    from cpsnake.follow3d import follow_points
 
     shape = dP.shape[1:]
     n = idx.size
     out = np.full((3, n), np.nan, dtype=np.float32)  # a point never followed stays NaN, never stale memory
     if n == 0:
         return out
-    ext = [float(L - 1) for L in shape[::-1]]  # (x, y, z), as grid_sample wants
-    im = torch.empty((1, 3, *shape), dtype=torch.float32)
-    view = im.numpy()
-    for k in range(3):  # channel k of the sampled field = axis (x, y, z)[k] = dP[2 - k]
-        np.multiply(dP[2 - k], cell, out=view[0, k])  # dP * (cellprob > threshold), in float32
-        np.divide(view[0, k], np.float32(5.0), out=view[0, k])  # / 5, in float32 as cellpose
-        im[:, k] *= 2.0 / ext[k]  # the same torch operation as cellpose's
-    del view
+    dP = np.ascontiguousarray(dP, dtype=np.float32)
+    cell = np.ascontiguousarray(cell, dtype=bool)
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    ext = np.array([L - 1 for L in shape[::-1]], np.float32)  # (x, y, z)
+    scale = np.array([2.0 / (L - 1) for L in shape[::-1]], np.float64).astype(np.float32)  # torch's scalar cast
 
     def run(a: int) -> None:
-        b = min(a + block, n)
-        m = b - a
-        pt = torch.empty((1, 1, 1, m, 3), dtype=torch.float32)
-        zyx = np.unravel_index(idx[a:b], shape)
-        for k in range(3):
-            pt[0, 0, 0, :, k] = torch.from_numpy(zyx[2 - k].astype(np.float32))
-            pt[..., k] /= ext[k]
-        pt *= 2
-        pt -= 1
-        flat = pt.view(m, 3)
-        for _ in range(niter):
-            d = F.grid_sample(im, pt, align_corners=False).view(3, m)  # (1, 3, 1, 1, m) -> (3, m)
-            for k in range(3):
-                flat[:, k].add_(d[k])
-            flat.clamp_(-1.0, 1.0)
-        pt += 1
-        pt *= 0.5
-        for k in range(3):
-            pt[..., k] *= ext[k]
-            out[2 - k, a:b] = flat[:, k].numpy()
+        follow_points(dP, cell, idx, out, a, min(a + block, n), int(niter), ext, scale)
 
     run_blocks(run, n, block)
     return out
