@@ -202,12 +202,17 @@ def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int
     return out
 
 
-def run_blocks(run, n: int, block: int) -> None:
+def run_blocks(run, n: int, block: int, *, uses_torch: bool = True) -> None:
     """Call ``run(start)`` for ``start`` in ``range(0, n, block)``, blocks spread over a small thread pool.
 
-    Blocks are independent: each runs with one torch thread (small ops with torch's own threading are slow
-    on a busy machine), under ``torch.inference_mode``; torch's thread count is restored after.
+    Blocks are independent. With ``uses_torch`` each runs with one torch thread (small ops with torch's own
+    threading are slow on a busy machine), under ``torch.inference_mode``, and torch's thread count is
+    restored after; without it torch is not imported (compiled code that releases the GIL).
     """
+    if not uses_torch:
+        with ThreadPoolExecutor(max_workers=workers()) as pool:
+            list(pool.map(run, range(0, n, block)))
+        return
     import torch
 
     threads = torch.get_num_threads()

@@ -2,12 +2,10 @@
 
 Cellpose follows every point one step at a time with torch's ``grid_sample`` (5-D, trilinear, zero
 padding, ``align_corners=False``), 200 passes over millions of points and a full-size step field
-``flows * cell / 5 * 2 / (L - 1)`` held beside the flows. :func:`follow_points` does the same arithmetic
-per point, operation for operation in float32 (the step field value of a voxel is computed where it is
-read, in the same order of operations as the field would be built, so nothing else is allocated), and
-keeps each point in registers for its ``niter`` steps. The end points are cellpose's to the bit
-(``tests/test_reconstruct3d.py`` compares them with ``grid_sample``'s), in a fraction of the time and
-without the field's memory.
+``flows * cell / 5 * 2 / (L - 1)``. :func:`follow_points` does the same arithmetic per point, operation for
+operation in float32, on the same field (:func:`step_field`, its three channels interleaved so that one
+corner's values share a cache line), and keeps each point in registers for its ``niter`` steps. The end
+points are cellpose's to the bit (``tests/test_reconstruct3d.py`` compares them with ``grid_sample``'s).
 
 The trilinear sample is torch's CPU ``grid_sampler_3d`` (ATen ``GridSampler.cpp``): source index
 ``((c + 1) * L - 1) / 2``, corners ``floor`` and ``floor + 1``, weights as products of the distances to the
@@ -20,86 +18,100 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["follow_points"]
+__all__ = ["step_field", "follow_points", "histogram"]
 
 
-@njit(cache=True, nogil=True)
-def _field(dP, cell, c, z, y, x, scale):
-    """Step field value of channel ``c`` (x, y, z) at voxel (z, y, x): ``dP[2 - c] * cell / 5 * scale[c]``, float32."""
-    v = dP[2 - c, z, y, x] * np.float32(cell[z, y, x])
-    v = v / np.float32(5.0)
-    return v * scale[c]
+def step_field(dP: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """The step field ``(Z, Y, X, 3)`` float32, channels (x, y, z) interleaved: ``dP[2 - c] * cell / 5 * 2 / (L_c - 1)``,
+    each operation rounded to float32 as cellpose builds it with numpy and torch (the factor ``2 / (L - 1)``
+    is rounded to float32 first, as torch does with a Python scalar)."""
+    shape = cell.shape
+    field = np.empty((*shape, 3), np.float32)
+    for c in range(3):  # written in place through the strided channel view: no full-size temporary
+        out = field[..., c]
+        np.multiply(dP[2 - c], cell, out=out)
+        np.divide(out, np.float32(5.0), out=out)
+        np.multiply(out, np.float32(2.0 / (shape[2 - c] - 1)), out=out)
+    return field
 
 
-@njit(cache=True, nogil=True)
-def _sample(dP, cell, c, z0, y0, x0, w, ok, scale):
-    """Trilinear sample of field channel ``c`` at the cell with lower corner (z0, y0, x0): the 8 corners in torch's
-    order (tnw, tne, tsw, tse, bnw, bne, bsw, bse), each only when inside the stack, summed in float32."""
-    acc = np.float32(0.0)
+@njit(cache=True, nogil=True, inline="always")
+def _step(f, p0, p1, p2, D, H, W):
+    """One step of one point (normalised x, y, z): sample the flat interleaved field ``f`` trilinearly at the
+    8 corners (torch's order tnw, tne, tsw, tse, bnw, bne, bsw, bse, each only when inside the stack, each
+    channel summed in float32), add, clamp to [-1, 1]."""
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    ix = ((p0 + one) * np.float32(W) - one) / two
+    iy = ((p1 + one) * np.float32(H) - one) / two
+    iz = ((p2 + one) * np.float32(D) - one) / two
+    x0 = np.int64(np.floor(ix))
+    y0 = np.int64(np.floor(iy))
+    z0 = np.int64(np.floor(iz))
+    ax0, ay0, az0 = ix - np.float32(x0), iy - np.float32(y0), iz - np.float32(z0)
+    ax1, ay1, az1 = np.float32(x0 + 1) - ix, np.float32(y0 + 1) - iy, np.float32(z0 + 1) - iz
+    sy = 3 * W
+    sz = sy * H
+    base = z0 * sz + y0 * sy + x0 * 3
+    inside = 0 <= x0 and x0 + 1 < W and 0 <= y0 and y0 + 1 < H and 0 <= z0 and z0 + 1 < D
+    d0 = np.float32(0.0)
+    d1 = np.float32(0.0)
+    d2 = np.float32(0.0)
     for j in range(8):
-        if ok[j]:
-            acc += _field(dP, cell, c, z0 + (j >> 2), y0 + ((j >> 1) & 1), x0 + (j & 1), scale) * w[j]
-    return acc
+        dx, dy, dz = j & 1, (j >> 1) & 1, j >> 2
+        if not inside:
+            x, y, z = x0 + dx, y0 + dy, z0 + dz
+            if not (0 <= x < W and 0 <= y < H and 0 <= z < D):
+                continue
+        w = (ax0 if dx else ax1) * (ay0 if dy else ay1) * (az0 if dz else az1)
+        b = base + dz * sz + dy * sy + dx * 3
+        d0 += f[b] * w
+        d1 += f[b + 1] * w
+        d2 += f[b + 2] * w
+    return min(max(p0 + d0, -one), one), min(max(p1 + d1, -one), one), min(max(p2 + d2, -one), one)
+
+
+_GROUP = 8  # points stepped in lockstep, so that the processor overlaps their independent chains
 
 
 @njit(cache=True, nogil=True)
-def follow_points(dP, cell, idx, out, start, stop, niter, ext, scale):
+def follow_points(field, idx, out, start, stop, niter, ext):
     """Follow the voxels ``idx[start:stop]`` for ``niter`` steps; write their end points (z, y, x) to ``out[:, start:stop]``.
 
     Parameters
     ----------
-    dP : (3, Z, Y, X) float32, C-contiguous: dZ, dY, dX as the network gives them
-    cell : (Z, Y, X) bool: voxels whose flows count
+    field : (Z, Y, X, 3) float32 step field from :func:`step_field` (C-contiguous)
     idx : (N,) int64 flat raster indices of the start voxels
     out : (3, N) float32, written
     ext : (3,) float32 ``L - 1`` along x, y, z
-    scale : (3,) float32 ``2 / (L - 1)`` along x, y, z, rounded to float32 (what torch multiplies by)
     """
-    D, H, W = cell.shape
+    D, H, W = field.shape[0], field.shape[1], field.shape[2]
+    f = field.reshape(-1)
     one = np.float32(1.0)
     two = np.float32(2.0)
     half = np.float32(0.5)
-    fW, fH, fD = np.float32(W), np.float32(H), np.float32(D)
-    for i in range(start, stop):
-        k = idx[i]
-        zi = k // (H * W)
-        yi = (k // W) % H
-        xi = k % W
-        # normalised start, as torch: coordinate / (L - 1) * 2 - 1 in float32
-        p0 = np.float32(xi) / ext[0] * two - one
-        p1 = np.float32(yi) / ext[1] * two - one
-        p2 = np.float32(zi) / ext[2] * two - one
+    p = np.empty((3, _GROUP), np.float32)
+    for g in range(start, stop, _GROUP):
+        m = min(_GROUP, stop - g)
+        for j in range(m):
+            k = idx[g + j]
+            # normalised start, as torch: coordinate / (L - 1) * 2 - 1 in float32
+            p[0, j] = np.float32(k % W) / ext[0] * two - one
+            p[1, j] = np.float32((k // W) % H) / ext[1] * two - one
+            p[2, j] = np.float32(k // (H * W)) / ext[2] * two - one
         for _ in range(niter):
-            ix = ((p0 + one) * fW - one) / two
-            iy = ((p1 + one) * fH - one) / two
-            iz = ((p2 + one) * fD - one) / two
-            x0 = np.int64(np.floor(ix))
-            y0 = np.int64(np.floor(iy))
-            z0 = np.int64(np.floor(iz))
-            x1, y1, z1 = x0 + 1, y0 + 1, z0 + 1
-            ax0, ay0, az0 = ix - np.float32(x0), iy - np.float32(y0), iz - np.float32(z0)
-            ax1, ay1, az1 = np.float32(x1) - ix, np.float32(y1) - iy, np.float32(z1) - iz
-            w_tnw = ax1 * ay1 * az1
-            w_tne = ax0 * ay1 * az1
-            w_tsw = ax1 * ay0 * az1
-            w_tse = ax0 * ay0 * az1
-            w_bnw = ax1 * ay1 * az0
-            w_bne = ax0 * ay1 * az0
-            w_bsw = ax1 * ay0 * az0
-            w_bse = ax0 * ay0 * az0
-            okx0, okx1 = 0 <= x0 < W, 0 <= x1 < W
-            oky0, oky1 = 0 <= y0 < H, 0 <= y1 < H
-            okz0, okz1 = 0 <= z0 < D, 0 <= z1 < D
-            w = (w_tnw, w_tne, w_tsw, w_tse, w_bnw, w_bne, w_bsw, w_bse)
-            ok = (okz0 and oky0 and okx0, okz0 and oky0 and okx1, okz0 and oky1 and okx0, okz0 and oky1 and okx1,
-                  okz1 and oky0 and okx0, okz1 and oky0 and okx1, okz1 and oky1 and okx0, okz1 and oky1 and okx1)
-            d0 = _sample(dP, cell, 0, z0, y0, x0, w, ok, scale)
-            d1 = _sample(dP, cell, 1, z0, y0, x0, w, ok, scale)
-            d2 = _sample(dP, cell, 2, z0, y0, x0, w, ok, scale)
-            p0 = min(max(p0 + d0, -one), one)
-            p1 = min(max(p1 + d1, -one), one)
-            p2 = min(max(p2 + d2, -one), one)
-        # back to voxel coordinates, as torch: (p + 1) * 0.5 * (L - 1)
-        out[2, i] = (p0 + one) * half * ext[0]
-        out[1, i] = (p1 + one) * half * ext[1]
-        out[0, i] = (p2 + one) * half * ext[2]
+            for j in range(m):
+                p[0, j], p[1, j], p[2, j] = _step(f, p[0, j], p[1, j], p[2, j], D, H, W)
+        for j in range(m):  # back to voxel coordinates, as torch: (p + 1) * 0.5 * (L - 1)
+            out[2, g + j] = (p[0, j] + one) * half * ext[0]
+            out[1, g + j] = (p[1, j] + one) * half * ext[1]
+            out[0, g + j] = (p[2, j] + one) * half * ext[2]
+
+
+@njit(cache=True, nogil=True)
+def histogram(bins, size):
+    """int32 counts of ``bins`` (flat indices into ``size`` bins), without a 64-bit temporary."""
+    h = np.zeros(size, np.int32)
+    for b in bins:
+        h[b] += 1
+    return h

@@ -32,9 +32,9 @@ positive threshold the flows of the masks found at step 3 are recomputed by 3-D 
 exceeds the threshold is dropped before step 4. Its errors are :func:`flow_errors_3d`.
 
 How it differs from cellpose in the work, not the labels: only the followed voxels are kept (flat
-indices, no (3, N) index arrays); the step field is never built: the compiled follower
-(:mod:`cpsnake.follow3d`, numba) computes each sampled value where it reads it and walks each point through
-all its steps before the next, with torch's ``grid_sample`` arithmetic reproduced to the bit; points are
+indices, no (3, N) index arrays); the compiled follower (:mod:`cpsnake.follow3d`, numba) walks each point through all its steps before the
+next, with torch's ``grid_sample`` arithmetic reproduced to the bit, on a step field whose three channels
+are interleaved; points are
 followed in blocks (65,536 points), blocks in parallel threads (cellpose's one ``grid_sample`` batch runs on
 one core); the histogram is one int32 stack padded by 5 voxels (not 20), local maxima are looked for only
 at bins with more than 10 end points, and the same stack is reused for the seed labels; holes are found by
@@ -165,23 +165,21 @@ def follow_flows_3d(dP: np.ndarray, cell: np.ndarray, idx: np.ndarray, *, niter:
     ``align_corners=False``, clamp to [-1, 1] after each step), done per point by the compiled
     :func:`cpsnake.follow3d.follow_points`, so the end points are cellpose's to the bit.
     """
-    from cpsnake.follow3d import follow_points
+    from cpsnake.follow3d import follow_points, step_field
 
     shape = dP.shape[1:]
     n = idx.size
     out = np.full((3, n), np.nan, dtype=np.float32)  # a point never followed stays NaN, never stale memory
     if n == 0:
         return out
-    dP = np.ascontiguousarray(dP, dtype=np.float32)
-    cell = np.ascontiguousarray(cell, dtype=bool)
+    field = step_field(np.asarray(dP, dtype=np.float32), np.asarray(cell, dtype=bool))
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     ext = np.array([L - 1 for L in shape[::-1]], np.float32)  # (x, y, z)
-    scale = np.array([2.0 / (L - 1) for L in shape[::-1]], np.float64).astype(np.float32)  # torch's scalar cast
 
     def run(a: int) -> None:
-        follow_points(dP, cell, idx, out, a, min(a + block, n), int(niter), ext, scale)
+        follow_points(field, idx, out, a, min(a + block, n), int(niter), ext)
 
-    run_blocks(run, n, block)
+    run_blocks(run, n, block, uses_torch=False)
     return out
 
 
@@ -203,7 +201,7 @@ def get_masks_3d(p: np.ndarray, idx: np.ndarray, shape: tuple[int, int, int], *,
     -------
     (Z, Y, X) int32 labels 1..K in order of first appearance.
     """
-    import torch
+    from cpsnake.follow3d import histogram
 
     H = tuple(int(L) + 2 * _PAD for L in shape)
     fp = p[0].astype(np.int64)  # truncation (end points are >= 0), as cellpose's .int()
@@ -213,9 +211,7 @@ def get_masks_3d(p: np.ndarray, idx: np.ndarray, shape: tuple[int, int, int], *,
         fp += p[a].astype(np.int64)
     fp += _PAD
     labels = np.zeros(shape, dtype=np.int32)
-    ht = torch.zeros(int(np.prod(H)), dtype=torch.int32)
-    ht.index_add_(0, torch.from_numpy(fp), torch.ones(fp.size, dtype=torch.int32))
-    h = ht.numpy()
+    h = histogram(fp, int(np.prod(H)))
     cand = np.flatnonzero(h > 10)
     if cand.size == 0:
         return labels
@@ -226,12 +222,35 @@ def get_masks_3d(p: np.ndarray, idx: np.ndarray, shape: tuple[int, int, int], *,
         if off:
             is_max &= hc >= h[cand + off]
     seeds = cand[is_max]
-    # ascending end-point count; torch's sort on int32 counts so that ties fall as in cellpose
-    seeds = seeds[torch.argsort(torch.from_numpy(h[seeds])).numpy()]
+    # ascending end-point count. Cellpose sorts with torch (unstable: equal counts fall in torch's order); the
+    # order of equal counts matters only where two seeds with the largest count among those reaching a bin
+    # meet, and only then is torch imported for its order (importing it costs ~0.5 GB of memory)
+    counts = h[seeds]
+    ranked = seeds[np.argsort(counts, kind="stable")]
+    pos, lab = _grow(ranked, h, H)
+    if _tie_decides(pos, lab, h[ranked]):
+        import torch
+
+        ranked = seeds[torch.argsort(torch.from_numpy(counts)).numpy()]
+        pos, lab = _grow(ranked, h, H)
+    h[:] = 0  # the histogram's memory now holds the seed label of each bin (the later seed wins)
+    np.maximum.at(h, pos, lab)
+    del pos, lab
+    labels.reshape(-1)[idx] = h[fp]
+    del h, fp
+    counts = np.bincount(labels.reshape(-1))
+    bigl = np.flatnonzero(counts > labels.size * max_size_fraction)
+    _remove_labels(labels, bigl[bigl > 0])
+    return renumber(labels)
+
+
+def _grow(ranked: np.ndarray, h: np.ndarray, H: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Grow each seed (flat bins, in rank order) 5 steps, 26-connected, through bins with more than 2 end points
+    inside its 11x11x11 window; returns the bins reached and the 1-based rank of the seed reaching them."""
     off = _offsets(5, H)
     pos, lab = [], []
-    for s0 in range(0, seeds.size, _SEED_CHUNK):  # seeds in chunks: windows use bounded memory
-        chunk = seeds[s0 : s0 + _SEED_CHUNK]
+    for s0 in range(0, ranked.size, _SEED_CHUNK):  # seeds in chunks: windows use bounded memory
+        chunk = ranked[s0 : s0 + _SEED_CHUNK]
         win = chunk[:, None] + off[None, :]  # (n, 1331) flat bins of each seed's window
         big = (h[win] > 2).reshape(chunk.size, 11, 11, 11)
         grow = np.zeros(big.shape, dtype=bool)
@@ -242,15 +261,19 @@ def get_masks_3d(p: np.ndarray, idx: np.ndarray, shape: tuple[int, int, int], *,
         pos.append(win[k, w])
         lab.append((k + s0 + 1).astype(np.int32))
         del win, big, grow, k, w
-    h[:] = 0  # the histogram's memory now holds the seed label of each bin (the later seed wins)
-    np.maximum.at(h, np.concatenate(pos), np.concatenate(lab))
-    del pos, lab
-    labels.reshape(-1)[idx] = h[fp]
-    del h, ht, fp
-    counts = np.bincount(labels.reshape(-1))
-    bigl = np.flatnonzero(counts > labels.size * max_size_fraction)
-    _remove_labels(labels, bigl[bigl > 0])
-    return renumber(labels)
+    return np.concatenate(pos), np.concatenate(lab)
+
+
+def _tie_decides(pos: np.ndarray, lab: np.ndarray, ranked_counts: np.ndarray) -> bool:
+    """Whether some bin is reached by two seeds that share the largest count among the seeds reaching it (so
+    that the order of equal counts, not the counts, decides which seed wins the bin)."""
+    order = np.lexsort((lab, pos))  # by bin, then by rank (ranks ascend with counts)
+    p, c = pos[order], ranked_counts[lab[order] - 1]
+    last = np.ones(p.size, dtype=bool)
+    last[:-1] = p[1:] != p[:-1]  # the last (highest-ranked) reacher of each bin
+    second = np.zeros(p.size, dtype=bool)
+    second[:-1] = last[1:] & ~last[:-1]  # the one before it in the same bin
+    return bool(np.any(c[np.flatnonzero(second)] == c[np.flatnonzero(second) + 1]))
 
 
 def _offsets(r: int, H: tuple[int, int, int]) -> np.ndarray:
