@@ -1,7 +1,7 @@
 """Stacks end to end (cpsnake.stack, cpsnake.track, `cpsnake segment` on stacks).
 
 The parity tests run cellpose 4.2.1.1's own ``CellposeModel.eval`` (stitch_threshold, do_3D) with the bundled
-Cellpose-SAM network on a small stack made from real nuclei (tests/synthetic.py ``pseudo_stack``), so the
+Cellpose-SAM network on crops of the demo stack (real nuclei, synthetic in depth), so the
 glue is compared too: whole-stack normalization, niter, per-plane min_size, 3-D hole filling.
 """
 
@@ -16,11 +16,9 @@ from cpsnake import stack as stack_mod
 from cpsnake.errors import CpsnakeError
 from cpsnake.track import track_frames
 from reference import cellpose
-from synthetic import pseudo_stack
 from test_infer import CellposeWrap
 
-DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "nuclei" / "val"
-NAME = "dsb2018_0bf4b144167694b6"
+DEMO = __import__("pathlib").Path(__file__).resolve().parents[1] / "resources" / "demo" / "stacks"
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +28,12 @@ def bundled_net():
     return models.load_model(weights.resolve("nuclei_small"), device="cpu")
 
 
-def _stack(crop=64, planes=8, seed=1):
-    img = tifffile.imread(DATA / "images" / f"{NAME}.tif")[:crop, :crop]
-    lab = tifffile.imread(DATA / "masks" / f"{NAME}.tif")[:crop, :crop]
-    return pseudo_stack(img, lab, planes=planes, z_step=2.0, seed=seed)
+def _stack(crop=64, planes=8):
+    """The middle ``planes`` planes of the demo stack (real nuclei, synthetic in depth: tests/make_demo_stack.py),
+    cropped to ``crop`` x ``crop``, and the matching planes of its truth."""
+    z0 = (12 - planes) // 2
+    sub = (slice(z0, z0 + planes), slice(0, crop), slice(0, crop))
+    return tifffile.imread(DEMO / "nuclei_zstack.tif")[sub], tifffile.imread(DEMO / "nuclei_zstack_truth.tif")[sub]
 
 
 def _cellpose_eval(net, stack, **kw):

@@ -600,18 +600,10 @@ def test_stacks_run_through_the_workflow_as_segment_does(tmp_path, stacks):
     """A Z stack and a time series beside 2-D images: config `stacks` applies where it fits (Z stacks are
     stitched or done in 3-D, the movie tracked, 2-D images as always) and every file equals what
     `cpsnake segment` writes with the matching flags."""
-    import sys as _sys
-
-    _sys.path.insert(0, str(Path(__file__).parent))
-    from synthetic import pseudo_stack
-
     from cpsnake.segment import main as segment
 
-    val = ROOT.parent / "shared" / "data" / "nuclei" / "val"
-    name = "dsb2018_0bf4b144167694b6"
-    img = tifffile.imread(val / "images" / f"{name}.tif")[:48, :48]
-    lab = tifffile.imread(val / "masks" / f"{name}.tif")[:48, :48]
-    zstack, _ = pseudo_stack(img, lab, planes=5, z_step=2.0, seed=1)
+    demo = tifffile.imread(ROOT / "resources" / "demo" / "stacks" / "nuclei_zstack.tif")  # real nuclei, synthetic in Z
+    zstack = demo[3:8, :48, :48]
     workdir = make_run_dir(tmp_path / "run", ROOT / "resources" / "models" / "nuclei_small.pt", stacks=stacks,
                            reconstruct={})
     tifffile.imwrite(workdir / "images" / "zstack.tif", zstack, imagej=True, metadata={"axes": "ZYX", "spacing": 2.0})
