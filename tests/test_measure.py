@@ -93,6 +93,20 @@ def test_z_stack_rows_per_3d_object_calibrated(tmp_path):
     assert float(rows[0]["volume"]) == 60 * 2.0 * 0.5 * 0.5 and float(rows[0]["Mean"]) == 7.0
 
 
+def test_z_step_of_an_uncalibrated_stack_is_in_pixels(tmp_path):
+    """ImageJ's ``spacing`` without a unit is a voxel depth in pixels: the volume counts it.
+
+    Catches: the stored z step ignored when the pixel size is not calibrated (volume = voxel count).
+    """
+    lab = np.zeros((4, 10, 14), np.int32)
+    lab[0:3, 2:6, 3:8] = 5  # 60 voxels
+    io.write_labels(tmp_path / "lab.tif", lab)
+    io.write_tiff(tmp_path / "img.tif", np.ones((4, 1, 10, 14), np.uint8), axes="ZCYX", metadata={"spacing": 2.0})
+    assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 0
+    (row,) = csv.DictReader(open(tmp_path / "t.csv"))
+    assert float(row["volume"]) == 60 * 2.0 and row["voxels"] == "60"
+
+
 def test_time_series_rows_per_object_and_frame(tmp_path):
     lab = np.stack([_rect(), _rect()])
     io.write_labels(tmp_path / "lab.tif", lab, stack_axes="T")

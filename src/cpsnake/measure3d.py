@@ -400,8 +400,9 @@ def write_stack_table(path, labels: np.ndarray, image: np.ndarray, *, axes: str,
 
     ``axes`` names the stack axes of ``labels`` / ``image``: ``"Z"`` ((Z, Y, X) / (Z, C, Y, X)), ``"T"`` or
     ``"TZ"`` ((T, Z, Y, X) / (T, Z, C, Y, X)). With ``objects_3d`` (stitched or 3-D segmentation) each 3-D
-    object of each frame is one row of :func:`measure_3d` (voxel size ``(z_step, *pixel_size)``; without a
-    z step the voxel depth is taken as the pixel height, and a warning says so); otherwise each object's
+    object of each frame is one row of :func:`measure_3d` (voxel size ``(z_step, *pixel_size)``, with
+    ``pixel_size`` 1 and the z step in pixels when the image is uncalibrated; without a z step the voxel
+    depth is taken as the pixel height, and a warning says so); otherwise each object's
     2-D section in each plane is one row of :func:`cpsnake.measure.measure_labels` (ImageJ's columns).
     Rows carry ``image``, and ``frame`` (1-based) for time series and ``slice`` (1-based) for 2-D rows of
     Z stacks.
@@ -421,11 +422,11 @@ def write_stack_table(path, labels: np.ndarray, image: np.ndarray, *, axes: str,
     rows: list[dict] = []
     if objects_3d:
         py, px = pixel_size if pixel_size else (1.0, 1.0)
-        if pixel_size and not z_step:
+        if not z_step:
             warnings.warn(f"{image_name}: no Z step stored; volumes assume a voxel depth equal to the pixel height "
-                          f"({py:g} {unit}); set it in Fiji (Image > Properties: Voxel depth) and save again",
-                          CpsnakeWarning, stacklevel=2)
-        voxel = (float(z_step) if z_step and pixel_size else py, py, px)
+                          f"({py:g} {unit if pixel_size else 'pixel'}); set it in Fiji (Image > Properties: Voxel "
+                          "depth) and save again", CpsnakeWarning, stacklevel=2)
+        voxel = (float(z_step) if z_step else py, py, px)  # uncalibrated: the z step is in pixels (ImageJ's spacing)
         header = columns_3d(image.shape[-3])
         header[1:1] = ["image"] + (["frame"] if has_frame else [])
         for t, lab, img in frames:

@@ -9,7 +9,8 @@ The Cellpose reconstruction in 3-D (``dynamics.resize_and_compute_masks(..., do_
    normalised [-1, 1] coordinates of cellpose (each axis scaled by ``2 / (L - 1)``) and clamped to
    [-1, 1] after every step. The end points are truncated to integer voxels;
 2. a 3-D histogram of the end points seeds the masks: seeds are bins with more than 10 end points that
-   are the maximum of their 5x5x5 neighbourhood, taken in ascending order of count; each seed grows 5
+   are the maximum of their 5x5x5 neighbourhood, taken in ascending order of count (equal counts in the
+   order of cellpose's unstable ``torch.argsort``: :mod:`cpsnake.tieorder`); each seed grows 5
    steps (26-connected) through bins with more than 2 end points inside its 11x11x11 window (a later
    seed wins a bin two seeds reach); every followed voxel takes the label of its end point's bin;
 3. masks with more than ``max_size_fraction`` (0.4) of the stack's voxels are dropped; renumbered;
@@ -50,6 +51,7 @@ from scipy import ndimage as ndi
 
 from cpsnake.dynamics import _remove_labels, _remove_small, renumber, run_blocks
 from cpsnake.errors import CpsnakeError
+from cpsnake.tieorder import argsort_like_torch
 
 __all__ = ["compute_masks_3d", "follow_flows_3d", "get_masks_3d", "flow_errors_3d",
            "fill_holes_and_remove_small_masks_3d"]
@@ -222,17 +224,10 @@ def get_masks_3d(p: np.ndarray, idx: np.ndarray, shape: tuple[int, int, int], *,
         if off:
             is_max &= hc >= h[cand + off]
     seeds = cand[is_max]
-    # ascending end-point count. Cellpose sorts with torch (unstable: equal counts fall in torch's order); the
-    # order of equal counts matters only where two seeds with the largest count among those reaching a bin
-    # meet, and only then is torch imported for its order (importing it costs ~0.5 GB of memory)
-    counts = h[seeds]
-    ranked = seeds[np.argsort(counts, kind="stable")]
+    # ascending end-point count, equal counts in the order of cellpose's torch.argsort (a later seed wins a bin
+    # two seeds reach, so the order of equal counts is part of the labels), reproduced without importing torch
+    ranked = seeds[argsort_like_torch(h[seeds])]
     pos, lab = _grow(ranked, h, H)
-    if _tie_decides(pos, lab, h[ranked]):
-        import torch
-
-        ranked = seeds[torch.argsort(torch.from_numpy(counts)).numpy()]
-        pos, lab = _grow(ranked, h, H)
     h[:] = 0  # the histogram's memory now holds the seed label of each bin (the later seed wins)
     np.maximum.at(h, pos, lab)
     del pos, lab
@@ -262,18 +257,6 @@ def _grow(ranked: np.ndarray, h: np.ndarray, H: tuple[int, int, int]) -> tuple[n
         lab.append((k + s0 + 1).astype(np.int32))
         del win, big, grow, k, w
     return np.concatenate(pos), np.concatenate(lab)
-
-
-def _tie_decides(pos: np.ndarray, lab: np.ndarray, ranked_counts: np.ndarray) -> bool:
-    """Whether some bin is reached by two seeds that share the largest count among the seeds reaching it (so
-    that the order of equal counts, not the counts, decides which seed wins the bin)."""
-    order = np.lexsort((lab, pos))  # by bin, then by rank (ranks ascend with counts)
-    p, c = pos[order], ranked_counts[lab[order] - 1]
-    last = np.ones(p.size, dtype=bool)
-    last[:-1] = p[1:] != p[:-1]  # the last (highest-ranked) reacher of each bin
-    second = np.zeros(p.size, dtype=bool)
-    second[:-1] = last[1:] & ~last[:-1]  # the one before it in the same bin
-    return bool(np.any(c[np.flatnonzero(second)] == c[np.flatnonzero(second) + 1]))
 
 
 def _offsets(r: int, H: tuple[int, int, int]) -> np.ndarray:
