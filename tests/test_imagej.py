@@ -230,3 +230,34 @@ def test_label_tiff_opens_calibrated_in_imagej(imagej, tmp_path, n_labels):
     assert info["bitDepth"] == ("16" if n_labels <= 65535 else "32") and str(dtype) in ("uint16", "float32")
     assert info["unit"] == "micron"
     assert float(info["pixelWidth"]) == pytest.approx(0.5) and float(info["pixelHeight"]) == pytest.approx(0.25)
+
+
+def wide_labels() -> np.ndarray:
+    """A sparse (64, 70000) label image with objects on both sides of x = 32,767, 60,535 and 65,535 (where
+    16-bit ROI bounds stop: signed, ImageJ's unsigned reading, unsigned), one with a hole and one in two
+    pieces (composite ROIs), and one touching the last column."""
+    lab = np.zeros((64, 70000), np.int32)
+    for k, x in enumerate([100, 32760, 40000, 60530, 65530, 69990], start=1):
+        lab[5 + 3 * k : 20 + 3 * k, x : x + 10] = k
+    lab[30:50, 50000:50020] = 7
+    lab[36:44, 50006:50014] = 0  # a hole
+    lab[30:40, 66000:66010] = 8
+    lab[45:55, 66020:66030] = 8  # a second piece
+    lab[40:60, 32750:32800] = 9  # straddles 32,767 with a notch
+    lab[50:60, 32770:32780] = 0
+    return lab
+
+
+def test_rois_beyond_32767_px_are_exact_in_imagej(imagej, tmp_path):
+    """ROIs on an image 70,000 px wide: ImageJ reads every one back to exactly its object's pixels.
+
+    Catches: 16-bit header bounds wrapped (objects beyond x = 32,767 or 65,535 land elsewhere or come back
+    empty), float coordinates off by a pixel, composite ROIs beyond 32,767.
+    """
+    lab = wide_labels()
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "img.tif", (lab % 200).astype(np.uint8), imagej=True)
+    write_rois(tmp_path / "r.zip", labels_to_rois(lab))
+    ij = imagej(tmp_path / "img.tif", tmp_path / "r.zip", tmp_path / "ij")
+    assert ij["info"]["width"] == "70000"
+    _check_masks(ij, lab)

@@ -199,3 +199,20 @@ def test_cpsnake_rois_dispatch(tmp_path):
     io.write_labels(tmp_path / "lab.tif", hard_shapes())
     assert cli(["rois", str(tmp_path / "lab.tif"), str(tmp_path / "r.zip")]) == 0
     assert len(zipfile.ZipFile(tmp_path / "r.zip").namelist()) == len(np.unique(hard_shapes())) - 1
+
+
+def test_wide_image_round_trip_beyond_16_bit_bounds(tmp_path):
+    """Export then import on a 70,000 px wide image (objects past x = 32,767 / 60,535 / 65,535, a hole, two
+    pieces): the label image comes back exactly; traced ROIs past 32,767 carry float coordinates.
+
+    Catches: header bounds wrapped at 16 bits on either side of the round trip.
+    """
+    from test_imagej import wide_labels
+
+    lab = wide_labels()
+    rois = labels_to_rois(lab)
+    write_rois(tmp_path / "r.zip", rois)
+    assert np.array_equal(rois_to_labels(read_rois(tmp_path / "r.zip"), lab.shape), lab)
+    far = [r for r in rois if not r.composite and r.right > 32767]
+    assert far and all(r.subpixel_coordinates is not None for r in far)
+    assert all(r.subpixel_coordinates is None for r in rois if r.right <= 32767)

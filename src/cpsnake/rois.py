@@ -77,6 +77,7 @@ _DX = np.array([1, 0, -1, 0])
 # start corner of each pixel edge, relative to the pixel's top-left corner (x, y)
 _SX = np.array([0, 1, 1, 0])
 _SY = np.array([0, 0, 1, 1])
+_INT16_MAX = 32767  # largest bound the ROI header's signed 16-bit fields hold
 
 
 def trace_outlines(labels: np.ndarray) -> tuple[np.ndarray, list[list[np.ndarray]]]:
@@ -195,7 +196,10 @@ def outlines_to_roi(outlines: list[np.ndarray], name: str, *, z: int | None = No
     """One ImageJ ROI (``roifile.ImagejRoi``) from a label's outlines (list of (n, 2) int (x, y) arrays).
 
     One outline -> a TRACED polygon with integer coordinates; several -> a composite (shape) ROI whose
-    sub-paths are the outlines. ``z`` / ``t`` are 0-based stack positions (stored 1-based).
+    sub-paths are the outlines (float coordinates). ``z`` / ``t`` are 0-based stack positions (stored 1-based).
+    A traced polygon reaching beyond x or y = 32,767 also carries its vertices as floats (ImageJ's
+    sub-pixel option, exact for integers below 2**24), which ImageJ reads in place of the header's 16-bit
+    bounds; within 32,767 the file stays what ImageJ's wand would save.
     """
     from roifile import ROI_OPTIONS, ROI_TYPE, ImagejRoi
 
@@ -210,10 +214,14 @@ def outlines_to_roi(outlines: list[np.ndarray], name: str, *, z: int | None = No
     if t is not None:
         roi.t_position = t + 1
         roi.position = roi.position or t + 1
+    roi.options = ROI_OPTIONS.NONE
     if len(outlines) == 1:
         roi.roitype = ROI_TYPE.TRACED
         roi.integer_coordinates = (outlines[0] - (x0, y0)).astype(np.int32)
         roi.n_coordinates = len(outlines[0])
+        if max(x1, y1) > _INT16_MAX:  # beyond the header's int16 bounds: ImageJ's float (sub-pixel) coordinates
+            roi.options |= ROI_OPTIONS.SUB_PIXEL_RESOLUTION
+            roi.subpixel_coordinates = outlines[0].astype(np.float32)
     else:
         roi.roitype = ROI_TYPE.RECT
         parts = []
@@ -226,7 +234,6 @@ def outlines_to_roi(outlines: list[np.ndarray], name: str, *, z: int | None = No
             parts.append(np.array([4.0], np.float32))  # CLOSE
         roi.multi_coordinates = np.concatenate(parts)
         roi.shape_roi_size = roi.multi_coordinates.size
-    roi.options = ROI_OPTIONS.NONE
     return roi
 
 
