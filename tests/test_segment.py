@@ -30,7 +30,8 @@ def small_image(tmp_path_factory) -> Path:
 
 def test_segment_equals_step_commands(tmp_path, tiny_model, small_image):
     out = tmp_path / "seg"
-    assert cli.main(["segment", str(small_image), "--out", str(out), "--model", str(tiny_model), *FIND]) == 0
+    assert cli.main(["segment", str(small_image), "--out", str(out), "--model", str(tiny_model), *FIND,
+                     "--geojson"]) == 0
     steps = tmp_path / "steps"
     norm, flows, masks = steps / "n.tif", steps / "f.tif", steps / "m.tif"
     assert cli.main(["normalize", str(small_image), str(norm)]) == 0
@@ -47,8 +48,10 @@ def test_segment_equals_step_commands(tmp_path, tiny_model, small_image):
     # bytes: the zip's own timestamps differ); a segment that traced other outlines, dropped or renamed
     # a ROI, or measured another image would fail here
     assert cli.main(["rois", str(masks), str(steps / "r.zip")]) == 0
-    assert cli.main(["measure", str(masks), str(small_image), str(steps / "m.csv"), "--flows", str(flows)]) == 0
+    assert cli.main(["measure", str(masks), str(small_image), str(steps / "m.csv"), "--flows", str(flows),
+                     "--geojson", str(steps / "m.geojson")]) == 0
     assert (steps / "m.csv").read_text() == (out / "measurements" / "crop.csv").read_text()
+    assert (steps / "m.geojson").read_text() == (out / "geojson" / "crop.geojson").read_text()
     assert zip_entries(steps / "r.zip") == zip_entries(out / "rois" / "crop.zip")
     assert len(zip_entries(steps / "r.zip")) == seg.max()
 

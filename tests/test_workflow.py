@@ -412,12 +412,24 @@ def test_report_shows_overlays_and_summary(reference_run):
 
 
 @pytest.mark.workflow
-def test_keep_config_keeps_intermediates(tmp_path, tiny_model):
-    workdir = make_run_dir(tmp_path, tiny_model, keep={"flows": True, "normalized": True})
+def test_keep_config_keeps_intermediates_and_geojson_is_written(tmp_path, tiny_model):
+    """keep: the intermediates stay; geojson: true writes each image's GeoJSON, the same bytes as
+    `cpsnake geojson MASKS OUT --table MEASUREMENTS` (the measure step writes it from its own rows)."""
+    from cpsnake.geojson import main as geojson_main
+
+    workdir = make_run_dir(tmp_path, tiny_model, keep={"flows": True, "normalized": True}, geojson=True)
     snakemake(workdir)
-    work = workdir / "results" / "work" / "b0001"
+    res = workdir / "results"
+    work = res / "work" / "b0001"
     assert len(list((work / "flows").glob("*.tif"))) == len(GOOD)
     assert len(list((work / "normalized").glob("*.tif"))) == len(GOOD)
+    for name in GOOD:
+        mine = tmp_path / f"{name}.geojson"
+        assert geojson_main([str(res / "masks" / f"{name}.tif"), str(mine),
+                             "--table", str(res / "measurements" / f"{name}.csv")]) == 0
+        fc = json.loads((res / "geojson" / f"{name}.geojson").read_text())
+        assert len(fc["features"]) == len(pd.read_csv(res / "measurements" / f"{name}.csv")) > 0
+        assert json.loads(mine.read_text()) == fc
 
 
 def write_bad_images(folder: Path) -> dict[str, str]:

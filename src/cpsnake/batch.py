@@ -17,7 +17,8 @@ normalize                 ``work/b/normalized/NAME.tif`` (+ ``.json``)   the ima
 infer                     ``work/b/flows/NAME.tif``                      ``work/b/normalized/NAME.tif``
 reconstruct               ``masks/NAME.tif``                             ``work/b/flows/NAME.tif``
 rois                      ``rois/NAME.zip``                              ``masks/NAME.tif``
-measure                   ``measurements/NAME.csv``                      masks, the image, the flows
+measure                   ``measurements/NAME.csv`` (+ ``geojson/NAME``   masks, the image, the flows
+                          ``.geojson`` with ``--geojson``)
 overlay                   ``overlays/NAME.png`` (+ ``work/b/overlays/``)  masks, the image
 ========================  =============================================  ================================
 
@@ -92,6 +93,9 @@ class Paths:
 
     def measurements(self, name: str) -> Path:
         return self.results / "measurements" / f"{name}.csv"
+
+    def geojson(self, name: str) -> Path:
+        return self.results / "geojson" / f"{name}.geojson"
 
     def overlay(self, name: str) -> Path:
         return self.results / "overlays" / f"{name}.png"
@@ -265,7 +269,8 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
         per_slice = stack.options(args)["mode"] == "planes"  # Z stacks plane by plane: 2-D objects, rows per slice
         return list(_each(rows, paths, step, lambda s: {"rows": measure.measure_file(
             paths.masks(s.sample), s.path, paths.measurements(s.sample), max_pixels=args.max_pixels,
-            flows_path=paths.flows(s.sample), pixel_size=s.pixel_size, per_slice=per_slice)}))
+            flows_path=paths.flows(s.sample), pixel_size=s.pixel_size, per_slice=per_slice,
+            geojson_path=paths.geojson(s.sample) if args.geojson else None)}))
     if step == "overlay":
         def one(s):
             overlay.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample), max_pixels=args.max_pixels)
@@ -305,6 +310,7 @@ def _parser() -> argparse.ArgumentParser:
     from cpsnake import stack
 
     stack.add_options(p.add_argument_group("stack options (see cpsnake.stack)"))
+    p.add_argument("--geojson", action="store_true", help="measure: also write geojson/NAME.geojson (QuPath)")
     limits.add_option(p)
     return p
 

@@ -16,6 +16,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "reconstruct": ("cpsnake.reconstruct", "flows -> label image (flow following, QC, min size)"),
     "rois": ("cpsnake.rois", "label image <-> ImageJ RoiSet.zip (pixel-exact, traced polygons)"),
     "measure": ("cpsnake.measure", "per-cell measurement table with ImageJ's definitions"),
+    "geojson": ("cpsnake.geojson", "label image -> QuPath GeoJSON (cell polygons along pixel edges, measurements)"),
     "overlay": ("cpsnake.overlay", "QC picture: outlines of the labels over the image"),
     "aggregate": ("cpsnake.aggregate", "join per-image tables into run-level tables"),
     "provenance": ("cpsnake.provenance", "provenance record of a workflow run (versions, model sha256, parameters)"),

@@ -405,24 +405,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-slice", action="store_true",
                     help="Z stacks: one row per object and slice with ImageJ's 2-D columns (default: one row per 3-D "
                          "object: volume, surface area, sphericity, ...)")
+    ap.add_argument("--geojson", default=None, metavar="OUT.geojson",
+                    help="also write the cells as QuPath GeoJSON with these measurements (2-D; see cpsnake.geojson)")
     from cpsnake import limits
 
     limits.add_option(ap)
     args = ap.parse_args(argv)
 
     measure_file(args.labels, args.image, args.out, max_pixels=args.max_pixels, flows_path=args.flows,
-                 per_slice=args.per_slice)
+                 per_slice=args.per_slice, geojson_path=args.geojson)
     return 0
 
 
 def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = None, flows_path=None,
-                 pixel_size: float | None = None, per_slice: bool = False) -> int:
+                 pixel_size: float | None = None, per_slice: bool = False, geojson_path=None) -> int:
     """Read a label image, its image (and flows), write the table ``out_csv``; return the number of rows.
 
     ``pixel_size`` (square, given by the user) replaces the calibration of the files; without it the
     image's pixel size is used, else the label image's. A Z stack gives one row per 3-D object
     (:func:`cpsnake.measure3d.write_stack_table`: volume, surface area, ...), or with ``per_slice`` one row
     per object and slice with ImageJ's 2-D columns; a time series (T) one row per object and frame.
+    ``geojson_path``: also write the cells with their rows as QuPath GeoJSON (:mod:`cpsnake.geojson`; 2-D
+    label images only, a stack gets a warning and no file).
     """
     from cpsnake import io
 
@@ -458,12 +462,20 @@ def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = N
             )
         from cpsnake.measure3d import write_stack_table
 
+        if geojson_path is not None:
+            from cpsnake.geojson import warn_stack
+
+            warn_stack(labels_path)
         axes = meta.get("stack_axes") or ("T" if "T" in (lmeta.get("axes") or "") else "Z")
         z_step = meta.get("z_step") or lmeta.get("z_step")
         return write_stack_table(out_csv, labels, img, axes=axes, objects_3d=axes == "Z" and not per_slice,
                                  image_name=name, pixel_size=cal, unit=meta.get("unit") or lmeta.get("unit"),
                                  z_step=z_step)
     write_table(out_csv, rows, header)
+    if geojson_path is not None:
+        from cpsnake.geojson import feature_collection, write_geojson
+
+        write_geojson(geojson_path, feature_collection(labels, rows=rows, image_name=name))
     return len(rows)
 
 

@@ -142,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     from cpsnake import stack
 
     stack.add_options(p.add_argument_group("stack options (Z stacks and time series; see cpsnake.stack)"))
+    p.add_argument("--geojson", action="store_true",
+                   help="also write geojson/NAME.geojson: the cells as QuPath GeoJSON with their measurements (2-D images)")
     from cpsnake import limits
 
     limits.add_option(p)
@@ -186,9 +188,13 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
     cal = {"pixel_size": meta["pixel_size"], "unit": meta["unit"]}
     t = time.perf_counter()
     if axes:
+        if args.geojson:
+            from cpsnake.geojson import warn_stack
+
+            warn_stack(path)
         _stack_outputs(out, name, path, img, meta, labels, sopts)
     else:
-        _image_outputs(out, name, path, img, meta, labels, flows)
+        _image_outputs(out, name, path, img, meta, labels, flows, geojson=args.geojson)
     seconds["outputs"] = time.perf_counter() - t
     n = int(np.unique(labels[labels > 0]).size) if axes else int(labels.max())
     skip = ("device", "dtype", "reconstruct_device", "size_params")
@@ -211,13 +217,17 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
     return n
 
 
-def _image_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, flows) -> None:
+def _image_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, flows, *, geojson: bool = False) -> None:
     from cpsnake import io, measure, overlay, rois
 
     io.write_labels(out / "masks" / f"{name}.tif", labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
     rois.write_rois(out / "rois" / f"{name}.zip", rois.labels_to_rois(labels))
     rows = measure.measure_labels(labels, img, pixel_size=meta["pixel_size"], image_name=path.name, flows=flows)
     measure.write_table(out / "measurements" / f"{name}.csv", rows, measure.columns(img.shape[0], quality=True))
+    if geojson:
+        from cpsnake.geojson import feature_collection, write_geojson
+
+        write_geojson(out / "geojson" / f"{name}.geojson", feature_collection(labels, rows=rows, image_name=path.name))
     overlay.write_png(out / "overlays" / f"{name}.png", overlay.render(img, labels))
 
 

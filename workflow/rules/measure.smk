@@ -1,5 +1,6 @@
 # A batch of label images + their images (+ flows, for the quality columns) -> one table per image,
-# RESULTS/measurements/NAME.csv (ImageJ's measurement definitions, flow_error and cellprob per cell).
+# RESULTS/measurements/NAME.csv (ImageJ's measurement definitions, flow_error and cellprob per cell),
+# and with config geojson: true RESULTS/geojson/NAME.geojson (QuPath).
 
 
 rule measure:
@@ -21,6 +22,6 @@ rule measure:
         samples=batch_signature,
         limit=limit_args(),
         # stacks segmented plane by plane get ImageJ's rows per slice, 3-D objects one row each
-        args=stack_args(),
+        args=stack_args() + (" --geojson" if config["geojson"] else ""),
     shell:
         batch_args("measure") + " {params.args} {params.limit} > {log:q} 2>&1"
