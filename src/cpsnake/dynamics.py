@@ -342,7 +342,7 @@ def _seed_labels_torch(fp: np.ndarray, hshape: tuple[int, int], device) -> np.nd
     return M1[fpt].cpu().numpy()
 
 
-def flow_errors(labels: np.ndarray, dP: np.ndarray, *, device=None) -> np.ndarray:
+def flow_errors(labels: np.ndarray, dP: np.ndarray, *, device=None, niter: int | None = None) -> np.ndarray:
     """Mean squared error per mask between its own flows and the predicted flows ``dP / 5``.
 
     Parameters
@@ -350,13 +350,15 @@ def flow_errors(labels: np.ndarray, dP: np.ndarray, *, device=None) -> np.ndarra
     labels : (Y, X) int ndarray, labels 1..K consecutive.
     dP : (2, Y, X) float32 ndarray, network flows (dY, dX) at the network's scale (x5).
     device : torch device, optional: the masks' heat diffusion runs there (:func:`masks_to_flows`).
+    niter : int, optional: diffusion iterations; default cellpose's, ``2 * max(h + w + 2)`` over the masks'
+        bounding boxes (a block of a large image passes the whole image's, :mod:`cpsnake.blocks`).
 
     Returns
     -------
     (K,) float64 ndarray; entry ``k`` for label ``k + 1``.
     """
     slices = ndi.find_objects(labels)
-    nz, lab, mu = _flows_at(labels, slices, device=device)
+    nz, lab, mu = _flows_at(labels, slices, niter, device=device)
     dp = dP.reshape(2, -1)
     err = np.zeros(nz.size)
     for c in range(2):
@@ -368,9 +370,11 @@ def flow_errors(labels: np.ndarray, dP: np.ndarray, *, device=None) -> np.ndarra
         return sums / counts
 
 
-def remove_bad_flow_masks(labels: np.ndarray, dP: np.ndarray, *, threshold: float = 0.4, device=None) -> np.ndarray:
-    """Drop masks whose :func:`flow_errors` exceed ``threshold``; renumber. ``labels (Y, X)`` is modified."""
-    err = flow_errors(labels, dP, device=device)
+def remove_bad_flow_masks(labels: np.ndarray, dP: np.ndarray, *, threshold: float = 0.4, device=None,
+                          niter: int | None = None) -> np.ndarray:
+    """Drop masks whose :func:`flow_errors` (``niter`` diffusion steps) exceed ``threshold``; renumber.
+    ``labels (Y, X)`` is modified."""
+    err = flow_errors(labels, dP, device=device, niter=niter)
     _remove_labels(labels, 1 + np.flatnonzero(err > threshold))
     return renumber(labels)
 

@@ -90,7 +90,25 @@ def compute_masks(
     (Y, X) int32 labels, 0 = background, 1..N renumbered; all zero when no pixel is above threshold
     (or the image is thinner than 2 pixels).
     """
+    labels = seed_masks(flows, cellprob_threshold=cellprob_threshold, niter=niter, max_size_fraction=max_size_fraction,
+                        device=device, interp=interp)
+    return finish_masks(labels, flows, flow_threshold=flow_threshold, min_size=min_size, device=device)
+
+
+def seed_masks(flows: np.ndarray, *, cellprob_threshold: float = 0.0, niter: int = 200, max_size_fraction: float = 0.4,
+               device=None, interp: bool = True, origin: tuple[int, int] | None = None,
+               full_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The first half of :func:`compute_masks`: flow following, seeds, masks grown, masks over
+    ``max_size_fraction`` dropped, renumbered; before the flow-error check, hole filling and the size filter.
+    ``flows (3, Y, X)``; returns (Y, X) int32 labels (parameters as :func:`compute_masks`).
+
+    ``origin`` and ``full_shape``: the flows are a crop at ``origin`` (y, x) of an image of ``full_shape``;
+    the pixels are followed with the whole image's arithmetic (:mod:`cpsnake.follow2d`), so that a
+    trajectory that stays in the crop ends where it ends in the whole image (:mod:`cpsnake.blocks`)."""
     from cpsnake import dynamics
+
+    if origin is not None:
+        return _seed_masks_crop(flows, cellprob_threshold, niter, max_size_fraction, origin, full_shape)
 
     flows = np.asarray(flows)
     if flows.ndim != 3 or flows.shape[0] != 3:
@@ -108,10 +126,52 @@ def compute_masks(
     del cell
     p = dynamics.follow_flows(step, inds, niter=int(niter), device=None if not interp else device, interp=interp)
     del step
-    labels = dynamics.get_masks(p, inds, shape, max_size_fraction=max_size_fraction, device=device)
-    del p, inds
-    if labels.max() > 0 and flow_threshold is not None and flow_threshold > 0:
-        labels = dynamics.remove_bad_flow_masks(labels, dP, threshold=flow_threshold, device=device)
+    return dynamics.get_masks(p, inds, shape, max_size_fraction=max_size_fraction, device=device)
+
+
+def _seed_masks_crop(flows, cellprob_threshold, niter, max_size_fraction, origin, full_shape) -> np.ndarray:
+    """:func:`seed_masks` of a crop, followed with the whole image's arithmetic (compiled, CPU threads)."""
+    from cpsnake import dynamics
+    from cpsnake.follow2d import follow_points, step_field
+
+    dP = np.asarray(flows[:2], dtype=np.float32)
+    cell = np.asarray(flows[2]) > cellprob_threshold
+    shape = cell.shape
+    ys, xs = np.nonzero(cell)
+    if ys.size == 0 or min(full_shape) < 2:
+        return np.zeros(shape, dtype=np.int32)
+    field = step_field(dP, cell, full_shape)
+    del cell
+    ys, xs = ys.astype(np.int64), xs.astype(np.int64)
+    n = ys.size
+    p = np.full((2, n), np.nan, np.float32)
+    oy, ox = (int(v) for v in origin)
+
+    def run(a: int) -> None:
+        follow_points(field, ys, xs, p, a, min(a + (1 << 16), n), int(niter), int(full_shape[0]), int(full_shape[1]),
+                      oy, ox)
+
+    dynamics.run_blocks(run, n, 1 << 16, uses_torch=False)
+    del field
+    q = p.astype(np.int64)  # truncated in the whole image's coordinates, then shifted into the crop
+    q[0] -= oy
+    q[1] -= ox
+    return dynamics.get_masks(q, (ys, xs), shape, max_size_fraction=max_size_fraction)
+
+
+def finish_masks(labels: np.ndarray, flows: np.ndarray, *, flow_threshold: float = 0.4, min_size: int = 15,
+                 device=None, heat_niter: int | None = None) -> np.ndarray:
+    """The second half of :func:`compute_masks` on :func:`seed_masks`' labels (modified): masks whose flow
+    error exceeds ``flow_threshold`` dropped (their own flows diffused ``heat_niter`` steps; None: cellpose's
+    rule from these labels), then holes filled and masks under ``min_size`` dropped, renumbered.
+    ``flows (3, Y, X)`` (or (2, Y, X): dY, dX); returns (Y, X) int32 labels."""
+    from cpsnake import dynamics
+
+    if labels.size == 0 or labels.max() == 0:
+        return labels
+    if flow_threshold is not None and flow_threshold > 0:
+        dP = np.asarray(flows)[:2].astype(np.float32, copy=False)
+        labels = dynamics.remove_bad_flow_masks(labels, dP, threshold=flow_threshold, device=device, niter=heat_niter)
     return dynamics.fill_holes_and_remove_small_masks(labels, min_size=int(min_size))
 
 

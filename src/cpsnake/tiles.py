@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BSIZE", "TileLayout", "pad_widths", "tile_starts", "taper_mask", "make_tiles", "stitch_tiles", "resize"]
+__all__ = ["BSIZE", "TileLayout", "pad_widths", "tile_starts", "taper_mask", "make_tiles", "stitch_tiles", "resize",
+           "resize_region"]
 
 BSIZE = 256  # tile size of Cellpose-SAM (the ViT sees 256x256 pixels as 32x32 tokens of 8x8)
 PAD_DIV = 16  # cellpose pads each axis to a multiple of 16 plus a 16 px margin (half on each side)
@@ -244,8 +245,27 @@ def resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     (Y, X), (Yo, Xo) = img.shape[-2:], (int(shape[0]), int(shape[1]))
     if (Y, X) == (Yo, Xo):
         return img.copy()
-    y0, y1, wy = _linear_taps(Y, Yo)
-    x0, x1, wx = _linear_taps(X, Xo)
-    rows = img[:, y0, :] * (1.0 - wy)[:, None] + img[:, y1, :] * wy[:, None]  # C Yo X, float64
-    out = rows[:, :, x0] * (1.0 - wx) + rows[:, :, x1] * wx  # C Yo Xo
+    return resize_region(lambda y0, y1, x0, x1: img[:, y0:y1, x0:x1], (Y, X), (Yo, Xo), (0, Yo, 0, Xo))
+
+
+def resize_region(read, in_shape: tuple[int, int], out_shape: tuple[int, int],
+                  region: tuple[int, int, int, int]) -> np.ndarray:
+    """The pixels ``region`` = (y0, y1, x0, x1) of :func:`resize` of an image to ``out_shape``, reading only the
+    input pixels they need: ``read(y0, y1, x0, x1) -> (C, y1 - y0, x1 - x0)`` gives the input (of ``in_shape``).
+
+    The same taps and the same arithmetic as the whole resize, so equal to its crop to the bit
+    (:mod:`cpsnake.blocks` resizes a block of a large image this way). Returns (C, y1 - y0, x1 - x0) float32.
+    """
+    (Y, X), (Yo, Xo) = in_shape, out_shape
+    y0, y1, x0, x1 = region
+    if (Y, X) == (Yo, Xo):
+        return np.array(read(y0, y1, x0, x1), dtype=np.float32)
+    ty0, ty1, wy = _linear_taps(Y, Yo)
+    tx0, tx1, wx = _linear_taps(X, Xo)
+    i0, i1, wy = ty0[y0:y1], ty1[y0:y1], wy[y0:y1]
+    j0, j1, wx = tx0[x0:x1], tx1[x0:x1], wx[x0:x1]
+    s0, s1, t0, t1 = int(i0.min()), int(i1.max()) + 1, int(j0.min()), int(j1.max()) + 1
+    src = np.asarray(read(s0, s1, t0, t1), dtype=np.float32)
+    rows = src[:, i0 - s0, :] * (1.0 - wy)[:, None] + src[:, i1 - s0, :] * wy[:, None]  # C y X, float64
+    out = rows[:, :, j0 - t0] * (1.0 - wx) + rows[:, :, j1 - t0] * wx
     return out.astype(np.float32)
