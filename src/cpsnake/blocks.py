@@ -36,7 +36,7 @@ import numpy as np
 
 from cpsnake.errors import CpsnakeError
 
-__all__ = ["Block", "block_grid", "auto_block_size", "region_flows", "owned_objects", "Stitcher",
+__all__ = ["Block", "block_grid", "auto_block_size", "default_halo", "region_flows", "owned_objects", "Stitcher",
            "segment_blocks", "halo_advice"]
 
 AUTO_WHOLE = 4096 * 4096  # auto: images up to this many pixels are segmented whole
@@ -65,6 +65,12 @@ def block_grid(shape: tuple[int, int], block: int, halo: int) -> list[Block]:
             out.append(Block((r, c), (y0, y1, x0, x1),
                              (max(0, y0 - halo), min(Y, y1 + halo), max(0, x0 - halo), min(X, x1 + halo))))
     return out
+
+
+def default_halo(diameter: float | None) -> int:
+    """``--block-halo`` when not given: 96 px (three times the 30 px cells Cellpose-SAM sees), or three times
+    the cell ``diameter`` given: room for each object's radius and its pixels' paths to its centre."""
+    return 96 if diameter in (None, "auto") else max(32, int(round(3 * float(diameter))))
 
 
 def auto_block_size(shape: tuple[int, int]) -> int:
@@ -239,7 +245,7 @@ class Stitcher:
 
     def __init__(self, shape: tuple[int, int]):
         self.shape = tuple(shape)
-        self.labels = np.zeros(self.shape, np.int64)
+        self.labels = np.zeros(self.shape, np.int32)
         self.first: list[int] = []  # raster index of each object's first pixel, by temporary id - 1
         self.cut: list[tuple[int, int]] = []  # (block row, block col) of each object that may be cut
         self.conflicts = 0  # pixels claimed by two blocks' objects
@@ -250,7 +256,7 @@ class Stitcher:
         if keep.size == 0:
             return 0
         ry0, ry1, rx0, rx1 = block.read
-        lut = np.zeros(int(labels.max()) + 1, np.int64)
+        lut = np.zeros(int(labels.max()) + 1, np.int32)
         lut[keep] = np.arange(len(self.first) + 1, len(self.first) + 1 + keep.size)
         new = lut[labels]
         target = self.labels[ry0:ry1, rx0:rx1]
@@ -267,7 +273,7 @@ class Stitcher:
 
     def finish(self) -> tuple[np.ndarray, dict]:
         order = np.argsort(np.asarray(self.first, np.int64), kind="stable")
-        lut = np.zeros(len(self.first) + 1, np.int64)
+        lut = np.zeros(len(self.first) + 1, np.int32)
         lut[order + 1] = np.arange(1, order.size + 1)
         present = np.zeros(len(self.first) + 1, bool)
         present[np.unique(self.labels)] = True  # an object whose every pixel was taken earlier vanishes

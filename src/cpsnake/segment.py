@@ -70,7 +70,9 @@ def segment_image(
     reconstruct_device=None,
     max_pixels: int | None = None,
     size_params: dict | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    block: int = 0,
+    halo: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, dict, dict]:
     """Normalize, run the network and reconstruct masks for one image.
 
     Parameters
@@ -84,6 +86,10 @@ def segment_image(
     diameter : float, ``"auto"`` or None
         ``"auto"``: estimated by the U-Net's size model ``size_params`` (:mod:`cpsnake.size`); the estimate
         is returned as ``normalization["diameter_estimated"]``.
+    block, halo : int
+        ``block > 0``: network and reconstruction block by block (:mod:`cpsnake.blocks`, cores of ``block``
+        px with ``halo`` px of context, default :func:`cpsnake.blocks.default_halo`); the labels equal the
+        whole image's, no flows are returned (None) and ``normalization["blocks"]`` holds the blocks' report.
     Other parameters : as ``cpsnake normalize``, ``cpsnake infer`` and ``cpsnake reconstruct``;
         ``max_pixels`` bounds the image resized for ``diameter`` (see :mod:`cpsnake.limits`).
 
@@ -110,6 +116,23 @@ def segment_image(
                                  augment=augment, device=device, dtype=dtype), params=size_params)
         record["diameter_estimated"] = diameter
     t1 = time.perf_counter()
+    if block:
+        from cpsnake.blocks import default_halo, halo_advice, segment_blocks
+
+        halo = default_halo(diameter) if halo is None else halo
+        labels, report = segment_blocks(
+            net, lambda y0, y1, x0, x1: data[:, y0:y1, x0:x1], data.shape[1:], channels=data.shape[0], block=block,
+            halo=halo, diameter=diameter, tile_overlap=tile_overlap, augment=augment, batch_size=batch_size,
+            device=device, dtype=dtype, cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold,
+            niter=niter, min_size=min_size, max_size_fraction=max_size_fraction)
+        record["blocks"] = report
+        if halo_advice(report):
+            import warnings
+
+            from cpsnake.errors import CpsnakeWarning
+
+            warnings.warn(halo_advice(report), CpsnakeWarning, stacklevel=2)
+        return labels, None, record, {"normalize": t1 - t0, "blocks": time.perf_counter() - t1}
     flows = predict(
         net, data, diameter=diameter, batch_size=batch_size, tile_overlap=tile_overlap, augment=augment,
         device=device, dtype=dtype, max_pixels=max_pixels,
@@ -142,6 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     from cpsnake import stack
 
     stack.add_options(p.add_argument_group("stack options (Z stacks and time series; see cpsnake.stack)"))
+    p.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="segment 2-D images in blocks of N px with context (cpsnake.blocks; labels equal the whole "
+                        "image's); 0: the whole image at once; default: whole up to 4096 x 4096 px, else 2048")
+    p.add_argument("--block-halo", type=int, default=None, metavar="H",
+                   help="context around each block in px (default 96, or 3 x --diameter): more than the largest "
+                        "cell's radius; objects that may be cut are reported")
     p.add_argument("--geojson", action="store_true",
                    help="also write geojson/NAME.geojson: the cells as QuPath GeoJSON with their measurements (2-D images)")
     from cpsnake import limits
@@ -180,8 +209,12 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
                 flag = "--do-3d" if sopts["mode"] == "3d" else "--stitch-threshold" if sopts["mode"] == "stitch" else "--track"
                 raise CpsnakeError(f"found a 2-D image (axes {meta['axes']!r}) given {flag}; expected a stack with Z (or T "
                                    f"for --track) planes; leave out {flag}, or save the stack with its axes named")
-            labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, **opts)
-            params = {}
+            from cpsnake.blocks import auto_block_size
+
+            block = args.block_size if args.block_size is not None else auto_block_size(img.shape[1:])
+            labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, block=block,
+                                                           halo=args.block_halo, **opts)
+            params = {"block_size": block, "block_halo": record["blocks"]["halo"] if block else None}
     except CpsnakeError as exc:
         raise CpsnakeError(f"{path}: {exc}") from None
     name, out = image_name(path), args.out
@@ -223,7 +256,8 @@ def _image_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, fl
     io.write_labels(out / "masks" / f"{name}.tif", labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
     rois.write_rois(out / "rois" / f"{name}.zip", rois.labels_to_rois(labels))
     rows = measure.measure_labels(labels, img, pixel_size=meta["pixel_size"], image_name=path.name, flows=flows)
-    measure.write_table(out / "measurements" / f"{name}.csv", rows, measure.columns(img.shape[0], quality=True))
+    measure.write_table(out / "measurements" / f"{name}.csv", rows,
+                        measure.columns(img.shape[0], quality=flows is not None))  # blocks: no whole-image flows
     if geojson:
         from cpsnake.geojson import feature_collection, write_geojson
 
