@@ -25,6 +25,8 @@ label file is then an ImageJ hyperstack with the stack's z step and frame interv
 per object and plane (``0042-z03``, ``0042-t02``, ``0042-t02-z03``), the table one row per 3-D object
 (:func:`cpsnake.measure3d.write_stack_table`; per object and slice when segmented plane by plane, per object
 and frame for time series), and the overlay shows the middle plane (of the first frame).
+A 2-D image above 4096 x 4096 px is segmented block by block (``--block-size``, :mod:`cpsnake.blocks`), with
+the same labels as the whole image at once.
 Two inputs that map to the same NAME (``a.tif`` and ``other/a.png``) would overwrite each other's files:
 the call is refused before anything is loaded. ``--max-pixels N`` bounds every image (see
 :mod:`cpsnake.limits`).
