@@ -110,7 +110,7 @@ REGISTRY: Mapping[str, Entry] = MappingProxyType({
         note="small 'tiny' model for nuclei, fast on CPU (bundled)"),
     # size and sha256 of resources/models/nuclei_unet.pt (see resources/models/MODEL_CARD_nuclei_unet.md)
     "nuclei_unet": Entry(
-        "nuclei_unet", 6_736_909, "ca9b2f7f1ce3bedf51cf2d16f5adb97c63148e501fb0b02bfe0744caaa075cdd",
+        "nuclei_unet", 6_736_909, "a84e537d34e7356ec098f7fca8b9e2f50c899ffb31ce99361b60e2a652613081",
         bundled=REPO_ROOT / "resources" / "models" / "nuclei_unet.pt",
         note="classic Cellpose U-Net for nuclei, with its size model (bundled)"),
 })
