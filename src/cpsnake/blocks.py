@@ -114,7 +114,7 @@ def region_flows(net, read: Callable[[int, int, int, int], np.ndarray], shape: t
         b0, b1 = int(tx0[x0:x1].min()), int(tx1[x0:x1].max()) + 1
     else:
         a0, a1, b0, b1 = y0, y1, x0, x1
-    grid = _grid(net_shape, spec, tile_overlap, augment)
+    grid = T.tile_layout(net_shape, spec.bsize, tile_overlap, augment=augment, to_tile=spec.to_tile)
     top, _, left, _ = grid.pads
     ty, tx = grid.tile
     rows = [r for r, s in enumerate(grid.ystarts) if s < a1 + top and s + ty > a0 + top]
@@ -152,13 +152,7 @@ def region_flows(net, read: Callable[[int, int, int, int], np.ndarray], shape: t
     acc = np.zeros((3, e1 - e0, f1 - f0), np.float64)
     weight = np.zeros((e1 - e0, f1 - f0), np.float64)
     for k, (r, c) in enumerate(order):
-        out = outputs[k].astype(np.float64)
-        flips = grid.flips(r, c)
-        if flips:
-            out = np.flip(out, flips).copy()
-            for ax, ch in ((-2, 0), (-1, 1)):
-                if ax in flips:
-                    out[ch] *= -1
+        out = T.unflip(outputs[k], grid.flips(r, c))
         ys, xs = grid.ystarts[r] - e0, grid.xstarts[c] - f0
         acc[:, ys : ys + ty, xs : xs + tx] += out * mask
         weight[ys : ys + ty, xs : xs + tx] += mask
@@ -169,23 +163,6 @@ def region_flows(net, read: Callable[[int, int, int, int], np.ndarray], shape: t
         flows = T.resize_region(lambda p, q, u, v: flows[:, p - a0 : q - a0, u - b0 : v - b0], net_shape, (Y, X),
                                 (y0, y1, x0, x1))
     return flows
-
-
-def _grid(net_shape: tuple[int, int], spec, tile_overlap: float, augment: bool):
-    """The whole image's :class:`cpsnake.tiles.TileLayout` (no pixels): what :func:`cpsnake.tiles.make_tiles`
-    would lay over a network-space image of ``net_shape``."""
-    from cpsnake.tiles import TileLayout, pad_widths, tile_starts
-
-    Yn, Xn = net_shape
-    (top, bottom), (left, right) = (pad_widths(Yn, spec.bsize, to_tile=spec.to_tile),
-                                    pad_widths(Xn, spec.bsize, to_tile=spec.to_tile))
-    if augment:
-        bottom += max(0, spec.bsize - (Yn + top + bottom))
-        right += max(0, spec.bsize - (Xn + left + right))
-    Yp, Xp = Yn + top + bottom, Xn + left + right
-    return TileLayout((Yn, Xn), (top, bottom, left, right), tile_starts(Yp, spec.bsize, tile_overlap, augment),
-                      tile_starts(Xp, spec.bsize, tile_overlap, augment), (min(spec.bsize, Yp), min(spec.bsize, Xp)),
-                      augment)
 
 
 # --- ownership and stitching -----------------------------------------------------------------------

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BSIZE", "TileLayout", "pad_widths", "tile_starts", "taper_mask", "make_tiles", "stitch_tiles", "resize",
-           "resize_region"]
+__all__ = ["BSIZE", "TileLayout", "pad_widths", "tile_starts", "taper_mask", "tile_layout", "make_tiles", "unflip",
+           "stitch_tiles", "resize", "resize_region"]
 
 BSIZE = 256  # tile size of Cellpose-SAM (the ViT sees 256x256 pixels as 32x32 tokens of 8x8)
 PAD_DIV = 16  # cellpose pads each axis to a multiple of 16 plus a 16 px margin (half on each side)
@@ -128,6 +128,20 @@ def taper_mask(ly: int = BSIZE, lx: int | None = None, sigma: float = TAPER_SIGM
     return sy[:, None] * sx[None, :]
 
 
+def tile_layout(shape: tuple[int, int], bsize: int = BSIZE, overlap: float = 0.1, *, augment: bool = False,
+                to_tile: bool = True) -> TileLayout:
+    """The :class:`TileLayout` :func:`make_tiles` lays over an image of ``shape`` (Y, X), without its pixels
+    (:mod:`cpsnake.blocks` takes a large image's tiles from it)."""
+    Y, X = shape
+    (top, bottom), (left, right) = pad_widths(Y, bsize, to_tile=to_tile), pad_widths(X, bsize, to_tile=to_tile)
+    if augment:  # an axis still shorter than a tile is padded at its end (cellpose 3 does so)
+        bottom += max(0, bsize - (Y + top + bottom))
+        right += max(0, bsize - (X + left + right))
+    Yp, Xp = Y + top + bottom, X + left + right
+    return TileLayout((Y, X), (top, bottom, left, right), tile_starts(Yp, bsize, overlap, augment),
+                      tile_starts(Xp, bsize, overlap, augment), (min(bsize, Yp), min(bsize, Xp)), augment)
+
+
 def make_tiles(
     img: np.ndarray, bsize: int = BSIZE, overlap: float = 0.1, *, augment: bool = False, to_tile: bool = True
 ) -> tuple[np.ndarray, TileLayout]:
@@ -158,17 +172,10 @@ def make_tiles(
         raise ValueError(f"image of shape {img.shape}, expected (C, Y, X)")
     if not augment and not 0.05 <= overlap <= 0.5:
         raise ValueError(f"tile overlap {overlap}, expected a fraction in [0.05, 0.5]")
-    _, Y, X = img.shape
-    (top, bottom), (left, right) = pad_widths(Y, bsize, to_tile=to_tile), pad_widths(X, bsize, to_tile=to_tile)
-    if augment:  # an axis still shorter than a tile is padded at its end (cellpose 3 does so)
-        bottom += max(0, bsize - (Y + top + bottom))
-        right += max(0, bsize - (X + left + right))
+    layout = tile_layout(img.shape[1:], bsize, overlap, augment=augment, to_tile=to_tile)
+    top, bottom, left, right = layout.pads
     padded = np.pad(np.asarray(img, dtype=np.float32), ((0, 0), (top, bottom), (left, right)))
-    Yp, Xp = padded.shape[1:]
-    ystarts = tile_starts(Yp, bsize, overlap, augment)
-    xstarts = tile_starts(Xp, bsize, overlap, augment)
-    ty, tx = min(bsize, Yp), min(bsize, Xp)
-    layout = TileLayout((Y, X), (top, bottom, left, right), ystarts, xstarts, (ty, tx), augment)
+    ystarts, xstarts, (ty, tx) = layout.ystarts, layout.xstarts, layout.tile
     tiles = np.empty((layout.n_tiles, img.shape[0], ty, tx), np.float32)
     for r, y0 in enumerate(ystarts):
         for c, x0 in enumerate(xstarts):
@@ -176,6 +183,20 @@ def make_tiles(
             flips = layout.flips(r, c)
             tiles[r * len(xstarts) + c] = np.flip(tile, flips) if flips else tile
     return tiles, layout
+
+
+def unflip(out: np.ndarray, flips: tuple[int, ...], yx_channels: tuple[int, int] | None = (0, 1)) -> np.ndarray:
+    """One tile's output ``(K, ty, tx)`` as float64, flipped back along ``flips`` (:meth:`TileLayout.flips`) with
+    the signs of its Y / X vector channels restored there."""
+    out = np.asarray(out, dtype=np.float64)
+    if not flips:
+        return out
+    out = np.flip(out, flips).copy()
+    if yx_channels is not None:
+        for ax, ch in zip((-2, -1), yx_channels):
+            if ax in flips:
+                out[ch] *= -1
+    return out
 
 
 def stitch_tiles(
@@ -208,14 +229,7 @@ def stitch_tiles(
     weight = np.zeros((Yp, Xp), np.float64)
     for r, y0 in enumerate(layout.ystarts):
         for c, x0 in enumerate(layout.xstarts):
-            out = np.asarray(outputs[r * len(layout.xstarts) + c], dtype=np.float64)
-            flips = layout.flips(r, c)
-            if flips:
-                out = np.flip(out, flips).copy()
-                if yx_channels is not None:
-                    for ax, ch in zip((-2, -1), yx_channels):
-                        if ax in flips:
-                            out[ch] *= -1
+            out = unflip(outputs[r * len(layout.xstarts) + c], layout.flips(r, c), yx_channels)
             acc[:, y0 : y0 + ty, x0 : x0 + tx] += out * mask
             weight[y0 : y0 + ty, x0 : x0 + tx] += mask
     acc /= weight
