@@ -217,12 +217,16 @@ class Stitcher:
     """Collects the objects each block keeps into one label image ``(Y, X)`` (see the module docstring).
 
     ``add(block, labels)`` for each block, in any order, then ``finish()`` numbers the objects by their
-    first pixel in raster order and returns the labels (int32) and a report dict.
+    first pixel in raster order and returns the labels (int32) and a report dict. ``labels``, when given, is
+    where the label image is built instead of memory: a zeroed ``(Y, X)`` int32 array that reads and writes
+    regions by slicing (e.g. a Zarr array on disk); only one block's region and one band of rows are held.
     """
 
-    def __init__(self, shape: tuple[int, int]):
+    BAND = 1024  # rows per band of finish()'s renumbering pass
+
+    def __init__(self, shape: tuple[int, int], labels=None):
         self.shape = tuple(shape)
-        self.labels = np.zeros(self.shape, np.int32)
+        self.labels = np.zeros(self.shape, np.int32) if labels is None else labels  # or an on-disk int32 array
         self.first: list[int] = []  # raster index of each object's first pixel, by temporary id - 1
         self.cut: list[tuple[int, int]] = []  # (block row, block col) of each object that may be cut
         self.conflicts = 0  # pixels claimed by two blocks' objects
@@ -236,10 +240,11 @@ class Stitcher:
         lut = np.zeros(int(labels.max()) + 1, np.int32)
         lut[keep] = np.arange(len(self.first) + 1, len(self.first) + 1 + keep.size)
         new = lut[labels]
-        target = self.labels[ry0:ry1, rx0:rx1]
+        target = np.array(self.labels[ry0:ry1, rx0:rx1])
         free = (new > 0) & (target == 0)
         self.conflicts += int(np.count_nonzero((new > 0) & (target != 0)))
         target[free] = new[free]
+        self.labels[ry0:ry1, rx0:rx1] = target
         idx = np.flatnonzero(new.ravel())
         first = np.full(keep.size, np.iinfo(np.int64).max, np.int64)
         yy, xx = np.divmod(idx, rx1 - rx0)
@@ -249,18 +254,22 @@ class Stitcher:
         return int(keep.size)
 
     def finish(self) -> tuple[np.ndarray, dict]:
+        """Renumber in place, a band of rows at a time; returns the label array and the report."""
         order = np.argsort(np.asarray(self.first, np.int64), kind="stable")
         lut = np.zeros(len(self.first) + 1, np.int32)
         lut[order + 1] = np.arange(1, order.size + 1)
         present = np.zeros(len(self.first) + 1, bool)
-        present[np.unique(self.labels)] = True  # an object whose every pixel was taken earlier vanishes
-        labels = lut[self.labels]
-        if not present[1:].all():
-            from cpsnake.dynamics import renumber
-
-            labels = renumber(labels.astype(np.int32))
-        report = {"objects": int(labels.max()), "cut": len(self.cut), "conflict_pixels": self.conflicts}
-        return labels.astype(np.int32), report
+        Y = self.shape[0]
+        for y in range(0, Y, self.BAND):  # an object whose every pixel was taken earlier vanishes
+            present[np.unique(np.asarray(self.labels[y : y + self.BAND]))] = True
+        if not present[1:].all():  # close the gaps: ids stay in first-pixel order
+            lut[order + 1] = 0
+            kept = order[present[order + 1]]
+            lut[kept + 1] = np.arange(1, kept.size + 1)
+        for y in range(0, Y, self.BAND):
+            self.labels[y : y + self.BAND] = lut[np.asarray(self.labels[y : y + self.BAND])]
+        report = {"objects": int(present[1:].sum()), "cut": len(self.cut), "conflict_pixels": self.conflicts}
+        return self.labels, report
 
 
 # --- the whole chain, block by block ----------------------------------------------------------------
@@ -271,8 +280,8 @@ def segment_blocks(net, read: Callable[[int, int, int, int], np.ndarray], shape:
                    augment: bool = False, batch_size: int = 8, device=None, dtype=None,
                    cellprob_threshold: float = 0.0, flow_threshold: float = 0.4, niter: int | None = None,
                    min_size: int = 15, max_size_fraction: float = 0.4, reconstruct_device=None,
-                   scratch: str | None = None, progress: Callable[[str, Block], None] | None = None
-                   ) -> tuple[np.ndarray, dict]:
+                   scratch: str | None = None, progress: Callable[[str, Block], None] | None = None,
+                   labels=None) -> tuple[np.ndarray, dict]:
     """Labels ``(Y, X)`` int32 of a normalized image segmented block by block (see the module docstring).
 
     ``read``, ``shape``, ``channels`` and the network options as :func:`region_flows`; the reconstruction
@@ -286,6 +295,9 @@ def segment_blocks(net, read: Callable[[int, int, int, int], np.ndarray], shape:
     folder; one block's worth of memory), and the largest owned mask sets the block's diffusion length.
     Pass 2, per block: the check with the whole image's diffusion length, holes, min size
     (:func:`cpsnake.reconstruct.finish_masks`), ownership and stitching.
+
+    ``labels``: where the label image is built (see :class:`Stitcher`; default in memory), e.g. a Zarr array
+    on disk, so that memory follows the block and not the image.
 
     Returns the labels and a report: ``blocks``, ``block``, ``halo``, ``objects``, ``cut`` (owned objects
     that reach their read region's edge: possibly cut, raise the halo) and ``conflict_pixels``.
@@ -301,6 +313,7 @@ def segment_blocks(net, read: Callable[[int, int, int, int], np.ndarray], shape:
         raise CpsnakeError(f"block size {block} px, expected at least 2 tiles ({2 * tiling(net).bsize} px) for this "
                            "network; give a larger --block-size, or 0 for the whole image at once")
     Y, X = shape
+    store, labels = labels, None  # the loops below use `labels` for each block's
     scale = tiling(net).scale(diameter)
     niter = niter or int(200 / (scale or 1.0))
     check = flow_threshold is not None and flow_threshold > 0
@@ -326,7 +339,7 @@ def segment_blocks(net, read: Callable[[int, int, int, int], np.ndarray], shape:
             if check:
                 np.save(f"{tmp}/{k}_dP.npy", flows[:2])
             del flows, labels
-        stitcher = Stitcher(shape)
+        stitcher = Stitcher(shape, store)
         for k, b in enumerate(grid):  # pass 2: the check with the whole image's diffusion length, then stitch
             if progress is not None:
                 progress("masks", b)

@@ -57,7 +57,7 @@ import numpy as np
 from cpsnake import limits
 from cpsnake.errors import CpsnakeError, CpsnakeWarning, guard
 
-__all__ = ["select_channels", "normalize", "normalize_file", "needs_float64", "tile_starts", "upsample_bilinear", "main"]
+__all__ = ["select_channels", "normalize", "channel_values", "scale", "sample_step", "normalize_file", "needs_float64", "tile_starts", "upsample_bilinear", "main"]
 
 MAX_CHANNELS = 3
 FLAT_RANGE = 1e-3  # a low..high range at most this wide is no range (Cellpose's threshold)
@@ -115,19 +115,24 @@ def select_channels(img: np.ndarray, channels: Sequence[int] | None = None) -> n
     return img[..., channels, :, :]
 
 
-def _percentiles(x: np.ndarray, q: tuple[float, float], work=np.float32) -> tuple[np.floating, np.floating, list[int]]:
-    """Low and high percentiles of a (Y, X) or (Z, Y, X) channel in ``work`` (float32, or float64 for wide
-    values), on Cellpose's subsample above 224**3 px: every (Y // 224, X // 224)-th pixel, and in a stack
-    every (Z // 50)-th plane."""
-    step = [1] * x.ndim
-    if x.size > SAMPLE_ABOVE:
-        step = [max(1, n // 224) for n in x.shape]
-        if x.ndim == 3:
-            step[0] = max(1, x.shape[0] // 50)
-        x = x[tuple(slice(None, None, k) for k in step)]
-    sample = x.astype(work, copy=True)  # our own copy, so the partition may reuse it
+def sample_step(shape: Sequence[int]) -> list[int]:
+    """Steps of Cellpose's percentile subsample of a (Y, X) or (Z, Y, X) channel: above 224**3 px every
+    (Y // 224, X // 224)-th pixel (and in a stack every (Z // 50)-th plane), else every pixel."""
+    shape = tuple(int(n) for n in shape)
+    if math.prod(shape) <= SAMPLE_ABOVE:
+        return [1] * len(shape)
+    step = [max(1, n // 224) for n in shape]
+    if len(shape) == 3:
+        step[0] = max(1, shape[0] // 50)
+    return step
+
+
+def _percentiles(sample: np.ndarray, q: tuple[float, float], work=np.float32) -> tuple[np.floating, np.floating]:
+    """Low and high percentiles of a channel's subsample (see :func:`sample_step`) in ``work`` (float32, or
+    float64 for wide values), numpy's linear interpolation."""
+    sample = sample.astype(work, copy=True)  # our own copy, so the partition may reuse it
     lo, hi = np.percentile(sample, q, overwrite_input=True)
-    return work(lo), work(hi), step
+    return work(lo), work(hi)
 
 
 def _scale_rows(x: np.ndarray, lo, hi, o: np.ndarray) -> None:
@@ -223,6 +228,137 @@ def _tile_maps(
     return lo, hi, info
 
 
+def _check_not_constant(ranges: list[tuple], allow_flat: bool) -> None:
+    if all(lo == hi for lo, hi in ranges) and not allow_flat:
+        values = sorted({float(lo) for lo, _ in ranges})
+        shown = f"every pixel is {values[0]:g}" if len(values) == 1 else "every channel is constant"
+        raise CpsnakeError(
+            f"found a constant image ({shown}); expected an image with varying intensities; "
+            "check that the right file or channel was exported (a blank or saturated frame cannot be segmented)"
+        )
+
+
+def _arithmetic(dtype: np.dtype, ranges: list[tuple]) -> bool:
+    """True when the image needs float64 arithmetic (see the module doc); warns beyond 2**53."""
+    top = max(max(abs(float(lo)), abs(float(hi))) for lo, hi in ranges)
+    if np.dtype(dtype).kind in "ui" and top > FLOAT64_EXACT:
+        warnings.warn(
+            f"found {dtype} values up to {top:.0f}, beyond 2**53, the largest integers float64 holds exactly; "
+            "they were normalized in float64, so values closer than about "
+            f"{top / FLOAT64_EXACT:.0f} apart became equal", CpsnakeWarning, stacklevel=3)
+    return needs_float64(dtype, top)
+
+
+def _check_percentiles(percentiles) -> tuple[float, float]:
+    q = (float(percentiles[0]), float(percentiles[1]))
+    if not 0.0 <= q[0] < q[1] <= 100.0:
+        raise CpsnakeError(f"percentiles {q[0]:g} {q[1]:g}, expected 0 <= low < high <= 100, e.g. --percentiles 1 99")
+    return q
+
+
+def _check_low_high(low_high, nchan: int) -> np.ndarray | None:
+    if low_high is None:
+        return None
+    lh = np.asarray(low_high, dtype=np.float64)
+    if lh.shape == (2,):
+        lh = np.tile(lh, (nchan, 1))
+    if lh.shape != (nchan, 2) or not np.all(np.isfinite(lh)) or np.any(lh[:, 1] <= lh[:, 0]):
+        raise CpsnakeError(
+            f"low/high values {np.asarray(low_high).tolist()}, expected finite LO < HI (one pair, or one per channel)"
+        )
+    return lh
+
+
+def _all_flat_error(per_channel: list[dict], q: tuple[float, float]) -> CpsnakeError:
+    return CpsnakeError(
+        f"found no channel with a spread of intensities between percentiles {q[0]:g} and {q[1]:g} "
+        f"({'; '.join(e['status'] for e in per_channel)}); expected low < high; "
+        "use wider --percentiles (e.g. 0 100), fixed --low-high values or --tile-norm"
+    )
+
+
+def channel_values(
+    ranges: Sequence[tuple],
+    dtype: np.dtype,
+    samples: Sequence[np.ndarray],
+    steps: Sequence[list[int]],
+    *,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    low_high: Sequence[float] | np.ndarray | None = None,
+    invert: bool = False,
+    allow_flat: bool = False,
+) -> dict:
+    """The normalization record (percentile or low/high mode) from what a pass over the image collects.
+
+    Parameters
+    ----------
+    ranges : per channel (min, max) of the whole channel
+    dtype : the image's dtype
+    samples : per channel, the pixels Cellpose takes its percentiles from: the channel subsampled with
+        ``steps`` (see :func:`sample_step`), any shape
+    steps : per channel, the steps of that subsample
+    percentiles, low_high, invert, allow_flat : as :func:`normalize`
+
+    Returns the record :func:`normalize` returns; :func:`scale` applies it to any region of the image, so an
+    image read in blocks and normalized with the values of one pass equals the image normalized whole.
+    """
+    q = _check_percentiles(percentiles)
+    lh = _check_low_high(low_high, len(ranges))
+    _check_not_constant(list(ranges), allow_flat)
+    wide = _arithmetic(dtype, list(ranges))
+    work = np.float64 if wide else np.float32
+    per_channel = []
+    for c, (lo_c, hi_c) in enumerate(ranges):
+        entry: dict = {"low": None, "high": None, "status": "scaled"}
+        if lh is not None:
+            entry.update(low=float(lh[c, 0]), high=float(lh[c, 1]))
+        elif lo_c == hi_c:
+            entry["status"] = f"constant ({float(lo_c):g}): set to 0"
+        else:
+            lo, hi = _percentiles(samples[c], q, work)
+            entry.update(low=float(lo), high=float(hi), sample_step=list(steps[c]))
+            if not hi - lo > FLAT_RANGE:
+                entry["status"] = f"percentiles {q[0]:g} and {q[1]:g} within {FLAT_RANGE:g}: set to 0"
+        per_channel.append(entry)
+    if all(e["status"] != "scaled" for e in per_channel) and not allow_flat:
+        raise _all_flat_error(per_channel, q)
+    mode = "low_high" if lh is not None else "percentile"
+    return {
+        "mode": mode,
+        "arithmetic": "float64" if wide or mode == "low_high" else "float32",
+        "percentiles": list(q) if mode != "low_high" else None,
+        "invert": bool(invert),
+        "tile_size": 0,
+        "tile_smooth": None,
+        "per_channel": per_channel,
+    }
+
+
+def scale(img: np.ndarray, record: dict) -> np.ndarray:
+    """Apply a percentile or low/high ``record`` (:func:`channel_values`) to ``img`` (C, ...) or any region of it:
+    float32 of the same shape, computed as :func:`normalize` computes it."""
+    if record["mode"] not in ("percentile", "low_high"):
+        raise ValueError(f"scale() applies percentile and low/high records, not {record['mode']!r}")
+    out = np.empty(img.shape, np.float32)
+    for x, o, entry in zip(img, out, record["per_channel"]):
+        if entry["status"] != "scaled":
+            o[:] = 0
+            continue
+        if record["mode"] == "low_high":  # float64 arithmetic, stored as float32 (Cellpose with user-given bounds)
+            lo, hi = entry["low"], entry["high"]
+            np.subtract(x, lo, out=o, dtype=np.float64, casting="same_kind")
+            np.divide(o, hi - lo, out=o, dtype=np.float64, casting="same_kind")
+        elif record["arithmetic"] == "float64":
+            _scale_rows(x, np.float64(entry["low"]), np.float64(entry["high"]), o)
+        else:  # Cellpose's float32 arithmetic, bit for bit
+            lo, hi = np.float32(entry["low"]), np.float32(entry["high"])
+            np.subtract(x, lo, out=o, dtype=np.float32, casting="unsafe")
+            o /= hi - lo
+        if record["invert"]:
+            np.subtract(np.float32(1), o, out=o)
+    return out
+
+
 def normalize(
     img: np.ndarray,
     *,
@@ -277,101 +413,58 @@ def normalize(
         )
     if min(img.shape) < 1:
         raise CpsnakeError(f"found an empty image of shape {img.shape}, expected at least 1 x 1 pixels")
-    q = (float(percentiles[0]), float(percentiles[1]))
-    if not 0.0 <= q[0] < q[1] <= 100.0:
-        raise CpsnakeError(f"percentiles {q[0]:g} {q[1]:g}, expected 0 <= low < high <= 100, e.g. --percentiles 1 99")
-    nchan = img.shape[0]
-    if low_high is not None:
-        lh = np.asarray(low_high, dtype=np.float64)
-        if lh.shape == (2,):
-            lh = np.tile(lh, (nchan, 1))
-        if lh.shape != (nchan, 2) or not np.all(np.isfinite(lh)) or np.any(lh[:, 1] <= lh[:, 0]):
-            raise CpsnakeError(
-                f"low/high values {np.asarray(low_high).tolist()}, expected finite LO < HI (one pair, or one per channel)"
-            )
+    q = _check_percentiles(percentiles)
+    _check_low_high(low_high, img.shape[0])
     if int(tile_size) < 0:
         raise CpsnakeError(f"tile size {tile_size}, expected 0 (whole image) or a positive number of pixels")
     tile_size = int(tile_size)
-
-    ranges = [(img[c].min(), img[c].max()) for c in range(nchan)]
-    if all(lo == hi for lo, hi in ranges) and not allow_flat:
-        values = sorted({float(lo) for lo, _ in ranges})
-        shown = f"every pixel is {values[0]:g}" if len(values) == 1 else "every channel is constant"
-        raise CpsnakeError(
-            f"found a constant image ({shown}); expected an image with varying intensities; "
-            "check that the right file or channel was exported (a blank or saturated frame cannot be segmented)"
-        )
-
-    mode = "low_high" if low_high is not None else ("tile" if tile_size > 0 else "percentile")
-    top = max(max(abs(float(lo)), abs(float(hi))) for lo, hi in ranges)
-    wide = needs_float64(img.dtype, top)
+    ranges = [(img[c].min(), img[c].max()) for c in range(img.shape[0])]
+    if low_high is not None or tile_size == 0:
+        steps = [sample_step(img.shape[1:])] * img.shape[0]
+        samples = [img[c][tuple(slice(None, None, k) for k in steps[c])] for c in range(img.shape[0])]
+        record = channel_values(ranges, img.dtype, samples, steps, percentiles=q, low_high=low_high, invert=invert,
+                                allow_flat=allow_flat)
+        return scale(img, record), record
+    _check_not_constant(ranges, allow_flat)
+    wide = _arithmetic(img.dtype, ranges)
     work = np.float64 if wide else np.float32
-    if img.dtype.kind in "ui" and top > FLOAT64_EXACT:
-        warnings.warn(
-            f"found {img.dtype} values up to {top:.0f}, beyond 2**53, the largest integers float64 holds exactly; "
-            "they were normalized in float64, so values closer than about "
-            f"{top / FLOAT64_EXACT:.0f} apart became equal", CpsnakeWarning, stacklevel=2)
     out = np.empty(img.shape, np.float32)
     per_channel = []
-    for c in range(nchan):
+    for c in range(img.shape[0]):
         x, o = img[c], out[c]
         entry: dict = {"low": None, "high": None, "status": "scaled"}
-        if mode == "low_high":
-            lo, hi = lh[c]
-            # float64 arithmetic, stored as float32 (what Cellpose does with user-given bounds)
-            np.subtract(x, lo, out=o, dtype=np.float64, casting="same_kind")
-            np.divide(o, hi - lo, out=o, dtype=np.float64, casting="same_kind")
-            entry.update(low=float(lo), high=float(hi))
-        elif ranges[c][0] == ranges[c][1]:
+        maps = None if ranges[c][0] == ranges[c][1] else _tile_maps(x, q, tile_size, tile_smooth, work)
+        if ranges[c][0] == ranges[c][1]:
             o[:] = 0
             entry["status"] = f"constant ({float(ranges[c][0]):g}): set to 0"
-        elif mode == "tile":
-            maps = _tile_maps(x, q, tile_size, tile_smooth, work)
-            if maps is None:
-                o[:] = 0
-                entry["status"] = f"every tile's percentiles within {FLAT_RANGE:g}: set to 0"
-            else:
-                lo_grid, hi_grid, info = maps
-                for y in range(0, x.shape[0], TILE_ROWS):  # row blocks keep the per-pixel maps small
-                    rows = slice(y, min(y + TILE_ROWS, x.shape[0]))
-                    lo_map = upsample_bilinear(lo_grid, x.shape, rows, work)
-                    hi_map = upsample_bilinear(hi_grid, x.shape, rows, work)
-                    if wide:
-                        _scale_rows(x[rows], lo_map, hi_map, o[rows])
-                        continue
-                    np.subtract(x[rows], lo_map, out=o[rows], dtype=np.float32, casting="unsafe")
-                    hi_map -= lo_map
-                    o[rows] /= hi_map
-                entry.update(info)
+        elif maps is None:
+            o[:] = 0
+            entry["status"] = f"every tile's percentiles within {FLAT_RANGE:g}: set to 0"
         else:
-            lo, hi, step = _percentiles(x, q, work)
-            entry.update(low=float(lo), high=float(hi), sample_step=step)
-            if hi - lo > FLAT_RANGE:
+            lo_grid, hi_grid, info = maps
+            for y in range(0, x.shape[0], TILE_ROWS):  # row blocks keep the per-pixel maps small
+                rows = slice(y, min(y + TILE_ROWS, x.shape[0]))
+                lo_map = upsample_bilinear(lo_grid, x.shape, rows, work)
+                hi_map = upsample_bilinear(hi_grid, x.shape, rows, work)
                 if wide:
-                    _scale_rows(x, lo, hi, o)
-                else:  # Cellpose's float32 arithmetic, bit for bit
-                    np.subtract(x, lo, out=o, dtype=np.float32, casting="unsafe")
-                    o /= hi - lo
-            else:
-                o[:] = 0
-                entry["status"] = f"percentiles {q[0]:g} and {q[1]:g} within {FLAT_RANGE:g}: set to 0"
+                    _scale_rows(x[rows], lo_map, hi_map, o[rows])
+                    continue
+                np.subtract(x[rows], lo_map, out=o[rows], dtype=np.float32, casting="unsafe")
+                hi_map -= lo_map
+                o[rows] /= hi_map
+            entry.update(info)
         if invert and entry["status"] == "scaled":
             np.subtract(np.float32(1), o, out=o)
         per_channel.append(entry)
-
     if all(e["status"] != "scaled" for e in per_channel) and not allow_flat:
-        raise CpsnakeError(
-            f"found no channel with a spread of intensities between percentiles {q[0]:g} and {q[1]:g} "
-            f"({'; '.join(e['status'] for e in per_channel)}); expected low < high; "
-            "use wider --percentiles (e.g. 0 100), fixed --low-high values or --tile-norm"
-        )
+        raise _all_flat_error(per_channel, q)
     record = {
-        "mode": mode,
-        "arithmetic": "float64" if wide or mode == "low_high" else "float32",
-        "percentiles": list(q) if mode != "low_high" else None,
+        "mode": "tile",
+        "arithmetic": "float64" if wide else "float32",
+        "percentiles": list(q),
         "invert": bool(invert),
         "tile_size": tile_size,
-        "tile_smooth": float(tile_smooth) if mode == "tile" else None,
+        "tile_smooth": float(tile_smooth),
         "per_channel": per_channel,
     }
     return out, record

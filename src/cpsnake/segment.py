@@ -8,6 +8,7 @@ For each image NAME (file name without extension; ``.ome.tif`` counts as one ext
 same files, under the same names, as the workflow:
 
 * ``DIR/masks/NAME.tif``         label image, uint16 ImageJ TIFF with the input's pixel size and unit
+  (``--ome-zarr``: also ``DIR/masks/NAME.zarr``, OME-Zarr labels, see :mod:`cpsnake.ngff`)
 * ``DIR/rois/NAME.zip``          ImageJ ROI set, pixel-exact (see :mod:`cpsnake.rois`)
 * ``DIR/measurements/NAME.csv``  per-cell table with ImageJ's Measure definitions (:mod:`cpsnake.measure`)
 * ``DIR/overlays/NAME.png``      QC picture, label outlines over the image
@@ -26,7 +27,9 @@ per object and plane (``0042-z03``, ``0042-t02``, ``0042-t02-z03``), the table o
 (:func:`cpsnake.measure3d.write_stack_table`; per object and slice when segmented plane by plane, per object
 and frame for time series), and the overlay shows the middle plane (of the first frame).
 A 2-D image above 4096 x 4096 px is segmented block by block (``--block-size``, :mod:`cpsnake.blocks`), with
-the same labels as the whole image at once.
+the same labels as the whole image at once; a TIFF (or an OME-Zarr folder, always) is then read region by
+region (:mod:`cpsnake.regions`: only the normalization values come from a pass over the whole file), and the
+label image is built in a Zarr array on disk.
 Two inputs that map to the same NAME (``a.tif`` and ``other/a.png``) would overwrite each other's files:
 the call is refused before anything is loaded. ``--max-pixels N`` bounds every image (see
 :mod:`cpsnake.limits`).
@@ -44,7 +47,7 @@ import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard
 
-__all__ = ["DEFAULT_MODEL", "segment_image", "main"]
+__all__ = ["DEFAULT_MODEL", "segment_image", "segment_regions", "main"]
 
 DEFAULT_MODEL = "nuclei_small"
 
@@ -119,21 +122,11 @@ def segment_image(
         record["diameter_estimated"] = diameter
     t1 = time.perf_counter()
     if block:
-        from cpsnake.blocks import default_halo, halo_advice, segment_blocks
-
-        halo = default_halo(diameter) if halo is None else halo
-        labels, report = segment_blocks(
+        labels, record["blocks"] = _blocks(
             net, lambda y0, y1, x0, x1: data[:, y0:y1, x0:x1], data.shape[1:], channels=data.shape[0], block=block,
             halo=halo, diameter=diameter, tile_overlap=tile_overlap, augment=augment, batch_size=batch_size,
             device=device, dtype=dtype, cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold,
             niter=niter, min_size=min_size, max_size_fraction=max_size_fraction)
-        record["blocks"] = report
-        if halo_advice(report):
-            import warnings
-
-            from cpsnake.errors import CpsnakeWarning
-
-            warnings.warn(halo_advice(report), CpsnakeWarning, stacklevel=2)
         return labels, None, record, {"normalize": t1 - t0, "blocks": time.perf_counter() - t1}
     flows = predict(
         net, data, diameter=diameter, batch_size=batch_size, tile_overlap=tile_overlap, augment=augment,
@@ -151,6 +144,55 @@ def segment_image(
     )
     t3 = time.perf_counter()
     return labels, flows, record, {"normalize": t1 - t0, "infer": t2 - t1, "reconstruct": t3 - t2}
+
+
+def _blocks(net, read, shape, *, halo: int | None, diameter, **opts) -> tuple[np.ndarray, dict]:
+    """:func:`cpsnake.blocks.segment_blocks` with the default halo, warning when objects may be cut."""
+    from cpsnake.blocks import default_halo, halo_advice, segment_blocks
+
+    halo = default_halo(diameter) if halo is None else halo
+    labels, report = segment_blocks(net, read, shape, halo=halo, diameter=diameter, **opts)
+    if halo_advice(report):
+        import warnings
+
+        from cpsnake.errors import CpsnakeWarning
+
+        warnings.warn(halo_advice(report), CpsnakeWarning, stacklevel=3)
+    return labels, report
+
+
+def segment_regions(net, image, *, block: int, halo: int | None = None, channels: list[int] | None = None,
+                    percentiles: tuple[float, float] = (1.0, 99.0), low_high=None, invert: bool = False,
+                    tile_size: int = 0, diameter: float | None = None, labels=None, **opts
+                    ) -> tuple[np.ndarray, dict, dict]:
+    """Segment a :class:`cpsnake.regions.RegionImage` block by block without reading it whole.
+
+    The normalization values come from one streaming pass (:func:`cpsnake.regions.stream_values`, equal to
+    :func:`cpsnake.normalize.normalize`'s on the whole image); each block reads and scales only its own
+    region. ``labels``: where the label image is built (see :class:`cpsnake.blocks.Stitcher`). Other
+    options as :func:`segment_image` (``--tile-norm`` and ``--diameter auto`` need the whole image: refused).
+
+    Returns labels ``(Y, X)`` int32 (``labels`` itself when given), the normalization record (with the
+    blocks' report under ``"blocks"``) and the seconds of each step.
+    """
+    from cpsnake.normalize import scale
+    from cpsnake.regions import stream_values
+
+    if tile_size:
+        raise CpsnakeError(f"--tile-norm {tile_size} with an image read block by block; expected percentile or "
+                           "--low-high normalization for block-wise images; leave out --tile-norm, or give "
+                           "--block-size 0 to load the image whole")
+    if diameter == "auto":
+        raise CpsnakeError("--diameter auto with an image read block by block; expected a number (the size model "
+                           "needs the whole image); give --diameter D, or --block-size 0 to load the image whole")
+    t0 = time.perf_counter()
+    record = stream_values(image, channels, percentiles=percentiles, low_high=low_high, invert=invert)
+    picked = list(channels) if channels is not None else list(range(image.shape[0]))
+    t1 = time.perf_counter()
+    out, record["blocks"] = _blocks(
+        net, lambda y0, y1, x0, x1: scale(image.read(y0, y1, x0, x1)[picked], record), image.shape[1:],
+        channels=len(picked), block=block, halo=halo, diameter=diameter, labels=labels, **opts)
+    return out, record, {"normalize": t1 - t0, "blocks": time.perf_counter() - t1}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,6 +215,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--block-halo", type=int, default=None, metavar="H",
                    help="context around each block in px (default 96, or 3 x --diameter): more than the largest "
                         "cell's radius; objects that may be cut are reported")
+    p.add_argument("--ome-zarr", action="store_true",
+                   help="also write masks/NAME.zarr: the labels as OME-Zarr (NGFF 0.5 labels group, multiscale "
+                        "pyramid; cpsnake.ngff) for napari, QuPath and other NGFF readers (2-D images)")
     p.add_argument("--geojson", action="store_true",
                    help="also write geojson/NAME.geojson: the cells as QuPath GeoJSON with their measurements (2-D images)")
     from cpsnake import limits
@@ -195,14 +240,74 @@ def check_names(images: list[Path]) -> None:
         )
 
 
+def _region_image(path: Path, args):
+    """A :class:`cpsnake.regions.RegionImage` for an OME-Zarr folder, or for a 2-D TIFF segmented in blocks
+    (``--block-size`` N > 0, or automatic above 4096 x 4096 px); None for every other input (read whole)."""
+    from cpsnake import io, regions
+    from cpsnake.blocks import auto_block_size
+
+    if regions.is_ome_zarr(path):
+        image = regions.open_image(path)
+        if image.stack_axes:
+            image.close()
+            raise CpsnakeError(f"{path}: found an OME-Zarr stack (axes {image.meta['axes']!r}, shape "
+                               f"{image.meta['shape']}); expected a 2-D OME-Zarr image (C, Y, X); save the stack as an "
+                               "ImageJ or OME-TIFF hyperstack")
+        return image
+    if args.block_size == 0 or not path.is_file() or io._sniff(path) != "tiff":
+        return None
+    image = regions.open_image(path)
+    if image.stack_axes or (args.block_size is None and not auto_block_size(image.shape[1:])):
+        image.close()
+        return None
+    return image
+
+
+def _segment_region_file(path: Path, net, region, args, opts: dict):
+    """Segment a 2-D :class:`cpsnake.regions.RegionImage`: block by block from its regions (the label image built
+    in a Zarr array in a temporary folder), or whole with ``--block-size 0``. The outputs (ROIs, measurements,
+    overlay) then hold the image and its labels, so ``--max-pixels`` bounds the image.
+
+    Returns labels, flows (None in blocks), the image (C, Y, X), the normalization record, seconds, parameters."""
+    import tempfile
+
+    import zarr
+
+    from cpsnake import limits
+    from cpsnake.blocks import auto_block_size
+
+    limits.check_samples(path, region.meta["shape"], limit=args.max_pixels)
+    limits.check_min_side(path, region.shape)
+    C, Y, X = region.shape
+    block = args.block_size if args.block_size is not None else auto_block_size((Y, X))
+    if not block:
+        img = region.read(0, Y, 0, X)
+        labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, block=0, **opts)
+        return labels, flows, img, record, seconds, {"block_size": 0, "block_halo": None, "read": "whole"}
+    with tempfile.TemporaryDirectory(prefix="cpsnake-labels-") as tmp:
+        store = zarr.create_array(f"{tmp}/labels.zarr", shape=(Y, X), chunks=(1024, 1024), dtype="int32",
+                                  fill_value=0)
+        ropts = {k: v for k, v in opts.items() if k != "size_params"}
+        out, record, seconds = segment_regions(net, region, block=block, halo=args.block_halo, labels=store, **ropts)
+        labels = np.asarray(out[:])
+    img = region.read(0, Y, 0, X)  # for the measurements and the overlay
+    params = {"block_size": block, "block_halo": record["blocks"]["halo"], "read": "regions"}
+    return labels, None, img, record, seconds, params
+
+
 def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> int:
     """Segment one image or stack and write its files; return its number of objects."""
     from cpsnake import __version__, io, limits
+    from cpsnake.blocks import auto_block_size
     from cpsnake.samples import sample_name as image_name
 
-    img, meta = io.read_image(path, max_pixels=args.max_pixels)
-    limits.check_min_side(path, img.shape)
-    axes = meta["stack_axes"]
+    region = _region_image(path, args)
+    if region is None:
+        img, meta = io.read_image(path, max_pixels=args.max_pixels)
+        limits.check_min_side(path, img.shape)
+        axes = meta["stack_axes"]
+    else:
+        meta, axes = region.meta, ""
     try:
         if axes:
             labels, record, seconds, params = _segment_stack(path, net, img, axes, opts, sopts, args.max_pixels)
@@ -211,14 +316,18 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
                 flag = "--do-3d" if sopts["mode"] == "3d" else "--stitch-threshold" if sopts["mode"] == "stitch" else "--track"
                 raise CpsnakeError(f"found a 2-D image (axes {meta['axes']!r}) given {flag}; expected a stack with Z (or T "
                                    f"for --track) planes; leave out {flag}, or save the stack with its axes named")
-            from cpsnake.blocks import auto_block_size
-
-            block = args.block_size if args.block_size is not None else auto_block_size(img.shape[1:])
-            labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, block=block,
-                                                           halo=args.block_halo, **opts)
-            params = {"block_size": block, "block_halo": record["blocks"]["halo"] if block else None}
+            if region is not None:
+                labels, flows, img, record, seconds, params = _segment_region_file(path, net, region, args, opts)
+            else:
+                block = args.block_size if args.block_size is not None else auto_block_size(img.shape[1:])
+                labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, block=block,
+                                                               halo=args.block_halo, **opts)
+                params = {"block_size": block, "block_halo": record["blocks"]["halo"] if block else None}
     except CpsnakeError as exc:
         raise CpsnakeError(f"{path}: {exc}") from None
+    finally:
+        if region is not None:
+            region.close()
     name, out = image_name(path), args.out
     cal = {"pixel_size": meta["pixel_size"], "unit": meta["unit"]}
     t = time.perf_counter()
@@ -227,9 +336,16 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
             from cpsnake.geojson import warn_stack
 
             warn_stack(path)
+        if args.ome_zarr:
+            import warnings
+
+            from cpsnake.errors import CpsnakeWarning
+
+            warnings.warn(f"{path}: --ome-zarr writes 2-D label images; this stack's labels are in the TIFF only",
+                          CpsnakeWarning, stacklevel=2)
         _stack_outputs(out, name, path, img, meta, labels, sopts)
     else:
-        _image_outputs(out, name, path, img, meta, labels, flows, geojson=args.geojson)
+        _image_outputs(out, name, path, img, meta, labels, flows, geojson=args.geojson, ome_zarr=args.ome_zarr)
     seconds["outputs"] = time.perf_counter() - t
     n = int(np.unique(labels[labels > 0]).size) if axes else int(labels.max())
     skip = ("device", "dtype", "reconstruct_device", "size_params")
@@ -252,10 +368,15 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
     return n
 
 
-def _image_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, flows, *, geojson: bool = False) -> None:
+def _image_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, flows, *, geojson: bool = False,
+                   ome_zarr: bool = False) -> None:
     from cpsnake import io, measure, overlay, rois
 
     io.write_labels(out / "masks" / f"{name}.tif", labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
+    if ome_zarr:
+        from cpsnake.ngff import write_label_zarr
+
+        write_label_zarr(out / "masks" / f"{name}.zarr", labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
     rois.write_rois(out / "rois" / f"{name}.zip", rois.labels_to_rois(labels))
     rows = measure.measure_labels(labels, img, pixel_size=meta["pixel_size"], image_name=path.name, flows=flows)
     measure.write_table(out / "measurements" / f"{name}.csv", rows,
