@@ -633,3 +633,51 @@ def test_stacks_run_through_the_workflow_as_segment_does(tmp_path, stacks):
             assert comparable(ours) == comparable(theirs), (sample, kind)
     masks = tifffile.imread(res / "masks" / "zstack.tif")
     assert masks.shape == (5, 48, 48) and masks.max() > 0
+
+
+@pytest.mark.workflow
+def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
+    """config blocks.size 512: a 1024 x 1024 mosaic of real nuclei runs as 4 block jobs (the grid from its
+    header) and a stitch, and its masks, ROIs and table equal `cpsnake segment --block-size 512`'s (whose
+    labels equal the whole image's, tests/test_blocks.py) bit for bit. Each block job asks for the memory
+    of its block (the same for any image size), the batch jobs for the image's. A corrupt tiled TIFF in
+    blocks fails alone, with its one line, at the streaming pass.
+
+    Catches: block jobs reading another grid, pass 2 with a block's own diffusion length instead of the
+    maximum over all blocks, values streamed differently from the one-process run, block files left from
+    another grid accepted, a failed image failing the run.
+    """
+    import re
+
+    from test_blocks import nuclei_mosaic
+
+    from cpsnake.segment import main as segment
+
+    workdir = tmp_path / "run"
+    (workdir / "images").mkdir(parents=True)
+    tifffile.imwrite(workdir / "images" / "mosaic.tif", nuclei_mosaic(), tile=(256, 256), compression="zlib")
+    tifffile.imwrite(workdir / "images" / "broken.tif", nuclei_mosaic(600), tile=(128, 128), compression="zlib")
+    with tifffile.TiffFile(workdir / "images" / "broken.tif") as tif:
+        offset, count = tif.pages[0].dataoffsets[7], tif.pages[0].databytecounts[7]
+    raw = bytearray((workdir / "images" / "broken.tif").read_bytes())
+    raw[offset : offset + count] = b"\xff" * count
+    (workdir / "images" / "broken.tif").write_bytes(bytes(raw))
+    cfg = {"images": str(workdir / "images"), "model": str(ROOT / "resources" / "models" / "nuclei_small.pt"),
+           "blocks": {"size": 512}}
+    (workdir / "config.yaml").write_text(json.dumps(cfg))
+    proc = snakemake(workdir, check=False)
+    assert proc.returncode != 0 and "1 image(s) failed" in proc.stderr  # the check job, after every table
+    assert jobs_run(proc)["block"] == 4 + 4  # the mosaic's 2 x 2 grid; the broken 600 px image's too
+    res = workdir / "results"
+    failed = (res / "failed.csv").read_text().splitlines()
+    assert len(failed) == 2 and failed[1].startswith("broken,normalize,") and "cannot be decoded" in failed[1]
+    out = tmp_path / "seg"
+    assert segment([str(workdir / "images" / "mosaic.tif"), "--out", str(out), "--block-size", "512"]) == 0
+    for kind, ext in PER_IMAGE.items():
+        assert comparable(res / kind / f"mosaic.{ext}") == comparable(out / kind / f"mosaic.{ext}"), kind
+    assert tifffile.imread(res / "masks" / "mosaic.tif").max() > 500
+    text = proc.stdout + proc.stderr
+    block_mem = {int(m) for m in re.findall(r"rule block:\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", text)}
+    recon_mem = {int(m) for m in re.findall(r"rule reconstruct:\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", text)}
+    assert block_mem == {1500 + 100 * (512 + 600) ** 2 // 10**6} and recon_mem == {int(1000 + 70 * 1024**2 / 1e6)}
+    assert not list((res / "work").glob("*/blocks/*/*.npz"))  # intermediate (config keep.flows: false)

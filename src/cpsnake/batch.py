@@ -22,6 +22,10 @@ measure                   ``measurements/NAME.csv`` (+ ``geojson/NAME``   masks,
 overlay                   ``overlays/NAME.png`` (+ ``work/b/overlays/``)  masks, the image
 ========================  =============================================  ================================
 
+An image segmented in blocks (the table's ``block`` > 0, :mod:`cpsnake.blockjob`) gets only its values
+``NAME.json`` from normalize, no flows from infer (its block jobs compute them), and its masks from
+reconstruct by stitching the block jobs' files ``work/b/blocks/NAME/K.npz``; measure then has no flows.
+
 and the step's *manifest* ``work/b/STEP.tsv``: one row per image of the batch, columns ``sample``,
 ``status`` (``ok``, ``failed`` or ``skipped`` when an earlier step failed it), ``reason`` (the one-line
 error), ``seconds`` and ``info`` (JSON: the normalization record, the number of cells, ...). The
@@ -192,6 +196,9 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
     def images():
         for s in rows:
             t0 = time.perf_counter()
+            if s.block:  # its flows are computed by its block jobs (cpsnake.blockjob)
+                done.append(Outcome(s.sample, "ok", "", 0.0, {"blocks": s.block}))
+                continue
             try:
                 img, meta = infer.read_normalized(paths.normalized(s.sample), max_pixels=args.max_pixels)
                 d = s.diameter if s.diameter is not None else default_diameter
@@ -246,6 +253,12 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
 
         def one(s):
             channels = s.channels if s.channels is not None else default_channels
+            if s.block:  # block jobs read the image region by region: the values only
+                from cpsnake.blockjob import values_file
+
+                doc = values_file(s.path, paths.normalized(s.sample).with_suffix(".json"), channels=channels,
+                                  max_pixels=args.max_pixels, pixel_size=s.pixel_size, **opts)
+                return {"normalization": doc}
             doc = normalize.normalize_file(s.path, paths.normalized(s.sample), channels=channels,
                                            max_pixels=args.max_pixels, pixel_size=s.pixel_size, norm3d=norm3d, **opts)
             return {"normalization": doc}
@@ -257,6 +270,15 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
         opts = reconstruct.options(args) | reconstruct.stack_options(args)
 
         def one(s):  # the flows record the network's scale (and so niter)
+            if s.block:  # pass 2 and the stitch over the block jobs' files
+                from cpsnake.blockjob import block_path, grid_of, stitch_file
+
+                doc = {o.sample: o for o in read_manifest(paths.manifest("normalize"))}[s.sample].info["normalization"]
+                files = [block_path(paths.results, paths.batch, s.sample, k)
+                         for k in range(len(grid_of(s.height, s.width, s.block)))]
+                report = stitch_file(files, paths.masks(s.sample), shape=(s.height, s.width), block=s.block,
+                                     pixel_size=doc["pixel_size"], unit=doc["unit"], **opts)
+                return {"cells": report["objects"], "blocks": report}
             n = reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample), max_pixels=args.max_pixels,
                                              where_fit=True, **opts)
             return {"cells": n}
@@ -269,7 +291,7 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
         per_slice = stack.options(args)["mode"] == "planes"  # Z stacks plane by plane: 2-D objects, rows per slice
         return list(_each(rows, paths, step, lambda s: {"rows": measure.measure_file(
             paths.masks(s.sample), s.path, paths.measurements(s.sample), max_pixels=args.max_pixels,
-            flows_path=paths.flows(s.sample), pixel_size=s.pixel_size, per_slice=per_slice,
+            flows_path=None if s.block else paths.flows(s.sample), pixel_size=s.pixel_size, per_slice=per_slice,
             geojson_path=paths.geojson(s.sample) if args.geojson else None)}))
     if step == "overlay":
         def one(s):

@@ -37,7 +37,7 @@ import numpy as np
 from cpsnake.errors import CpsnakeError
 
 __all__ = ["Block", "block_grid", "auto_block_size", "default_halo", "region_flows", "owned_objects", "Stitcher",
-           "segment_blocks", "halo_advice"]
+           "segment_blocks", "check_block_size", "seed_block", "finish_blocks", "halo_advice"]
 
 AUTO_WHOLE = 4096 * 4096  # auto: images up to this many pixels are segmented whole
 AUTO_BLOCK = 2048  # auto: the block size above that
@@ -304,18 +304,8 @@ def segment_blocks(net, read: Callable[[int, int, int, int], np.ndarray], shape:
     """
     import tempfile
 
-    from scipy import ndimage as ndi
-
-    from cpsnake.infer import tiling
-    from cpsnake.reconstruct import finish_masks, seed_masks
-
-    if block < 2 * tiling(net).bsize:
-        raise CpsnakeError(f"block size {block} px, expected at least 2 tiles ({2 * tiling(net).bsize} px) for this "
-                           "network; give a larger --block-size, or 0 for the whole image at once")
-    Y, X = shape
-    store, labels = labels, None  # the loops below use `labels` for each block's
-    scale = tiling(net).scale(diameter)
-    niter = niter or int(200 / (scale or 1.0))
+    check_block_size(net, block)
+    store = labels
     check = flow_threshold is not None and flow_threshold > 0
     grid = block_grid(shape, block, halo)
     heat_niter = 0
@@ -323,34 +313,88 @@ def segment_blocks(net, read: Callable[[int, int, int, int], np.ndarray], shape:
         for k, b in enumerate(grid):  # pass 1: flows and masks up to the flow-error check
             if progress is not None:
                 progress("flows", b)
-            flows = region_flows(net, read, shape, b.read, channels=channels, diameter=diameter,
-                                 tile_overlap=tile_overlap, augment=augment, batch_size=batch_size, device=device,
-                                 dtype=dtype)
-            area = (b.read[1] - b.read[0]) * (b.read[3] - b.read[2])
-            labels = seed_masks(flows, cellprob_threshold=cellprob_threshold, niter=niter,
-                                max_size_fraction=max_size_fraction * (Y * X) / area, origin=b.read[::2],
-                                full_shape=shape)
-            keep, _ = owned_objects(labels, b, shape)
-            slices = ndi.find_objects(labels)
-            for i in keep.tolist():
-                sy, sx = slices[i - 1]
-                heat_niter = max(heat_niter, 2 * (sy.stop - sy.start + sx.stop - sx.start + 2))
-            np.save(f"{tmp}/{k}_labels.npy", labels)
+            seeds, dP, n = seed_block(net, read, shape, b, channels=channels, diameter=diameter,
+                                      tile_overlap=tile_overlap, augment=augment, batch_size=batch_size, device=device,
+                                      dtype=dtype, cellprob_threshold=cellprob_threshold, niter=niter,
+                                      max_size_fraction=max_size_fraction, keep_flows=check)
+            heat_niter = max(heat_niter, n)
+            np.save(f"{tmp}/{k}_labels.npy", seeds)
             if check:
-                np.save(f"{tmp}/{k}_dP.npy", flows[:2])
-            del flows, labels
-        stitcher = Stitcher(shape, store)
-        for k, b in enumerate(grid):  # pass 2: the check with the whole image's diffusion length, then stitch
-            if progress is not None:
-                progress("masks", b)
-            labels = np.load(f"{tmp}/{k}_labels.npy")
-            dP = np.load(f"{tmp}/{k}_dP.npy") if check else None
-            labels = finish_masks(labels, dP, flow_threshold=flow_threshold if check else 0, min_size=min_size,
-                                  device=reconstruct_device, heat_niter=heat_niter or None)
-            stitcher.add(b, labels)
-    labels, report = stitcher.finish()
-    report.update(blocks=len(grid), block=block, halo=halo)
-    return labels, report
+                np.save(f"{tmp}/{k}_dP.npy", dP)
+            del seeds, dP
+
+        def load(k):
+            return np.load(f"{tmp}/{k}_labels.npy"), np.load(f"{tmp}/{k}_dP.npy") if check else None
+
+        out, report = finish_blocks(grid, load, shape, heat_niter, flow_threshold=flow_threshold, min_size=min_size,
+                                    reconstruct_device=reconstruct_device, labels=store, progress=progress)
+    report.update(block=block, halo=halo)
+    return out, report
+
+
+def check_block_size(net, block: int) -> None:
+    """A block must hold at least 2 of the network's tiles: one clear line otherwise."""
+    from cpsnake.infer import tiling
+
+    if block < 2 * tiling(net).bsize:
+        raise CpsnakeError(f"block size {block} px, expected at least 2 tiles ({2 * tiling(net).bsize} px) for this "
+                           "network; give a larger --block-size, or 0 for the whole image at once")
+
+
+def seed_block(net, read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int], block: Block, *,
+               channels: int, diameter: float | None = None, tile_overlap: float = 0.1, augment: bool = False,
+               batch_size: int = 8, device=None, dtype=None, cellprob_threshold: float = 0.0,
+               niter: int | None = None, max_size_fraction: float = 0.4, keep_flows: bool = True
+               ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Pass 1 of one block: its flows and its masks up to the flow-error check.
+
+    Returns the masks of ``block.read`` ``(h, w)`` int32, its flows ``(2, h, w)`` float32 (dY, dX; None
+    unless ``keep_flows``) and the diffusion length its owned masks ask for, ``2 * max(h + w + 2)`` of their
+    bounding boxes (0 without masks): pass 2 uses the maximum over all blocks. Options as
+    :func:`segment_blocks`.
+    """
+    from scipy import ndimage as ndi
+
+    from cpsnake.infer import tiling
+    from cpsnake.reconstruct import seed_masks
+
+    Y, X = shape
+    niter = niter or int(200 / (tiling(net).scale(diameter) or 1.0))
+    flows = region_flows(net, read, shape, block.read, channels=channels, diameter=diameter,
+                         tile_overlap=tile_overlap, augment=augment, batch_size=batch_size, device=device, dtype=dtype)
+    area = (block.read[1] - block.read[0]) * (block.read[3] - block.read[2])
+    labels = seed_masks(flows, cellprob_threshold=cellprob_threshold, niter=niter,
+                        max_size_fraction=max_size_fraction * (Y * X) / area, origin=block.read[::2], full_shape=shape)
+    keep, _ = owned_objects(labels, block, shape)
+    slices = ndi.find_objects(labels)
+    heat_niter = 0
+    for i in keep.tolist():
+        sy, sx = slices[i - 1]
+        heat_niter = max(heat_niter, 2 * (sy.stop - sy.start + sx.stop - sx.start + 2))
+    return labels, (np.ascontiguousarray(flows[:2]) if keep_flows else None), heat_niter
+
+
+def finish_blocks(grid: list[Block], load: Callable[[int], tuple[np.ndarray, np.ndarray | None]],
+                  shape: tuple[int, int], heat_niter: int, *, flow_threshold: float = 0.4, min_size: int = 15,
+                  reconstruct_device=None, labels=None, progress: Callable[[str, Block], None] | None = None
+                  ) -> tuple[np.ndarray, dict]:
+    """Pass 2: each block's masks (``load(k) -> (masks, dP)`` of :func:`seed_block`) through the flow-error
+    check with the whole image's diffusion length ``heat_niter``, holes and min size, then ownership and
+    stitching (:class:`Stitcher`, building in ``labels`` when given). Returns the labels and the report."""
+    from cpsnake.reconstruct import finish_masks
+
+    check = flow_threshold is not None and flow_threshold > 0
+    stitcher = Stitcher(shape, labels)
+    for k, b in enumerate(grid):
+        if progress is not None:
+            progress("masks", b)
+        seeds, dP = load(k)
+        masks = finish_masks(seeds, dP if check else None, flow_threshold=flow_threshold if check else 0,
+                             min_size=min_size, device=reconstruct_device, heat_niter=heat_niter or None)
+        stitcher.add(b, masks)
+    out, report = stitcher.finish()
+    report.update(blocks=len(grid))
+    return out, report
 
 
 def halo_advice(report: dict) -> str | None:

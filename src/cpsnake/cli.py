@@ -23,6 +23,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "segment": ("cpsnake.segment", "the whole chain in one process: images -> masks"),
     "samples": ("cpsnake.samples", "the run's images: sample sheet or folder, header inspection, batches"),
     "batch": ("cpsnake.batch", "one workflow step for a batch of images, in one process"),
+    "block": ("cpsnake.blockjob", "one block of a large image, as a workflow job (pass 1 of block-wise segmentation)"),
     "weights": ("cpsnake.weights", "list or fetch model weights (sha256-checked cache)"),
     "train": ("cpsnake.train", "train or fine-tune a Cellpose-SAM model or a classic Cellpose U-Net"),
     "train-size": ("cpsnake.train_size", "fit a U-Net's size model (style -> diameter) for --diameter auto"),

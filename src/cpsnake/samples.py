@@ -30,7 +30,10 @@ pass are *batched*: in sample-name order, a batch takes images while it holds at
 ``b0002``, ... in that order, so the same samples and settings always give the same batches.
 
 The output table (TSV) has one row per sample: ``sample, path, channels, diameter, pixel_size, status``
-(``ok`` or ``failed``), ``reason``, ``height, width, channels_in_file, planes, dtype, pixels, batch``.
+(``ok`` or ``failed``), ``reason``, ``height, width, channels_in_file, planes, dtype, pixels, batch, block``.
+``block`` > 0 marks a 2-D TIFF that the workflow segments block by block (cores of ``block`` px, one job
+per block, :mod:`cpsnake.blockjob`): ``--block-size N`` for every 2-D TIFF, 0 for none, by default those
+above 4096 x 4096 px in blocks of 2048.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class Sample:
     dtype: str = ""
     pixels: int | None = None
     batch: str = ""
+    block: int = 0  # > 0: segmented block by block, cores of this many px (cpsnake.blockjob)
     extra: dict = field(default_factory=dict, repr=False)
 
 
@@ -290,7 +294,7 @@ def _rows(path) -> list[Sample]:
                 pixel_size=num("pixel_size", float),
                 status=row["status"], reason=row["reason"], height=num("height", int), width=num("width", int),
                 channels_in_file=num("channels_in_file", int), planes=num("planes", int), dtype=row["dtype"],
-                pixels=num("pixels", int), batch=row["batch"],
+                pixels=num("pixels", int), batch=row["batch"], block=num("block", int) or 0,
             ))
     return out
 
@@ -355,8 +359,8 @@ def one_line_of(exc: BaseException) -> str:
 
 
 def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_images: int = BATCH_IMAGES,
-            max_pixels: int | None = None) -> list[Sample]:
-    """Fill in each sample's header fields and status, then its batch (see the module docstring).
+            max_pixels: int | None = None, block_size: int | None = None) -> list[Sample]:
+    """Fill in each sample's header fields and status, then its batch and block size (see the module docstring).
 
     An image whose header cannot be read, or declares more than ``max_pixels`` samples, is ``failed``
     with its one-line reason and goes into no batch. Returns the samples in name order.
@@ -372,6 +376,7 @@ def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_im
             continue
         for key, value in head.items():
             setattr(s, key, value)
+        s.block = _block(s, block_size)
     ok = [s for s in samples if s.status == "ok"]
     by_name = {s.sample: s for s in ok}
     for k, names in enumerate(form_batches([(s.sample, s.pixels) for s in ok], max_pixels=batch_pixels,
@@ -379,6 +384,17 @@ def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_im
         for n in names:
             by_name[n].batch = f"b{k:04d}"
     return sorted(samples, key=lambda s: s.sample)
+
+
+def _block(s: Sample, block_size: int | None) -> int:
+    """The block size of a 2-D TIFF: ``block_size`` if given, else automatic (:func:`cpsnake.blocks.auto_block_size`);
+    0 for stacks, PNG and JPEG (read whole)."""
+    from cpsnake import io
+    from cpsnake.blocks import auto_block_size
+
+    if block_size == 0 or s.planes != 1 or io._sniff(Path(s.path)) != "tiff":
+        return 0
+    return int(block_size) if block_size is not None else auto_block_size((s.height, s.width))
 
 
 def _positive(text: str) -> int:
@@ -404,10 +420,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-pixels", type=_positive, default=BATCH_PIXELS,
                    help=f"most pixels per batch, unless one image is larger ({BATCH_PIXELS:,})")
     p.add_argument("--logs", type=Path, default=None, help="folder for one NAME.log per unreadable image")
+    p.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="2-D TIFFs segmented in blocks of N px (one workflow job per block, cpsnake.blockjob); 0: "
+                        "none; default: images above 4096 x 4096 px in blocks of 2048")
     limits.add_option(p)
     args = p.parse_args(argv)
     found = discover(args.images) if args.images else read_sheet(args.sheet)
-    table = inspect(found, batch_pixels=args.batch_pixels, batch_images=args.batch_images, max_pixels=args.max_pixels)
+    if args.block_size is not None and args.block_size < 0:
+        raise CpsnakeError(f"--block-size {args.block_size}: expected 0 (no blocks) or a block side in pixels")
+    table = inspect(found, batch_pixels=args.batch_pixels, batch_images=args.batch_images, max_pixels=args.max_pixels,
+                    block_size=args.block_size)
     write_table(args.out, table)
     failed = [s for s in table if s.status != "ok"]
     for s in failed:

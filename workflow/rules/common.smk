@@ -282,6 +282,63 @@ def stack_args():
     return " ".join(args)
 
 
+def block_size_args():
+    """`--block-size N` for `cpsnake samples` when config blocks.size is set (else its automatic rule)."""
+    size = config["blocks"]["size"]
+    return "" if size is None else f"--block-size {int(size)}"
+
+
+def block_args():
+    """`cpsnake block` options from config: inference and reconstruction (no stack options), the halo."""
+    cfg, rcfg = config["inference"], config["reconstruct"]
+    args = [f"--tile-overlap {cfg['tile_overlap']}", diameter_args()]
+    if cfg["augment"]:
+        args.append("--augment")
+    args += [
+        f"--cellprob-threshold {rcfg['cellprob_threshold']}",
+        f"--flow-threshold {rcfg['flow_threshold']}",
+        f"--max-size-fraction {rcfg['max_size_fraction']}",
+    ]
+    if rcfg["niter"] is not None:
+        args.append(f"--niter {rcfg['niter']}")
+    if config["blocks"]["halo"] is not None:
+        args.append(f"--block-halo {int(config['blocks']['halo'])}")
+    return " ".join(a for a in args if a)
+
+
+def block_files(wildcards):
+    """The block files of the batch's images segmented in blocks (none for the others): the grid of each
+    comes from its header (the samples table), so the block jobs are known when the DAG is built.
+    """
+    from cpsnake.blockjob import grid_of
+
+    return [
+        f"{RESULTS}/work/{wildcards.batch}/blocks/{s.sample}/{k}.npz"
+        for s in rows(wildcards)
+        if s.block
+        for k in range(len(grid_of(s.height, s.width, s.block)))
+    ]
+
+
+def block_sample(wildcards):
+    """The samples-table row of a block job's image."""
+    found = [s for s in rows(wildcards) if s.sample == wildcards.sample]
+    if not found or not found[0].block:
+        raise WorkflowError(
+            f"block job for {wildcards.sample!r} in batch {wildcards.batch}: no such image in blocks"
+        )
+    return found[0]
+
+
+def block_mem_mb(wildcards):
+    """Memory request of a block job: 1,500 MB plus about 100 bytes per pixel of its read region (block
+    plus halo on each side, the halo taken as 3 x a 100 px diameter at most): the block's, not the image's.
+    """
+    s = block_sample(wildcards)
+    side = s.block + 2 * max(config["blocks"]["halo"] or 0, 300)
+    return int(1500 + 100 * side * side * max(s.channels_in_file or 1, 1) / 1e6)
+
+
 def mem_mb(base, bytes_per_pixel):
     """Memory request of a batch job: base + bytes_per_pixel x the pixels of its largest image (the
     images of a batch are processed one after the other)."""

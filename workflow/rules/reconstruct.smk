@@ -9,6 +9,8 @@ rule reconstruct:
         # the batch's images: ties the job to the samples checkpoint (its params and resources read it)
         sources=batch_images,
         upstream=work("infer"),
+        # images segmented in blocks: their block jobs' files (stitched here)
+        blocks=block_files,
     output:
         manifest=work("reconstruct"),
     log:

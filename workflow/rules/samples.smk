@@ -21,7 +21,8 @@ checkpoint samples:
         listing=listing(),
         batch=f"--batch-images {config['batch']['images']} --batch-pixels {config['batch']['pixels']}",
         limit=limit_args(),
+        blocks=block_size_args(),
         logs=shlex.quote(f"{RESULTS}/logs/images"),
     shell:
-        "{params.cpsnake} samples {params.source} --out {output:q} {params.batch} {params.limit}"
+        "{params.cpsnake} samples {params.source} --out {output:q} {params.batch} {params.limit} {params.blocks}"
         " --logs {params.logs} > {log:q} 2>&1"

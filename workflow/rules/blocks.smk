@@ -1,0 +1,37 @@
+# One block of a large 2-D TIFF -> RESULTS/work/BATCH/blocks/NAME/K.npz: pass 1 of block-wise segmentation
+# (the block's flows from the whole image's tile grid, its masks up to the flow-error check), read region
+# by region with the values the normalize step streamed. The reconstruct step stitches the blocks (pass 2).
+# Which images go in blocks, and their grids, come from the samples table (config blocks).
+
+
+rule block:
+    input:
+        upstream=work("normalize"),
+        # its own image only: a change to another image of the batch does not rerun this block
+        source=lambda wildcards: block_sample(wildcards).path,
+        model=MODEL_FILE,
+    output:
+        intermediate(f"{RESULTS}/work/{{batch}}/blocks/{{sample}}/{{k}}.npz", "flows"),
+    log:
+        f"{RESULTS}/logs/block/{{batch}}/{{sample}}/{{k}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/block/{{batch}}/{{sample}}/{{k}}.tsv"
+    wildcard_constraints:
+        sample=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        k=r"[0-9]+",
+    conda:
+        "../../envs/cpsnake.yaml"
+    threads: 2
+    resources:
+        mem_mb=block_mem_mb,
+        runtime=120,
+        gpu=0,
+    params:
+        samples=batch_signature,
+        limit=limit_args(),
+        args=block_args(),
+    shell:
+        "device=$([ {resources.gpu} -gt 0 ] && echo cuda || echo auto); "
+        f"{CPSNAKE} block {shlex.quote(SAMPLES_TABLE)} {{wildcards.batch}} {{wildcards.sample:q}} {{wildcards.k}}"
+        f" --results {shlex.quote(RESULTS)}"
+        " --model {input.model:q} --device $device {params.args} {params.limit} > {log:q} 2>&1"
