@@ -98,8 +98,19 @@ class RegionImage:
         """Pixels ``(C, y1 - y0, x1 - x0)`` of the region, in the file's dtype; only overlapping chunks are decoded."""
         idx = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else i
                     for a, i in zip(self._axes, self._index))
+        from cpsnake import limits
+
+        # the chunks a region overlaps are decoded whole: their codecs may not expand beyond that
+        ch, cw = self.chunks
+        declared = self.shape[0] * (y1 - y0 + ch) * (x1 - x0 + cw) * self.dtype.itemsize
         try:
-            data = np.asarray(self._fetch(idx))
+            with limits.decode_budget(2 * declared):
+                data = np.asarray(self._fetch(idx))
+        except MemoryError:
+            raise CpsnakeError(
+                f"{self.path}: found compressed data in rows {y0}-{y1}, columns {x0}-{x1} that expand beyond the size "
+                "the header declares; expected chunks that match the header; the file is corrupt or hostile: export "
+                "it again from the original") from None
         except CpsnakeError:
             raise
         except Exception as exc:  # codecs raise many types for a corrupt chunk

@@ -200,7 +200,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="cpsnake segment", description="Segment images in one process (normalize, infer, reconstruct, then ROIs, measurements, overlay and provenance), for users without Snakemake.")
     p.add_argument("images", nargs="+", type=Path,
-                   help="2-D images (TIFF / OME-TIFF, PNG or JPEG) or stacks (TIFF with Z and/or T axes)")
+                   help="2-D images (TIFF / OME-TIFF / BigTIFF, PNG or JPEG; OME-Zarr folders) or stacks (TIFF with "
+                        "Z and/or T axes)")
     p.add_argument("--out", required=True, type=Path, help="output folder (masks/, rois/, measurements/, overlays/, provenance/)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or weights file (default {DEFAULT_MODEL})")
     p.add_argument("--cache-dir", default=None, help="weights cache folder (default $CPSNAKE_CACHE or ~/.cache/cpsnake)")
@@ -324,7 +325,8 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
                                                                halo=args.block_halo, **opts)
                 params = {"block_size": block, "block_halo": record["blocks"]["halo"] if block else None}
     except CpsnakeError as exc:
-        raise CpsnakeError(f"{path}: {exc}") from None
+        msg = str(exc)
+        raise CpsnakeError(msg if msg.startswith(f"{path}: ") else f"{path}: {msg}") from None
     finally:
         if region is not None:
             region.close()
