@@ -261,3 +261,28 @@ def test_rois_beyond_32767_px_are_exact_in_imagej(imagej, tmp_path):
     ij = imagej(tmp_path / "img.tif", tmp_path / "r.zip", tmp_path / "ij")
     assert ij["info"]["width"] == "70000"
     _check_masks(ij, lab)
+
+
+def test_labels_beyond_4_gb_are_a_bigtiff_that_imagej_1_cannot_open(tmp_path, monkeypatch, capsys):
+    """What Debian's ImageJ 1.53t reads: labels beyond the 4 GB of a classic TIFF are written as a BigTIFF
+    OME-TIFF (limit lowered here, so the file is small); ImageJ 1 cannot open BigTIFF at all (so the message
+    names Bio-Formats), while cpsnake reads the labels and calibration back exactly. Below the limit the
+    same labels are a classic ImageJ TIFF that ImageJ opens (test_label_tiff_opens_calibrated_in_imagej)."""
+    import tifffile
+
+    if shutil.which("java") is None or not IJ_JAR.is_file():
+        pytest.skip("ImageJ not installed")
+    lab = np.zeros((300, 500), np.int64)
+    lab[10:50, 20:90], lab[100:200, 300:400] = 3, 70000
+    monkeypatch.setattr(io, "CLASSIC_TIFF_BYTES", 1000)
+    io.write_labels(tmp_path / "big.tif", lab, pixel_size=(0.25, 0.5), unit="micron")
+    err = capsys.readouterr().err
+    assert "BigTIFF" in err and "Bio-Formats" in err
+    with tifffile.TiffFile(tmp_path / "big.tif") as tif:
+        assert tif.is_bigtiff and tif.is_ome
+    got, meta = io.read_labels(tmp_path / "big.tif")
+    assert np.array_equal(got, lab) and meta["pixel_size"] == (0.25, 0.5)
+    cmd = ["timeout", "120", "java", "-Djava.awt.headless=true", "-cp", str(IJ_JAR), str(ORACLE),
+           str(tmp_path / "big.tif"), "-", str(tmp_path / "ij")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0 and "could not open" in proc.stderr

@@ -322,6 +322,7 @@ def read_flows(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
 
 LABEL_UINT16_MAX = 65535
 LABEL_FLOAT32_MAX = 16_777_216  # integers above this are not exact in float32
+CLASSIC_TIFF_BYTES = 2**32 - 2**25  # label data above this go to a BigTIFF (classic TIFF offsets are 32-bit)
 
 
 def label_dtype(n_labels: int, path: object = None) -> "np.dtype":
@@ -359,6 +360,8 @@ def write_labels(
     ``unit``) and ``frame_interval`` (seconds) go to ImageJ's ``spacing`` and ``finterval``, so Fiji shows the
     voxel depth and the frame rate. uint16 when the largest label is at most 65,535, else float32 (exact up
     to 16,777,216), with a message on stderr saying so, because ImageJ 1 has no 32-bit integer images.
+    Label data beyond 4 GB (:data:`CLASSIC_TIFF_BYTES`) are written as a BigTIFF OME-TIFF, with a message:
+    ImageJ 1 cannot open BigTIFF; Fiji opens it with Bio-Formats.
     """
     import sys
 
@@ -382,9 +385,35 @@ def write_labels(
         extra["spacing"] = float(z_step)
     if frame_interval and "T" in stack_axes:
         extra["finterval"] = float(frame_interval)
+    if labels.size * dtype.itemsize > CLASSIC_TIFF_BYTES:
+        _write_big_labels(path, labels.astype(dtype), stack_axes + "YX", pixel_size, unit)
+        return dtype
     write_tiff(path, labels.astype(dtype), axes=stack_axes + "YX", pixel_size=pixel_size, unit=unit,
                metadata=extra or None)
     return dtype
+
+
+def _write_big_labels(path, labels: "np.ndarray", axes: str, pixel_size, unit) -> None:
+    """Labels beyond the 4 GB of a classic TIFF: a BigTIFF OME-TIFF (tiles of 1024 px, zlib), calibrated in its
+    OME-XML. ImageJ 1 cannot open BigTIFF (tested with Debian's 1.53t); Fiji opens it with Bio-Formats."""
+    import sys
+
+    import tifffile
+
+    meta: dict = {"axes": axes}
+    if pixel_size is not None:
+        meta.update(PhysicalSizeY=float(pixel_size[0]), PhysicalSizeX=float(pixel_size[1]),
+                    PhysicalSizeYUnit=_ome_unit(unit), PhysicalSizeXUnit=_ome_unit(unit))
+    print(f"{path}: {labels.nbytes / 1e9:.1f} GB of labels exceed the 4 GB of a classic TIFF; written as a BigTIFF "
+          "(OME-TIFF), which ImageJ 1 cannot open: in Fiji use File > Import > Bio-Formats, or write OME-Zarr "
+          "labels (cpsnake segment --ome-zarr) for napari and QuPath", file=sys.stderr)
+    with atomic_output(path) as tmp:
+        tifffile.imwrite(tmp, labels, bigtiff=True, ome=True, metadata=meta, tile=(1024, 1024), compression="zlib")
+
+
+def _ome_unit(unit: str | None) -> str:
+    """A unit as OME-XML names it (µm for ImageJ's micron)."""
+    return {"micron": "µm", "um": "µm", "μm": "µm", None: "pixel", "": "pixel"}.get(unit, unit)
 
 
 LABELS_FIX = (
