@@ -256,3 +256,37 @@ def test_label_zarr_is_read_by_ome_zarr_py_and_validates_as_ngff_05(tmp_path):
     assert ms["datasets"][2]["coordinateTransformations"][0]["scale"] == [2.0, 1.0]
     assert ms["axes"][0]["unit"] == "micrometer"
     assert not list(tmp_path.glob(".m.zarr*"))  # the temporary folder was renamed
+
+
+def test_ome_zarr_is_an_input_like_any_image(tmp_path):
+    """Every step reads a 2-D OME-Zarr folder whole through :func:`cpsnake.io.read_image` (size checked from
+    its metadata first); `cpsnake samples` finds ``.zarr`` folders, names them without ``.ome.zarr`` and
+    reads their header; an OME-Zarr stack is refused with one line."""
+    from cpsnake import samples
+
+    data = RNG.integers(0, 4000, (2, 300, 400)).astype(np.uint16)
+    write_ome_zarr(tmp_path / "a.ome.zarr", data, "0.5")
+    tifffile.imwrite(tmp_path / "b.tif", data[0])
+    img, meta = io.read_image(tmp_path / "a.ome.zarr")
+    assert np.array_equal(img, data) and meta["format"] == "ome-zarr" and meta["stack_axes"] == ""
+    with pytest.raises(CpsnakeError, match="more than the limit"):
+        io.read_image(tmp_path / "a.ome.zarr", max_pixels=1000)
+    found = samples.inspect(samples.discover(str(tmp_path)))
+    assert [(s.sample, s.height, s.width, s.channels_in_file, s.block) for s in found] == [
+        ("a", 300, 400, 2, 0), ("b", 300, 400, 1, 0)]
+    assert [s.block for s in samples.inspect(samples.discover(str(tmp_path)), block_size=512)] == [512, 512]
+    from cpsnake.provenance import sha256
+
+    before = sha256(tmp_path / "a.ome.zarr")  # provenance: a folder's files, paths and contents
+    chunk = sorted(p for p in (tmp_path / "a.ome.zarr").rglob("*") if p.is_file() and p.parent.name == "0")[-1]
+    chunk.write_bytes(chunk.read_bytes() + b"x")
+    assert sha256(tmp_path / "a.ome.zarr") != before
+    import zarr
+
+    stack = tmp_path / "s.zarr"
+    g = zarr.open_group(str(stack), mode="w", zarr_format=2)
+    g.create_array("0", shape=(3, 64, 64), dtype="uint8")
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n, "type": t} for n, t in
+                               (("z", "space"), ("y", "space"), ("x", "space"))], "datasets": [{"path": "0"}]}]
+    with pytest.raises(CpsnakeError, match="found an OME-Zarr stack .*expected a 2-D OME-Zarr image"):
+        io.read_image(stack)

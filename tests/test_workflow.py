@@ -640,8 +640,9 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
     """config blocks.size 512: a 1024 x 1024 mosaic of real nuclei runs as 4 block jobs (the grid from its
     header) and a stitch, and its masks, ROIs and table equal `cpsnake segment --block-size 512`'s (whose
     labels equal the whole image's, tests/test_blocks.py) bit for bit. Each block job asks for the memory
-    of its block (the same for any image size), the batch jobs for the image's. A corrupt tiled TIFF in
-    blocks fails alone, with its one line, at the streaming pass.
+    of its block (the same for any image size), the batch jobs for the image's. An OME-Zarr image in the
+    folder goes the same way. A corrupt tiled TIFF in blocks fails alone, with its one line, at the
+    streaming pass.
 
     Catches: block jobs reading another grid, pass 2 with a block's own diffusion length instead of the
     maximum over all blocks, values streamed differently from the one-process run, block files left from
@@ -662,20 +663,28 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
     raw = bytearray((workdir / "images" / "broken.tif").read_bytes())
     raw[offset : offset + count] = b"\xff" * count
     (workdir / "images" / "broken.tif").write_bytes(bytes(raw))
+    from test_regions import write_ome_zarr
+
+    from cpsnake.io import read_image
+
+    demo = read_image(sorted((ROOT / "resources" / "demo" / "images").glob("bbbc039_*.tif"))[0])[0]
+    write_ome_zarr(workdir / "images" / "demo.ome.zarr", demo, "0.4", chunks=(1, 200, 200))
     cfg = {"images": str(workdir / "images"), "model": str(ROOT / "resources" / "models" / "nuclei_small.pt"),
            "blocks": {"size": 512}}
     (workdir / "config.yaml").write_text(json.dumps(cfg))
     proc = snakemake(workdir, check=False)
     assert proc.returncode != 0 and "1 image(s) failed" in proc.stderr  # the check job, after every table
-    assert jobs_run(proc)["block"] == 4 + 4  # the mosaic's 2 x 2 grid; the broken 600 px image's too
+    assert jobs_run(proc)["block"] == 4 + 4 + 4  # 2 x 2 grids: the mosaic's, the OME-Zarr's, the broken image's
     res = workdir / "results"
     failed = (res / "failed.csv").read_text().splitlines()
     assert len(failed) == 2 and failed[1].startswith("broken,normalize,") and "cannot be decoded" in failed[1]
     out = tmp_path / "seg"
     assert segment([str(workdir / "images" / "mosaic.tif"), "--out", str(out), "--block-size", "512"]) == 0
-    for kind, ext in PER_IMAGE.items():
-        assert comparable(res / kind / f"mosaic.{ext}") == comparable(out / kind / f"mosaic.{ext}"), kind
-    assert tifffile.imread(res / "masks" / "mosaic.tif").max() > 500
+    assert segment([str(workdir / "images" / "demo.ome.zarr"), "--out", str(out), "--block-size", "512"]) == 0
+    for name in ("mosaic", "demo"):
+        for kind, ext in PER_IMAGE.items():
+            assert comparable(res / kind / f"{name}.{ext}") == comparable(out / kind / f"{name}.{ext}"), (name, kind)
+    assert tifffile.imread(res / "masks" / "mosaic.tif").max() > 500 and tifffile.imread(res / "masks" / "demo.tif").max() > 30
     text = proc.stdout + proc.stderr
     block_mem = {int(m) for m in re.findall(r"rule block:\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", text)}
     recon_mem = {int(m) for m in re.findall(r"rule reconstruct:\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", text)}

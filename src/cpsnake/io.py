@@ -586,12 +586,32 @@ def _read_png_jpeg(path: Path, fmt: str, max_pixels: int | None) -> tuple["np.nd
     return data, "YXS", data.shape[-1] in (2, 4)
 
 
+def _read_ome_zarr(path: Path, max_pixels: int | None) -> tuple["np.ndarray", dict]:
+    """A 2-D OME-Zarr image read whole (:mod:`cpsnake.regions`), its size checked from the metadata first."""
+    from cpsnake import regions
+
+    with regions.open_image(path) as img:
+        if img.stack_axes:
+            raise CpsnakeError(f"{path}: found an OME-Zarr stack (axes {img.meta['axes']!r}, shape {img.meta['shape']}); "
+                               "expected a 2-D OME-Zarr image (C, Y, X); save the stack as an ImageJ or OME-TIFF "
+                               "hyperstack")
+        limits.check_samples(path, img.meta["shape"], limit=max_pixels)
+        data = img.read(0, img.shape[1], 0, img.shape[2])
+        meta = dict(img.meta)
+    if data.dtype.kind == "f" and not bool(__import__("numpy").isfinite(data).all()):
+        raise CpsnakeError(f"{path}: found NaN or infinite pixel values; expected finite intensities; replace them "
+                           "first (e.g. Fiji: Process > Math > Remove NaNs)")
+    meta.pop("levels", None)
+    return data, meta
+
+
 def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple["np.ndarray", dict]:
     """Read a 2-D image as ``(C, Y, X)``, a stack as ``(Z, C, Y, X)`` or a time series of stacks as
     ``(T, Z, C, Y, X)``, in its own dtype.
 
     Formats (told by content, not by extension): TIFF / OME-TIFF (first image series, full
-    resolution; axes from ImageJ, OME or tifffile metadata), PNG (8 and 16 bit) and JPEG.
+    resolution; axes from ImageJ, OME or tifffile metadata), PNG (8 and 16 bit) and JPEG; and 2-D
+    OME-Zarr folders (NGFF 0.4 / 0.5, the first multiscale image's full resolution, :mod:`cpsnake.regions`).
 
     Axes: ``C`` and ``S`` (RGB samples) become C; grey images get C = 1; an alpha sample (RGBA,
     grey+alpha) is dropped. One ``Z`` or ``T`` axis makes a stack ``(Z, C, Y, X)`` whose planes are depths
@@ -628,6 +648,10 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
     import numpy as np
 
     path = Path(path)
+    from cpsnake import regions
+
+    if regions.is_ome_zarr(path):
+        return _read_ome_zarr(path, max_pixels)
     fmt = _sniff(path)
     pixel_size = unit = problem = z_step = frame_interval = time_unit = None
     if fmt == "tiff":

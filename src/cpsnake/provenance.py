@@ -32,9 +32,22 @@ __all__ = ["sha256", "package_versions", "build_record", "main"]
 
 
 def sha256(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a regular file, read in chunks (a FIFO or device is refused with one line, not read forever)."""
+    """Hex sha256 of a regular file, read in chunks (a FIFO or device is refused with one line, not read forever);
+    of an OME-Zarr folder, the sha256 of its files' relative paths and sha256s in sorted order."""
     from cpsnake import files
 
+    from cpsnake.regions import is_ome_zarr
+
+    if is_ome_zarr(path):  # an OME-Zarr folder: its files' relative paths and contents, in sorted order
+        import hashlib
+        from pathlib import Path
+
+        h = hashlib.sha256()
+        root = Path(path)
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0")
+            h.update(bytes.fromhex(files.sha256(f, expected="a file of an OME-Zarr input", chunk=chunk)))
+        return h.hexdigest()
     return files.sha256(path, expected="an input of the run (image or model file)", chunk=chunk)
 
 

@@ -5,8 +5,8 @@ Usage::
     cpsnake samples (--images FOLDER_OR_GLOB | --sheet SAMPLES.tsv) --out samples.tsv
                     [--channels I,J,K] [--diameter D] [--batch-pixels N] [--batch-images M] [--max-pixels N]
 
-Samples come from a folder (every ``.tif``, ``.tiff``, ``.png``, ``.jpg``, ``.jpeg`` file directly in
-it, hidden files skipped), a glob (``data/**/*.tif``) or a sample sheet: a TSV or CSV file with one row
+Samples come from a folder (every ``.tif``, ``.tiff``, ``.png``, ``.jpg``, ``.jpeg`` file and every
+OME-Zarr ``.zarr`` folder directly in it, hidden ones skipped), a glob (``data/**/*.tif``) or a sample sheet: a TSV or CSV file with one row
 per image and the columns
 
 * ``sample`` (required): the name the outputs carry (``masks/SAMPLE.tif``, ...); letters, digits,
@@ -99,9 +99,9 @@ COLUMNS = [f.name for f in fields(Sample) if f.name != "extra"]
 
 
 def sample_name(path: str | os.PathLike) -> str:
-    """File name without its extension (``.ome.tif`` / ``.ome.tiff`` count as one extension)."""
+    """File name without its extension (``.ome.tif`` / ``.ome.tiff`` / ``.ome.zarr`` count as one extension)."""
     name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif"):
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
@@ -109,11 +109,14 @@ def sample_name(path: str | os.PathLike) -> str:
 
 def discover(spec: str) -> list[Sample]:
     """Samples of a folder or a glob pattern, sorted by name; an error when none, or when two share a name."""
-    if Path(spec).is_dir():
-        files = [p for p in sorted(Path(spec).iterdir()) if p.is_file() and not p.name.startswith(".")]
-        files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    from cpsnake.regions import is_ome_zarr
+
+    if Path(spec).is_dir() and not is_ome_zarr(spec):
+        files = [p for p in sorted(Path(spec).iterdir()) if not p.name.startswith(".")]
+        files = [p for p in files if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                 or (p.suffix.lower() == ".zarr" and is_ome_zarr(p))]
     else:
-        files = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file()]
+        files = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file() or is_ome_zarr(p)]
     if not files:
         raise CpsnakeError(
             f"images={spec!r}: found no image files, expected a folder holding {'/'.join(IMAGE_SUFFIXES)} files "
@@ -313,9 +316,14 @@ def inspect_header(path: str | os.PathLike) -> dict:
     from cpsnake import io
 
     path = Path(path)
-    fmt = io._sniff(path)
+    from cpsnake import regions
+
+    fmt = "ome-zarr" if regions.is_ome_zarr(path) else io._sniff(path)
     try:
-        if fmt == "tiff":
+        if fmt == "ome-zarr":
+            with regions.open_image(path) as img:
+                shape, axes, dtype = img.meta["shape"], img.meta["axes"], img.meta["dtype"]
+        elif fmt == "tiff":
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
@@ -387,12 +395,14 @@ def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_im
 
 
 def _block(s: Sample, block_size: int | None) -> int:
-    """The block size of a 2-D TIFF: ``block_size`` if given, else automatic (:func:`cpsnake.blocks.auto_block_size`);
-    0 for stacks, PNG and JPEG (read whole)."""
+    """The block size of a 2-D TIFF or OME-Zarr: ``block_size`` if given, else automatic
+    (:func:`cpsnake.blocks.auto_block_size`); 0 for stacks, PNG and JPEG (read whole)."""
     from cpsnake import io
     from cpsnake.blocks import auto_block_size
 
-    if block_size == 0 or s.planes != 1 or io._sniff(Path(s.path)) != "tiff":
+    from cpsnake.regions import is_ome_zarr
+
+    if block_size == 0 or s.planes != 1 or not (is_ome_zarr(s.path) or io._sniff(Path(s.path)) == "tiff"):
         return 0
     return int(block_size) if block_size is not None else auto_block_size((s.height, s.width))
 
