@@ -690,3 +690,19 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
     recon_mem = {int(m) for m in re.findall(r"rule reconstruct:\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", text)}
     assert block_mem == {1500 + 100 * (512 + 600) ** 2 // 10**6} and recon_mem == {int(1000 + 70 * 1024**2 / 1e6)}
     assert not list((res / "work").glob("*/blocks/*/*.npz"))  # intermediate (config keep.flows: false)
+
+
+def test_a_slide_overlay_is_shown_every_kth_pixel():
+    """Above MAX_SIDE the picture takes every k-th pixel of the image and of the labels (outlines of the
+    subsampled labels, in their colours), so a slide's overlay stays viewable and bounded."""
+    from cpsnake.overlay import render
+
+    img = np.zeros((1, 100, 300), np.uint16)
+    img[0, :, ::2] = 1000
+    lab = np.zeros((100, 300), np.int32)
+    lab[30:60, 30:90] = 7
+    full = render(img, lab)
+    small = render(img, lab, max_side=100)
+    assert full.shape == (100, 300, 3) and small.shape == (34, 100, 3)
+    assert np.array_equal(small, render(img[:, ::3, ::3], lab[::3, ::3]))
+    assert (small == full[30, 30]).all(axis=2).sum() > 0  # label 7's outline colour is there

@@ -3,7 +3,8 @@
 The image is shown with auto-contrast (per channel, 1st and 99.8th percentile -> 0 and 255): a grey
 picture of its first channel, or colour when it has three channels (RGB as stored). Every label's
 outline (its pixels that touch another label or the background, 4-connectivity) is drawn in a colour
-chosen from the label number, so neighbouring cells differ. Stacks show their middle plane.
+chosen from the label number, so neighbouring cells differ. Stacks show their middle plane. An image
+longer than 8,192 px (a slide) is shown every k-th pixel so that the longer side is at most 8,192.
 
 The PNG is written atomically with Pillow (no partial file under the final name). Labels must have the
 image's Y and X size.
@@ -18,7 +19,9 @@ import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard
 
-__all__ = ["auto_contrast", "outlines", "label_colours", "render", "write_png", "overlay_file", "main"]
+__all__ = ["MAX_SIDE", "auto_contrast", "outlines", "label_colours", "render", "write_png", "overlay_file", "main"]
+
+MAX_SIDE = 8192  # longer images are shown every k-th pixel (see render)
 
 
 def auto_contrast(img: np.ndarray, *, low: float = 1.0, high: float = 99.8) -> np.ndarray:
@@ -80,7 +83,7 @@ def label_colours(ids: np.ndarray) -> np.ndarray:
     return np.round(rgb * 255.0).astype(np.uint8)
 
 
-def render(img: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def render(img: np.ndarray, labels: np.ndarray, *, max_side: int = MAX_SIDE) -> np.ndarray:
     """The overlay picture.
 
     Parameters
@@ -88,13 +91,18 @@ def render(img: np.ndarray, labels: np.ndarray) -> np.ndarray:
     img : (C, Y, X) ndarray
         C = 3 is shown as RGB, otherwise the first channel in grey.
     labels : (Y, X) integer ndarray
+    max_side : an image longer than this (a slide) is shown every k-th pixel, k = ceil(longest side /
+        max_side), its labels likewise (never averaged), so the picture stays viewable and its memory bounded
 
     Returns
     -------
-    (Y, X, 3) uint8 RGB
+    (ceil(Y / k), ceil(X / k), 3) uint8 RGB (k = 1 up to ``max_side``)
     """
     if img.ndim != 3 or labels.shape != img.shape[1:]:
         raise ValueError(f"image {img.shape} (C, Y, X) and labels {labels.shape} (Y, X) do not match")
+    k = -(-max(labels.shape) // max_side)
+    if k > 1:
+        img, labels = img[:, ::k, ::k], labels[::k, ::k]
     shown = img if img.shape[0] == 3 else img[:1]
     grey_or_rgb = auto_contrast(shown)
     rgb = np.repeat(grey_or_rgb, 3, axis=0) if grey_or_rgb.shape[0] == 1 else grey_or_rgb
