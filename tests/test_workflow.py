@@ -412,12 +412,16 @@ def test_report_shows_overlays_and_summary(reference_run):
 
 
 @pytest.mark.workflow
-def test_keep_config_keeps_intermediates_and_geojson_is_written(tmp_path, tiny_model):
+def test_keep_config_keeps_intermediates_geojson_and_ome_zarr_are_written(tmp_path, tiny_model):
     """keep: the intermediates stay; geojson: true writes each image's GeoJSON, the same bytes as
-    `cpsnake geojson MASKS OUT --table MEASUREMENTS` (the measure step writes it from its own rows)."""
+    `cpsnake geojson MASKS OUT --table MEASUREMENTS` (the measure step writes it from its own rows);
+    ome_zarr: true writes each image's labels as OME-Zarr, equal to its label TIFF."""
+    import zarr
+
     from cpsnake.geojson import main as geojson_main
 
-    workdir = make_run_dir(tmp_path, tiny_model, keep={"flows": True, "normalized": True}, geojson=True)
+    workdir = make_run_dir(tmp_path, tiny_model, keep={"flows": True, "normalized": True}, geojson=True,
+                           ome_zarr=True)
     snakemake(workdir)
     res = workdir / "results"
     work = res / "work" / "b0001"
@@ -430,6 +434,8 @@ def test_keep_config_keeps_intermediates_and_geojson_is_written(tmp_path, tiny_m
         fc = json.loads((res / "geojson" / f"{name}.geojson").read_text())
         assert len(fc["features"]) == len(pd.read_csv(res / "measurements" / f"{name}.csv")) > 0
         assert json.loads(mine.read_text()) == fc
+        cells = zarr.open_array(str(res / "masks" / f"{name}.zarr" / "labels" / "cells" / "0"), mode="r")
+        assert np.array_equal(cells[:], tifffile.imread(res / "masks" / f"{name}.tif"))
 
 
 def write_bad_images(folder: Path) -> dict[str, str]:

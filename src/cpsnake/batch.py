@@ -15,7 +15,8 @@ step                      writes                                         reads
 ========================  =============================================  ================================
 normalize                 ``work/b/normalized/NAME.tif`` (+ ``.json``)   the image (SAMPLES.tsv's path)
 infer                     ``work/b/flows/NAME.tif``                      ``work/b/normalized/NAME.tif``
-reconstruct               ``masks/NAME.tif``                             ``work/b/flows/NAME.tif``
+reconstruct               ``masks/NAME.tif`` (+ ``masks/NAME.zarr`` with   ``work/b/flows/NAME.tif``
+                          ``--ome-zarr``)
 rois                      ``rois/NAME.zip``                              ``masks/NAME.tif``
 measure                   ``measurements/NAME.csv`` (+ ``geojson/NAME``   masks, the image, the flows
                           ``.geojson`` with ``--geojson``)
@@ -268,6 +269,20 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
         return list(_infer(rows, paths, args))
     if step == "reconstruct":
         opts = reconstruct.options(args) | reconstruct.stack_options(args)
+        ome_zarr = getattr(args, "ome_zarr", False)
+
+        def zarr_labels(s, info: dict) -> dict:  # --ome-zarr: the label TIFF just written, as OME-Zarr labels
+            from cpsnake import io
+            from cpsnake.ngff import write_label_zarr
+
+            labels, meta = io.read_labels(paths.masks(s.sample), max_pixels=args.max_pixels)
+            if labels.ndim != 2:
+                print(f"cpsnake batch reconstruct: warning: {s.sample}: OME-Zarr labels are written for 2-D images; "
+                      "this stack's labels are in the TIFF only", file=sys.stderr)
+                return info
+            write_label_zarr(paths.masks(s.sample).with_suffix(".zarr"), labels, pixel_size=meta["pixel_size"],
+                             unit=meta["unit"])
+            return info
 
         def one(s):  # the flows record the network's scale (and so niter)
             if s.block:  # pass 2 and the stitch over the block jobs' files
@@ -278,10 +293,11 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
                          for k in range(len(grid_of(s.height, s.width, s.block)))]
                 report = stitch_file(files, paths.masks(s.sample), shape=(s.height, s.width), block=s.block,
                                      pixel_size=doc["pixel_size"], unit=doc["unit"], **opts)
-                return {"cells": report["objects"], "blocks": report}
-            n = reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample), max_pixels=args.max_pixels,
-                                             where_fit=True, **opts)
-            return {"cells": n}
+                info = {"cells": report["objects"], "blocks": report}
+            else:
+                info = {"cells": reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample),
+                                                              max_pixels=args.max_pixels, where_fit=True, **opts)}
+            return zarr_labels(s, info) if ome_zarr else info
 
         return list(_each(rows, paths, step, one))
     if step == "rois":
@@ -333,6 +349,8 @@ def _parser() -> argparse.ArgumentParser:
 
     stack.add_options(p.add_argument_group("stack options (see cpsnake.stack)"))
     p.add_argument("--geojson", action="store_true", help="measure: also write geojson/NAME.geojson (QuPath)")
+    p.add_argument("--ome-zarr", action="store_true",
+                   help="reconstruct: also write masks/NAME.zarr, OME-Zarr labels (2-D images; cpsnake.ngff)")
     limits.add_option(p)
     return p
 

@@ -1,4 +1,4 @@
-# A batch of flows -> label images RESULTS/masks/NAME.tif (flow following, flow-error QC, hole filling,
+# A batch of flows -> label images RESULTS/masks/NAME.tif (and with config ome_zarr: true RESULTS/masks/NAME.zarr) (flow following, flow-error QC, hole filling,
 # min/max size), ImageJ uint16 TIFFs. Given a GPU (resources gpu > 0, e.g. --set-resources
 # reconstruct:gpu=1) the flow following, seeding and flow-error check run on it, with the same labels.
 
@@ -27,7 +27,7 @@ rule reconstruct:
     params:
         samples=batch_signature,
         limit=limit_args(),
-        args=reconstruct_args(),
+        args=reconstruct_args() + (" --ome-zarr" if config["ome_zarr"] else ""),
     shell:
         # on a GPU when the job was given one (flow following, seeding, flow-error check), else the CPU path
         "device=$([ {resources.gpu} -gt 0 ] && echo cuda || echo cpu); "
