@@ -257,7 +257,12 @@ def _region_image(path: Path, args):
         return image
     if args.block_size == 0 or not path.is_file() or io._sniff(path) != "tiff":
         return None
-    image = regions.open_image(path)
+    try:
+        image = regions.open_image(path)
+    except CpsnakeError:
+        if args.block_size is None:  # not asked for blocks: the whole-image reader says what is wrong, if anything
+            return None
+        raise
     if image.stack_axes or (args.block_size is None and not auto_block_size(image.shape[1:])):
         image.close()
         return None
