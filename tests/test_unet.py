@@ -132,6 +132,26 @@ def test_normalized_image_to_flows_equals_cellpose3_eval(cp3, cp3_net, tmp_path,
     assert_close(flows[2], ref["cellprob"], 1e-4)
 
 
+def test_stack_to_3d_flows_equals_cellpose3_do_3d(cp3, cp3_net, tmp_path, opencv_without_ipp):
+    """`--do-3d` with a classic U-Net: the whole stack normalized at once (norm3D), resized for diameter 17
+    (Y, X) and anisotropy 2 (Z), the network over the YX, ZY and ZX planes (224 px tiles), views summed,
+    resized back, against cellpose 3.1.1.3's ``CellposeModel.eval(do_3D=True)`` (compute_masks off): dZ,
+    dY, dX and cellprob. (Catches: anisotropy left out, cellpose 4's 256 px tiles, views averaged.)"""
+    diameter, anisotropy = 17.0, 2.0
+    from cpsnake import infer3d
+    from cpsnake.normalize import normalize
+
+    state, net = cp3_net
+    stack = np.random.default_rng(4).gamma(2.0, 300, (6, 60, 70)).astype(np.uint16)
+    np.save(tmp_path / "stack.npy", stack)
+    ref = cp3("eval3d", state=str(state), image=str(tmp_path / "stack.npy"), channels=[0, 0], diameter=diameter,
+              anisotropy=anisotropy)
+    x, _ = normalize(stack[np.newaxis])  # (C, Z, Y, X): one channel's percentiles over every plane
+    flows = infer3d.predict_3d(net, x.transpose(1, 0, 2, 3), diameter=diameter, anisotropy=anisotropy)
+    assert_close(flows[:3], ref["dP"], 1e-4)
+    assert_close(flows[3], ref["cellprob"], 1e-4)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_flow_following_without_interpolation_equals_cellpose3(cp3, tmp_path, seed):
     """``interp=False`` follows the flows as cellpose 3's ``steps2D`` (what its size estimation uses): the

@@ -10,6 +10,8 @@ REQUEST holds ``op`` and its arguments; the outputs go to the ``out`` .npz file 
 * ``run_net``: ``cellpose.core.run_net`` on ``image`` (.npy, Lz x Ly x Lx x nchan): ``y``, ``style``;
 * ``eval``: ``CellposeModel(pretrained_model=state).eval(image, channels, diameter, ...)`` without masks:
   ``dP``, ``cellprob``, ``style``;
+* ``eval3d``: the same with ``do_3D=True`` (``z_axis=0``, ``anisotropy``) on a stack: ``dP`` (3, Z, Y, X),
+  ``cellprob``;
 * ``size``: ``SizeModel(model, pretrained_size=size).eval(image, channels)``: ``diam``, ``diam_style``;
   for both, ``nbase`` (optional) gives a network's widths where they are not cellpose 3's ``[2, 32, 64,
   128, 256]`` (cellpose 3 builds only those widths and allocates 256 style values in ``run_net``; the
@@ -71,7 +73,7 @@ def main(request: str) -> None:
         step = np.load(req["step"])
         inds = np.nonzero(np.load(req["cellprob"]) > 0)
         out = {"p": dynamics.follow_flows(step, inds, niter=req["niter"], interp=False)}
-    elif op in ("eval", "size"):
+    elif op in ("eval", "eval3d", "size"):
         if "nbase" in req:  # cellpose 3 fixes the widths after the input at 32-256; take the file's
             cpnet = models.CPnet
             models.CPnet = lambda nbase, *a, **k: cpnet(list(req["nbase"]), *a, **k)
@@ -95,6 +97,11 @@ def main(request: str) -> None:
                                          augment=req.get("augment", False), compute_masks=False,
                                          channel_axis=req.get("channel_axis"))
             out = {"dP": flows[1], "cellprob": flows[2], "style": style}
+        elif op == "eval3d":
+            _, flows, _ = model.eval(image, channels=req["channels"], diameter=req.get("diameter"), z_axis=0,
+                                     channel_axis=req.get("channel_axis"), do_3D=True,
+                                     anisotropy=req.get("anisotropy"), compute_masks=False)
+            out = {"dP": flows[1], "cellprob": flows[2]}
         else:
             size = models.SizeModel(model, pretrained_size=req["size"])
             diam, diam_style = size.eval(image, channels=req["channels"], channel_axis=req.get("channel_axis"))
