@@ -53,6 +53,23 @@ def test_block_files_and_stitch_equal_the_one_process_run(tmp_path, net):
     assert not (tmp_path / "x.tif").exists()
 
 
+def test_a_too_small_halo_is_reported_by_the_stitch(tmp_path, net):
+    """Blocks with a 4 px halo cut the nuclei at their borders: the stitch warns with the fix."""
+    import warnings
+
+    src = tmp_path / "demo.tif"
+    tifffile.imwrite(src, io.read_image(DEMO)[0][0])
+    doc = blockjob.values_file(src, tmp_path / "v.json")
+    shape = tuple(doc["source"]["shape"])
+    files = [tmp_path / f"{k}.npz" for k in range(4)]
+    for k, f in enumerate(files):
+        blockjob.block_file(net, src, doc, f, k, block=512, halo=4)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        report = blockjob.stitch_file(files, tmp_path / "m.tif", shape=shape, block=512)
+    assert report["cut"] > 0 and any("config blocks.halo" in str(w.message) for w in seen)
+
+
 def test_options_that_need_the_whole_image_are_refused(tmp_path, net):
     src = tmp_path / "demo.tif"
     tifffile.imwrite(src, io.read_image(DEMO)[0][0])

@@ -151,7 +151,7 @@ def stitch_file(files: list[Path], out_tif, *, shape: tuple[int, int], block: in
     """Pass 2 over the block files of one image (:func:`cpsnake.blocks.finish_blocks`), then the label TIFF
     ``out_tif``; returns the blocks' report. A block file that holds an error fails the image with its reason."""
     from cpsnake import io
-    from cpsnake.blocks import Block, finish_blocks
+    from cpsnake.blocks import Block, finish_blocks, halo_advice
 
     heads = []
     for k, f in enumerate(files):
@@ -179,6 +179,13 @@ def stitch_file(files: list[Path], out_tif, *, shape: tuple[int, int], block: in
                                    flow_threshold=flow_threshold, min_size=min_size, reconstruct_device=device)
     report.update(block=block, halo=int(heads[0]["halo"]))
     io.write_labels(out_tif, labels, pixel_size=pixel_size, unit=unit)
+    advice = halo_advice(report)
+    if advice:  # the batch step prints it with the image's name (and config blocks.halo is the fix there)
+        import warnings
+
+        from cpsnake.errors import CpsnakeWarning
+
+        warnings.warn(advice.replace("--block-halo", "config blocks.halo (--block-halo)"), CpsnakeWarning, stacklevel=2)
     return report
 
 
