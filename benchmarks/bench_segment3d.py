@@ -5,7 +5,8 @@
 A synthetic uint16 stack is made from ``bench_reconstruct3d.synthetic_stack`` (touching roundish 3-D objects,
 radius 9-13 voxels): each object a random brightness of 600-1,400 on a background of 100, blurred (Gaussian,
 sigma 1.5) with Poisson-like noise, saved as an ImageJ ZYX hyperstack. It is segmented end to end by
-``cpsnake segment STACK --out OUT --do-3d`` with the bundled model on the CPU in a fresh process, which
+``cpsnake segment STACK --out OUT --do-3d --max-pixels VOXELS`` (the stack's voxel count: 100 x 1024 x 1024
+is above the default limit of 100,000,000) with the bundled model on the CPU in a fresh process, which
 reports its wall time and its own peak resident memory (``ru_maxrss``: interpreter, torch, the model, the
 stack, its 3-D flows, the reconstruction and the outputs). Printed with the objects found and their AP at
 IoU 0.5 against the synthetic truth (a model trained on 2-D nuclei, so a sanity figure, not a score).
@@ -31,7 +32,7 @@ CHILD = r"""
 import json, resource, sys, time
 from cpsnake.cli import main
 t0 = time.perf_counter()
-rc = main(["segment", sys.argv[1], "--out", sys.argv[2], "--do-3d", "--model", sys.argv[3]])
+rc = main(["segment", sys.argv[1], "--out", sys.argv[2], "--do-3d", "--model", sys.argv[3], "--max-pixels", sys.argv[4]])
 print(json.dumps({"rc": rc, "time_s": time.perf_counter() - t0,
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
@@ -65,11 +66,12 @@ def main() -> int:
         n_true = int(truth.max())
         del truth
         print(f"stack made in {time.perf_counter() - t0:.0f} s: {n_true} objects", flush=True)
-        out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(Path(tmp) / "out"), args.model],
+        voxels = int(np.prod(args.shape))  # above the default --max-pixels at 100 x 1024 x 1024: raised to fit
+        out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(Path(tmp) / "out"), args.model, str(voxels)],
                              capture_output=True, text=True)
-        if out.returncode:
+        r = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {"rc": out.returncode}
+        if out.returncode or r["rc"]:
             sys.exit(f"segment failed:\n{out.stderr[-3000:]}")
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         got = tifffile.imread(Path(tmp) / "out" / "masks" / "stack.tif")
         from cpsnake.dynamics import renumber
 
