@@ -25,7 +25,9 @@ overlay                   ``overlays/NAME.png`` (+ ``work/b/overlays/``)  masks,
 
 An image segmented in blocks (the table's ``block`` > 0, :mod:`cpsnake.blockjob`) gets only its values
 ``NAME.json`` from normalize, no flows from infer (its block jobs compute them), and its masks from
-reconstruct by stitching the block jobs' files ``work/b/blocks/NAME/K.npz``; measure then has no flows.
+reconstruct by stitching the block jobs' files ``work/b/blocks/NAME/K.npz`` (the label image built in a
+Zarr array on disk); measure then has no flows. Its rois, measure and overlay steps read the label TIFF and
+the image region by region and write window by window (:mod:`cpsnake.blockout`), so no step holds it whole.
 
 and the step's *manifest* ``work/b/STEP.tsv``: one row per image of the batch, columns ``sample``,
 ``status`` (``ok``, ``failed`` or ``skipped`` when an earlier step failed it), ``reason`` (the one-line
@@ -245,7 +247,7 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
 
     ``args`` holds the step's options as parsed by :func:`main`. Returns one outcome per row, in order.
     """
-    from cpsnake import measure, normalize, overlay, reconstruct, rois, stack
+    from cpsnake import blockout, measure, normalize, overlay, reconstruct, rois, stack
 
     if step == "normalize":
         opts = normalize.options(args)
@@ -292,26 +294,40 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
                 files = [block_path(paths.results, paths.batch, s.sample, k)
                          for k in range(len(grid_of(s.height, s.width, s.block)))]
                 report = stitch_file(files, paths.masks(s.sample), shape=(s.height, s.width), block=s.block,
-                                     pixel_size=doc["pixel_size"], unit=doc["unit"], **opts)
-                info = {"cells": report["objects"], "blocks": report}
-            else:
-                info = {"cells": reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample),
-                                                              max_pixels=args.max_pixels, where_fit=True, **opts)}
+                                     pixel_size=doc["pixel_size"], unit=doc["unit"],
+                                     ome_zarr=paths.masks(s.sample).with_suffix(".zarr") if ome_zarr else None, **opts)
+                return {"cells": report["objects"], "blocks": report}
+            info = {"cells": reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample),
+                                                          max_pixels=args.max_pixels, where_fit=True, **opts)}
             return zarr_labels(s, info) if ome_zarr else info
 
         return list(_each(rows, paths, step, one))
     if step == "rois":
-        return list(_each(rows, paths, step, lambda s: {"rois": rois.export_file(
-            paths.masks(s.sample), paths.rois(s.sample), max_pixels=args.max_pixels)}))
+        def one(s):  # block-wise images: labels read by region, ROIs written window by window (cpsnake.blockout)
+            if s.block:
+                return {"rois": blockout.rois_file(paths.masks(s.sample), paths.rois(s.sample))}
+            return {"rois": rois.export_file(paths.masks(s.sample), paths.rois(s.sample), max_pixels=args.max_pixels)}
+
+        return list(_each(rows, paths, step, one))
     if step == "measure":
         per_slice = stack.options(args)["mode"] == "planes"  # Z stacks plane by plane: 2-D objects, rows per slice
-        return list(_each(rows, paths, step, lambda s: {"rows": measure.measure_file(
-            paths.masks(s.sample), s.path, paths.measurements(s.sample), max_pixels=args.max_pixels,
-            flows_path=None if s.block else paths.flows(s.sample), pixel_size=s.pixel_size, per_slice=per_slice,
-            geojson_path=paths.geojson(s.sample) if args.geojson else None)}))
+
+        def one(s):
+            geojson = paths.geojson(s.sample) if args.geojson else None
+            if s.block:
+                return {"rows": blockout.measure_file(paths.masks(s.sample), s.path, paths.measurements(s.sample),
+                                                      pixel_size=s.pixel_size, geojson_path=geojson)}
+            return {"rows": measure.measure_file(
+                paths.masks(s.sample), s.path, paths.measurements(s.sample), max_pixels=args.max_pixels,
+                flows_path=paths.flows(s.sample), pixel_size=s.pixel_size, per_slice=per_slice, geojson_path=geojson)}
+
+        return list(_each(rows, paths, step, one))
     if step == "overlay":
         def one(s):
-            overlay.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample), max_pixels=args.max_pixels)
+            if s.block:
+                blockout.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample))
+            else:
+                overlay.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample), max_pixels=args.max_pixels)
             _link(paths.overlay(s.sample), paths.report_overlay(s.sample))
 
         return list(_each(rows, paths, step, one))

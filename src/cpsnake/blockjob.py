@@ -147,10 +147,16 @@ def _failed_block(out_npz, reason: str) -> None:
 
 
 def stitch_file(files: list[Path], out_tif, *, shape: tuple[int, int], block: int, flow_threshold: float = 0.4,
-                min_size: int = 15, device=None, pixel_size=None, unit=None, **_) -> dict:
-    """Pass 2 over the block files of one image (:func:`cpsnake.blocks.finish_blocks`), then the label TIFF
-    ``out_tif``; returns the blocks' report. A block file that holds an error fails the image with its reason."""
-    from cpsnake import io
+                min_size: int = 15, device=None, pixel_size=None, unit=None, ome_zarr=None, **_) -> dict:
+    """Pass 2 over the block files of one image (:func:`cpsnake.blocks.finish_blocks`, the label image built in
+    a Zarr array in a temporary folder), then the label TIFF ``out_tif`` (and OME-Zarr labels at ``ome_zarr``)
+    written band by band; returns the blocks' report. A block file that holds an error fails the image with
+    its reason."""
+    import tempfile
+
+    import zarr
+
+    from cpsnake.blockout import write_label_tiff
     from cpsnake.blocks import Block, finish_blocks, halo_advice
 
     heads = []
@@ -175,10 +181,17 @@ def stitch_file(files: list[Path], out_tif, *, shape: tuple[int, int], block: in
         with np.load(files[k], allow_pickle=False) as z:
             return z["seeds"], (z["dP"] if "dP" in z.files else None)
 
-    labels, report = finish_blocks(grid, load, shape, max(int(h["heat_niter"]) for h in heads),
-                                   flow_threshold=flow_threshold, min_size=min_size, reconstruct_device=device)
-    report.update(block=block, halo=int(heads[0]["halo"]))
-    io.write_labels(out_tif, labels, pixel_size=pixel_size, unit=unit)
+    with tempfile.TemporaryDirectory(prefix="cpsnake-labels-") as tmp:
+        store = zarr.create_array(f"{tmp}/labels.zarr", shape=shape, chunks=(1024, 1024), dtype="int32", fill_value=0)
+        labels, report = finish_blocks(grid, load, shape, max(int(h["heat_niter"]) for h in heads),
+                                       flow_threshold=flow_threshold, min_size=min_size, reconstruct_device=device,
+                                       labels=store)
+        report.update(block=block, halo=int(heads[0]["halo"]))
+        write_label_tiff(out_tif, labels, report["objects"], pixel_size=pixel_size, unit=unit)
+        if ome_zarr is not None:
+            from cpsnake.ngff import write_label_zarr
+
+            write_label_zarr(ome_zarr, labels, pixel_size=pixel_size, unit=unit)
     advice = halo_advice(report)
     if advice:  # the batch step prints it with the image's name (and config blocks.halo is the fix there)
         import warnings

@@ -68,12 +68,14 @@ def _hole_pixel(ring: np.ndarray) -> tuple[float, float]:
     return x0 + 0.5 * dx + 0.5 * dy, y0 + 0.5 * dy - 0.5 * dx
 
 
-def label_polygons(labels: np.ndarray) -> tuple[np.ndarray, list[list[list[np.ndarray]]]]:
+def label_polygons(labels: np.ndarray, origin: tuple[int, int] = (0, 0)
+                   ) -> tuple[np.ndarray, list[list[list[np.ndarray]]]]:
     """Polygons of every label along pixel edges.
 
     Parameters
     ----------
     labels : (Y, X) int ndarray, 0 = background
+    origin : (y, x) of ``labels[0, 0]`` in the image (a window of a larger label image)
 
     Returns
     -------
@@ -81,9 +83,10 @@ def label_polygons(labels: np.ndarray) -> tuple[np.ndarray, list[list[list[np.nd
     polygons : for each label a list of polygons, each a list of closed rings ``(n + 1, 2)`` int (x, y):
         the outer ring (positive area) then its holes (negative area); one polygon per 8-connected piece.
     """
-    from cpsnake.rois import trace_outlines
+    from cpsnake.rois import shifted, trace_outlines
 
     ids, outlines = trace_outlines(labels)
+    outlines = shifted(outlines, origin)
     polygons = []
     for rings in outlines:
         areas = [_shoelace(r) for r in rings]
@@ -124,14 +127,16 @@ def _number(v):
 
 
 def feature_collection(labels: np.ndarray, *, rows: list[dict] | None = None, image_name: str = "",
-                       object_type: str = "detection") -> dict:
+                       object_type: str = "detection", origin: tuple[int, int] = (0, 0),
+                       width: int | None = None) -> dict:
     """The GeoJSON FeatureCollection of ``labels`` (Y, X), one Feature per label (see the module docstring).
 
     ``rows``: measurement rows (dicts with a ``label`` key, as :func:`cpsnake.measure.measure_labels` or the
-    CSV gives them) whose numeric values become each Feature's ``measurements``.
+    CSV gives them) whose numeric values become each Feature's ``measurements``. ``origin`` (y, x) and
+    ``width`` (digits of the names) for a window of a larger label image (:mod:`cpsnake.blockout`).
     """
-    ids, polygons = label_polygons(labels)
-    width = len(str(max(int(ids.max()) if ids.size else 1, 1)))
+    ids, polygons = label_polygons(labels, origin)
+    width = width or len(str(max(int(ids.max()) if ids.size else 1, 1)))
     by_label = {}
     for r in rows or []:
         by_label[int(float(r["label"]))] = r
@@ -164,6 +169,28 @@ def write_geojson(path: str | os.PathLike, collection: dict) -> None:
         with open(tmp, "w") as f:
             json.dump(collection, f, separators=(",", ":"), allow_nan=False)
             f.write("\n")
+
+
+class FeatureWriter:
+    """Writes a FeatureCollection a Feature at a time to ``path`` (a context manager): the same bytes as
+    :func:`write_geojson` of the collection of those Features, for label images too large to hold."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path, self.fh, self.n = path, None, 0
+
+    def __enter__(self) -> "FeatureWriter":
+        self.fh = open(self.path, "w")
+        self.fh.write('{"type":"FeatureCollection","features":[')
+        return self
+
+    def add(self, feature: dict) -> None:
+        self.fh.write(("," if self.n else "") + json.dumps(feature, separators=(",", ":"), allow_nan=False))
+        self.n += 1
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.fh.write("]}\n")
+        self.fh.close()
 
 
 def warn_stack(path) -> None:

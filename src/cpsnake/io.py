@@ -97,6 +97,14 @@ def write_tiff(
     import numpy as np
     import tifffile
 
+    meta, kwargs = imagej_tiff_options(axes, pixel_size, unit, metadata)
+    with atomic_output(path) as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(array), imagej=True, metadata=meta, **kwargs)
+
+
+def imagej_tiff_options(axes: str, pixel_size: tuple[float, float] | None = None, unit: str | None = None,
+                        metadata: dict | None = None) -> tuple[dict, dict]:
+    """The ImageJ ``metadata`` and the other ``tifffile.imwrite`` options (resolution) of :func:`write_tiff`."""
     meta = {"axes": axes}
     if metadata:
         meta.update(metadata)
@@ -105,8 +113,7 @@ def write_tiff(
         py, px = (float(v) for v in pixel_size)
         kwargs["resolution"] = (1.0 / px, 1.0 / py)
         meta["unit"] = _imagej_unit(unit)
-    with atomic_output(path) as tmp:
-        tifffile.imwrite(tmp, np.ascontiguousarray(array), imagej=True, metadata=meta, **kwargs)
+    return meta, kwargs
 
 
 def write_flows(
@@ -363,8 +370,6 @@ def write_labels(
     Label data beyond 4 GB (:data:`CLASSIC_TIFF_BYTES`) are written as a BigTIFF OME-TIFF, with a message:
     ImageJ 1 cannot open BigTIFF; Fiji opens it with Bio-Formats.
     """
-    import sys
-
     import numpy as np
 
     labels = np.asarray(labels)
@@ -374,12 +379,7 @@ def write_labels(
                            "(Z, Y, X), (T, Y, X) or (T, Z, Y, X)")
     top = int(labels.max()) if labels.size else 0
     dtype = label_dtype(top, path)
-    if dtype == np.float32:
-        print(
-            f"{path}: {top} labels exceed uint16 (65,535); written as float32, exact up to 16,777,216 "
-            "(ImageJ 1 has no 32-bit integer type)",
-            file=sys.stderr,
-        )
+    warn_label_dtype(path, top, dtype)
     extra = {}
     if z_step and "Z" in stack_axes:
         extra["spacing"] = float(z_step)
@@ -393,22 +393,44 @@ def write_labels(
     return dtype
 
 
-def _write_big_labels(path, labels: "np.ndarray", axes: str, pixel_size, unit) -> None:
-    """Labels beyond the 4 GB of a classic TIFF: a BigTIFF OME-TIFF (tiles of 1024 px, zlib), calibrated in its
-    OME-XML. ImageJ 1 cannot open BigTIFF (tested with Debian's 1.53t); Fiji opens it with Bio-Formats."""
+def warn_label_dtype(path, top: int, dtype) -> None:
+    """The stderr message of labels written as float32 (more than 65,535)."""
     import sys
 
-    import tifffile
+    import numpy as np
+
+    if dtype == np.float32:
+        print(f"{path}: {top} labels exceed uint16 (65,535); written as float32, exact up to 16,777,216 "
+              "(ImageJ 1 has no 32-bit integer type)", file=sys.stderr)
+
+
+BIG_TILE = 1024  # tile side of a BigTIFF label image
+
+
+def big_labels_metadata(path, axes: str, nbytes: int, pixel_size, unit) -> dict:
+    """The OME metadata of a BigTIFF label image, after the message saying why it is one (see
+    :func:`_write_big_labels`)."""
+    import sys
 
     meta: dict = {"axes": axes}
     if pixel_size is not None:
         meta.update(PhysicalSizeY=float(pixel_size[0]), PhysicalSizeX=float(pixel_size[1]),
                     PhysicalSizeYUnit=_ome_unit(unit), PhysicalSizeXUnit=_ome_unit(unit))
-    print(f"{path}: {labels.nbytes / 1e9:.1f} GB of labels exceed the 4 GB of a classic TIFF; written as a BigTIFF "
+    print(f"{path}: {nbytes / 1e9:.1f} GB of labels exceed the 4 GB of a classic TIFF; written as a BigTIFF "
           "(OME-TIFF), which ImageJ 1 cannot open: in Fiji use File > Import > Bio-Formats, or write OME-Zarr "
           "labels (cpsnake segment --ome-zarr) for napari and QuPath", file=sys.stderr)
+    return meta
+
+
+def _write_big_labels(path, labels: "np.ndarray", axes: str, pixel_size, unit) -> None:
+    """Labels beyond the 4 GB of a classic TIFF: a BigTIFF OME-TIFF (tiles of 1024 px, zlib), calibrated in its
+    OME-XML. ImageJ 1 cannot open BigTIFF (tested with Debian's 1.53t); Fiji opens it with Bio-Formats."""
+    import tifffile
+
+    meta = big_labels_metadata(path, axes, labels.nbytes, pixel_size, unit)
     with atomic_output(path) as tmp:
-        tifffile.imwrite(tmp, labels, bigtiff=True, ome=True, metadata=meta, tile=(1024, 1024), compression="zlib")
+        tifffile.imwrite(tmp, labels, bigtiff=True, ome=True, metadata=meta, tile=(BIG_TILE, BIG_TILE),
+                         compression="zlib")
 
 
 def _ome_unit(unit: str | None) -> str:

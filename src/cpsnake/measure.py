@@ -59,7 +59,7 @@ import numpy as np
 
 from cpsnake.dynamics import compact
 from cpsnake.errors import CpsnakeError, guard
-from cpsnake.rois import trace_outlines
+from cpsnake.rois import shifted, trace_outlines
 
 __all__ = ["SHAPE_COLUMNS", "INTENSITY_COLUMNS", "QUALITY_COLUMNS", "columns", "measure_labels", "quality",
            "write_table", "measure_file", "main"]
@@ -332,6 +332,7 @@ def measure_labels(
     pixel_size: tuple[float, float] | None = None,
     image_name: str = "",
     flows: np.ndarray | None = None,
+    origin: tuple[int, int] = (0, 0),
 ) -> list[dict]:
     """Measure every label of a 2-D label image on a multi-channel image.
 
@@ -342,6 +343,8 @@ def measure_labels(
     image : (C, Y, X) ndarray (any numeric dtype)
     pixel_size : (py, px) in the image's unit, or None for pixels
     flows : (3, Y, X) ndarray, optional: the flows the labels came from; adds :data:`QUALITY_COLUMNS`
+    origin : (y, x) of ``labels[0, 0]`` in the image: a window of a larger image measures the objects it holds
+        wholly in the image's coordinates, with the same values as the whole image (:mod:`cpsnake.blockout`)
 
     Returns
     -------
@@ -357,6 +360,7 @@ def measure_labels(
     ph, pw = (float(pixel_size[0]), float(pixel_size[1])) if pixel_size else (1.0, 1.0)
     C = img.shape[0]
     ids, outs = trace_outlines(lab)
+    outs = shifted(outs, origin)
     # objects by rank (1..K), so per-object tables follow the number of objects, not the largest id
     _, index = compact(lab)
     slices = ndimage.find_objects(index)
@@ -365,7 +369,7 @@ def measure_labels(
         sl = slices[k]
         m = index[sl] == k + 1
         yy, xx = np.nonzero(m)
-        ys, xs = yy + sl[0].start, xx + sl[1].start
+        ys, xs = yy + (sl[0].start + origin[0]), xx + (sl[1].start + origin[1])
         row = {"label": lab_id, "image": image_name}
         row.update(_shape_row(outlines, ys, xs, pw, ph))
         for c in range(C):
@@ -391,7 +395,12 @@ def write_table(path: str | os.PathLike, rows: list[dict], header: list[str]) ->
             w = csv.DictWriter(fh, fieldnames=header, extrasaction="raise")
             w.writeheader()
             for r in rows:
-                w.writerow({k: (repr(float(v)) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()})
+                w.writerow(formatted(r))
+
+
+def formatted(row: dict) -> dict:
+    """A table row as :func:`write_table` writes it: floats at full precision (``repr``)."""
+    return {k: (repr(float(v)) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}
 
 
 @guard("measure")

@@ -83,7 +83,7 @@ def label_colours(ids: np.ndarray) -> np.ndarray:
     return np.round(rgb * 255.0).astype(np.uint8)
 
 
-def render(img: np.ndarray, labels: np.ndarray, *, max_side: int = MAX_SIDE) -> np.ndarray:
+def render(img: np.ndarray, labels: np.ndarray, *, max_side: int | None = None) -> np.ndarray:
     """The overlay picture.
 
     Parameters
@@ -91,8 +91,9 @@ def render(img: np.ndarray, labels: np.ndarray, *, max_side: int = MAX_SIDE) -> 
     img : (C, Y, X) ndarray
         C = 3 is shown as RGB, otherwise the first channel in grey.
     labels : (Y, X) integer ndarray
-    max_side : an image longer than this (a slide) is shown every k-th pixel, k = ceil(longest side /
-        max_side), its labels likewise (never averaged), so the picture stays viewable and its memory bounded
+    max_side : an image longer than this (a slide; default :data:`MAX_SIDE`) is shown every k-th pixel,
+        k = ceil(longest side / max_side), its labels likewise (never averaged), so the picture stays
+        viewable and its memory bounded
 
     Returns
     -------
@@ -100,7 +101,7 @@ def render(img: np.ndarray, labels: np.ndarray, *, max_side: int = MAX_SIDE) -> 
     """
     if img.ndim != 3 or labels.shape != img.shape[1:]:
         raise ValueError(f"image {img.shape} (C, Y, X) and labels {labels.shape} (Y, X) do not match")
-    k = -(-max(labels.shape) // max_side)
+    k = -(-max(labels.shape) // (max_side or MAX_SIDE))
     if k > 1:
         img, labels = img[:, ::k, ::k], labels[::k, ::k]
     shown = img if img.shape[0] == 3 else img[:1]

@@ -154,6 +154,15 @@ def trace_outlines(labels: np.ndarray) -> tuple[np.ndarray, list[list[np.ndarray
     return ids.astype(np.int64), outlines
 
 
+def shifted(outlines: list[list[np.ndarray]], origin: tuple[int, int]) -> list[list[np.ndarray]]:
+    """:func:`trace_outlines`' outlines of a window whose pixel (0, 0) is ``origin`` (y, x) of the image, moved
+    to the image's coordinates (exact: integer vertices)."""
+    if not any(origin):
+        return outlines
+    xy = np.array([origin[1], origin[0]], np.int32)
+    return [[o + xy for o in rings] for rings in outlines]
+
+
 def _cycle_order(succ: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cycle minimum of ``key`` and steps left to the cycle's end, for every element of permutation ``succ``.
 
@@ -237,12 +246,16 @@ def outlines_to_roi(outlines: list[np.ndarray], name: str, *, z: int | None = No
     return roi
 
 
-def labels_to_rois(labels: np.ndarray, *, stack_axis: str = "z") -> list:
+def labels_to_rois(labels: np.ndarray, *, stack_axis: str = "z", origin: tuple[int, int] = (0, 0),
+                   width: int | None = None) -> list:
     """ImageJ ROIs for a label image, in the order they go into the zip.
 
     Parameters
     ----------
     labels : (Y, X), (S, Y, X) or (T, Z, Y, X) int ndarray, 0 = background; S is z or t (``stack_axis``)
+    origin : (y, x) of ``labels[..., 0, 0]`` in the image: a window of a larger label image gives the ROIs of
+        the whole image's objects it holds wholly (:mod:`cpsnake.blockout`)
+    width : digits of the names (default: those of the largest label present)
 
     Returns
     -------
@@ -256,11 +269,11 @@ def labels_to_rois(labels: np.ndarray, *, stack_axis: str = "z") -> list:
         raise ValueError(f"stack_axis {stack_axis!r}, expected 'z' or 't'")
     planes = lab.reshape((-1, *lab.shape[-2:]))
     top = int(lab.max()) if lab.size else 0
-    width = len(str(max(top, 1)))
+    width = width or len(str(max(top, 1)))
     items = []  # (label, plane index, roi)
     for s, sl in enumerate(planes):
         ids, outs = trace_outlines(sl)
-        for lab_id, o in zip(ids.tolist(), outs):
+        for lab_id, o in zip(ids.tolist(), shifted(outs, origin)):
             name = f"{lab_id:0{width}d}"
             if lab.ndim == 3:
                 name += f"-{stack_axis}{s + 1:0{len(str(lab.shape[0]))}d}"

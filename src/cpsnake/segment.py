@@ -28,8 +28,9 @@ per object and plane (``0042-z03``, ``0042-t02``, ``0042-t02-z03``), the table o
 and frame for time series), and the overlay shows the middle plane (of the first frame).
 A 2-D image above 4096 x 4096 px is segmented block by block (``--block-size``, :mod:`cpsnake.blocks`), with
 the same labels as the whole image at once; a TIFF (or an OME-Zarr folder, always) is then read region by
-region (:mod:`cpsnake.regions`: only the normalization values come from a pass over the whole file), and the
-label image is built in a Zarr array on disk.
+region (:mod:`cpsnake.regions`: only the normalization values come from a pass over the whole file), the
+label image is built in a Zarr array on disk, and the files are written window by window from it
+(:mod:`cpsnake.blockout`, the same bytes as from the whole image).
 Two inputs that map to the same NAME (``a.tif`` and ``other/a.png``) would overwrite each other's files:
 the call is refused before anything is loaded. ``--max-pixels N`` bounds every image (see
 :mod:`cpsnake.limits`).
@@ -269,12 +270,14 @@ def _region_image(path: Path, args):
     return image
 
 
-def _segment_region_file(path: Path, net, region, args, opts: dict):
-    """Segment a 2-D :class:`cpsnake.regions.RegionImage`: block by block from its regions (the label image built
-    in a Zarr array in a temporary folder), or whole with ``--block-size 0``. The outputs (ROIs, measurements,
-    overlay) then hold the image and its labels, so ``--max-pixels`` bounds the image.
+def _segment_region_file(path: Path, net, region, args, opts: dict, keep):
+    """Segment a 2-D :class:`cpsnake.regions.RegionImage`: block by block from its regions, the label image
+    built in a Zarr array in a temporary folder that ``keep`` (an ExitStack) removes; or whole with
+    ``--block-size 0``.
 
-    Returns labels, flows (None in blocks), the image (C, Y, X), the normalization record, seconds, parameters."""
+    Returns labels (the Zarr array in blocks), flows and the image (C, Y, X) (both None in blocks: the outputs
+    are then written window by window, :mod:`cpsnake.blockout`), the normalization record, seconds and
+    parameters."""
     import tempfile
 
     import zarr
@@ -290,19 +293,23 @@ def _segment_region_file(path: Path, net, region, args, opts: dict):
         img = region.read(0, Y, 0, X)
         labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, block=0, **opts)
         return labels, flows, img, record, seconds, {"block_size": 0, "block_halo": None, "read": "whole"}
-    with tempfile.TemporaryDirectory(prefix="cpsnake-labels-") as tmp:
-        store = zarr.create_array(f"{tmp}/labels.zarr", shape=(Y, X), chunks=(1024, 1024), dtype="int32",
-                                  fill_value=0)
-        ropts = {k: v for k, v in opts.items() if k != "size_params"}
-        out, record, seconds = segment_regions(net, region, block=block, halo=args.block_halo, labels=store, **ropts)
-        labels = np.asarray(out[:])
-    img = region.read(0, Y, 0, X)  # for the measurements and the overlay
+    tmp = keep.enter_context(tempfile.TemporaryDirectory(prefix="cpsnake-labels-"))
+    store = zarr.create_array(f"{tmp}/labels.zarr", shape=(Y, X), chunks=(1024, 1024), dtype="int32", fill_value=0)
+    ropts = {k: v for k, v in opts.items() if k != "size_params"}
+    labels, record, seconds = segment_regions(net, region, block=block, halo=args.block_halo, labels=store, **ropts)
     params = {"block_size": block, "block_halo": record["blocks"]["halo"], "read": "regions"}
-    return labels, None, img, record, seconds, params
+    return labels, None, None, record, seconds, params
 
 
 def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> int:
     """Segment one image or stack and write its files; return its number of objects."""
+    import contextlib
+
+    with contextlib.ExitStack() as keep:
+        return _segment_and_write(path, net, args, opts, model_info, sopts, keep)
+
+
+def _segment_and_write(path: Path, net, args, opts: dict, model_info: dict, sopts: dict, keep) -> int:
     from cpsnake import __version__, io, limits
     from cpsnake.blocks import auto_block_size
     from cpsnake.samples import sample_name as image_name
@@ -313,6 +320,7 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
         limits.check_min_side(path, img.shape)
         axes = meta["stack_axes"]
     else:
+        keep.callback(region.close)
         meta, axes = region.meta, ""
     try:
         if axes:
@@ -323,7 +331,7 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
                 raise CpsnakeError(f"found a 2-D image (axes {meta['axes']!r}) given {flag}; expected a stack with Z (or T "
                                    f"for --track) planes; leave out {flag}, or save the stack with its axes named")
             if region is not None:
-                labels, flows, img, record, seconds, params = _segment_region_file(path, net, region, args, opts)
+                labels, flows, img, record, seconds, params = _segment_region_file(path, net, region, args, opts, keep)
             else:
                 block = args.block_size if args.block_size is not None else auto_block_size(img.shape[1:])
                 labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, block=block,
@@ -332,9 +340,6 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
     except CpsnakeError as exc:
         msg = str(exc)
         raise CpsnakeError(msg if msg.startswith(f"{path}: ") else f"{path}: {msg}") from None
-    finally:
-        if region is not None:
-            region.close()
     name, out = image_name(path), args.out
     cal = {"pixel_size": meta["pixel_size"], "unit": meta["unit"]}
     t = time.perf_counter()
@@ -351,10 +356,16 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
             warnings.warn(f"{path}: --ome-zarr writes 2-D label images; this stack's labels are in the TIFF only",
                           CpsnakeWarning, stacklevel=2)
         _stack_outputs(out, name, path, img, meta, labels, sopts)
+        n = int(np.unique(labels[labels > 0]).size)
+    elif img is None:  # block by block from regions: the labels are on disk, the image is read by region
+        from cpsnake.blockout import write_outputs
+
+        n = record["blocks"]["objects"]
+        write_outputs(out, name, path, region, labels, n, meta, geojson=args.geojson, ome_zarr=args.ome_zarr)
     else:
         _image_outputs(out, name, path, img, meta, labels, flows, geojson=args.geojson, ome_zarr=args.ome_zarr)
+        n = int(labels.max())
     seconds["outputs"] = time.perf_counter() - t
-    n = int(np.unique(labels[labels > 0]).size) if axes else int(labels.max())
     skip = ("device", "dtype", "reconstruct_device", "size_params")
     doc = {
         "cpsnake_version": __version__,

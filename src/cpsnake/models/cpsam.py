@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import os
 from functools import partial
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
