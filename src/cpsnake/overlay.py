@@ -37,12 +37,16 @@ def auto_contrast(img: np.ndarray, *, low: float = 1.0, high: float = 99.8) -> n
     (C, Y, X) uint8
         A constant channel becomes 0.
     """
-    img = np.asarray(img, dtype=np.float64)
+    img = np.asarray(img)
+    if not (img.dtype.kind in "ui" and img.dtype.itemsize <= 4):
+        img = img.astype(np.float64)  # integers up to 32 bits give the same percentiles as their float64 copy
     out = np.zeros(img.shape, dtype=np.uint8)
     for c in range(img.shape[0]):
         lo, hi = np.percentile(img[c], [low, high])
         if hi > lo:
-            out[c] = np.round(np.clip((img[c] - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+            for y in range(0, img.shape[1], 1024):  # the float64 arithmetic a band of rows at a time
+                band = img[c, y : y + 1024]
+                out[c, y : y + 1024] = np.round(np.clip((band - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
     return out
 
 
@@ -106,8 +110,8 @@ def render(img: np.ndarray, labels: np.ndarray, *, max_side: int | None = None) 
         img, labels = img[:, ::k, ::k], labels[::k, ::k]
     shown = img if img.shape[0] == 3 else img[:1]
     grey_or_rgb = auto_contrast(shown)
-    rgb = np.repeat(grey_or_rgb, 3, axis=0) if grey_or_rgb.shape[0] == 1 else grey_or_rgb
-    rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))  # C Y X -> Y X C
+    rgb = np.empty((*grey_or_rgb.shape[1:], 3), np.uint8)  # C Y X -> Y X C (grey into all three)
+    rgb[...] = grey_or_rgb[0, ..., np.newaxis] if grey_or_rgb.shape[0] == 1 else np.moveaxis(grey_or_rgb, 0, -1)
     edge = outlines(labels)
     rgb[edge] = label_colours(labels[edge])
     return rgb
