@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -37,10 +38,18 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cp3(tmp_path_factory):
-    """Run one cellpose 3 reference op (see tests/cellpose3/reference.py); returns its outputs."""
+    """Run one cellpose 3 reference op (see tests/cellpose3/reference.py); returns its outputs.
+
+    One ``reference.py --serve`` process answers every op of the session (importing cellpose 3 costs ~9 s).
+    """
     if not (CP3 / "cellpose").is_dir():
         pytest.skip(f"cellpose 3.1.1.3 is not in {CP3}: make .venv/cellpose3/.installed")
     tmp = tmp_path_factory.mktemp("cp3")
+    log = tmp / "server.log"
+    log_file = open(log, "ab")
+    server = subprocess.Popen([sys.executable, str(SCRIPT), "--serve"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=log_file, text=True,
+                              env={**os.environ, "PYTHONPATH": str(CP3)})
     count = [0]
 
     def run(op: str, **args) -> dict:
@@ -48,13 +57,22 @@ def cp3(tmp_path_factory):
         req = tmp / f"req{count[0]}.json"
         out = tmp / f"out{count[0]}.npz"
         req.write_text(json.dumps({"op": op, "out": str(out), **args}))
-        env = {**os.environ, "PYTHONPATH": str(CP3)}
-        proc = subprocess.run([sys.executable, str(SCRIPT), str(req)], capture_output=True, text=True, env=env,
-                              timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        start = log.stat().st_size
+        server.stdin.write(f"{req}\n")
+        server.stdin.flush()
+        ready, _, _ = select.select([server.stdout], [], [], 900)
+        answer = server.stdout.readline().strip() if ready else "no answer within 900 s"
+        assert answer == "ok", (f"cellpose 3 reference op {op!r}: {answer or 'server exited'}\n"
+                                f"{log.read_bytes()[start:][-3000:].decode(errors='replace')}")
         return dict(np.load(out)) if out.exists() else {}
 
-    return run
+    yield run
+    server.stdin.close()
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log_file.close()
 
 
 @pytest.fixture(scope="session")

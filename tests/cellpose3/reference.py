@@ -1,6 +1,13 @@
 """Reference computations with cellpose 3.1.1.3, run in a subprocess (cellpose 3 and 4 share a package name).
 
     PYTHONPATH=.venv/cellpose3 python tests/cellpose3/reference.py REQUEST.json
+    PYTHONPATH=.venv/cellpose3 python tests/cellpose3/reference.py --serve
+
+With ``--serve`` it answers requests until its stdin closes: one REQUEST path per line in, one line
+``ok`` or ``error`` out (anything else printed, tracebacks included, goes to stderr). Importing cellpose 3
+takes about 9 s here (its numba functions compile at import), so the tests keep one server for the session
+instead of a process per request. Each request is computed as in a fresh process: the module patches an
+``nbase`` request makes are undone after it.
 
 REQUEST holds ``op`` and its arguments; the outputs go to the ``out`` .npz file it names:
 
@@ -109,5 +116,29 @@ def main(request: str) -> None:
     np.savez(req["out"], **out)
 
 
+def serve() -> None:
+    """Answer the requests named on stdin, one per line, with ``ok`` or ``error`` on stdout."""
+    import os
+    import traceback
+
+    from cellpose import core, models
+
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # what cellpose prints goes to stderr, never into the answers
+    originals = (models.CPnet, core.np)
+    for line in sys.stdin:
+        try:
+            main(line.strip())
+            answer = "ok"
+        except Exception:
+            traceback.print_exc()
+            answer = "error"
+        finally:
+            models.CPnet, core.np = originals
+        sys.stderr.flush()
+        answers.write(answer + "\n")
+        answers.flush()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    serve() if sys.argv[1] == "--serve" else main(sys.argv[1])
