@@ -12,6 +12,12 @@ segmentation) reading both by region, and, up to ``--whole-up-to`` px, the whole
 (``segment._image_outputs`` on the image and labels read whole, as before `cpsnake.blockout`). Printed:
 wall time, the child's peak resident memory (``ru_maxrss``, the interpreter and numpy included), objects,
 and for the sizes run both ways whether every file is the same (ROI zip entries compared by content).
+
+With ``--steps``, each of the workflow's batch steps for an image in blocks then runs alone in a fresh
+subprocess as its job does (``cpsnake.batch`` imported, then ``blockjob.values_file`` on the image, or
+``blockout.rois_file`` / ``measure_file`` / ``overlay_file`` on the label TIFF just written), and its peak
+RSS is printed next to the memory request the workflow makes for it (:func:`cpsnake.jobmem.step_mb`,
+blocks of ``--block`` px): the measurements behind those requests.
 """
 
 from __future__ import annotations
@@ -50,6 +56,23 @@ print(json.dumps({"time_s": time.perf_counter() - t0,
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
+
+STEP = r"""
+import json, resource, sys, time
+from cpsnake import batch, blockjob, blockout
+step, src, masks, out = sys.argv[1:5]
+t0 = time.perf_counter()
+if step == "normalize":
+    blockjob.values_file(src, out + ".json")
+elif step == "rois":
+    blockout.rois_file(masks, out + ".zip")
+elif step == "measure":
+    blockout.measure_file(masks, src, out + ".csv")
+else:
+    blockout.overlay_file(src, masks, out + ".png")
+print(json.dumps({"time_s": time.perf_counter() - t0,
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
 
 def write_labels(path: Path, size: int, spacing: int, chunk: int = 1024) -> int:
     """Ellipses on a grid of ``spacing`` px in a Zarr array (see the module doc), chunk by chunk; returns their
@@ -91,6 +114,8 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 20000])
     p.add_argument("--whole-up-to", type=int, default=8192)
     p.add_argument("--spacing", type=int, default=32)
+    p.add_argument("--steps", action="store_true", help="also each workflow step alone (peak RSS vs request)")
+    p.add_argument("--block", type=int, default=2048, help="block size for the requests printed with --steps")
     args = p.parse_args()
     print(f"bench_block_outputs: ellipses every {args.spacing} px; {load()}", flush=True)
     for size in args.sizes:
@@ -113,6 +138,18 @@ def main() -> None:
                          f"{res['whole']['peak_rss_gb']:.2f} GB ({res['whole']['peak_rss_gb'] / res['blocks']['peak_rss_gb']:.1f}x)"
                          f"; files equal: {same_files(Path(tmp) / 'blocks', Path(tmp) / 'whole')}")
             print(f"{line}; {load()}", flush=True)
+            if args.steps:
+                from cpsnake.jobmem import step_mb
+
+                for step in ("normalize", "rois", "measure", "overlay"):
+                    out = subprocess.run([sys.executable, "-c", STEP, step, str(src), f"{tmp}/blocks/masks/mosaic.tif",
+                                          f"{tmp}/{step}"], capture_output=True, text=True)
+                    if out.returncode:
+                        sys.exit(f"size {size}, step {step}: child failed:\n{out.stderr[-3000:]}")
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    request = step_mb(step, pixels=size * size, width=size, channels=1, block=args.block)
+                    print(f"    step {step:<9} wall {r['time_s']:7.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB; "
+                          f"request {request / 1000:.2f} GB", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ SIGKILL and run again gives the outputs of an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -30,7 +29,6 @@ import pytest
 import tifffile
 
 from cpsnake import aggregate, overlay, provenance
-from cpsnake.errors import CpsnakeError
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ("blobs_a", "blobs_b", "blobs_c")
@@ -645,14 +643,15 @@ def test_stacks_run_through_the_workflow_as_segment_does(tmp_path, stacks):
 def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
     """config blocks.size 512: a 1024 x 1024 mosaic of real nuclei runs as 4 block jobs (the grid from its
     header) and a stitch, and its masks, ROIs and table equal `cpsnake segment --block-size 512`'s (whose
-    labels equal the whole image's, tests/test_blocks.py) bit for bit. Each block job asks for the memory
-    of its block (the same for any image size), the batch jobs for the image's. An OME-Zarr image in the
+    labels equal the whole image's, tests/test_blocks.py) bit for bit. Each block job, and the reconstruct
+    job that stitches the blocks, asks for the memory of a block (the same for any image size), and every
+    job's peak stays within its request (cpsnake.jobmem). An OME-Zarr image in the
     folder goes the same way. A corrupt tiled TIFF in blocks fails alone, with its one line, at the
     streaming pass.
 
     Catches: block jobs reading another grid, pass 2 with a block's own diffusion length instead of the
     maximum over all blocks, values streamed differently from the one-process run, block files left from
-    another grid accepted, a failed image failing the run.
+    another grid accepted, a failed image failing the run, a request below what its job takes.
     """
     import re
 
@@ -692,9 +691,20 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
             assert comparable(res / kind / f"{name}.{ext}") == comparable(out / kind / f"{name}.{ext}"), (name, kind)
     assert tifffile.imread(res / "masks" / "mosaic.tif").max() > 500 and tifffile.imread(res / "masks" / "demo.tif").max() > 30
     text = proc.stdout + proc.stderr
-    block_mem = {int(m) for m in re.findall(r"rule block:\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", text)}
-    recon_mem = {int(m) for m in re.findall(r"rule reconstruct:\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", text)}
-    assert block_mem == {1500 + 100 * (512 + 600) ** 2 // 10**6} and recon_mem == {int(1000 + 70 * 1024**2 / 1e6)}
+    requests = {rule: {int(m) for m in re.findall(rf"rule {rule}:\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", text)}
+                for rule in ("block", "normalize", "infer", "reconstruct", "rois", "measure", "overlay")}
+    # the block's, not the image's: a block job 1,500 MB + 100 bytes per pixel of the block and 300 px each
+    # side; pass 2 and the stitch 1,000 MB + 70 bytes per pixel of the same; window by window 500 MB + 1 KB
+    # per (assumed) object, one per 256 px of the image
+    assert requests["block"] == {1500 + 100 * (512 + 600) ** 2 // 10**6}
+    assert requests["reconstruct"] == {1000 + 70 * (512 + 600) ** 2 // 10**6}
+    assert requests["measure"] == requests["rois"] == {int(500 + 1024 * 1024**2 / 256 / 1e6)}
+    # every job's peak memory (the last line of its log) within its request
+    peaks = {rule: [int(m) for f in (res / "logs" / rule).rglob("*.log")
+                    for m in re.findall(r"; peak memory (\d+) MB$", f.read_text(), re.M)] for rule in requests}
+    assert {rule: len(v) for rule, v in peaks.items()} == {"block": 12 - 4, **{r: 1 for r in requests if r != "block"}}
+    for rule, values in peaks.items():
+        assert max(values) <= min(requests[rule]), (rule, values, requests[rule])
     assert not list((res / "work").glob("*/blocks/*/*.npz"))  # intermediate (config keep.flows: false)
 
 

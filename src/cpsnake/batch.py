@@ -401,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         (paths.work / folder).mkdir(parents=True, exist_ok=True)
     write_manifest(paths.manifest(args.step), result)
     failed = sum(o.status == "failed" for o in result)
+    from cpsnake.jobmem import peak_mb
+
     print(f"cpsnake batch {args.step} {args.batch}: {len(result) - failed - len(skipped)} ok, {failed} failed, "
-          f"{len(skipped)} skipped", file=sys.stderr)
+          f"{len(skipped)} skipped; peak memory {peak_mb()} MB", file=sys.stderr)
     return 0
 
 

@@ -257,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         _failed_block(out, reason if reason.startswith(s.path) else f"{s.path}: {reason}")
         print(f"cpsnake block: error: {reason}", file=sys.stderr)
         return 0
-    print(f"cpsnake block: {s.sample} block {args.index}: {info['objects']} masks, read {info['read']}", file=sys.stderr)
+    from cpsnake.jobmem import peak_mb
+
+    print(f"cpsnake block: {s.sample} block {args.index}: {info['objects']} masks, read {info['read']}; peak memory "
+          f"{peak_mb()} MB", file=sys.stderr)
     return 0
 
 

@@ -331,24 +331,34 @@ def block_sample(wildcards):
 
 
 def block_mem_mb(wildcards):
-    """Memory request of a block job: 1,500 MB plus about 100 bytes per pixel of its read region (block
-    plus halo on each side, the halo taken as 3 x a 100 px diameter at most): the block's, not the image's.
-    """
+    """Memory request of a block job: the block's, not the image's (cpsnake.jobmem)."""
+    from cpsnake.jobmem import block_job_mb
+
     s = block_sample(wildcards)
-    side = s.block + 2 * max(config["blocks"]["halo"] or 0, 300)
-    return int(1500 + 100 * side * side * max(s.channels_in_file or 1, 1) / 1e6)
+    return block_job_mb(s.block, config["blocks"]["halo"], s.channels_in_file)
 
 
-def mem_mb(base, bytes_per_pixel):
-    """Memory request of a batch job: base + bytes_per_pixel x the pixels of its largest image (the
-    images of a batch are processed one after the other)."""
+def mem_mb(step):
+    """Memory request of a batch job of ``step``: the most any image of the batch needs (they are processed
+    one after the other); an image in blocks needs its block's, not its own (cpsnake.jobmem).
+    """
+    from cpsnake.jobmem import step_mb
 
     def request(wildcards):
-        largest = max(
-            (s.pixels * max(s.channels_in_file or 1, 1) for s in rows(wildcards)),
-            default=0,
+        return max(
+            (
+                step_mb(
+                    step,
+                    pixels=s.pixels or 0,
+                    width=s.width or 0,
+                    channels=s.channels_in_file,
+                    block=s.block,
+                    halo=config["blocks"]["halo"],
+                )
+                for s in rows(wildcards)
+            ),
+            default=step_mb(step, pixels=0, width=0, channels=1),
         )
-        return int(base + bytes_per_pixel * largest / 1e6)
 
     return request
 

@@ -22,7 +22,7 @@ rule infer:
         "../../envs/cpsnake.yaml"
     threads: 2
     resources:
-        mem_mb=mem_mb(2000, 100),
+        mem_mb=mem_mb("infer"),
         runtime=120,
         gpu=0,
     params:

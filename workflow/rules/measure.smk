@@ -16,7 +16,7 @@ rule measure:
         "../../envs/cpsnake.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(300, 30),
+        mem_mb=mem_mb("measure"),
         runtime=30,
     params:
         samples=batch_signature,

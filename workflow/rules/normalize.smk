@@ -17,7 +17,7 @@ rule normalize:
         "../../envs/cpsnake.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(300, 12),
+        mem_mb=mem_mb("normalize"),
         runtime=30,
     params:
         samples=batch_signature,

@@ -21,7 +21,7 @@ rule overlay:
         "../../envs/cpsnake.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(300, 40),
+        mem_mb=mem_mb("overlay"),
         runtime=30,
     params:
         samples=batch_signature,

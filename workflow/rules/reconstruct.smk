@@ -21,7 +21,7 @@ rule reconstruct:
         "../../envs/cpsnake.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(1000, 70),
+        mem_mb=mem_mb("reconstruct"),
         runtime=60,
         gpu=0,
     params:

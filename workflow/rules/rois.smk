@@ -14,7 +14,7 @@ rule rois:
         "../../envs/cpsnake.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(300, 12),
+        mem_mb=mem_mb("rois"),
         runtime=30,
     params:
         samples=batch_signature,
