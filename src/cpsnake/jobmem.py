@@ -25,17 +25,18 @@ block, except for the records kept per object:
 
 Measured (peak RSS, ``benchmarks/bench_block_outputs.py --steps``, blocks of 2,048 px, one object per
 1,024 px): at 20,000 x 20,000 px (390,625 objects) normalize 0.22 GB, rois 0.56, measure 0.41, overlay
-1.04; at 8,192 px 0.26 / 0.25 / 1.06 for rois / measure / overlay. A block's pass 1 and 2 in one process,
-network included: 1.52 GB at 20,000 px (``benchmarks/bench_blocks.py``). Each batch and block job ends its
-log with its own peak (:func:`peak_mb`), and the workflow test checks every job's peak against its request.
+1.04; at 8,192 px 0.26 / 0.25 / 1.06 for rois / measure / overlay. A block's pass 1 and 2 in one
+process, network included: 1.52 GB at 20,000 px (``benchmarks/bench_blocks.py``). Each batch job, and
+each block job that computes its block, ends its log with its own peak (:func:`peak_mb`), and the
+workflow test checks every job's peak against its request.
 """
 
 from __future__ import annotations
 
 from cpsnake.overlay import MAX_SIDE
 
-__all__ = ["WHOLE", "BLOCK_JOB", "CONTEXT", "BAND_ROWS", "WINDOWED", "PX_PER_OBJECT", "read_region", "block_job_mb",
-           "step_mb", "peak_mb"]
+__all__ = ["WHOLE", "BLOCK_JOB", "CONTEXT", "BAND_ROWS", "WINDOWED", "PX_PER_OBJECT", "BYTES_PER_OBJECT", "read_region",
+           "block_job_mb", "step_mb", "peak_mb"]
 
 # step: (base MB, bytes per sample of the image)
 WHOLE = {"normalize": (300, 12), "infer": (2000, 100), "reconstruct": (1000, 70), "rois": (300, 12),
@@ -45,7 +46,7 @@ CONTEXT = 300  # px of context on each side of a block's core taken for its memo
 BAND_ROWS = 2048  # rows of a streaming pass's band taken for its memory
 WINDOWED = 500  # base MB of rois and measure window by window
 PX_PER_OBJECT = 256  # image pixels per object assumed for the records kept per object
-BYTES_PER_OBJECT = 1024
+BYTES_PER_OBJECT = 1024  # records kept per object, measured (see above)
 
 
 def read_region(block: int, halo: int | None) -> int:
