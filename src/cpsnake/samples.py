@@ -3,16 +3,18 @@
 Usage::
 
     cpsnake samples (--images FOLDER_OR_GLOB | --sheet SAMPLES.tsv) --out samples.tsv
-                    [--channels I,J,K] [--diameter D] [--batch-pixels N] [--batch-images M] [--max-pixels N]
+                    [--batch-pixels N] [--batch-images M] [--max-pixels N] [--block-size N] [--logs FOLDER]
 
 Samples come from a folder (every ``.tif``, ``.tiff``, ``.png``, ``.jpg``, ``.jpeg`` file and every
-OME-Zarr ``.zarr`` folder directly in it, hidden ones skipped), a glob (``data/**/*.tif``) or a sample sheet: a TSV or CSV file with one row
+OME-Zarr ``.zarr`` folder directly in it, hidden ones skipped), a glob (``data/**/*.tif``: every match but
+folders, and OME-Zarr folders) or a sample sheet: a UTF-8 TSV or CSV file (at most 64 MiB) with one row
 per image and the columns
 
 * ``sample`` (required): the name the outputs carry (``masks/SAMPLE.tif``, ...); letters, digits,
   ``.``, ``_``, ``-``; unique;
 * ``path`` (required): the image file, absolute or relative to the sheet's folder;
 * ``channels`` (optional): 0-based channels for the network, e.g. ``0,2`` (empty: the run's ``channels``);
+  a channel the image does not have fails that image here, naming the sheet's cell;
 * ``diameter`` (optional): typical cell diameter in pixels, or ``auto`` (a U-Net's size model; empty: the
   run's ``diameter``);
 * ``pixel_size`` (optional): pixel size in the image's unit, replacing the file's calibration (square
@@ -22,8 +24,9 @@ Without a sheet, a sample's name is its file name without the extension (``.ome.
 two files with one name are an error, whatever their folders.
 
 Each image is *inspected* from its header only (shape, channels, planes, dtype; no pixel is decoded,
-so this is cheap for thousands of images and for slides): a file that is missing, not an image, or has
-a header that cannot be read, fails here with its one-line reason and goes into no batch. Images that
+so this is cheap for thousands of images and for slides): a file that is missing, not a regular file (a
+FIFO, socket or device named like an image is listed, never opened), not an image, or has a header that
+cannot be read, fails here with its one-line reason and goes into no batch. Images that
 pass are *batched*: in sample-name order, a batch takes images while it holds at most
 ``--batch-images`` images (default 64) and at most ``--batch-pixels`` pixels (Y x X x planes, default
 50,000,000); an image larger than that budget is a batch of its own. Batches are named ``b0001``,
@@ -45,6 +48,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field, fields
+from io import StringIO
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -59,6 +63,7 @@ __all__ = [
     "name_clash",
     "discover",
     "read_sheet",
+    "MAX_SHEET_BYTES",
     "form_batches",
     "write_table",
     "read_table",
@@ -108,15 +113,31 @@ def sample_name(path: str | os.PathLike) -> str:
 
 
 def discover(spec: str) -> list[Sample]:
-    """Samples of a folder or a glob pattern, sorted by name; an error when none, or when two share a name."""
+    """Samples of a folder, a glob pattern or one image file, sorted by name; an error when none, when two
+    share a name, or when ``spec`` itself is a FIFO, socket, device or broken link.
+
+    A folder lists each entry named like an image (:data:`IMAGE_SUFFIXES`; hidden ones skipped) and each
+    OME-Zarr ``.zarr`` folder; a glob lists each match that is not a folder, and each OME-Zarr folder. An
+    entry that is not a regular file (a FIFO, socket or device named ``x.tif``, a broken link) is listed
+    too, never opened here: it fails at inspection with its one line, so nothing is dropped silently.
+    """
+    from cpsnake.files import regular_file
     from cpsnake.regions import is_ome_zarr
 
-    if Path(spec).is_dir() and not is_ome_zarr(spec):
-        files = [p for p in sorted(Path(spec).iterdir()) if not p.name.startswith(".")]
-        files = [p for p in files if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-                 or (p.suffix.lower() == ".zarr" and is_ome_zarr(p))]
+    if os.path.isdir(spec) and not is_ome_zarr(spec):
+        try:
+            entries = sorted(Path(spec).iterdir())
+        except OSError as exc:
+            raise CpsnakeError(f"images={spec!r}: the folder cannot be listed ({exc.strerror}); expected a "
+                               "readable folder of images; check its permissions") from None
+        files = [p for p in entries if not p.name.startswith(".")
+                 and (is_ome_zarr(p) and p.suffix.lower() == ".zarr" if os.path.isdir(p)
+                      else p.suffix.lower() in IMAGE_SUFFIXES)]
+    elif os.path.lexists(spec) and not os.path.isdir(spec):  # one image, named as it is (no glob characters)
+        regular_file(spec, "a folder of images, a glob pattern or an image file")
+        files = [Path(spec)]
     else:
-        files = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file() or is_ome_zarr(p)]
+        files = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if not os.path.isdir(p) or is_ome_zarr(p)]
     if not files:
         raise CpsnakeError(
             f"images={spec!r}: found no image files, expected a folder holding {'/'.join(IMAGE_SUFFIXES)} files "
@@ -143,6 +164,11 @@ def name_clash(paths: Iterable[str | os.PathLike]) -> tuple[Path, Path, str] | N
     return None
 
 
+def _shown(text: str, width: int = 40) -> str:
+    """A sheet cell for a message: quoted, cut to ``width`` characters."""
+    return repr(text if len(text) <= width else text[:width] + "...")
+
+
 def _parse_channels(text: str, where: str) -> list[int] | None:
     text = text.strip().strip("[]")
     if not text:
@@ -152,7 +178,8 @@ def _parse_channels(text: str, where: str) -> list[int] | None:
     except ValueError:
         chans = []
     if not chans or len(chans) > 3 or len(set(chans)) != len(chans) or min(chans) < 0:
-        raise CpsnakeError(f"{where}: channels {text!r}, expected 1 to 3 distinct 0-based channel numbers, e.g. 0,2")
+        raise CpsnakeError(f"{where}: channels {_shown(text)}, expected 1 to 3 distinct 0-based channel numbers, "
+                           "e.g. 0,2; fix that cell")
     return chans
 
 
@@ -165,57 +192,111 @@ def _parse_positive(text: str, where: str, what: str) -> float | None:
     except ValueError:
         value = float("nan")
     if not value > 0 or value == float("inf"):
-        raise CpsnakeError(f"{where}: {what} {text!r}, expected a positive number (or an empty cell for none)")
+        raise CpsnakeError(f"{where}: {what} {_shown(text)}, expected a positive number (or an empty cell for none); "
+                           "fix that cell")
     return value
+
+
+MAX_SHEET_BYTES = 64 * 2**20  # a sample sheet of about 300,000 rows
+SHEET_COLUMNS = ("sample", "path", "channels", "diameter", "pixel_size")
+SHEET = "a sample sheet (UTF-8 text, TSV or CSV: sample, path[, channels, diameter, pixel_size])"
+QUOTING = "TSV or CSV cells, each quoted whole or not at all"
+_CSV_PROBLEMS = {  # csv.Error text -> (found, expected)
+    "field larger than field limit": ("a cell longer than {limit:,} characters",
+                                      "cells of at most {limit:,} characters"),
+    "unexpected end of data": ("a quote (\") that is never closed", QUOTING),
+    "expected after": ("text after the closing quote of a cell", QUOTING),
+}
+
+
+def _sheet_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+    """(first line, cells) of each non-blank row of a sheet's ``text``; malformed CSV / TSV is a CpsnakeError."""
+    reader = csv.reader(StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows, line = [], 1
+    try:
+        for cells in reader:
+            if cells:
+                rows.append((line, cells))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        found, expected = next((v for k, v in _CSV_PROBLEMS.items() if k in str(exc)),
+                               (f"malformed CSV ({exc})", QUOTING))
+        limit = csv.field_size_limit()
+        raise CpsnakeError(f"{path} line {line}: found {found.format(limit=limit)}; "
+                           f"expected {expected.format(limit=limit)}; fix that row, or save the sheet again from a "
+                           "spreadsheet") from None
+    return rows
 
 
 def read_sheet(path: str | os.PathLike) -> list[Sample]:
     """Samples of a sample sheet (TSV or CSV, told by its first line), sorted by name.
 
-    Relative paths are relative to the sheet's folder. Errors (one line, naming the sheet and the row):
-    missing ``sample`` / ``path`` columns, unknown columns, an empty or malformed name, a repeated name,
-    bad ``channels`` / ``diameter`` / ``pixel_size`` values.
+    Relative paths are relative to the sheet's folder. The sheet is read only if it is a regular file of at
+    most :data:`MAX_SHEET_BYTES` bytes of UTF-8 text (a FIFO, device or socket is refused before any open).
+    Errors (one line, naming the sheet and the row): not a regular file, too large, not UTF-8 text or
+    holding NUL bytes, malformed quoting or a cell over the csv module's field size limit, missing
+    ``sample`` / ``path`` columns, unknown or repeated columns, more cells than columns, an empty or malformed
+    name, a repeated name, bad ``channels`` / ``diameter`` / ``pixel_size`` values. Each sample's ``extra``
+    holds ``where``, its sheet and line, for later messages about its cells.
     """
+    from cpsnake.files import read_bytes
+
     path = Path(path)
+    data = read_bytes(path, SHEET, limit=MAX_SHEET_BYTES)
+    bad = data.find(b"\0")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read as a text sample sheet ({exc}); expected a TSV or CSV file") from None
-    lines = text.splitlines()
-    if not lines:
-        raise CpsnakeError(f"{path}: empty sample sheet; expected a header line 'sample<TAB>path' and one row per image")
-    delimiter = "\t" if "\t" in lines[0] else ","
-    reader = csv.DictReader(lines, delimiter=delimiter)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    allowed = ("sample", "path", "channels", "diameter", "pixel_size")
+        text = data.decode("utf-8-sig") if bad < 0 else ""
+    except UnicodeDecodeError as exc:
+        bad = exc.start
+    if bad >= 0:
+        line = data.count(b"\n", 0, bad) + 1
+        raise CpsnakeError(f"{path} line {line}: found binary data or text that is not UTF-8 "
+                           f"(byte {bad:,}); expected {SHEET}; save the sheet as UTF-8 text")
+    if not text.strip():
+        raise CpsnakeError(f"{path}: empty sample sheet; expected a header line 'sample<TAB>path' and one row per "
+                           "image")
+    delimiter = "\t" if "\t" in text.splitlines()[0] else ","
+    rows = _sheet_rows(path, text, delimiter)
+    header = [h.strip() for h in rows[0][1]] if rows and rows[0][0] == 1 else []
+    body = rows[1:] if header else rows
     if "sample" not in header or "path" not in header:
-        raise CpsnakeError(f"{path}: found columns {header}, expected at least 'sample' and 'path' "
-                           f"(optional: channels, diameter, pixel_size)")
-    unknown = [h for h in header if h not in allowed]
+        found = ", ".join(_shown(h, 20) for h in header[:8]) or "none on line 1"
+        raise CpsnakeError(f"{path}: found columns {found}, expected at least 'sample' and 'path' (optional: channels, "
+                           "diameter, pixel_size)")
+    unknown = [h for h in header if h not in SHEET_COLUMNS]
     if unknown:
-        raise CpsnakeError(f"{path}: unknown column(s) {unknown}, expected only {', '.join(allowed)}; rename or remove them")
+        raise CpsnakeError(f"{path}: unknown column(s) {', '.join(_shown(h, 20) for h in unknown[:8])}, expected only "
+                           f"{', '.join(SHEET_COLUMNS)}; rename or remove them")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise CpsnakeError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear twice, expected each column "
+                           "once; remove the copy")
     samples: dict[str, Sample] = {}
-    for i, raw in enumerate(reader, start=2):
-        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        where = f"{path} line {i}"
+    for line, cells in body:
+        where = f"{path} line {line}"
+        if any(c.strip() for c in cells[len(header):]):
+            raise CpsnakeError(f"{where}: found {len(cells)} cells, more than the {len(header)} columns of the header; "
+                               "expected one cell per column; remove the extra cells or name their column")
+        row = {h: c.strip() for h, c in zip(header, cells)}
         name = row.get("sample", "")
         if not NAME_RE.match(name):
-            raise CpsnakeError(f"{where}: sample name {name!r}, expected letters, digits, '.', '_' or '-' "
+            raise CpsnakeError(f"{where}: sample name {_shown(name)}, expected letters, digits, '.', '_' or '-' "
                                "(it names the output files)")
         if name in samples:
-            raise CpsnakeError(f"{where}: sample {name!r} appears twice, expected unique sample names")
+            raise CpsnakeError(f"{where}: sample {_shown(name)} appears twice, expected unique sample names")
         image = row.get("path", "")
         if not image:
-            raise CpsnakeError(f"{where}: sample {name!r} has no path, expected the image file")
+            raise CpsnakeError(f"{where}: sample {_shown(name)} has no path, expected the image file")
         image_path = Path(image).expanduser()
         if not image_path.is_absolute():
             image_path = path.parent / image_path
         samples[name] = Sample(
             name, str(image_path),
             channels=_parse_channels(row.get("channels", ""), where),
-            diameter=("auto" if row.get("diameter", "").strip() == "auto"
+            diameter=("auto" if row.get("diameter", "") == "auto"
                       else _parse_positive(row.get("diameter", ""), where, "diameter")),
             pixel_size=_parse_positive(row.get("pixel_size", ""), where, "pixel_size"),
+            extra={"where": where},
         )
     if not samples:
         raise CpsnakeError(f"{path}: no rows, expected one row per image under the header")
@@ -370,8 +451,9 @@ def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_im
             max_pixels: int | None = None, block_size: int | None = None) -> list[Sample]:
     """Fill in each sample's header fields and status, then its batch and block size (see the module docstring).
 
-    An image whose header cannot be read, or declares more than ``max_pixels`` samples, is ``failed``
-    with its one-line reason and goes into no batch. Returns the samples in name order.
+    An image whose header cannot be read, declares more than ``max_pixels`` samples, or lacks a channel
+    that its sheet row names, is ``failed`` with its one-line reason and goes into no batch. Returns the
+    samples in name order.
     """
     from cpsnake import limits
 
@@ -379,6 +461,7 @@ def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_im
         try:
             head = inspect_header(s.path)
             limits.check_samples(s.path, (head["pixels"], head["channels_in_file"]), limit=max_pixels)
+            _check_channels(s, head["channels_in_file"])
         except CpsnakeError as exc:
             s.status, s.reason = "failed", one_line_of(exc)
             continue
@@ -392,6 +475,18 @@ def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_im
         for n in names:
             by_name[n].batch = f"b{k:04d}"
     return sorted(samples, key=lambda s: s.sample)
+
+
+def _check_channels(s: Sample, n: int) -> None:
+    """A CpsnakeError naming the sheet's cell when ``s.channels`` (from a sample sheet) names a channel that the
+    image's header does not have (``n`` channels)."""
+    missing = [c for c in s.channels or () if c >= n]
+    if missing:
+        where = s.extra.get("where", f"sample {s.sample!r}")
+        raise CpsnakeError(
+            f"{where}: channels {_cell(s.channels)} names channel {missing[0]}, but {s.path} has {n} channel(s) "
+            f"(0-based 0..{n - 1}); expected channels of that image; fix the channels cell of that row"
+        )
 
 
 def _block(s: Sample, block_size: int | None) -> int:

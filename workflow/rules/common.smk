@@ -11,11 +11,35 @@ import shlex
 import sys
 from pathlib import Path
 
-import pandas as pd
 from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+
+def fail(message):
+    """Stop at parse time with one line `cpsnake workflow: error: MESSAGE` on stderr and exit status 1.
+
+    A SystemExit, which Snakemake neither catches nor decorates: no "WorkflowError in file ..." header and
+    no `File ".../common.smk", line N` frames follow the line (an exception raised here would get both).
+    """
+    print(
+        f"cpsnake workflow: error: {' '.join(str(message).split())}",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(1)
+
+
+try:
+    from cpsnake import samples as sample_table
+    from cpsnake.config import check as check_config, results_folder
+    from cpsnake.errors import CpsnakeError
+    from cpsnake.files import regular_file
+except ImportError as exc:
+    fail(
+        f"cannot import cpsnake ({exc}); expected Snakemake to run in the environment where cpsnake is "
+        "installed: use .venv/bin/snakemake after `make run` (or activate .venv), or `pip install -e .`"
+    )
 
 
 def typed(value, nested=False):
@@ -36,19 +60,14 @@ def typed(value, nested=False):
     return value
 
 
+# the config, its defaults filled in as snakemake.utils.validate does; a problem is one line naming the key
 config.update(typed(config))
-validate(config, schema="../schemas/config.schema.yaml")
-
 try:
-    from cpsnake import samples as sample_table
-    from cpsnake.errors import CpsnakeError
-except ImportError as exc:
-    raise WorkflowError(
-        f"cannot import cpsnake ({exc}); expected Snakemake to run in the environment where cpsnake is "
-        "installed: use .venv/bin/snakemake after `make run` (or activate .venv), or `pip install -e .`"
-    )
-
-RESULTS = config["results"].rstrip(os.sep) or os.curdir
+    if not workflow.modifier.skip_validation:
+        check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    RESULTS = results_folder(config["results"])
+except CpsnakeError as exc:
+    fail(exc)
 SAMPLES_TABLE = f"{RESULTS}/samples.tsv"
 # registry names shipped with the repository in resources/models/NAME.pt
 BUNDLED = ("nuclei_small", "nuclei_unet")
@@ -64,40 +83,38 @@ else:
 
 
 def parse_channels(value):
-    """config channels as a list of ints (or None): a list, a string "0,2" or one number."""
+    """config channels as a list of distinct ints (or None): a list, a string "0,2" or one number (the schema
+    has checked the form; a repeated channel is one line here)."""
     if value is None or isinstance(value, list):
-        return value
-    if isinstance(value, int):
-        return [value]
-    return [int(c) for c in str(value).replace(" ", "").split(",") if c != ""]
+        channels = value
+    elif isinstance(value, int):
+        channels = [value]
+    else:
+        channels = [int(c) for c in str(value).replace(" ", "").split(",") if c != ""]
+    if channels is not None and len(set(channels)) != len(channels):
+        fail(
+            f"config channels: found {value!r}, which repeats a channel; expected distinct channel numbers "
+            "such as 0,2; fix channels in the config file or --config"
+        )
+    return channels
 
 
 CHANNELS = parse_channels(config["channels"])
 
 
 def listed_samples():
-    """The run's samples at parse time: a validated sample sheet, or the images folder / glob."""
+    """The run's samples at parse time: the sample sheet (cpsnake.samples.read_sheet: a regular file, checked
+    cell by cell), or the images folder / glob; a problem is one line."""
     try:
         if config["samples"]:
-            sheet = pd.read_csv(
-                config["samples"],
-                sep=None,
-                engine="python",
-                dtype=str,
-                keep_default_na=False,
-            )
-            sheet = sheet.replace("", None)
-            for col in ("diameter", "pixel_size"):
-                if col in sheet:
-                    sheet[col] = [
-                        v if v in (None, "auto") else float(v) for v in sheet[col]
-                    ]
-            validate(sheet, schema="../schemas/samples.schema.yaml")
             return sample_table.read_sheet(config["samples"])
         return sample_table.discover(config["images"])
-    except (CpsnakeError, OSError, ValueError) as exc:
-        raise WorkflowError(
-            f"config {'samples' if config['samples'] else 'images'}: {exc}"
+    except CpsnakeError as exc:
+        key = "samples" if config["samples"] else "images"
+        fail(
+            f"config {exc}"
+            if str(exc).startswith(f"{key}=")
+            else f"config {key}: {exc}"
         )
 
 
@@ -106,8 +123,20 @@ LISTED = listed_samples()
 
 def resolve_model(spec):
     """(model file, model name): an existing path, a bundled name, or a name the `weights` rule downloads."""
+    import difflib
+
+    expected = f"a path to a .pt file or one of {', '.join(BUNDLED + DOWNLOADABLE)}"
     if Path(spec).is_file():
         return spec, Path(spec).stem
+    if (
+        os.sep in spec
+        or spec.endswith(".pt")
+        or (os.path.lexists(spec) and not os.path.isdir(spec))
+    ):
+        try:  # a path that is not a regular file: missing, a FIFO, a device, a broken link (stat only)
+            regular_file(spec, f"a model: {expected}")
+        except CpsnakeError as exc:
+            fail(f"config model: {exc}")
     bundled = Path("resources/models") / f"{spec}.pt"
     if bundled.is_file():
         return str(bundled), spec
@@ -116,9 +145,11 @@ def resolve_model(spec):
     # a bundled name missing from this checkout: Snakemake reports the missing input file
     if spec in BUNDLED:
         return str(bundled), spec
-    raise WorkflowError(
-        f"config model={spec!r}: found neither a file nor a registry name, expected a path to a .pt "
-        f"file or one of {', '.join(BUNDLED + DOWNLOADABLE)}; fix `model` in config.yaml"
+    close = difflib.get_close_matches(spec, BUNDLED + DOWNLOADABLE, n=1)
+    fail(
+        f"config model={spec!r}: found neither a file nor a registry name; expected {expected}; "
+        + (f"did you mean {close[0]!r}? " if close else "")
+        + "fix model in the config file or --config"
     )
 
 
@@ -261,8 +292,9 @@ def stack_args():
     """The stack options from config `stacks` (every per-image step takes them: each uses its own)."""
     cfg = config["stacks"]
     if cfg["do_3d"] and cfg["stitch_threshold"] > 0:
-        raise WorkflowError(
-            "config stacks: do_3d and stitch_threshold > 0 both set; expected one of them"
+        fail(
+            f"config stacks: found do_3d true and stitch_threshold {cfg['stitch_threshold']}; expected one of them "
+            "(3-D, or 2-D planes stitched); set stacks.do_3d false or stacks.stitch_threshold 0"
         )
     args = []
     if cfg["do_3d"]:
