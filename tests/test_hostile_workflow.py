@@ -2,8 +2,9 @@
 
 One test per class of problem, parametrized over its members:
 
-1. ``test_nothing_hangs_on_a_sheet`` -- a FIFO, socket or device given as the sample sheet, as ``images``
-   or as the model is refused at once, by ``cpsnake samples`` and by ``snakemake -n``; one named like an
+1. ``test_nothing_hangs_on_a_sheet`` -- a FIFO, socket or device given as the sample sheet, as ``images``,
+   as the model or as the working folder's config.yaml is refused at once, by ``cpsnake samples`` and by
+   ``snakemake -n``; one named like an
    image inside an images folder (or matched by a glob, or named by a sheet row), or a broken link there,
    is listed as a failed sample with its one line, never opened and never dropped silently.
 2. ``test_sheet_errors_are_one_line`` -- malformed sheets (a cell over the csv module's field size limit,
@@ -77,7 +78,7 @@ def assert_one_workflow_line(run: Run, *names, pattern: str | None = None) -> st
     """Exit 1 and one line ``cpsnake workflow: error: config ...`` naming ``names``: no traceback, no Python
     frames, no Snakemake error header, no jsonschema text."""
     line = assert_one_error_line(run, "workflow", *names, pattern=pattern)
-    assert line.startswith("cpsnake workflow: error: config "), line
+    assert line.startswith("cpsnake workflow: error: config"), line
     for noise in ('File "', "WorkflowError", "Failed validating", "schema[", "$schema", "On instance"):
         assert noise not in run.stderr, run.stderr
     return line
@@ -140,6 +141,7 @@ HANG_CASES = {
     "model-fifo": _whole("model", lambda d: fifo(d, "m.pt")),
     "model-socket": _whole("model", lambda d: unix_socket(d, "m.pt")),
     "model-device": _whole("model", lambda d: Path("/dev/zero")),
+    "config-yaml-fifo": _whole("config.yaml", lambda d: d),  # the working folder's config.yaml, made a FIFO below
     "folder-fifo": _in_folder(fifo, "pipe.tif"),
     "folder-socket": _in_folder(unix_socket, "sock.png"),
     "folder-broken-link": _in_folder(_broken_link, "gone.tif"),
@@ -151,7 +153,8 @@ CONFIG_KEY = {"sheet": "samples", "images": "images", "model": "model"}
 
 @pytest.mark.parametrize("tool, member", [
     ("samples", m) if tool == "samples" else pytest.param("workflow", m, marks=WORKFLOW)
-    for m in HANG_CASES for tool in ("samples", "workflow") if not (tool == "samples" and m.startswith("model"))
+    for m in HANG_CASES for tool in ("samples", "workflow")
+    if not (tool == "samples" and m.startswith(("model", "config")))
 ])
 def test_nothing_hangs_on_a_sheet(tmp_path, tool, member):
     option, value, bad, listed = HANG_CASES[member](tmp_path)
@@ -167,6 +170,13 @@ def test_nothing_hangs_on_a_sheet(tmp_path, tool, member):
         table = out
     else:
         d = run_dir(tmp_path / "run")
+        if option == "config.yaml":  # Snakemake's own `configfile:` would open it
+            config = json.loads((d / "config.yaml").read_text())
+            (d / "config.yaml").unlink()
+            os.mkfifo(d / "config.yaml")
+            run = snakemake(d, *(f"{k}={v}" for k, v in config.items()), timeout=60)
+            assert_one_workflow_line(run, "config.yaml: found a FIFO")
+            return
         key = CONFIG_KEY[option]
         if not listed:
             assert_one_workflow_line(snakemake(d, f"{key}={value}", timeout=60), f"config {key}: {bad}")

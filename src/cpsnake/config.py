@@ -71,7 +71,7 @@ def _message(error) -> str:
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         known = list(error.schema.get("properties", {}))
-        unknown = min(k for k in error.instance if k not in known)
+        unknown = min(str(k) for k in error.instance if k not in known)
         full = key_name(path + [unknown])
         close = difflib.get_close_matches(unknown, known, n=1)
         if close:
