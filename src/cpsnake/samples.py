@@ -219,12 +219,12 @@ def _sheet_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[s
                 rows.append((line, cells))
             line = reader.line_num + 1
     except csv.Error as exc:
-        found, expected = next((v for k, v in _CSV_PROBLEMS.items() if k in str(exc)),
-                               (f"malformed CSV ({exc})", QUOTING))
         limit = csv.field_size_limit()
-        raise CpsnakeError(f"{path} line {line}: found {found.format(limit=limit)}; "
-                           f"expected {expected.format(limit=limit)}; fix that row, or save the sheet again from a "
-                           "spreadsheet") from None
+        found, expected = next(((f.format(limit=limit), e.format(limit=limit))
+                                for k, (f, e) in _CSV_PROBLEMS.items() if k in str(exc)),
+                               (f"malformed CSV ({exc})", QUOTING))
+        raise CpsnakeError(f"{path} line {line}: found {found}; expected {expected}; fix that row, or save the sheet "
+                           "again from a spreadsheet") from None
     return rows
 
 
