@@ -104,6 +104,23 @@ def listed_samples():
 LISTED = listed_samples()
 
 
+def check_bounds():
+    """The config values that become command-line options, against the options' bounds (cpsnake.bounds), and
+    the run's job count as far as the listed images tell it (their headers come with the samples checkpoint,
+    see table()): one line naming the config key, before any job runs."""
+    from cpsnake import bounds
+
+    try:
+        bounds.check_config(config)
+        batches = -(-len(LISTED) // int(config["batch"]["images"]))  # at least this many
+        bounds.check_jobs(batches, images=len(LISTED), at_least=True)
+    except CpsnakeError as exc:
+        raise WorkflowError(str(exc))
+
+
+check_bounds()
+
+
 def resolve_model(spec):
     """(model file, model name): an existing path, a bundled name, or a name the `weights` rule downloads."""
     if Path(spec).is_file():
@@ -147,8 +164,27 @@ def listing():
 
 
 def table(wildcards=None):
-    """The samples table (after the checkpoint)."""
-    return sample_table.read_table(checkpoints.samples.get().output[0])
+    """The samples table (after the checkpoint), its run's job count checked (check_jobs)."""
+    return check_jobs(sample_table.read_table(checkpoints.samples.get().output[0]))
+
+
+def check_jobs(samples):
+    """`samples` (the samples table) when the run they make is at most cpsnake.bounds.MAX_JOBS jobs (batches,
+    and blocks from each image's header); else a WorkflowError with the fix."""
+    from cpsnake import bounds
+    from cpsnake.blockjob import grid_of
+
+    batches = len({s.batch for s in samples if s.batch})
+    blocks = sum(
+        len(grid_of(s.height, s.width, s.block))
+        for s in samples
+        if s.batch and s.block
+    )
+    try:
+        bounds.check_jobs(batches, blocks, images=len(samples))
+    except CpsnakeError as exc:
+        raise WorkflowError(str(exc))
+    return samples
 
 
 def batches(wildcards=None):
