@@ -146,9 +146,10 @@ def _weights_architecture(d, z, m):  # real tensors (15 MB) whose shapes describ
     return ["infer", normalized_image(d), d / "flows.tif", "--model", f], f, [d / "flows.tif"]
 
 
-def _diameter_option(d, z, m):  # --diameter 0.01 would resize a 64 x 64 image to 192000 x 192000
-    f = normalized_image(d)
-    return ["infer", f, d / "flows.tif", "--model", m, "--diameter", "0.01"], "diameter 0.01", [d / "flows.tif"]
+def _diameter_option(d, z, m):  # --diameter 1 would resize a 64 x 64 image to 1920 x 1920, over --max-pixels 10^6
+    f = normalized_image(d)  # (a diameter under 1 px is refused by its bound first, cpsnake.bounds)
+    return (["infer", f, d / "flows.tif", "--model", m, "--diameter", "1", "--max-pixels", "1000000"], "diameter 1",
+            [d / "flows.tif"])
 
 
 def _roi_bbox(d, z, m):  # ROIs 65000 px across on a 64 x 64 image: clipped to it, not refused
@@ -171,7 +172,7 @@ BOMBS = {
     "normalized declared": (_normalized_declared, r"normalized image of 60000 x 60000"),
     "weights stride-0 view": (_weights_expanded, r"encoder.patch_embed.proj.weight.*expanded \(stride-0\) view"),
     "weights describing a huge network": (_weights_architecture, r"describe a network of [\d,]+ parameters, more than"),
-    "--diameter resizing to 192000 x 192000": (_diameter_option, r"would have 192000x192000 pixels .*more than the limit"),
+    "--diameter resizing to 1920 x 1920": (_diameter_option, r"would have 1920x1920 pixels .*more than the limit"),
     "roi bounding box 1000x the image": (_roi_bbox, None),
 }
 

@@ -237,9 +237,9 @@ def test_segment_tz_hyperstack_stitches_each_frame_and_tracks_3d_objects(tmp_pat
     ("TYX", (3, 40, 40), ["--do-3d"], "time series of 2-D frames .* given --do-3d"),
     ("TYX", (3, 40, 40), ["--stitch-threshold", "0.3"], "given --stitch-threshold"),
     ("ZYX", (3, 40, 40), ["--track"], "Z stack without a time axis given --track"),
-    ("ZYX", (3, 40, 40), ["--do-3d", "--anisotropy", "0"], "--anisotropy 0; expected a positive number"),
+    ("ZYX", (3, 40, 40), ["--do-3d", "--anisotropy", "0"], "--anisotropy 0: found 0; expected a Z step"),
     ("ZYX", (3, 40, 40), ["--do-3d", "--stitch-threshold", "0.3"], "--do-3d and --stitch-threshold both given"),
-    ("ZYX", (3, 40, 40), ["--stitch-threshold", "1.5"], r"--stitch-threshold 1.5; expected an IoU"),
+    ("ZYX", (3, 40, 40), ["--stitch-threshold", "1.5"], r"--stitch-threshold 1.5: found 1.5; expected an IoU"),
 ])
 def test_bad_stack_requests_are_one_clear_line(tmp_path, capsys, tiny_model, axes, shape, flags, match):
     from cpsnake import segment

@@ -97,5 +97,5 @@ def test_a_cellpose_sam_model_or_bad_options_are_one_error(tiny_model, discs, ca
     assert cli.main(["train-size", str(tiny_model), str(discs)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "found a Cellpose-SAM model, expected a classic Cellpose U-Net" in err[0]
-    with pytest.raises(CpsnakeError, match="expected at least 1 draw"):
+    with pytest.raises(CpsnakeError, match="--per-image 0: found 0; expected a number of draws per image"):
         train_size.main.__wrapped__(["x.pt", str(discs), "--per-image", "0"])

@@ -179,6 +179,8 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
     from cpsnake import infer, io, models, size, statefile, weights
 
     infer.check_options(args)
+    if all(s.block for s in rows):  # nothing for the network (no image left, or images in blocks): no model load
+        return iter([Outcome(s.sample, "ok", "", 0.0, {"blocks": s.block}) for s in rows])
     path = weights.resolve(args.model, progress=False)
     statefile.check(path)
     opts = infer.options(args)

@@ -213,7 +213,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("index", type=int, help="the block, 0-based, row-major in the grid")
     p.add_argument("--results", type=Path, required=True, help="the results folder")
     p.add_argument("--model", required=True, help="registry name or weights file")
-    p.add_argument("--block-halo", type=int, default=None, metavar="H",
+    from cpsnake.bounds import option
+
+    p.add_argument("--block-halo", type=option("--block-halo"), default=None, metavar="H",
                    help="context around the block in px (default 96, or 3 x the diameter)")
     infer.add_options(p.add_argument_group("infer options (as `cpsnake infer`)"))
     reconstruct.add_options(p.add_argument_group("reconstruct options (as `cpsnake reconstruct`)"))
@@ -225,13 +227,21 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from cpsnake import infer, models, reconstruct, statefile, weights
     from cpsnake import samples as sample_table
+    from cpsnake.bounds import check_halo
 
     args = _parser().parse_args(argv)
+    infer.check_options(args)  # the option checks that need no torch come first
+    reconstruct.check_options(args)
     rows = [s for s in sample_table.read_table(args.samples) if s.sample == args.name and s.batch == args.batch]
     if not rows or not rows[0].block:
         raise CpsnakeError(f"{args.samples}: no sample {args.name!r} segmented in blocks in batch {args.batch!r}; "
                            "expected a row with block > 0 (`cpsnake samples` writes them)")
     s = rows[0]
+    check_halo(args.block_halo, s.block, block_name="the samples table's block")
+    blocks = len(grid_of(s.height, s.width, s.block))
+    if not 0 <= args.index < blocks:
+        raise CpsnakeError(f"block {args.index}: found a block index outside the grid of {s.sample} ({blocks} blocks "
+                           f"of {s.block} px); expected 0 to {blocks - 1}; run the block jobs the workflow lists")
     out = block_path(args.results, args.batch, s.sample, args.index)
     from cpsnake.batch import Paths, read_manifest
 

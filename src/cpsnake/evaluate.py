@@ -330,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pred_dir", help="folder of predicted label images")
     p.add_argument("true_dir", help="folder of true label images (same names)")
     p.add_argument("--out", help="write the table (per image + pooled rows) to this CSV")
-    p.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS),
+    from cpsnake.bounds import option
+
+    p.add_argument("--thresholds", type=option("--thresholds"), nargs="+", default=list(DEFAULT_THRESHOLDS),
                    help="IoU thresholds (default 0.5 0.75 0.9)")
     p.add_argument("--index", help="CSV with a 'file' column and a grouping column (per-group pooled rows)")
     p.add_argument("--group-by", default="modality", help="grouping column of --index (default modality)")
@@ -338,9 +340,6 @@ def main(argv: list[str] | None = None) -> int:
 
     limits.add_option(p)
     args = p.parse_args(argv)
-    for t in args.thresholds:
-        if not 0 < t <= 1:
-            raise CpsnakeError(f"--thresholds: found {t}, expected IoU thresholds in (0, 1]")
     groups = read_index(Path(args.index), args.group_by) if args.index else None
     df = evaluate_dirs(args.pred_dir, args.true_dir, thresholds=args.thresholds, groups=groups, max_pixels=args.max_pixels)
     if args.out:

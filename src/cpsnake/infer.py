@@ -477,27 +477,6 @@ def read_normalized(path: str | Path, *, max_pixels: int | None = None) -> tuple
     return data, meta
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text}: expected a positive number")
-    return value
-
-
-def _diameter(text: str) -> float | str:
-    """A positive number of pixels, or ``auto`` (estimated by a U-Net's size model, :mod:`cpsnake.size`)."""
-    return "auto" if text == "auto" else _positive_float(text)
-
-
-def _batch_size(text: str) -> int | None:
-    if text == "auto":
-        return None
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: expected a positive integer or auto")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cpsnake infer", description="Tiled Cellpose-SAM inference: normalized image -> flows (dY, dX, cellprob)."
@@ -524,22 +503,30 @@ def check_stack_request(path, stack_axes: str, mode: str) -> None:
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """Add the inference options (shared by ``cpsnake infer`` and ``cpsnake segment``)."""
-    p.add_argument("--diameter", type=_diameter, default=None,
+    from cpsnake.bounds import option
+
+    p.add_argument("--diameter", type=option("--diameter"), default=None,
                    help="cell diameter in px (resize by diam_mean/D first: 30/D for Cellpose-SAM), or auto (a U-Net's "
                         "size model estimates it per image)")
     p.add_argument("--size-model", default=None,
                    help="with --diameter auto: cellpose's size model file (default: size_<model>.npy beside the model)")
     p.add_argument("--augment", action="store_true", help="flip test-time augmentation (slower, smoother)")
-    p.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto", help="tiles per batch (auto: 8 CPU, 32 GPU)")
-    p.add_argument("--tile-overlap", type=float, default=0.1, help="overlap fraction of tiles, 0.05..0.5 (default 0.1)")
+    p.add_argument("--batch-size", type=option("--batch-size"), default=None, metavar="N|auto",
+                   help="tiles per batch (auto: 8 CPU, 32 GPU)")
+    p.add_argument("--tile-overlap", type=option("--tile-overlap"), default=0.1,
+                   help="overlap fraction of tiles, 0.05..0.5 (default 0.1)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """The option checks that need no torch (so they come before any file is read)."""
-    if not 0.05 <= args.tile_overlap <= 0.5:
-        raise CpsnakeError(f"--tile-overlap {args.tile_overlap}: expected a fraction in [0.05, 0.5]; the default is 0.1")
+    """The option checks that need no torch (so they come before any file is read): each value within its
+    bound (:mod:`cpsnake.bounds`; the parser checks what is typed, this what a caller set)."""
+    from cpsnake.bounds import check
+
+    check("--tile-overlap", args.tile_overlap)
+    check("--diameter", args.diameter)
+    check("--batch-size", args.batch_size)
 
 
 def options(args: argparse.Namespace) -> dict:
@@ -549,7 +536,7 @@ def options(args: argparse.Namespace) -> dict:
     return dict(
         diameter=args.diameter,
         augment=args.augment,
-        batch_size=args.batch_size or (8 if device.type == "cpu" else 32),
+        batch_size=args.batch_size if args.batch_size not in (None, "auto") else 8 if device.type == "cpu" else 32,
         tile_overlap=args.tile_overlap,
         device=device,
         dtype=resolve_dtype(args.precision, device),
@@ -567,6 +554,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_stack_request(args.normalized, meta["stack_axes"], sopts["mode"])
     if args.diameter not in (None, "auto"):
         resized_shape(img.shape, args.diameter, args.max_pixels)  # before the model is loaded
+    if img.ndim == 4 and sopts["mode"] == "3d":
+        from cpsnake.bounds import check_stack_3d
+
+        check_stack_3d(args.normalized, img.shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
+                       max_pixels=args.max_pixels)
 
     from cpsnake import statefile, weights
 

@@ -116,9 +116,10 @@ def predict_3d(
     limit = limits.max_pixels(max_pixels)
     if new[0] * new[1] * new[2] * C > limit:
         raise CpsnakeError(
-            f"the {Z} x {Y} x {X} stack resized for the network ({new[0]} x {new[1]} x {new[2]} voxels, {C} channel(s)) "
-            f"holds more than the limit of {limit:,} samples; expected a smaller stack; give a larger diameter, "
-            f"crop the stack, or raise the limit with {limits.RAISE}"
+            f"--anisotropy {aniso:g}: the {Z} x {Y} x {X} stack resized for the network "
+            f"({new[0]} x {new[1]} x {new[2]} voxels, {C} channel(s)) holds more than the limit of {limit:,} samples; "
+            "expected a smaller stack; give a smaller --anisotropy or a larger diameter, crop the stack, or raise the "
+            f"limit with {limits.RAISE}"
         )
     x = resize_3d(stack, new) if new != (Z, Y, X) else np.asarray(stack, dtype=np.float32)
     Zr, Yr, Xr = new

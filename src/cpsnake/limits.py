@@ -81,7 +81,7 @@ DECODE_MARGIN = 256 * 2**20  # bytes a codec may use beyond the declared size (i
 def _positive_int(text: str, where: str) -> int:
     try:
         value = int(float(text)) if "e" in text.lower() else int(text.replace("_", "").replace(",", ""))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, NaN, or an infinite float such as 1e999
         value = 0
     if value < 1:
         raise CpsnakeError(f"{where}: found {text!r}, expected a positive whole number of samples, e.g. 200000000")
@@ -99,10 +99,8 @@ def max_pixels(value: int | None = None) -> int:
 
 
 def _argument(text: str) -> int:
-    try:
-        return _positive_int(text, "--max-pixels")
-    except CpsnakeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    """``--max-pixels``'s argparse type: its CpsnakeError reaches the command's guard (one line, exit code 1)."""
+    return _positive_int(text, "--max-pixels")
 
 
 def add_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -498,14 +498,24 @@ def _parser() -> argparse.ArgumentParser:
 def add_options(p: argparse.ArgumentParser) -> None:
     """Add the normalization options (shared by ``cpsnake normalize`` and ``cpsnake segment``)."""
     p.add_argument("--channels", metavar="I,J,K", help="0-based channels to use, in this order (at most 3; default: all, if <= 3)")
-    p.add_argument("--percentiles", nargs=2, type=float, metavar=("LOW", "HIGH"), help="percentiles mapped to 0 and 1 (default 1 99)")
-    p.add_argument("--low-high", nargs=2, type=float, metavar=("LO", "HI"), help="fixed values mapped to 0 and 1, instead of percentiles")
+    from cpsnake.bounds import option
+
+    p.add_argument("--percentiles", nargs=2, type=option("--percentiles"), metavar=("LOW", "HIGH"),
+                   help="percentiles mapped to 0 and 1 (default 1 99)")
+    p.add_argument("--low-high", nargs=2, type=option("--low-high"), metavar=("LO", "HI"),
+                   help="fixed values mapped to 0 and 1, instead of percentiles")
     p.add_argument("--invert", action="store_true", help="1 - x after scaling (dark objects on a bright background)")
-    p.add_argument("--tile-norm", type=int, default=0, metavar="N", help="percentiles per N x N pixel tile (0: whole image)")
+    p.add_argument("--tile-norm", type=option("--tile-norm"), default=0, metavar="N",
+                   help="percentiles per N x N pixel tile, N >= 64 (0: whole image)")
 
 
 def options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :func:`normalize` (plus ``channels``) from parsed options; one error if they clash."""
+    """Keyword arguments of :func:`normalize` (plus ``channels``) from parsed options; one error if they clash
+    (each value is already within its bound, :mod:`cpsnake.bounds`)."""
+    from cpsnake.bounds import check_pair
+
+    check_pair("--percentiles", args.percentiles)
+    check_pair("--low-high", args.low_high)
     if args.low_high is not None and (args.percentiles is not None or args.tile_norm):
         raise CpsnakeError("--low-high replaces percentiles; expected it without --percentiles and --tile-norm")
     return dict(

@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "for moving it to a GPU machine, within a size budget (see --max-mb)")
     p.add_argument("src")
     p.add_argument("out")
-    p.add_argument("--max-mb", type=float, default=50.0,
+    from cpsnake.bounds import option
+
+    p.add_argument("--max-mb", type=option("--max-mb"), default=50.0,
                    help="size budget of the pack (default 50); over it, every other image of the heaviest kind "
                         "(same size, channels, dtype) is dropped until it fits, listed in OUT/dropped.txt")
     a = p.parse_args(argv)

@@ -34,7 +34,8 @@ import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard
 
-__all__ = ["compute_masks", "niter_for_diameter", "resolve_device", "reconstruct_file", "main"]
+__all__ = ["compute_masks", "niter_for_diameter", "resolve_device", "check_options", "options", "reconstruct_file",
+           "main"]
 
 
 def niter_for_diameter(diameter: float | None, niter: int | None = None) -> int:
@@ -177,11 +178,18 @@ def finish_masks(labels: np.ndarray, flows: np.ndarray, *, flow_threshold: float
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """Add the reconstruction options (shared by ``cpsnake reconstruct`` and ``cpsnake segment``)."""
-    p.add_argument("--cellprob-threshold", type=float, default=0.0, help="cell probability logit threshold (0.0)")
-    p.add_argument("--flow-threshold", type=float, default=0.4, help="max flow error of a mask; 0 = no check (0.4)")
-    p.add_argument("--niter", type=int, default=None, help="flow-following iterations (200, or 200*D/30 with --diameter)")
-    p.add_argument("--min-size", type=int, default=15, help="smallest mask in pixels; -1 keeps all (15)")
-    p.add_argument("--max-size-fraction", type=float, default=0.4, help="drop masks above this image fraction (0.4)")
+    from cpsnake.bounds import option
+
+    p.add_argument("--cellprob-threshold", type=option("--cellprob-threshold"), default=0.0,
+                   help="cell probability logit threshold (0.0)")
+    p.add_argument("--flow-threshold", type=option("--flow-threshold"), default=0.4,
+                   help="max flow error of a mask; 0 = no check (0.4)")
+    p.add_argument("--niter", type=option("--niter"), default=None,
+                   help="flow-following iterations (200, or 200*D/30 with --diameter)")
+    p.add_argument("--min-size", type=option("--min-size"), default=15,
+                   help="smallest mask in pixels; -1 keeps all (15)")
+    p.add_argument("--max-size-fraction", type=option("--max-size-fraction"), default=0.4,
+                   help="drop masks above this image fraction (0.4)")
 
 
 def resolve_device(name: str | None):
@@ -217,14 +225,19 @@ def stack_options(args: argparse.Namespace) -> dict:
             "flow3d_threshold": sopts["flow3d_threshold"]}
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Each reconstruction option within its bound (:mod:`cpsnake.bounds`); needs no torch."""
+    from cpsnake.bounds import check
+
+    for name in ("--cellprob-threshold", "--flow-threshold", "--niter", "--min-size", "--max-size-fraction"):
+        check(name, getattr(args, name[2:].replace("-", "_")))
+
+
 def options(args: argparse.Namespace) -> dict:
     """Keyword arguments of :func:`reconstruct_file` from parsed options (``niter`` None when not given: it then
     follows the network's scale; ``device`` from ``args.device`` where the parser has one, see
-    :func:`resolve_device`)."""
-    if args.niter is not None and args.niter < 1:
-        raise CpsnakeError(f"--niter {args.niter}: expected a positive number of iterations; omit it for the default")
-    if not 0 < args.max_size_fraction <= 1:
-        raise CpsnakeError(f"--max-size-fraction {args.max_size_fraction}: expected a fraction in (0, 1]")
+    :func:`resolve_device`: torch is imported for ``auto`` and ``cuda``, so call :func:`check_options` first)."""
+    check_options(args)
     return dict(
         cellprob_threshold=args.cellprob_threshold,
         flow_threshold=args.flow_threshold,
@@ -243,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("flows", help="flows TIFF (3, Y, X) = dY, dX, cellprob from `cpsnake infer`")
     ap.add_argument("labels", help="output label TIFF")
     add_options(ap)
-    ap.add_argument("--diameter", type=float, default=None,
+    from cpsnake.bounds import option
+
+    ap.add_argument("--diameter", type=option("reconstruct --diameter"), default=None,
                     help="cell diameter given to `cpsnake infer` (sets niter for flows that do not record their scale)")
     ap.add_argument("--device", default="auto", help="auto (CUDA if there is one, else the CPU path), cpu, cuda or cuda:N")
     from cpsnake import limits, stack
@@ -251,8 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     stack.add_options(ap.add_argument_group("stacks (see cpsnake.stack)"), network=False)
     limits.add_option(ap)
     args = ap.parse_args(argv)
-    if args.diameter is not None and not args.diameter > 0:
-        raise CpsnakeError(f"--diameter {args.diameter}: expected a positive cell diameter in pixels; omit it if unknown")
     reconstruct_file(args.flows, args.labels, max_pixels=args.max_pixels, diameter=args.diameter, **options(args),
                      **stack_options(args))
     return 0

@@ -194,6 +194,10 @@ def _parse_positive(text: str, where: str, what: str) -> float | None:
     if not value > 0 or value == float("inf"):
         raise CpsnakeError(f"{where}: {what} {_shown(text)}, expected a positive number (or an empty cell for none); "
                            "fix that cell")
+    if what == "diameter":  # the bound of --diameter (cpsnake.bounds): it scales the image and the flow following
+        from cpsnake.bounds import check
+
+        check("--diameter", value, shown=f"{where}: diameter {_shown(text)}")
     return value
 
 
@@ -502,39 +506,41 @@ def _block(s: Sample, block_size: int | None) -> int:
     return int(block_size) if block_size is not None else auto_block_size((s.height, s.width))
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: expected a positive whole number")
-    return value
+def check_jobs(table: list[Sample]) -> int:
+    """The workflow jobs the table makes (its batches and the blocks of its images in blocks), or a one-line
+    CpsnakeError above :data:`cpsnake.bounds.MAX_JOBS` (the workflow's samples checkpoint writes no table then)."""
+    from cpsnake import bounds
+    from cpsnake.blockjob import grid_of
+
+    batches = len({s.batch for s in table if s.batch})
+    blocks = sum(len(grid_of(s.height, s.width, s.block)) for s in table if s.batch and s.block)
+    return bounds.check_jobs(batches, blocks, images=len(table))
 
 
 @guard("samples")
 def main(argv: list[str] | None = None) -> int:
     from cpsnake import limits
+    from cpsnake.bounds import option
 
     p = argparse.ArgumentParser(prog="cpsnake samples", description=__doc__.splitlines()[0].split(": ", 1)[1])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="a folder or a glob pattern of images")
     src.add_argument("--sheet", type=Path, help="a sample sheet (TSV or CSV: sample, path[, channels, diameter, pixel_size])")
     p.add_argument("--out", type=Path, required=True, help="the samples table to write (TSV)")
-    p.add_argument("--batch-images", type=_positive, default=BATCH_IMAGES, help=f"most images per batch ({BATCH_IMAGES})")
-    p.add_argument("--batch-pixels", type=_positive, default=BATCH_PIXELS,
+    p.add_argument("--batch-images", type=option("--batch-images"), default=BATCH_IMAGES,
+                   help=f"most images per batch ({BATCH_IMAGES})")
+    p.add_argument("--batch-pixels", type=option("--batch-pixels"), default=BATCH_PIXELS,
                    help=f"most pixels per batch, unless one image is larger ({BATCH_PIXELS:,})")
     p.add_argument("--logs", type=Path, default=None, help="folder for one NAME.log per unreadable image")
-    p.add_argument("--block-size", type=int, default=None, metavar="N",
+    p.add_argument("--block-size", type=option("--block-size"), default=None, metavar="N",
                    help="2-D TIFFs segmented in blocks of N px (one workflow job per block, cpsnake.blockjob); 0: "
                         "none; default: images above 4096 x 4096 px in blocks of 2048")
     limits.add_option(p)
     args = p.parse_args(argv)
     found = discover(args.images) if args.images else read_sheet(args.sheet)
-    if args.block_size is not None and args.block_size < 0:
-        raise CpsnakeError(f"--block-size {args.block_size}: expected 0 (no blocks) or a block side in pixels")
     table = inspect(found, batch_pixels=args.batch_pixels, batch_images=args.batch_images, max_pixels=args.max_pixels,
                     block_size=args.block_size)
+    check_jobs(table)
     write_table(args.out, table)
     failed = [s for s in table if s.status != "ok"]
     for s in failed:

@@ -48,7 +48,7 @@ import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard
 
-__all__ = ["DEFAULT_MODEL", "segment_image", "segment_regions", "main"]
+__all__ = ["DEFAULT_MODEL", "segment_image", "segment_regions", "check_names", "check_input", "main"]
 
 DEFAULT_MODEL = "nuclei_small"
 
@@ -211,10 +211,12 @@ def _parser() -> argparse.ArgumentParser:
     from cpsnake import stack
 
     stack.add_options(p.add_argument_group("stack options (Z stacks and time series; see cpsnake.stack)"))
-    p.add_argument("--block-size", type=int, default=None, metavar="N",
+    from cpsnake.bounds import option
+
+    p.add_argument("--block-size", type=option("--block-size"), default=None, metavar="N",
                    help="segment 2-D images in blocks of N px with context (cpsnake.blocks; labels equal the whole "
                         "image's); 0: the whole image at once; default: whole up to 4096 x 4096 px, else 2048")
-    p.add_argument("--block-halo", type=int, default=None, metavar="H",
+    p.add_argument("--block-halo", type=option("--block-halo"), default=None, metavar="H",
                    help="context around each block in px (default 96, or 3 x --diameter): more than the largest "
                         "cell's radius; objects that may be cut are reported")
     p.add_argument("--ome-zarr", action="store_true",
@@ -240,6 +242,43 @@ def check_names(images: list[Path]) -> None:
             "so the second would overwrite the first; expected one input per name; rename one of them, or "
             "segment them in separate calls with different --out folders"
         )
+
+
+def check_input(path: Path, args, sopts: dict) -> None:
+    """One input's existence, kind, header and size, checked before the model loads (no pixel is decoded;
+    the readers check again when the image is segmented): a missing path, a FIFO or other non-regular
+    file, a file that is not an image, a header that cannot be read, more samples than ``--max-pixels``,
+    a side under :data:`cpsnake.limits.MIN_SIDE`, and with ``--do-3d`` a stack that ``--anisotropy`` would
+    resize beyond ``--max-pixels`` (:func:`cpsnake.bounds.check_stack_3d`) are each a CpsnakeError."""
+    from cpsnake import bounds, limits
+    from cpsnake.samples import inspect_header
+
+    head = inspect_header(path)  # regular file (os.stat first), image format, header
+    planes, channels = head["planes"], head["channels_in_file"]
+    shape = (*([planes] if planes > 1 else []), head["height"], head["width"], *([channels] if channels > 1 else []))
+    limits.check_samples(path, shape, limit=args.max_pixels)
+    limits.check_min_side(path, (head["height"], head["width"]))
+    if sopts["mode"] == "3d" and head["planes"] > 1:
+        shape = (_depth(path, head["planes"]), head["channels_in_file"], head["height"], head["width"])
+        bounds.check_stack_3d(path, shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
+                              max_pixels=args.max_pixels)
+
+
+def _depth(path: Path, planes: int) -> int:
+    """Z planes of a stack (a T x Z hyperstack is segmented frame by frame): the TIFF series' Z axis, else
+    all its ``planes``."""
+    from cpsnake import io
+
+    if io._sniff(path) != "tiff":
+        return planes
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return int(series.shape[series.axes.index("Z")]) if "Z" in series.axes else planes
+    except Exception:  # inspect_header read this header: any other failure leaves the count as it is
+        return planes
 
 
 def _region_image(path: Path, args):
@@ -479,21 +518,36 @@ def _stack_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, so
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from cpsnake import infer, normalize, reconstruct, statefile, weights
+    from cpsnake.bounds import check_halo
     from cpsnake.errors import collected_warnings, one_line
     from cpsnake.provenance import sha256
 
-    # every check that needs no torch and no image first: options, output names, the weights file
+    # every check that needs no torch first: options, output names, each input's header; then the weights file
     opts = normalize.options(args)
     infer.check_options(args)
     from cpsnake import stack
 
     sopts = stack.options(args)
+    reconstruct.check_options(args)
+    check_halo(args.block_halo, args.block_size)
+    check_names(args.images)
+    failed, images = 0, []
+    for image in args.images:
+        try:
+            with collected_warnings():  # dropped: the image's warnings come again when it is read
+                check_input(image, args, sopts)
+            images.append(image)
+        except CpsnakeError as exc:
+            failed += 1
+            print(f"cpsnake segment: error: {one_line(exc)}", file=sys.stderr)
+    if not images:  # nothing left to segment: the model is not loaded (nor torch imported)
+        print(f"cpsnake segment: {failed} of {len(args.images)} images failed", file=sys.stderr)
+        return 1
+    path = weights.resolve(args.model, cache_dir=args.cache_dir, progress=True)
+    statefile.check(path)  # a hostile weights file is refused before torch is imported
     ropts = reconstruct.options(args)
     reconstruct_device = ropts.pop("device")  # a GPU's, else None (the CPU path); infer's is opts["device"]
     opts.update(ropts, reconstruct_device=reconstruct_device)
-    check_names(args.images)
-    path = weights.resolve(args.model, cache_dir=args.cache_dir, progress=True)
-    statefile.check(path)
     opts.update(infer.options(args))
     from cpsnake import models
 
@@ -504,8 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         opts["size_params"] = size_model_for(net, path, args.size_model)
     family = models.family_of_net(net)
     model_info = {"name": args.model, "file": str(path), "sha256": sha256(path), "family": family}
-    failed = 0
-    for image in args.images:
+    for image in images:
         try:
             with collected_warnings() as notes:  # an image's warnings, printed only if it succeeds
                 n = _one(image, net, args, opts, model_info, sopts)

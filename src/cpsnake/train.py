@@ -526,31 +526,41 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--sam", help="start from a segment-anything checkpoint (sam_vit_*.pth)")
     start.add_argument("--resume", help="continue from a checkpoint.pt (same --steps total or more)")
     p.add_argument("--val", help="validation split folder or pair list (AP@0.5 printed as training goes)")
-    p.add_argument("--val-every", type=int, default=500, help="steps between validations (default 500)")
-    p.add_argument("--val-max", type=int, default=None, help="use only the first N validation images")
-    p.add_argument("--steps", type=int, default=1000, help="total optimiser steps (default 1000)")
+    from cpsnake.bounds import option
+
+    def bound(flag: str):  # cpsnake train's own bounds (cpsnake.bounds)
+        return option(f"train {flag}")
+
+    p.add_argument("--val-every", type=bound("--val-every"), default=500,
+                   help="steps between validations (default 500)")
+    p.add_argument("--val-max", type=bound("--val-max"), default=None, help="use only the first N validation images")
+    p.add_argument("--steps", type=bound("--steps"), default=1000, help="total optimiser steps (default 1000)")
     # options left out on --resume are the checkpoint's (see _settings), so a resumed run goes on unchanged
-    p.add_argument("--batch-size", type=int, default=None, help="images per step (default 8)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (5e-5 fine-tuning, 2e-4 scratch)")
-    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0.1)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default steps/20, at most 100)")
-    p.add_argument("--decay", type=int, default=None, help="final steps with 10 halvings (default steps/10)")
-    p.add_argument("--layer-drop", type=float, default=None, help="stochastic depth of the encoder (default 0.4)")
-    p.add_argument("--diam-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+    p.add_argument("--batch-size", type=bound("--batch-size"), default=None, help="images per step (default 8)")
+    p.add_argument("--lr", type=bound("--lr"), default=None, help="peak learning rate (5e-5 fine-tuning, 2e-4 scratch)")
+    p.add_argument("--weight-decay", type=bound("--weight-decay"), default=None,
+                   help="AdamW weight decay (default 0.1)")
+    p.add_argument("--warmup", type=bound("--warmup"), default=None,
+                   help="warm-up steps (default steps/20, at most 100)")
+    p.add_argument("--decay", type=bound("--decay"), default=None,
+                   help="final steps with 10 halvings (default steps/10)")
+    p.add_argument("--layer-drop", type=bound("--layer-drop"), default=None,
+                   help="stochastic depth of the encoder (default 0.4)")
+    p.add_argument("--diam-range", type=bound("--diam-range"), nargs=2, default=None, metavar=("LO", "HI"),
                    help="median object diameters to rescale to (default 7.5 120)")
     p.add_argument("--nbase", default="3,32,64,128,256",
                    help="--family unet: input channels and widths per level (cellpose 3: 2,32,64,128,256)")
-    p.add_argument("--diam-labels", type=float, default=None,
+    p.add_argument("--diam-labels", type=bound("--diam-labels"), default=None,
                    help="stored as the model's diam_labels (default: mean training diameter; see train())")
-    p.add_argument("--min-train-masks", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-train-masks", type=bound("--min-train-masks"), default=5)
+    p.add_argument("--seed", type=bound("--seed"), default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="autocast dtype (auto: bfloat16 on cuda, float32 elsewhere)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=bound("--workers"), default=None,
                    help="batch-preparing processes (default: 0 on cpu, min(8, cores - 1) on a GPU)")
-    p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--save-every", type=bound("--save-every"), default=100)
+    p.add_argument("--log-every", type=bound("--log-every"), default=10)
     p.add_argument("--cache", help="target cache folder (default OUT/cache)")
     from cpsnake import limits
 
@@ -580,14 +590,17 @@ def _settings(args: argparse.Namespace, resume: dict | None, lr_default: float) 
 
 @guard("train")
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "pack":
         from cpsnake.pack import main as pack_main
 
         return pack_main(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # each value within its bound (cpsnake.bounds), before torch is imported
+    from cpsnake.bounds import check_pair
+
+    check_pair("--diam-range", args.diam_range)
+    import torch
+
     from cpsnake import models as M
 
     if args.device == "auto":

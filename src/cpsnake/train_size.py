@@ -96,15 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="U-Net model file or registry name")
     p.add_argument("train", help="training images and masks, as for cpsnake train")
     p.add_argument("--out", help="size model file (default size_<model>.npy beside the model)")
-    p.add_argument("--per-image", type=int, default=2, help="draws per training image (default 2)")
-    p.add_argument("--diam-range", type=float, nargs=2, default=(10.0, 60.0), metavar=("MIN", "MAX"),
+    from cpsnake.bounds import option
+
+    p.add_argument("--per-image", type=option("train-size --per-image"), default=2,
+                   help="draws per training image (default 2)")
+    p.add_argument("--diam-range", type=option("train-size --diam-range"), nargs=2, default=(10.0, 60.0),
+                   metavar=("MIN", "MAX"),
                    help="apparent cell diameters drawn, px (default 10 60)")
-    p.add_argument("--crop", type=int, default=512, help="largest side fed to the network, px (default 512)")
-    p.add_argument("--l2", type=float, default=1.0, help="ridge regularisation (default 1, as cellpose)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crop", type=option("train-size --crop"), default=512,
+                   help="largest side fed to the network, px (default 512)")
+    p.add_argument("--l2", type=option("train-size --l2"), default=1.0,
+                   help="ridge regularisation (default 1, as cellpose)")
+    p.add_argument("--seed", type=option("train-size --seed"), default=0)
     p.add_argument("--cache", help="cache of normalised training images (as cpsnake train --cache)")
     p.add_argument("--val", help="validation images and masks: report the --diameter auto error")
-    p.add_argument("--min-train-masks", type=int, default=5)
+    p.add_argument("--min-train-masks", type=option("train-size --min-train-masks"), default=5)
     return p
 
 
@@ -126,14 +132,14 @@ def _report_val(net, params: dict, val: str) -> str:
 
 @guard("train-size")
 def main(argv: list[str] | None = None) -> int:
+    from cpsnake.bounds import check_pair
+
+    args = _parser().parse_args(argv)  # each value within its bound (cpsnake.bounds), before torch is imported
+    check_pair("--diam-range", args.diam_range)
     import torch
 
     from cpsnake import io, models, size, train, weights
 
-    args = _parser().parse_args(argv)
-    if args.per_image < 1 or args.crop < 16 or not 0 < args.diam_range[0] < args.diam_range[1]:
-        raise CpsnakeError(f"--per-image {args.per_image}, --crop {args.crop}, --diam-range {args.diam_range}: "
-                           "expected at least 1 draw, a crop of at least 16 px and 0 < MIN < MAX")
     path = Path(args.model) if Path(args.model).exists() else weights.resolve(args.model)
     net = models.load_model(path)
     if not isinstance(net, models.UNet):

@@ -121,6 +121,23 @@ def listed_samples():
 LISTED = listed_samples()
 
 
+def check_bounds():
+    """The config values that become command-line options, against the options' bounds (cpsnake.bounds), and
+    the run's job count as far as the listed images tell it (their headers come with the samples checkpoint,
+    see table()): one line naming the config key, before any job runs."""
+    from cpsnake import bounds
+
+    try:
+        bounds.check_config(config)
+        batches = -(-len(LISTED) // int(config["batch"]["images"]))  # at least this many
+        bounds.check_jobs(batches, images=len(LISTED), at_least=True)
+    except CpsnakeError as exc:
+        fail(exc)
+
+
+check_bounds()
+
+
 def resolve_model(spec):
     """(model file, model name): an existing path, a bundled name, or a name the `weights` rule downloads."""
     import difflib
@@ -178,7 +195,7 @@ def listing():
 
 
 def table(wildcards=None):
-    """The samples table (after the checkpoint)."""
+    """The samples table (after the checkpoint; `cpsnake samples` has checked the run's job count)."""
     return sample_table.read_table(checkpoints.samples.get().output[0])
 
 
