@@ -567,6 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_stack_request(args.normalized, meta["stack_axes"], sopts["mode"])
     if args.diameter not in (None, "auto"):
         resized_shape(img.shape, args.diameter, args.max_pixels)  # before the model is loaded
+    from cpsnake.outputs import check_output
+
+    check_output(args.flows)  # an output that cannot be written: one line before the model loads
 
     from cpsnake import statefile, weights
 
