@@ -113,7 +113,6 @@ def _read_measurements(path) -> "pd.DataFrame":
     import pandas as pd
 
     from cpsnake.files import regular_file
-
     from cpsnake.tables import read_frame
 
     regular_file(path, "a cpsnake measure output (CSV)")

@@ -250,7 +250,6 @@ def read_index(path: Path, column: str) -> dict[str, str]:
     import pandas as pd
 
     from cpsnake.files import regular_file
-
     from cpsnake.tables import read_frame
 
     regular_file(path, f"a CSV index with columns file,{column}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard
-from cpsnake.train import _read_index, list_pairs, read_mask
+from cpsnake.train import list_pairs, read_mask
 
 __all__ = ["drop_to_fit", "pack", "main"]
 
@@ -77,7 +77,7 @@ def pack(src, out_dir, *, max_mb: float = 50.0, log=None) -> tuple[int, list[str
 
     from cpsnake.io import atomic_output, read_image
     from cpsnake.outputs import all_or_nothing, make_folder
-    from cpsnake.tables import to_csv
+    from cpsnake.tables import read_frame, to_csv
 
     log = sys.stdout if log is None else log
     src, out_dir = Path(src), Path(out_dir)
@@ -104,7 +104,7 @@ def pack(src, out_dir, *, max_mb: float = 50.0, log=None) -> tuple[int, list[str
     if total > budget:
         raise CpsnakeError(f"{src}: packed size {total / 1e6:.1f} MB, expected at most {max_mb} MB; raise --max-mb")
     if (src / "index.csv").exists():
-        df = _read_index(src / "index.csv")
+        df = read_frame(pd.read_csv(src / "index.csv", dtype=str))
         df = df[[Path(f).stem in blobs for f in df["file"]]].copy()
         df["file"] = [Path(f).stem + ".png" for f in df["file"]]
     else:

@@ -145,7 +145,6 @@ def _read_index(path: Path) -> "pd.DataFrame":
     import pandas as pd
 
     from cpsnake.files import regular_file
-
     from cpsnake.tables import read_frame
 
     regular_file(path, "an index.csv with a 'file' column")
