@@ -2,8 +2,8 @@
 files all or none, and a link named like an output never followed.
 
 Every file and folder cpsnake writes goes through :func:`atomic_output` (``cpsnake.io.atomic_output`` is this
-function): it is written under a temporary name beside its final name (``.NAME.<pid>.tmp.SUFFIX``; a folder,
-e.g. an OME-Zarr, ``.NAME.<pid>.tmp``) and renamed to the final name only when complete, so no partial file
+function): it is written under a temporary name beside its final name (``.NAME.tif.<pid>.tmp.tif``; a folder,
+e.g. an OME-Zarr, ``.NAME.zarr.<pid>.tmp``) and renamed to the final name only when complete, so no partial file
 ever sits under a final name; if the writer fails the temporary file is removed.
 
 **What may be replaced.** A final name may hold nothing, a regular file (for a file) or a folder (for a
@@ -23,8 +23,9 @@ or a parent that is a file), a folder under a file's name, a path too long.
 it is removed and no final name is touched. If it succeeds, every final name is checked, then the files are
 renamed into place one by one, a previous file or folder first moved aside; if a rename fails, the renames
 already done are undone (the previous files put back) and the block fails with one line. Files moved aside
-and temporary files are always removed. A process killed by SIGKILL leaves only hidden ``.NAME.<pid>.tmp``
-files, never a final name.
+and temporary files are always removed. A process killed (SIGKILL) while it writes leaves hidden temporary
+files and never a partial file under a final name; killed in the instant of the renames, it may leave part of
+an image's files in place (in the workflow its job then has no manifest and runs again).
 """
 
 from __future__ import annotations
