@@ -25,6 +25,12 @@ first. Images with no cells add no rows; when no image has cells the file still 
 ``failed.csv``: one row per image that failed, columns ``image``, ``step`` (``samples``, ``normalize``,
 ... the first step that failed it) and ``reason`` (its one-line error); header only when none failed.
 
+All or nothing: an image that failed at any step has no row in ``summary.csv`` and ``measurements.csv``, and
+its files that earlier steps wrote (``masks/NAME.tif`` and ``.zarr``, ``rois/NAME.zip``,
+``measurements/NAME.csv``, ``geojson/NAME.geojson``, ``overlays/NAME.png``) are removed once the tables are
+written: a failed image leaves only its ``logs/images/NAME.log`` and its ``failed.csv`` row. Text cells that a
+spreadsheet would run as a formula are quoted (:mod:`cpsnake.tables`).
+
 ``--check FAILED.csv --done FILE``: exit 1 and say how many images failed (each on one line) when the
 table has rows, else write ``FILE``: the workflow's last job, so that the run's exit code says that an
 image failed while every table is written for the others.
@@ -107,10 +113,11 @@ def _read_measurements(path) -> "pd.DataFrame":
     import pandas as pd
 
     from cpsnake.files import regular_file
+    from cpsnake.tables import read_frame
 
     regular_file(path, "a cpsnake measure output (CSV)")
     try:
-        return pd.read_csv(path)
+        return read_frame(pd.read_csv(path))
     except pd.errors.EmptyDataError:  # a 0-byte file: no columns, no rows
         return pd.DataFrame()
     except (OSError, ValueError) as exc:
@@ -149,9 +156,17 @@ def check(failed_csv, done) -> int:
     """Exit code of the run's last job: 1 (with each failed image on stderr) if ``failed_csv`` has rows."""
     import pandas as pd
 
+    from cpsnake.files import regular_file
     from cpsnake.io import atomic_output
+    from cpsnake.tables import read_frame
 
-    rows = pd.read_csv(failed_csv, dtype=str, keep_default_na=False)
+    what = "the failed.csv that `cpsnake aggregate` writes"
+    regular_file(failed_csv, what)
+    try:
+        rows = read_frame(pd.read_csv(failed_csv, dtype=str, keep_default_na=False))
+    except (OSError, ValueError) as exc:
+        raise CpsnakeError(f"{failed_csv}: cannot be read as a CSV table ({type(exc).__name__}); expected {what}; "
+                           "run `cpsnake aggregate` again") from None
     if len(rows):
         for r in rows.itertuples():
             print(f"{r.image}: failed at {r.step}: {r.reason}", file=sys.stderr)
@@ -190,10 +205,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from cpsnake import batch
     from cpsnake.io import atomic_output, read_labels
+    from cpsnake.outputs import all_or_nothing, discard
+    from cpsnake.tables import to_csv
 
     table, by_step, failed = outcomes(args.samples, args.results)
+    failed_names = {f["image"] for f in failed}
     tables, rows = [], []
     for s in table:
+        if s.sample in failed_names:  # its files are removed below: all of an image's files or none
+            continue
         done = by_step[s.sample]
         paths = batch.Paths(Path(args.results), s.batch)
         if "measure" in done and done["measure"].status == "ok":
@@ -205,12 +225,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     summary = summary.round({"median_diameter_px": 4, "median_diameter": 4, "time_s": 3})
-    with atomic_output(args.out_measurements) as tmp:
-        concat_measurements(tables).to_csv(tmp, index=False)
-    with atomic_output(args.out_summary) as tmp:
-        summary.to_csv(tmp, index=False)
-    with atomic_output(args.out_failed) as tmp:
-        pd.DataFrame(failed, columns=FAILED_COLUMNS).to_csv(tmp, index=False)
+    with all_or_nothing():
+        with atomic_output(args.out_measurements) as tmp:
+            to_csv(concat_measurements(tables), tmp)
+        with atomic_output(args.out_summary) as tmp:
+            to_csv(summary, tmp)
+        with atomic_output(args.out_failed) as tmp:
+            to_csv(pd.DataFrame(failed, columns=FAILED_COLUMNS), tmp)
+    for s in table:
+        if s.sample in failed_names:
+            for path in batch.Paths(Path(args.results), s.batch).image_files(s.sample):
+                discard(path)
     print(f"cpsnake aggregate: {len(table)} images, {len(rows)} segmented, {len(failed)} failed", file=sys.stderr)
     return 0
 

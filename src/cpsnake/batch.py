@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from cpsnake.errors import CpsnakeError, collected_warnings, guard, one_line
+from cpsnake.outputs import all_or_nothing, check_output, make_folder, written
 
 __all__ = ["STEPS", "UPSTREAM", "Outcome", "Paths", "read_manifest", "write_manifest", "run_step", "main"]
 
@@ -113,6 +114,11 @@ class Paths:
     def image_log(self, name: str) -> Path:
         return self.results / "logs" / "images" / f"{name}.log"
 
+    def image_files(self, name: str) -> list[Path]:
+        """Every file and folder the steps write for the image ``name`` (its log aside)."""
+        return [self.masks(name), self.masks(name).with_suffix(".zarr"), self.rois(name), self.measurements(name),
+                self.geojson(name), self.overlay(name), self.report_overlay(name)]
+
 
 # --- manifests --------------------------------------------------------------------------------------
 
@@ -120,11 +126,13 @@ MANIFEST_COLUMNS = ["sample", "status", "reason", "seconds", "info"]
 
 
 def write_manifest(path: str | os.PathLike, outcomes: list[Outcome]) -> None:
-    """Write a step's manifest (TSV, :data:`MANIFEST_COLUMNS`) atomically."""
+    """Write a step's manifest (TSV, :data:`MANIFEST_COLUMNS`) atomically; text cells as
+    :func:`cpsnake.tables.cell` writes them."""
     from cpsnake.io import atomic_output
+    from cpsnake.tables import writer
 
     with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w = writer(fh, delimiter="\t")
         w.writerow(MANIFEST_COLUMNS)
         for o in outcomes:
             w.writerow([o.sample, o.status, o.reason, f"{o.seconds:.4f}", json.dumps(o.info, sort_keys=True, default=str)])
@@ -133,13 +141,15 @@ def write_manifest(path: str | os.PathLike, outcomes: list[Outcome]) -> None:
 def read_manifest(path: str | os.PathLike) -> list[Outcome]:
     """Read a manifest written by :func:`write_manifest` (a missing or damaged one is a one-line CpsnakeError)."""
     from cpsnake.files import regular_file
+    from cpsnake.tables import read_cell
 
     what = "a step manifest written by `cpsnake batch`"
     regular_file(path, what)
     csv.field_size_limit(1 << 30)  # the info column holds normalization records
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            return [Outcome(r["sample"], r["status"], r["reason"], float(r["seconds"]), json.loads(r["info"]))
+            return [Outcome(read_cell(r["sample"]), read_cell(r["status"]), read_cell(r["reason"]), float(r["seconds"]),
+                            json.loads(r["info"]))
                     for r in csv.DictReader(fh, delimiter="\t")]
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); expected {what}; "
@@ -153,9 +163,9 @@ def _fail(paths: Paths, step: str, name: str, exc: CpsnakeError, t0: float) -> O
     from cpsnake.io import atomic_output
 
     reason = one_line(exc)
-    print(f"cpsnake batch {step}: error: {reason}", file=sys.stderr)
-    with atomic_output(paths.image_log(name)) as tmp:
+    with atomic_output(paths.image_log(name)) as tmp:  # first: a log that cannot be written is the job's one line
         tmp.write_text(f"cpsnake {step}: error: {reason}\n")
+    print(f"cpsnake batch {step}: error: {reason}", file=sys.stderr)
     return Outcome(name, "failed", reason, time.perf_counter() - t0)
 
 
@@ -164,7 +174,7 @@ def _each(rows, paths: Paths, step: str, fn: Callable[..., dict | None]) -> Iter
     for s in rows:
         t0 = time.perf_counter()
         try:
-            with collected_warnings() as notes:
+            with collected_warnings() as notes, all_or_nothing():  # the image's files of this step: all or none
                 info = fn(s) or {}
         except CpsnakeError as exc:
             yield _fail(paths, step, s.sample, exc, t0)
@@ -279,7 +289,7 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
             from cpsnake import io
             from cpsnake.ngff import write_label_zarr
 
-            labels, meta = io.read_labels(paths.masks(s.sample), max_pixels=args.max_pixels)
+            labels, meta = io.read_labels(written(paths.masks(s.sample)), max_pixels=args.max_pixels)
             if labels.ndim != 2:
                 print(f"cpsnake batch reconstruct: warning: {s.sample}: OME-Zarr labels are written for 2-D images; "
                       "this stack's labels are in the TIFF only", file=sys.stderr)
@@ -337,16 +347,17 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
 
 
 def _link(src: Path, dst: Path) -> None:
-    """``dst`` becomes a hard link to ``src`` (a copy where links are not possible)."""
+    """``dst`` becomes a hard link to ``src`` (just written, see :func:`cpsnake.outputs.written`; a copy where links
+    are not possible), written as every output is."""
     import shutil
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    from cpsnake.io import atomic_output
+
+    with atomic_output(dst) as tmp:
+        try:
+            os.link(written(src), tmp)
+        except OSError:
+            shutil.copyfile(written(src), tmp)
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -385,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         raise CpsnakeError(f"{args.samples}: batch {args.batch!r} holds no image; expected a batch of the table "
                            "(`cpsnake samples` writes them)")
+    check_output(paths.manifest(args.step))  # results that cannot be written: one line before any work
     skipped: dict[str, Outcome] = {}
     upstream = UPSTREAM[args.step]
     if upstream is not None:
@@ -400,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     result = [outcomes[s.sample] for s in rows]
     folder = {"normalize": "normalized", "infer": "flows", "overlay": "overlays"}.get(args.step)
     if folder:  # the step's folder is a workflow output: it exists even when every image failed
-        (paths.work / folder).mkdir(parents=True, exist_ok=True)
+        make_folder(paths.work / folder)
     write_manifest(paths.manifest(args.step), result)
     failed = sum(o.status == "failed" for o in result)
     from cpsnake.jobmem import peak_mb

@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         _failed_block(out, f"{s.path}: no normalization values (the normalize step failed it)")
         print(f"cpsnake block: {s.sample} block {args.index}: skipped, no normalization values", file=sys.stderr)
         return 0
+    from cpsnake.outputs import check_output
+
+    check_output(out)  # a block file that cannot be written: one line before the model loads
     opts = infer.options(args)
     diameter = s.diameter if s.diameter is not None else opts.pop("diameter")
     opts.pop("diameter", None)

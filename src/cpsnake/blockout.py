@@ -157,6 +157,7 @@ def write_objects(labels, image=None, *, rois_path=None, table_path=None, geojso
     from cpsnake import geojson as gj
     from cpsnake import measure, rois
     from cpsnake.io import atomic_output
+    from cpsnake.outputs import all_or_nothing
 
     Y, X = (int(v) for v in labels.shape)
     measured = table_path is not None or geojson_path is not None
@@ -168,7 +169,7 @@ def write_objects(labels, image=None, *, rois_path=None, table_path=None, geojso
     present = np.flatnonzero(box[:, 0] < Y)
     ordered = bool(np.all(np.diff(box[present, 0]) >= 0))  # ids by first pixel in raster order: flush per row
     width = len(str(max(n, 1)))
-    with contextlib.ExitStack() as files:
+    with all_or_nothing(), contextlib.ExitStack() as files:  # the files asked for, all or none
         zf = table = features = None
         if rois_path is not None:
             zf = files.enter_context(_zip(files.enter_context(atomic_output(rois_path))))

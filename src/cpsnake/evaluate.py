@@ -250,10 +250,11 @@ def read_index(path: Path, column: str) -> dict[str, str]:
     import pandas as pd
 
     from cpsnake.files import regular_file
+    from cpsnake.tables import read_frame
 
     regular_file(path, f"a CSV index with columns file,{column}")
     try:
-        df = pd.read_csv(path, dtype=str)
+        df = read_frame(pd.read_csv(path, dtype=str))
     except Exception as exc:
         raise CpsnakeError(f"{path}: not a readable CSV ({exc}); expected columns file,{column}; "
                            "save the index as a plain CSV (UTF-8)") from None
@@ -344,9 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     df = evaluate_dirs(args.pred_dir, args.true_dir, thresholds=args.thresholds, groups=groups, max_pixels=args.max_pixels)
     if args.out:
         from cpsnake.io import atomic_output
+        from cpsnake.tables import to_csv
 
         with atomic_output(args.out) as tmp:
-            df.to_csv(tmp, index=False, float_format="%.6g")
+            to_csv(df, tmp, float_format="%.6g")
     _print_summary(df, args.thresholds)
     if args.out:
         print(f"table: {os.fspath(args.out)} ({len(df)} rows)")

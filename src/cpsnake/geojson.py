@@ -216,8 +216,10 @@ def export_file(labels_path, out_path, *, table=None, object_type: str = "detect
     if table is not None:
         import csv
 
+        from cpsnake.tables import read_cell
+
         with open(table, newline="") as f:
-            rows = list(csv.DictReader(f))
+            rows = [{k: read_cell(v) for k, v in r.items()} for r in csv.DictReader(f)]
         if rows and "label" not in rows[0]:
             raise CpsnakeError(f"{table}: found columns {list(rows[0])[:5]}..., expected a 'label' column; pass the "
                                "table `cpsnake measure` wrote for these labels")

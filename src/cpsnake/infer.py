@@ -559,6 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         check_stack_3d(args.normalized, img.shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
                        max_pixels=args.max_pixels)
+    from cpsnake.outputs import check_output
+
+    check_output(args.flows)  # an output that cannot be written: one line before the model loads
 
     from cpsnake import statefile, weights
 

@@ -6,8 +6,9 @@ flows (3, Y, X) = dY, dX, cellprob logits. (x, y) order appears only at the Imag
 :func:`read_image` reads input images (TIFF / OME-TIFF, PNG, JPEG; told by content, not extension) as
 ``(C, Y, X)`` (stacks ``(Z, C, Y, X)``) in their own dtype, with pixel size, unit and original axes.
 
-Every writer goes through :func:`atomic_output`: the file is written under a temporary name in the
-destination folder and renamed only when complete, so no partial file ever sits under a final name.
+Every writer goes through :func:`atomic_output` (:func:`cpsnake.outputs.atomic_output`): the file is written under a
+temporary name in the destination folder and renamed only when complete, so no partial file ever sits under a
+final name; an output-side failure (full disk, read-only folder, ...) is one line.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Iterator
 from cpsnake import files, limits
 from cpsnake.calibration import calibration, calibration_warning, read_calibration, stack_calibration
 from cpsnake.errors import CpsnakeError, CpsnakeWarning
+from cpsnake.outputs import atomic_output
 
 __all__ = [
     "CpsnakeError",
@@ -38,25 +40,6 @@ __all__ = [
     "png_shape",
     "IMAGE_FORMATS",
 ]
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds, else delete it.
-
-    The temporary name keeps the final suffix (``.NAME.tif.<pid>.tmp.tif``) so writers that pick a
-    format from the extension still work.
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp{final.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 # --- TIFF with ImageJ metadata -------------------------------------------------------------------

@@ -399,8 +399,11 @@ def write_table(path: str | os.PathLike, rows: list[dict], header: list[str]) ->
 
 
 def formatted(row: dict) -> dict:
-    """A table row as :func:`write_table` writes it: floats at full precision (``repr``)."""
-    return {k: (repr(float(v)) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}
+    """A table row as :func:`write_table` writes it: floats at full precision (``repr``), text cells that a
+    spreadsheet would run as a formula quoted (:func:`cpsnake.tables.cell`)."""
+    from cpsnake.tables import cell
+
+    return {k: (repr(float(v)) if isinstance(v, (float, np.floating)) else cell(v)) for k, v in row.items()}
 
 
 @guard("measure")
@@ -480,11 +483,14 @@ def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = N
         return write_stack_table(out_csv, labels, img, axes=axes, objects_3d=axes == "Z" and not per_slice,
                                  image_name=name, pixel_size=cal, unit=meta.get("unit") or lmeta.get("unit"),
                                  z_step=z_step)
-    write_table(out_csv, rows, header)
-    if geojson_path is not None:
-        from cpsnake.geojson import feature_collection, write_geojson
+    from cpsnake.outputs import all_or_nothing
 
-        write_geojson(geojson_path, feature_collection(labels, rows=rows, image_name=name))
+    with all_or_nothing():  # the table and the GeoJSON, or neither
+        write_table(out_csv, rows, header)
+        if geojson_path is not None:
+            from cpsnake.geojson import feature_collection, write_geojson
+
+            write_geojson(geojson_path, feature_collection(labels, rows=rows, image_name=name))
     return len(rows)
 
 

@@ -15,13 +15,14 @@ napari or QuPath, copy ``NAME.zarr/labels`` into the image's ``.zarr`` folder (t
 points at the image). Level 0 is written band by band from any array that slices (a Zarr array on disk
 included), and each level from the one before it, so the whole label image is never in memory.
 
-The folder is written under a temporary name beside the final one and renamed when complete.
+The folder is written under a temporary name beside the final one and renamed when complete
+(:func:`cpsnake.outputs.atomic_output`: a previous folder of that name is replaced whole; a file or a link
+there is refused, never deleted or followed).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +56,9 @@ def write_label_zarr(path: str | os.PathLike, labels, *, pixel_size: tuple[float
     Y, X = (int(n) for n in labels.shape)
     if len(labels.shape) != 2:
         raise CpsnakeError(f"{path}: labels of shape {labels.shape}, expected (Y, X)")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    from cpsnake.outputs import atomic_output
+
+    with atomic_output(path, folder=True) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         root.attrs["ome"] = {"version": "0.5"}
         group = root.create_group("labels")
@@ -88,10 +89,4 @@ def write_label_zarr(path: str | os.PathLike, labels, *, pixel_size: tuple[float
             }],
             "image-label": {"version": "0.5", "source": {"image": "../../"}},
         }
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return len(shapes)

@@ -602,7 +602,9 @@ def normalize_file(
     }
     extra = {k: v for k, v in (("spacing", meta["z_step"] if "Z" in stack_axes else None),
                                ("finterval", meta["frame_interval"] if "T" in stack_axes else None)) if v}
-    with atomic_output(out_path.with_suffix(".json")) as tmp_json:
+    from cpsnake.outputs import all_or_nothing
+
+    with all_or_nothing(), atomic_output(out_path.with_suffix(".json")) as tmp_json:  # both files, or neither
         tmp_json.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
         write_tiff(out_path, data, axes=stack_axes + "CYX", pixel_size=cal, unit=unit, metadata=extra or None)
     return doc

@@ -76,6 +76,8 @@ def pack(src, out_dir, *, max_mb: float = 50.0, log=None) -> tuple[int, list[str
     import pandas as pd
 
     from cpsnake.io import atomic_output, read_image
+    from cpsnake.outputs import all_or_nothing, make_folder
+    from cpsnake.tables import read_frame, to_csv
 
     log = sys.stdout if log is None else log
     src, out_dir = Path(src), Path(out_dir)
@@ -101,23 +103,24 @@ def pack(src, out_dir, *, max_mb: float = 50.0, log=None) -> tuple[int, list[str
     total = sum(size[n] for n in blobs)
     if total > budget:
         raise CpsnakeError(f"{src}: packed size {total / 1e6:.1f} MB, expected at most {max_mb} MB; raise --max-mb")
-    for sub in ("images", "masks"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    for name, (ib, mb) in blobs.items():
-        for sub, data in (("images", ib), ("masks", mb)):
-            with atomic_output(out_dir / sub / f"{name}.png") as tmp:
-                tmp.write_bytes(data)
     if (src / "index.csv").exists():
-        df = pd.read_csv(src / "index.csv", dtype=str)
+        df = read_frame(pd.read_csv(src / "index.csv", dtype=str))
         df = df[[Path(f).stem in blobs for f in df["file"]]].copy()
         df["file"] = [Path(f).stem + ".png" for f in df["file"]]
     else:
         df = pd.DataFrame({"file": [f"{n}.png" for n in blobs]})
-    with atomic_output(out_dir / "index.csv") as tmp:
-        df.to_csv(tmp, index=False)
+    for sub in ("images", "masks"):
+        make_folder(out_dir / sub)
+    with all_or_nothing():  # the pack's files, all or none
+        for name, (ib, mb) in blobs.items():
+            for sub, data in (("images", ib), ("masks", mb)):
+                with atomic_output(out_dir / sub / f"{name}.png") as tmp:
+                    tmp.write_bytes(data)
+        with atomic_output(out_dir / "index.csv") as tmp:
+            to_csv(df, tmp)
+        with atomic_output(out_dir / "dropped.txt") as tmp:
+            tmp.write_text("".join(f"{n}\n" for n in dropped))
     total += (out_dir / "index.csv").stat().st_size
-    with atomic_output(out_dir / "dropped.txt") as tmp:
-        tmp.write_text("".join(f"{n}\n" for n in dropped))
     by_kind = {k: sum(kinds[n] == k for n in dropped) for k in dict.fromkeys(kinds[n] for n in dropped)}
     what = "; ".join(f"{c} of kind {k}" for k, c in by_kind.items()) or "none"
     print(f"pack: {len(blobs)} pairs, {total / 1e6:.1f} MB in {out_dir}; dropped {len(dropped)} image(s) to fit "

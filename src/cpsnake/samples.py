@@ -345,11 +345,13 @@ def _cell(value) -> str:
 
 
 def write_table(path: str | os.PathLike, samples: Iterable[Sample]) -> None:
-    """Write the samples table (TSV, :data:`COLUMNS`) atomically."""
+    """Write the samples table (TSV, :data:`COLUMNS`) atomically; text cells as :func:`cpsnake.tables.writer`
+    writes them."""
     from cpsnake.io import atomic_output
+    from cpsnake.tables import writer
 
     with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w = writer(fh, delimiter="\t")
         w.writerow(COLUMNS)
         for s in samples:
             w.writerow([_cell(getattr(s, c)) for c in COLUMNS])
@@ -369,9 +371,12 @@ def read_table(path: str | os.PathLike) -> list[Sample]:
 
 
 def _rows(path) -> list[Sample]:
+    from cpsnake.tables import read_cell
+
     out = []
     with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
+        for raw in csv.DictReader(fh, delimiter="\t"):
+            row = {k: read_cell(v) for k, v in raw.items()}
             def num(key, kind):
                 return kind(row[key]) if row.get(key, "") != "" else None
 

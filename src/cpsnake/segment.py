@@ -18,7 +18,9 @@ same files, under the same names, as the workflow:
 The model is loaded once. The steps are the same functions the per-step commands call
 (``normalize`` -> ``infer`` -> ``reconstruct`` -> ``rois`` / ``measure`` / ``overlay``), so a chain of
 ``cpsnake <step>`` commands gives the same files. A bad image fails alone: its error is printed as one
-line, nothing is written under its final names, the other images go on, and the exit code is 1.
+line, nothing is written under its final names, the other images go on, and the exit code is 1. An image's
+files are written all or none (:func:`cpsnake.outputs.all_or_nothing`: a full disk leaves none of them), and
+an output folder that cannot be written is one line before the model loads.
 Stacks (TIFF with Z and/or T axes, see :func:`cpsnake.io.read_image`) go through :mod:`cpsnake.stack`: plane
 by plane by default, ``--stitch-threshold T`` (planes linked into 3-D objects) or ``--do-3d`` (3-D flows) for Z
 stacks, ``--track`` to link the frames of a time series; a T x Z hyperstack is segmented frame by frame. The
@@ -344,7 +346,10 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
     """Segment one image or stack and write its files; return its number of objects."""
     import contextlib
 
+    from cpsnake.outputs import all_or_nothing
+
     with contextlib.ExitStack() as keep:
+        keep.enter_context(all_or_nothing())  # its files all, or none, under their final names
         return _segment_and_write(path, net, args, opts, model_info, sopts, keep)
 
 
@@ -531,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     reconstruct.check_options(args)
     check_halo(args.block_halo, args.block_size)
     check_names(args.images)
+    from cpsnake.outputs import writable_folder
+
+    writable_folder(args.out)  # a read-only or misnamed --out: one line before any image is read
     failed, images = 0, []
     for image in args.images:
         try:

@@ -145,10 +145,11 @@ def _read_index(path: Path) -> "pd.DataFrame":
     import pandas as pd
 
     from cpsnake.files import regular_file
+    from cpsnake.tables import read_frame
 
     regular_file(path, "an index.csv with a 'file' column")
     try:
-        return pd.read_csv(path, dtype=str)
+        return read_frame(pd.read_csv(path, dtype=str))
     except Exception as exc:
         raise CpsnakeError(f"{path}: not a readable CSV ({exc}); expected an index.csv with a 'file' column; "
                            "save it as a plain CSV (UTF-8)") from None
@@ -239,10 +240,11 @@ def prepare(pairs, cache_dir: str | os.PathLike, *, min_size: int = 15, min_mask
     """
     from cpsnake.dynamics import masks_to_flows
     from cpsnake.io import atomic_output
+    from cpsnake.outputs import make_folder
 
     log = sys.stderr if log is None else log
     cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
+    make_folder(cache)
     items, skipped = [], []
     for name, ipath, mpath in pairs:
         path = cache / f"{name}.{_digest(ipath, mpath)}.npz"
@@ -504,9 +506,10 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     import pandas as pd
 
     from cpsnake.io import atomic_output
+    from cpsnake.tables import to_csv
 
     with atomic_output(path) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+        to_csv(pd.DataFrame(rows), tmp)
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -602,6 +605,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cpsnake import models as M
+    from cpsnake.outputs import check_target, writable_folder
+
+    writable_folder(args.out)  # a read-only or misnamed --out, or a final name taken: one line before any work
+    for name in ("model.pt", "checkpoint.pt", "log.csv"):
+        check_target(Path(args.out) / name)
 
     if args.device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

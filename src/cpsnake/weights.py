@@ -237,20 +237,25 @@ def _download(url: str, part: Path, entry: Entry, *, progress: bool) -> None:
             have = 0
         length = resp.headers.get("Content-Length")
         expected = have + int(length) if length is not None else entry.size
-        got = have
-        with open(part, "ab" if resumed else "wb") as f, tqdm(
+        got, interrupted = have, None
+        with open(part, "ab" if resumed else "wb") as f, tqdm(  # an OSError writing: see fetch
             total=expected, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=entry.name,
             file=sys.stderr, disable=not progress, mininterval=1.0,
         ) as bar:
-            try:
-                while chunk := resp.read(CHUNK):
-                    f.write(chunk)
-                    got += len(chunk)
-                    bar.update(len(chunk))
-            except (http.client.IncompleteRead, OSError) as exc:
-                f.flush()
-                raise CpsnakeError(f"{url}: download interrupted after {got} of {expected} bytes ({exc}); "
-                                   f"run the fetch again to resume {part}") from None
+            while True:
+                try:
+                    chunk = resp.read(CHUNK)
+                except (http.client.IncompleteRead, OSError) as exc:
+                    interrupted = exc
+                    break
+                if not chunk:
+                    break
+                f.write(chunk)
+                got += len(chunk)
+                bar.update(len(chunk))
+        if interrupted is not None:
+            raise CpsnakeError(f"{url}: download interrupted after {got} of {expected} bytes ({interrupted}); "
+                               f"run the fetch again to resume {part}")
     if expected is not None and got < expected:
         raise CpsnakeError(f"{url}: body truncated, got {got} of {expected} bytes; run the fetch again to "
                            f"resume {part}")
@@ -270,16 +275,33 @@ def fetch(
     No network call is made while ``CACHE/NAME`` matches its ``NAME.sha256`` stamp. Otherwise, under
     the lock ``CACHE/NAME.lock``: a present but unstamped file is hashed (stamped if right, deleted if
     wrong); a missing one is downloaded to ``NAME.part`` (resumed if possible), verified by size and
-    sha256 and renamed. ``download=False`` raises instead of downloading.
+    sha256 and renamed. ``download=False`` raises instead of downloading. A cache that cannot be written (read-only,
+    full, a file in the way) is a one-line CpsnakeError (:func:`cpsnake.outputs.output_error`).
     """
+    from cpsnake.outputs import make_folder, output_error
+
     cache = cache_dir_default(cache_dir)
     final = cache / entry.name
     if _stamp_ok(final, entry):
         return final
-    cache.mkdir(parents=True, exist_ok=True)
+    make_folder(cache)
+    try:
+        return _fetch_locked(entry, cache, final, base_url=base_url, revision=revision, download=download,
+                             progress=progress)
+    except OSError as exc:
+        raise output_error(final, exc) from None
+
+
+def _fetch_locked(entry: Entry, cache: Path, final: Path, *, base_url, revision, download: bool,
+                  progress: bool) -> Path:
+    """The body of :func:`fetch`, under the cache's lock for ``entry``."""
     with _locked(cache / f"{entry.name}.lock", progress=progress):
         if _stamp_ok(final, entry):  # another process finished while we waited
             return final
+        if os.path.lexists(final) and not os.path.isfile(final):  # a folder, a dead link, ...: refused, kept
+            from cpsnake.outputs import check_target
+
+            check_target(final)
         if final.exists():
             problem = _verify(final, entry, "cached file")
             if problem is None:
