@@ -328,7 +328,8 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
             geojson = paths.geojson(s.sample) if args.geojson else None
             if s.block:
                 return {"rows": blockout.measure_file(paths.masks(s.sample), s.path, paths.measurements(s.sample),
-                                                      pixel_size=s.pixel_size, geojson_path=geojson)}
+                                                      pixel_size=s.pixel_size, geojson_path=geojson,
+                                                      max_pixels=args.max_pixels)}
             return {"rows": measure.measure_file(
                 paths.masks(s.sample), s.path, paths.measurements(s.sample), max_pixels=args.max_pixels,
                 flows_path=paths.flows(s.sample), pixel_size=s.pixel_size, per_slice=per_slice, geojson_path=geojson)}
@@ -337,7 +338,8 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
     if step == "overlay":
         def one(s):
             if s.block:
-                blockout.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample))
+                blockout.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample),
+                                      max_pixels=args.max_pixels)
             else:
                 overlay.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample), max_pixels=args.max_pixels)
             _link(paths.overlay(s.sample), paths.report_overlay(s.sample))

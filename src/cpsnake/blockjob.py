@@ -69,7 +69,7 @@ def values_file(src, out_json, *, channels=None, pixel_size=None, max_pixels=Non
         raise CpsnakeError(f"{src}: --tile-norm {tile_size} with an image segmented block by block; expected "
                            "percentile or --low-high normalization; set config blocks.size to 0 for this run, or "
                            "leave out tile_norm")
-    with regions.open_image(src) as img:
+    with regions.open_image(src, max_pixels=max_pixels) as img:
         limits.check_min_side(src, img.shape)
         try:
             record = regions.stream_values(img, channels, percentiles=percentiles, low_high=low_high, invert=invert)
@@ -103,7 +103,7 @@ def _record(doc: dict) -> dict:
 
 def block_file(net, src, values: dict, out_npz, k: int, *, block: int, halo: int | None = None, diameter=None,
                cellprob_threshold: float = 0.0, niter: int | None = None, max_size_fraction: float = 0.4,
-               flow_threshold: float = 0.4, **infer_opts) -> dict:
+               flow_threshold: float = 0.4, max_pixels: int | None = None, **infer_opts) -> dict:
     """Pass 1 of block ``k`` of ``src`` (:func:`cpsnake.blocks.seed_block`) with ``values`` (the document of
     :func:`values_file`);
     writes ``out_npz`` (masks ``seeds``, flows ``dP`` when the flow check is on, ``heat_niter``, the block's
@@ -119,7 +119,7 @@ def block_file(net, src, values: dict, out_npz, k: int, *, block: int, halo: int
     check_block_size(net, block)
     record, picked = _record(values), values["channels"]
     halo = default_halo(diameter) if halo is None else int(halo)
-    with regions.open_image(src) as img:
+    with regions.open_image(src, max_pixels=max_pixels) as img:
         shape = img.shape[1:]
         grid = grid_of(*shape, block, halo)
         if not 0 <= k < len(grid):
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     net = models.load_model(path, device=str(opts["device"]))
     try:
         info = block_file(net, s.path, done[s.sample].info["normalization"], out, args.index, block=s.block, halo=args.block_halo,
-                          diameter=diameter, **ropts, **opts)
+                          diameter=diameter, max_pixels=args.max_pixels, **ropts, **opts)
     except CpsnakeError as exc:
         reason = one_line(exc)
         _failed_block(out, reason if reason.startswith(s.path) else f"{s.path}: {reason}")

@@ -255,22 +255,26 @@ def rois_file(labels_path, out_zip) -> int:
     return n
 
 
-def measure_file(labels_path, image_path, out_csv, *, pixel_size: float | None = None, geojson_path=None) -> int:
+def measure_file(labels_path, image_path, out_csv, *, pixel_size: float | None = None, geojson_path=None,
+                 max_pixels: int | None = None) -> int:
     """:func:`cpsnake.measure.measure_file` (no flows) of a 2-D label TIFF and its image (TIFF or OME-Zarr), both
-    read by region; returns the number of rows."""
+    read by region (``max_pixels`` bounds the image's storage chunks); returns the number of rows."""
     from cpsnake.regions import open_image
 
-    with contextlib.closing(TiffLabels(labels_path)) as labels, contextlib.closing(open_image(image_path)) as image:
+    with contextlib.closing(TiffLabels(labels_path)) as labels, \
+            contextlib.closing(open_image(image_path, max_pixels=max_pixels)) as image:
         cal = (float(pixel_size),) * 2 if pixel_size else (image.meta["pixel_size"] or labels.image.meta["pixel_size"])
         return write_objects(labels, image, table_path=out_csv, geojson_path=geojson_path, pixel_size=cal,
                              image_name=Path(image_path).name)
 
 
-def overlay_file(image_path, labels_path, out_png) -> None:
-    """:func:`cpsnake.overlay.overlay_file` of a 2-D image and its label TIFF, both read by region."""
+def overlay_file(image_path, labels_path, out_png, *, max_pixels: int | None = None) -> None:
+    """:func:`cpsnake.overlay.overlay_file` of a 2-D image and its label TIFF, both read by region (``max_pixels``
+    bounds the image's storage chunks)."""
     from cpsnake.regions import open_image
 
-    with contextlib.closing(TiffLabels(labels_path)) as labels, contextlib.closing(open_image(image_path)) as image:
+    with contextlib.closing(TiffLabels(labels_path)) as labels, \
+            contextlib.closing(open_image(image_path, max_pixels=max_pixels)) as image:
         if tuple(image.shape[1:]) != labels.shape:
             raise CpsnakeError(f"{labels_path}: found labels of size {labels.shape} (Y, X), expected the image's size "
                                f"{tuple(image.shape[1:])} ({image_path}); pass the label image made from this image")

@@ -25,30 +25,53 @@ import platform
 import re
 import sys
 from importlib import metadata
+from pathlib import Path
 
 from cpsnake.errors import CpsnakeError, guard
 
-__all__ = ["sha256", "package_versions", "build_record", "main"]
+__all__ = ["sha256", "folder_sha256", "package_versions", "build_record", "main"]
 
 
 def sha256(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a regular file, read in chunks (a FIFO or device is refused with one line, not read forever);
-    of an OME-Zarr folder, the sha256 of its files' relative paths and sha256s in sorted order."""
+    of an OME-Zarr folder, :func:`folder_sha256`."""
     from cpsnake import files
 
     from cpsnake.regions import is_ome_zarr
 
-    if is_ome_zarr(path):  # an OME-Zarr folder: its files' relative paths and contents, in sorted order
-        import hashlib
-        from pathlib import Path
-
-        h = hashlib.sha256()
-        root = Path(path)
-        for f in sorted(p for p in root.rglob("*") if p.is_file()):
-            h.update(f.relative_to(root).as_posix().encode() + b"\0")
-            h.update(bytes.fromhex(files.sha256(f, expected="a file of an OME-Zarr input", chunk=chunk)))
-        return h.hexdigest()
+    if is_ome_zarr(path):
+        return folder_sha256(path, chunk=chunk)
     return files.sha256(path, expected="an input of the run (image or model file)", chunk=chunk)
+
+
+def folder_sha256(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a folder (an OME-Zarr): over its entries in sorted order (by path components), each entry's
+    relative path, a NUL byte, then the sha256 (32 bytes) of a regular file's contents; a symbolic link adds
+    ``b"link:" + its target`` instead and is never followed (so a link out of the folder is not read), and a
+    FIFO, device or socket adds ``b"special"`` without being opened (so nothing hangs). Sub-folders are walked
+    (links to folders are not). A folder of regular files only hashes as it always did."""
+    import hashlib
+    import stat
+
+    from cpsnake import files
+
+    root = Path(path)
+    entries = []
+    for top, dirs, names in os.walk(root, followlinks=False):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            f = Path(top, name)
+            entries.append((f.relative_to(root).parts, f))
+    h = hashlib.sha256()
+    for parts, f in sorted(entries, key=lambda e: e[0]):
+        mode = os.lstat(f).st_mode
+        h.update("/".join(parts).encode(errors="surrogateescape") + b"\0")
+        if stat.S_ISLNK(mode):
+            h.update(b"link:" + os.fsencode(os.readlink(f)))
+        elif stat.S_ISREG(mode):
+            h.update(bytes.fromhex(files.sha256(f, expected="a file of an OME-Zarr input", chunk=chunk)))
+        else:
+            h.update(b"special")
+    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str | None]:

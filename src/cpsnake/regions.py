@@ -25,8 +25,22 @@ up to 224**3 px, above that every (Y // 224, X // 224)-th one), so the values, a
 region, are bit-equal to :func:`cpsnake.normalize.normalize` on the whole image, for every dtype.
 
 Errors are one line each (:class:`~cpsnake.errors.CpsnakeError`): a corrupt or truncated chunk (found
-by the streaming pass, before any segmentation), an OME-Zarr without ``multiscales`` metadata, a missing
-pyramid level, an unreadable header.
+by the streaming pass, before any segmentation), NaN or infinite pixels (every region read checks its
+pixels), an OME-Zarr without ``multiscales`` metadata, a missing pyramid level, an unreadable header.
+When one chunk of a read fails, the reads zarr still runs for the others are waited for before the error
+is raised, so nothing is printed after its line and the file can be closed.
+
+Limits (:mod:`cpsnake.limits`): a storage chunk (TIFF tile or strip, Zarr chunk, Zarr v3 shard and inner
+chunk) is decoded whole, so each declares at most ``max_pixels`` samples (all its axes), checked at open
+before any pixel is decoded; a region read runs under a decode budget of twice the bytes of the chunks it
+overlaps (+ 256 MB), so a chunk whose compressed data expand beyond its declared size fails with one line.
+
+An OME-Zarr folder is read only from inside itself: every file zarr or cpsnake reads in it (metadata
+and chunks) is checked as it is read (:func:`_folder_store`, a few ``stat`` calls per file, no walk of
+the folder up front): it must be a regular file (a FIFO, device or socket is refused before it is
+opened, so nothing hangs) whose real location (symbolic links resolved) lies inside the folder; a
+symbolic link that leads out of the folder, a ``datasets[].path`` that is absolute, holds ``..`` or is
+not a string is refused with one line naming the entry. Links that stay inside the folder are followed.
 
 Shapes: regions ``(C, y1 - y0, x1 - x0)`` in the file's dtype (bool as uint8).
 """
@@ -41,6 +55,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cpsnake import files, limits
 from cpsnake.errors import CpsnakeError
 
 __all__ = ["RegionImage", "is_ome_zarr", "open_image", "stream_values", "band_rows"]
@@ -49,12 +64,116 @@ _UNKNOWN = "QI"  # tifffile's names for axes without metadata
 MAX_GUESSED_CHANNELS = 3
 _UNITS = {"micrometer": "micron", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
           "angstrom": "\\u00c5"}
+ZARR_FILE = "a file of an OME-Zarr image (metadata or chunk)"
+ZARR_NAMES = ("zarr.json", ".zgroup", ".zattrs")
+MAX_METADATA_BYTES = 16 * 2**20  # one zarr.json / .zarray / .zattrs / .zgroup file
+_METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
+_JSON_KIND = {int: "a number", float: "a number", bool: "true or false", list: "a list", dict: "an object",
+              type(None): "null"}
 
 
 def is_ome_zarr(path: str | os.PathLike) -> bool:
-    """True for a folder holding a Zarr group (``zarr.json``, or ``.zgroup`` / ``.zattrs``)."""
+    """True for a folder holding a Zarr group (an entry ``zarr.json``, ``.zgroup`` or ``.zattrs`` of any kind:
+    only ``stat`` is used, and a FIFO or broken link among them is refused when the folder is opened)."""
     p = Path(path)
-    return p.is_dir() and any((p / n).is_file() for n in ("zarr.json", ".zgroup", ".zattrs"))
+    return p.is_dir() and any(os.path.lexists(p / n) for n in ZARR_NAMES)
+
+
+def _why(exc: BaseException, limit: int = 200) -> str:
+    """A library's message for one line: whitespace runs joined, control characters as ``?``, at most ``limit``
+    characters (a hostile metadata value could be long or hold terminal escapes)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _inside(real: str, real_root: str) -> bool:
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _entry(root: Path, key: str, *, metadata: bool = False, real_root: str | None = None) -> Path | None:
+    """The file ``root/key`` of an OME-Zarr folder, checked before it is opened; None if it does not exist.
+
+    Refused with one line naming the entry: a location outside ``root`` once symbolic links are resolved, a
+    FIFO, device, socket or folder (:func:`cpsnake.files.regular_file`), a broken link, a file where a folder
+    is expected, and metadata files over :data:`MAX_METADATA_BYTES`. Costs a few ``stat`` calls (``real_root``:
+    ``os.path.realpath(root)`` when the caller knows it).
+    """
+    entry = root / key
+    real_root = real_root or os.path.realpath(root)
+    if not _inside(os.path.realpath(entry), real_root):
+        raise CpsnakeError(
+            f"{entry}: found a path that leads outside the OME-Zarr folder {root} (through '..', an absolute path or "
+            "a symbolic link); expected its files inside the folder; copy the data into it (e.g. cp -rL) or write the "
+            "OME-Zarr again")
+    if not os.path.lexists(entry):
+        parent = entry.parent
+        while not os.path.lexists(parent) and parent != root:
+            parent = parent.parent
+        if not parent.is_dir():  # a file, FIFO, ... where the key needs a folder: not a missing chunk
+            raise CpsnakeError(f"{parent}: is not a folder; expected the folder that holds {entry.name} in the "
+                               "OME-Zarr; write the OME-Zarr again")
+        return None
+    st = files.regular_file(entry, ZARR_FILE)
+    if metadata and st.st_size > MAX_METADATA_BYTES:
+        raise CpsnakeError(f"{entry}: found {st.st_size:,} bytes of metadata, more than {MAX_METADATA_BYTES:,}; "
+                           "expected the JSON metadata of an OME-Zarr; write the OME-Zarr again")
+    return entry
+
+
+_STORE: list = []
+
+
+def _folder_store(root: Path):
+    """A read-only zarr ``LocalStore`` of the folder ``root`` whose every read goes through :func:`_entry`."""
+    if not _STORE:
+        from zarr.storage import LocalStore
+
+        class _FolderStore(LocalStore):
+            """zarr's LocalStore, reading a key only after :func:`_entry` checked its file (regular, inside)."""
+
+            def _check(self, key: str) -> bool:
+                if getattr(self, "_real_root", None) is None:
+                    self._real_root = os.path.realpath(self.root)
+                return _entry(self.root, key, metadata=key.rsplit("/", 1)[-1] in _METADATA,
+                              real_root=self._real_root) is not None
+
+            def get_sync(self, key, *, prototype=None, byte_range=None):
+                return super().get_sync(key, prototype=prototype, byte_range=byte_range) if self._check(key) else None
+
+            async def get(self, key, prototype=None, byte_range=None):
+                return await super().get(key, prototype, byte_range) if self._check(key) else None
+
+            async def get_partial_values(self, prototype, key_ranges):
+                key_ranges = list(key_ranges)
+                for key, _ in key_ranges:
+                    self._check(key)
+                return await super().get_partial_values(prototype, key_ranges)
+
+        _STORE.append(_FolderStore)
+    return _STORE[0](root, read_only=True)
+
+
+def _settle() -> None:
+    """Wait (60 s at most) for the chunk reads that zarr's event loop still runs after one read of a region
+    failed, collecting their errors: else they finish, or fail on a closed file, after the error line is
+    printed and fill stderr with asyncio's reports of pending tasks."""
+    import asyncio
+    import sys
+
+    sync = sys.modules.get("zarr.core.sync")
+    if sync is None or sync.loop[0] is None or sync.loop[0].is_closed():
+        return
+
+    async def rest() -> None:
+        me = asyncio.current_task()
+        while pending := [t for t in asyncio.all_tasks() if t is not me]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    try:
+        sync.sync(rest(), timeout=60)
+    except Exception:
+        pass
 
 
 class RegionImage:
@@ -67,11 +186,15 @@ class RegionImage:
     the pyramid's level count).
 
     ``fetch(index)`` returns the raw array's pixels for a tuple of one int or slice per file axis;
-    ``close()`` releases the file.
+    ``close()`` releases the file. ``units``: every shape (one entry per file axis) the storage decodes whole
+    (chunks, and Zarr v3 shards and their inner chunks; default ``[chunks]``); each must hold at most
+    ``max_pixels`` samples (:func:`cpsnake.limits.max_pixels` when None), else a one-line CpsnakeError (about
+    the image itself when it too holds more, as :func:`cpsnake.limits.check_samples` words it).
     """
 
     def __init__(self, path: Path, raw_shape: Sequence[int], chunks: Sequence[int], axes: str, meta: dict,
-                 fetch: Callable[[tuple], np.ndarray], close: Callable[[], None] | None = None):
+                 fetch: Callable[[tuple], np.ndarray], close: Callable[[], None] | None = None, *,
+                 units: Sequence[Sequence[int]] | None = None, max_pixels: int | None = None):
         self.path = path
         self.raw_shape = tuple(int(n) for n in raw_shape)
         self.meta = meta
@@ -82,6 +205,20 @@ class RegionImage:
         ydim, xdim = axes.index("Y"), axes.index("X")
         self.shape = (nchan, self.raw_shape[ydim], self.raw_shape[xdim])
         self.chunks = (int(chunks[ydim]), int(chunks[xdim]))
+        units = [tuple(int(n) for n in u) for u in (units or [chunks])]
+        allowed = limits.max_pixels(max_pixels)
+        for unit in units:
+            n, dims = math.prod(unit), " x ".join(str(k) for k in unit)
+            if len(unit) != len(axes) or min(unit) < 1:
+                raise CpsnakeError(f"{path}: found storage chunks of {dims} for axes {axes!r}; expected at least 1 "
+                                   "sample per axis; write the image again")
+            if n > allowed:
+                limits.check_samples(path, self.raw_shape, limit=allowed)  # the image too: its own line comes first
+                raise CpsnakeError(
+                    f"{path}: found storage chunks of {dims} = {n:,} samples (axes {axes!r}, image {self.raw_shape}), "
+                    f"each decoded whole; expected chunks of 1 to {allowed:,} samples; write the image again with "
+                    f"smaller chunks or tiles (e.g. 1024 x 1024), or raise the limit with {limits.RAISE}")
+        self._unit = tuple(max(u[d] for u in units) for d in range(len(axes)))  # the largest decoded whole
 
     def __enter__(self) -> "RegionImage":
         return self
@@ -94,29 +231,42 @@ class RegionImage:
             self._close()
             self._close = None
 
+    def _decoded_bytes(self, y0: int, y1: int, x0: int, x1: int) -> int:
+        """Bytes of the storage units (all their axes) that the region ``[y0:y1, x0:x1]`` overlaps."""
+        n = 1
+        for a, size, unit, i in zip(self._axes, self.raw_shape, self._unit, self._index):
+            lo, hi = ((y0, y1) if a == "Y" else (x0, x1) if a == "X" else (0, size) if isinstance(i, slice)
+                      else (i, i + 1))
+            n *= (-(-hi // unit) - lo // unit) * unit
+        return n * self.dtype.itemsize
+
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Pixels ``(C, y1 - y0, x1 - x0)`` of the region, in the file's dtype; only overlapping chunks are decoded."""
+        """Pixels ``(C, y1 - y0, x1 - x0)`` of the region, in the file's dtype; only overlapping chunks are decoded.
+
+        Decoding runs under :func:`cpsnake.limits.decode_budget` of twice the overlapped chunks' bytes. Raises a
+        one-line CpsnakeError naming the file and the rows and columns for data that expand beyond that, a
+        chunk that cannot be decoded or read (any exception of the codecs or of zarr), and NaN or infinite values.
+        """
         idx = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else i
                     for a, i in zip(self._axes, self._index))
-        from cpsnake import limits
-
-        # the chunks a region overlaps are decoded whole: their codecs may not expand beyond that
-        ch, cw = self.chunks
-        declared = self.shape[0] * (y1 - y0 + ch) * (x1 - x0 + cw) * self.dtype.itemsize
+        where = f"rows {y0}-{y1}, columns {x0}-{x1}"
         try:
-            with limits.decode_budget(2 * declared):
-                data = np.asarray(self._fetch(idx))
+            with limits.decode_budget(2 * self._decoded_bytes(y0, y1, x0, x1)):
+                try:
+                    data = np.asarray(self._fetch(idx))
+                except BaseException:
+                    _settle()  # inside the budget: the other chunks of the read are decoded under it too
+                    raise
         except MemoryError:
             raise CpsnakeError(
-                f"{self.path}: found compressed data in rows {y0}-{y1}, columns {x0}-{x1} that expand beyond the size "
-                "the header declares; expected chunks that match the header; the file is corrupt or hostile: export "
-                "it again from the original") from None
+                f"{self.path}: found compressed data in {where} that expand beyond the size the header declares; "
+                "expected chunks that match the header; the file is corrupt or hostile: export it again from the "
+                "original") from None
         except CpsnakeError:
             raise
-        except Exception as exc:  # codecs raise many types for a corrupt chunk
-            msg = " ".join(str(exc).split()) or type(exc).__name__
+        except Exception as exc:  # codecs and zarr raise many types for a corrupt chunk
             raise CpsnakeError(
-                f"{self.path}: found a chunk that cannot be decoded in rows {y0}-{y1}, columns {x0}-{x1} ({msg}); "
+                f"{self.path}: found a chunk that cannot be decoded in {where} ({_why(exc)}); "
                 "expected complete image data; the file is truncated or corrupt: copy or export it again"
             ) from None
         data = data.transpose(self._order)
@@ -124,6 +274,12 @@ class RegionImage:
             data = data[np.newaxis]
         if data.dtype == bool:
             data = data.astype(np.uint8)
+        if data.dtype.kind == "f":
+            bad = data.size - int(np.count_nonzero(np.isfinite(data)))
+            if bad:
+                raise CpsnakeError(
+                    f"{self.path}: found {bad} NaN or infinite pixel values in {where}; expected finite intensities; "
+                    "replace them first (e.g. Fiji: Process > Math > Remove NaNs, or set them to the background value)")
         return np.ascontiguousarray(data.astype(data.dtype.newbyteorder("="), copy=False))
 
 
@@ -197,18 +353,21 @@ def _plan(path: Path, axes: str, shape: tuple[int, ...], meta: dict) -> tuple[tu
     return tuple(index), order, nchan
 
 
-def open_image(path: str | os.PathLike, *, level: int = 0) -> RegionImage:
-    """Open a TIFF (file) or OME-Zarr (folder) image for region reads; only its header is read."""
+def open_image(path: str | os.PathLike, *, level: int = 0, max_pixels: int | None = None) -> RegionImage:
+    """Open a TIFF (file) or OME-Zarr (folder) image for region reads; only its header is read.
+
+    ``max_pixels`` bounds the samples of each storage chunk (see :class:`RegionImage`; the image's own size is
+    the caller's check, :func:`cpsnake.limits.check_samples`). Errors: one-line CpsnakeErrors (module doc)."""
     path = Path(path)
     if path.is_dir():
         if not is_ome_zarr(path):
             raise CpsnakeError(f"{path}: found a folder that is not a Zarr group (no zarr.json, .zgroup or .zattrs); "
                                "expected an image file or an OME-Zarr folder; pass the .zarr folder itself")
-        return _open_zarr(path, level)
-    return _open_tiff(path, level)
+        return _open_zarr(path, level, max_pixels)
+    return _open_tiff(path, level, max_pixels)
 
 
-def _open_tiff(path: Path, level: int) -> RegionImage:
+def _open_tiff(path: Path, level: int, max_pixels: int | None = None) -> RegionImage:
     import tifffile
     import zarr
 
@@ -247,12 +406,12 @@ def _open_tiff(path: Path, level: int) -> RegionImage:
             fetch = _contiguous_fetch(path, int(offset), np.dtype(dtype).newbyteorder(tif.byteorder), shape,
                                       lev.axes.index("Y"))
             tif.close()
-            img = RegionImage(path, shape, (1,) * len(shape), lev.axes, meta, fetch)
+            img = RegionImage(path, shape, (1,) * len(shape), lev.axes, meta, fetch, max_pixels=max_pixels)
         else:
             store = series.aszarr(level=level)
             array = zarr.open_array(store, mode="r")
             img = RegionImage(path, array.shape, array.chunks, lev.axes, meta, array.__getitem__,
-                              close=lambda: (store.close(), tif.close()))
+                              close=lambda: (store.close(), tif.close()), max_pixels=max_pixels)
     except CpsnakeError:
         tif.close()
         raise
@@ -271,24 +430,55 @@ def _open_tiff(path: Path, level: int) -> RegionImage:
 
 
 def _zarr_attrs(path: Path) -> dict:
-    """The group's attributes: ``zarr.json``'s ``attributes`` (v3) or ``.zattrs`` (v2)."""
+    """The group's attributes: ``zarr.json``'s ``attributes`` (v3) or ``.zattrs`` (v2); each file checked by
+    :func:`_entry` (regular, inside the folder, at most 16 MiB) before it is read, ``.zgroup`` too."""
+    found = {name: _entry(path, name, metadata=True) for name in ZARR_NAMES}
     for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
-        f = path / name
-        if f.is_file():
+        f = found[name]
+        if f is not None:
+            text = files.read_text(f, "the JSON metadata of an OME-Zarr", limit=MAX_METADATA_BYTES)
             try:
-                doc = json.loads(f.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise CpsnakeError(f"{f}: found metadata that is not JSON ({exc}); expected OME-Zarr metadata; "
+                doc = json.loads(text)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise CpsnakeError(f"{f}: found metadata that is not JSON ({_why(exc)}); expected OME-Zarr metadata; "
                                    "write the OME-Zarr again") from None
             if not isinstance(doc, dict):
-                raise CpsnakeError(f"{f}: found {type(doc).__name__} metadata, expected a JSON object")
+                raise CpsnakeError(f"{f}: found {type(doc).__name__} metadata, expected a JSON object; write the "
+                                   "OME-Zarr again")
             attrs = doc.get(key, {}) if key else doc
             if attrs:
                 return attrs if isinstance(attrs, dict) else {}
     return {}
 
 
-def _open_zarr(path: Path, level: int) -> RegionImage:
+def _dataset_path(path: Path, datasets: list, level: int) -> str:
+    """``datasets[level]["path"]``, checked: a relative path of plain names (no ``..``, not absolute) whose real
+    location lies inside the folder ``path``."""
+    where = f"multiscales[0].datasets[{level}].path"
+    ds = datasets[level]
+    value = ds.get("path") if isinstance(ds, dict) else None
+    fix = ("expected a relative path of a folder inside the .zarr folder (e.g. \"0\"); fix the metadata or write the "
+           "OME-Zarr again")
+    if not isinstance(value, str):
+        found = f"{where} as {_JSON_KIND.get(type(value), 'a value that is not a string')}" \
+            if isinstance(ds, dict) and "path" in ds else f"no {where}"
+        raise CpsnakeError(f"{path}: found {found}; {fix}")
+    shown = repr(value) if len(value) <= 80 else repr(value[:77]) + "..."
+    parts = value.strip("/").split("/")
+    problem = ("an absolute path" if value.startswith("/") or os.path.isabs(value) else
+               "it climbs out of the folder with '..'" if ".." in parts else
+               "not a plain relative path" if not value.strip("/") or "" in parts or "." in parts or "\\" in value
+               else None)
+    if problem:
+        raise CpsnakeError(f"{path}: found {where} {shown}: {problem}; {fix}")
+    real, root = os.path.realpath(path / value), os.path.realpath(path)
+    if not _inside(real, root) or real == root:
+        raise CpsnakeError(f"{path}: found {where} {shown}: it leads outside the folder (or to the folder itself) "
+                           f"through a symbolic link; {fix}, or copy the data into the folder (e.g. cp -rL)")
+    return "/".join(parts)
+
+
+def _open_zarr(path: Path, level: int, max_pixels: int | None = None) -> RegionImage:
     import zarr
 
     attrs = _zarr_attrs(path)
@@ -299,49 +489,86 @@ def _open_zarr(path: Path, level: int) -> RegionImage:
                            "image (NGFF 0.4 or 0.5, e.g. written by bioformats2raw, QuPath or ome-zarr-py); convert it, "
                            "e.g. bioformats2raw IMAGE OUT.zarr")
     m = ms[0]
-    datasets = m.get("datasets") or []
-    if level >= len(datasets) or not isinstance(datasets[level], dict) or "path" not in datasets[level]:
+    datasets = m.get("datasets")
+    datasets = datasets if isinstance(datasets, list) else []
+    if level >= len(datasets):
         raise CpsnakeError(f"{path}: found {len(datasets)} pyramid level(s) in the multiscales metadata, expected level "
                            f"{level}; the OME-Zarr is incomplete: write it again")
+    key = _dataset_path(path, datasets, level)
     ds = datasets[level]
     try:
-        array = zarr.open_array(store=str(path / ds["path"]), mode="r")
-    except Exception as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise CpsnakeError(f"{path}: found pyramid level {level} ({ds['path']!r}) missing or unreadable ({msg}); "
-                           "expected the array the multiscales metadata names; the OME-Zarr is incomplete: write it "
-                           "again") from None
-    names, units = [], []
-    for a in m.get("axes") or []:
-        names.append((a.get("name") if isinstance(a, dict) else str(a)).lower())
-        units.append(a.get("unit") if isinstance(a, dict) else None)
-    if not names:  # NGFF 0.1-0.3 without axes: tczyx
-        names = list("tczyx")[-array.ndim:]
-        units = [None] * array.ndim
-    if len(names) != array.ndim:
-        raise CpsnakeError(f"{path}: found {len(names)} axes in the metadata for an array of {array.ndim} dimensions; "
-                           "expected one axis per dimension; write the OME-Zarr again")
-    axes = "".join({"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(n, "Q") for n in names)
-    scale = np.ones(array.ndim)
-    for tr in list(ds.get("coordinateTransformations") or []) + list(m.get("coordinateTransformations") or []):
-        if isinstance(tr, dict) and tr.get("type") == "scale" and len(tr.get("scale") or []) == array.ndim:
-            scale = scale * np.asarray(tr["scale"], float)
+        array = zarr.open_array(store=_folder_store(path), path=key, mode="r")
+        dtype = np.dtype(array.dtype)
+        shape, chunks = tuple(int(n) for n in array.shape), tuple(int(n) for n in array.chunks)
+        units = [chunks] + ([tuple(int(n) for n in array.shards)] if array.shards else [])
+        codecs = list(getattr(array.metadata, "codecs", None) or ())
+        while codecs:  # nested sharding: every inner chunk shape
+            c = codecs.pop()
+            if hasattr(c, "chunk_shape") and hasattr(c, "codecs"):
+                units.append(tuple(int(n) for n in c.chunk_shape))
+                codecs.extend(c.codecs)
+    except CpsnakeError:
+        _settle()
+        raise
+    except Exception as exc:  # zarr and numcodecs raise many types for missing or malformed metadata
+        _settle()
+        raise CpsnakeError(f"{path}: found pyramid level {level} ({key!r}) missing or unreadable ({_why(exc)}); "
+                           "expected the Zarr array the multiscales metadata names (zarr.json or .zarray with a known "
+                           "data type and codecs); the OME-Zarr is incomplete or unsupported: write it again (e.g. "
+                           "ome-zarr-py, bioformats2raw)") from None
+    if dtype.kind not in "buif":
+        raise CpsnakeError(f"{path}: found pixels of type {_why(dtype)}; expected integer or real intensities; "
+                           "convert the image (e.g. Fiji: Image > Type > 32-bit) and write the OME-Zarr again")
+    try:
+        axes, units_of_axes, scale = _axes_and_scale(m, ds, len(shape))
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+        raise CpsnakeError(f"{path}: found multiscales axes or coordinateTransformations that cannot be read "
+                           f"({_why(exc)}); expected NGFF 0.4 / 0.5 metadata (axes: a list of objects with a name; "
+                           "scale: a list of numbers per axis); write the OME-Zarr again") from None
+    if axes is None:
+        raise CpsnakeError(f"{path}: found {units_of_axes} axes in the metadata for an array of {len(shape)} "
+                           "dimensions; expected one axis per dimension; write the OME-Zarr again")
     yi, xi = axes.find("Y"), axes.find("X")
     pixel_size = unit = problem = None
     if yi >= 0 and xi >= 0:
         py, px = float(scale[yi]), float(scale[xi])
         if not (math.isfinite(py) and math.isfinite(px) and 1e-30 <= py <= 1e30 and 1e-30 <= px <= 1e30):
             problem = f"scale ({py}, {px}) in the multiscales metadata"
-        elif units[xi] or (py, px) != (1.0, 1.0):
-            pixel_size, unit = (py, px), _UNITS.get(units[xi] or "", units[xi]) if units[xi] else None
+        elif units_of_axes[xi] or (py, px) != (1.0, 1.0):
+            ux = units_of_axes[xi]
+            pixel_size, unit = (py, px), _UNITS.get(ux or "", ux) if ux else None
     zi = axes.find("Z")
-    meta = {"pixel_size": pixel_size, "unit": unit, "axes": axes, "shape": tuple(int(n) for n in array.shape),
-            "dtype": str(array.dtype), "format": "ome-zarr", "dropped_alpha": False, "calibration_problem": problem,
+    meta = {"pixel_size": pixel_size, "unit": unit, "axes": axes, "shape": shape,
+            "dtype": str(dtype), "format": "ome-zarr", "dropped_alpha": False, "calibration_problem": problem,
             "z_step": float(scale[zi]) if zi >= 0 and scale[zi] != 1 else None, "frame_interval": None,
             "time_unit": None, "levels": len(datasets)}
-    if np.dtype(array.dtype).kind not in "buif":
-        raise CpsnakeError(f"{path}: found pixels of type {array.dtype}; expected integer or real intensities")
-    return RegionImage(path, array.shape, array.chunks, axes, meta, array.__getitem__)
+    return RegionImage(path, shape, chunks, axes, meta, array.__getitem__, units=units, max_pixels=max_pixels)
+
+
+def _axes_and_scale(m: dict, ds: dict, ndim: int) -> tuple[str | None, list | int, np.ndarray]:
+    """Axes letters (T, C, Z, Y, X, Q for others), units (str or None) and scale per axis of a multiscale ``m``
+    and its dataset ``ds``; (None, the count of axes, ...) when the axes do not match ``ndim``. Malformed
+    entries raise TypeError / ValueError / AttributeError (the caller makes one line of them)."""
+    names, units = [], []
+    for a in list(m.get("axes") or []):
+        name = a.get("name") if isinstance(a, dict) else a
+        if not isinstance(name, str):
+            raise TypeError(f"axis name {name!r} is not a string")
+        unit = a.get("unit") if isinstance(a, dict) else None
+        names.append(name.lower())
+        units.append(unit if isinstance(unit, str) else None)
+    if not names:  # NGFF 0.1-0.3 without axes: tczyx
+        names = list("tczyx")[-ndim:]
+        units = [None] * ndim
+    if len(names) != ndim:
+        return None, len(names), np.ones(ndim)
+    axes = "".join({"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(n, "Q") for n in names)
+    scale = np.ones(ndim)
+    for tr in list(ds.get("coordinateTransformations") or []) + list(m.get("coordinateTransformations") or []):
+        if isinstance(tr, dict) and tr.get("type") == "scale" and isinstance(tr.get("scale"), list) \
+                and len(tr["scale"]) == ndim:
+            scale = scale * np.asarray(tr["scale"], float)
+    return axes, units, scale
 
 
 def band_rows(img: RegionImage, target_bytes: int = 64 * 2**20) -> int:
@@ -372,13 +599,7 @@ def stream_values(img: RegionImage, channels: Sequence[int] | None = None, *, pe
     rows = rows or band_rows(img)
     for y0 in range(0, Y, rows):
         y1 = min(Y, y0 + rows)
-        band = img.read(y0, y1, 0, X)[picked]
-        if band.dtype.kind == "f":
-            bad = int(np.count_nonzero(~np.isfinite(band)))
-            if bad:
-                raise CpsnakeError(
-                    f"{img.path}: found {bad} NaN or infinite pixel values in rows {y0}-{y1}; expected finite "
-                    "intensities; replace them first (e.g. Fiji: Process > Math > Remove NaNs)")
+        band = img.read(y0, y1, 0, X)[picked]  # NaN and infinity are refused by the read
         first = -y0 % step[0]  # the band's first row on the subsample grid (rows 0, step, 2 step, ...)
         for c in range(len(picked)):
             x = band[c]

@@ -395,13 +395,15 @@ def _rows(path) -> list[Sample]:
 # --- inspection: from each file's header only ---------------------------------------------------------
 
 
-def inspect_header(path: str | os.PathLike) -> dict:
+def inspect_header(path: str | os.PathLike, *, max_pixels: int | None = None) -> dict:
     """What an image's header declares, decoding no pixel: ``height, width, channels_in_file, planes, dtype, pixels``.
 
     TIFF / OME-TIFF: the first series' shape and axes (Y, X; C/S are channels; Z/T planes; axes without
     metadata count as channels up to 3 entries, else planes, as :func:`cpsnake.io.read_image` reads
     them); PNG: the IHDR chunk; JPEG: the frame header. ``pixels`` is Y x X x planes. A file that is
     missing, not a regular file, not an image, or whose header cannot be read is a one-line CpsnakeError.
+    OME-Zarr: the first multiscale image's full resolution (:func:`cpsnake.regions.open_image`, which also
+    refuses storage chunks of more than ``max_pixels`` samples).
     """
     from cpsnake import io
 
@@ -411,7 +413,7 @@ def inspect_header(path: str | os.PathLike) -> dict:
     fmt = "ome-zarr" if regions.is_ome_zarr(path) else io._sniff(path)
     try:
         if fmt == "ome-zarr":
-            with regions.open_image(path) as img:
+            with regions.open_image(path, max_pixels=max_pixels) as img:
                 shape, axes, dtype = img.meta["shape"], img.meta["axes"], img.meta["dtype"]
         elif fmt == "tiff":
             import tifffile
@@ -468,7 +470,7 @@ def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_im
 
     for s in samples:
         try:
-            head = inspect_header(s.path)
+            head = inspect_header(s.path, max_pixels=max_pixels)
             limits.check_samples(s.path, (head["pixels"], head["channels_in_file"]), limit=max_pixels)
             _check_channels(s, head["channels_in_file"])
         except CpsnakeError as exc:

@@ -290,7 +290,7 @@ def _region_image(path: Path, args):
     from cpsnake.blocks import auto_block_size
 
     if regions.is_ome_zarr(path):
-        image = regions.open_image(path)
+        image = regions.open_image(path, max_pixels=args.max_pixels)
         if image.stack_axes:
             image.close()
             raise CpsnakeError(f"{path}: found an OME-Zarr stack (axes {image.meta['axes']!r}, shape "
@@ -300,7 +300,7 @@ def _region_image(path: Path, args):
     if args.block_size == 0 or not path.is_file() or io._sniff(path) != "tiff":
         return None
     try:
-        image = regions.open_image(path)
+        image = regions.open_image(path, max_pixels=args.max_pixels)
     except CpsnakeError:
         if args.block_size is None:  # not asked for blocks: the whole-image reader says what is wrong, if anything
             return None
