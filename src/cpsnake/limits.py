@@ -37,6 +37,9 @@ memory, raise the limit to about (memory - 3 GiB) / 100 bytes.
 images thinner than 8 pixels along Y or X: no cell fits, and the network would still run a 256-pixel
 tile for every 256 pixels of the long side (a 100,000 x 2 image is 470 tiles of padding).
 
+A TIFF's tile (or strip) and a Zarr chunk are decoded whole, so each counts against the limit too
+(:func:`check_chunk`): a tiny image declaring 72000 x 72000 tiles is refused from its header.
+
 ``decode_budget`` -- the header check bounds what a file *declares*; a compressed block inside it may
 still expand beyond that (a TIFF tile stored as a PNG or JPEG carries its own, larger, size). While a
 codec runs, the process's data segment is capped (Linux ``RLIMIT_DATA``) at its current size plus the
@@ -66,6 +69,7 @@ __all__ = [
     "max_pixels",
     "add_option",
     "check_samples",
+    "check_chunk",
     "check_min_side",
     "decode_budget",
 ]
@@ -136,6 +140,25 @@ def check_samples(
             f"{path}: found a {what} of {dims} = {n:,} samples, more than the limit of {allowed:,} samples{per}; "
             f"expected at most {allowed:,}; crop or split it, or raise the limit with {RAISE} on a machine with "
             "about 100 bytes of memory per pixel"
+        )
+
+
+def check_chunk(path: object, chunk: Sequence[int], *, limit: int | None = None, per_pixel: int = 1,
+                what: str = "TIFF tile") -> None:
+    """Refuse a storage chunk (a TIFF tile or strip, a Zarr chunk) of more than ``limit * per_pixel`` samples.
+
+    A decoder makes a whole chunk at a time, whatever the image's size: a 256 x 256 image declaring tiles of
+    72000 x 72000 would allocate 5 GB per tile. So a chunk counts against the limit like the image does;
+    checked from the header, before decoding. ``chunk``: the chunk's shape (any axes, samples included).
+    """
+    allowed = max_pixels(limit) * per_pixel
+    n = math.prod(int(s) for s in chunk)
+    if n > allowed:
+        dims = " x ".join(str(int(s)) for s in chunk)
+        raise CpsnakeError(
+            f"{path}: found a {what} of {dims} = {n:,} samples, more than the limit of {allowed:,} samples; expected "
+            f"chunks within the limit (e.g. tiles of 512 x 512); save the image again with smaller tiles (e.g. "
+            f"bfconvert -tilex 512 -tiley 512 IN OUT.ome.tif), or raise the limit with {RAISE}"
         )
 
 

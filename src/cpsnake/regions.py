@@ -209,23 +209,19 @@ def open_image(path: str | os.PathLike, *, level: int = 0) -> RegionImage:
 
 
 def _open_tiff(path: Path, level: int) -> RegionImage:
-    import tifffile
+    """A TIFF's first series (:func:`cpsnake.io.open_tiff`: broken metadata set aside with a warning) at ``level``."""
+    import warnings
+
     import zarr
 
-    from cpsnake import files
-    from cpsnake.calibration import calibration, calibration_warning, stack_calibration
+    from cpsnake import io
+    from cpsnake.calibration import calibration_warning
+    from cpsnake.errors import CpsnakeWarning, library_text
 
     expected = "a TIFF image (tiled or striped, BigTIFF, pyramidal OME-TIFF)"
-    files.regular_file(path, expected)
+    head = io.open_tiff(path, expected=expected, fix="export it again")
+    tif, series = head.tif, head.series
     try:
-        tif = tifffile.TiffFile(path)
-    except Exception as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise CpsnakeError(f"{path}: not a readable TIFF ({msg}); expected {expected}; export it again") from None
-    try:
-        if not tif.series:
-            raise CpsnakeError(f"{path}: found a TIFF without image data; expected {expected}; export it again")
-        series = tif.series[0]
         if level >= len(series.levels):
             raise CpsnakeError(f"{path}: found {len(series.levels)} pyramid level(s), expected level {level}; "
                                "pass a level the file has (0 is the full resolution)")
@@ -234,12 +230,13 @@ def _open_tiff(path: Path, level: int) -> RegionImage:
         if dtype is None or dtype.kind not in "buif":
             raise CpsnakeError(f"{path}: found pixels of type {dtype}; expected integer or real intensities; "
                                "convert the image (e.g. Fiji: Image > Type > 32-bit)")
-        pixel_size, unit, problem = calibration(tif)
-        z_step, frame_interval, time_unit = stack_calibration(tif)
+        problem = head.meta["calibration_problem"]
         page = lev.pages[0] if lev.pages else tif.pages.first
-        meta = {"pixel_size": pixel_size, "unit": unit, "axes": lev.axes, "shape": tuple(int(n) for n in lev.shape),
-                "dtype": str(dtype), "format": "tiff", "dropped_alpha": False, "calibration_problem": problem,
-                "z_step": z_step, "frame_interval": frame_interval, "time_unit": time_unit, "levels": len(series.levels),
+        cal = head.meta
+        meta = {"pixel_size": cal["pixel_size"], "unit": cal["unit"], "axes": lev.axes,
+                "shape": tuple(int(n) for n in lev.shape), "dtype": str(dtype), "format": "tiff", "dropped_alpha": False,
+                "calibration_problem": problem, "z_step": cal["z_step"], "frame_interval": cal["frame_interval"],
+                "time_unit": cal["time_unit"], "levels": len(series.levels),
                 "has_alpha": bool(getattr(page, "extrasamples", ())) and "S" in lev.axes}
         offset = lev.dataoffset
         if offset is not None and "Y" in lev.axes:  # uncompressed, in one piece (tifffile: dataoffset)
@@ -258,14 +255,12 @@ def _open_tiff(path: Path, level: int) -> RegionImage:
         raise
     except Exception as exc:
         tif.close()
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise CpsnakeError(f"{path}: found a TIFF whose layout cannot be read in regions ({msg}); expected {expected}; "
-                           "export it again (e.g. Fiji: File > Save As > Tiff, or as a tiled OME-TIFF)") from None
+        raise CpsnakeError(f"{path}: found a TIFF whose layout cannot be read in regions ({library_text(exc)}); "
+                           f"expected {expected}; export it again (e.g. Fiji: File > Save As > Tiff, or as a tiled "
+                           "OME-TIFF)") from None
+    if head.ignored:
+        warnings.warn(head.ignored, CpsnakeWarning, stacklevel=3)
     if problem:
-        import warnings
-
-        from cpsnake.errors import CpsnakeWarning
-
         warnings.warn(calibration_warning(path, problem), CpsnakeWarning, stacklevel=3)
     return img
 
