@@ -67,7 +67,7 @@ def calibration(tif: "tifffile.TiffFile") -> tuple[tuple[float, float] | None, s
             except ValueError:
                 py = px = math.nan
             if not (_usable(px) and _usable(py)):
-                shown = " x ".join(f"{float(t):g}" if _number(t) else "(not a number)" for t in texts)
+                shown = " x ".join(repr(t) if _number(t) and len(t) <= 32 else "(not a number)" for t in texts)
                 return None, None, f"pixel size (Y x X) {shown} {unit} in the OME metadata"
             return (py, px), unit, None
     unit = None

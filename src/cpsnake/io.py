@@ -42,6 +42,7 @@ __all__ = [
     "label_dtype",
     "read_image",
     "png_shape",
+    "describe",
     "IMAGE_FORMATS",
 ]
 
@@ -267,6 +268,20 @@ def _foreign_files(tif, path: Path, kinds: list[str]) -> bool:
     return False
 
 
+def _mismatch(tif, series, kinds: list[str], records: list[str]) -> str | None:
+    """Why the metadata series of ``tif`` cannot be trusted (a phrase), or None."""
+    try:
+        if records or not series or series[0].kind not in kinds:  # tifffile gave up on them, or complained
+            return "are not well-formed XML" if _bad_xml(tif, kinds) else "do not match the file's pages"
+        if not _known_axes(series[0].axes):
+            return "name unknown axes, or no Y and X axes"
+        if _declares_more(series[0], tif.filehandle.size):
+            return "declare more pixels than the file holds"
+    except Exception:  # the pages they describe cannot be listed (then the generic series tells)
+        return "do not match the file's pages"
+    return None
+
+
 def _known_axes(axes: str) -> bool:
     """True when ``axes`` holds Y and X and only letters tifffile knows (TZCYXS, Q, I, ...)."""
     import tifffile
@@ -323,7 +338,7 @@ def _open_tifffile(path: Path, *, expected: str, fix: str, sniffed: bool, **flag
         return tifffile.TiffFile(path, **flags)
     except Exception as exc:  # tifffile raises many types for a damaged header
         if not sniffed and not _is_tiff(path):
-            raise CpsnakeError(f"{path}: not a TIFF ({_describe(path)}); expected {expected}; {fix}") from None
+            raise CpsnakeError(f"{path}: not a TIFF ({describe(path)}); expected {expected}; {fix}") from None
         raise CpsnakeError(
             f"{path}: found a TIFF whose data cannot be read ({library_text(exc)}); expected {expected}; "
             "the file is truncated or corrupt: copy or export it again"
@@ -366,12 +381,7 @@ def open_tiff(path: str | os.PathLike, *, expected: str, fix: str, sniffed: bool
                             f"{expected}; the file is truncated or corrupt: copy or export it again") from None
                     broken = "cannot be parsed"
         if kinds and broken is None:
-            if records or not series or series[0].kind not in kinds:  # tifffile gave up on them, or complained
-                broken = "are not well-formed XML" if _bad_xml(tif, kinds) else "do not match the file's pages"
-            elif not _known_axes(series[0].axes):
-                broken = "name unknown axes, or no Y and X axes"
-            elif _declares_more(series[0], tif.filehandle.size):
-                broken = "declare more pixels than the file holds"
+            broken = _mismatch(tif, series, kinds, records)
         if broken is None:
             if not series:
                 raise CpsnakeError(f"{path}: found a TIFF without image data; expected {expected}; {fix}")
@@ -758,7 +768,7 @@ def _format(head: bytes) -> str | None:
     return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
 
 
-def _describe(path: str | os.PathLike) -> str:
+def describe(path: str | os.PathLike) -> str:
     """What a file that is not the image expected looks like, never quoting its bytes: ``"found a PNG"``,
     ``"found a ZIP archive"``, ``"found text"``, ``"found an empty file"`` or ``"its first bytes match no image
     format"``."""
@@ -802,7 +812,7 @@ def _sniff(path: Path) -> str:
     if fmt:
         return fmt
     raise CpsnakeError(
-        f"{path}: not an image ({_describe(path)}, not a TIFF, PNG or JPEG); expected {IMAGE_FORMATS} "
+        f"{path}: not an image ({describe(path)}, not a TIFF, PNG or JPEG); expected {IMAGE_FORMATS} "
         "whatever the file name says; pass the image itself or convert it (e.g. Fiji: File > Save As > Tiff)"
     )
 

@@ -234,7 +234,8 @@ def _open_tiff(path: Path, level: int) -> RegionImage:
         page = lev.pages[0] if lev.pages else tif.pages.first
         cal = head.meta
         meta = {"pixel_size": cal["pixel_size"], "unit": cal["unit"], "axes": lev.axes,
-                "shape": tuple(int(n) for n in lev.shape), "dtype": str(dtype), "format": "tiff", "dropped_alpha": False,
+                "shape": tuple(int(n) for n in lev.shape), "dtype": str(dtype), "format": "tiff",
+                "dropped_alpha": False,
                 "calibration_problem": problem, "z_step": cal["z_step"], "frame_interval": cal["frame_interval"],
                 "time_unit": cal["time_unit"], "levels": len(series.levels),
                 "has_alpha": bool(getattr(page, "extrasamples", ())) and "S" in lev.axes}

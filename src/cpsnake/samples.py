@@ -182,7 +182,8 @@ def read_sheet(path: str | os.PathLike) -> list[Sample]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read as a text sample sheet ({exc}); expected a TSV or CSV file") from None
+        raise CpsnakeError(f"{path}: cannot be read as a text sample sheet ({library_text(exc)}); expected a TSV or "
+                           "CSV file") from None
     lines = text.splitlines()
     if not lines:
         raise CpsnakeError(f"{path}: empty sample sheet; expected a header line 'sample<TAB>path' and one row per image")
@@ -281,7 +282,7 @@ def read_table(path: str | os.PathLike) -> list[Sample]:
     try:
         return _rows(path)
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); expected {what}; "
+        raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {library_text(exc)}); expected {what}; "
                            "delete it and run `cpsnake samples` (or the workflow) again") from None
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError
+from cpsnake.errors import CpsnakeError, library_text
 
 __all__ = ["read_size_model", "size_model_path", "size_model_for", "diameter_from_style", "estimate_diameter"]
 
@@ -73,7 +73,7 @@ def read_size_model(path: str | os.PathLike, *, style_channels: int | None = Non
         else:
             raise ValueError(f"an array of {header[2]} {header[0]}, not a dict")
     except (ValueError, pickle.UnpicklingError, EOFError, AttributeError, TypeError) as exc:
-        raise CpsnakeError(f"{path}: found no cellpose size model ({' '.join(str(exc).split())}); expected a .npy "
+        raise CpsnakeError(f"{path}: found no cellpose size model ({library_text(exc)}); expected a .npy "
                            f"dict of A, smean, ymean, diam_mean; {fix}") from None
     if not isinstance(obj, dict) or not {"A", "smean", "ymean", "diam_mean"} <= set(obj):
         keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
