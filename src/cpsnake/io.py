@@ -166,7 +166,8 @@ def write_flows(
 
 
 class _TiffLog:
-    """Collect the messages tifffile logs at ``level`` and above during the block (a list of str).
+    """Collect the messages tifffile logs at ``level`` and above during the block: ``records`` (all of them)
+    and ``errors`` (ERROR and above); ``with`` yields the log itself.
 
     tifffile logs (rather than raises) many problems: a page it cannot decode (the data are then zeros), or
     metadata it gives up on. With ``swallow`` the records go no further (the caller reports them in its own
@@ -174,18 +175,23 @@ class _TiffLog:
 
     def __init__(self, level: int, *, swallow: bool = False) -> None:
         self.level, self.swallow = level, swallow
+        self.records: list[str] = []
+        self.errors: list[str] = []
 
-    def __enter__(self) -> list[str]:
+    def __enter__(self) -> "_TiffLog":
         import logging
 
-        self.records: list[str] = []
         self.logger = logging.getLogger("tifffile")
         self.logger.addFilter(self._filter)
-        return self.records
+        return self
 
     def _filter(self, record) -> bool:
+        import logging
+
         if record.levelno >= self.level:
             self.records.append(record.getMessage())
+            if record.levelno >= logging.ERROR:
+                self.errors.append(record.getMessage())
             return not self.swallow
         return True
 
@@ -243,6 +249,13 @@ def _foreign_files(tif, path: Path, kinds: list[str]) -> bool:
     ``*_MMStack*.tif`` siblings and an NDTiff its ``NDTiff.index``: a name with a folder in it (``../x.tif``,
     ``/abs/x.tif``) would read another image, a FIFO would block forever. Checked with ``os.stat`` only.
     """
+    try:
+        return _foreign(tif, path, kinds)
+    except Exception:  # the metadata naming the files cannot be read: do not follow them
+        return True
+
+
+def _foreign(tif, path: Path, kinds: list[str]) -> bool:
     import glob
     import html
     import re
@@ -368,7 +381,7 @@ def open_tiff(path: str | os.PathLike, *, expected: str, fix: str, sniffed: bool
     try:
         kinds = _metadata_kinds(tif)
         broken = None
-        with _TiffLog(logging.WARNING, swallow=bool(kinds)) as records:
+        with _TiffLog(logging.WARNING, swallow=bool(kinds)) as log:
             if kinds and _foreign_files(tif, path, kinds):
                 broken = "name other files outside this file's folder, or files that are not regular files"
             else:
@@ -381,7 +394,11 @@ def open_tiff(path: str | os.PathLike, *, expected: str, fix: str, sniffed: bool
                             f"{expected}; the file is truncated or corrupt: copy or export it again") from None
                     broken = "cannot be parsed"
         if kinds and broken is None:
-            broken = _mismatch(tif, series, kinds, records)
+            broken = _mismatch(tif, series, kinds, log.records)
+        if not kinds and log.errors:  # a page tifffile could not read is skipped or zeroed: a damaged file
+            raise CpsnakeError(
+                f"{path}: found a TIFF whose data cannot be decoded ({library_text(log.errors[0])}); expected "
+                f"{expected}; the file is truncated or corrupt: copy or export it again")
         if broken is None:
             if not series:
                 raise CpsnakeError(f"{path}: found a TIFF without image data; expected {expected}; {fix}")
@@ -393,12 +410,12 @@ def open_tiff(path: str | os.PathLike, *, expected: str, fix: str, sniffed: bool
             meta = dict(_NO_META)
         tif.close()
         tif = _open_tifffile(path, expected=expected, fix=fix, sniffed=True, **_GENERIC)
-        with _TiffLog(logging.WARNING, swallow=True) as records:
+        with _TiffLog(logging.WARNING, swallow=True) as log:
             try:
                 series = tif.series
             except Exception:
-                records.append("generic series")
-        if records or not series:
+                log.records.append("generic series")
+        if log.records or not series:
             raise CpsnakeError(
                 f"{path}: found a TIFF whose {name} metadata {broken} and whose pages cannot be read either; "
                 f"expected {expected}; the file is truncated or corrupt: copy or export it again")
@@ -440,7 +457,7 @@ def _tiff(
     import logging
 
     head = open_tiff(path, expected=expected, fix=fix, sniffed=sniffed)
-    with contextlib.closing(head), _TiffLog(logging.ERROR) as problems:
+    with contextlib.closing(head), _TiffLog(logging.ERROR) as log:
         series = head.series
         try:
             dtype = series.dtype
@@ -469,9 +486,9 @@ def _tiff(
                 f"{path}: found a TIFF whose data cannot be read ({library_text(exc)}); expected {expected}; "
                 "the file is truncated or corrupt: copy or export it again"
             ) from None
-    if problems:
+    if log.errors:
         raise CpsnakeError(
-            f"{path}: found a TIFF whose data cannot be decoded ({library_text(problems[0])}); expected {expected}; "
+            f"{path}: found a TIFF whose data cannot be decoded ({library_text(log.errors[0])}); expected {expected}; "
             "the file is truncated or corrupt: copy or export it again"
         )
     meta = dict(head.meta, axes=axes, has_alpha=has_alpha)
