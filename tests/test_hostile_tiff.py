@@ -14,9 +14,10 @@ One test per class of problem, parametrized over its members:
 4. ``test_no_file_bytes_in_messages`` -- files whose first bytes (or metadata, or ROI entries, or CSV header) are
    a secret: the secret appears in no message, table or log.
 5. ``test_non_finite_values_are_refused_by_every_whole_reader`` -- NaN and infinities in images of every float
-   type, stacks, OME-TIFF, normalized images, flows, labels and ROI coordinates.
-6. ``test_fuzzed_files_raise_only_cpsnake_errors`` -- a few hundred seeded mutants (bits flipped, runs overwritten,
-   truncated) of tiny valid files of every kind, read by every reader in a child process with a data-segment
+   type, stacks, OME-TIFF, normalized images, flows, labels and ROI coordinates; and in size models
+   (``test_size_models_hold_finite_numbers``).
+6. ``test_fuzzed_files_raise_only_cpsnake_errors`` -- 432 seeded mutants (bits flipped, runs overwritten, cut
+   short, TIFF tags, types, counts and values replaced) of tiny valid files of every kind, read by every reader in a child process with a data-segment
    cap: each read returns or raises CpsnakeError, nothing else.
 """
 
@@ -467,10 +468,32 @@ def test_non_finite_values_are_refused_by_every_whole_reader(tmp_path, capsys, t
     assert_no_outputs(*outputs)
 
 
+SIZE_MODELS = {  # cellpose's size_<model>.npy: a dict saved as a 0-d object array
+    "A NaN": ({"A": np.array([np.nan, 1.0]), "smean": np.zeros(2), "ymean": 0.5, "diam_mean": 17.0}, "NaN or infinite"),
+    "smean inf": ({"A": np.ones(2), "smean": np.array([0.0, np.inf]), "ymean": 0.5, "diam_mean": 17.0},
+                  "NaN or infinite"),
+    "diam_mean inf": ({"A": np.ones(2), "smean": np.zeros(2), "ymean": 0.5, "diam_mean": np.inf}, "NaN or infinite"),
+    "ymean a word": ({"A": np.ones(2), "smean": np.zeros(2), "ymean": "Zq7x", "diam_mean": 17.0}, "not numbers"),
+    "keys of two types": ({"A": 1, 3: 4, "Zq7x": 5}, r"found a dict of 3 keys, expected a dict with A"),
+}
+
+
+@pytest.mark.parametrize("member", list(SIZE_MODELS))
+def test_size_models_hold_finite_numbers(tmp_path, member):
+    from cpsnake import size
+
+    obj, pattern = SIZE_MODELS[member]
+    f = tmp_path / "size_m.npy"
+    np.save(f, np.array(obj, dtype=object), allow_pickle=True)
+    with pytest.raises(CpsnakeError, match=pattern) as caught:
+        size.read_size_model(f)
+    assert str(f) in str(caught.value) and "Zq7x" not in str(caught.value)
+
+
 # --- 6. fuzzed files ---------------------------------------------------------------------------------
 
 FUZZ_SEED = 25
-MUTANTS_PER_FILE = 24
+MUTANTS_PER_FILE = 36
 FUZZ_DATA_LIMIT = 3 * 2**30  # a mutant that declares a huge size must fail on the header check, not allocate
 FUZZ_CHILD = r"""
 import json, logging, resource, sys, warnings
@@ -538,12 +561,34 @@ def _seeds(d: Path) -> dict[str, bytes]:
     return out
 
 
+def _ifd_entries(raw: bytes) -> list[int]:
+    """Offsets of the 12-byte IFD entries of a little-endian classic TIFF (what tifffile writes for the seeds)."""
+    import struct
+
+    out: list[int] = []
+    offset = struct.unpack_from("<I", raw, 4)[0]
+    while offset and offset + 2 <= len(raw) and len(out) < 400:
+        n = struct.unpack_from("<H", raw, offset)[0]
+        out += [offset + 2 + 12 * i for i in range(n) if offset + 14 + 12 * i <= len(raw)]
+        nxt = offset + 2 + 12 * n
+        offset = struct.unpack_from("<I", raw, nxt)[0] if nxt + 4 <= len(raw) else 0
+    return out
+
+
+TAG_VALUES = (0, 1, 2, 3, 7, 255, 65535, 72000, 2**31 - 1, 2**32 - 1)
+TAGS = (256, 257, 258, 259, 262, 270, 273, 277, 278, 279, 284, 322, 323, 324, 325, 338, 339, 530)
+
+
 def _mutate(raw: bytes, rnd: random.Random) -> bytes:
-    """One seeded mutation: bits flipped, a run overwritten (0x00, 0xFF or random), or the file cut short;
-    half of them aimed at the first 512 bytes, where headers, IFDs and descriptions start."""
+    """One seeded mutation: bits flipped, a run overwritten (0x00, 0xFF or random), the file cut short, or (TIFF)
+    an IFD entry's tag, type, count or value replaced (sizes, offsets, codecs); byte mutations aim half the time
+    at the first 512 bytes, where headers, IFDs and descriptions start."""
+    import struct
+
     b = bytearray(raw)
     span = min(len(b), 512) if rnd.random() < 0.5 else len(b)
-    kind = rnd.choice(["flip", "flip", "run", "run", "cut"])
+    entries = _ifd_entries(raw) if raw[:4] == b"II*\x00" else []
+    kind = rnd.choice(["flip", "run", "cut"] + ["entry"] * (3 if entries else 0))
     if kind == "flip":
         for _ in range(rnd.randint(1, 8)):
             i = rnd.randrange(span)
@@ -553,8 +598,18 @@ def _mutate(raw: bytes, rnd: random.Random) -> bytes:
         n = rnd.choice([1, 2, 4, 8])
         fill = rnd.choice([b"\x00", b"\xff", None])
         b[i : i + n] = bytes(rnd.randrange(256) for _ in range(n)) if fill is None else fill * n
-    else:
+    elif kind == "cut":
         b = b[: rnd.randrange(1, len(b))]
+    else:
+        for _ in range(rnd.randint(1, 3)):
+            e = rnd.choice(entries)
+            field = rnd.choice(["tag", "type", "count", "value", "value"])
+            if field == "tag":
+                struct.pack_into("<H", b, e, rnd.choice(TAGS))
+            elif field == "type":
+                struct.pack_into("<H", b, e + 2, rnd.choice([1, 2, 3, 4, 5, 7, 11, 12, 16, 17, 99]))
+            else:
+                struct.pack_into("<I", b, e + (4 if field == "count" else 8), rnd.choice(TAG_VALUES))
     return bytes(b)
 
 
