@@ -6,7 +6,9 @@ One test per class of problem, parametrized over its members:
    well-formed, claiming planes the file does not hold, naming files outside its folder or a FIFO, unknown
    axes) but whose one page is readable: every entry point (``cpsnake normalize``, ``io.read_image``,
    ``regions.open_image``, ``samples.inspect_header``) reads the page's pixels with one warning naming the
-   metadata; ``test_broken_metadata_segments_from_its_pixels`` runs ``cpsnake segment`` whole and by region.
+   metadata; ``test_broken_metadata_segments_from_its_pixels`` runs ``cpsnake segment`` whole and by region;
+   ``test_garbage_calibration_is_one_warning``: a unit, Z step or frame interval that is garbage is set aside
+   with one warning.
 2. ``test_broken_metadata_over_several_pages_is_one_line`` -- the same metadata over several pages, whose order
    only the metadata could tell: one error line saying the metadata, not the data, are broken, and the fix.
 3. ``test_tile_bombs_are_refused_from_the_header`` -- a 256 x 256 TIFF declaring 72000 x 72000 tiles, as an image,
@@ -188,6 +190,49 @@ def test_broken_metadata_segments_from_its_pixels(tmp_path, tiny_model, blocks):
     assert len(notes) == 1 and "found ImageJ metadata that do not match the file's pages" in notes[0], run.stderr
     assert "error" not in run.stderr
     assert tifffile.imread(tmp_path / "o" / "masks" / "bad.tif").shape == (64, 64)
+
+
+STACK = np.random.default_rng(3).integers(100, 4000, (3, 32, 32)).astype(np.uint16)
+
+
+def _ij_meta(axes: str, **meta):
+    return lambda d: write_tif(d / "cal.tif", STACK if len(axes) == 3 else PAGE, imagej=True,
+                               resolution=(2.0, 2.0), metadata={"axes": axes, **meta})
+
+
+def _ome_meta(old: str, new: str, axes: str = "ZYX"):
+    def build(d):
+        xml = _ome_xml(d, STACK.shape, axes).replace(old, new, 1)
+        assert new in xml
+        return _described(d / "cal.ome.tif", xml, STACK)
+    return build
+
+
+GARBAGE_CALIBRATION = {  # the pixels read as stored; the unusable value set aside with one warning
+    "imagej unit with control characters": (_ij_meta("YX", unit="\x01\x02"), "a length unit that is not a short name"),
+    "imagej unit of 200 characters": (_ij_meta("YX", unit="u" * 200), "a length unit that is not a short name"),
+    "imagej spacing a word": (_ij_meta("ZYX", spacing="garbage"), "a Z step (voxel depth) that is not a finite"),
+    "imagej spacing -1": (_ij_meta("ZYX", spacing=-1.0), "a Z step (voxel depth) that is not a finite"),
+    "imagej finterval NaN": (_ij_meta("TYX", finterval=float("nan")), "a frame interval that is not a finite"),
+    "imagej tunit with control characters": (_ij_meta("TYX", finterval=2.0, tunit="\x07"),
+                                             "a frame interval that is not a finite positive number of a named unit"),
+    "ome PhysicalSizeZ a word": (_ome_meta("<Pixels ", '<Pixels PhysicalSizeZ="deep" '), "a Z step (voxel depth)"),
+    "ome PhysicalSizeXUnit of 200 characters": (
+        _ome_meta("<Pixels ", f'<Pixels PhysicalSizeX="0.5" PhysicalSizeXUnit="{"u" * 200}" '),
+        "a length unit that is not a short name in the OME metadata"),
+}
+
+
+@pytest.mark.parametrize("member", list(GARBAGE_CALIBRATION))
+def test_garbage_calibration_is_one_warning(tmp_path, capsys, member):
+    build, phrase = GARBAGE_CALIBRATION[member]
+    bad = build(tmp_path)
+    run = in_process(capsys, "normalize", bad, tmp_path / "n.tif")
+    assert run.rc == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cpsnake normalize: warning: {bad}: found {phrase}"), lines
+    assert "(Image > Properties" in lines[0] and "u" * 33 not in lines[0] and "\x01" not in lines[0]
+    assert tifffile.imread(tmp_path / "n.tif").shape[-2:] == tifffile.imread(bad).shape[-2:]
 
 
 # --- 2. metadata over several pages -------------------------------------------------------------------

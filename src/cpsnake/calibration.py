@@ -16,7 +16,8 @@ import warnings
 
 from cpsnake.errors import CpsnakeWarning
 
-__all__ = ["PIXEL_SIZE_RANGE", "calibration", "read_calibration", "calibration_warning", "stack_calibration"]
+__all__ = ["PIXEL_SIZE_RANGE", "calibration", "read_calibration", "calibration_warning", "stack_calibration",
+           "stack_calibration_problem", "stack_calibration_warning"]
 
 PIXEL_SIZE_RANGE = (1e-30, 1e30)  # a usable pixel size: finite, positive, and its square finite and nonzero
 
@@ -137,14 +138,8 @@ def _positive(text) -> float | None:
     return v if _usable(v) else None
 
 
-def stack_calibration(tif: "tifffile.TiffFile") -> tuple[float | None, float | None, str | None]:
-    """(z step, frame interval, time unit) of an open TIFF; None for what is not stored or not usable.
-
-    OME-XML: ``PhysicalSizeZ`` (in ``PhysicalSizeZUnit``, taken to be the X unit) and ``TimeIncrement``
-    (``TimeIncrementUnit``, OME's default s). ImageJ: ``spacing`` (in the image's unit) and ``finterval``
-    (``tunit``, default sec). A value that is not finite and positive counts as not stored, and so does a frame
-    interval whose unit is not a short printable name.
-    """
+def _stack_texts(tif: "tifffile.TiffFile") -> tuple[object, object, str, str]:
+    """(stored z step, stored frame interval, time unit, where) as the metadata hold them (None: not stored)."""
     import re
 
     if tif.is_ome and tif.ome_metadata:
@@ -153,10 +148,36 @@ def stack_calibration(tif: "tifffile.TiffFile") -> tuple[float | None, float | N
         z = re.search(r'PhysicalSizeZ="([^"]*)"', attrs)
         t = re.search(r'TimeIncrement="([^"]*)"', attrs)
         tu = re.search(r'TimeIncrementUnit="([^"]+)"', attrs)
-        tunit = tu.group(1) if tu else "s"
-        return (_positive(z.group(1)) if z else None, _positive(t.group(1)) if t and _unit_ok(tunit) else None,
-                tunit if _unit_ok(tunit) else "s")
+        return z.group(1) if z else None, t.group(1) if t else None, tu.group(1) if tu else "s", "OME"
     ij = tif.imagej_metadata or {}
-    tunit = str(ij.get("tunit") or "sec")
-    return (_positive(ij.get("spacing")), _positive(ij.get("finterval")) if _unit_ok(tunit) else None,
-            tunit if _unit_ok(tunit) else "sec")
+    return ij.get("spacing"), ij.get("finterval"), str(ij.get("tunit") or "sec"), "ImageJ"
+
+
+def stack_calibration(tif: "tifffile.TiffFile") -> tuple[float | None, float | None, str | None]:
+    """(z step, frame interval, time unit) of an open TIFF; None for what is not stored or not usable.
+
+    OME-XML: ``PhysicalSizeZ`` (in ``PhysicalSizeZUnit``, taken to be the X unit) and ``TimeIncrement``
+    (``TimeIncrementUnit``, OME's default s). ImageJ: ``spacing`` (in the image's unit) and ``finterval``
+    (``tunit``, default sec). A value that is not finite and positive counts as not stored, and so does a frame
+    interval whose unit is not a short printable name (:func:`stack_calibration_problem` says which).
+    """
+    z, t, tunit, where = _stack_texts(tif)
+    default = "s" if where == "OME" else "sec"
+    usable = _unit_ok(tunit)
+    return _positive(z), _positive(t) if usable else None, tunit if usable else default
+
+
+def stack_calibration_problem(tif: "tifffile.TiffFile", axes: str) -> str | None:
+    """A phrase naming the stored Z step (when ``axes`` has Z) or frame interval (T) that
+    :func:`stack_calibration` could not use, else None."""
+    z, t, tunit, where = _stack_texts(tif)
+    if "Z" in axes and z is not None and _positive(z) is None:
+        return f"a Z step (voxel depth) that is not a finite positive number in the {where} metadata"
+    if "T" in axes and t is not None and (_positive(t) is None or not _unit_ok(tunit)):
+        return f"a frame interval that is not a finite positive number of a named unit in the {where} metadata"
+    return None
+
+
+def stack_calibration_warning(path: object, problem: str) -> str:
+    return (f"{path}: found {problem}; expected a finite positive number; it is treated as not stored (measurements "
+            "along that axis in planes); set it in Fiji (Image > Properties: Voxel depth, Frame interval) and save again")

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from cpsnake import files, limits
-from cpsnake.calibration import calibration, calibration_warning, read_calibration, stack_calibration
+from cpsnake.calibration import (
+    calibration,
+    calibration_warning,
+    read_calibration,
+    stack_calibration,
+    stack_calibration_problem,
+    stack_calibration_warning,
+)
 from cpsnake.errors import CpsnakeError, CpsnakeWarning, library_text
 
 if TYPE_CHECKING:
@@ -217,7 +224,7 @@ class TiffHeader:
 
     ``series``: the first series (tifffile's), at full resolution in ``series.levels[0]``; ``meta``:
     ``pixel_size``, ``unit``, ``calibration_problem``, ``z_step``, ``frame_interval``, ``time_unit``,
-    ``network_scale``; ``ignored``: None, or the warning saying which broken metadata were set aside (the
+    ``stack_problem`` (a stored Z step or frame interval that could not be used), ``network_scale``; ``ignored``: None, or the warning saying which broken metadata were set aside (the
     pages were then read as tifffile's generic series does); the caller emits it once its read succeeded.
     """
 
@@ -330,16 +337,17 @@ def _declares_more(series, size: int) -> bool:
 
 
 _NO_META = dict(pixel_size=None, unit=None, calibration_problem=None, z_step=None, frame_interval=None, time_unit=None,
-                network_scale=None)
+                network_scale=None, stack_problem=None)
 
 
-def _tiff_meta(tif, *, stack: bool = True) -> dict:
-    """Calibration of an open TIFF (see :mod:`cpsnake.calibration`); the stack's (z step, frame interval) and
-    cpsnake's ``network_scale`` only with ``stack``."""
+def _tiff_meta(tif, axes: str | None = None) -> dict:
+    """Calibration of an open TIFF (see :mod:`cpsnake.calibration`); with the series' ``axes``, also the stack's
+    (z step, frame interval, ``stack_problem``) and cpsnake's ``network_scale``."""
     meta = dict(_NO_META)
     meta["pixel_size"], meta["unit"], meta["calibration_problem"] = calibration(tif)
-    if stack:
+    if axes is not None:
         meta["z_step"], meta["frame_interval"], meta["time_unit"] = stack_calibration(tif)
+        meta["stack_problem"] = stack_calibration_problem(tif, axes)
         meta["network_scale"] = _positive_or_none((tif.imagej_metadata or {}).get("network_scale"))
     return meta
 
@@ -402,10 +410,10 @@ def open_tiff(path: str | os.PathLike, *, expected: str, fix: str, sniffed: bool
         if broken is None:
             if not series:
                 raise CpsnakeError(f"{path}: found a TIFF without image data; expected {expected}; {fix}")
-            return TiffHeader(tif, series[0], _tiff_meta(tif))
+            return TiffHeader(tif, series[0], _tiff_meta(tif, series[0].axes))
         name = " and ".join(_METADATA_SERIES[k] for k in kinds[:2])
         try:
-            meta = _tiff_meta(tif, stack=False)
+            meta = _tiff_meta(tif)
         except Exception:  # the calibration lives in the same broken metadata
             meta = dict(_NO_META)
         tif.close()
@@ -496,6 +504,8 @@ def _tiff(
         warnings.warn(head.ignored, CpsnakeWarning, stacklevel=3)
     if meta["calibration_problem"]:
         warnings.warn(calibration_warning(path, meta["calibration_problem"]), CpsnakeWarning, stacklevel=3)
+    if meta["stack_problem"]:
+        warnings.warn(stack_calibration_warning(path, meta["stack_problem"]), CpsnakeWarning, stacklevel=3)
     return data, meta
 
 
