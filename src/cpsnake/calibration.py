@@ -167,13 +167,21 @@ def stack_calibration(tif: "tifffile.TiffFile") -> tuple[float | None, float | N
     return _positive(z), _positive(t) if usable else None, tunit if usable else default
 
 
+def _stored(value) -> bool:
+    """False for a value that is absent or zero (some writers store 0 for unset), else True."""
+    try:
+        return value is not None and float(value) != 0
+    except (TypeError, ValueError):
+        return True
+
+
 def stack_calibration_problem(tif: "tifffile.TiffFile", axes: str) -> str | None:
     """A phrase naming the stored Z step (when ``axes`` has Z) or frame interval (T) that
-    :func:`stack_calibration` could not use, else None."""
+    :func:`stack_calibration` could not use (0 counts as unset, not as a problem), else None."""
     z, t, tunit, where = _stack_texts(tif)
-    if "Z" in axes and z is not None and _positive(z) is None:
+    if "Z" in axes and _stored(z) and _positive(z) is None:
         return f"a Z step (voxel depth) that is not a finite positive number in the {where} metadata"
-    if "T" in axes and t is not None and (_positive(t) is None or not _unit_ok(tunit)):
+    if "T" in axes and _stored(t) and (_positive(t) is None or not _unit_ok(tunit)):
         return f"a frame interval that is not a finite positive number of a named unit in the {where} metadata"
     return None
 

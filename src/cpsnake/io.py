@@ -224,8 +224,9 @@ class TiffHeader:
 
     ``series``: the first series (tifffile's), at full resolution in ``series.levels[0]``; ``meta``:
     ``pixel_size``, ``unit``, ``calibration_problem``, ``z_step``, ``frame_interval``, ``time_unit``,
-    ``stack_problem`` (a stored Z step or frame interval that could not be used), ``network_scale``; ``ignored``: None, or the warning saying which broken metadata were set aside (the
-    pages were then read as tifffile's generic series does); the caller emits it once its read succeeded.
+    ``stack_problem`` (a stored Z step or frame interval that could not be used), ``network_scale``;
+    ``ignored``: None, or the warning saying which broken metadata were set aside (the pages were then read
+    as tifffile's generic series does); the caller emits it once its read succeeded.
     """
 
     tif: "tifffile.TiffFile"
@@ -238,7 +239,8 @@ class TiffHeader:
 
 
 def _metadata_kinds(tif) -> list[str]:
-    """The metadata series kinds tifffile sees in ``tif`` (flags that fail to compute count as absent)."""
+    """The metadata series kinds tifffile sees in ``tif`` (a flag that fails to compute counts as present: its
+    metadata are then found broken)."""
     kinds = []
     for kind in _METADATA_SERIES:
         try:
@@ -410,7 +412,14 @@ def open_tiff(path: str | os.PathLike, *, expected: str, fix: str, sniffed: bool
         if broken is None:
             if not series:
                 raise CpsnakeError(f"{path}: found a TIFF without image data; expected {expected}; {fix}")
-            return TiffHeader(tif, series[0], _tiff_meta(tif, series[0].axes))
+            try:
+                return TiffHeader(tif, series[0], _tiff_meta(tif, series[0].axes))
+            except Exception as exc:  # calibration read from tags or metadata that cannot be parsed
+                if not kinds:
+                    raise CpsnakeError(
+                        f"{path}: found a TIFF whose resolution tags cannot be read ({library_text(exc)}); expected "
+                        f"{expected}; the file is truncated or corrupt: copy or export it again") from None
+                broken = "cannot be parsed"
         name = " and ".join(_METADATA_SERIES[k] for k in kinds[:2])
         try:
             meta = _tiff_meta(tif)
