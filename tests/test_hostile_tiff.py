@@ -314,8 +314,9 @@ def test_tile_bombs_are_refused_from_the_header(tmp_path, tiny_model, member):
     outputs = new_paths(args)
     run = cpsnake(*args)
     assert run.rss_mb < RSS_LIMIT_MB, (run.rss_mb, run.stderr[-2000:])
-    assert_one_error_line(run, args[0], bad, pattern=r"found a TIFF tile of 72000 x 72000 = 5,184,000,000 samples, more "
-                          r"than the limit of [\d,]+ samples; .*smaller tiles.*--max-pixels N")
+    assert_one_error_line(run, args[0], bad, pattern=r"found TIFF tiles of 72000 x 72000 = 5,184,000,000 samples "
+                          r"\(image [\dx ]+\), each decoded whole; expected TIFF tiles of 1 to [\d,]+ samples; write "
+                          r"the image again with smaller chunks or tiles .*--max-pixels N")
     assert_no_outputs(*outputs)
 
 

@@ -524,7 +524,7 @@ def _tile_samples(path, series, *, limit: int | None, per_pixel: int = 1) -> int
     import math
 
     chunk = tuple(int(n) for n in series.keyframe.chunks)
-    limits.check_chunk(path, chunk, limit=limit, per_pixel=per_pixel, what="TIFF tile")
+    limits.check_chunk(path, chunk, limit=limit, per_pixel=per_pixel, what="TIFF tiles", image=series.shape)
     return math.prod(chunk)
 
 

@@ -144,21 +144,23 @@ def check_samples(
 
 
 def check_chunk(path: object, chunk: Sequence[int], *, limit: int | None = None, per_pixel: int = 1,
-                what: str = "TIFF tile") -> None:
+                what: str = "TIFF tiles", image: Sequence[int] | None = None) -> None:
     """Refuse a storage chunk (a TIFF tile or strip, a Zarr chunk) of more than ``limit * per_pixel`` samples.
 
     A decoder makes a whole chunk at a time, whatever the image's size: a 256 x 256 image declaring tiles of
     72000 x 72000 would allocate 5 GB per tile. So a chunk counts against the limit like the image does;
-    checked from the header, before decoding. ``chunk``: the chunk's shape (any axes, samples included).
+    checked from the header, before decoding. ``chunk``: the chunk's shape (any axes, samples included);
+    ``what``: the chunks' name, plural; ``image``: the image's shape, for the message.
     """
     allowed = max_pixels(limit) * per_pixel
     n = math.prod(int(s) for s in chunk)
     if n > allowed:
         dims = " x ".join(str(int(s)) for s in chunk)
+        of = f" (image {' x '.join(str(int(s)) for s in image)})" if image is not None else ""
         raise CpsnakeError(
-            f"{path}: found a {what} of {dims} = {n:,} samples, more than the limit of {allowed:,} samples; expected "
-            f"chunks within the limit (e.g. tiles of 512 x 512); save the image again with smaller tiles (e.g. "
-            f"bfconvert -tilex 512 -tiley 512 IN OUT.ome.tif), or raise the limit with {RAISE}"
+            f"{path}: found {what} of {dims} = {n:,} samples{of}, each decoded whole; expected {what} of 1 to "
+            f"{allowed:,} samples; write the image again with smaller chunks or tiles (e.g. 1024 x 1024), or raise "
+            f"the limit with {RAISE}"
         )
 
 
