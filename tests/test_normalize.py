@@ -387,7 +387,7 @@ def _raw(d: Path, name: str, raw: bytes) -> Path:
 
 BAD_INPUTS = {
     "truncated": (lambda d: _raw(d, "cut.tif", REAL["grey16"].read_bytes()[:150_000]), "cut.tif: found a TIFF whose data cannot be read"),
-    "text named .tif": (lambda d: _raw(d, "notes.tif", b"plate 3, well B2\n"), "notes.tif: not an image (the file starts with b'plate 3"),
+    "text named .tif": (lambda d: _raw(d, "notes.tif", b"plate 3, well B2\n"), "notes.tif: not an image (found text, not a TIFF"),
     "no extension text": (lambda d: _raw(d, "README", b"# hello\n"), "README: not an image"),
     "empty": (lambda d: _raw(d, "empty.png", b""), "empty.png: found an empty file (0 bytes)"),
     "missing": (lambda d: d / "nothere.tif", "nothere.tif: no such file"),

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError, guard
+from cpsnake.errors import CpsnakeError, guard, library_text
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -121,8 +121,8 @@ def _read_measurements(path) -> "pd.DataFrame":
     except pd.errors.EmptyDataError:  # a 0-byte file: no columns, no rows
         return pd.DataFrame()
     except (OSError, ValueError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read as a CSV table ({exc}); expected a cpsnake measure output; "
-                           "run `cpsnake measure` again for this image") from None
+        raise CpsnakeError(f"{path}: cannot be read as a CSV table ({library_text(exc)}); expected a cpsnake measure "
+                           "output; run `cpsnake measure` again for this image") from None
 
 
 FAILED_COLUMNS = ["image", "step", "reason"]

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from cpsnake.errors import CpsnakeError, collected_warnings, guard, one_line
+from cpsnake.errors import CpsnakeError, collected_warnings, guard, library_text, one_line
 from cpsnake.outputs import all_or_nothing, check_output, make_folder, written
 
 __all__ = ["STEPS", "UPSTREAM", "Outcome", "Paths", "read_manifest", "write_manifest", "run_step", "main"]
@@ -152,7 +152,7 @@ def read_manifest(path: str | os.PathLike) -> list[Outcome]:
                             json.loads(r["info"]))
                     for r in csv.DictReader(fh, delimiter="\t")]
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); expected {what}; "
+        raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {library_text(exc)}); expected {what}; "
                            "delete it and run the step again") from None
 
 

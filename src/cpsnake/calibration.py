@@ -2,7 +2,8 @@
 
 ImageJ 1 reads calibration only from ImageJ-style TIFF tags (resolution + ``unit``), not OME-XML; cpsnake
 reads both. A stored pixel size that is not finite, zero, negative or outside 1e-30..1e30 (which would
-give ``Area = inf`` or negative areas in a measurement table) is never used: the image is treated as
+give ``Area = inf`` or negative areas in a measurement table), or whose unit is not a short printable
+name (1 to 32 characters), is never used: the image is treated as
 uncalibrated (measurements in pixels), :func:`calibration` says why, and the readers emit one
 :class:`~cpsnake.errors.CpsnakeWarning` naming the file and the value (the normalize JSON and the
 provenance record it as ``calibration_problem``).
@@ -15,13 +16,30 @@ import warnings
 
 from cpsnake.errors import CpsnakeWarning
 
-__all__ = ["PIXEL_SIZE_RANGE", "calibration", "read_calibration", "calibration_warning", "stack_calibration"]
+__all__ = ["PIXEL_SIZE_RANGE", "calibration", "read_calibration", "calibration_warning", "stack_calibration",
+           "stack_calibration_problem", "stack_calibration_warning"]
 
 PIXEL_SIZE_RANGE = (1e-30, 1e30)  # a usable pixel size: finite, positive, and its square finite and nonzero
 
 
 def _usable(v: float) -> bool:
     return math.isfinite(v) and PIXEL_SIZE_RANGE[0] <= v <= PIXEL_SIZE_RANGE[1]
+
+
+MAX_UNIT_CHARS = 32
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _unit_ok(unit: str) -> bool:
+    """A unit name: 1 to 32 printable characters (``micron``, ``µm``, ``nm``, ``\\u00c5``)."""
+    return 0 < len(unit.strip()) <= MAX_UNIT_CHARS and unit.isprintable()
 
 
 def calibration(tif: "tifffile.TiffFile") -> tuple[tuple[float, float] | None, str | None, str | None]:
@@ -42,13 +60,15 @@ def calibration(tif: "tifffile.TiffFile") -> tuple[tuple[float, float] | None, s
         u = re.search(r'PhysicalSizeXUnit="([^"]+)"', attrs)
         if m:
             unit = u.group(1) if u else "µm"
+            if not _unit_ok(unit):
+                return None, None, "a length unit that is not a short name in the OME metadata"
             texts = (n.group(1) if n else m.group(1), m.group(1))
             try:
                 py, px = (float(t) for t in texts)
             except ValueError:
                 py = px = math.nan
             if not (_usable(px) and _usable(py)):
-                shown = " x ".join(repr(t) for t in texts)
+                shown = " x ".join(repr(t) if _number(t) and len(t) <= 32 else "(not a number)" for t in texts)
                 return None, None, f"pixel size (Y x X) {shown} {unit} in the OME metadata"
             return (py, px), unit, None
     unit = None
@@ -66,13 +86,18 @@ def calibration(tif: "tifffile.TiffFile") -> tuple[tuple[float, float] | None, s
     py = yd / yn if yn else (math.inf if yd else math.nan)
     if unit is None:
         ru = page.tags.get("ResolutionUnit")
-        ru = int(ru.value) if ru is not None else 2  # TIFF default is inch
+        try:
+            ru = int(ru.value) if ru is not None else 2  # TIFF default is inch
+        except (TypeError, ValueError):
+            ru = 2
         if ru == 3:  # centimetre
             unit, px, py = "micron", px * 1e4, py * 1e4
         elif ru == 2:  # inch: the common default of 72 dpi is not a calibration
             return None, None, None
     if unit in (None, "pixel", "pixels") and px == 1.0 and py == 1.0:
         return None, None, None
+    if unit is not None and not _unit_ok(unit):
+        return None, None, "a length unit that is not a short name in the ImageJ metadata"
     if not (_usable(px) and _usable(py)):
         return None, None, (
             f"pixel size (Y x X) {py:g} x {px:g} {unit or ''} from the TIFF resolution tags "
@@ -99,8 +124,9 @@ def read_calibration(tif: "tifffile.TiffFile") -> tuple[tuple[float, float] | No
 
 def calibration_warning(path: object, problem: str) -> str:
     return (
-        f"{path}: found {problem}; expected a finite positive pixel size; the file is treated as uncalibrated "
-        "(measurements in pixels); set the pixel size in Fiji (Image > Properties) and save again to calibrate it"
+        f"{path}: found {problem}; expected a finite positive pixel size in a named unit; the file is treated as "
+        "uncalibrated (measurements in pixels); set the pixel size in Fiji (Image > Properties) and save again to "
+        "calibrate it"
     )
 
 
@@ -112,13 +138,8 @@ def _positive(text) -> float | None:
     return v if _usable(v) else None
 
 
-def stack_calibration(tif: "tifffile.TiffFile") -> tuple[float | None, float | None, str | None]:
-    """(z step, frame interval, time unit) of an open TIFF; None for what is not stored or not usable.
-
-    OME-XML: ``PhysicalSizeZ`` (in ``PhysicalSizeZUnit``, taken to be the X unit) and ``TimeIncrement``
-    (``TimeIncrementUnit``, OME's default s). ImageJ: ``spacing`` (in the image's unit) and ``finterval``
-    (``tunit``, default sec). A value that is not finite and positive counts as not stored.
-    """
+def _stack_texts(tif: "tifffile.TiffFile") -> tuple[object, object, str, str]:
+    """(stored z step, stored frame interval, time unit, where) as the metadata hold them (None: not stored)."""
     import re
 
     if tif.is_ome and tif.ome_metadata:
@@ -127,7 +148,44 @@ def stack_calibration(tif: "tifffile.TiffFile") -> tuple[float | None, float | N
         z = re.search(r'PhysicalSizeZ="([^"]*)"', attrs)
         t = re.search(r'TimeIncrement="([^"]*)"', attrs)
         tu = re.search(r'TimeIncrementUnit="([^"]+)"', attrs)
-        return (_positive(z.group(1)) if z else None, _positive(t.group(1)) if t else None,
-                tu.group(1) if tu else "s")
+        return z.group(1) if z else None, t.group(1) if t else None, tu.group(1) if tu else "s", "OME"
     ij = tif.imagej_metadata or {}
-    return _positive(ij.get("spacing")), _positive(ij.get("finterval")), str(ij.get("tunit") or "sec")
+    return ij.get("spacing"), ij.get("finterval"), str(ij.get("tunit") or "sec"), "ImageJ"
+
+
+def stack_calibration(tif: "tifffile.TiffFile") -> tuple[float | None, float | None, str | None]:
+    """(z step, frame interval, time unit) of an open TIFF; None for what is not stored or not usable.
+
+    OME-XML: ``PhysicalSizeZ`` (in ``PhysicalSizeZUnit``, taken to be the X unit) and ``TimeIncrement``
+    (``TimeIncrementUnit``, OME's default s). ImageJ: ``spacing`` (in the image's unit) and ``finterval``
+    (``tunit``, default sec). A value that is not finite and positive counts as not stored, and so does a frame
+    interval whose unit is not a short printable name (:func:`stack_calibration_problem` says which).
+    """
+    z, t, tunit, where = _stack_texts(tif)
+    default = "s" if where == "OME" else "sec"
+    usable = _unit_ok(tunit)
+    return _positive(z), _positive(t) if usable else None, tunit if usable else default
+
+
+def _stored(value) -> bool:
+    """False for a value that is absent or zero (some writers store 0 for unset), else True."""
+    try:
+        return value is not None and float(value) != 0
+    except (TypeError, ValueError):
+        return True
+
+
+def stack_calibration_problem(tif: "tifffile.TiffFile", axes: str) -> str | None:
+    """A phrase naming the stored Z step (when ``axes`` has Z) or frame interval (T) that
+    :func:`stack_calibration` could not use (0 counts as unset, not as a problem), else None."""
+    z, t, tunit, where = _stack_texts(tif)
+    if "Z" in axes and _stored(z) and _positive(z) is None:
+        return f"a Z step (voxel depth) that is not a finite positive number in the {where} metadata"
+    if "T" in axes and _stored(t) and (_positive(t) is None or not _unit_ok(tunit)):
+        return f"a frame interval that is not a finite positive number of a named unit in the {where} metadata"
+    return None
+
+
+def stack_calibration_warning(path: object, problem: str) -> str:
+    return (f"{path}: found {problem}; expected a finite positive number; it is treated as not stored (measurements "
+            "along that axis in planes); set it in Fiji (Image > Properties: Voxel depth, Frame interval) and save again")

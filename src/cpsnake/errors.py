@@ -18,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import sys
 import warnings
 from typing import Callable, Iterator
 
-__all__ = ["CpsnakeError", "CpsnakeWarning", "guard", "collected_warnings", "one_line"]
+__all__ = ["CpsnakeError", "CpsnakeWarning", "guard", "collected_warnings", "one_line", "library_text"]
 
 
 class CpsnakeError(Exception):
@@ -36,6 +37,27 @@ class CpsnakeWarning(UserWarning):
 def one_line(text: object) -> str:
     """``text`` with every run of whitespace (newlines included) turned into one space."""
     return " ".join(str(text).split())
+
+
+# a quoted piece of a library's message (a str or bytes literal, which libraries use to show the data they choke on)
+# or an object's repr such as <tifffile.TiffFile 'x.tif'>
+_QUOTED = re.compile(r"""(?<![A-Za-z0-9])b?'(?:[^'\\]|\\.)*'|(?<![A-Za-z0-9])b?"(?:[^"\\]|\\.)*"|<[\w.]+ [^<>]*>""")
+LIBRARY_TEXT_CHARS = 160
+
+
+def library_text(exc: BaseException) -> str:
+    """What a library's exception says, fit to quote in an error line without quoting the user's file.
+
+    Libraries put the bytes or text they could not parse into their messages (tifffile's ``not a TIFF file
+    b'...'``, ``invalid literal for int(): '...'``, a ``KeyError`` of a metadata key). Every quoted piece
+    (a string or bytes literal, an object's ``<...>`` repr) becomes ``...``, unprintable characters are
+    dropped, and the text is cut to 160 characters; when no word is left, the exception's type name.
+    """
+    text = _QUOTED.sub("...", str(exc))
+    text = one_line("".join(ch if ch.isprintable() else " " for ch in text))
+    if len(text) > LIBRARY_TEXT_CHARS:
+        text = text[: LIBRARY_TEXT_CHARS - 3].rstrip() + "..."
+    return text if re.search(r"[A-Za-z]{3}", text.replace("...", " ")) else type(exc).__name__
 
 
 class _LogCollector(logging.Handler):

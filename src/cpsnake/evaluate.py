@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError, guard
+from cpsnake.errors import CpsnakeError, guard, library_text
 
 __all__ = ["iou_matrix", "match_counts", "overlap_pairs", "matched", "scores", "evaluate_dirs", "pool", "main"]
 
@@ -229,7 +230,7 @@ def read_label_file(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
         with open(path, "rb") as fh:
             head = fh.read(33)
         if not head.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise CpsnakeError(f"{path}: not a PNG (the file starts with {head[:8]!r}); expected {what}; "
+            raise CpsnakeError(f"{path}: not a PNG ({io.describe(path)}); expected {what}; "
                                "save the labels as PNG or TIFF")
         h, w, spp, _ = io.png_shape(path, head)
         limits.check_samples(path, (h, w, spp) if spp > 1 else (h, w), limit=max_pixels, what="PNG")
@@ -237,7 +238,8 @@ def read_label_file(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
             with io.pillow_without_limit(), Image.open(path) as im:
                 arr = np.asarray(im)
         except Exception as exc:
-            raise CpsnakeError(f"{path}: not a readable PNG ({exc}); expected {what}; copy or export it again") from None
+            raise CpsnakeError(f"{path}: not a readable PNG ({library_text(exc)}); expected {what}; copy or export it "
+                               "again") from None
         if arr.ndim != 2 or arr.dtype.kind not in "ui":
             raise CpsnakeError(f"{path}: found a PNG of shape {arr.shape} and type {arr.dtype}; expected {what}; "
                                f"{io.LABELS_FIX}")
@@ -256,12 +258,17 @@ def read_index(path: Path, column: str) -> dict[str, str]:
     try:
         df = read_frame(pd.read_csv(path, dtype=str))
     except Exception as exc:
-        raise CpsnakeError(f"{path}: not a readable CSV ({exc}); expected columns file,{column}; "
+        raise CpsnakeError(f"{path}: not a readable CSV ({library_text(exc)}); expected columns file,{column}; "
                            "save the index as a plain CSV (UTF-8)") from None
     for col in ("file", column):
         if col not in df.columns:
-            raise CpsnakeError(f"{path}: no column {col!r} (found {list(df.columns)}); expected columns file,{column}; "
-                               f"add the column or pass --group-by with one of {list(df.columns)}")
+            names = [str(c) for c in df.columns]
+            if all(re.fullmatch(r"[\w .()-]{1,40}", c) for c in names):  # column names, not a line of another file
+                found, hint = f"found {names}", f"pass --group-by with one of {names}"
+            else:
+                found, hint = f"found {len(names)} column(s) with no such name", "check that this is the index file"
+            raise CpsnakeError(f"{path}: no column {col!r} ({found}); expected columns file,{column}; add the column "
+                               f"or {hint}")
     return {Path(f).stem: g for f, g in zip(df["file"], df[column].fillna(""))}
 
 

@@ -16,13 +16,24 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from cpsnake import files, limits
-from cpsnake.calibration import calibration, calibration_warning, read_calibration, stack_calibration
-from cpsnake.errors import CpsnakeError, CpsnakeWarning
+from cpsnake.calibration import (
+    calibration,
+    calibration_warning,
+    read_calibration,
+    stack_calibration,
+    stack_calibration_problem,
+    stack_calibration_warning,
+)
+from cpsnake.errors import CpsnakeError, CpsnakeWarning, library_text
 from cpsnake.outputs import atomic_output
+
+if TYPE_CHECKING:
+    import tifffile
 
 __all__ = [
     "CpsnakeError",
@@ -32,12 +43,15 @@ __all__ = [
     "calibration",
     "write_flows",
     "read_tiff",
+    "open_tiff",
+    "TiffHeader",
     "read_flows",
     "write_labels",
     "read_labels",
     "label_dtype",
     "read_image",
     "png_shape",
+    "describe",
     "IMAGE_FORMATS",
 ]
 
@@ -141,27 +155,285 @@ def write_flows(
     write_tiff(path, flows, axes=stack_axes + "CYX", pixel_size=pixel_size, unit=unit, metadata=extra or None)
 
 
-class _TiffErrors:
-    """Collect tifffile's ERROR log records for the block: tifffile logs (rather than raises) some decode
-    failures and fills the data with zeros, so a logged error means an unreadable file."""
+class _TiffLog:
+    """Collect the messages tifffile logs at ``level`` and above during the block: ``records`` (all of them)
+    and ``errors`` (ERROR and above); ``with`` yields the log itself.
 
-    def __enter__(self) -> list[str]:
+    tifffile logs (rather than raises) many problems: a page it cannot decode (the data are then zeros), or
+    metadata it gives up on. With ``swallow`` the records go no further (the caller reports them in its own
+    words); otherwise they also reach the usual handlers (:func:`cpsnake.errors.collected_warnings`)."""
+
+    def __init__(self, level: int, *, swallow: bool = False) -> None:
+        self.level, self.swallow = level, swallow
+        self.records: list[str] = []
+        self.errors: list[str] = []
+
+    def __enter__(self) -> "_TiffLog":
         import logging
 
-        problems: list[str] = []
-
-        class _Collect(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                if record.levelno >= logging.ERROR:
-                    problems.append(record.getMessage())
-
         self.logger = logging.getLogger("tifffile")
-        self.handler = _Collect()
-        self.logger.addHandler(self.handler)
-        return problems
+        self.logger.addFilter(self._filter)
+        return self
+
+    def _filter(self, record) -> bool:
+        import logging
+
+        if record.levelno >= self.level:
+            self.records.append(record.getMessage())
+            if record.levelno >= logging.ERROR:
+                self.errors.append(record.getMessage())
+            return not self.swallow
+        return True
 
     def __exit__(self, *exc) -> None:
-        self.logger.removeHandler(self.handler)
+        self.logger.removeFilter(self._filter)
+
+
+# tifffile's series kinds that come from a file's metadata (in tifffile's order), and the names users know them by
+_METADATA_SERIES = {
+    "shaped": "tifffile shape", "lsm": "Zeiss LSM", "mmstack": "Micro-Manager", "ome": "OME-XML", "imagej": "ImageJ",
+    "ndtiff": "NDTiff", "fluoview": "FluoView", "stk": "MetaMorph STK", "sis": "Olympus SIS", "svs": "Aperio SVS",
+    "scn": "Leica SCN", "qpi": "PerkinElmer QPI", "bif": "Roche BIF", "avs": "Argos AVS", "eer": "EER",
+    "philips": "Philips", "scanimage": "ScanImage", "nih": "NIH Image", "mdgel": "MD Gel",
+}
+_GENERIC = {f"is_{k}": False for k in (*_METADATA_SERIES, "uniform")}  # tifffile's generic series: the pages alone
+RESAVE_METADATA = ("open the file in Fiji, check Channels, Slices and Frames in Image > Properties and save it again "
+                   "(File > Save As > Tiff)")
+
+
+@dataclass
+class TiffHeader:
+    """A TIFF opened by :func:`open_tiff`: the image series to read and what its metadata say; close ``tif``.
+
+    ``series``: the first series (tifffile's), at full resolution in ``series.levels[0]``; ``meta``:
+    ``pixel_size``, ``unit``, ``calibration_problem``, ``z_step``, ``frame_interval``, ``time_unit``,
+    ``stack_problem`` (a stored Z step or frame interval that could not be used), ``network_scale``;
+    ``ignored``: None, or the warning saying which broken metadata were set aside (the pages were then read
+    as tifffile's generic series does); the caller emits it once its read succeeded.
+    """
+
+    tif: "tifffile.TiffFile"
+    series: "tifffile.TiffPageSeries"
+    meta: dict
+    ignored: str | None = None
+
+    def close(self) -> None:
+        self.tif.close()
+
+
+def _metadata_kinds(tif) -> list[str]:
+    """The metadata series kinds tifffile sees in ``tif`` (a flag that fails to compute counts as present: its
+    metadata are then found broken)."""
+    kinds = []
+    for kind in _METADATA_SERIES:
+        try:
+            if getattr(tif, f"is_{kind}", False):
+                kinds.append(kind)
+        except Exception:  # a flag is computed from the metadata it names
+            kinds.append(kind)
+    return kinds
+
+
+def _foreign_files(tif, path: Path, kinds: list[str]) -> bool:
+    """True when the metadata make tifffile open other files that are not regular files in this file's folder.
+
+    A multi-file OME-TIFF names its other files (``UUID FileName``), a Micro-Manager stack reads its
+    ``*_MMStack*.tif`` siblings and an NDTiff its ``NDTiff.index``: a name with a folder in it (``../x.tif``,
+    ``/abs/x.tif``) would read another image, a FIFO would block forever. Checked with ``os.stat`` only.
+    """
+    try:
+        return _foreign(tif, path, kinds)
+    except Exception:  # the metadata naming the files cannot be read: do not follow them
+        return True
+
+
+def _foreign(tif, path: Path, kinds: list[str]) -> bool:
+    import glob
+    import html
+    import re
+    import stat
+
+    names: list[str] = []
+    if "ome" in kinds:
+        names += [html.unescape(n) for n in re.findall(r'\bFileName="([^"]*)"', tif.ome_metadata or "")]
+    if "mmstack" in kinds:
+        names += [os.path.basename(f) for f in glob.glob(os.path.join(glob.escape(str(path.parent)), "*_MMStack*.tif"))]
+    if "ndtiff" in kinds and os.path.lexists(path.parent / "NDTiff.index"):
+        names.append("NDTiff.index")
+    for name in set(names) - {path.name}:
+        if name in ("", ".", "..") or os.path.basename(name) != name:
+            return True
+        other = path.parent / name
+        if os.path.lexists(other):
+            try:
+                if not stat.S_ISREG(os.stat(other).st_mode):
+                    return True
+            except OSError:
+                return True
+    return False
+
+
+def _mismatch(tif, series, kinds: list[str], records: list[str]) -> str | None:
+    """Why the metadata series of ``tif`` cannot be trusted (a phrase), or None."""
+    try:
+        if records or not series or series[0].kind not in kinds:  # tifffile gave up on them, or complained
+            return "are not well-formed XML" if _bad_xml(tif, kinds) else "do not match the file's pages"
+        if not _known_axes(series[0].axes):
+            return "name unknown axes, or no Y and X axes"
+        if _declares_more(series[0], tif.filehandle.size):
+            return "declare more pixels than the file holds"
+    except Exception:  # the pages they describe cannot be listed (then the generic series tells)
+        return "do not match the file's pages"
+    return None
+
+
+def _known_axes(axes: str) -> bool:
+    """True when ``axes`` holds Y and X and only letters tifffile knows (TZCYXS, Q, I, ...)."""
+    import tifffile
+
+    return "Y" in axes and "X" in axes and set(axes) <= set(tifffile.TIFF.AXES_NAMES)
+
+
+def _bad_xml(tif, kinds: list[str]) -> bool:
+    """True when ``tif`` is an OME-TIFF whose OME-XML is not well-formed."""
+    if "ome" not in kinds:
+        return False
+    from xml.etree import ElementTree
+
+    try:
+        ElementTree.fromstring(tif.ome_metadata or "")
+    except Exception:  # ParseError, and whatever a hostile document raises
+        return True
+    return False
+
+
+def _declares_more(series, size: int) -> bool:
+    """True when ``series`` declares more pixels than its pages hold (tifffile fills the rest with zeros)."""
+    import math
+
+    pages = list(series.pages)
+    if any(p is None for p in pages):
+        return True
+    if series.dataoffset is not None:  # uncompressed in one piece: beyond the file's end, and beyond what the
+        # pages declare (pages cut short themselves are a truncated file, which the data reader reports)
+        stored = max((int(o) + int(n) for p in pages for o, n in zip(p.dataoffsets, p.databytecounts)), default=0)
+        return int(series.dataoffset) + int(series.nbytes) > size and stored <= size
+    return int(series.size) > sum(math.prod(p.shape) for p in pages)
+
+
+_NO_META = dict(pixel_size=None, unit=None, calibration_problem=None, z_step=None, frame_interval=None, time_unit=None,
+                network_scale=None, stack_problem=None)
+
+
+def _tiff_meta(tif, axes: str | None = None) -> dict:
+    """Calibration of an open TIFF (see :mod:`cpsnake.calibration`); with the series' ``axes``, also the stack's
+    (z step, frame interval, ``stack_problem``) and cpsnake's ``network_scale``."""
+    meta = dict(_NO_META)
+    meta["pixel_size"], meta["unit"], meta["calibration_problem"] = calibration(tif)
+    if axes is not None:
+        meta["z_step"], meta["frame_interval"], meta["time_unit"] = stack_calibration(tif)
+        meta["stack_problem"] = stack_calibration_problem(tif, axes)
+        meta["network_scale"] = _positive_or_none((tif.imagej_metadata or {}).get("network_scale"))
+    return meta
+
+
+def _open_tifffile(path: Path, *, expected: str, fix: str, sniffed: bool, **flags) -> "tifffile.TiffFile":
+    import tifffile
+
+    try:
+        return tifffile.TiffFile(path, **flags)
+    except Exception as exc:  # tifffile raises many types for a damaged header
+        if not sniffed and not _is_tiff(path):
+            raise CpsnakeError(f"{path}: not a TIFF ({describe(path)}); expected {expected}; {fix}") from None
+        raise CpsnakeError(
+            f"{path}: found a TIFF whose data cannot be read ({library_text(exc)}); expected {expected}; "
+            "the file is truncated or corrupt: copy or export it again"
+        ) from None
+
+
+def open_tiff(path: str | os.PathLike, *, expected: str, fix: str, sniffed: bool = False) -> TiffHeader:
+    """Open a TIFF and choose the series to read: the first series its metadata describe, or, when those
+    metadata are broken and the pixels do not depend on them, the pages as they are stored. No pixel is decoded.
+
+    Metadata (ImageJ, OME-XML, tifffile's shape, and the other layouts tifffile knows) count as broken when
+    tifffile cannot parse them or gives up on them, when they declare more pixels than the pages hold, or
+    when they name other files outside this file's folder (or not regular files). The file is then reopened
+    without them (tifffile's generic series): a single page (any samples, e.g. RGB) is read with
+    ``ignored`` set to a warning naming the metadata; several pages, whose order (channels, slices,
+    frames) only the metadata could tell, are one CpsnakeError saying the metadata, not the data, are broken.
+
+    Raises CpsnakeError for a missing or non-regular file (unless ``sniffed``: checked by the caller), a
+    file that is not a TIFF or whose header or pages cannot be read, and a TIFF without image data.
+    """
+    import logging
+
+    path = Path(path)
+    if not sniffed:
+        files.regular_file(path, expected)
+    tif = _open_tifffile(path, expected=expected, fix=fix, sniffed=sniffed)
+    try:
+        kinds = _metadata_kinds(tif)
+        broken = None
+        with _TiffLog(logging.WARNING, swallow=bool(kinds)) as log:
+            if kinds and _foreign_files(tif, path, kinds):
+                broken = "name other files outside this file's folder, or files that are not regular files"
+            else:
+                try:
+                    series = tif.series
+                except Exception as exc:
+                    if not kinds:
+                        raise CpsnakeError(
+                            f"{path}: found a TIFF whose data cannot be read ({library_text(exc)}); expected "
+                            f"{expected}; the file is truncated or corrupt: copy or export it again") from None
+                    broken = "cannot be parsed"
+        if kinds and broken is None:
+            broken = _mismatch(tif, series, kinds, log.records)
+        if not kinds and log.errors:  # a page tifffile could not read is skipped or zeroed: a damaged file
+            raise CpsnakeError(
+                f"{path}: found a TIFF whose data cannot be decoded ({library_text(log.errors[0])}); expected "
+                f"{expected}; the file is truncated or corrupt: copy or export it again")
+        if broken is None:
+            if not series:
+                raise CpsnakeError(f"{path}: found a TIFF without image data; expected {expected}; {fix}")
+            try:
+                return TiffHeader(tif, series[0], _tiff_meta(tif, series[0].axes))
+            except Exception as exc:  # calibration read from tags or metadata that cannot be parsed
+                if not kinds:
+                    raise CpsnakeError(
+                        f"{path}: found a TIFF whose resolution tags cannot be read ({library_text(exc)}); expected "
+                        f"{expected}; the file is truncated or corrupt: copy or export it again") from None
+                broken = "cannot be parsed"
+        name = " and ".join(_METADATA_SERIES[k] for k in kinds[:2])
+        try:
+            meta = _tiff_meta(tif)
+        except Exception:  # the calibration lives in the same broken metadata
+            meta = dict(_NO_META)
+        tif.close()
+        tif = _open_tifffile(path, expected=expected, fix=fix, sniffed=True, **_GENERIC)
+        with _TiffLog(logging.WARNING, swallow=True) as log:
+            try:
+                series = tif.series
+            except Exception:
+                log.records.append("generic series")
+        if log.records or not series:
+            raise CpsnakeError(
+                f"{path}: found a TIFF whose {name} metadata {broken} and whose pages cannot be read either; "
+                f"expected {expected}; the file is truncated or corrupt: copy or export it again")
+        first = series[0]
+        if len(first.pages) > 1:
+            raise CpsnakeError(
+                f"{path}: found {name} metadata that {broken}, over {len(first.pages)} pages of "
+                f"{' x '.join(str(n) for n in first.pages[0].shape)} whose order (channels, slices, frames) only "
+                f"the metadata can tell; expected metadata that match the pages; the metadata, not the pixel data, "
+                f"are broken: {RESAVE_METADATA}")
+        shape = " x ".join(str(n) for n in first.shape)
+        ignored = (f"{path}: found {name} metadata that {broken}; expected metadata that match the file's pages; "
+                   f"read the pixels as the file stores them (one page of {shape}, axes {first.axes}) without "
+                   f"them; to keep the image's axes, {RESAVE_METADATA}")
+        return TiffHeader(tif, first, meta, ignored)
+    except BaseException:
+        tif.close()
+        raise
 
 
 def _tiff(
@@ -174,36 +446,33 @@ def _tiff(
     what: str = "image",
     sniffed: bool = False,
 ) -> tuple["np.ndarray", dict]:
-    """Read the first series of a TIFF after checking its declared shape and type (before decoding).
+    """Read the first series of a TIFF (:func:`open_tiff`) after checking its declared shape, its tile
+    (or strip) shape and its type (before decoding).
 
-    Returns the data and ``{"axes", "pixel_size", "unit", "calibration_problem", "has_alpha"}``. Every
+    Returns the data and ``{"axes", "pixel_size", "unit", "calibration_problem", "has_alpha", ...}``. Every
     failure -- not a TIFF, truncated, corrupt, complex or non-numeric samples, more samples than
-    ``max_pixels * per_pixel`` -- is one CpsnakeError naming ``path``, ``expected`` and ``fix``.
+    ``max_pixels * per_pixel`` in the image or in one tile -- is one CpsnakeError naming ``path``,
+    ``expected`` and ``fix``. Broken metadata set aside are one warning, emitted after the read succeeded.
     """
-    import tifffile
+    import logging
 
-    if not sniffed:
-        files.regular_file(path, expected)
-    with _TiffErrors() as problems:
+    head = open_tiff(path, expected=expected, fix=fix, sniffed=sniffed)
+    with contextlib.closing(head), _TiffLog(logging.ERROR) as log:
+        series = head.series
         try:
-            with tifffile.TiffFile(path) as tif:
-                if not tif.series:
-                    raise CpsnakeError(f"{path}: found a TIFF without image data; expected {expected}; {fix}")
-                series = tif.series[0]
-                dtype = series.dtype
-                if dtype is None or dtype.kind not in "buif":
-                    raise CpsnakeError(
-                        f"{path}: found pixels of type {dtype}; expected integer or real values ({expected}); {fix}"
-                    )
-                limits.check_samples(path, series.shape, limit=max_pixels, per_pixel=per_pixel, what=what)
-                with limits.decode_budget(2 * series.size * dtype.itemsize):  # codecs may not expand beyond
-                    data = series.asarray(maxworkers=1)
-                axes = series.axes
-                pixel_size, unit, problem = calibration(tif)
-                z_step, frame_interval, time_unit = stack_calibration(tif)
-                scale = _positive_or_none((tif.imagej_metadata or {}).get("network_scale"))
-                page = series.pages[0] if series.pages else tif.pages.first
-                has_alpha = bool(getattr(page, "extrasamples", ())) and "S" in axes
+            dtype = series.dtype
+            if dtype is None or dtype.kind not in "buif":
+                raise CpsnakeError(
+                    f"{path}: found pixels of type {dtype}; expected integer or real values ({expected}); {fix}"
+                )
+            limits.check_samples(path, series.shape, limit=max_pixels, per_pixel=per_pixel, what=what)
+            chunk = _tile_samples(path, series, limit=max_pixels, per_pixel=per_pixel)
+            # codecs may not expand beyond the data and one decoded tile
+            with limits.decode_budget(2 * (series.size + chunk) * dtype.itemsize):
+                data = series.asarray(maxworkers=1)
+            axes = series.axes
+            page = series.pages[0] if series.pages else head.tif.pages.first
+            has_alpha = bool(getattr(page, "extrasamples", ())) and "S" in axes
         except CpsnakeError:
             raise
         except MemoryError:
@@ -213,23 +482,33 @@ def _tiff(
                 "export it again from the original"
             ) from None
         except Exception as exc:  # tifffile and its codecs raise many types for truncated or corrupt files
-            msg = " ".join(str(exc).split()) or type(exc).__name__
-            if not sniffed and not _is_tiff(path):
-                raise CpsnakeError(f"{path}: not a TIFF ({msg}); expected {expected}; {fix}") from None
             raise CpsnakeError(
-                f"{path}: found a TIFF whose data cannot be read ({msg}); expected {expected}; "
+                f"{path}: found a TIFF whose data cannot be read ({library_text(exc)}); expected {expected}; "
                 "the file is truncated or corrupt: copy or export it again"
             ) from None
-    if problems:
+    if log.errors:
         raise CpsnakeError(
-            f"{path}: found a TIFF whose data cannot be decoded ({problems[0]}); expected {expected}; "
+            f"{path}: found a TIFF whose data cannot be decoded ({library_text(log.errors[0])}); expected {expected}; "
             "the file is truncated or corrupt: copy or export it again"
         )
-    if problem:
-        warnings.warn(calibration_warning(path, problem), CpsnakeWarning, stacklevel=3)
-    meta = {"axes": axes, "pixel_size": pixel_size, "unit": unit, "calibration_problem": problem, "has_alpha": has_alpha,
-            "network_scale": scale, "z_step": z_step, "frame_interval": frame_interval, "time_unit": time_unit}
+    meta = dict(head.meta, axes=axes, has_alpha=has_alpha)
+    if head.ignored:
+        warnings.warn(head.ignored, CpsnakeWarning, stacklevel=3)
+    if meta["calibration_problem"]:
+        warnings.warn(calibration_warning(path, meta["calibration_problem"]), CpsnakeWarning, stacklevel=3)
+    if meta["stack_problem"]:
+        warnings.warn(stack_calibration_warning(path, meta["stack_problem"]), CpsnakeWarning, stacklevel=3)
     return data, meta
+
+
+def _tile_samples(path, series, *, limit: int | None, per_pixel: int = 1) -> int:
+    """Samples in one tile (or strip) of ``series``, refused above ``limit * per_pixel`` (see
+    :func:`cpsnake.limits.check_chunk`): a decoder makes a whole tile at a time, whatever the image's size."""
+    import math
+
+    chunk = tuple(int(n) for n in series.keyframe.chunks)
+    limits.check_chunk(path, chunk, limit=limit, per_pixel=per_pixel, what="TIFF tiles", image=series.shape)
+    return math.prod(chunk)
 
 
 def _positive_or_none(value) -> float | None:
@@ -241,9 +520,16 @@ def _positive_or_none(value) -> float | None:
 
 
 def _is_tiff(path: str | os.PathLike) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    return any(head.startswith(m) for m, fmt in _MAGIC if fmt == "tiff")
+    return _format(_head(path)) == "tiff"
+
+
+def _head(path: str | os.PathLike, n: int = 16) -> bytes:
+    """The first ``n`` bytes of a regular file (b"" when it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
 
 
 def read_tiff(
@@ -487,10 +773,49 @@ _UNKNOWN_AXES = "QIR"  # tifffile's names for axes without metadata (a numpy arr
 MAX_GUESSED_CHANNELS = 3
 
 
+# formats cpsnake does not read, told by their first bytes, so that a message can say what a file is
+_OTHER_MAGIC = (
+    (b"GIF8", "a GIF image"), (b"BM", "a BMP image"), (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"), (b"\x89HDF", "an HDF5 file"), (b"ZISRAWFILE", "a Zeiss CZI file"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"), (b"\xff\x4f\xff\x51", "a JPEG 2000 codestream"),
+    (b"8BPS", "a Photoshop file"), (b"\x93NUMPY", "a NumPy array file"),
+)
+
+
+def _format(head: bytes) -> str | None:
+    """``"tiff"``, ``"png"`` or ``"jpeg"`` from a file's first bytes, else None."""
+    return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
+
+
+def describe(path: str | os.PathLike) -> str:
+    """What a file that is not the image expected looks like, never quoting its bytes: ``"found a PNG"``,
+    ``"found a ZIP archive"``, ``"found text"``, ``"found an empty file"`` or ``"its first bytes match no image
+    format"``."""
+    head = _head(path, 64)
+    fmt = _format(head)
+    if fmt:
+        return f"found a {fmt.upper()}"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "found a WebP image"
+    for magic, kind in _OTHER_MAGIC:
+        if head.startswith(magic):
+            return f"found {kind}"
+    if not head:
+        return "found an empty file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = head[: exc.start].decode("utf-8") if exc.start >= 32 else None
+    if text is not None and all(ch.isprintable() or ch in "\t\r\n" for ch in text):
+        return "found text"
+    return "its first bytes match no image format"
+
+
 def _sniff(path: Path) -> str:
     """Format of ``path`` from its first bytes: ``"tiff"``, ``"png"`` or ``"jpeg"``; else a CpsnakeError.
 
     ``path`` must be a regular file (checked with ``os.stat`` first: a FIFO or device is refused, not read).
+    The error says what the file looks like (text, a ZIP archive, ...) without quoting its bytes.
     """
     expected = f"an image ({IMAGE_FORMATS})"
     st = files.regular_file(path, expected)
@@ -502,11 +827,11 @@ def _sniff(path: Path) -> str:
                            "check its permissions") from None
     if not head or st.st_size == 0:
         raise CpsnakeError(f"{path}: found an empty file (0 bytes); expected {expected}; re-export or re-copy it")
-    for magic, fmt in _MAGIC:
-        if head.startswith(magic):
-            return fmt
+    fmt = _format(head)
+    if fmt:
+        return fmt
     raise CpsnakeError(
-        f"{path}: not an image (the file starts with {head[:12]!r}); expected {IMAGE_FORMATS} "
+        f"{path}: not an image ({describe(path)}, not a TIFF, PNG or JPEG); expected {IMAGE_FORMATS} "
         "whatever the file name says; pass the image itself or convert it (e.g. Fiji: File > Save As > Tiff)"
     )
 
@@ -579,10 +904,14 @@ def _read_png_jpeg(path: Path, fmt: str, max_pixels: int | None) -> tuple["np.nd
                     data = np.asarray(im)
     except CpsnakeError:
         raise
-    except Exception as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
+    except MemoryError:
         raise CpsnakeError(
-            f"{path}: found a {what} whose data cannot be decoded ({msg}); expected a complete {what}; "
+            f"{path}: found a {what} whose compressed data expand beyond the size its header declares (or memory ran "
+            f"out while decoding); expected a {what} whose data match its header; the file is corrupt or hostile: "
+            "export it again from the original") from None
+    except Exception as exc:
+        raise CpsnakeError(
+            f"{path}: found a {what} whose data cannot be decoded ({library_text(exc)}); expected a complete {what}; "
             "the file is truncated or corrupt: copy or export it again"
         ) from None
     if data.ndim == 2:

@@ -37,6 +37,9 @@ memory, raise the limit to about (memory - 3 GiB) / 100 bytes.
 images thinner than 8 pixels along Y or X: no cell fits, and the network would still run a 256-pixel
 tile for every 256 pixels of the long side (a 100,000 x 2 image is 470 tiles of padding).
 
+A TIFF's tile (or strip) and a Zarr chunk are decoded whole, so each counts against the limit too
+(:func:`check_chunk`): a tiny image declaring 72000 x 72000 tiles is refused from its header.
+
 ``decode_budget`` -- the header check bounds what a file *declares*; a compressed block inside it may
 still expand beyond that (a TIFF tile stored as a PNG or JPEG carries its own, larger, size). While a
 codec runs, the process's data segment is capped (Linux ``RLIMIT_DATA``) at its current size plus the
@@ -66,6 +69,7 @@ __all__ = [
     "max_pixels",
     "add_option",
     "check_samples",
+    "check_chunk",
     "check_min_side",
     "decode_budget",
 ]
@@ -134,6 +138,27 @@ def check_samples(
             f"{path}: found a {what} of {dims} = {n:,} samples, more than the limit of {allowed:,} samples{per}; "
             f"expected at most {allowed:,}; crop or split it, or raise the limit with {RAISE} on a machine with "
             "about 100 bytes of memory per pixel"
+        )
+
+
+def check_chunk(path: object, chunk: Sequence[int], *, limit: int | None = None, per_pixel: int = 1,
+                what: str = "TIFF tiles", image: Sequence[int] | None = None) -> None:
+    """Refuse a storage chunk (a TIFF tile or strip, a Zarr chunk) of more than ``limit * per_pixel`` samples.
+
+    A decoder makes a whole chunk at a time, whatever the image's size: a 256 x 256 image declaring tiles of
+    72000 x 72000 would allocate 5 GB per tile. So a chunk counts against the limit like the image does;
+    checked from the header, before decoding. ``chunk``: the chunk's shape (any axes, samples included);
+    ``what``: the chunks' name, plural; ``image``: the image's shape, for the message.
+    """
+    allowed = max_pixels(limit) * per_pixel
+    n = math.prod(int(s) for s in chunk)
+    if n > allowed:
+        dims = " x ".join(str(int(s)) for s in chunk)
+        of = f" (image {' x '.join(str(int(s)) for s in image)})" if image is not None else ""
+        raise CpsnakeError(
+            f"{path}: found {what} of {dims} = {n:,} samples{of}, each decoded whole; expected {what} of 1 to "
+            f"{allowed:,} samples; write the image again with smaller chunks or tiles (e.g. 1024 x 1024), or raise "
+            f"the limit with {RAISE}"
         )
 
 

@@ -56,7 +56,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cpsnake import files, limits
-from cpsnake.errors import CpsnakeError
+from cpsnake.errors import CpsnakeError, library_text
 
 __all__ = ["RegionImage", "is_ome_zarr", "open_image", "stream_values", "band_rows"]
 
@@ -77,14 +77,6 @@ def is_ome_zarr(path: str | os.PathLike) -> bool:
     only ``stat`` is used, and a FIFO or broken link among them is refused when the folder is opened)."""
     p = Path(path)
     return p.is_dir() and any(os.path.lexists(p / n) for n in ZARR_NAMES)
-
-
-def _why(exc: BaseException, limit: int = 200) -> str:
-    """A library's message for one line: whitespace runs joined, control characters as ``?``, at most ``limit``
-    characters (a hostile metadata value could be long or hold terminal escapes)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    text = "".join(c if c.isprintable() else "?" for c in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _inside(real: str, real_root: str) -> bool:
@@ -214,10 +206,7 @@ class RegionImage:
                                    "sample per axis; write the image again")
             if n > allowed:
                 limits.check_samples(path, self.raw_shape, limit=allowed)  # the image too: its own line comes first
-                raise CpsnakeError(
-                    f"{path}: found storage chunks of {dims} = {n:,} samples (axes {axes!r}, image {self.raw_shape}), "
-                    f"each decoded whole; expected chunks of 1 to {allowed:,} samples; write the image again with "
-                    f"smaller chunks or tiles (e.g. 1024 x 1024), or raise the limit with {limits.RAISE}")
+                limits.check_chunk(path, unit, limit=allowed, what="storage chunks", image=self.raw_shape)
         self._unit = tuple(max(u[d] for u in units) for d in range(len(axes)))  # the largest decoded whole
 
     def __enter__(self) -> "RegionImage":
@@ -266,7 +255,7 @@ class RegionImage:
             raise
         except Exception as exc:  # codecs and zarr raise many types for a corrupt chunk
             raise CpsnakeError(
-                f"{self.path}: found a chunk that cannot be decoded in {where} ({_why(exc)}); "
+                f"{self.path}: found a chunk that cannot be decoded in {where} ({library_text(exc)}); "
                 "expected complete image data; the file is truncated or corrupt: copy or export it again"
             ) from None
         data = data.transpose(self._order)
@@ -368,23 +357,20 @@ def open_image(path: str | os.PathLike, *, level: int = 0, max_pixels: int | Non
 
 
 def _open_tiff(path: Path, level: int, max_pixels: int | None = None) -> RegionImage:
-    import tifffile
+    """A TIFF's first series (:func:`cpsnake.io.open_tiff`: broken metadata set aside with a warning) at ``level``;
+    its tiles or strips count against ``max_pixels`` (:class:`RegionImage`)."""
+    import warnings
+
     import zarr
 
-    from cpsnake import files
-    from cpsnake.calibration import calibration, calibration_warning, stack_calibration
+    from cpsnake import io
+    from cpsnake.calibration import calibration_warning
+    from cpsnake.errors import CpsnakeWarning
 
     expected = "a TIFF image (tiled or striped, BigTIFF, pyramidal OME-TIFF)"
-    files.regular_file(path, expected)
+    head = io.open_tiff(path, expected=expected, fix="export it again")
+    tif, series = head.tif, head.series
     try:
-        tif = tifffile.TiffFile(path)
-    except Exception as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise CpsnakeError(f"{path}: not a readable TIFF ({msg}); expected {expected}; export it again") from None
-    try:
-        if not tif.series:
-            raise CpsnakeError(f"{path}: found a TIFF without image data; expected {expected}; export it again")
-        series = tif.series[0]
         if level >= len(series.levels):
             raise CpsnakeError(f"{path}: found {len(series.levels)} pyramid level(s), expected level {level}; "
                                "pass a level the file has (0 is the full resolution)")
@@ -393,12 +379,14 @@ def _open_tiff(path: Path, level: int, max_pixels: int | None = None) -> RegionI
         if dtype is None or dtype.kind not in "buif":
             raise CpsnakeError(f"{path}: found pixels of type {dtype}; expected integer or real intensities; "
                                "convert the image (e.g. Fiji: Image > Type > 32-bit)")
-        pixel_size, unit, problem = calibration(tif)
-        z_step, frame_interval, time_unit = stack_calibration(tif)
+        problem = head.meta["calibration_problem"]
         page = lev.pages[0] if lev.pages else tif.pages.first
-        meta = {"pixel_size": pixel_size, "unit": unit, "axes": lev.axes, "shape": tuple(int(n) for n in lev.shape),
-                "dtype": str(dtype), "format": "tiff", "dropped_alpha": False, "calibration_problem": problem,
-                "z_step": z_step, "frame_interval": frame_interval, "time_unit": time_unit, "levels": len(series.levels),
+        cal = head.meta
+        meta = {"pixel_size": cal["pixel_size"], "unit": cal["unit"], "axes": lev.axes,
+                "shape": tuple(int(n) for n in lev.shape), "dtype": str(dtype), "format": "tiff",
+                "dropped_alpha": False,
+                "calibration_problem": problem, "z_step": cal["z_step"], "frame_interval": cal["frame_interval"],
+                "time_unit": cal["time_unit"], "levels": len(series.levels),
                 "has_alpha": bool(getattr(page, "extrasamples", ())) and "S" in lev.axes}
         offset = lev.dataoffset
         if offset is not None and "Y" in lev.axes:  # uncompressed, in one piece (tifffile: dataoffset)
@@ -417,14 +405,12 @@ def _open_tiff(path: Path, level: int, max_pixels: int | None = None) -> RegionI
         raise
     except Exception as exc:
         tif.close()
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise CpsnakeError(f"{path}: found a TIFF whose layout cannot be read in regions ({msg}); expected {expected}; "
-                           "export it again (e.g. Fiji: File > Save As > Tiff, or as a tiled OME-TIFF)") from None
+        raise CpsnakeError(f"{path}: found a TIFF whose layout cannot be read in regions ({library_text(exc)}); "
+                           f"expected {expected}; export it again (e.g. Fiji: File > Save As > Tiff, or as a tiled "
+                           "OME-TIFF)") from None
+    if head.ignored:
+        warnings.warn(head.ignored, CpsnakeWarning, stacklevel=3)
     if problem:
-        import warnings
-
-        from cpsnake.errors import CpsnakeWarning
-
         warnings.warn(calibration_warning(path, problem), CpsnakeWarning, stacklevel=3)
     return img
 
@@ -440,7 +426,7 @@ def _zarr_attrs(path: Path) -> dict:
             try:
                 doc = json.loads(text)
             except (json.JSONDecodeError, RecursionError) as exc:
-                raise CpsnakeError(f"{f}: found metadata that is not JSON ({_why(exc)}); expected OME-Zarr metadata; "
+                raise CpsnakeError(f"{f}: found metadata that is not JSON ({library_text(exc)}); expected OME-Zarr metadata; "
                                    "write the OME-Zarr again") from None
             if not isinstance(doc, dict):
                 raise CpsnakeError(f"{f}: found {type(doc).__name__} metadata, expected a JSON object; write the "
@@ -512,18 +498,18 @@ def _open_zarr(path: Path, level: int, max_pixels: int | None = None) -> RegionI
         raise
     except Exception as exc:  # zarr and numcodecs raise many types for missing or malformed metadata
         _settle()
-        raise CpsnakeError(f"{path}: found pyramid level {level} ({key!r}) missing or unreadable ({_why(exc)}); "
+        raise CpsnakeError(f"{path}: found pyramid level {level} ({key!r}) missing or unreadable ({library_text(exc)}); "
                            "expected the Zarr array the multiscales metadata names (zarr.json or .zarray with a known "
                            "data type and codecs); the OME-Zarr is incomplete or unsupported: write it again (e.g. "
                            "ome-zarr-py, bioformats2raw)") from None
     if dtype.kind not in "buif":
-        raise CpsnakeError(f"{path}: found pixels of type {_why(dtype)}; expected integer or real intensities; "
+        raise CpsnakeError(f"{path}: found pixels of type {library_text(dtype)}; expected integer or real intensities; "
                            "convert the image (e.g. Fiji: Image > Type > 32-bit) and write the OME-Zarr again")
     try:
         axes, units_of_axes, scale = _axes_and_scale(m, ds, len(shape))
     except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
         raise CpsnakeError(f"{path}: found multiscales axes or coordinateTransformations that cannot be read "
-                           f"({_why(exc)}); expected NGFF 0.4 / 0.5 metadata (axes: a list of objects with a name; "
+                           f"({library_text(exc)}); expected NGFF 0.4 / 0.5 metadata (axes: a list of objects with a name; "
                            "scale: a list of numbers per axis); write the OME-Zarr again") from None
     if axes is None:
         raise CpsnakeError(f"{path}: found {units_of_axes} axes in the metadata for an array of {len(shape)} "

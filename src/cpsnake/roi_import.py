@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cpsnake import files
-from cpsnake.errors import CpsnakeError, CpsnakeWarning
+from cpsnake.errors import CpsnakeError, CpsnakeWarning, library_text
 
 __all__ = ["read_rois", "roi_mask", "rois_to_labels", "MAX_ENTRY_BYTES", "MAX_ENTRIES", "MAX_TOTAL_BYTES"]
 
@@ -79,12 +79,11 @@ def _entries(path: Path) -> list[tuple[str, bytes]]:
     except CpsnakeError:
         raise
     except zipfile.BadZipFile as exc:
-        raise CpsnakeError(f"{path}: found a broken zip ({exc}); expected an ImageJ ROI set saved by the ROI Manager; "
-                           f"copy it again or {RESAVE}") from None
+        raise CpsnakeError(f"{path}: found a broken zip ({library_text(exc)}); expected an ImageJ ROI set saved by the "
+                           f"ROI Manager; copy it again or {RESAVE}") from None
     except Exception as exc:  # zlib/bz2/lzma errors, EOF, a password prompt: anything the zip module raises
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise CpsnakeError(f"{path}: entry {name!r} cannot be read ({type(exc).__name__}: {msg}); expected a "
-                           f"complete ImageJ ROI set; copy it again or {RESAVE}") from None
+        raise CpsnakeError(f"{path}: entry {name!r} cannot be read ({type(exc).__name__}: {library_text(exc)}); "
+                           f"expected a complete ImageJ ROI set; copy it again or {RESAVE}") from None
     return blobs
 
 
@@ -107,14 +106,14 @@ def read_rois(path: str | os.PathLike) -> list[tuple[str, object]]:
     for name, data in blobs:
         where = f"{path}: entry {name!r}"
         if data[:4] != b"Iout":
-            raise CpsnakeError(f"{where} starts with {data[:4]!r}, not 'Iout'; expected only ImageJ .roi entries; "
+            raise CpsnakeError(f"{where} starts with other bytes, not 'Iout'; expected only ImageJ .roi entries; "
                                f"remove that entry from the zip, or {RESAVE}")
         try:
             roi = ImagejRoi.frombytes(data)
             roi.roitype, roi.composite  # noqa: B018 -- fields parsed lazily must parse here
         except Exception as exc:
-            msg = " ".join(str(exc).split()) or type(exc).__name__
-            raise CpsnakeError(f"{where} has a corrupt ImageJ ROI header ({msg}); expected a valid .roi; {RESAVE}") from None
+            raise CpsnakeError(f"{where} has a corrupt ImageJ ROI header ({library_text(exc)}); expected a valid .roi; "
+                               f"{RESAVE}") from None
         out.append((name, roi))
     return out
 
@@ -218,8 +217,8 @@ def _region(roi, shape: tuple[int, int], where: str) -> tuple[int, int, np.ndarr
             paths = roi.path2coords(roi.multi_coordinates)
         except Exception as exc:
             raise CpsnakeError(
-                f"{where}: composite ROI with curved or invalid segments ({exc}); expected straight segments; convert "
-                f"it in Fiji (Edit > Selection > Interpolate, or to polygons), then {RESAVE}"
+                f"{where}: composite ROI with curved or invalid segments ({library_text(exc)}); expected straight "
+                f"segments; convert it in Fiji (Edit > Selection > Interpolate, or to polygons), then {RESAVE}"
             ) from None
         return polygons(paths)
     if rt == ROI_TYPE.RECT:
@@ -242,7 +241,8 @@ def _region(roi, shape: tuple[int, int], where: str) -> tuple[int, int, np.ndarr
         try:
             xy = roi.coordinates()
         except Exception as exc:
-            raise CpsnakeError(f"{where}: found unreadable coordinates ({exc}); expected a valid .roi; {RESAVE}") from None
+            raise CpsnakeError(f"{where}: found unreadable coordinates ({library_text(exc)}); expected a valid .roi; "
+                               f"{RESAVE}") from None
         if xy is None or len(xy) < 3:
             raise CpsnakeError(f"{where}: a {rt.name.lower()} with fewer than 3 vertices; expected an area outline; "
                                f"remove it or redraw it, then {RESAVE}")

@@ -42,17 +42,19 @@ above 4096 x 4096 px in blocks of 2048.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field, fields
 from io import StringIO
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from cpsnake.errors import CpsnakeError, guard
+from cpsnake.errors import CpsnakeError, CpsnakeWarning, collected_warnings, guard, library_text
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -366,7 +368,7 @@ def read_table(path: str | os.PathLike) -> list[Sample]:
     try:
         return _rows(path)
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); expected {what}; "
+        raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {library_text(exc)}); expected {what}; "
                            "delete it and run `cpsnake samples` (or the workflow) again") from None
 
 
@@ -416,13 +418,12 @@ def inspect_header(path: str | os.PathLike, *, max_pixels: int | None = None) ->
             with regions.open_image(path, max_pixels=max_pixels) as img:
                 shape, axes, dtype = img.meta["shape"], img.meta["axes"], img.meta["dtype"]
         elif fmt == "tiff":
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                if not tif.series:
-                    raise CpsnakeError(f"{path}: found a TIFF without image data; expected an image; export it again")
-                series = tif.series[0]
+            head = io.open_tiff(path, expected="an image", fix="export it again", sniffed=True)
+            with contextlib.closing(head):
+                series = head.series
                 shape, axes, dtype = tuple(int(n) for n in series.shape), series.axes, str(series.dtype)
+            if head.ignored:  # broken metadata set aside: the pages are read as stored
+                warnings.warn(head.ignored, CpsnakeWarning, stacklevel=2)
         elif fmt == "png":
             with open(path, "rb") as fh:
                 head = fh.read(33)
@@ -437,7 +438,7 @@ def inspect_header(path: str | os.PathLike, *, max_pixels: int | None = None) ->
     except CpsnakeError:
         raise
     except Exception as exc:  # readers raise many types for a broken header
-        raise CpsnakeError(f"{path}: found a {fmt.upper()} whose header cannot be read ({one_line_of(exc)}); "
+        raise CpsnakeError(f"{path}: found a {fmt.upper()} whose header cannot be read ({library_text(exc)}); "
                            "expected a complete image; the file is truncated or corrupt: copy or export it again") from None
     if "Y" not in axes or "X" not in axes:
         raise CpsnakeError(f"{path}: found shape {shape} with axes {axes!r}; expected an image with Y and X axes")
@@ -470,12 +471,15 @@ def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_im
 
     for s in samples:
         try:
-            head = inspect_header(s.path, max_pixels=max_pixels)
-            limits.check_samples(s.path, (head["pixels"], head["channels_in_file"]), limit=max_pixels)
-            _check_channels(s, head["channels_in_file"])
+            with collected_warnings() as notes:  # a sample's warnings (broken metadata set aside) only if it passes
+                head = inspect_header(s.path, max_pixels=max_pixels)
+                limits.check_samples(s.path, (head["pixels"], head["channels_in_file"]), limit=max_pixels)
+                _check_channels(s, head["channels_in_file"])
         except CpsnakeError as exc:
             s.status, s.reason = "failed", one_line_of(exc)
             continue
+        for note in notes:
+            warnings.warn(note, CpsnakeWarning, stacklevel=2)
         for key, value in head.items():
             setattr(s, key, value)
         s.block = _block(s, block_size)

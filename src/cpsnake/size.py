@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError
+from cpsnake.errors import CpsnakeError, library_text
 
 __all__ = ["read_size_model", "size_model_path", "size_model_for", "diameter_from_style", "estimate_diameter"]
 
@@ -73,16 +73,24 @@ def read_size_model(path: str | os.PathLike, *, style_channels: int | None = Non
         else:
             raise ValueError(f"an array of {header[2]} {header[0]}, not a dict")
     except (ValueError, pickle.UnpicklingError, EOFError, AttributeError, TypeError) as exc:
-        raise CpsnakeError(f"{path}: found no cellpose size model ({' '.join(str(exc).split())}); expected a .npy "
+        raise CpsnakeError(f"{path}: found no cellpose size model ({library_text(exc)}); expected a .npy "
                            f"dict of A, smean, ymean, diam_mean; {fix}") from None
     if not isinstance(obj, dict) or not {"A", "smean", "ymean", "diam_mean"} <= set(obj):
-        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-        raise CpsnakeError(f"{path}: found {keys}, expected a dict with A, smean, ymean and diam_mean; {fix}")
-    params = {"A": np.asarray(obj["A"], np.float64).reshape(-1), "smean": np.asarray(obj["smean"], np.float64).reshape(-1),
-              "ymean": float(np.asarray(obj["ymean"])), "diam_mean": float(np.asarray(obj["diam_mean"]))}
+        found = f"a dict of {len(obj)} keys" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise CpsnakeError(f"{path}: found {found}, expected a dict with A, smean, ymean and diam_mean; {fix}")
+    try:
+        params = {"A": np.asarray(obj["A"], np.float64).reshape(-1),
+                  "smean": np.asarray(obj["smean"], np.float64).reshape(-1),
+                  "ymean": float(np.asarray(obj["ymean"], np.float64)),
+                  "diam_mean": float(np.asarray(obj["diam_mean"], np.float64))}
+    except (TypeError, ValueError) as exc:
+        raise CpsnakeError(f"{path}: found size model values that are not numbers ({library_text(exc)}); expected "
+                           f"arrays of numbers; {fix}") from None
+    if not all(np.all(np.isfinite(v)) for v in params.values()):
+        raise CpsnakeError(f"{path}: found NaN or infinite size model values; expected finite numbers; {fix}")
     S = params["A"].size
     if params["smean"].size != S or (style_channels is not None and S != style_channels) or not \
-            np.all(np.isfinite(params["A"])) or not params["diam_mean"] > 0:
+            params["diam_mean"] > 0:
         raise CpsnakeError(f"{path}: found a size model for styles of {S} values (smean {params['smean'].size}, "
                            f"diam_mean {params['diam_mean']}), expected {style_channels or S} values (the network's "
                            f"deepest width) and a positive diam_mean; {fix}")

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError, guard
+from cpsnake.errors import CpsnakeError, guard, library_text
 
 __all__ = [
     "list_pairs",
@@ -151,8 +151,8 @@ def _read_index(path: Path) -> "pd.DataFrame":
     try:
         return read_frame(pd.read_csv(path, dtype=str))
     except Exception as exc:
-        raise CpsnakeError(f"{path}: not a readable CSV ({exc}); expected an index.csv with a 'file' column; "
-                           "save it as a plain CSV (UTF-8)") from None
+        raise CpsnakeError(f"{path}: not a readable CSV ({library_text(exc)}); expected an index.csv with a 'file' "
+                           "column; save it as a plain CSV (UTF-8)") from None
 
 
 def read_mask(path: Path, shape: tuple[int, int], *, max_pixels: int | None = None) -> np.ndarray:
@@ -376,7 +376,7 @@ def load_checkpoint(path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CpsnakeError(f"{path}: not a loadable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+        raise CpsnakeError(f"{path}: not a loadable checkpoint ({library_text(exc)}); "
                            f"expected {what}; resume from an earlier checkpoint or start again") from None
     if not isinstance(ck, dict) or not {"model", "optimizer", "step", "seed"} <= set(ck):
         raise CpsnakeError(f"{path}: found no model/optimizer/step/seed entries; expected a cpsnake train checkpoint")

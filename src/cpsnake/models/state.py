@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cpsnake import files, limits, statefile
-from cpsnake.errors import CpsnakeError
+from cpsnake.errors import CpsnakeError, library_text
 
 __all__ = ["load_state_dict_file", "check_tensors", "check_keys", "save_tensors", "save_model"]
 
@@ -93,8 +93,8 @@ def check_tensors(
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    """The start of a library's message, without the quoted pieces of the file (:func:`errors.library_text`)."""
+    return library_text(exc)
 
 
 def check_keys(net: nn.Module, state: Mapping[str, torch.Tensor], source: str, prefix: str = "",
