@@ -187,8 +187,6 @@ BAD = [
     ("train", ["--diam-range", "0", "10"], "0"),
     ("train", ["--diam-range", "60", "10"], "60 10"),
     ("train", ["--diam-labels", "1e9"], "1e9"),
-    ("train", ["--val-every", "0"], "0"),
-    ("train", ["--save-every", "0"], "0"),
     ("train", ["--log-every", "0"], "0"),
     ("train", ["--val-max", "0"], "0"),
     ("train", ["--min-train-masks", "-1"], "-1"),

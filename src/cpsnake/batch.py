@@ -145,9 +145,10 @@ def read_manifest(path: str | os.PathLike) -> list[Outcome]:
 
     what = "a step manifest written by `cpsnake batch`"
     regular_file(path, what)
-    csv.field_size_limit(1 << 30)  # the info column holds normalization records
+    from cpsnake.tables import field_limit
+
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with field_limit(1 << 30), open(path, newline="", encoding="utf-8") as fh:  # info: normalization records
             return [Outcome(read_cell(r["sample"]), read_cell(r["status"]), read_cell(r["reason"]), float(r["seconds"]),
                             json.loads(r["info"]))
                     for r in csv.DictReader(fh, delimiter="\t")]

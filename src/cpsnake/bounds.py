@@ -69,9 +69,9 @@ option                  allowed                    why
 [1, 256] images per step (each holds its activations and gradients), ``--lr`` (0, 1], ``--weight-decay``
 [0, 10], ``--warmup`` and ``--decay`` [0, 10,000,000] steps, ``--layer-drop`` [0, 1], ``--diam-range``
 [1, 1500] px each (training images are resized to these diameters: as ``--diameter``),
-``--diam-labels`` [1, 1500], ``--val-every``, ``--save-every``, ``--log-every`` [1, 10,000,000] (they
-divide the step count), ``--val-max`` [1, 10,000,000], ``--min-train-masks`` [0, 1,000,000],
-``--workers`` [0, 64] processes, ``--seed`` [0, 2^32 - 1] (numpy's seeds). ``cpsnake train-size``:
+``--diam-labels`` [1, 1500], ``--log-every`` [1, 10,000,000], ``--val-every``, ``--save-every``
+[0, 10,000,000] (they divide the step count; 0 = never, at the end only), ``--val-max`` [1, 10,000,000],
+``--min-train-masks`` [0, 1,000,000], ``--workers`` [0, 64] processes, ``--seed`` [0, 2^32 - 1] (numpy's seeds). ``cpsnake train-size``:
 ``--per-image`` [1, 1000] draws, ``--crop`` [16, 4096] px (the largest side fed to the network),
 ``--diam-range`` as training's, ``--l2`` [0, 1,000,000], ``--seed``, ``--min-train-masks`` as training's.
 
@@ -171,8 +171,8 @@ BOUNDS: dict[str, Bound] = {
     "train --diam-range": Bound(float, 1, 1500, "a cell diameter in px",
                                 "training images are resized to it, as for --diameter"),
     "train --diam-labels": Bound(float, 1, 1500, "a cell diameter in px", "as --diameter"),
-    "train --val-every": Bound(int, 1, 10_000_000, _STEPS, "it divides the step count"),
-    "train --save-every": Bound(int, 1, 10_000_000, _STEPS, "it divides the step count"),
+    "train --val-every": Bound(int, 0, 10_000_000, _STEPS, "it divides the step count; 0 = never"),
+    "train --save-every": Bound(int, 0, 10_000_000, _STEPS, "it divides the step count; 0 = at the end only"),
     "train --log-every": Bound(int, 1, 10_000_000, _STEPS, "it divides the step count"),
     "train --val-max": Bound(int, 1, 10_000_000, "a number of validation images", "a count"),
     "train --min-train-masks": Bound(int, 0, 1_000_000, "a number of objects", "a count"),

@@ -76,7 +76,10 @@ def is_ome_zarr(path: str | os.PathLike) -> bool:
     """True for a folder holding a Zarr group (an entry ``zarr.json``, ``.zgroup`` or ``.zattrs`` of any kind:
     only ``stat`` is used, and a FIFO or broken link among them is refused when the folder is opened)."""
     p = Path(path)
-    return p.is_dir() and any(os.path.lexists(p / n) for n in ZARR_NAMES)
+    try:
+        return p.is_dir() and any(os.path.lexists(p / n) for n in ZARR_NAMES)
+    except OSError:  # a name too long for the file system, ...: not a folder; the file readers say what it is
+        return False
 
 
 def _inside(real: str, real_root: str) -> bool:

@@ -204,6 +204,7 @@ def _parse_positive(text: str, where: str, what: str) -> float | None:
 
 
 MAX_SHEET_BYTES = 64 * 2**20  # a sample sheet of about 300,000 rows
+SHEET_CELL_CHARS = 131_072  # the csv module's default field size limit, set explicitly (tables.field_limit)
 SHEET_COLUMNS = ("sample", "path", "channels", "diameter", "pixel_size")
 SHEET = "a sample sheet (UTF-8 text, TSV or CSV: sample, path[, channels, diameter, pixel_size])"
 QUOTING = "TSV or CSV cells, each quoted whole or not at all"
@@ -217,15 +218,18 @@ _CSV_PROBLEMS = {  # csv.Error text -> (found, expected)
 
 def _sheet_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str]]]:
     """(first line, cells) of each non-blank row of a sheet's ``text``; malformed CSV / TSV is a CpsnakeError."""
+    from cpsnake.tables import field_limit
+
     reader = csv.reader(StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows, line = [], 1
+    limit = SHEET_CELL_CHARS
     try:
-        for cells in reader:
-            if cells:
-                rows.append((line, cells))
-            line = reader.line_num + 1
+        with field_limit(limit):
+            for cells in reader:
+                if cells:
+                    rows.append((line, cells))
+                line = reader.line_num + 1
     except csv.Error as exc:
-        limit = csv.field_size_limit()
         found, expected = next(((f.format(limit=limit), e.format(limit=limit))
                                 for k, (f, e) in _CSV_PROBLEMS.items() if k in str(exc)),
                                (f"malformed CSV ({exc})", QUOTING))

@@ -536,9 +536,6 @@ def main(argv: list[str] | None = None) -> int:
     reconstruct.check_options(args)
     check_halo(args.block_halo, args.block_size)
     check_names(args.images)
-    from cpsnake.outputs import writable_folder
-
-    writable_folder(args.out)  # a read-only or misnamed --out: one line before any image is read
     failed, images = 0, []
     for image in args.images:
         try:
@@ -551,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     if not images:  # nothing left to segment: the model is not loaded (nor torch imported)
         print(f"cpsnake segment: {failed} of {len(args.images)} images failed", file=sys.stderr)
         return 1
+    from cpsnake.outputs import writable_folder
+
+    writable_folder(args.out)  # a read-only or misnamed --out: one line before the model loads
     path = weights.resolve(args.model, cache_dir=args.cache_dir, progress=True)
     statefile.check(path)  # a hostile weights file is refused before torch is imported
     ropts = reconstruct.options(args)

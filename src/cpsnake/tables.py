@@ -20,14 +20,15 @@ DataFrame) write tables with both rules.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["FORMULA_START", "cell", "read_cell", "frame", "read_frame", "writer", "to_csv"]
+__all__ = ["FORMULA_START", "cell", "read_cell", "frame", "read_frame", "writer", "to_csv", "field_limit"]
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
@@ -106,3 +107,17 @@ def to_csv(df: "pd.DataFrame", path, **kwargs) -> None:
     text = [out.iloc[:, i] for i in range(out.shape[1]) if pd.api.types.is_string_dtype(out.dtypes.iloc[i])]
     cr = _has_cr(out.columns) or any(_has_cr(col) for col in text)
     out.to_csv(path, index=False, quoting=csv.QUOTE_ALL if cr else csv.QUOTE_MINIMAL, **kwargs)
+
+
+@contextlib.contextmanager
+def field_limit(chars: int) -> Iterator[None]:
+    """While the block runs, the ``csv`` module refuses cells of more than ``chars`` characters.
+
+    The limit is the module's one global setting; it is put back afterwards, so no reader depends on what
+    another set before it.
+    """
+    saved = csv.field_size_limit(int(chars))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(saved)
