@@ -365,6 +365,20 @@ def _failed_late_files_removed(inp, tmp_path, capsys, monkeypatch):
     assert (res / "logs" / "images" / f"{NAME}.log").is_file()
 
 
+def _scratch_full(inp, tmp_path, capsys, monkeypatch):
+    """Block-wise segmentation keeps block flows and the label image in a scratch folder ($TMPDIR): a full
+    scratch disk is one line naming it and the fix (TMPDIR), and no output is left."""
+    import tempfile
+
+    with tmpfs(tmp_path / "scratch", size=1 << 20, full=True) as mnt:
+        monkeypatch.setattr(tempfile, "tempdir", str(mnt))
+        out = tmp_path / "out"
+        run = in_process(capsys, "segment", inp["img"], "--model", inp["model"], *FIND, "--block-size", "512",
+                         "--out", out)
+        assert_one_error_line(run, "segment", mnt, pattern=r"scratch folder .*found a full disk.*TMPDIR")
+        assert files_under(out) == [], files_under(out)
+
+
 ALL_OR_NOTHING = {
     **{f"segment: the disk fills at {f.split('/')[0]}/{f.split('.')[-1]}": _segment_full_at(k, False)
        for k, f in enumerate(SEGMENT_FILES)},
@@ -373,6 +387,7 @@ ALL_OR_NOTHING = {
     "a rename fails: the files before come back": _rename_fails_old_files_return,
     "batch measure --geojson: the disk fills at the GeoJSON": _batch_measure_full,
     "workflow-free run: a late failure removes the earlier files": _failed_late_files_removed,
+    "segment in blocks: the scratch disk is full": _scratch_full,
 }
 
 

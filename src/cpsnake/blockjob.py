@@ -152,11 +152,10 @@ def stitch_file(files: list[Path], out_tif, *, shape: tuple[int, int], block: in
     a Zarr array in a temporary folder), then the label TIFF ``out_tif`` (and OME-Zarr labels at ``ome_zarr``)
     written band by band; returns the blocks' report. A block file that holds an error fails the image with
     its reason."""
-    import tempfile
-
     import zarr
 
     from cpsnake.blockout import write_label_tiff
+    from cpsnake.outputs import scratch_folder
     from cpsnake.blocks import Block, finish_blocks, halo_advice
 
     heads = []
@@ -181,7 +180,7 @@ def stitch_file(files: list[Path], out_tif, *, shape: tuple[int, int], block: in
         with np.load(files[k], allow_pickle=False) as z:
             return z["seeds"], (z["dP"] if "dP" in z.files else None)
 
-    with tempfile.TemporaryDirectory(prefix="cpsnake-labels-") as tmp:
+    with scratch_folder("cpsnake-labels-") as tmp:
         store = zarr.create_array(f"{tmp}/labels.zarr", shape=shape, chunks=(1024, 1024), dtype="int32", fill_value=0)
         labels, report = finish_blocks(grid, load, shape, max(int(h["heat_niter"]) for h in heads),
                                        flow_threshold=flow_threshold, min_size=min_size, reconstruct_device=device,

@@ -302,14 +302,14 @@ def segment_blocks(net, read: Callable[[int, int, int, int], np.ndarray], shape:
     Returns the labels and a report: ``blocks``, ``block``, ``halo``, ``objects``, ``cut`` (owned objects
     that reach their read region's edge: possibly cut, raise the halo) and ``conflict_pixels``.
     """
-    import tempfile
+    from cpsnake.outputs import scratch_folder
 
     check_block_size(net, block)
     store = labels
     check = flow_threshold is not None and flow_threshold > 0
     grid = block_grid(shape, block, halo)
     heat_niter = 0
-    with tempfile.TemporaryDirectory(prefix="cpsnake-blocks-", dir=scratch) as tmp:
+    with scratch_folder("cpsnake-blocks-", scratch) as tmp:
         for k, b in enumerate(grid):  # pass 1: flows and masks up to the flow-error check
             if progress is not None:
                 progress("flows", b)

@@ -42,7 +42,7 @@ from typing import Iterator
 from cpsnake.errors import CpsnakeError, one_line
 
 __all__ = ["atomic_output", "all_or_nothing", "written", "make_folder", "writable_folder", "check_output",
-           "check_target", "output_error", "discard"]
+           "check_target", "output_error", "discard", "scratch_folder"]
 
 _PENDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("cpsnake_pending_outputs", default=None)
 
@@ -125,17 +125,25 @@ def make_folder(path: str | os.PathLike) -> Path:
 
 
 def writable_folder(path: str | os.PathLike) -> Path:
-    """:func:`make_folder`, then a probe file created and removed in it: a folder that cannot be written is a
-    one-line CpsnakeError before any work is done (root ignores permissions but not a read-only disk)."""
+    """Check that files can be written in the folder ``path`` before any work is done: the folder is made
+    (:func:`make_folder`), a probe file created and removed in it, and the folders made for the probe removed
+    again, so a check leaves nothing behind; a folder that cannot be written is a one-line CpsnakeError (root
+    ignores permissions but not a read-only disk)."""
     import tempfile
 
-    path = make_folder(path)
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if not os.path.lexists(p)]  # deepest first
+    make_folder(path)
     try:
         fd, probe = tempfile.mkstemp(prefix=".cpsnake-probe-", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise output_error(path, exc) from None
+    finally:
+        for p in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(p)
     return path
 
 
@@ -164,6 +172,31 @@ def check_target(path: str | os.PathLike, *, folder: bool = False) -> None:
                            f"(`rm {path}` leaves its target alone) or write elsewhere")
     raise CpsnakeError(f"{path}: found {_kind(mode)} under an output name; expected {expected}, or nothing; move or "
                        "remove it, or write elsewhere")
+
+
+_SCRATCH_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def scratch_folder(prefix: str, folder: str | os.PathLike | None = None) -> Iterator[str]:
+    """A temporary folder (in ``folder``, default the system's: ``$TMPDIR`` or /tmp), removed afterwards.
+
+    Scratch data (block flows, a label image built on disk) is no output, but its disk fills up too: an
+    ``OSError`` of a full, read-only or unwritable scratch disk raised inside the block is one line naming
+    the folder and the fix (set ``TMPDIR``); other errors pass unchanged.
+    """
+    import tempfile
+
+    base = Path(folder) if folder is not None else Path(tempfile.gettempdir())
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=folder) as tmp:
+            yield tmp
+    except OSError as exc:
+        if exc.errno not in _SCRATCH_ERRNOS:
+            raise
+        reason = output_error(base, exc)
+        raise CpsnakeError(f"scratch folder {reason}; or point TMPDIR at a disk with room (export TMPDIR=/path)"
+                           ) from None
 
 
 def discard(path: str | os.PathLike) -> None:

@@ -319,12 +319,11 @@ def _segment_region_file(path: Path, net, region, args, opts: dict, keep):
     Returns labels (the Zarr array in blocks), flows and the image (C, Y, X) (both None in blocks: the outputs
     are then written window by window, :mod:`cpsnake.blockout`), the normalization record, seconds and
     parameters."""
-    import tempfile
-
     import zarr
 
     from cpsnake import limits
     from cpsnake.blocks import auto_block_size
+    from cpsnake.outputs import scratch_folder
 
     limits.check_samples(path, region.meta["shape"], limit=args.max_pixels)
     limits.check_min_side(path, region.shape)
@@ -334,7 +333,7 @@ def _segment_region_file(path: Path, net, region, args, opts: dict, keep):
         img = region.read(0, Y, 0, X)
         labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, block=0, **opts)
         return labels, flows, img, record, seconds, {"block_size": 0, "block_halo": None, "read": "whole"}
-    tmp = keep.enter_context(tempfile.TemporaryDirectory(prefix="cpsnake-labels-"))
+    tmp = keep.enter_context(scratch_folder("cpsnake-labels-"))
     store = zarr.create_array(f"{tmp}/labels.zarr", shape=(Y, X), chunks=(1024, 1024), dtype="int32", fill_value=0)
     ropts = {k: v for k, v in opts.items() if k != "size_params"}
     labels, record, seconds = segment_regions(net, region, block=block, halo=args.block_halo, labels=store, **ropts)

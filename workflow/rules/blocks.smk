@@ -17,7 +17,7 @@ rule block:
     benchmark:
         f"{RESULTS}/benchmarks/block/{{batch}}/{{sample}}/{{k}}.tsv"
     wildcard_constraints:
-        sample=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        sample=r"[^/]+",  # a file's name, whatever it starts with
         k=r"[0-9]+",
     conda:
         "../../envs/cpsnake.yaml"
@@ -31,7 +31,8 @@ rule block:
         limit=limit_args(),
         args=block_args(),
     shell:
+        # options first, then `--`: a sample name may start with '-'
         "device=$([ {resources.gpu} -gt 0 ] && echo cuda || echo auto); "
-        f"{CPSNAKE} block {shlex.quote(SAMPLES_TABLE)} {{wildcards.batch}} {{wildcards.sample:q}} {{wildcards.k}}"
-        f" --results {shlex.quote(RESULTS)}"
-        " --model {input.model:q} --device $device {params.args} {params.limit} > {log:q} 2>&1"
+        f"{CPSNAKE} block --results {shlex.quote(RESULTS)}"
+        " --model {input.model:q} --device $device {params.args} {params.limit}"
+        f" -- {shlex.quote(SAMPLES_TABLE)} {{wildcards.batch}} {{wildcards.sample:q}} {{wildcards.k}} > {{log:q}} 2>&1"
