@@ -129,7 +129,9 @@ def check_bounds():
 
     try:
         bounds.check_config(config)
-        batches = -(-len(LISTED) // int(config["batch"]["images"]))  # at least this many
+        batches = -(
+            -len(LISTED) // int(config["batch"]["images"])
+        )  # at least this many
         bounds.check_jobs(batches, images=len(LISTED), at_least=True)
     except CpsnakeError as exc:
         fail(exc)
