@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
+# pytest processes of `make test` (pytest-xdist): one per core
+TEST_JOBS ?= auto
 
 .PHONY: setup run test test-fast lint clean
 
@@ -27,7 +29,7 @@ $(VENV)/cellpose3/.installed: $(VENV)/.installed
 
 ## every test, real ImageJ and SLURM included (.ci/run installs those first)
 test: setup $(VENV)/cellpose3/.installed
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -n $(TEST_JOBS)
 
 test-fast: setup $(VENV)/cellpose3/.installed
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -m "not slow and not slurm and not imagej and not workflow"
