@@ -83,8 +83,8 @@ def segment(img: np.ndarray, *, min_distance: int = 10, min_size: int = 15) -> n
 def main(argv=None) -> int:
     import tifffile
 
-    from cpsnake import evaluate
-    from cpsnake.io import write_labels
+    from cpsnake.training import evaluate
+    from cpsnake.io.images import write_labels
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="split folder with images/, masks/, index.csv")

@@ -1,4 +1,4 @@
-"""Benchmark: the files of a block-wise segmentation written window by window (`cpsnake.blockout`) against
+"""Benchmark: the files of a block-wise segmentation written window by window (`cpsnake.export.blockout`) against
 the whole-image path; wall time and peak memory per image size, and whether the files are equal.
 
     python benchmarks/bench_block_outputs.py [--sizes 4096 8192 20000] [--whole-up-to 8192] [--spacing 32]
@@ -9,14 +9,14 @@ BigTIFF), the labels a Zarr array on disk of nucleus-sized ellipses (radii 6-10 
 both written chunk by chunk, never whole. Each side runs in a fresh subprocess: ``blockout.write_outputs``
 (label TIFF, ROI zip, measurement table, overlay: what `cpsnake segment` writes after a block-wise
 segmentation) reading both by region, and, up to ``--whole-up-to`` px, the whole-image path
-(``segment._image_outputs`` on the image and labels read whole, as before `cpsnake.blockout`). Printed:
+(``segment._image_outputs`` on the image and labels read whole, as before `cpsnake.export.blockout`). Printed:
 wall time, the child's peak resident memory (``ru_maxrss``, the interpreter and numpy included), objects,
 and for the sizes run both ways whether every file is the same (ROI zip entries compared by content).
 
 With ``--steps``, each of the workflow's batch steps for an image in blocks then runs alone in a fresh
-subprocess as its job does (``cpsnake.batch`` imported, then ``blockjob.values_file`` on the image, or
+subprocess as its job does (``cpsnake.run.batch`` imported, then ``blockjob.values_file`` on the image, or
 ``blockout.rois_file`` / ``measure_file`` / ``overlay_file`` on the label TIFF just written), and its peak
-RSS is printed next to the memory request the workflow makes for it (:func:`cpsnake.jobmem.step_mb`,
+RSS is printed next to the memory request the workflow makes for it (:func:`cpsnake.run.jobmem.step_mb`,
 blocks of ``--block`` px): the measurements behind those requests.
 """
 
@@ -40,7 +40,7 @@ import json, resource, sys, time
 from pathlib import Path
 import numpy as np, zarr
 from cpsnake import blockout, regions
-from cpsnake.segment import _image_outputs
+from cpsnake.run.segment import _image_outputs
 side, src, labels_path, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 labels = zarr.open_array(labels_path, mode="r")
 t0 = time.perf_counter()
@@ -139,7 +139,7 @@ def main() -> None:
                          f"; files equal: {same_files(Path(tmp) / 'blocks', Path(tmp) / 'whole')}")
             print(f"{line}; {load()}", flush=True)
             if args.steps:
-                from cpsnake.jobmem import step_mb
+                from cpsnake.run.jobmem import step_mb
 
                 for step in ("normalize", "rois", "measure", "overlay"):
                     out = subprocess.run([sys.executable, "-c", STEP, step, str(src), f"{tmp}/blocks/masks/mosaic.tif",

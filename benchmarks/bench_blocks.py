@@ -5,7 +5,7 @@
 For each size S a synthetic S x S uint16 mosaic is written as a tiled (512 px), zlib-compressed BigTIFF:
 the demo's BBBC039 nuclei image (CC0, 520 x 696) mirrored at every repeat, so nuclei cross the seams and
 the block borders everywhere. Each mosaic is written tile by tile (never whole in memory) and segmented in
-a fresh subprocess by :func:`cpsnake.segment.segment_regions` with the bundled model on the CPU: one
+a fresh subprocess by :func:`cpsnake.run.segment.segment_regions` with the bundled model on the CPU: one
 streaming pass for the normalization values, then blocks of ``--block`` px (halo 96) read from the file,
 the label image built in a Zarr array on disk. The child reports its wall time, its own peak resident
 memory (``ru_maxrss``: interpreter, torch, the model, numpy and every buffer included) and the objects
@@ -37,7 +37,7 @@ CHILD = r"""
 import json, resource, sys, time
 import zarr
 from cpsnake import models, regions, weights
-from cpsnake.segment import segment_regions
+from cpsnake.run.segment import segment_regions
 src, model, block, tmp = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 net = models.load_model(weights.resolve(model), device="cpu")
 t0 = time.perf_counter()
@@ -62,7 +62,7 @@ def write_mosaic(path: Path, size: int, tile: int = 512) -> None:
     """An S x S uint16 mosaic of the demo image (see the module doc), written tile by tile."""
     import tifffile
 
-    from cpsnake.io import read_image
+    from cpsnake.io.images import read_image
 
     src = read_image(DEMO)[0][0].astype(np.uint16)
     h, w = src.shape

@@ -1,4 +1,4 @@
-"""Benchmark: cpsnake.infer.run_net vs cellpose 4's core.run_net, same network, same 1000x1000 image.
+"""Benchmark: cpsnake.engine.infer.run_net vs cellpose 4's core.run_net, same network, same 1000x1000 image.
 
     python benchmarks/bench_infer.py [--size 1000] [--repeats 3] [--threads 1] [--tiny] [--augment]
 
@@ -51,7 +51,7 @@ class CellposeWrap(torch.nn.Module):
 def bench(name, net, img, repeats, augment):
     from cellpose import core
 
-    from cpsnake import infer
+    from cpsnake.engine import infer
 
     net.eval()
     wrapped = CellposeWrap(net)
@@ -67,7 +67,7 @@ def bench(name, net, img, repeats, augment):
             t, out[k] = timed(sides[k])
             times[k].append(t)
     diff = np.abs(out["ours"] - out["cellpose"].transpose(2, 0, 1)).max()
-    from cpsnake.tiles import make_tiles
+    from cpsnake.engine.tiles import make_tiles
 
     _, layout = make_tiles(img, augment=augment)
     print(f"{name:<12} {img.shape[1]}x{img.shape[2]} C={img.shape[0]} tiles={layout.n_tiles:<4} augment={augment!s:<5} "
@@ -89,10 +89,10 @@ def main():
     for augment in [False, True] if args.augment else [False]:
         bench("small-conv", SmallConv(), img, args.repeats, augment)
         if args.tiny:
-            from cpsnake import models
+            from cpsnake.models.cpsam import build_cpsam
 
             torch.manual_seed(0)
-            bench("tiny-cpsam", models.build_cpsam("tiny"), img, args.repeats, augment)
+            bench("tiny-cpsam", build_cpsam("tiny"), img, args.repeats, augment)
     print(f"end: {load()}")
 
 

@@ -49,7 +49,7 @@ def cellpose_cpsam(arch: str, seed: int = 0) -> torch.nn.Module:
 
 
 def versus_cellpose(arch: str, batch: int, repeats: int) -> None:
-    from cpsnake.models import load_model
+    from cpsnake.models.registry import load_model
 
     ref = cellpose_cpsam(arch)
     with tempfile.TemporaryDirectory() as tmp:

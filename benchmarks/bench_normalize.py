@@ -1,4 +1,4 @@
-"""Benchmark: cpsnake.normalize.normalize vs cellpose.transforms.normalize_img (4.2.1.1).
+"""Benchmark: cpsnake.engine.normalize.normalize vs cellpose.transforms.normalize_img (4.2.1.1).
 
 Prints, per image size and dtype: wall time (median and range of N runs, the two sides alternated) and
 peak extra memory (tracemalloc, numpy allocations) of both, their ratios, and the largest absolute
@@ -52,7 +52,7 @@ def row(name, ours, ref, extra):
 def main() -> None:
     from cellpose.transforms import normalize_img
 
-    from cpsnake.normalize import normalize
+    from cpsnake.engine.normalize import normalize
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
@@ -98,7 +98,7 @@ def read_images(repeat: int) -> None:
     import tifffile
     from cellpose.io import imread
 
-    from cpsnake.io import read_image
+    from cpsnake.io.images import read_image
 
     rng = np.random.default_rng(1)
     print(f"\n{'read':36s} {HEADER} {'equal':>10s}")

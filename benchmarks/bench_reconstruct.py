@@ -5,7 +5,7 @@
 For each size a synthetic label image of touching / near-touching roundish cells is made (jittered
 grid seeds every 29 px, Voronoi cells clipped at a radius of 10-15 px: ~5,000 cells at 2048^2,
 ~20,000 at 4096^2); flows = masks_to_flows * 5 (the network's scale) + Gaussian noise (sd 1.0),
-cellprob logits +3 inside / -3 outside + noise (sd 1.5). Ours (``cpsnake.reconstruct.compute_masks``)
+cellprob logits +3 inside / -3 outside + noise (sd 1.5). Ours (``cpsnake.engine.reconstruct.compute_masks``)
 and theirs (``cellpose.dynamics.resize_and_compute_masks``, default settings, CPU) each run in a fresh
 subprocess; the child reports its wall time and its own peak resident memory (``ru_maxrss``, which
 includes the interpreter, numpy and torch). Each side runs ``--repeat`` times per size, alternating which
@@ -34,7 +34,7 @@ import numpy as np
 which, src, dst = sys.argv[1:4]
 flows = np.load(src)
 if which == "ours":
-    from cpsnake.reconstruct import compute_masks
+    from cpsnake.engine.reconstruct import compute_masks
     t0 = time.perf_counter()
     masks = compute_masks(flows)
 else:
@@ -69,7 +69,7 @@ def synthetic_labels(shape: tuple[int, int], *, spacing: int = 29, seed: int = 0
 
 def synthetic_flows(labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """Network-like flows (3, Y, X) float32 from labels: unit flows * 5 + noise, cellprob +-3 + noise."""
-    from cpsnake.dynamics import masks_to_flows
+    from cpsnake.engine.dynamics import masks_to_flows
 
     rng = np.random.default_rng(seed + 1)
     flows = np.empty((3, *labels.shape), np.float32)

@@ -4,9 +4,9 @@
 
 A synthetic label stack of touching / near-touching roundish objects is made (jittered grid seeds every
 21 x 28 x 28 voxels, 3-D Voronoi cells clipped at a radius of 9-13 voxels: ~1,000 objects at
-64 x 512 x 512); flows = 3-D heat flows (``cpsnake.heat3d.masks_to_flows_3d``, equal to cellpose's
+64 x 512 x 512); flows = 3-D heat flows (``cpsnake.engine.heat3d.masks_to_flows_3d``, equal to cellpose's
 ``masks_to_flows_gpu_3d`` after float32 rounding) * 5 + Gaussian noise (sd 1.0), cellprob logits +3
-inside / -3 outside + noise (sd 1.5). Ours (``cpsnake.reconstruct3d.compute_masks_3d``) and theirs
+inside / -3 outside + noise (sd 1.5). Ours (``cpsnake.engine.reconstruct3d.compute_masks_3d``) and theirs
 (``cellpose.dynamics.resize_and_compute_masks(dP, cellprob, do_3D=True)``, default settings, CPU) each
 run in a fresh subprocess; the child reports its wall time and its own peak resident memory
 (``ru_maxrss``, which includes the interpreter, numpy, torch and the flows it loaded). Each side runs
@@ -35,7 +35,7 @@ import numpy as np
 which, src, dst = sys.argv[1:4]
 flows = np.load(src)
 if which == "ours":
-    from cpsnake.reconstruct3d import compute_masks_3d
+    from cpsnake.engine.reconstruct3d import compute_masks_3d
     t0 = time.perf_counter()
     masks = compute_masks_3d(flows)
 else:
@@ -70,7 +70,7 @@ def synthetic_stack(shape: tuple[int, int, int], *, spacing=(21, 28, 28), seed: 
 
 def synthetic_flows(labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """Network-like flows (4, Z, Y, X) float32 from labels: unit flows * 5 + noise, cellprob +-3 + noise."""
-    from cpsnake.heat3d import masks_to_flows_3d
+    from cpsnake.engine.heat3d import masks_to_flows_3d
 
     rng = np.random.default_rng(seed + 1)
     flows = np.empty((4, *labels.shape), np.float32)

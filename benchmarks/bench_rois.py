@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     from cellpose import io as cpio
 
-    from cpsnake.rois import labels_to_rois, write_rois
+    from cpsnake.export.rois import labels_to_rois, write_rois
 
     print(load())
     lab = make_labels(args.size, args.cells)

@@ -3,7 +3,7 @@
     python benchmarks/bench_segment.py [--repeat 3] [--folder ../shared/data/nuclei/val/images]
 
 1. A 1024x1024 fluorescence image (the demo's BBBC039 field, mirrored to 1024x1024) through
-   ``cpsnake.segment.segment_image`` with the bundled ``nuclei_small``, ``--repeat`` times after a
+   ``cpsnake.run.segment.segment_image`` with the bundled ``nuclei_small``, ``--repeat`` times after a
    warm-up: seconds of normalize, infer and reconstruct (median and range).
 2. The same image through the whole command ``cpsnake segment IMAGE --out TMP`` in a fresh process,
    ``--repeat`` times: wall seconds including Python, torch and model start-up and every output file.
@@ -30,7 +30,7 @@ DEMO = ROOT / "resources" / "demo" / "images" / "bbbc039_IXMtest_A24_s9_w152CD67
 
 def image_1024() -> np.ndarray:
     """(1, 1024, 1024) uint16: the demo field, mirrored at its edges to 1024 x 1024."""
-    from cpsnake.io import read_image
+    from cpsnake.io.images import read_image
 
     img, _ = read_image(DEMO)
     tiled = np.concatenate([img, img[:, ::-1]], axis=1)
@@ -50,8 +50,10 @@ def command(args: list[str]) -> float:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from cpsnake import io, models, weights
-    from cpsnake.segment import segment_image
+    from cpsnake.models import weights
+    from cpsnake.io.images import write_tiff
+    from cpsnake.models.registry import load_model
+    from cpsnake.run.segment import segment_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {load()}")
     img = image_1024()
-    net = models.load_model(weights.resolve("nuclei_small"))
+    net = load_model(weights.resolve("nuclei_small"))
     segment_image(net, img[:, :256, :256])  # warm-up
     steps: dict[str, list[float]] = {}
     cells = 0
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"segment_image 1024x1024 ({cells} cells): " + ", ".join(f"{k} {spread(v)}" for k, v in steps.items()))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "img1024.tif"
-        io.write_tiff(path, img, axes="CYX")
+        write_tiff(path, img, axes="CYX")
         walls = [command([str(path), "--out", str(Path(tmp) / f"out{i}")]) for i in range(args.repeat)]
         print(f"cpsnake segment 1024x1024, whole command in a fresh process: {spread(walls)}")
         if args.folder:

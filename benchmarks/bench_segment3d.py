@@ -73,7 +73,7 @@ def main() -> int:
         if out.returncode or r["rc"]:
             sys.exit(f"segment failed:\n{out.stderr[-3000:]}")
         got = tifffile.imread(Path(tmp) / "out" / "masks" / "stack.tif")
-        from cpsnake.dynamics import renumber
+        from cpsnake.engine.dynamics import renumber
 
         score, tp, fp, fn = ap_at(np.load(Path(tmp) / "truth.npy"), renumber(got.astype(np.int32)), iou=0.5)
         print(f"segment --do-3d: exit {r['rc']}, wall {r['time_s']:.0f} s, peak RSS {r['peak_rss_gb']:.2f} GB "

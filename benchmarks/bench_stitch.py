@@ -1,4 +1,4 @@
-"""Benchmark: stitching per-plane labels into 3-D objects, cpsnake.stitch vs cellpose 4.2.1.1's stitch3D.
+"""Benchmark: stitching per-plane labels into 3-D objects, cpsnake.stacks.stitch vs cellpose 4.2.1.1's stitch3D.
 
     python benchmarks/bench_stitch.py [--shape 32 512 512] [--spacing 16] [--thresholds 0.25 0.9] [--repeat 3]
 
@@ -61,7 +61,7 @@ def main() -> None:
 
     cellpose.utils.trange = range  # no progress bar on stderr (it would interleave with the table)
 
-    from cpsnake.stitch import stitch_planes
+    from cpsnake.stacks.stitch import stitch_planes
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", type=int, nargs=3, default=[32, 512, 512])

@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 def main(argv: list[str] | None = None) -> int:
     from test_blocks import nuclei_mosaic
 
-    from cpsnake import models
-    from cpsnake.evaluate import matched, overlap_pairs
-    from cpsnake.segment import segment_image
+    from cpsnake.models.registry import load_model
+    from cpsnake.training.evaluate import matched, overlap_pairs
+    from cpsnake.run.segment import segment_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", type=int, default=4096)
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--halo", type=int, default=96)
     args = ap.parse_args(argv)
     img = nuclei_mosaic(args.side)[np.newaxis]
-    net = models.load_model(ROOT / "resources" / "models" / "nuclei_small.pt", device="cpu")
+    net = load_model(ROOT / "resources" / "models" / "nuclei_small.pt", device="cpu")
     t0 = time.perf_counter()
     whole = segment_image(net, img)[0]
     t1 = time.perf_counter()

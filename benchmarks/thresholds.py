@@ -21,11 +21,13 @@ EVERY = {"fluorescence_gray": 40, "color_histology_or_brightfield": 8, "brightfi
 def main() -> None:
     import torch
 
-    from cpsnake import io, models, weights
-    from cpsnake.evaluate import pool, read_label_file, scores
-    from cpsnake.infer import predict
-    from cpsnake.normalize import normalize
-    from cpsnake.reconstruct import compute_masks
+    from cpsnake.models import weights
+    from cpsnake.io.images import read_image
+    from cpsnake.models.registry import load_model
+    from cpsnake.training.evaluate import pool, read_label_file, scores
+    from cpsnake.engine.infer import predict
+    from cpsnake.engine.normalize import normalize
+    from cpsnake.engine.reconstruct import compute_masks
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="split folder: images/, masks/, index.csv")
@@ -36,10 +38,10 @@ def main() -> None:
 
     rows = list(csv.DictReader(open(args.data / "index.csv")))
     pick = [r for m, k in EVERY.items() for r in [r for r in rows if r["modality"] == m][::k]]
-    net = models.load_model(weights.resolve(args.model), device="cpu")
+    net = load_model(weights.resolve(args.model), device="cpu")
     results: dict = {pair: {} for pair in PAIRS}
     for r in pick:
-        img, _ = io.read_image(args.data / "images" / r["file"])
+        img, _ = read_image(args.data / "images" / r["file"])
         stem = r["file"].rsplit(".", 1)[0]
         true = read_label_file(next((args.data / "masks").glob(stem + ".*")))
         flows = predict(net, normalize(img)[0])

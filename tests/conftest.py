@@ -28,7 +28,8 @@ def tiny_model(tmp_path_factory) -> Path:
     """
     import torch
 
-    from cpsnake.models import build_cpsam, save_model
+    from cpsnake.models.cpsam import build_cpsam
+    from cpsnake.models.state import save_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
@@ -80,10 +81,10 @@ def unet_file(tmp_path_factory):
     """A small seeded random U-Net (diam_mean 17 as cellpose's nuclei models, diam_labels 17) saved as cellpose does."""
     import torch
 
-    from cpsnake import models
+    from cpsnake.models.unet import build_unet
 
     torch.manual_seed(0)
-    net = models.build_unet(nbase=(2, 8, 16, 32), diam_mean=17.0)
+    net = build_unet(nbase=(2, 8, 16, 32), diam_mean=17.0)
     with torch.no_grad():
         for name, t in net.state_dict().items():
             if name.endswith("running_var"):

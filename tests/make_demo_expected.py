@@ -25,8 +25,10 @@ OUT = ROOT / "tests" / "data" / "demo_expected"
 
 
 def write(model: str) -> int:
-    from cpsnake import cli, io, weights
-    from cpsnake.provenance import sha256
+    from cpsnake import cli
+    from cpsnake.models import weights
+    from cpsnake.io.images import read_labels
+    from cpsnake.run.provenance import sha256
 
     images = sorted(p for p in DEMO.iterdir() if p.suffix == ".tif")
     out = OUT / model
@@ -36,7 +38,7 @@ def write(model: str) -> int:
         (out / "masks").mkdir(parents=True, exist_ok=True)
         counts = {}
         for img in images:
-            labels, _ = io.read_labels(Path(tmp) / "masks" / f"{img.stem}.tif")
+            labels, _ = read_labels(Path(tmp) / "masks" / f"{img.stem}.tif")
             counts[img.stem] = int(labels.max())
             tifffile.imwrite(out / "masks" / f"{img.stem}.tif", labels.astype("uint16"), compression="zlib")
     doc = {"model": model, "sha256": sha256(weights.resolve(model)), "cells": counts}
@@ -46,7 +48,7 @@ def write(model: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from cpsnake import weights
+    from cpsnake.models import weights
 
     names = argv or [name for name, entry in weights.REGISTRY.items() if entry.bundled]
     return max(write(name) for name in names)

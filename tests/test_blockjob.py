@@ -1,4 +1,4 @@
-"""Block-wise segmentation as separate jobs (:mod:`cpsnake.blockjob`): values, one file per block, stitch."""
+"""Block-wise segmentation as separate jobs (:mod:`cpsnake.run.blockjob`): values, one file per block, stitch."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from cpsnake import blockjob, io, models, regions
-from cpsnake.blocks import segment_blocks
+from cpsnake.io import regions
+from cpsnake.run import blockjob
+from cpsnake.io.images import read_image, read_labels
+from cpsnake.models.registry import load_model
+from cpsnake.engine.blocks import segment_blocks
 from cpsnake.errors import CpsnakeError
-from cpsnake.normalize import scale
+from cpsnake.engine.normalize import scale
 
 from conftest import ROOT
 
@@ -18,15 +21,15 @@ DEMO = sorted((ROOT / "resources" / "demo" / "images").glob("bbbc039_*.tif"))[0]
 
 @pytest.fixture(scope="module")
 def net():
-    return models.load_model(ROOT / "resources" / "models" / "nuclei_small.pt", device="cpu")
+    return load_model(ROOT / "resources" / "models" / "nuclei_small.pt", device="cpu")
 
 
 def test_block_files_and_stitch_equal_the_one_process_run(tmp_path, net):
     """Values streamed to a file, each block's pass 1 in a call of its own (as separate jobs run them),
-    then the stitch: the labels equal :func:`cpsnake.blocks.segment_blocks` in one process; block files of
+    then the stitch: the labels equal :func:`cpsnake.engine.blocks.segment_blocks` in one process; block files of
     another halo or block size are refused with one line; a block job's error reaches the stitch."""
     src = tmp_path / "demo.tif"
-    tifffile.imwrite(src, io.read_image(DEMO)[0][0], tile=(128, 128), compression="zlib")
+    tifffile.imwrite(src, read_image(DEMO)[0][0], tile=(128, 128), compression="zlib")
     doc = blockjob.values_file(src, tmp_path / "v.json")
     shape = tuple(doc["source"]["shape"])
     files = []
@@ -40,7 +43,7 @@ def test_block_files_and_stitch_equal_the_one_process_run(tmp_path, net):
         ref, ref_report = segment_blocks(net, lambda *r: scale(img.read(*r), record), shape, channels=1, block=512,
                                          halo=64)
     assert report["objects"] == ref_report["objects"] > 30 and len(files) == 4
-    assert np.array_equal(io.read_labels(got)[0], ref)
+    assert np.array_equal(read_labels(got)[0], ref)
     blockjob.block_file(net, src, doc, tmp_path / "other" / "1.npz", 1, block=512, halo=80)
     with pytest.raises(CpsnakeError, match="different grids or halos"):
         blockjob.stitch_file([files[0], tmp_path / "other" / "1.npz", *files[2:]], tmp_path / "x.tif", shape=shape,
@@ -58,7 +61,7 @@ def test_a_too_small_halo_is_reported_by_the_stitch(tmp_path, net):
     import warnings
 
     src = tmp_path / "demo.tif"
-    tifffile.imwrite(src, io.read_image(DEMO)[0][0])
+    tifffile.imwrite(src, read_image(DEMO)[0][0])
     doc = blockjob.values_file(src, tmp_path / "v.json")
     shape = tuple(doc["source"]["shape"])
     files = [tmp_path / f"{k}.npz" for k in range(4)]
@@ -72,7 +75,7 @@ def test_a_too_small_halo_is_reported_by_the_stitch(tmp_path, net):
 
 def test_options_that_need_the_whole_image_are_refused(tmp_path, net):
     src = tmp_path / "demo.tif"
-    tifffile.imwrite(src, io.read_image(DEMO)[0][0])
+    tifffile.imwrite(src, read_image(DEMO)[0][0])
     with pytest.raises(CpsnakeError, match="--tile-norm 100 with an image segmented block by block"):
         blockjob.values_file(src, tmp_path / "v.json", tile_size=100)
     doc = blockjob.values_file(src, tmp_path / "v.json")

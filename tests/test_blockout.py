@@ -1,4 +1,4 @@
-"""The files of a label image too large to hold, written window by window (:mod:`cpsnake.blockout`)."""
+"""The files of a label image too large to hold, written window by window (:mod:`cpsnake.export.blockout`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpsnake import blockout, dynamics
+from cpsnake.engine import dynamics
+from cpsnake.export import blockout
 
 
 def _labels(shape=(300, 340), seed=1) -> np.ndarray:
@@ -55,8 +56,9 @@ def test_windowed_outputs_equal_the_whole_images(tmp_path, monkeypatch, tile, so
     import tifffile
     import zarr
 
-    from cpsnake import ngff, overlay, regions
-    from cpsnake.segment import _image_outputs
+    from cpsnake.export import overlay
+    from cpsnake.io import ngff, regions
+    from cpsnake.run.segment import _image_outputs
 
     monkeypatch.setattr(overlay, "MAX_SIDE", 128)
     monkeypatch.setattr(ngff, "LEVEL_MIN", 100)
@@ -73,11 +75,11 @@ def test_windowed_outputs_equal_the_whole_images(tmp_path, monkeypatch, tile, so
                                   fill_value=0)
         store[:] = lab
     else:
-        from cpsnake import io
+        from cpsnake.io.images import write_labels
 
         perm = np.r_[0, rng.permutation(np.arange(1, lab.max() + 1))].astype(np.int32)
         lab = perm[lab]
-        io.write_labels(tmp_path / "l.tif", lab)
+        write_labels(tmp_path / "l.tif", lab)
         store = blockout.TiffLabels(tmp_path / "l.tif")
     blockout.write_outputs(tmp_path / "b", "slide", path, region, store, int(lab.max()), meta, geojson=True,
                            ome_zarr=True, tile=tile)
@@ -115,18 +117,18 @@ def test_object_boxes_are_find_objects(tmp_path):
 
 def test_big_label_tiff_is_written_tile_by_tile(tmp_path, monkeypatch, capsys):
     """Beyond the classic TIFF's 4 GB (lowered here to 10 kB) the label TIFF is a BigTIFF OME-TIFF written tile
-    by tile, the same bytes as :func:`cpsnake.io.write_labels` of the whole array (but for the file's UUID); float32 above 65,535
+    by tile, the same bytes as :func:`cpsnake.io.images.write_labels` of the whole array (but for the file's UUID); float32 above 65,535
     labels, as there."""
     import tifffile
 
-    from cpsnake import io
+    from cpsnake.io.images import write_labels
 
-    monkeypatch.setattr(io, "CLASSIC_TIFF_BYTES", 10_000)
+    monkeypatch.setattr("cpsnake.io.images.CLASSIC_TIFF_BYTES", 10_000)
     lab = _labels((1100, 1030))
     lab[lab > 0] += 70_000
     a, b = tmp_path / "a.tif", tmp_path / "b.tif"
     blockout.write_label_tiff(a, lab, int(lab.max()), pixel_size=(0.5, 0.5), unit="micron")
-    io.write_labels(b, lab, pixel_size=(0.5, 0.5), unit="micron")
+    write_labels(b, lab, pixel_size=(0.5, 0.5), unit="micron")
     uuid = re.compile(rb'UUID="urn:uuid:[0-9a-f-]+"')  # tifffile gives each OME-TIFF a new one
     assert uuid.sub(b"", a.read_bytes()) == uuid.sub(b"", b.read_bytes())
     with tifffile.TiffFile(a) as tf:

@@ -1,13 +1,13 @@
-"""Block-wise segmentation of a large image (:mod:`cpsnake.blocks`, :mod:`cpsnake.follow2d`)."""
+"""Block-wise segmentation of a large image (:mod:`cpsnake.engine.blocks`, :mod:`cpsnake.engine.follow2d`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cpsnake import blocks, dynamics
+from cpsnake.engine import blocks, dynamics
 from cpsnake.errors import CpsnakeError
-from cpsnake.follow2d import follow_points, step_field
+from cpsnake.engine.follow2d import follow_points, step_field
 
 
 def _follow(dP, cell, niter, origin=(0, 0), full=None):
@@ -21,7 +21,7 @@ def _follow(dP, cell, niter, origin=(0, 0), full=None):
 @pytest.mark.parametrize("shape, niter", [((64, 80), 200), ((37, 129), 50), ((2, 300), 17)])
 def test_compiled_follower_equals_grid_sample_to_the_bit(shape, niter):
     """Random (chaotic) fields: the compiled follower's end points are torch's ``grid_sample`` path's
-    (:func:`cpsnake.dynamics.follow_flows`, cellpose's arithmetic) to the bit.
+    (:func:`cpsnake.engine.dynamics.follow_flows`, cellpose's arithmetic) to the bit.
 
     Catches: the fused multiply-adds of torch's kernel left out (58% of sample points then differ in
     the last bit, and chaos spreads it), another corner order, the step field scaled in float64.
@@ -54,15 +54,15 @@ def test_a_crop_ends_where_the_whole_image_does():
 @pytest.mark.parametrize("diameter, augment", [(None, False), (24.0, False), (None, True)])
 def test_region_flows_equal_the_whole_images(tiny_model, diameter, augment):
     """Flows of regions (inside, at the corners, the whole) taken from the whole image's tile grid equal
-    :func:`cpsnake.infer.predict` on the whole image, with resizing for a diameter and with flip augmentation.
+    :func:`cpsnake.engine.infer.predict` on the whole image, with resizing for a diameter and with flip augmentation.
 
     Catches: a block tiled on its own (other tile positions), tiles blended in another order or with the
     block's own padding, the resize taps of the block instead of the image's, flips by the block's tile index.
     """
-    from cpsnake import models
-    from cpsnake.infer import predict
+    from cpsnake.models.registry import load_model
+    from cpsnake.engine.infer import predict
 
-    net = models.load_model(tiny_model, device="cpu")
+    net = load_model(tiny_model, device="cpu")
     rng = np.random.default_rng(0)
     img = rng.random((2, 300, 420)).astype(np.float32)
     whole = predict(net, img, diameter=diameter, augment=augment)
@@ -138,7 +138,7 @@ def test_too_small_halo_is_reported_with_the_fix():
 
 
 def test_grid_cores_tile_the_image_and_small_blocks_are_refused(tiny_model):
-    from cpsnake import models
+    from cpsnake.models.registry import load_model
 
     grid = blocks.block_grid((1000, 700), 256, 40)
     cover = np.zeros((1000, 700), int)
@@ -147,7 +147,7 @@ def test_grid_cores_tile_the_image_and_small_blocks_are_refused(tiny_model):
         cover[y0:y1, x0:x1] += 1
         assert b.read == (max(0, y0 - 40), min(1000, y1 + 40), max(0, x0 - 40), min(700, x1 + 40))
     assert (cover == 1).all() and len(grid) == 4 * 3
-    net = models.load_model(tiny_model, device="cpu")
+    net = load_model(tiny_model, device="cpu")
     with pytest.raises(CpsnakeError, match="at least 2 tiles"):
         blocks.segment_blocks(net, lambda *r: None, (1000, 1000), channels=1, block=300, halo=32)
 
@@ -192,7 +192,7 @@ def test_blockwise_segment_equals_the_whole_image(tmp_path):
     across = (set(whole[511].tolist()) & set(whole[512].tolist())) | (set(whole[:, 511].tolist()) & set(whole[:, 512].tolist()))
     assert whole.max() > 500 and len(across - {0}) >= 15
     assert np.array_equal(got, whole)
-    # the other files, written window by window from the labels on disk (cpsnake.blockout), are the whole
+    # the other files, written window by window from the labels on disk (cpsnake.export.blockout), are the whole
     # image's too: the same ROIs, overlay and table (less the flow columns, which need the whole image's flows)
     with zipfile.ZipFile(tmp_path / "b0" / "rois" / "mosaic.zip") as a, zipfile.ZipFile(tmp_path / "b512" / "rois" / "mosaic.zip") as b:
         assert a.namelist() == b.namelist() and all(a.read(n) == b.read(n) for n in a.namelist())
@@ -216,11 +216,11 @@ def test_hundreds_of_nuclei_across_block_borders_keep_the_whole_images_labels():
     paths that a block follows differently, ownership of objects whose centre sits on a core's edge)."""
     from conftest import ROOT
 
-    from cpsnake import models
-    from cpsnake.segment import segment_image
+    from cpsnake.models.registry import load_model
+    from cpsnake.run.segment import segment_image
 
     img = nuclei_mosaic(2560)[np.newaxis]
-    net = models.load_model(ROOT / "resources" / "models" / "nuclei_small.pt", device="cpu")
+    net = load_model(ROOT / "resources" / "models" / "nuclei_small.pt", device="cpu")
     whole = segment_image(net, img)[0]
     got, _, record, _ = segment_image(net, img, block=512, halo=96)
     crossing = set()

@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpsnake import cli, evaluate, io, weights
-from cpsnake.provenance import sha256
+from cpsnake import cli
+from cpsnake.models import weights
+from cpsnake.training import evaluate
+from cpsnake.io.images import read_labels
+from cpsnake.run.provenance import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "resources" / "demo" / "images"
@@ -56,8 +59,8 @@ def test_every_bundled_model_has_expectations_made_with_it():
 def test_bundled_model_finds_the_recorded_cells(segmented, name):
     model, out = segmented
     expected_n = _recorded(model)["cells"][name]
-    ours, _ = io.read_labels(out / "masks" / f"{name}.tif")
-    recorded, _ = io.read_labels(EXPECTED / model / "masks" / f"{name}.tif")
+    ours, _ = read_labels(out / "masks" / f"{name}.tif")
+    recorded, _ = read_labels(EXPECTED / model / "masks" / f"{name}.tif")
     n = int(ours.max())
     assert abs(n - expected_n) <= max(1, COUNT_TOLERANCE * expected_n), f"{name}: {n} cells, recorded {expected_n}"
     row = evaluate.scores(recorded, ours, [0.9])

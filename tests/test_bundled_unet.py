@@ -22,9 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpsnake import infer, models, size, weights
-from cpsnake.normalize import normalize
-from cpsnake.reconstruct import compute_masks
+from cpsnake.engine import infer, size
+from cpsnake.models import weights
+from cpsnake.models.registry import load_model
+from cpsnake.models.unet import UNet
+from cpsnake.engine.normalize import normalize
+from cpsnake.engine.reconstruct import compute_masks
 
 DEMO = sorted((Path(__file__).resolve().parents[1] / "resources" / "demo" / "images").glob("*.tif"))
 
@@ -32,8 +35,8 @@ DEMO = sorted((Path(__file__).resolve().parents[1] / "resources" / "demo" / "ima
 @pytest.fixture(scope="module")
 def bundled():
     path = weights.resolve("nuclei_unet")
-    net = models.load_model(path)
-    assert isinstance(net, models.UNet)
+    net = load_model(path)
+    assert isinstance(net, UNet)
     return path, net, size.size_model_for(net, path)
 
 

@@ -1,4 +1,4 @@
-"""cpsnake.dynamics against cellpose 4.2.1.1 (the reference) on tiny synthetic label images."""
+"""cpsnake.engine.dynamics against cellpose 4.2.1.1 (the reference) on tiny synthetic label images."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cpsnake import dynamics
+from cpsnake.engine import dynamics
 from reference import cellpose
 from synthetic import voronoi_cells
 

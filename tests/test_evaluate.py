@@ -1,4 +1,4 @@
-"""cpsnake.evaluate: AP = TP / (TP + FP + FN) with one-to-one IoU matching, as cellpose defines it."""
+"""cpsnake.training.evaluate: AP = TP / (TP + FP + FN) with one-to-one IoU matching, as cellpose defines it."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cpsnake import evaluate
-from cpsnake.io import write_labels
+from cpsnake.training import evaluate
+from cpsnake.io.images import write_labels
 
 
 def _pair():

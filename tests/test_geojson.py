@@ -1,4 +1,4 @@
-"""Label images -> QuPath GeoJSON (:mod:`cpsnake.geojson`)."""
+"""Label images -> QuPath GeoJSON (:mod:`cpsnake.export.geojson`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cpsnake import io
-from cpsnake.geojson import feature_collection, label_polygons, main
-from cpsnake.roi_import import _fill_polygons
+from cpsnake.io.images import write_labels, write_tiff
+from cpsnake.export.geojson import feature_collection, label_polygons, main
+from cpsnake.export.roi_import import _fill_polygons
 from test_rois import hard_shapes
 
 
@@ -70,7 +70,7 @@ def test_cli_with_table_parses_and_carries_measurements(tmp_path):
     """`cpsnake geojson LABELS OUT --table CSV`: valid JSON (no NaN), QuPath's fields, every finite value of the
     label's row as a number, ids stable between runs and distinct between labels."""
     lab = hard_shapes()
-    io.write_labels(tmp_path / "lab.tif", lab)
+    write_labels(tmp_path / "lab.tif", lab)
     rows = [{"label": k, "image": "x.tif", "Area": float((lab == k).sum()), "Mean": 1.5, "Skew": "nan"}
             for k in np.unique(lab[lab > 0]).tolist()]
     with open(tmp_path / "t.csv", "w", newline="") as f:
@@ -92,11 +92,11 @@ def test_cli_with_table_parses_and_carries_measurements(tmp_path):
 
 
 def test_measure_writes_geojson_with_its_rows(tmp_path):
-    from cpsnake.measure import main as measure_main
+    from cpsnake.export.measure import main as measure_main
 
     lab = hard_shapes()
-    io.write_labels(tmp_path / "lab.tif", lab)
-    io.write_tiff(tmp_path / "img.tif", np.full((1, *lab.shape), 9, np.uint8), axes="CYX")
+    write_labels(tmp_path / "lab.tif", lab)
+    write_tiff(tmp_path / "img.tif", np.full((1, *lab.shape), 9, np.uint8), axes="CYX")
     assert measure_main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv"),
                          "--geojson", str(tmp_path / "m.geojson")]) == 0
     fc = json.loads((tmp_path / "m.geojson").read_text())
@@ -106,7 +106,7 @@ def test_measure_writes_geojson_with_its_rows(tmp_path):
 
 
 def test_a_label_stack_is_one_clear_line(tmp_path, capsys):
-    io.write_labels(tmp_path / "lab.tif", np.ones((3, 8, 8), np.int32))
+    write_labels(tmp_path / "lab.tif", np.ones((3, 8, 8), np.int32))
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "a.geojson")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "2-D" in err and "cpsnake rois" in err

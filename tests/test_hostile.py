@@ -58,7 +58,7 @@ from hostile import (  # noqa: F401  (zero_stream is a fixture)
     zero_stream,
 )
 
-from cpsnake import limits
+from cpsnake.io import limits
 
 # --- 1. bombs ---------------------------------------------------------------------------------------
 
@@ -201,7 +201,7 @@ def test_the_limit_is_set_by_option_environment_and_config(tmp_path, capsys, mon
     """--max-pixels, CPSNAKE_MAX_PIXELS and the config key max_pixels set one limit, documented once."""
     import yaml
 
-    from cpsnake import limits
+    from cpsnake.io import limits
 
     repo = Path(__file__).resolve().parents[1]
     schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -283,7 +283,7 @@ def _h_index(d, m):
 
 def _mini_run(d, name="a", labels=None):
     """A results folder of one segmented image ``name`` (samples table, manifests, mask); returns it."""
-    from cpsnake import batch, samples
+    from cpsnake.run import batch, samples
 
     res = d / "results"
     samples.write_table(res / "samples.tsv", [samples.Sample(name, str(d / "img.tif"), batch="b0001", pixels=256)])
@@ -498,7 +498,7 @@ def test_no_tracebacks(tmp_path, member):
 
 def test_sparse_matching_equals_the_full_assignment():
     """evaluate's sparse matching (used for the members above) counts what cellpose's full assignment counts."""
-    from cpsnake import evaluate
+    from cpsnake.training import evaluate
 
     rng = np.random.default_rng(1)
     for trial in range(200):

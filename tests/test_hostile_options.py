@@ -218,7 +218,7 @@ def test_bounds_that_depend_on_the_image_are_checked_from_its_header(tmp_path, c
     """--do-3d --anisotropy A resizes a stack to Z x A planes: beyond --max-pixels it is refused from the header,
     naming --anisotropy, before the model; a block job's halo beyond the block of its samples-table row, and a
     block index outside the grid, before the model too."""
-    from cpsnake import samples
+    from cpsnake.run import samples
 
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.ones((10, 64, 64), np.uint8), imagej=True, metadata={"axes": "ZYX"})
@@ -246,7 +246,7 @@ def test_every_numeric_option_has_a_bound():
     """No option of any command takes a bare int() or float() (which accept 'nan', 'inf' and '1e999'): each
     goes through a row of cpsnake.bounds.BOUNDS (the block job's positional block index is checked against
     the grid)."""
-    from cpsnake import limits
+    from cpsnake.io import limits
 
     found = parsers()
     assert {"segment", "normalize", "infer", "reconstruct", "batch", "block", "samples", "train", "train-size",
@@ -403,7 +403,7 @@ def test_fail_fast(tmp_path):
 def test_fail_fast_in_workflow_jobs(tmp_path, capsys, no_torch):
     """A batch infer job whose images all failed upstream loads no model (torch is unimportable here), and a
     block job's halo and index are checked against its samples-table row before its model."""
-    from cpsnake import batch, samples
+    from cpsnake.run import batch, samples
 
     table = tmp_path / "samples.tsv"
     samples.write_table(table, [samples.Sample("a", str(tmp_path / "a.tif"), height=64, width=64, channels_in_file=1,

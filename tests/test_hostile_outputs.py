@@ -303,7 +303,7 @@ def _rename_fails_old_files_return(inp, tmp_path, capsys, monkeypatch):
     before = {p: p.read_bytes() for p in files_under(out)}
     (out / "provenance" / f"{NAME}.json").unlink()  # new in the second run: removed again by the undo
     before.pop(out / "provenance" / f"{NAME}.json")
-    from cpsnake import outputs
+    from cpsnake.io import outputs
 
     real = os.replace
 
@@ -334,7 +334,7 @@ def _batch_measure_full(inp, tmp_path, capsys, monkeypatch):
         lines = [x for x in run.stderr.splitlines() if "error" in x]
         assert len(lines) == 1 and "found a full disk" in lines[0] and f"{NAME}.geojson" in lines[0], run.stderr
         assert not table.exists() and files_under(mnt) == []
-    from cpsnake import batch
+    from cpsnake.run import batch
 
     done = batch.read_manifest(res / "work" / "b0001" / "measure.tsv")
     assert [(o.sample, o.status) for o in done] == [(NAME, "failed")]
@@ -351,7 +351,7 @@ def _failed_late_files_removed(inp, tmp_path, capsys, monkeypatch):
     (res / "measurements" / f"{NAME}.csv").mkdir()  # the measure step cannot write its table
     assert in_process(capsys, "batch", "measure", inp["d"] / "samples.tsv", "b0001", "--results", res).rc == 0
     (res / "measurements" / f"{NAME}.csv").rmdir()
-    from cpsnake import batch
+    from cpsnake.run import batch
 
     files = [p for p in batch.Paths(res, "b0001").image_files(NAME) if p.exists()]
     assert len(files) == 4, files  # masks, ROIs, overlay and its report link, from the steps before
@@ -486,7 +486,7 @@ def _tables(folder: Path) -> list[Path]:
 
 def _formula_cells(path: Path) -> list[str]:
     """The cells of a CSV / TSV that a spreadsheet would run: text starting with = + - @ tab or CR."""
-    from cpsnake.tables import FORMULA_START, _NUMBER
+    from cpsnake.io.tables import FORMULA_START, _NUMBER
 
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh, delimiter="\t" if path.suffix == ".tsv" else ","))
@@ -497,9 +497,10 @@ def _formula_cells(path: Path) -> list[str]:
 def test_no_formula_cells(tmp_path, capsys, inp, prefix):
     import pandas as pd
 
-    from cpsnake import batch, samples, tables
-    from cpsnake.aggregate import _read_measurements
-    from cpsnake.train import _read_index
+    from cpsnake.io import tables
+    from cpsnake.run import batch, samples
+    from cpsnake.run.aggregate import _read_measurements
+    from cpsnake.training.train import _read_index
 
     name = PREFIXES[prefix] + "cmd|' -C calc'!A0"
     images = tmp_path / "images"
@@ -555,7 +556,7 @@ def _cells(path: Path) -> list[str]:
 @pytest.mark.parametrize("text", ["=1+2", "+1", "-x", "@SUM(A1)", "\tx", "\rx", "'quoted", "''", "plain", "-1.5",
                                   "+2e-3", "", "-", "'=x"])
 def test_table_cells_round_trip(text):
-    from cpsnake.tables import FORMULA_START, _NUMBER, cell, read_cell
+    from cpsnake.io.tables import FORMULA_START, _NUMBER, cell, read_cell
 
     written = cell(text)
     assert read_cell(written) == text

@@ -4,7 +4,7 @@ One test per class of problem, parametrized over its members:
 
 1. ``test_broken_metadata_is_set_aside`` -- a TIFF whose ImageJ, OME or tifffile metadata are broken (not
    well-formed, claiming planes the file does not hold, naming files outside its folder or a FIFO, unknown
-   axes) but whose one page is readable: every entry point (``cpsnake normalize``, ``io.read_image``,
+   axes) but whose one page is readable: every entry point (``cpsnake normalize``, ``read_image``,
    ``regions.open_image``, ``samples.inspect_header``) reads the page's pixels with one warning naming the
    metadata; ``test_broken_metadata_segments_from_its_pixels`` runs ``cpsnake segment`` whole and by region;
    ``test_garbage_calibration_is_one_warning``: a unit, Z step or frame interval that is garbage is set aside
@@ -51,7 +51,9 @@ from hostile import (
     write_tif,
 )
 
-from cpsnake import io, regions, samples
+from cpsnake.io import regions
+from cpsnake.run import samples
+from cpsnake.io.images import read_image, write_flows, write_labels
 from cpsnake.errors import CpsnakeError, CpsnakeWarning
 
 PAGE = np.random.default_rng(25).integers(100, 4000, (64, 64)).astype(np.uint16)
@@ -164,7 +166,7 @@ def test_broken_metadata_is_set_aside(tmp_path, member):
     # every other entry point that reads a TIFF's header or pixels, in-process
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data, meta = io.read_image(bad)
+        data, meta = read_image(bad)
     _one_warning(caught, bad, name)
     assert np.array_equal(data, PAGE[None]) and meta["axes"] == "YX" and meta["stack_axes"] == ""
     with warnings.catch_warnings(record=True) as caught:
@@ -473,7 +475,7 @@ def _nan_flows(d, m):
     a = np.zeros((3, 32, 32), np.float32)
     a[2, 5, 5] = np.inf
     f = d / "flows.tif"
-    io.write_flows(f, a)
+    write_flows(f, a)
     return ["reconstruct", f, d / "labels.tif"], f
 
 
@@ -526,7 +528,7 @@ SIZE_MODELS = {  # cellpose's size_<model>.npy: a dict saved as a 0-d object arr
 
 @pytest.mark.parametrize("member", list(SIZE_MODELS))
 def test_size_models_hold_finite_numbers(tmp_path, member):
-    from cpsnake import size
+    from cpsnake.engine import size
 
     obj, pattern = SIZE_MODELS[member]
     f = tmp_path / "size_m.npy"
@@ -555,7 +557,7 @@ def region(p):
     with regions.open_image(p) as img:
         img.read(0, img.shape[1], 0, img.shape[2])
 
-READERS = {"read_image": io.read_image, "read_labels": io.read_labels, "read_flows": io.read_flows,
+READERS = {"read_image": read_image, "read_labels": io.read_labels, "read_flows": io.read_flows,
            "read_normalized": infer.read_normalized, "inspect_header": samples.inspect_header, "region": region}
 TIFF_ONLY = ("read_labels", "read_flows", "read_normalized", "region")
 for p in sorted(Path(folder).iterdir()):
@@ -589,8 +591,8 @@ def _seeds(d: Path) -> dict[str, bytes]:
         "tif_ome": lambda f: write_tif(f, np.stack([grey] * 2), ome=True, metadata={"axes": "CYX"},
                                        resolution=(2.0, 2.0)),
         "tif_tiled": lambda f: write_tif(f, np.tile(grey, (2, 2)), tile=(16, 16), compression="zlib"),
-        "tif_labels": lambda f: io.write_labels(f, (grey > 2000).astype(np.uint16)),
-        "tif_flows": lambda f: io.write_flows(f, rng.standard_normal((3, 24, 20)).astype(np.float32),
+        "tif_labels": lambda f: write_labels(f, (grey > 2000).astype(np.uint16)),
+        "tif_flows": lambda f: write_flows(f, rng.standard_normal((3, 24, 20)).astype(np.float32),
                                               network_scale=1.0),
         "tif_normalized": lambda f: write_tif(f, rng.random((1, 24, 20), dtype=np.float32), imagej=True,
                                               metadata={"axes": "CYX"}),

@@ -85,7 +85,7 @@ def assert_one_workflow_line(run: Run, *names, pattern: str | None = None) -> st
 
 
 def table_row(table: Path, name: str) -> dict:
-    from cpsnake.samples import read_table
+    from cpsnake.run.samples import read_table
 
     return next(s for s in read_table(table) if s.sample == name).__dict__
 
@@ -359,13 +359,13 @@ def test_results_root(tmp_path, member):
     "config.yaml",
 ])
 def test_config_defaults_are_snakemakes(config):
-    """cpsnake.config.check fills in what snakemake.utils.validate(config, schema) fills in, value for value."""
+    """cpsnake.run.config.check fills in what snakemake.utils.validate(config, schema) fills in, value for value."""
     import copy
 
     import yaml
     from snakemake.utils import validate
 
-    from cpsnake.config import check
+    from cpsnake.run.config import check
 
     if config == "config.yaml":
         config = yaml.safe_load((ROOT / "config.yaml").read_text())

@@ -149,7 +149,7 @@ def segment_outputs(out: Path, name: str) -> list[Path]:
 
 def segment(d: Path, image: Path, model: Path, *more) -> tuple[list, list[Path]]:
     """``cpsnake segment IMAGE --out d/o --model MODEL ...`` and the outputs it must not leave."""
-    from cpsnake.samples import sample_name
+    from cpsnake.run.samples import sample_name
 
     return (["segment", image, "--out", d / "o", "--model", model, *more], segment_outputs(d / "o", sample_name(image)))
 
@@ -286,7 +286,7 @@ def test_links_inside_the_folder_are_followed(tmp_path, capsys):
     chunk.symlink_to(Path("..", "..", "..", "spare", "1-1"))
     run = in_process(capsys, "normalize", image, tmp_path / "n.tif", "--percentiles", "0", "100")
     assert run.rc == 0, run.stderr
-    from cpsnake.regions import open_image
+    from cpsnake.io.regions import open_image
 
     with open_image(image) as img:
         assert np.array_equal(img.read(0, 64, 0, 64)[0], data)
@@ -522,7 +522,7 @@ def test_provenance_hash_of_a_folder_never_follows_links_or_opens_fifos(tmp_path
     outside = tmp_path / "secret.txt"
     outside.write_text("one")
     (image / "1" / "link").symlink_to(outside)
-    code = "import sys; from cpsnake.provenance import sha256; print(sha256(sys.argv[1]))"
+    code = "import sys; from cpsnake.run.provenance import sha256; print(sha256(sys.argv[1]))"
 
     def digest() -> str:
         r = subprocess.run([sys.executable, "-c", code, str(image)], capture_output=True, text=True, timeout=60)

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cpsnake import io
-from cpsnake.measure import INTENSITY_COLUMNS, measure_labels
-from cpsnake.rois import labels_to_rois, roi_mask, write_rois
+from cpsnake.io.images import read_image, read_labels, write_labels, write_tiff
+from cpsnake.export.measure import INTENSITY_COLUMNS, measure_labels
+from cpsnake.export.rois import labels_to_rois, roi_mask, write_rois
 
 pytestmark = pytest.mark.imagej
 HERE = Path(__file__).parent
@@ -121,7 +121,7 @@ def _check_table(ij, labels, image, pixel_size, z=None):
 def test_hard_shapes_masks_and_measure(imagej, tmp_path, pixel_size):
     lab = hard_shapes()
     img = np.random.default_rng(2).integers(0, 4000, (2,) + lab.shape).astype(np.uint16)
-    io.write_tiff(tmp_path / "img.tif", img, axes="CYX", pixel_size=pixel_size, unit="um" if pixel_size else None)
+    write_tiff(tmp_path / "img.tif", img, axes="CYX", pixel_size=pixel_size, unit="um" if pixel_size else None)
     write_rois(tmp_path / "r.zip", labels_to_rois(lab))
     ij = imagej(tmp_path / "img.tif", tmp_path / "r.zip", tmp_path / "ij")
     _check_masks(ij, lab)
@@ -132,7 +132,7 @@ def test_hard_shapes_masks_and_measure(imagej, tmp_path, pixel_size):
 def test_rectangle_10x6_measures_60_px(imagej, tmp_path):
     lab = np.zeros((10, 14), np.int32)
     lab[2:8, 2:12] = 1
-    io.write_tiff(tmp_path / "img.tif", np.ones((1,) + lab.shape, np.uint8), axes="CYX")
+    write_tiff(tmp_path / "img.tif", np.ones((1,) + lab.shape, np.uint8), axes="CYX")
     write_rois(tmp_path / "r.zip", labels_to_rois(lab))
     ij = imagej(tmp_path / "img.tif", tmp_path / "r.zip", tmp_path / "ij")
     assert ij["results"]["Area"].tolist() == [60.0]
@@ -140,9 +140,9 @@ def test_rectangle_10x6_measures_60_px(imagej, tmp_path):
 
 @pytest.mark.parametrize("name", VAL)
 def test_real_val_masks_and_measure_calibrated(imagej, tmp_path, name):
-    lab, _ = io.read_labels(DATA / "masks" / f"{name}.tif")
-    img, _ = io.read_image(DATA / "images" / f"{name}.tif")  # (C, Y, X); RGB becomes 3 channels
-    io.write_tiff(tmp_path / "img.tif", img, axes="CYX", pixel_size=(0.65, 0.65), unit="um")
+    lab, _ = read_labels(DATA / "masks" / f"{name}.tif")
+    img, _ = read_image(DATA / "images" / f"{name}.tif")  # (C, Y, X); RGB becomes 3 channels
+    write_tiff(tmp_path / "img.tif", img, axes="CYX", pixel_size=(0.65, 0.65), unit="um")
     write_rois(tmp_path / "r.zip", labels_to_rois(lab))
     ij = imagej(tmp_path / "img.tif", tmp_path / "r.zip", tmp_path / "ij")
     assert ij["info"]["unit"] == "micron"
@@ -154,7 +154,7 @@ def test_real_val_masks_and_measure_calibrated(imagej, tmp_path, name):
 def test_stack_rois_carry_positions(imagej, tmp_path, axis):
     lab = np.stack([hard_shapes(), np.roll(hard_shapes(), 5, axis=0), np.roll(hard_shapes(), 7, axis=1)])
     img = np.random.default_rng(4).integers(0, 255, (3, 1) + lab.shape[1:]).astype(np.uint8)
-    io.write_tiff(tmp_path / "img.tif", img, axes="ZCYX" if axis == "z" else "TCYX")
+    write_tiff(tmp_path / "img.tif", img, axes="ZCYX" if axis == "z" else "TCYX")
     write_rois(tmp_path / "r.zip", labels_to_rois(lab, stack_axis=axis))
     ij = imagej(tmp_path / "img.tif", tmp_path / "r.zip", tmp_path / "ij")
     assert {(z if axis == "z" else t) for _, z, t, *_ in ij["masks"]} == {1, 2, 3}
@@ -185,7 +185,7 @@ def test_imported_roi_types_match_imagej_masks(imagej, tmp_path):
     comp.name = "comp"
     rois.append(comp)
     write_rois(tmp_path / "r.zip", rois)
-    io.write_tiff(tmp_path / "img.tif", np.zeros((1,) + shape, np.uint8), axes="CYX")
+    write_tiff(tmp_path / "img.tif", np.zeros((1,) + shape, np.uint8), axes="CYX")
     ij = imagej(tmp_path / "img.tif", tmp_path / "r.zip", tmp_path / "ij")
     # one ImageJ mask per ROI, in zip order: zip() below would silently stop at the shorter list
     assert [name for name, *_ in ij["masks"]] == [f"{roi.name}.roi" for roi in rois]
@@ -202,7 +202,7 @@ def test_label_hyperstack_keeps_voxel_depth_frame_interval_and_tz_rois(imagej, t
     base = hard_shapes()
     lab = np.stack([np.stack([np.roll(base, 3 * (z + 2 * t), axis=1) for z in range(3)]) for t in range(2)])
     lab[1, 2][lab[1, 2] == lab[1, 2].max()] = 0  # one label missing from one plane
-    io.write_labels(tmp_path / "lab.tif", lab, pixel_size=(0.25, 0.25), unit="um", stack_axes="TZ", z_step=1.5,
+    write_labels(tmp_path / "lab.tif", lab, pixel_size=(0.25, 0.25), unit="um", stack_axes="TZ", z_step=1.5,
                     frame_interval=30.0)
     write_rois(tmp_path / "r.zip", labels_to_rois(lab))
     ij = imagej(tmp_path / "lab.tif", tmp_path / "r.zip", tmp_path / "ij")
@@ -225,7 +225,7 @@ def test_label_tiff_opens_calibrated_in_imagej(imagej, tmp_path, n_labels):
     lab = np.zeros((4, 20000 // 4 if n_labels > 65535 else 100), np.int64)
     lab.flat[: min(n_labels, lab.size)] = np.arange(1, min(n_labels, lab.size) + 1)
     lab.flat[-1] = n_labels
-    dtype = io.write_labels(tmp_path / "lab.tif", lab, pixel_size=(0.25, 0.5), unit="um")
+    dtype = write_labels(tmp_path / "lab.tif", lab, pixel_size=(0.25, 0.5), unit="um")
     info = imagej(tmp_path / "lab.tif", None, tmp_path / "ij")["info"]
     assert info["bitDepth"] == ("16" if n_labels <= 65535 else "32") and str(dtype) in ("uint16", "float32")
     assert info["unit"] == "micron"
@@ -274,13 +274,13 @@ def test_labels_beyond_4_gb_are_a_bigtiff_that_imagej_1_cannot_open(tmp_path, mo
         pytest.skip("ImageJ not installed")
     lab = np.zeros((300, 500), np.int64)
     lab[10:50, 20:90], lab[100:200, 300:400] = 3, 70000
-    monkeypatch.setattr(io, "CLASSIC_TIFF_BYTES", 1000)
-    io.write_labels(tmp_path / "big.tif", lab, pixel_size=(0.25, 0.5), unit="micron")
+    monkeypatch.setattr("cpsnake.io.images.CLASSIC_TIFF_BYTES", 1000)
+    write_labels(tmp_path / "big.tif", lab, pixel_size=(0.25, 0.5), unit="micron")
     err = capsys.readouterr().err
     assert "BigTIFF" in err and "Bio-Formats" in err
     with tifffile.TiffFile(tmp_path / "big.tif") as tif:
         assert tif.is_bigtiff and tif.is_ome
-    got, meta = io.read_labels(tmp_path / "big.tif")
+    got, meta = read_labels(tmp_path / "big.tif")
     assert np.array_equal(got, lab) and meta["pixel_size"] == (0.25, 0.5)
     cmd = ["timeout", "120", "java", "-Djava.awt.headless=true", "-cp", str(IJ_JAR), str(ORACLE),
            str(tmp_path / "big.tif"), "-", str(tmp_path / "ij")]

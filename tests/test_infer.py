@@ -1,4 +1,4 @@
-"""Tiled inference (cpsnake.tiles, cpsnake.infer): tile/untile round trip, parity with cellpose 4's core.run_net, pooled tiles."""
+"""Tiled inference (cpsnake.engine.tiles, cpsnake.engine.infer): tile/untile round trip, parity with cellpose 4's core.run_net, pooled tiles."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cpsnake import infer, tiles
+from cpsnake.engine import infer, tiles
 from cpsnake.errors import CpsnakeError
 
 
@@ -212,10 +212,10 @@ def test_missing_input_is_one_error_line(tmp_path, capsys):
 
 
 def test_tiny_cpsam_run_net_matches_cellpose():
-    from cpsnake import models
+    from cpsnake.models.cpsam import build_cpsam
 
     torch.manual_seed(0)
-    net = models.build_cpsam("tiny").eval()
+    net = build_cpsam("tiny").eval()
     img = _image(1, 300, 200, seed=9)  # one channel: we pad with zeros, cellpose slices the patch kernel
     ours = infer.run_net(net, img)
     ref = _cellpose_run_net(net, img)
@@ -225,31 +225,35 @@ def test_tiny_cpsam_run_net_matches_cellpose():
 def test_cli_writes_calibrated_flows_with_a_tiny_model(tmp_path):
     import tifffile
 
-    from cpsnake import cli, io, models
+    from cpsnake import cli
+    from cpsnake.io.images import read_flows, write_tiff
+    from cpsnake.models.cpsam import build_cpsam
+    from cpsnake.models.registry import load_model
+    from cpsnake.models.state import save_model
 
     torch.manual_seed(0)
     weights = tmp_path / "tiny.pt"
-    models.save_model(models.build_cpsam("tiny"), weights)
+    save_model(build_cpsam("tiny"), weights)
     img = _image(2, 90, 130, seed=10)
     src, dst = tmp_path / "norm.tif", tmp_path / "flows.tif"
-    io.write_tiff(src, img, axes="CYX", pixel_size=(0.5, 0.25), unit="um")
+    write_tiff(src, img, axes="CYX", pixel_size=(0.5, 0.25), unit="um")
     argv = ["infer", str(src), str(dst), "--model", str(weights), "--device", "cpu", "--diameter", "20"]
     assert cli.main(argv) == 0
-    flows, meta = io.read_flows(dst)
+    flows, meta = read_flows(dst)
     assert flows.shape == (3, 90, 130) and flows.dtype == np.float32 and np.isfinite(flows).all()
     assert meta["pixel_size"] == pytest.approx((0.5, 0.25)) and meta["unit"] in ("micron", "um", "µm")
     with tifffile.TiffFile(dst) as tif:
         assert tif.series[0].axes == "CYX"
     # the CLI computes what the API computes with the loaded model
-    expected = infer.predict(models.load_model(weights), img, diameter=20)
+    expected = infer.predict(load_model(weights), img, diameter=20)
     np.testing.assert_allclose(flows, expected, rtol=0, atol=1e-6)
 
 
 def test_cli_refuses_overlap_outside_range(tmp_path, capsys):
-    from cpsnake import io
+    from cpsnake.io.images import write_tiff
 
     src = tmp_path / "norm.tif"
-    io.write_tiff(src, _image(1, 20, 20), axes="CYX")
+    write_tiff(src, _image(1, 20, 20), axes="CYX")
     assert infer.main([str(src), str(tmp_path / "f.tif"), "--model", "x", "--tile-overlap", "0.9"]) == 1
     assert "--tile-overlap 0.9" in capsys.readouterr().err
     assert not (tmp_path / "f.tif").exists()
@@ -278,10 +282,10 @@ MIXED = [(1, 60, 80), (3, 300, 200), (2, 256, 256), (1, 40, 500), (3, 130, 97)]
 def test_pooled_tiles_equal_one_image_at_a_time(augment):
     """Images of 1-8 tiles share network batches of 32 (2 calls instead of 5+), with per-image diameters,
     and each image's flows equal ``predict`` on it alone (<= 1e-6)."""
-    from cpsnake import models
+    from cpsnake.models.cpsam import build_cpsam
 
     torch.manual_seed(0)
-    net = CountingNet(models.build_cpsam("tiny", depth=1)).eval()
+    net = CountingNet(build_cpsam("tiny", depth=1)).eval()
     images = [_image(*shape, seed=k) for k, shape in enumerate(MIXED)]
     diameters = [None, 20.0, None, 45.0, None]
     alone = [infer.predict(net, img, diameter=d, augment=augment) for img, d in zip(images, diameters)]

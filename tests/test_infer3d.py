@@ -1,4 +1,4 @@
-"""The network over a stack in 3-D (cpsnake.infer3d): parity with cellpose 4's do_3D path (_run_net + run_3D)."""
+"""The network over a stack in 3-D (cpsnake.engine.infer3d): parity with cellpose 4's do_3D path (_run_net + run_3D)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cpsnake import infer3d
+from cpsnake.engine import infer3d
 from cpsnake.errors import CpsnakeError
 from reference import cellpose
 from test_infer import CellposeWrap, TinyConv

@@ -11,15 +11,8 @@ import tifffile
 from PIL import Image
 
 from cpsnake.errors import CpsnakeError
-from cpsnake.io import (
-    read_calibration,
-    read_flows,
-    read_image,
-    read_labels,
-    write_flows,
-    write_labels,
-    write_tiff,
-)
+from cpsnake.io.calibration import read_calibration
+from cpsnake.io.images import read_flows, read_image, read_labels, write_flows, write_labels, write_tiff
 
 DATA = Path(__file__).parent / "data" / "images"
 GREY16 = DATA / "bbbc039_O13_s3_uint16.tif"

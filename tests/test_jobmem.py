@@ -1,4 +1,4 @@
-"""The workflow's memory requests (cpsnake.jobmem): an image in blocks asks for its block's memory, not its
+"""The workflow's memory requests (cpsnake.run.jobmem): an image in blocks asks for its block's memory, not its
 own, so a slide's jobs stay schedulable; an image held whole asks as before. The workflow test
 (test_large_images_run_as_block_jobs_with_the_one_process_labels) checks the jobs' peaks against them."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cpsnake.jobmem import block_job_mb, step_mb
+from cpsnake.run.jobmem import block_job_mb, step_mb
 
 STEPS = ("normalize", "infer", "reconstruct", "rois", "measure", "overlay")
 

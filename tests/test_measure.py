@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from cpsnake import io, measure
-from cpsnake.measure import columns, fit_ellipse, main, measure_labels, traced_perimeter
+from cpsnake.export import measure
+from cpsnake.io.images import write_flows, write_labels, write_tiff
+from cpsnake.export.measure import columns, fit_ellipse, main, measure_labels, traced_perimeter
 
 
 def _rect():
@@ -54,8 +55,8 @@ def test_calibrated_lengths_and_areas():
 
 
 def test_cli_writes_header_and_rows(tmp_path):
-    io.write_labels(tmp_path / "lab.tif", _rect(), pixel_size=(0.5, 0.5), unit="um")
-    io.write_tiff(tmp_path / "img.tif", np.ones((2, 10, 14), np.uint16), axes="CYX", pixel_size=(0.5, 0.5), unit="um")
+    write_labels(tmp_path / "lab.tif", _rect(), pixel_size=(0.5, 0.5), unit="um")
+    write_tiff(tmp_path / "img.tif", np.ones((2, 10, 14), np.uint16), axes="CYX", pixel_size=(0.5, 0.5), unit="um")
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
     assert list(rows[0]) == columns(2)
@@ -63,8 +64,8 @@ def test_cli_writes_header_and_rows(tmp_path):
 
 
 def test_empty_labels_give_header_only(tmp_path):
-    io.write_labels(tmp_path / "lab.tif", np.zeros((6, 6), np.int32))
-    io.write_tiff(tmp_path / "img.tif", np.ones((1, 6, 6), np.uint8), axes="CYX")
+    write_labels(tmp_path / "lab.tif", np.zeros((6, 6), np.int32))
+    write_tiff(tmp_path / "img.tif", np.ones((1, 6, 6), np.uint8), axes="CYX")
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 0
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines == [",".join(columns(1))]
@@ -72,8 +73,8 @@ def test_empty_labels_give_header_only(tmp_path):
 
 def test_stack_rows_per_label_and_slice(tmp_path):
     lab = np.stack([_rect(), np.zeros((10, 14), np.int32), _rect() * 2])
-    io.write_labels(tmp_path / "lab.tif", lab)
-    io.write_tiff(tmp_path / "img.tif", np.ones((3, 1, 10, 14), np.uint8), axes="ZCYX")
+    write_labels(tmp_path / "lab.tif", lab)
+    write_tiff(tmp_path / "img.tif", np.ones((3, 1, 10, 14), np.uint8), axes="ZCYX")
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv"), "--per-slice"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
     assert [(r["label"], r["slice"]) for r in rows] == [("1", "1"), ("2", "3")]
@@ -83,8 +84,8 @@ def test_z_stack_rows_per_3d_object_calibrated(tmp_path):
     lab = np.zeros((4, 10, 14), np.int32)
     lab[0:3, 2:6, 3:8] = 5  # 3 x 4 x 5 = 60 voxels
     lab[3, 1:3, 1:3] = 9
-    io.write_labels(tmp_path / "lab.tif", lab)
-    io.write_tiff(tmp_path / "img.tif", np.full((4, 1, 10, 14), 7, np.uint8), axes="ZCYX", pixel_size=(0.5, 0.5),
+    write_labels(tmp_path / "lab.tif", lab)
+    write_tiff(tmp_path / "img.tif", np.full((4, 1, 10, 14), 7, np.uint8), axes="ZCYX", pixel_size=(0.5, 0.5),
                   unit="um", metadata={"spacing": 2.0})
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
@@ -100,8 +101,8 @@ def test_z_step_of_an_uncalibrated_stack_is_in_pixels(tmp_path):
     """
     lab = np.zeros((4, 10, 14), np.int32)
     lab[0:3, 2:6, 3:8] = 5  # 60 voxels
-    io.write_labels(tmp_path / "lab.tif", lab)
-    io.write_tiff(tmp_path / "img.tif", np.ones((4, 1, 10, 14), np.uint8), axes="ZCYX", metadata={"spacing": 2.0})
+    write_labels(tmp_path / "lab.tif", lab)
+    write_tiff(tmp_path / "img.tif", np.ones((4, 1, 10, 14), np.uint8), axes="ZCYX", metadata={"spacing": 2.0})
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 0
     (row,) = csv.DictReader(open(tmp_path / "t.csv"))
     assert float(row["volume"]) == 60 * 2.0 and row["voxels"] == "60"
@@ -109,16 +110,16 @@ def test_z_step_of_an_uncalibrated_stack_is_in_pixels(tmp_path):
 
 def test_time_series_rows_per_object_and_frame(tmp_path):
     lab = np.stack([_rect(), _rect()])
-    io.write_labels(tmp_path / "lab.tif", lab, stack_axes="T")
-    io.write_tiff(tmp_path / "img.tif", np.ones((2, 1, 10, 14), np.uint8), axes="TCYX")
+    write_labels(tmp_path / "lab.tif", lab, stack_axes="T")
+    write_tiff(tmp_path / "img.tif", np.ones((2, 1, 10, 14), np.uint8), axes="TCYX")
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
     assert [(r["label"], r["frame"]) for r in rows] == [("1", "1"), ("1", "2")] and "slice" not in rows[0]
 
 
 def test_shape_mismatch_is_one_clear_error(tmp_path, capsys):
-    io.write_labels(tmp_path / "lab.tif", _rect())
-    io.write_tiff(tmp_path / "img.tif", np.ones((1, 5, 5), np.uint8), axes="CYX")
+    write_labels(tmp_path / "lab.tif", _rect())
+    write_tiff(tmp_path / "img.tif", np.ones((1, 5, 5), np.uint8), axes="CYX")
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 1
     err = capsys.readouterr().err
     assert "img.tif" in err and "expected" in err and not (tmp_path / "t.csv").exists()
@@ -136,7 +137,7 @@ def _two_cells():
 
 def test_quality_flow_error_is_zero_for_a_cells_own_flows_and_grows_as_they_weaken():
     """flow_error = mean squared difference between the cell's own unit flows and the predicted flows / 5."""
-    from cpsnake.dynamics import masks_to_flows
+    from cpsnake.engine.dynamics import masks_to_flows
 
     labels = _two_cells()
     mu = masks_to_flows(labels)  # unit vectors inside the cells (0 where the heat has no gradient)
@@ -172,14 +173,14 @@ def test_table_gets_quality_columns_only_with_flows(tmp_path):
     assert [r["label"] for r in rows] == [3, 9] and all(r["flow_error"] > 0.9 and r["cellprob"] == 0.5 for r in rows)
     assert "flow_error" not in measure.measure_labels(labels, img)[0]
     assert measure.columns(1, quality=True)[-2:] == ["flow_error", "cellprob"]
-    io.write_labels(tmp_path / "l.tif", labels)
-    io.write_tiff(tmp_path / "i.tif", img, axes="CYX")
-    io.write_flows(tmp_path / "f.tif", flows)
+    write_labels(tmp_path / "l.tif", labels)
+    write_tiff(tmp_path / "i.tif", img, axes="CYX")
+    write_flows(tmp_path / "f.tif", flows)
     assert measure.main([str(tmp_path / "l.tif"), str(tmp_path / "i.tif"), str(tmp_path / "m.csv"),
                          "--flows", str(tmp_path / "f.tif")]) == 0
     table = (tmp_path / "m.csv").read_text().splitlines()
     assert table[0].endswith(",flow_error,cellprob") and len(table) == 3
-    io.write_flows(tmp_path / "g.tif", flows[:, :20])
+    write_flows(tmp_path / "g.tif", flows[:, :20])
     assert measure.main([str(tmp_path / "l.tif"), str(tmp_path / "i.tif"), str(tmp_path / "n.csv"),
                          "--flows", str(tmp_path / "g.tif")]) == 1
     assert not (tmp_path / "n.csv").exists()
@@ -188,14 +189,14 @@ def test_table_gets_quality_columns_only_with_flows(tmp_path):
 def test_stack_labels_with_flows_of_another_stack_are_one_clear_error(tmp_path, capsys):
     lab = np.zeros((3, 10, 14), np.int32)
     lab[1, 2:6, 3:8] = 1
-    io.write_labels(tmp_path / "lab.tif", lab)
-    io.write_tiff(tmp_path / "img.tif", np.ones((3, 1, 10, 14), np.uint8), axes="ZCYX")
-    io.write_flows(tmp_path / "f.tif", np.zeros((4, 4, 10, 14), np.float32), stack_axes="Z",
+    write_labels(tmp_path / "lab.tif", lab)
+    write_tiff(tmp_path / "img.tif", np.ones((3, 1, 10, 14), np.uint8), axes="ZCYX")
+    write_flows(tmp_path / "f.tif", np.zeros((4, 4, 10, 14), np.float32), stack_axes="Z",
                    three_d=True)  # 4 planes, not 3
     out = tmp_path / "t.csv"
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(out), "--flows", str(tmp_path / "f.tif")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "f.tif: found flows of shape (4, 4, 10, 14) (3d)" in err and "(3, 10, 14)" in err
     assert not out.exists()
-    io.write_flows(tmp_path / "f.tif", np.zeros((3, 3, 10, 14), np.float32), stack_axes="Z")  # per plane, matching
+    write_flows(tmp_path / "f.tif", np.zeros((3, 3, 10, 14), np.float32), stack_axes="Z")  # per plane, matching
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(out), "--flows", str(tmp_path / "f.tif")]) == 0

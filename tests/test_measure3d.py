@@ -1,4 +1,4 @@
-"""cpsnake.measure3d against scikit-image's ``regionprops`` (the reference for counts, centroids, boxes and
+"""cpsnake.export.measure3d against scikit-image's ``regionprops`` (the reference for counts, centroids, boxes and
 intensities) and against the analytic surface of ellipsoids (for the Crofton surface area), on small
 synthetic stacks with anisotropic voxels.
 
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from cpsnake.errors import CpsnakeError
-from cpsnake.measure3d import _DIRECTIONS, columns_3d, crofton_weights, measure_3d
+from cpsnake.export.measure3d import _DIRECTIONS, columns_3d, crofton_weights, measure_3d
 
 skimage_measure = pytest.importorskip("skimage.measure")
 
@@ -139,7 +139,7 @@ def test_table_matches_regionprops_with_anisotropic_voxels():
 
 def test_intensities_match_regionprops_per_channel():
     """Mean, Min, Max per channel equal regionprops'; StdDev is the sample standard deviation (n - 1),
-    i.e. regionprops' population value times sqrt(n / (n - 1)), as ImageJ and cpsnake.measure report it.
+    i.e. regionprops' population value times sqrt(n / (n - 1)), as ImageJ and cpsnake.export.measure report it.
 
     Catches: channels mixed up or columns misnamed, a population standard deviation (ddof=0), min and max
     taken over the bounding box instead of the object, background counted in the mean."""

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from cpsnake.errors import CpsnakeError
-from cpsnake.models import load_model, save_model
+from cpsnake.models.registry import load_model
+from cpsnake.models.state import save_model
 from cpsnake.models.cpsam import (
     ARCHITECTURES,
     CPSAMNet,

@@ -14,8 +14,8 @@ import tifffile
 from cpsnake import __version__
 from cpsnake.cli import main as cli_main
 from cpsnake.errors import CpsnakeError
-from cpsnake.io import read_image
-from cpsnake.normalize import normalize, select_channels, tile_starts, upsample_bilinear
+from cpsnake.io.images import read_image
+from cpsnake.engine.normalize import normalize, select_channels, tile_starts, upsample_bilinear
 from reference import cellpose
 
 DATA = Path(__file__).parent / "data" / "images"
@@ -153,7 +153,7 @@ def test_bad_options_are_errors(kwargs, pattern):
 def test_whole_stack_equals_cellpose_norm3d(shape):
     """Percentiles over all planes (cellpose's norm3D); above 224**3 voxels on cellpose's 3-D subsample
     (every Z // 50-th plane, Y // 224-th row, X // 224-th column)."""
-    from cpsnake.stack import normalize_stack
+    from cpsnake.stacks.stack import normalize_stack
 
     transforms = cellpose("cellpose.transforms")
     stack = noisy(shape, np.uint16)
@@ -166,7 +166,7 @@ def test_whole_stack_equals_cellpose_norm3d(shape):
 
 
 def test_stack_plane_by_plane_equals_cellpose_per_slice():
-    from cpsnake.stack import normalize_stack
+    from cpsnake.stacks.stack import normalize_stack
 
     transforms = cellpose("cellpose.transforms")
     stack = noisy((3, 2, 40, 30), np.uint8)

@@ -1,4 +1,4 @@
-"""cpsnake.reconstruct: masks from flows, parity with cellpose 4.2.1.1, thresholds, CLI."""
+"""cpsnake.engine.reconstruct: masks from flows, parity with cellpose 4.2.1.1, thresholds, CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from scipy import ndimage as ndi
 
-from cpsnake import dynamics, io, reconstruct
+from cpsnake.engine import dynamics, reconstruct
+from cpsnake.io.images import read_labels, write_flows
 from reference import cellpose
 from synthetic import voronoi_cells
 
@@ -146,9 +147,9 @@ def test_cli_round_trip_keeps_calibration(tmp_path):
     labels = voronoi_cells((64, 80), seed=2)
     labels = dynamics.fill_holes_and_remove_small_masks(labels, min_size=15)
     src, dst = tmp_path / "f.tif", tmp_path / "m.tif"
-    io.write_flows(src, clean_flows(labels), pixel_size=(0.5, 0.5), unit="micron")
+    write_flows(src, clean_flows(labels), pixel_size=(0.5, 0.5), unit="micron")
     assert reconstruct.main([str(src), str(dst), "--niter", "150", "--min-size", "10"]) == 0
-    out, meta = io.read_labels(dst)
+    out, meta = read_labels(dst)
     assert meta["pixel_size"] == (0.5, 0.5) and meta["unit"] == "micron"
     assert np.array_equal(out, reconstruct.compute_masks(clean_flows(labels), niter=150, min_size=10))
 
@@ -166,7 +167,7 @@ def test_cli_rejects_stack_with_one_line_and_no_output(tmp_path, capsys):
 
 def test_cli_rejects_bad_options(tmp_path, capsys):
     src, dst = tmp_path / "f.tif", tmp_path / "m.tif"
-    io.write_flows(src, np.zeros((3, 8, 8), np.float32))
+    write_flows(src, np.zeros((3, 8, 8), np.float32))
     assert reconstruct.main([str(src), str(dst), "--niter", "0"]) == 1
     assert "--niter" in capsys.readouterr().err
     assert reconstruct.main([str(src), str(dst), "--diameter", "-3"]) == 1
@@ -185,7 +186,7 @@ def test_many_bands_and_blocks_agree_with_cellpose(monkeypatch, seed):
     labels = voronoi_cells((640, 600), spacing=20, seed=seed)
     flows = noisy_flows(labels, seed)
     bands, blocks = [], []
-    from cpsnake import heat
+    from cpsnake.engine import heat
 
     diffuse, follow = heat._diffuse_band, dynamics.follow_flows
 

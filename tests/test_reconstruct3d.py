@@ -1,4 +1,4 @@
-"""cpsnake.reconstruct3d and cpsnake.heat3d: 3-D masks from flows, parity with cellpose 4.2.1.1 (do_3D=True).
+"""cpsnake.engine.reconstruct3d and cpsnake.engine.heat3d: 3-D masks from flows, parity with cellpose 4.2.1.1 (do_3D=True).
 
 Flows are made from synthetic ellipsoid stacks (24 x 64 x 64, 30 objects) by cellpose's own
 ``masks_to_flows_gpu_3d`` (x5, the network's scale), clean or with Gaussian noise on flows and cellprob.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cpsnake import heat3d, reconstruct3d
+from cpsnake.engine import heat3d, reconstruct3d
 from cpsnake.errors import CpsnakeError
 from reference import cellpose
 
@@ -171,7 +171,7 @@ def test_overlapping_seed_windows_equal_cellpose():
 def test_equal_counts_meeting_take_torchs_order_as_cellpose(n_seeds):
     """Seeds with the same count whose windows share bridge bins: which wins a bin is decided by the order of
     equal counts, which is torch's (unstable) sort in cellpose. Ours ranks them in torch's order without
-    torch (:mod:`cpsnake.tieorder`); the labels equal ``get_masks_torch``'s.
+    torch (:mod:`cpsnake.engine.tieorder`); the labels equal ``get_masks_torch``'s.
 
     Catches: a stable order where ties decide (20 seeds: torch's order differs from the stable one).
     """
@@ -240,7 +240,7 @@ print(tie.max(), "torch" in sys.modules)
 
 @pytest.mark.parametrize("shape, niter", [((7, 30, 41), 200), ((2, 5, 9), 37), ((16, 16, 16), 1)])
 def test_compiled_follower_equals_grid_sample_to_the_bit(shape, niter):
-    """cpsnake.follow3d against cellpose's own step loop (torch grid_sample, 5-D, align_corners=False, clamp),
+    """cpsnake.engine.follow3d against cellpose's own step loop (torch grid_sample, 5-D, align_corners=False, clamp),
     on random steps large enough to push points out of the stack and against its faces."""
     import torch
     import torch.nn.functional as F
@@ -278,7 +278,7 @@ def test_blocks_and_threads_give_the_same_labels(monkeypatch):
     Catches: a block's points written to another block's slot, the last (short) block never followed,
     seed labels restarting at 1 in every chunk.
     """
-    from cpsnake import dynamics, heat
+    from cpsnake.engine import dynamics, heat
 
     flows = noisy_flows(2)
     whole = reconstruct3d.compute_masks_3d(flows, block=1 << 30)

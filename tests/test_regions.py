@@ -1,4 +1,4 @@
-"""Large images read region by region (:mod:`cpsnake.regions`) and normalized from one streaming pass."""
+"""Large images read region by region (:mod:`cpsnake.io.regions`) and normalized from one streaming pass."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from cpsnake import io, regions
+from cpsnake.io import regions
+from cpsnake.io.images import read_image, read_labels
 from cpsnake.errors import CpsnakeError
-from cpsnake.normalize import normalize, select_channels
+from cpsnake.engine.normalize import normalize, select_channels
 
 RNG = np.random.default_rng(0)
 
@@ -33,18 +34,18 @@ TIFFS = {  # name: (array as stored, tifffile.imwrite options)
 def test_tiff_regions_and_streamed_values_equal_the_whole_image(tmp_path, name):
     """Every layout (contiguous, interleaved RGB, alpha dropped, planar channels, big-endian, strips, tiles,
     BigTIFF, codecs): any region equals the whole-image reader's pixels, and the normalization record of one
-    streaming pass equals :func:`cpsnake.normalize.normalize`'s on the whole image, to the bit (the subsample
+    streaming pass equals :func:`cpsnake.engine.normalize.normalize`'s on the whole image, to the bit (the subsample
     above 224**3 px and float64 arithmetic for wide values included), and so does every normalized region.
 
     Catches: a band's subsample grid not continuing the previous band's (rows ``first = -y0 % step``), a
     min/max over one band only, the alpha sample kept, byte order not swapped, Y/X offsets swapped.
     """
-    from cpsnake.normalize import scale
+    from cpsnake.engine.normalize import scale
 
     data, opts = TIFFS[name]
     path = tmp_path / f"{name}.tif"
     tifffile.imwrite(path, data, **opts)
-    whole, meta = io.read_image(path)
+    whole, meta = read_image(path)
     with regions.open_image(path) as img:
         assert img.shape == whole.shape and img.meta["dropped_alpha"] == meta["dropped_alpha"]
         for y0, y1, x0, x1 in [(0, whole.shape[1], 0, whole.shape[2]), (13, 301, 77, 555), (whole.shape[1] - 5,
@@ -199,14 +200,14 @@ def test_segment_reads_an_ome_zarr_block_by_block_with_the_whole_images_labels(t
     from cpsnake.cli import main
 
     src = sorted((ROOT / "resources/demo/images").glob("bbbc039_*.tif"))[0]
-    img = io.read_image(src)[0]
+    img = read_image(src)[0]
     write_ome_zarr(tmp_path / "demo.zarr", img, "0.5", chunks=(1, 100, 128), scale=(1.0, 0.65, 0.65))
     tifffile.imwrite(tmp_path / "demo.tif", img[0])
     assert main(["segment", str(tmp_path / "demo.zarr"), "--out", str(tmp_path / "z"), "--block-size", "512",
                  "--ome-zarr"]) == 0
     assert main(["segment", str(tmp_path / "demo.tif"), "--out", str(tmp_path / "w"), "--block-size", "0"]) == 0
-    got, meta = io.read_labels(tmp_path / "z" / "masks" / "demo.tif")
-    whole = io.read_labels(tmp_path / "w" / "masks" / "demo.tif")[0]
+    got, meta = read_labels(tmp_path / "z" / "masks" / "demo.tif")
+    whole = read_labels(tmp_path / "w" / "masks" / "demo.tif")[0]
     assert whole.max() > 30 and np.array_equal(got, whole)
     import zarr
 
@@ -228,7 +229,7 @@ def test_block_options_that_need_the_whole_image_are_one_line(tmp_path, capsys):
 
 
 def test_label_zarr_is_read_by_ome_zarr_py_and_validates_as_ngff_05(tmp_path):
-    """`cpsnake.ngff.write_label_zarr` from a Zarr array on disk: ome-zarr-py's reader finds a Label +
+    """`cpsnake.io.ngff.write_label_zarr` from a Zarr array on disk: ome-zarr-py's reader finds a Label +
     Multiscales node whose levels are the labels taken every 2**k-th pixel, the groups validate against the
     NGFF 0.5 models (ome-zarr-models: ``Labels``, ``ImageLabel``), and the scale carries the pixel size.
 
@@ -240,7 +241,7 @@ def test_label_zarr_is_read_by_ome_zarr_py_and_validates_as_ngff_05(tmp_path):
     from ome_zarr.reader import Reader
     from ome_zarr_models import open_ome_zarr
 
-    from cpsnake.ngff import write_label_zarr
+    from cpsnake.io.ngff import write_label_zarr
 
     lab = RNG.integers(0, 70000, (2500, 1300)).astype(np.int32)
     src = zarr.create_array(str(tmp_path / "src.zarr"), shape=lab.shape, chunks=(700, 700), dtype="int32")
@@ -259,23 +260,23 @@ def test_label_zarr_is_read_by_ome_zarr_py_and_validates_as_ngff_05(tmp_path):
 
 
 def test_ome_zarr_is_an_input_like_any_image(tmp_path):
-    """Every step reads a 2-D OME-Zarr folder whole through :func:`cpsnake.io.read_image` (size checked from
+    """Every step reads a 2-D OME-Zarr folder whole through :func:`cpsnake.io.images.read_image` (size checked from
     its metadata first); `cpsnake samples` finds ``.zarr`` folders, names them without ``.ome.zarr`` and
     reads their header; an OME-Zarr stack is refused with one line."""
-    from cpsnake import samples
+    from cpsnake.run import samples
 
     data = RNG.integers(0, 4000, (2, 300, 400)).astype(np.uint16)
     write_ome_zarr(tmp_path / "a.ome.zarr", data, "0.5")
     tifffile.imwrite(tmp_path / "b.tif", data[0])
-    img, meta = io.read_image(tmp_path / "a.ome.zarr")
+    img, meta = read_image(tmp_path / "a.ome.zarr")
     assert np.array_equal(img, data) and meta["format"] == "ome-zarr" and meta["stack_axes"] == ""
     with pytest.raises(CpsnakeError, match="more than the limit"):
-        io.read_image(tmp_path / "a.ome.zarr", max_pixels=1000)
+        read_image(tmp_path / "a.ome.zarr", max_pixels=1000)
     found = samples.inspect(samples.discover(str(tmp_path)))
     assert [(s.sample, s.height, s.width, s.channels_in_file, s.block) for s in found] == [
         ("a", 300, 400, 2, 0), ("b", 300, 400, 1, 0)]
     assert [s.block for s in samples.inspect(samples.discover(str(tmp_path)), block_size=512)] == [512, 512]
-    from cpsnake.provenance import sha256
+    from cpsnake.run.provenance import sha256
 
     before = sha256(tmp_path / "a.ome.zarr")  # provenance: a folder's files, paths and contents
     chunk = sorted(p for p in (tmp_path / "a.ome.zarr").rglob("*") if p.is_file() and p.parent.name == "0")[-1]
@@ -289,4 +290,4 @@ def test_ome_zarr_is_an_input_like_any_image(tmp_path):
     g.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n, "type": t} for n, t in
                                (("z", "space"), ("y", "space"), ("x", "space"))], "datasets": [{"path": "0"}]}]
     with pytest.raises(CpsnakeError, match="found an OME-Zarr stack .*expected a 2-D OME-Zarr image"):
-        io.read_image(stack)
+        read_image(stack)

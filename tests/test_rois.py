@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpsnake import io
+from cpsnake.io.images import read_labels, write_labels, write_tiff
 from cpsnake.errors import CpsnakeError
-from cpsnake.rois import labels_to_rois, main, read_rois, roi_mask, rois_to_labels, trace_outlines, write_rois
+from cpsnake.export.rois import labels_to_rois, main, read_rois, roi_mask, rois_to_labels, trace_outlines, write_rois
 
 DATA = Path(__file__).parent / "data" / "nuclei_val"
 VAL = sorted(p.stem for p in (DATA / "masks").glob("*.tif"))
@@ -88,7 +88,7 @@ def test_roundtrip_hard_shapes():
 
 @pytest.mark.parametrize("name", VAL)
 def test_roundtrip_real_masks(name, tmp_path):
-    lab, _ = io.read_labels(DATA / "masks" / f"{name}.tif")
+    lab, _ = read_labels(DATA / "masks" / f"{name}.tif")
     write_rois(tmp_path / "r.zip", labels_to_rois(lab))
     back = rois_to_labels(read_rois(tmp_path / "r.zip"), lab.shape)
     assert np.array_equal(back, lab)
@@ -108,17 +108,17 @@ def test_roundtrip_3d_and_time_positions(tmp_path):
 
 def test_cli_roundtrip_keeps_shape_and_calibration(tmp_path):
     a = np.stack([hard_shapes(), hard_shapes()[::-1]])
-    io.write_labels(tmp_path / "lab.tif", a, pixel_size=(0.5, 0.5), unit="um")
-    io.write_tiff(tmp_path / "img.tif", np.zeros((2, 1) + a.shape[1:], np.uint8), axes="ZCYX", pixel_size=(0.5, 0.5), unit="um")
+    write_labels(tmp_path / "lab.tif", a, pixel_size=(0.5, 0.5), unit="um")
+    write_tiff(tmp_path / "img.tif", np.zeros((2, 1) + a.shape[1:], np.uint8), axes="ZCYX", pixel_size=(0.5, 0.5), unit="um")
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "r.zip")]) == 0
     assert main(["--import", str(tmp_path / "r.zip"), "--like", str(tmp_path / "img.tif"), str(tmp_path / "back.tif")]) == 0
-    back, meta = io.read_labels(tmp_path / "back.tif")
+    back, meta = read_labels(tmp_path / "back.tif")
     assert np.array_equal(back, a)
     assert meta["pixel_size"] == pytest.approx((0.5, 0.5))
 
 
 def test_empty_labels_give_valid_empty_zip(tmp_path, capsys):
-    io.write_labels(tmp_path / "lab.tif", np.zeros((8, 8), np.int32))
+    write_labels(tmp_path / "lab.tif", np.zeros((8, 8), np.int32))
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "r.zip")]) == 0
     with zipfile.ZipFile(tmp_path / "r.zip") as zf:
         assert zf.testzip() is None and zf.namelist() == []
@@ -170,7 +170,7 @@ def test_line_roi_is_not_an_area(tmp_path):
 
 def test_broken_zip_and_failed_cli_leave_no_output(tmp_path):
     (tmp_path / "x.zip").write_bytes(b"PK\x03\x04garbage")
-    io.write_tiff(tmp_path / "img.tif", np.zeros((1, 8, 8), np.uint8), axes="CYX")
+    write_tiff(tmp_path / "img.tif", np.zeros((1, 8, 8), np.uint8), axes="CYX")
     rc = main(["--import", str(tmp_path / "x.zip"), "--like", str(tmp_path / "img.tif"), str(tmp_path / "o.tif")])
     assert rc == 1 and not (tmp_path / "o.tif").exists()
 
@@ -196,7 +196,7 @@ def test_curved_composite_is_a_clear_error():
 def test_cpsnake_rois_dispatch(tmp_path):
     from cpsnake.cli import main as cli
 
-    io.write_labels(tmp_path / "lab.tif", hard_shapes())
+    write_labels(tmp_path / "lab.tif", hard_shapes())
     assert cli(["rois", str(tmp_path / "lab.tif"), str(tmp_path / "r.zip")]) == 0
     assert len(zipfile.ZipFile(tmp_path / "r.zip").namelist()) == len(np.unique(hard_shapes())) - 1
 

@@ -1,10 +1,10 @@
-"""cpsnake.samples: discovery, sample sheets, deterministic batches, the samples table."""
+"""cpsnake.run.samples: discovery, sample sheets, deterministic batches, the samples table."""
 
 from __future__ import annotations
 
 import pytest
 
-from cpsnake import samples
+from cpsnake.run import samples
 from cpsnake.errors import CpsnakeError
 
 

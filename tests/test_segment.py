@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from cpsnake import cli, io
+from cpsnake import cli
+from cpsnake.io.images import read_labels, write_tiff
 
 DATA = Path(__file__).parent / "data" / "images"
 IMAGE = DATA / "bbbc039_O13_s3_uint16.tif"
@@ -24,7 +25,7 @@ def small_image(tmp_path_factory) -> Path:
     """A 200x260 crop of a real BBBC039 image, calibrated 0.5 um."""
     img = tifffile.imread(IMAGE)[:200, :260]
     path = tmp_path_factory.mktemp("img") / "crop.tif"
-    io.write_tiff(path, img, axes="YX", pixel_size=(0.5, 0.5), unit="um")
+    write_tiff(path, img, axes="YX", pixel_size=(0.5, 0.5), unit="um")
     return path
 
 
@@ -37,8 +38,8 @@ def test_segment_equals_step_commands(tmp_path, tiny_model, small_image):
     assert cli.main(["normalize", str(small_image), str(norm)]) == 0
     assert cli.main(["infer", str(norm), str(flows), "--model", str(tiny_model)]) == 0
     assert cli.main(["reconstruct", str(flows), str(masks), *FIND]) == 0
-    seg, meta = io.read_labels(out / "masks" / "crop.tif")
-    ref, _ = io.read_labels(masks)
+    seg, meta = read_labels(out / "masks" / "crop.tif")
+    ref, _ = read_labels(masks)
     assert seg.max() > 0
     np.testing.assert_array_equal(seg, ref)
     assert meta["pixel_size"] == pytest.approx((0.5, 0.5))
@@ -102,7 +103,8 @@ def test_bad_option_is_one_error_line_before_any_work(tmp_path, small_image, cap
 
 
 def test_segment_offers_every_option_of_the_step_commands():
-    from cpsnake import infer, normalize, reconstruct, segment
+    from cpsnake.engine import infer, normalize, reconstruct
+    from cpsnake.run import segment
 
     def flags(parser: argparse.ArgumentParser) -> set[str]:
         return {s for a in parser._actions for s in a.option_strings}

@@ -1,4 +1,4 @@
-"""Stacks end to end (cpsnake.stack, cpsnake.track, `cpsnake segment` on stacks).
+"""Stacks end to end (cpsnake.stacks.stack, cpsnake.stacks.track, `cpsnake segment` on stacks).
 
 The parity tests run cellpose 4.2.1.1's own ``CellposeModel.eval`` (stitch_threshold, do_3D) with the bundled
 Cellpose-SAM network on crops of the demo stack (real nuclei, synthetic in depth), so the
@@ -12,9 +12,9 @@ import pytest
 import tifffile
 import torch
 
-from cpsnake import stack as stack_mod
+from cpsnake.stacks import stack as stack_mod
 from cpsnake.errors import CpsnakeError
-from cpsnake.track import track_frames
+from cpsnake.stacks.track import track_frames
 from reference import cellpose
 from test_infer import CellposeWrap
 
@@ -23,9 +23,10 @@ DEMO = __import__("pathlib").Path(__file__).resolve().parents[1] / "resources" /
 
 @pytest.fixture(scope="module")
 def bundled_net():
-    from cpsnake import models, weights
+    from cpsnake.models import weights
+    from cpsnake.models.registry import load_model
 
-    return models.load_model(weights.resolve("nuclei_small"), device="cpu")
+    return load_model(weights.resolve("nuclei_small"), device="cpu")
 
 
 def _stack(crop=64, planes=8):
@@ -78,7 +79,7 @@ def test_3d_mode_equals_cellpose_eval(bundled_net):
 
 
 def test_planes_mode_numbers_every_plane_after_the_previous_ones(bundled_net):
-    from cpsnake.segment import segment_image
+    from cpsnake.run.segment import segment_image
 
     stack, _ = _stack(crop=64, planes=4)
     ours, _, record, _ = stack_mod.segment_stack(bundled_net, stack[:, None], mode="planes")
@@ -161,12 +162,13 @@ def zstack(tmp_path_factory):
 
 
 def test_segment_stitched_stack_writes_a_calibrated_hyperstack_rois_and_3d_table(zstack, tmp_path, capsys):
-    from cpsnake import io, segment
-    from cpsnake.roi_import import rois_to_labels, read_rois
+    from cpsnake.run import segment
+    from cpsnake.io.images import read_labels
+    from cpsnake.export.roi_import import rois_to_labels, read_rois
 
     path, _ = zstack
     assert segment.main([str(path), "--out", str(tmp_path), "--stitch-threshold", "0.25"]) == 0
-    labels, meta = io.read_labels(tmp_path / "masks" / "z.tif")
+    labels, meta = read_labels(tmp_path / "masks" / "z.tif")
     with tifffile.TiffFile(tmp_path / "masks" / "z.tif") as tif:
         ij = tif.imagej_metadata
     assert labels.shape == (6, 64, 64) and ij["slices"] == 6 and ij["spacing"] == 1.0 and ij["unit"] == "micron"
@@ -184,14 +186,15 @@ def test_segment_stitched_stack_writes_a_calibrated_hyperstack_rois_and_3d_table
 
 
 def test_segment_time_series_tracks_and_tables_carry_frames(tmp_path):
-    from cpsnake import io, segment
+    from cpsnake.run import segment
+    from cpsnake.io.images import read_labels
 
     stack, _ = _stack(crop=64, planes=3)
     movie = np.stack([np.roll(stack[1], 2 * t, axis=1) for t in range(3)])  # one plane drifting right
     path = tmp_path / "movie.tif"
     tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TYX", "finterval": 5.0})
     assert segment.main([str(path), "--out", str(tmp_path / "o"), "--track"]) == 0
-    labels, _ = io.read_labels(tmp_path / "o" / "masks" / "movie.tif")
+    labels, _ = read_labels(tmp_path / "o" / "masks" / "movie.tif")
     with tifffile.TiffFile(tmp_path / "o" / "masks" / "movie.tif") as tif:
         assert tif.imagej_metadata["frames"] == 3 and tif.imagej_metadata["finterval"] == 5.0
     # every cell found in frames 0, 1 and 2 at its drifted place keeps its id (untracked frames share none)
@@ -210,15 +213,16 @@ def test_segment_time_series_tracks_and_tables_carry_frames(tmp_path):
 
 
 def test_segment_tz_hyperstack_stitches_each_frame_and_tracks_3d_objects(tmp_path):
-    from cpsnake import io, segment
-    from cpsnake.roi_import import read_rois
+    from cpsnake.run import segment
+    from cpsnake.io.images import read_labels
+    from cpsnake.export.roi_import import read_rois
 
     stack, _ = _stack(crop=48, planes=4)
     movie = np.stack([stack, np.roll(stack, 1, axis=2)])  # 2 frames, the second moved down 1 px
     path = tmp_path / "tz.tif"
     tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TZYX", "spacing": 2.0, "finterval": 10.0})
     assert segment.main([str(path), "--out", str(tmp_path / "o"), "--stitch-threshold", "0.25", "--track"]) == 0
-    labels, _ = io.read_labels(tmp_path / "o" / "masks" / "tz.tif")
+    labels, _ = read_labels(tmp_path / "o" / "masks" / "tz.tif")
     with tifffile.TiffFile(tmp_path / "o" / "masks" / "tz.tif") as tif:
         ij = tif.imagej_metadata
     assert labels.shape == (2, 4, 48, 48) and (ij["frames"], ij["slices"], ij["spacing"], ij["finterval"]) == (2, 4, 2.0, 10.0)
@@ -242,7 +246,7 @@ def test_segment_tz_hyperstack_stitches_each_frame_and_tracks_3d_objects(tmp_pat
     ("ZYX", (3, 40, 40), ["--stitch-threshold", "1.5"], r"--stitch-threshold 1.5: found 1.5; expected an IoU"),
 ])
 def test_bad_stack_requests_are_one_clear_line(tmp_path, capsys, tiny_model, axes, shape, flags, match):
-    from cpsnake import segment
+    from cpsnake.run import segment
 
     path = tmp_path / "s.tif"
     data = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)

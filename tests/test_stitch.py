@@ -1,4 +1,4 @@
-"""cpsnake.stitch against cellpose 4.2.1.1's ``utils.stitch3D`` (the reference), on tiny synthetic stacks.
+"""cpsnake.stacks.stitch against cellpose 4.2.1.1's ``utils.stitch3D`` (the reference), on tiny synthetic stacks.
 
 Parity is exact: the same label values, voxel for voxel (``np.array_equal``), at every threshold tried.
 Each test's docstring names a plausible bug it catches.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cpsnake.errors import CpsnakeError
-from cpsnake.stitch import stitch_planes
+from cpsnake.stacks.stitch import stitch_planes
 from reference import cellpose
 from synthetic import voronoi_cells
 

@@ -1,11 +1,11 @@
-"""torch's CPU argsort order of equal values, reproduced without torch (:mod:`cpsnake.tieorder`)."""
+"""torch's CPU argsort order of equal values, reproduced without torch (:mod:`cpsnake.engine.tieorder`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cpsnake import tieorder
+from cpsnake.engine import tieorder
 
 torch = pytest.importorskip("torch")
 

@@ -1,4 +1,4 @@
-"""cpsnake.train and cpsnake.augment: targets, augmentation consistency, loss, schedule, training, resume, pack."""
+"""cpsnake.training.train and cpsnake.training.augment: targets, augmentation consistency, loss, schedule, training, resume, pack."""
 
 import sys
 
@@ -8,7 +8,7 @@ import tifffile
 import torch
 from scipy import ndimage as ndi
 
-from cpsnake import augment, pack, train
+from cpsnake.training import augment, pack, train
 from cpsnake.errors import CpsnakeError
 
 
@@ -56,7 +56,7 @@ def _ellipses(shape=(120, 140)):
 
 def test_transformed_flows_agree_with_recomputed_flows():
     """Warping flows (vectors rotated/flipped) == flows recomputed from the warped label image."""
-    from cpsnake.dynamics import masks_to_flows
+    from cpsnake.engine.dynamics import masks_to_flows
 
     lab = _ellipses()
     flows = masks_to_flows(lab)
@@ -77,7 +77,7 @@ def test_transformed_flows_agree_with_recomputed_flows():
 
 def test_wrong_vector_rotation_would_be_caught():
     """The check above has power: flows warped without rotating the vectors disagree."""
-    from cpsnake.dynamics import masks_to_flows
+    from cpsnake.engine.dynamics import masks_to_flows
 
     lab = _ellipses()
     flows = masks_to_flows(lab)
@@ -179,7 +179,7 @@ def test_a_pair_listed_twice_is_kept_twice_and_reported_once(tmp_path, capsys):
 
 
 def _small_net(seed=0):
-    from cpsnake.models import build_cpsam
+    from cpsnake.models.cpsam import build_cpsam
 
     torch.manual_seed(seed)
     return build_cpsam("tiny", embed_dim=64, depth=1, num_heads=2, out_chans=32)
@@ -192,7 +192,7 @@ def items(tmp_path_factory):
 
 
 def test_training_lowers_loss_and_writes_loadable_model(items, tmp_path):
-    from cpsnake.models import load_model
+    from cpsnake.models.registry import load_model
 
     torch.set_num_threads(1)
     net = _small_net()
@@ -219,8 +219,9 @@ def test_validate_scores_a_trained_model_as_the_segment_and_evaluate_commands_do
     """
     from pathlib import Path
 
-    from cpsnake import cli, weights
-    from cpsnake.models import load_model
+    from cpsnake import cli
+    from cpsnake.models import weights
+    from cpsnake.models.registry import load_model
 
     val = Path(__file__).parent / "data" / "nuclei_val"
     pairs = train.list_pairs(val)
@@ -371,7 +372,7 @@ def test_pack_over_budget_drops_by_kind_and_says_so(tmp_path, capsys):
 
 
 def test_imagej_roiset_masks_are_read_as_labels(tmp_path):
-    from cpsnake import rois
+    from cpsnake.export import rois
 
     root = _split(tmp_path / "s", n=1)
     lab = tifffile.imread(root / "masks" / "im0.tif").astype(np.int32)
@@ -394,8 +395,8 @@ def test_batches_do_not_depend_on_worker_processes(items, tmp_path):
 
 def test_targets_reconstruct_to_the_masks_before_and_after_warping(tmp_path):
     """The targets speak the pipeline's convention: 5 x flows + cellprob logits -> compute_masks -> the masks."""
-    from cpsnake.evaluate import scores
-    from cpsnake.reconstruct import compute_masks
+    from cpsnake.training.evaluate import scores
+    from cpsnake.engine.reconstruct import compute_masks
 
     root = _split(tmp_path / "s", n=1, shape=(128, 128))
     [item] = train.prepare(train.list_pairs(root), tmp_path / "cache")

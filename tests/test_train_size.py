@@ -9,7 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from cpsnake import cli, models, size, train, train_size
+from cpsnake import cli
+from cpsnake.engine import size
+from cpsnake.training import train, train_size
+from cpsnake.models.registry import load_model
 from cpsnake.errors import CpsnakeError
 
 
@@ -50,7 +53,7 @@ def test_fit_recovers_a_linear_relation_of_log_diameter_and_style():
 
 def test_draws_depend_only_on_seed_image_and_draw(unet_file, discs, tmp_path):
     """The same (seed, image, draw) gives the same style whatever the batching or the other images."""
-    net = models.load_model(unet_file)
+    net = load_model(unet_file)
     items = train.prepare(train.list_pairs(discs), tmp_path)
     assert {i["name"]: round(i["diameter"]) for i in items} == {"r4": 8, "r6": 12, "r8": 16, "r10": 20}
     s8, t8 = train_size.draw_styles(net, items, per_image=2, crop=96, seed=4, batch_size=8)
@@ -77,13 +80,13 @@ def test_written_size_model_is_read_by_cellpose3_and_by_diameter_auto(cp3, unet_
     assert set(params) == {"A", "smean", "ymean", "diam_mean"} and params["diam_mean"] == 17.0
     import tifffile
 
-    from cpsnake.normalize import normalize
+    from cpsnake.engine.normalize import normalize
 
     img = tifffile.imread(discs / "images" / "r8.tif")
     np.save(tmp_path / "img.npy", img)
     ref = cp3("size", state=str(model), size=str(written), image=str(tmp_path / "img.npy"), channels=[0, 0],
               nbase=[2, 8, 16, 32])
-    _, diam_style = size.estimate_diameter(models.load_model(model), normalize(img[None])[0], params, progress=False)
+    _, diam_style = size.estimate_diameter(load_model(model), normalize(img[None])[0], params, progress=False)
     assert diam_style == pytest.approx(float(ref["diam_style"]), rel=1e-4)
     assert diam_style != pytest.approx(17.0, rel=1e-3)  # the fitted regression moved it
     seg = tmp_path / "seg"

@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from cpsnake import infer, models
+from cpsnake.engine import infer
+from cpsnake.models.registry import family_of, load_model
+from cpsnake.models.state import save_model
+from cpsnake.models.unet import UNet, build_unet
 from cpsnake.errors import CpsnakeError
 
 
@@ -24,8 +27,8 @@ def cp3_net(cp3, tmp_path_factory):
     """A cellpose 3 default-width network file (seeded random weights, diam_labels 24) and ours loaded from it."""
     state = tmp_path_factory.mktemp("net") / "cp3_random.pt"
     cp3("make_net", state=str(state), nbase=[2, 32, 64, 128, 256], seed=3, diam_mean=30.0, diam_labels=24.0)
-    net = models.load_model(state)
-    assert isinstance(net, models.UNet)
+    net = load_model(state)
+    assert isinstance(net, UNet)
     return state, net
 
 
@@ -39,7 +42,7 @@ def assert_close(ours, ref, tol=1e-4):
 
 def test_network_and_style_equal_cellpose3(cp3, cp3_net, tmp_path):
     state, net = cp3_net
-    assert models.family_of(torch.load(state, weights_only=True)) == "unet"
+    assert family_of(torch.load(state, weights_only=True)) == "unet"
     assert net.nbase == [2, 32, 64, 128, 256] and float(net.diam_labels) == 24.0
     for shape in [(2, 2, 224, 224), (1, 2, 96, 160)]:
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
@@ -70,7 +73,7 @@ def test_whole_image_flows_equal_cellpose3_run_net(cp3, cp3_net, tmp_path, shape
     if rsz is None:
         ours = infer.run_net(net, img, augment=augment)
     else:  # cellpose 3's run_net works at the resized size: compare there
-        from cpsnake.tiles import resize
+        from cpsnake.engine.tiles import resize
 
         Yr, Xr = int(shape[1] * rsz), int(shape[2] * rsz)
         ours = infer.run_net(net, resize(img, (Yr, Xr)), augment=augment)
@@ -80,24 +83,24 @@ def test_whole_image_flows_equal_cellpose3_run_net(cp3, cp3_net, tmp_path, shape
 def test_a_file_of_neither_family_is_one_error(tmp_path):
     torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "odd.pt")
     with pytest.raises(CpsnakeError, match=r"found keys conv.weight .*expected a Cellpose-SAM model .* or a cellpose 1-3 U-Net"):
-        models.load_model(tmp_path / "odd.pt")
+        load_model(tmp_path / "odd.pt")
 
 
 def test_missing_and_extra_keys_are_one_error(tmp_path):
-    state = models.build_unet().state_dict()
+    state = build_unet().state_dict()
     del state["output.2.bias"]
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(CpsnakeError, match=r"missing keys output.2.bias; unexpected keys extra.weight; expected a complete cellpose 3 U-Net"):
-        models.load_model(tmp_path / "bad.pt")
+        load_model(tmp_path / "bad.pt")
 
 
 def test_save_and_load_round_trip_keeps_batchnorm_counters(tmp_path):
-    net = models.build_unet(nbase=(2, 8, 16), diam_mean=17.0)
-    models.save_model(net, tmp_path / "u.pt")
+    net = build_unet(nbase=(2, 8, 16), diam_mean=17.0)
+    save_model(net, tmp_path / "u.pt")
     sd = torch.load(tmp_path / "u.pt", weights_only=True)
     assert sd["output.0.num_batches_tracked"].dtype == torch.int64
-    back = models.load_model(tmp_path / "u.pt")
+    back = load_model(tmp_path / "u.pt")
     assert back.nbase == [2, 8, 16] and float(back.diam_mean) == 17.0
     x = torch.rand(1, 2, 64, 64)
     with torch.no_grad():
@@ -112,7 +115,7 @@ def test_normalized_image_to_flows_equals_cellpose3_eval(cp3, cp3_net, tmp_path,
     cellpose 3's ``channels=[chan, chan2]`` (1-based, 0 = grey) is ``--channels chan-1,chan2-1`` here;
     ``[0, 0]`` on a grey image is the default (one channel, the second input zero).
     """
-    from cpsnake.normalize import normalize, select_channels
+    from cpsnake.engine.normalize import normalize, select_channels
 
     state, net = cp3_net
     rng = np.random.default_rng(2)
@@ -138,8 +141,8 @@ def test_stack_to_3d_flows_equals_cellpose3_do_3d(cp3, cp3_net, tmp_path, opencv
     resized back, against cellpose 3.1.1.3's ``CellposeModel.eval(do_3D=True)`` (compute_masks off): dZ,
     dY, dX and cellprob. (Catches: anisotropy left out, cellpose 4's 256 px tiles, views averaged.)"""
     diameter, anisotropy = 17.0, 2.0
-    from cpsnake import infer3d
-    from cpsnake.normalize import normalize
+    from cpsnake.engine import infer3d
+    from cpsnake.engine.normalize import normalize
 
     state, net = cp3_net
     stack = np.random.default_rng(4).gamma(2.0, 300, (6, 60, 70)).astype(np.uint16)
@@ -156,7 +159,7 @@ def test_stack_to_3d_flows_equals_cellpose3_do_3d(cp3, cp3_net, tmp_path, opencv
 def test_flow_following_without_interpolation_equals_cellpose3(cp3, tmp_path, seed):
     """``interp=False`` follows the flows as cellpose 3's ``steps2D`` (what its size estimation uses): the
     same end points. (The masks made from them then go through cpsnake's seeding, which is cellpose 4's.)"""
-    from cpsnake import dynamics
+    from cpsnake.engine import dynamics
     from synthetic import voronoi_cells
     from test_reconstruct import noisy_flows
 
@@ -185,8 +188,8 @@ def test_size_from_style_equals_cellpose3_size_model(cp3, cp3_net, tmp_path):
     seeding, which differs from cellpose 3's; it is checked against cellpose 3 with a trained model in
     test_bundled_unet.py. A random network finds no masks, so both fall back to diam_mean here.
     """
-    from cpsnake import size
-    from cpsnake.normalize import normalize
+    from cpsnake.engine import size
+    from cpsnake.engine.normalize import normalize
 
     state, net = cp3_net
     sfile = _size_file(tmp_path / "size_cp3_random.npy")
@@ -201,7 +204,7 @@ def test_size_from_style_equals_cellpose3_size_model(cp3, cp3_net, tmp_path):
 
 
 def test_size_model_files_are_read_without_unpickling_objects(tmp_path):
-    from cpsnake import size
+    from cpsnake.engine import size
 
     assert size.size_model_path(tmp_path / "cyto3") == tmp_path / "size_cyto3.npy"
     assert size.size_model_path(tmp_path / "m.pt") == tmp_path / "size_m.npy"
@@ -230,7 +233,8 @@ def test_step_commands_and_segment_take_a_unet_and_follow_its_scale(unet_file, t
     then follows 400 steps (cellpose 3: 200 / rescale); `segment` gives the same labels."""
     import tifffile
 
-    from cpsnake import cli, io
+    from cpsnake import cli
+    from cpsnake.io.images import read_flows, read_labels
 
     img = np.random.default_rng(0).gamma(2.0, 300, (90, 120)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "img.tif", img)
@@ -238,18 +242,18 @@ def test_step_commands_and_segment_take_a_unet_and_follow_its_scale(unet_file, t
     assert cli.main(["normalize", str(tmp_path / "img.tif"), str(tmp_path / "n.tif")]) == 0
     assert cli.main(["infer", str(tmp_path / "n.tif"), str(tmp_path / "f.tif"), "--model", str(unet_file),
                      "--diameter", "34"]) == 0
-    flows, meta = io.read_flows(tmp_path / "f.tif")
+    flows, meta = read_flows(tmp_path / "f.tif")
     assert meta["network_scale"] == pytest.approx(0.5)
     assert cli.main(["reconstruct", str(tmp_path / "f.tif"), str(tmp_path / "m.tif"), *find]) == 0
-    from cpsnake.reconstruct import compute_masks
+    from cpsnake.engine.reconstruct import compute_masks
 
     expected = compute_masks(flows, niter=400, flow_threshold=0, cellprob_threshold=-0.5)
-    assert np.array_equal(io.read_labels(tmp_path / "m.tif")[0], expected)
+    assert np.array_equal(read_labels(tmp_path / "m.tif")[0], expected)
     assert not np.array_equal(expected, compute_masks(flows, niter=200, flow_threshold=0, cellprob_threshold=-0.5))
     out = tmp_path / "seg"
     assert cli.main(["segment", str(tmp_path / "img.tif"), "--out", str(out), "--model", str(unet_file),
                      "--diameter", "34", *find]) == 0
-    assert np.array_equal(io.read_labels(out / "masks" / "img.tif")[0], expected)
+    assert np.array_equal(read_labels(out / "masks" / "img.tif")[0], expected)
     assert json.loads((out / "provenance" / "img.json").read_text())["model"]["family"] == "unet"
 
 

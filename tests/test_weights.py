@@ -1,4 +1,4 @@
-"""cpsnake.weights: registry, sha256-checked cache, downloads against a real HTTP server on 127.0.0.1."""
+"""cpsnake.models.weights: registry, sha256-checked cache, downloads against a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cpsnake import weights
+from cpsnake.models import weights
 from cpsnake.errors import CpsnakeError
-from cpsnake.weights import Entry, resolve
+from cpsnake.models.weights import Entry, resolve
 
 BODY = bytes(range(256)) * 40  # 10,240 bytes
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -128,7 +128,7 @@ def test_changed_cached_file_is_rehashed_and_replaced(tmp_path):
 
 _CHILD = """
 import sys
-from cpsnake.weights import Entry, resolve
+from cpsnake.models.weights import Entry, resolve
 base, sha, size, cache = sys.argv[1:5]
 print(resolve("demo", cache_dir=cache, registry={"demo": Entry("demo", int(size), sha, base=base)}))
 """
@@ -254,7 +254,7 @@ def test_registry_facts():
     assert weights.REGISTRY["cpsam"].url() == "https://huggingface.co/mouseland/cellpose-sam/resolve/main/cpsam"
     assert weights.REGISTRY["cpsam_v2"].url(revision="abc") == (
         "https://huggingface.co/mouseland/cellpose-sam/resolve/abc/cpsam_v2")
-    assert weights.REGISTRY["nuclei_small"].bundled == Path(weights.__file__).resolve().parents[2] / (
+    assert weights.REGISTRY["nuclei_small"].bundled == Path(weights.__file__).resolve().parents[3] / (
         "resources/models/nuclei_small.pt")
 
 

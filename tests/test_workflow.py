@@ -28,7 +28,8 @@ import pandas as pd
 import pytest
 import tifffile
 
-from cpsnake import aggregate, overlay, provenance
+from cpsnake.export import overlay
+from cpsnake.run import aggregate, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ("blobs_a", "blobs_b", "blobs_c")
@@ -76,7 +77,7 @@ def test_label_colours_differ_for_neighbouring_ids():
 def test_overlay_cli_writes_png_and_rejects_mismatched_labels(tmp_path):
     from PIL import Image
 
-    from cpsnake.io import write_labels
+    from cpsnake.io.images import write_labels
 
     tifffile.imwrite(tmp_path / "img.tif", np.random.default_rng(0).integers(0, 4000, (20, 30), dtype=np.uint16))
     labels = np.zeros((20, 30), np.int32)
@@ -128,8 +129,8 @@ def fake_run(root: Path) -> Path:
     A: segmented (2 cells, calibrated); B: segmented, no cells; C: unreadable (failed at samples);
     D: failed at normalize (so skipped by every later step).
     """
-    from cpsnake import batch, samples
-    from cpsnake.io import write_labels
+    from cpsnake.run import batch, samples
+    from cpsnake.io.images import write_labels
 
     res = root / "results"
     rows = [samples.Sample(n, f"/data/{n}.tif", batch="b0001", pixels=144) for n in ("A", "B", "D")]
@@ -206,7 +207,8 @@ def test_aggregate_cli_missing_manifest_is_one_line(tmp_path, capsys):
 
 def test_provenance_record(tmp_path):
     res = fake_run(tmp_path)
-    from cpsnake.models import build_unet, save_model
+    from cpsnake.models.state import save_model
+    from cpsnake.models.unet import build_unet
 
     model = tmp_path / "m.pt"
     save_model(build_unet(nbase=(2, 8, 16)), model)
@@ -371,7 +373,7 @@ def test_run_writes_every_output(reference_run, tiny_model):
     summary = pd.read_csv(res / "summary.csv")
     assert list(summary["image"]) == sorted(GOOD)
     assert (summary["time_s"] > 0).all()
-    from cpsnake.io import read_labels
+    from cpsnake.io.images import read_labels
 
     for name, cells in zip(summary["image"], summary["cells"]):
         labels, _ = read_labels(res / "masks" / f"{name}.tif")
@@ -416,7 +418,7 @@ def test_keep_config_keeps_intermediates_geojson_and_ome_zarr_are_written(tmp_pa
     ome_zarr: true writes each image's labels as OME-Zarr, equal to its label TIFF."""
     import zarr
 
-    from cpsnake.geojson import main as geojson_main
+    from cpsnake.export.geojson import main as geojson_main
 
     workdir = make_run_dir(tmp_path, tiny_model, keep={"flows": True, "normalized": True}, geojson=True,
                            ome_zarr=True)
@@ -582,12 +584,14 @@ def test_bad_config_is_refused_before_any_job(tmp_path, tiny_model):
 def test_a_classic_unet_model_runs_through_the_workflow(tmp_path):
     """`model` may be a cellpose 1-3 U-Net file: recognised from its keys, no flag; provenance says so.
     With `diameter: auto` its size model (beside it) gives each image's diameter, recorded in provenance
-    as the estimate `cpsnake.size` makes (a bug that recorded the configured "auto" or dropped it fails)."""
+    as the estimate `cpsnake.engine.size` makes (a bug that recorded the configured "auto" or dropped it fails)."""
     import torch
 
-    from cpsnake import io, size
-    from cpsnake.models import build_unet, load_model
-    from cpsnake.normalize import normalize
+    from cpsnake.engine import size
+    from cpsnake.io.images import read_image
+    from cpsnake.models.registry import load_model
+    from cpsnake.models.unet import build_unet
+    from cpsnake.engine.normalize import normalize
 
     torch.manual_seed(0)
     unet = tmp_path / "my_cp3_model"  # cellpose model files often have no extension
@@ -604,7 +608,7 @@ def test_a_classic_unet_model_runs_through_the_workflow(tmp_path):
     assert record["model"]["family"] == "unet"
     net, params = load_model(unet), size.read_size_model(tmp_path / "size_my_cp3_model.npy")
     for image in record["images"]:
-        img, _ = io.read_image(workdir / "images" / f"{image['name']}.tif")
+        img, _ = read_image(workdir / "images" / f"{image['name']}.tif")
         expected, _ = size.estimate_diameter(net, normalize(img)[0], params, progress=False)
         assert image["diameter_used"] == pytest.approx(expected, rel=1e-5)
 
@@ -616,7 +620,7 @@ def test_stacks_run_through_the_workflow_as_segment_does(tmp_path, stacks):
     """A Z stack and a time series beside 2-D images: config `stacks` applies where it fits (Z stacks are
     stitched or done in 3-D, the movie tracked, 2-D images as always) and every file equals what
     `cpsnake segment` writes with the matching flags."""
-    from cpsnake.segment import main as segment
+    from cpsnake.run.segment import main as segment
 
     demo = tifffile.imread(ROOT / "resources" / "demo" / "stacks" / "nuclei_zstack.tif")  # real nuclei, synthetic in Z
     zstack = demo[3:8, :48, :48]
@@ -645,7 +649,7 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
     header) and a stitch, and its masks, ROIs and table equal `cpsnake segment --block-size 512`'s (whose
     labels equal the whole image's, tests/test_blocks.py) bit for bit. Each block job, and the reconstruct
     job that stitches the blocks, asks for the memory of a block (the same for any image size), and every
-    job's peak stays within its request (cpsnake.jobmem). An OME-Zarr image in the
+    job's peak stays within its request (cpsnake.run.jobmem). An OME-Zarr image in the
     folder goes the same way. A corrupt tiled TIFF in blocks fails alone, with its one line, at the
     streaming pass.
 
@@ -657,7 +661,7 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
 
     from test_blocks import nuclei_mosaic
 
-    from cpsnake.segment import main as segment
+    from cpsnake.run.segment import main as segment
 
     workdir = tmp_path / "run"
     (workdir / "images").mkdir(parents=True)
@@ -670,7 +674,7 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
     (workdir / "images" / "broken.tif").write_bytes(bytes(raw))
     from test_regions import write_ome_zarr
 
-    from cpsnake.io import read_image
+    from cpsnake.io.images import read_image
 
     demo = read_image(sorted((ROOT / "resources" / "demo" / "images").glob("bbbc039_*.tif"))[0])[0]
     write_ome_zarr(workdir / "images" / "demo.ome.zarr", demo, "0.4", chunks=(1, 200, 200))
@@ -711,7 +715,7 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
 def test_a_slide_overlay_is_shown_every_kth_pixel():
     """Above MAX_SIDE the picture takes every k-th pixel of the image and of the labels (outlines of the
     subsampled labels, in their colours), so a slide's overlay stays viewable and bounded."""
-    from cpsnake.overlay import render
+    from cpsnake.export.overlay import render
 
     img = np.zeros((1, 100, 300), np.uint16)
     img[0, :, ::2] = 1000

@@ -318,8 +318,8 @@ def check_pair(name: str, pair: Sequence[float] | None, *, shown: str | None = N
 def check_halo(halo: int | None, block: int | None, *, shown: str | None = None, block_name: str = "--block-size"
                ) -> None:
     """``--block-halo`` at most the block side (``block`` None: the automatic block,
-    :data:`cpsnake.blocks.AUTO_BLOCK`; 0: no blocks, any halo is unused)."""
-    from cpsnake.blocks import AUTO_BLOCK
+    :data:`cpsnake.engine.blocks.AUTO_BLOCK`; 0: no blocks, any halo is unused)."""
+    from cpsnake.engine.blocks import AUTO_BLOCK
 
     if halo is None or block == 0:
         return
@@ -335,8 +335,8 @@ def check_stack_3d(path, shape: Sequence[int], *, anisotropy: float | None, diam
     """The stack ``(Z, C, Y, X)`` resized for 3-D segmentation (Z by ``anisotropy``, every side by 30 /
     ``diameter``, the Cellpose-SAM scale) must hold at most ``max_pixels`` samples; a CpsnakeError naming
     ``--anisotropy`` otherwise. Checked from the header before the model loads (the network's own scale is
-    checked again once it is known, :func:`cpsnake.infer3d.predict_3d`)."""
-    from cpsnake import limits
+    checked again once it is known, :func:`cpsnake.engine.infer3d.predict_3d`)."""
+    from cpsnake.io import limits
 
     Z, C, Y, X = (int(n) for n in shape)
     aniso = 1.0 if anisotropy is None else float(anisotropy)

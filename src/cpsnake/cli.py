@@ -1,7 +1,7 @@
 """``cpsnake <step> ...``: one sub-command per pipeline step.
 
 Each step lives in its own module with a ``main(argv=None) -> int``; this file only dispatches,
-so ``cpsnake normalize ...`` and ``python -m cpsnake.normalize ...`` are the same program.
+so ``cpsnake normalize ...`` and ``python -m cpsnake.engine.normalize ...`` are the same program.
 """
 
 from __future__ import annotations
@@ -11,23 +11,23 @@ import sys
 
 # step name -> (module, one-line help)
 STEPS: dict[str, tuple[str, str]] = {
-    "normalize": ("cpsnake.normalize", "percentile-normalize an image's channels for the network"),
-    "infer": ("cpsnake.infer", "tiled network inference: normalized image -> flows (dY, dX, cellprob)"),
-    "reconstruct": ("cpsnake.reconstruct", "flows -> label image (flow following, QC, min size)"),
-    "rois": ("cpsnake.rois", "label image <-> ImageJ RoiSet.zip (pixel-exact, traced polygons)"),
-    "measure": ("cpsnake.measure", "per-cell measurement table with ImageJ's definitions"),
-    "geojson": ("cpsnake.geojson", "label image -> QuPath GeoJSON (cell polygons along pixel edges, measurements)"),
-    "overlay": ("cpsnake.overlay", "QC picture: outlines of the labels over the image"),
-    "aggregate": ("cpsnake.aggregate", "join per-image tables into run-level tables"),
-    "provenance": ("cpsnake.provenance", "provenance record of a workflow run (versions, model sha256, parameters)"),
-    "segment": ("cpsnake.segment", "the whole chain in one process: images -> masks"),
-    "samples": ("cpsnake.samples", "the run's images: sample sheet or folder, header inspection, batches"),
-    "batch": ("cpsnake.batch", "one workflow step for a batch of images, in one process"),
-    "block": ("cpsnake.blockjob", "one block of a large image, as a workflow job (pass 1 of block-wise segmentation)"),
-    "weights": ("cpsnake.weights", "list or fetch model weights (sha256-checked cache)"),
-    "train": ("cpsnake.train", "train or fine-tune a Cellpose-SAM model or a classic Cellpose U-Net"),
-    "train-size": ("cpsnake.train_size", "fit a U-Net's size model (style -> diameter) for --diameter auto"),
-    "evaluate": ("cpsnake.evaluate", "average precision and error rate of predicted vs true labels"),
+    "normalize": ("cpsnake.engine.normalize", "percentile-normalize an image's channels for the network"),
+    "infer": ("cpsnake.engine.infer", "tiled network inference: normalized image -> flows (dY, dX, cellprob)"),
+    "reconstruct": ("cpsnake.engine.reconstruct", "flows -> label image (flow following, QC, min size)"),
+    "rois": ("cpsnake.export.rois", "label image <-> ImageJ RoiSet.zip (pixel-exact, traced polygons)"),
+    "measure": ("cpsnake.export.measure", "per-cell measurement table with ImageJ's definitions"),
+    "geojson": ("cpsnake.export.geojson", "label image -> QuPath GeoJSON (cell polygons along pixel edges, measurements)"),
+    "overlay": ("cpsnake.export.overlay", "QC picture: outlines of the labels over the image"),
+    "aggregate": ("cpsnake.run.aggregate", "join per-image tables into run-level tables"),
+    "provenance": ("cpsnake.run.provenance", "provenance record of a workflow run (versions, model sha256, parameters)"),
+    "segment": ("cpsnake.run.segment", "the whole chain in one process: images -> masks"),
+    "samples": ("cpsnake.run.samples", "the run's images: sample sheet or folder, header inspection, batches"),
+    "batch": ("cpsnake.run.batch", "one workflow step for a batch of images, in one process"),
+    "block": ("cpsnake.run.blockjob", "one block of a large image, as a workflow job (pass 1 of block-wise segmentation)"),
+    "weights": ("cpsnake.models.weights", "list or fetch model weights (sha256-checked cache)"),
+    "train": ("cpsnake.training.train", "train or fine-tune a Cellpose-SAM model or a classic Cellpose U-Net"),
+    "train-size": ("cpsnake.training.train_size", "fit a U-Net's size model (style -> diameter) for --diameter auto"),
+    "evaluate": ("cpsnake.training.evaluate", "average precision and error rate of predicted vs true labels"),
 }
 
 

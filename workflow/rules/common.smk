@@ -3,7 +3,7 @@
 # The run's images are known at parse time (a folder, a glob or a sample sheet); the `samples` checkpoint
 # reads each one's header and forms batches; every per-image rule then runs one job per batch, whose
 # per-image files keep their names (RESULTS/masks/NAME.tif, ...) and whose manifest
-# RESULTS/work/BATCH/STEP.tsv says which images succeeded (see cpsnake.batch).
+# RESULTS/work/BATCH/STEP.tsv says which images succeeded (see cpsnake.run.batch).
 import json
 import os
 import re
@@ -31,10 +31,10 @@ def fail(message):
 
 
 try:
-    from cpsnake import samples as sample_table
-    from cpsnake.config import check as check_config, results_folder
+    from cpsnake.run import samples as sample_table
+    from cpsnake.run.config import check as check_config, results_folder
     from cpsnake.errors import CpsnakeError
-    from cpsnake.files import regular_file
+    from cpsnake.io.files import regular_file
 except ImportError as exc:
     fail(
         f"cannot import cpsnake ({exc}); expected Snakemake to run in the environment where cpsnake is "
@@ -103,7 +103,7 @@ CHANNELS = parse_channels(config["channels"])
 
 
 def listed_samples():
-    """The run's samples at parse time: the sample sheet (cpsnake.samples.read_sheet: a regular file, checked
+    """The run's samples at parse time: the sample sheet (cpsnake.run.samples.read_sheet: a regular file, checked
     cell by cell), or the images folder / glob; a problem is one line."""
     try:
         if config["samples"]:
@@ -361,7 +361,7 @@ def block_files(wildcards):
     """The block files of the batch's images segmented in blocks (none for the others): the grid of each
     comes from its header (the samples table), so the block jobs are known when the DAG is built.
     """
-    from cpsnake.blockjob import grid_of
+    from cpsnake.run.blockjob import grid_of
 
     return [
         f"{RESULTS}/work/{wildcards.batch}/blocks/{s.sample}/{k}.npz"
@@ -382,8 +382,8 @@ def block_sample(wildcards):
 
 
 def block_mem_mb(wildcards):
-    """Memory request of a block job: the block's, not the image's (cpsnake.jobmem)."""
-    from cpsnake.jobmem import block_job_mb
+    """Memory request of a block job: the block's, not the image's (cpsnake.run.jobmem)."""
+    from cpsnake.run.jobmem import block_job_mb
 
     s = block_sample(wildcards)
     return block_job_mb(s.block, config["blocks"]["halo"], s.channels_in_file)
@@ -391,9 +391,9 @@ def block_mem_mb(wildcards):
 
 def mem_mb(step):
     """Memory request of a batch job of ``step``: the most any image of the batch needs (they are processed
-    one after the other); an image in blocks needs its block's, not its own (cpsnake.jobmem).
+    one after the other); an image in blocks needs its block's, not its own (cpsnake.run.jobmem).
     """
-    from cpsnake.jobmem import step_mb
+    from cpsnake.run.jobmem import step_mb
 
     def request(wildcards):
         return max(

@@ -44,7 +44,7 @@ from_sam_checkpoint(path) -> CPSAMNet                         SAM ``sam_vit_*.pt
 set_attention(encoder, "sdpa" | "sam") -> encoder             switch the blocks' attention (same weights)
 
 Files load through :func:`cpsnake.models.load_model`, which recognises the family from the keys; a
-name from the weights registry becomes a path with :func:`cpsnake.weights.resolve`:
+name from the weights registry becomes a path with :func:`cpsnake.models.weights.resolve`:
 ``load_model(weights.resolve("cpsam"))``.
 """
 
@@ -62,7 +62,7 @@ from torch import nn
 
 from cpsnake.errors import CpsnakeError
 from cpsnake.models.state import check_keys, load_state_dict_file
-from cpsnake.statefile import infer_architecture
+from cpsnake.models.statefile import infer_architecture
 
 __all__ = [
     "ARCHITECTURES",

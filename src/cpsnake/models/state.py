@@ -1,7 +1,7 @@
 """Model files, family-agnostic: read a state dict safely, check it against a network, write it reproducibly.
 
 Every family's files are plain ``torch.save``'d dicts of tensors (cellpose 3 and 4 write them so);
-:func:`load_state_dict_file` reads one with ``weights_only=True`` after :func:`cpsnake.statefile.check`
+:func:`load_state_dict_file` reads one with ``weights_only=True`` after :func:`cpsnake.models.statefile.check`
 has vetted its table of contents, :func:`check_keys` compares it with a network (missing, unexpected
 and mis-shaped keys in one line), :func:`save_model` writes one so that equal weights give equal bytes.
 """
@@ -15,7 +15,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from cpsnake import files, limits, statefile
+from cpsnake.io import files, limits
+from cpsnake.models import statefile
 from cpsnake.errors import CpsnakeError, library_text
 
 __all__ = ["load_state_dict_file", "check_tensors", "check_keys", "save_tensors", "save_model"]
@@ -26,7 +27,7 @@ def load_state_dict_file(
 ) -> dict[str, torch.Tensor]:
     """Read a ``torch.save``'d dict of tensors with ``weights_only=True`` (never unpickles objects).
 
-    Before anything is loaded, :func:`cpsnake.statefile.check` reads the file's table of contents and
+    Before anything is loaded, :func:`cpsnake.models.statefile.check` reads the file's table of contents and
     refuses expanded (stride-0) views, storages shorter than declared, more than ``max_parameters``
     elements and NaN/Inf values; a file it cannot read that way (legacy format) gets the same checks on
     the loaded tensors. Raises :class:`CpsnakeError` naming the file if it is missing, not a regular
@@ -69,7 +70,7 @@ def load_state_dict_file(
 def check_tensors(
     state: Mapping[str, torch.Tensor], source: str, *, max_parameters: int = limits.MAX_PARAMETERS, finite: bool = True
 ) -> None:
-    """The checks of :func:`cpsnake.statefile.check`, on loaded tensors: no expanded (stride-0) views, at most
+    """The checks of :func:`cpsnake.models.statefile.check`, on loaded tensors: no expanded (stride-0) views, at most
     ``max_parameters`` elements in all, and (``finite``) no NaN or infinite value in a float tensor."""
     fix = "the file is damaged or not a weights file: download or copy it again, or use a registry name"
     total = 0
@@ -128,7 +129,7 @@ def save_tensors(obj, path: str | os.PathLike) -> None:
     process id), so the same weights would give a different sha256 each time; given an open file, the
     name is always ``archive`` (and no second copy is held in memory).
     """
-    from cpsnake.io import atomic_output
+    from cpsnake.io.outputs import atomic_output
 
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
