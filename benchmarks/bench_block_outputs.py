@@ -39,7 +39,8 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 import numpy as np, zarr
-from cpsnake import blockout, regions
+from cpsnake.export import blockout
+from cpsnake.io import regions
 from cpsnake.run.segment import _image_outputs
 side, src, labels_path, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 labels = zarr.open_array(labels_path, mode="r")
@@ -59,7 +60,8 @@ print(json.dumps({"time_s": time.perf_counter() - t0,
 
 STEP = r"""
 import json, resource, sys, time
-from cpsnake import batch, blockjob, blockout
+from cpsnake.export import blockout
+from cpsnake.run import batch, blockjob
 step, src, masks, out = sys.argv[1:5]
 t0 = time.perf_counter()
 if step == "normalize":

@@ -36,10 +36,11 @@ DEMO = sorted((ROOT / "resources/demo/images").glob("bbbc039_*.tif"))[0]
 CHILD = r"""
 import json, resource, sys, time
 import zarr
-from cpsnake import models, regions, weights
+from cpsnake.io import regions
+from cpsnake.models import registry, weights
 from cpsnake.run.segment import segment_regions
 src, model, block, tmp = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-net = models.load_model(weights.resolve(model), device="cpu")
+net = registry.load_model(weights.resolve(model), device="cpu")
 t0 = time.perf_counter()
 with regions.open_image(src) as image:
     Y, X = image.shape[1:]

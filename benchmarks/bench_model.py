@@ -4,7 +4,7 @@
 
 Part 1 (``--arch``): cellpose's own ``cellpose.vit.CPSAM`` (segment-anything's attention, what cellpose
 runs) is built and given seeded random weights (random rel-pos tables and position embedding too, which
-SAM initialises to zero); its state dict is saved and loaded by ``cpsnake.models.load_model`` (fused
+SAM initialises to zero); its state dict is saved and loaded by ``cpsnake.models.registry.load_model`` (fused
 SDPA attention). ``vit_l`` is the published architecture; ``vit_b`` is cellpose's CPSAM built around
 SAM's ViT-B (cellpose always asks the registry for ``vit_l``: the entry is pointed at ``vit_b`` for the
 build). Both networks run on the same ``--batch`` random 256x256 tiles, eval mode, no autograd: one

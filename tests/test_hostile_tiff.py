@@ -550,14 +550,16 @@ resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 warnings.simplefilter("ignore")
 logging.disable(logging.CRITICAL)
 from pathlib import Path
-from cpsnake import infer, io, regions, samples
+from cpsnake.engine import infer
+from cpsnake.io import images as io, regions
+from cpsnake.run import samples
 from cpsnake.errors import CpsnakeError
 
 def region(p):
     with regions.open_image(p) as img:
         img.read(0, img.shape[1], 0, img.shape[2])
 
-READERS = {"read_image": read_image, "read_labels": io.read_labels, "read_flows": io.read_flows,
+READERS = {"read_image": io.read_image, "read_labels": io.read_labels, "read_flows": io.read_flows,
            "read_normalized": infer.read_normalized, "inspect_header": samples.inspect_header, "region": region}
 TIFF_ONLY = ("read_labels", "read_flows", "read_normalized", "region")
 for p in sorted(Path(folder).iterdir()):

@@ -222,7 +222,7 @@ def test_reconstruction_does_not_import_torch():
     code = """
 import sys
 import numpy as np
-from cpsnake import reconstruct3d
+from cpsnake.engine import reconstruct3d
 pts = []
 for k in range(20):
     pts.append(((6, 15, 10 + 7 * k), 40))

@@ -82,7 +82,7 @@ def predict_3d(
     Parameters
     ----------
     net : callable
-        The 2-D network (:func:`cpsnake.models.load_model`), either family.
+        The 2-D network (:func:`cpsnake.models.registry.load_model`), either family.
     stack : (Z, C, Y, X) ndarray
         Normalized stack (the whole stack normalized at once, as cellpose's ``norm3D``), C = 1..3.
     diameter : float, optional

@@ -43,7 +43,7 @@ from_state(state, source) -> CPSAMNet                         cellpose-4 state d
 from_sam_checkpoint(path) -> CPSAMNet                         SAM ``sam_vit_*.pth`` -> Cellpose-SAM start
 set_attention(encoder, "sdpa" | "sam") -> encoder             switch the blocks' attention (same weights)
 
-Files load through :func:`cpsnake.models.load_model`, which recognises the family from the keys; a
+Files load through :func:`cpsnake.models.registry.load_model`, which recognises the family from the keys; a
 name from the weights registry becomes a path with :func:`cpsnake.models.weights.resolve`:
 ``load_model(weights.resolve("cpsam"))``.
 """

@@ -86,7 +86,7 @@ def segment_image(
     Parameters
     ----------
     net : callable
-        (B, 3, 256, 256) -> (B, 3, 256, 256) network, e.g. :func:`cpsnake.models.load_model`'s.
+        (B, 3, 256, 256) -> (B, 3, 256, 256) network, e.g. :func:`cpsnake.models.registry.load_model`'s.
     img : (C, Y, X) ndarray
         The raw image, any numeric dtype.
     reconstruct_device : torch device, optional

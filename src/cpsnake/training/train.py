@@ -31,7 +31,7 @@ steps/20, at most 100), constant, then halved 10 times in equal parts of the las
 (default steps/10). Defaults: lr 5e-5 for fine-tuning (``--init``, ``--sam``; the Cellpose-SAM value),
 2e-4 from scratch. ``--layer-drop`` is the per-sample stochastic depth of the network (0.4 as cellpose).
 
-Outputs in DIR: ``model.pt`` (a plain cellpose-4 state dict, loads with ``cpsnake.models.load_model``;
+Outputs in DIR: ``model.pt`` (a plain cellpose-4 state dict, loads with ``cpsnake.models.registry.load_model``;
 ``diam_labels`` = mean training diameter), ``checkpoint.pt`` (model, optimiser, step, seed, loss log;
 tensors and plain containers only, ``torch.load(..., weights_only=True)``), ``log.csv`` (step, lr, loss,
 val_ap50). ``--resume DIR/checkpoint.pt`` continues the step count up to ``--steps``, with the batch size,
