@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     import tifffile
 
     from cpsnake.training import evaluate
-    from cpsnake.io.images import write_labels
+    from cpsnake.io.labels import write_labels
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="split folder with images/, masks/, index.csv")

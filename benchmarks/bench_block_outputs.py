@@ -40,12 +40,12 @@ import json, resource, sys, time
 from pathlib import Path
 import numpy as np, zarr
 from cpsnake.export import blockout
-from cpsnake.io import regions
+from cpsnake.io import inputs
 from cpsnake.run.segment import _image_outputs
 side, src, labels_path, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 labels = zarr.open_array(labels_path, mode="r")
 t0 = time.perf_counter()
-with regions.open_image(src) as image:
+with inputs.open_regions(src) as image:
     n = int(json.loads(sys.argv[5]))
     if side == "blocks":
         blockout.write_outputs(out, "mosaic", src, image, labels, n, image.meta)

@@ -36,13 +36,13 @@ DEMO = sorted((ROOT / "resources/demo/images").glob("bbbc039_*.tif"))[0]
 CHILD = r"""
 import json, resource, sys, time
 import zarr
-from cpsnake.io import regions
+from cpsnake.io import inputs
 from cpsnake.models import registry, weights
 from cpsnake.run.segment import segment_regions
 src, model, block, tmp = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 net = registry.load_model(weights.resolve(model), device="cpu")
 t0 = time.perf_counter()
-with regions.open_image(src) as image:
+with inputs.open_regions(src) as image:
     Y, X = image.shape[1:]
     store = zarr.create_array(f"{tmp}/labels.zarr", shape=(Y, X), chunks=(1024, 1024), dtype="int32", fill_value=0)
     labels, record, seconds = segment_regions(net, image, block=block, labels=store)
@@ -63,7 +63,7 @@ def write_mosaic(path: Path, size: int, tile: int = 512) -> None:
     """An S x S uint16 mosaic of the demo image (see the module doc), written tile by tile."""
     import tifffile
 
-    from cpsnake.io.images import read_image
+    from cpsnake.io.inputs import read_image
 
     src = read_image(DEMO)[0][0].astype(np.uint16)
     h, w = src.shape

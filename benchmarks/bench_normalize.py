@@ -98,7 +98,7 @@ def read_images(repeat: int) -> None:
     import tifffile
     from cellpose.io import imread
 
-    from cpsnake.io.images import read_image
+    from cpsnake.io.inputs import read_image
 
     rng = np.random.default_rng(1)
     print(f"\n{'read':36s} {HEADER} {'equal':>10s}")

@@ -30,7 +30,7 @@ DEMO = ROOT / "resources" / "demo" / "images" / "bbbc039_IXMtest_A24_s9_w152CD67
 
 def image_1024() -> np.ndarray:
     """(1, 1024, 1024) uint16: the demo field, mirrored at its edges to 1024 x 1024."""
-    from cpsnake.io.images import read_image
+    from cpsnake.io.inputs import read_image
 
     img, _ = read_image(DEMO)
     tiled = np.concatenate([img, img[:, ::-1]], axis=1)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cpsnake.models import weights
-    from cpsnake.io.images import write_tiff
+    from cpsnake.io.tiff import write_tiff
     from cpsnake.models.registry import load_model
     from cpsnake.run.segment import segment_image
 

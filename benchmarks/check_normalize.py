@@ -2,7 +2,7 @@
 
     python benchmarks/check_normalize.py [IMAGES_DIR ...]   (default ../shared/data/nuclei/val/images)
 
-Each image is read with ``cpsnake.io.images.read_image`` (C, Y, X) and normalized both ways with the defaults
+Each image is read with ``cpsnake.io.inputs.read_image`` (C, Y, X) and normalized both ways with the defaults
 (percentiles 1 and 99 per channel); prints per image whether the float32 outputs are identical (and the
 largest difference if not), then how many of how many images are bit-for-bit equal. Exit code 1 if any differ.
 """
@@ -19,7 +19,7 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     from cellpose.transforms import normalize_img
 
-    from cpsnake.io.images import read_image
+    from cpsnake.io.inputs import read_image
     from cpsnake.engine.normalize import normalize
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -22,7 +22,7 @@ def main() -> None:
     import torch
 
     from cpsnake.models import weights
-    from cpsnake.io.images import read_image
+    from cpsnake.io.inputs import read_image
     from cpsnake.models.registry import load_model
     from cpsnake.training.evaluate import pool, read_label_file, scores
     from cpsnake.engine.infer import predict

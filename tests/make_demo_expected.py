@@ -27,8 +27,8 @@ OUT = ROOT / "tests" / "data" / "demo_expected"
 def write(model: str) -> int:
     from cpsnake import cli
     from cpsnake.models import weights
-    from cpsnake.io.images import read_labels
-    from cpsnake.run.provenance import sha256
+    from cpsnake.io.labels import read_labels
+    from cpsnake.io.files import sha256
 
     images = sorted(p for p in DEMO.iterdir() if p.suffix == ".tif")
     out = OUT / model

@@ -10,7 +10,9 @@ import tifffile
 
 from cpsnake import cli
 from cpsnake.run import batch, samples
-from cpsnake.io.images import read_flows, read_labels, read_tiff
+from cpsnake.io.flows import read_flows
+from cpsnake.io.labels import read_labels
+from cpsnake.io.tiff import read_tiff
 
 FIND = ["--flow-threshold", "0", "--cellprob-threshold", "-0.5"]
 DATA = Path(__file__).parent / "data" / "images"

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import tifffile
 
+from cpsnake.engine.streamnorm import stream_values
 from cpsnake.io import regions
+from cpsnake.io.inputs import open_regions
 from cpsnake.run import blockjob
-from cpsnake.io.images import read_image, read_labels
+from cpsnake.io.inputs import read_image
+from cpsnake.io.labels import read_labels
 from cpsnake.models.registry import load_model
 from cpsnake.engine.blocks import segment_blocks
 from cpsnake.errors import CpsnakeError
@@ -38,8 +41,8 @@ def test_block_files_and_stitch_equal_the_one_process_run(tmp_path, net):
         blockjob.block_file(net, src, doc, files[-1], k, block=512, halo=64)
     got = tmp_path / "masks.tif"
     report = blockjob.stitch_file(files, got, shape=shape, block=512)
-    with regions.open_image(src) as img:
-        record = regions.stream_values(img)
+    with open_regions(src) as img:
+        record = stream_values(regions.bands(img), img.shape, img.dtype)
         ref, ref_report = segment_blocks(net, lambda *r: scale(img.read(*r), record), shape, channels=1, block=512,
                                          halo=64)
     assert report["objects"] == ref_report["objects"] > 30 and len(files) == 4

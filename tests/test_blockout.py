@@ -57,7 +57,7 @@ def test_windowed_outputs_equal_the_whole_images(tmp_path, monkeypatch, tile, so
     import zarr
 
     from cpsnake.export import overlay
-    from cpsnake.io import ngff, regions
+    from cpsnake.io import inputs, ngff
     from cpsnake.run.segment import _image_outputs
 
     monkeypatch.setattr(overlay, "MAX_SIDE", 128)
@@ -67,7 +67,7 @@ def test_windowed_outputs_equal_the_whole_images(tmp_path, monkeypatch, tile, so
     img = rng.integers(0, 4000, size=(2, *lab.shape), dtype=np.uint16)
     path = tmp_path / "slide.tif"
     tifffile.imwrite(path, img, imagej=True, metadata={"axes": "CYX", "unit": "micron"}, resolution=(2.0, 4.0))
-    region = regions.open_image(path)
+    region = inputs.open_regions(path)
     meta = region.meta
     assert meta["pixel_size"] == (0.25, 0.5)
     if source == "zarr":
@@ -75,7 +75,7 @@ def test_windowed_outputs_equal_the_whole_images(tmp_path, monkeypatch, tile, so
                                   fill_value=0)
         store[:] = lab
     else:
-        from cpsnake.io.images import write_labels
+        from cpsnake.io.labels import write_labels
 
         perm = np.r_[0, rng.permutation(np.arange(1, lab.max() + 1))].astype(np.int32)
         lab = perm[lab]
@@ -117,13 +117,13 @@ def test_object_boxes_are_find_objects(tmp_path):
 
 def test_big_label_tiff_is_written_tile_by_tile(tmp_path, monkeypatch, capsys):
     """Beyond the classic TIFF's 4 GB (lowered here to 10 kB) the label TIFF is a BigTIFF OME-TIFF written tile
-    by tile, the same bytes as :func:`cpsnake.io.images.write_labels` of the whole array (but for the file's UUID); float32 above 65,535
+    by tile, the same bytes as :func:`cpsnake.io.labels.write_labels` of the whole array (but for the file's UUID); float32 above 65,535
     labels, as there."""
     import tifffile
 
-    from cpsnake.io.images import write_labels
+    from cpsnake.io.labels import write_labels
 
-    monkeypatch.setattr("cpsnake.io.images.CLASSIC_TIFF_BYTES", 10_000)
+    monkeypatch.setattr("cpsnake.io.labels.CLASSIC_TIFF_BYTES", 10_000)
     lab = _labels((1100, 1030))
     lab[lab > 0] += 70_000
     a, b = tmp_path / "a.tif", tmp_path / "b.tif"

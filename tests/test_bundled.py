@@ -23,8 +23,8 @@ import pytest
 from cpsnake import cli
 from cpsnake.models import weights
 from cpsnake.training import evaluate
-from cpsnake.io.images import read_labels
-from cpsnake.run.provenance import sha256
+from cpsnake.io.labels import read_labels
+from cpsnake.io.files import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "resources" / "demo" / "images"

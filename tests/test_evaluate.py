@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cpsnake.training import evaluate
-from cpsnake.io.images import write_labels
+from cpsnake.io.labels import write_labels
 
 
 def _pair():

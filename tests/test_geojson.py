@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cpsnake.io.images import write_labels, write_tiff
+from cpsnake.io.labels import write_labels
+from cpsnake.io.tiff import write_tiff
 from cpsnake.export.geojson import feature_collection, label_polygons, main
 from cpsnake.export.roi_import import _fill_polygons
 from test_rois import hard_shapes

@@ -5,7 +5,7 @@ One test per class of problem, parametrized over its members:
 1. ``test_broken_metadata_is_set_aside`` -- a TIFF whose ImageJ, OME or tifffile metadata are broken (not
    well-formed, claiming planes the file does not hold, naming files outside its folder or a FIFO, unknown
    axes) but whose one page is readable: every entry point (``cpsnake normalize``, ``read_image``,
-   ``regions.open_image``, ``samples.inspect_header``) reads the page's pixels with one warning naming the
+   ``inputs.open_regions``, ``inputs.read_header``) reads the page's pixels with one warning naming the
    metadata; ``test_broken_metadata_segments_from_its_pixels`` runs ``cpsnake segment`` whole and by region;
    ``test_garbage_calibration_is_one_warning``: a unit, Z step or frame interval that is garbage is set aside
    with one warning.
@@ -51,9 +51,11 @@ from hostile import (
     write_tif,
 )
 
-from cpsnake.io import regions
+from cpsnake.io import inputs
 from cpsnake.run import samples
-from cpsnake.io.images import read_image, write_flows, write_labels
+from cpsnake.io.flows import write_flows
+from cpsnake.io.inputs import read_image
+from cpsnake.io.labels import write_labels
 from cpsnake.errors import CpsnakeError, CpsnakeWarning
 
 PAGE = np.random.default_rng(25).integers(100, 4000, (64, 64)).astype(np.uint16)
@@ -171,12 +173,12 @@ def test_broken_metadata_is_set_aside(tmp_path, member):
     assert np.array_equal(data, PAGE[None]) and meta["axes"] == "YX" and meta["stack_axes"] == ""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with regions.open_image(bad) as img:
+        with inputs.open_regions(bad) as img:
             assert np.array_equal(img.read(0, 64, 0, 64), PAGE[None]) and img.stack_axes == ""
     _one_warning(caught, bad, name)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        head = samples.inspect_header(bad)
+        head = inputs.read_header(bad)
     _one_warning(caught, bad, name)
     assert head == {"height": 64, "width": 64, "channels_in_file": 1, "planes": 1, "dtype": "uint16", "pixels": 4096}
 
@@ -258,7 +260,7 @@ def test_broken_metadata_over_several_pages_is_one_line(tmp_path, capsys, member
     assert_one_error_line(in_process(capsys, "normalize", bad, out), "normalize", bad, pattern=LAYOUT)
     assert_no_outputs(out, tmp_path / "n.json")
     with pytest.raises(CpsnakeError, match=LAYOUT):
-        regions.open_image(bad)
+        inputs.open_regions(bad)
     sheet = tmp_path / "sheet.tsv"
     sheet.write_text(f"sample\tpath\nbad\t{bad}\n")
     run = in_process(capsys, "samples", "--sheet", sheet, "--out", tmp_path / "t.tsv")
@@ -551,16 +553,15 @@ warnings.simplefilter("ignore")
 logging.disable(logging.CRITICAL)
 from pathlib import Path
 from cpsnake.engine import infer
-from cpsnake.io import images as io, regions
-from cpsnake.run import samples
+from cpsnake.io import flows, inputs, labels
 from cpsnake.errors import CpsnakeError
 
 def region(p):
-    with regions.open_image(p) as img:
+    with inputs.open_regions(p) as img:
         img.read(0, img.shape[1], 0, img.shape[2])
 
-READERS = {"read_image": io.read_image, "read_labels": io.read_labels, "read_flows": io.read_flows,
-           "read_normalized": infer.read_normalized, "inspect_header": samples.inspect_header, "region": region}
+READERS = {"read_image": inputs.read_image, "read_labels": labels.read_labels, "read_flows": flows.read_flows,
+           "read_normalized": infer.read_normalized, "read_header": inputs.read_header, "region": region}
 TIFF_ONLY = ("read_labels", "read_flows", "read_normalized", "region")
 for p in sorted(Path(folder).iterdir()):
     for name, read in READERS.items():

@@ -286,9 +286,9 @@ def test_links_inside_the_folder_are_followed(tmp_path, capsys):
     chunk.symlink_to(Path("..", "..", "..", "spare", "1-1"))
     run = in_process(capsys, "normalize", image, tmp_path / "n.tif", "--percentiles", "0", "100")
     assert run.rc == 0, run.stderr
-    from cpsnake.io.regions import open_image
+    from cpsnake.io.inputs import open_regions
 
-    with open_image(image) as img:
+    with open_regions(image) as img:
         assert np.array_equal(img.read(0, 64, 0, 64)[0], data)
 
 
@@ -522,7 +522,7 @@ def test_provenance_hash_of_a_folder_never_follows_links_or_opens_fifos(tmp_path
     outside = tmp_path / "secret.txt"
     outside.write_text("one")
     (image / "1" / "link").symlink_to(outside)
-    code = "import sys; from cpsnake.run.provenance import sha256; print(sha256(sys.argv[1]))"
+    code = "import sys; from cpsnake.run.provenance import folder_sha256; print(folder_sha256(sys.argv[1]))"
 
     def digest() -> str:
         r = subprocess.run([sys.executable, "-c", code, str(image)], capture_output=True, text=True, timeout=60)

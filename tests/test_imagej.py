@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cpsnake.io.images import read_image, read_labels, write_labels, write_tiff
+from cpsnake.io.inputs import read_image
+from cpsnake.io.labels import read_labels, write_labels
+from cpsnake.io.tiff import write_tiff
 from cpsnake.export.measure import INTENSITY_COLUMNS, measure_labels
 from cpsnake.export.rois import labels_to_rois, roi_mask, write_rois
 
@@ -274,7 +276,7 @@ def test_labels_beyond_4_gb_are_a_bigtiff_that_imagej_1_cannot_open(tmp_path, mo
         pytest.skip("ImageJ not installed")
     lab = np.zeros((300, 500), np.int64)
     lab[10:50, 20:90], lab[100:200, 300:400] = 3, 70000
-    monkeypatch.setattr("cpsnake.io.images.CLASSIC_TIFF_BYTES", 1000)
+    monkeypatch.setattr("cpsnake.io.labels.CLASSIC_TIFF_BYTES", 1000)
     write_labels(tmp_path / "big.tif", lab, pixel_size=(0.25, 0.5), unit="micron")
     err = capsys.readouterr().err
     assert "BigTIFF" in err and "Bio-Formats" in err

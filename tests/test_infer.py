@@ -226,7 +226,8 @@ def test_cli_writes_calibrated_flows_with_a_tiny_model(tmp_path):
     import tifffile
 
     from cpsnake import cli
-    from cpsnake.io.images import read_flows, write_tiff
+    from cpsnake.io.flows import read_flows
+    from cpsnake.io.tiff import write_tiff
     from cpsnake.models.cpsam import build_cpsam
     from cpsnake.models.registry import load_model
     from cpsnake.models.state import save_model
@@ -250,7 +251,7 @@ def test_cli_writes_calibrated_flows_with_a_tiny_model(tmp_path):
 
 
 def test_cli_refuses_overlap_outside_range(tmp_path, capsys):
-    from cpsnake.io.images import write_tiff
+    from cpsnake.io.tiff import write_tiff
 
     src = tmp_path / "norm.tif"
     write_tiff(src, _image(1, 20, 20), axes="CYX")

@@ -12,7 +12,10 @@ from PIL import Image
 
 from cpsnake.errors import CpsnakeError
 from cpsnake.io.calibration import read_calibration
-from cpsnake.io.images import read_flows, read_image, read_labels, write_flows, write_labels, write_tiff
+from cpsnake.io.flows import read_flows, write_flows
+from cpsnake.io.inputs import read_image
+from cpsnake.io.labels import read_labels, write_labels
+from cpsnake.io.tiff import write_tiff
 
 DATA = Path(__file__).parent / "data" / "images"
 GREY16 = DATA / "bbbc039_O13_s3_uint16.tif"

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from cpsnake.export import measure
-from cpsnake.io.images import write_flows, write_labels, write_tiff
+from cpsnake.io.flows import write_flows
+from cpsnake.io.labels import write_labels
+from cpsnake.io.tiff import write_tiff
 from cpsnake.export.measure import columns, fit_ellipse, main, measure_labels, traced_perimeter
 
 

@@ -14,7 +14,7 @@ import tifffile
 from cpsnake import __version__
 from cpsnake.cli import main as cli_main
 from cpsnake.errors import CpsnakeError
-from cpsnake.io.images import read_image
+from cpsnake.io.inputs import read_image
 from cpsnake.engine.normalize import normalize, select_channels, tile_starts, upsample_bilinear
 from reference import cellpose
 

@@ -10,7 +10,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from cpsnake.engine import dynamics, reconstruct
-from cpsnake.io.images import read_labels, write_flows
+from cpsnake.io.flows import write_flows
+from cpsnake.io.labels import read_labels
 from reference import cellpose
 from synthetic import voronoi_cells
 

@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 import tifffile
 
+from cpsnake.engine.streamnorm import stream_values
 from cpsnake.io import regions
-from cpsnake.io.images import read_image, read_labels
+from cpsnake.io.inputs import open_regions
+from cpsnake.io.omezarr import is_ome_zarr
+from cpsnake.io.inputs import read_image
+from cpsnake.io.labels import read_labels
 from cpsnake.errors import CpsnakeError
 from cpsnake.engine.normalize import normalize, select_channels
 
@@ -46,16 +50,17 @@ def test_tiff_regions_and_streamed_values_equal_the_whole_image(tmp_path, name):
     path = tmp_path / f"{name}.tif"
     tifffile.imwrite(path, data, **opts)
     whole, meta = read_image(path)
-    with regions.open_image(path) as img:
+    with open_regions(path) as img:
         assert img.shape == whole.shape and img.meta["dropped_alpha"] == meta["dropped_alpha"]
         for y0, y1, x0, x1 in [(0, whole.shape[1], 0, whole.shape[2]), (13, 301, 77, 555), (whole.shape[1] - 5,
                                whole.shape[1], 0, 9)]:
             assert np.array_equal(img.read(y0, y1, x0, x1), whole[:, y0:y1, x0:x1])
         for kw in ({}, {"percentiles": (0.5, 99.8), "invert": True}, {"low_high": (10, 200)}):
-            record = regions.stream_values(img, **kw)
+            record = stream_values(regions.bands(img), img.shape, img.dtype, **kw)
             ref, ref_record = normalize(whole, **kw)
             assert record == ref_record
-            assert regions.stream_values(img, rows=97, **kw) == ref_record  # bands of 97 rows: the grid goes on
+            # bands of 97 rows: the grid goes on
+            assert stream_values(regions.bands(img, 97), img.shape, img.dtype, **kw) == ref_record
             assert np.array_equal(scale(img.read(13, 301, 77, 555), record), ref[:, 13:301, 77:555])
             if name == "float_strips_above_224_cubed" and not kw:
                 assert record["per_channel"][0]["sample_step"] == [13, 17]  # cellpose's subsample, not every pixel
@@ -66,13 +71,14 @@ def test_streamed_values_with_channels_and_a_constant_channel(tmp_path):
     data[1] = 7
     path = tmp_path / "c.tif"
     tifffile.imwrite(path, data, imagej=True, metadata={"axes": "CYX"})
-    with regions.open_image(path) as img:
+    with open_regions(path) as img:
         for channels in ([2, 1], [1, 0, 2], None):
             ref = normalize(select_channels(data, channels))[1]
-            assert regions.stream_values(img, channels) == ref
-        assert "constant" in regions.stream_values(img, [1, 0])["per_channel"][0]["status"]
+            assert stream_values(regions.bands(img), img.shape, img.dtype, channels) == ref
+        record = stream_values(regions.bands(img), img.shape, img.dtype, [1, 0])
+        assert "constant" in record["per_channel"][0]["status"]
         with pytest.raises(CpsnakeError, match="channel 3 does not exist"):
-            regions.stream_values(img, [3])
+            stream_values(regions.bands(img), img.shape, img.dtype, [3])
 
 
 def test_pyramidal_ome_tiff_is_read_at_full_resolution(tmp_path):
@@ -83,14 +89,14 @@ def test_pyramidal_ome_tiff_is_read_at_full_resolution(tmp_path):
         tw.write(data, subifds=2, metadata={"axes": "YX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}, **opts)
         tw.write(data[::2, ::2], subfiletype=1, **opts)
         tw.write(data[::4, ::4], subfiletype=1, **opts)
-    with regions.open_image(path) as img:
+    with open_regions(path) as img:
         assert img.shape == (1, 1024, 1536) and img.meta["levels"] == 3 and img.chunks == (256, 256)
         assert img.meta["pixel_size"] == (0.25, 0.25)
         assert np.array_equal(img.read(100, 900, 300, 1400)[0], data[100:900, 300:1400])
-    with regions.open_image(path, level=1) as img:
+    with open_regions(path, level=1) as img:
         assert img.shape == (1, 512, 768)
     with pytest.raises(CpsnakeError, match="3 pyramid level.*level 5"):
-        regions.open_image(path, level=5)
+        open_regions(path, level=5)
 
 
 def write_ome_zarr(path, data, version: str, chunks=(1, 256, 256), scale=(1.0, 0.5, 0.5), unit="micrometer"):
@@ -120,12 +126,12 @@ def test_ome_zarr_regions_values_and_calibration(tmp_path, version):
     data = RNG.integers(0, 4000, (2, 900, 1100)).astype(np.uint16)
     path = tmp_path / f"img{version}.zarr"
     write_ome_zarr(path, data, version)
-    assert regions.is_ome_zarr(path)
-    with regions.open_image(path) as img:
+    assert is_ome_zarr(path)
+    with open_regions(path) as img:
         assert img.shape == (2, 900, 1100) and img.chunks == (256, 256) and img.meta["format"] == "ome-zarr"
         assert img.meta["levels"] > 1 and img.meta["pixel_size"] == (0.5, 0.5) and img.meta["unit"] == "micron"
         assert np.array_equal(img.read(10, 300, 20, 700), data[:, 10:300, 20:700])
-        assert regions.stream_values(img) == normalize(data)[1]
+        assert stream_values(regions.bands(img), img.shape, img.dtype) == normalize(data)[1]
 
 
 def test_corrupt_chunk_is_one_line_naming_the_rows(tmp_path):
@@ -137,9 +143,9 @@ def test_corrupt_chunk_is_one_line_naming_the_rows(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[offset : offset + count] = bytes(RNG.integers(0, 256, count, dtype=np.uint8))
     path.write_bytes(bytes(raw))
-    with regions.open_image(path) as img:
+    with open_regions(path) as img:
         with pytest.raises(CpsnakeError) as exc:
-            regions.stream_values(img)
+            stream_values(regions.bands(img), img.shape, img.dtype)
     msg = str(exc.value)
     assert "\n" not in msg and str(path) in msg and "cannot be decoded" in msg and "export it again" in msg
 
@@ -148,8 +154,8 @@ def test_truncated_uncompressed_tiff_is_one_line(tmp_path):
     path = tmp_path / "cut.tif"
     tifffile.imwrite(path, RNG.integers(0, 255, (800, 900)).astype(np.uint8))
     path.write_bytes(path.read_bytes()[:-5000])
-    with regions.open_image(path) as img, pytest.raises(CpsnakeError, match="shorter than its header.*truncated"):
-        regions.stream_values(img)
+    with open_regions(path) as img, pytest.raises(CpsnakeError, match="shorter than its header.*truncated"):
+        stream_values(regions.bands(img), img.shape, img.dtype)
 
 
 def test_ome_zarr_without_multiscales_or_level_is_one_line(tmp_path):
@@ -158,24 +164,24 @@ def test_ome_zarr_without_multiscales_or_level_is_one_line(tmp_path):
     plain = tmp_path / "plain.zarr"
     zarr.create_array(str(plain), shape=(100, 100), dtype="uint8")
     with pytest.raises(CpsnakeError, match="not a Zarr group|without OME-NGFF multiscales"):
-        regions.open_image(plain)
+        open_regions(plain)
     group = tmp_path / "group.zarr"
     g = zarr.open_group(str(group), mode="w")
     g.create_array("0", shape=(100, 100), dtype="uint8")
     with pytest.raises(CpsnakeError, match="without OME-NGFF multiscales metadata.*bioformats2raw"):
-        regions.open_image(group)
+        open_regions(group)
     broken = tmp_path / "broken.zarr"
     write_ome_zarr(broken, RNG.integers(0, 255, (1, 300, 300)).astype(np.uint8), "0.4")
     shutil.rmtree(broken / "s0")
     with pytest.raises(CpsnakeError, match="level 0 .*'s0'.* missing or unreadable.*incomplete"):
-        regions.open_image(broken)
+        open_regions(broken)
     doc = json.loads((broken / ".zattrs").read_text())
     doc["multiscales"][0]["datasets"] = []
     (broken / ".zattrs").write_text(json.dumps(doc))
     with pytest.raises(CpsnakeError, match="found 0 pyramid level"):
-        regions.open_image(broken)
+        open_regions(broken)
     with pytest.raises(CpsnakeError, match="not a Zarr group"):
-        regions.open_image(tmp_path)
+        open_regions(tmp_path)
 
 
 def test_nan_in_a_streamed_float_image_is_one_line(tmp_path):
@@ -183,8 +189,8 @@ def test_nan_in_a_streamed_float_image_is_one_line(tmp_path):
     data[555, 3] = np.nan
     path = tmp_path / "nan.tif"
     tifffile.imwrite(path, data, tile=(128, 128))
-    with regions.open_image(path) as img, pytest.raises(CpsnakeError, match="1 NaN or infinite.*Remove NaNs"):
-        regions.stream_values(img)
+    with open_regions(path) as img, pytest.raises(CpsnakeError, match="1 NaN or infinite.*Remove NaNs"):
+        stream_values(regions.bands(img), img.shape, img.dtype)
 
 
 def test_segment_reads_an_ome_zarr_block_by_block_with_the_whole_images_labels(tmp_path):
@@ -260,7 +266,7 @@ def test_label_zarr_is_read_by_ome_zarr_py_and_validates_as_ngff_05(tmp_path):
 
 
 def test_ome_zarr_is_an_input_like_any_image(tmp_path):
-    """Every step reads a 2-D OME-Zarr folder whole through :func:`cpsnake.io.images.read_image` (size checked from
+    """Every step reads a 2-D OME-Zarr folder whole through :func:`cpsnake.io.inputs.read_image` (size checked from
     its metadata first); `cpsnake samples` finds ``.zarr`` folders, names them without ``.ome.zarr`` and
     reads their header; an OME-Zarr stack is refused with one line."""
     from cpsnake.run import samples
@@ -276,12 +282,12 @@ def test_ome_zarr_is_an_input_like_any_image(tmp_path):
     assert [(s.sample, s.height, s.width, s.channels_in_file, s.block) for s in found] == [
         ("a", 300, 400, 2, 0), ("b", 300, 400, 1, 0)]
     assert [s.block for s in samples.inspect(samples.discover(str(tmp_path)), block_size=512)] == [512, 512]
-    from cpsnake.run.provenance import sha256
+    from cpsnake.run.provenance import folder_sha256
 
-    before = sha256(tmp_path / "a.ome.zarr")  # provenance: a folder's files, paths and contents
+    before = folder_sha256(tmp_path / "a.ome.zarr")  # provenance: a folder's files, paths and contents
     chunk = sorted(p for p in (tmp_path / "a.ome.zarr").rglob("*") if p.is_file() and p.parent.name == "0")[-1]
     chunk.write_bytes(chunk.read_bytes() + b"x")
-    assert sha256(tmp_path / "a.ome.zarr") != before
+    assert folder_sha256(tmp_path / "a.ome.zarr") != before
     import zarr
 
     stack = tmp_path / "s.zarr"

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpsnake.io.images import read_labels, write_labels, write_tiff
+from cpsnake.io.labels import read_labels, write_labels
+from cpsnake.io.tiff import write_tiff
 from cpsnake.errors import CpsnakeError
 from cpsnake.export.rois import labels_to_rois, main, read_rois, roi_mask, rois_to_labels, trace_outlines, write_rois
 

@@ -12,7 +12,8 @@ import pytest
 import tifffile
 
 from cpsnake import cli
-from cpsnake.io.images import read_labels, write_tiff
+from cpsnake.io.labels import read_labels
+from cpsnake.io.tiff import write_tiff
 
 DATA = Path(__file__).parent / "data" / "images"
 IMAGE = DATA / "bbbc039_O13_s3_uint16.tif"

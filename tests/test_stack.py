@@ -163,7 +163,7 @@ def zstack(tmp_path_factory):
 
 def test_segment_stitched_stack_writes_a_calibrated_hyperstack_rois_and_3d_table(zstack, tmp_path, capsys):
     from cpsnake.run import segment
-    from cpsnake.io.images import read_labels
+    from cpsnake.io.labels import read_labels
     from cpsnake.export.roi_import import rois_to_labels, read_rois
 
     path, _ = zstack
@@ -187,7 +187,7 @@ def test_segment_stitched_stack_writes_a_calibrated_hyperstack_rois_and_3d_table
 
 def test_segment_time_series_tracks_and_tables_carry_frames(tmp_path):
     from cpsnake.run import segment
-    from cpsnake.io.images import read_labels
+    from cpsnake.io.labels import read_labels
 
     stack, _ = _stack(crop=64, planes=3)
     movie = np.stack([np.roll(stack[1], 2 * t, axis=1) for t in range(3)])  # one plane drifting right
@@ -214,7 +214,7 @@ def test_segment_time_series_tracks_and_tables_carry_frames(tmp_path):
 
 def test_segment_tz_hyperstack_stitches_each_frame_and_tracks_3d_objects(tmp_path):
     from cpsnake.run import segment
-    from cpsnake.io.images import read_labels
+    from cpsnake.io.labels import read_labels
     from cpsnake.export.roi_import import read_rois
 
     stack, _ = _stack(crop=48, planes=4)

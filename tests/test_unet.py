@@ -234,7 +234,8 @@ def test_step_commands_and_segment_take_a_unet_and_follow_its_scale(unet_file, t
     import tifffile
 
     from cpsnake import cli
-    from cpsnake.io.images import read_flows, read_labels
+    from cpsnake.io.flows import read_flows
+    from cpsnake.io.labels import read_labels
 
     img = np.random.default_rng(0).gamma(2.0, 300, (90, 120)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "img.tif", img)

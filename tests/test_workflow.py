@@ -77,7 +77,7 @@ def test_label_colours_differ_for_neighbouring_ids():
 def test_overlay_cli_writes_png_and_rejects_mismatched_labels(tmp_path):
     from PIL import Image
 
-    from cpsnake.io.images import write_labels
+    from cpsnake.io.labels import write_labels
 
     tifffile.imwrite(tmp_path / "img.tif", np.random.default_rng(0).integers(0, 4000, (20, 30), dtype=np.uint16))
     labels = np.zeros((20, 30), np.int32)
@@ -130,7 +130,7 @@ def fake_run(root: Path) -> Path:
     D: failed at normalize (so skipped by every later step).
     """
     from cpsnake.run import batch, samples
-    from cpsnake.io.images import write_labels
+    from cpsnake.io.labels import write_labels
 
     res = root / "results"
     rows = [samples.Sample(n, f"/data/{n}.tif", batch="b0001", pixels=144) for n in ("A", "B", "D")]
@@ -373,7 +373,7 @@ def test_run_writes_every_output(reference_run, tiny_model):
     summary = pd.read_csv(res / "summary.csv")
     assert list(summary["image"]) == sorted(GOOD)
     assert (summary["time_s"] > 0).all()
-    from cpsnake.io.images import read_labels
+    from cpsnake.io.labels import read_labels
 
     for name, cells in zip(summary["image"], summary["cells"]):
         labels, _ = read_labels(res / "masks" / f"{name}.tif")
@@ -588,7 +588,7 @@ def test_a_classic_unet_model_runs_through_the_workflow(tmp_path):
     import torch
 
     from cpsnake.engine import size
-    from cpsnake.io.images import read_image
+    from cpsnake.io.inputs import read_image
     from cpsnake.models.registry import load_model
     from cpsnake.models.unet import build_unet
     from cpsnake.engine.normalize import normalize
@@ -674,7 +674,7 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
     (workdir / "images" / "broken.tif").write_bytes(bytes(raw))
     from test_regions import write_ome_zarr
 
-    from cpsnake.io.images import read_image
+    from cpsnake.io.inputs import read_image
 
     demo = read_image(sorted((ROOT / "resources" / "demo" / "images").glob("bbbc039_*.tif"))[0])[0]
     write_ome_zarr(workdir / "images" / "demo.ome.zarr", demo, "0.4", chunks=(1, 200, 200))

@@ -5,6 +5,7 @@ Normalization (:mod:`.normalize`), tiling and blending (:mod:`.tiles`), the netw
 3-D: :mod:`.reconstruct3d`) with their building blocks (:mod:`.dynamics`, :mod:`.heat`, :mod:`.heat3d`,
 :mod:`.follow2d`, :mod:`.follow3d`, :mod:`.tieorder`), and where a large image's blocks are cut and put
 together (:mod:`.blocks`). No file is named here and no argument vector is read.
+The normalization values of an image too large to hold come from bands of its rows (:mod:`.streamnorm`).
 
 May import: :mod:`cpsnake.models`, :mod:`cpsnake.io` and below.
 """

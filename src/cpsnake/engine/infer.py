@@ -449,7 +449,7 @@ def read_normalized(path: str | Path, *, max_pixels: int | None = None) -> tuple
     thinner than :data:`cpsnake.io.limits.MIN_SIDE`, more samples than ``max_pixels``) is a CpsnakeError.
     """
     from cpsnake.io import limits
-    from cpsnake.io.images import read_tiff
+    from cpsnake.io.tiff import read_tiff
 
     what = "the float32 (C, Y, X) image (or (Z|T, C, Y, X) stack) written by `cpsnake normalize`"
     fix = f"pass {what}"
@@ -577,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts["diameter"] == "auto":
         opts["diameter"] = auto_diameter(net, img, path, args.size_model, opts, source=args.normalized)
     flows = predict(net, img, progress=None, max_pixels=args.max_pixels, **opts)
-    from cpsnake.io.images import write_flows
+    from cpsnake.io.flows import write_flows
 
     write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
                 network_scale=tiling(net).scale(opts["diameter"]))
@@ -586,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main_stack(args, net, img: np.ndarray, meta: dict, opts: dict, sopts: dict, model_path) -> int:
     """``cpsnake infer`` on a normalized stack: per-plane flows, or 3-D flows with --do-3d (:mod:`cpsnake.stacks.stack`)."""
-    from cpsnake.io.images import write_flows
+    from cpsnake.io.flows import write_flows
     from cpsnake.stacks.stack import stack_flows
 
     if opts["diameter"] == "auto":

@@ -554,7 +554,8 @@ def normalize_file(
     opts : keyword arguments of :func:`normalize`
     """
     from cpsnake import __version__
-    from cpsnake.io.images import read_image, write_tiff
+    from cpsnake.io.inputs import read_image
+    from cpsnake.io.tiff import write_tiff
     from cpsnake.io.outputs import atomic_output
 
     src, out_path = Path(src), Path(out_path)

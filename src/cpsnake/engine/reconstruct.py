@@ -285,7 +285,8 @@ def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, 
     to every image): ``stitch_threshold`` is used for Z stacks only and ``track`` for time series only, instead
     of an error elsewhere.
     """
-    from cpsnake.io.images import read_flows, write_labels
+    from cpsnake.io.flows import read_flows
+    from cpsnake.io.labels import write_labels
 
     flows, meta = read_flows(flows_path, max_pixels=max_pixels)  # real, finite, within the limit
     if niter is None:

@@ -18,7 +18,7 @@ reads that array and the image (:class:`cpsnake.io.regions.RegionImage`) a windo
   row, so the objects of one row of tiles come after those of every earlier row: ROIs, table rows and
   GeoJSON features are written a row of tiles at a time, sorted by id, the order the whole-image path
   writes them in.
-* The label TIFF is written band by band at its data offset (uncompressed, as :func:`cpsnake.io.images.write_labels`
+* The label TIFF is written band by band at its data offset (uncompressed, as :func:`cpsnake.io.labels.write_labels`
   writes it), or tile by tile for a BigTIFF; the overlay reads every k-th pixel tile by tile
   (:data:`cpsnake.export.overlay.MAX_SIDE`); the OME-Zarr pyramid band by band (:mod:`cpsnake.io.ngff`).
 
@@ -108,12 +108,13 @@ def strided(read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, 
 
 
 def write_label_tiff(path: str | os.PathLike, labels, n: int, *, pixel_size=None, unit=None, band: int = 1024) -> None:
-    """The label TIFF of :func:`cpsnake.io.images.write_labels` (same bytes) from a label array ``(Y, X)`` that slices,
+    """The label TIFF of :func:`cpsnake.io.labels.write_labels` (same bytes) from a label array ``(Y, X)`` that slices,
     with ``n`` its largest id: the file is laid out first, then its pixels written ``band`` rows at a time at
     their offset; beyond 4 GB a BigTIFF OME-TIFF written tile by tile."""
     import tifffile
 
-    from cpsnake.io.images import BIG_TILE, CLASSIC_TIFF_BYTES, big_labels_metadata, imagej_tiff_options, label_dtype, warn_label_dtype
+    from cpsnake.io.labels import BIG_TILE, CLASSIC_TIFF_BYTES, big_labels_metadata, label_dtype, warn_label_dtype
+    from cpsnake.io.tiff import imagej_tiff_options
     from cpsnake.io.outputs import atomic_output
 
     Y, X = (int(v) for v in labels.shape)
@@ -260,10 +261,10 @@ def measure_file(labels_path, image_path, out_csv, *, pixel_size: float | None =
                  max_pixels: int | None = None) -> int:
     """:func:`cpsnake.export.measure.measure_file` (no flows) of a 2-D label TIFF and its image (TIFF or OME-Zarr), both
     read by region (``max_pixels`` bounds the image's storage chunks); returns the number of rows."""
-    from cpsnake.io.regions import open_image
+    from cpsnake.io.inputs import open_regions
 
     with contextlib.closing(TiffLabels(labels_path)) as labels, \
-            contextlib.closing(open_image(image_path, max_pixels=max_pixels)) as image:
+            contextlib.closing(open_regions(image_path, max_pixels=max_pixels)) as image:
         cal = (float(pixel_size),) * 2 if pixel_size else (image.meta["pixel_size"] or labels.image.meta["pixel_size"])
         return write_objects(labels, image, table_path=out_csv, geojson_path=geojson_path, pixel_size=cal,
                              image_name=Path(image_path).name)
@@ -272,10 +273,10 @@ def measure_file(labels_path, image_path, out_csv, *, pixel_size: float | None =
 def overlay_file(image_path, labels_path, out_png, *, max_pixels: int | None = None) -> None:
     """:func:`cpsnake.export.overlay.overlay_file` of a 2-D image and its label TIFF, both read by region (``max_pixels``
     bounds the image's storage chunks)."""
-    from cpsnake.io.regions import open_image
+    from cpsnake.io.inputs import open_regions
 
     with contextlib.closing(TiffLabels(labels_path)) as labels, \
-            contextlib.closing(open_image(image_path, max_pixels=max_pixels)) as image:
+            contextlib.closing(open_regions(image_path, max_pixels=max_pixels)) as image:
         if tuple(image.shape[1:]) != labels.shape:
             raise CpsnakeError(f"{labels_path}: found labels of size {labels.shape} (Y, X), expected the image's size "
                                f"{tuple(image.shape[1:])} ({image_path}); pass the label image made from this image")
@@ -283,14 +284,14 @@ def overlay_file(image_path, labels_path, out_png, *, max_pixels: int | None = N
 
 
 class TiffLabels:
-    """A label TIFF (as :func:`cpsnake.io.images.write_labels` writes it) read by region: ``shape`` (Y, X) and
+    """A label TIFF (as :func:`cpsnake.io.labels.write_labels` writes it) read by region: ``shape`` (Y, X) and
     ``labels[y0:y1, x0:x1]`` as int32, without reading the file whole (:mod:`cpsnake.io.regions`)."""
 
     def __init__(self, path):
-        from cpsnake.io.regions import open_image
+        from cpsnake.io.inputs import open_regions
 
         self.path = path
-        self.image = open_image(path)
+        self.image = open_regions(path)
         if self.image.shape[0] != 1 or self.image.stack_axes:
             self.image.close()
             raise CpsnakeError(f"{path}: found a label image of shape {self.image.shape}, expected one 2-D plane")

@@ -206,7 +206,7 @@ def warn_stack(path) -> None:
 def export_file(labels_path, out_path, *, table=None, object_type: str = "detection",
                 max_pixels: int | None = None, rows: list[dict] | None = None) -> int:
     """Read a 2-D label image (and its measurement table), write its GeoJSON; return the number of features."""
-    from cpsnake.io.images import read_labels
+    from cpsnake.io.labels import read_labels
 
     labels, _ = read_labels(labels_path, max_pixels=max_pixels)
     if labels.ndim != 2:

@@ -440,7 +440,9 @@ def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = N
     ``geojson_path``: also write the cells with their rows as QuPath GeoJSON (:mod:`cpsnake.export.geojson`; 2-D
     label images only, a stack gets a warning and no file).
     """
-    from cpsnake.io.images import read_flows, read_image, read_labels
+    from cpsnake.io.flows import read_flows
+    from cpsnake.io.inputs import read_image
+    from cpsnake.io.labels import read_labels
 
     labels, lmeta = read_labels(labels_path, max_pixels=max_pixels)
     img, meta = read_image(image_path, max_pixels=max_pixels)

@@ -86,7 +86,7 @@ Memory follows the size of a plane and the number of objects, never the largest 
 plane by plane (ids ranked by a search in the sorted list of ids present), and every per-object table has
 one entry per object.
 
-Axis order everywhere: ``(Z, Y, X)`` for labels, ``(Z, C, Y, X)`` for images (as :func:`cpsnake.io.images.read_image`
+Axis order everywhere: ``(Z, Y, X)`` for labels, ``(Z, C, Y, X)`` for images (as :func:`cpsnake.io.inputs.read_image`
 gives stacks).
 """
 

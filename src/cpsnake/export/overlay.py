@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def overlay_file(image_path, labels_path, out_png, *, max_pixels: int | None = None) -> None:
     """Read an image and its labels, write the QC picture ``out_png`` (middle plane of a stack)."""
-    from cpsnake.io.images import read_image, read_labels
+    from cpsnake.io.inputs import read_image
+    from cpsnake.io.labels import read_labels
 
     img, _ = read_image(image_path, max_pixels=max_pixels)
     labels, _ = read_labels(labels_path, max_pixels=max_pixels)

@@ -323,8 +323,8 @@ def _stack_axis_of(path: str | os.PathLike) -> str:
 
 
 def _image_shape(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[tuple[int, ...], dict]:
-    """(Y, X) or (Z, Y, X) shape of an image (as :func:`cpsnake.io.images.read_image` reads it) and its calibration."""
-    from cpsnake.io.images import read_image
+    """(Y, X) or (Z, Y, X) shape of an image (as :func:`cpsnake.io.inputs.read_image` reads it) and its calibration."""
+    from cpsnake.io.inputs import read_image
 
     data, meta = read_image(path, max_pixels=max_pixels)  # (C, Y, X) or (Z, C, Y, X)
     if data.ndim == 5:
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         help="meaning of the third axis of a 3-D label image (default: from the TIFF's ImageJ metadata, else z)",
     )
     from cpsnake.io import limits
-    from cpsnake.io.images import write_labels
+    from cpsnake.io.labels import write_labels
 
     limits.add_option(ap)
     args = ap.parse_args(argv)
@@ -381,7 +381,7 @@ def export_file(labels_path, out_zip, *, stack_axis: str | None = None, max_pixe
     ``stack_axis`` (``"z"`` or ``"t"``) names the third axis of a 3-D label image; None reads it from the
     TIFF's ImageJ metadata (else z).
     """
-    from cpsnake.io.images import read_labels
+    from cpsnake.io.labels import read_labels
 
     labels, _ = read_labels(labels_path, max_pixels=max_pixels)
     rois = labels_to_rois(labels, stack_axis=stack_axis or _stack_axis_of(labels_path))

@@ -18,6 +18,9 @@ included), and each level from the one before it, so the whole label image is ne
 The folder is written under a temporary name beside the final one and renamed when complete
 (:func:`cpsnake.io.outputs.atomic_output`: a previous folder of that name is replaced whole; a file or a link
 there is refused, never deleted or followed).
+
+OME-Zarr inputs are read by :mod:`cpsnake.io.omezarr`. zarr is imported inside :func:`write_label_zarr` (its
+import takes a second): a command that writes no OME-Zarr does not pay for it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cpsnake.errors import CpsnakeError
+from cpsnake.io.outputs import atomic_output
 
 __all__ = ["write_label_zarr", "LEVEL_MIN", "CHUNK"]
 
@@ -56,8 +60,6 @@ def write_label_zarr(path: str | os.PathLike, labels, *, pixel_size: tuple[float
     Y, X = (int(n) for n in labels.shape)
     if len(labels.shape) != 2:
         raise CpsnakeError(f"{path}: labels of shape {labels.shape}, expected (Y, X)")
-    from cpsnake.io.outputs import atomic_output
-
     with atomic_output(path, folder=True) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         root.attrs["ome"] = {"version": "0.5"}

@@ -1,10 +1,10 @@
 """Writing outputs: under a temporary name first, one line for every failure on the output side, an image's
 files all or none, and a link named like an output never followed.
 
-Every file and folder cpsnake writes goes through :func:`atomic_output` (``cpsnake.io.images.atomic_output`` is this
-function): it is written under a temporary name beside its final name (``.NAME.tif.<pid>.tmp.tif``; a folder,
-e.g. an OME-Zarr, ``.NAME.zarr.<pid>.tmp``) and renamed to the final name only when complete, so no partial file
-ever sits under a final name; if the writer fails the temporary file is removed.
+Every file and folder cpsnake writes goes through :func:`atomic_output`: it is written under a temporary name
+beside its final name (``.NAME.tif.<pid>.tmp.tif``; a folder, e.g. an OME-Zarr, ``.NAME.zarr.<pid>.tmp``) and
+renamed to the final name only when complete, so no partial file ever sits under a final name; if the writer
+fails the temporary file is removed.
 
 **What may be replaced.** A final name may hold nothing, a regular file (for a file) or a folder (for a
 folder, e.g. ``masks/NAME.zarr``: replaced whole). Anything else there is refused before anything is

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cpsnake.io import files, limits
+from cpsnake.io.outputs import atomic_output
 from cpsnake.models import statefile
 from cpsnake.errors import CpsnakeError, library_text
 
@@ -129,8 +130,6 @@ def save_tensors(obj, path: str | os.PathLike) -> None:
     process id), so the same weights would give a different sha256 each time; given an open file, the
     name is always ``archive`` (and no second copy is held in memory).
     """
-    from cpsnake.io.outputs import atomic_output
-
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
 

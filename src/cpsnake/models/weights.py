@@ -45,6 +45,7 @@ from types import MappingProxyType
 from typing import Iterator, Mapping
 
 from cpsnake.errors import CpsnakeError, guard
+from cpsnake.io import files
 
 __all__ = [
     "Entry",
@@ -55,7 +56,6 @@ __all__ = [
     "fetch",
     "cache_dir_default",
     "entry_status",
-    "sha256_file",
     "main",
 ]
 
@@ -121,13 +121,6 @@ def cache_dir_default(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir or os.environ.get("CPSNAKE_CACHE") or "~/.cache/cpsnake").expanduser()
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a regular file, read in 1 MiB chunks (a FIFO or device is refused, not read forever)."""
-    from cpsnake.io.files import sha256
-
-    return sha256(path, expected="a weights file", chunk=CHUNK)
-
-
 def _human(n: int | None) -> str:
     if n is None:
         return "?"
@@ -167,7 +160,7 @@ def _verify(path: Path, entry: Entry, what: str) -> str | None:
     size = path.stat().st_size
     if size != entry.size:
         return f"{what} {path} has {size} bytes, expected {entry.size}"
-    digest = sha256_file(path)
+    digest = files.sha256(path, expected="a weights file")
     if digest != entry.sha256:
         return f"{what} {path} has sha256 {digest}, expected {entry.sha256}"
     return None
@@ -333,8 +326,9 @@ def _bundled(entry: Entry) -> Path:
         raise CpsnakeError(f"{path}: bundled model {entry.name!r} is missing, expected it in the repository; "
                            "use a full checkout of cpsnake, or give another model name or a path")
     if entry.sha256 is None or entry.size is None:
+        digest = files.sha256(path, expected="a weights file")
         raise CpsnakeError(f"{path}: registry entry {entry.name!r} has no size/sha256 yet; found size "
-                           f"{path.stat().st_size} sha256 {sha256_file(path)}; enter them in cpsnake.models.weights.REGISTRY")
+                           f"{path.stat().st_size} sha256 {digest}; enter them in cpsnake.models.weights.REGISTRY")
     problem = _verify(path, entry, "bundled model")
     if problem is not None:
         raise CpsnakeError(f"{problem}; restore the file from the repository (git checkout -- {path.name})")
@@ -397,7 +391,7 @@ def entry_status(entry: Entry, cache_dir: str | os.PathLike | None = None) -> tu
             return "missing", str(path)
         if entry.sha256 is None:
             return "present, no sha256 in registry", str(path)
-        ok = path.stat().st_size == entry.size and sha256_file(path) == entry.sha256
+        ok = path.stat().st_size == entry.size and files.sha256(path, expected="a weights file") == entry.sha256
         return ("bundled, verified" if ok else "bundled, HASH MISMATCH"), str(path)
     final = cache_dir_default(cache_dir) / entry.name
     source = entry.url(base_url=os.environ.get("CPSNAKE_WEIGHTS_URL"),

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from cpsnake.run import batch
-    from cpsnake.io.images import read_labels
+    from cpsnake.io.labels import read_labels
     from cpsnake.io.outputs import atomic_output
     from cpsnake.io.outputs import all_or_nothing, discard
     from cpsnake.io.tables import to_csv

@@ -189,7 +189,7 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
     """The batch's images through one model, their tiles pooled (see :func:`cpsnake.engine.infer.predict_many`)."""
     from cpsnake.engine import infer, size
     from cpsnake.models import statefile, weights
-    from cpsnake.io.images import write_flows
+    from cpsnake.io.flows import write_flows
     from cpsnake.models.registry import load_model
 
     infer.check_options(args)
@@ -292,7 +292,7 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
         ome_zarr = getattr(args, "ome_zarr", False)
 
         def zarr_labels(s, info: dict) -> dict:  # --ome-zarr: the label TIFF just written, as OME-Zarr labels
-            from cpsnake.io.images import read_labels
+            from cpsnake.io.labels import read_labels
             from cpsnake.io.ngff import write_label_zarr
 
             labels, meta = read_labels(written(paths.masks(s.sample)), max_pixels=args.max_pixels)

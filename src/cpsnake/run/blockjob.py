@@ -60,20 +60,22 @@ def block_path(results: Path, batch: str, name: str, k: int) -> Path:
 
 def values_file(src, out_json, *, channels=None, pixel_size=None, max_pixels=None, percentiles=(1.0, 99.0),
                 low_high=None, invert: bool = False, tile_size: int = 0, **_) -> dict:
-    """The normalization values of a 2-D image read region by region (:func:`cpsnake.io.regions.stream_values`),
+    """The normalization values of a 2-D image read region by region (:func:`cpsnake.engine.streamnorm.stream_values`),
     written to ``out_json`` in the form ``cpsnake normalize`` writes beside its image; returns the document."""
     from cpsnake import __version__
-    from cpsnake.io import limits, regions
+    from cpsnake.engine.streamnorm import stream_values
+    from cpsnake.io import inputs, limits, regions
     from cpsnake.io.outputs import atomic_output
 
     if tile_size:
         raise CpsnakeError(f"{src}: --tile-norm {tile_size} with an image segmented block by block; expected "
                            "percentile or --low-high normalization; set config blocks.size to 0 for this run, or "
                            "leave out tile_norm")
-    with regions.open_image(src, max_pixels=max_pixels) as img:
+    with inputs.open_regions(src, max_pixels=max_pixels) as img:
         limits.check_min_side(src, img.shape)
         try:
-            record = regions.stream_values(img, channels, percentiles=percentiles, low_high=low_high, invert=invert)
+            record = stream_values(regions.bands(img), img.shape, img.dtype, channels, percentiles=percentiles,
+                                   low_high=low_high, invert=invert)
         except CpsnakeError as exc:
             msg = str(exc)
             raise CpsnakeError(msg if msg.startswith(str(src)) else f"{src}: {msg}") from None
@@ -109,7 +111,7 @@ def block_file(net, src, values: dict, out_npz, k: int, *, block: int, halo: int
     :func:`values_file`);
     writes ``out_npz`` (masks ``seeds``, flows ``dP`` when the flow check is on, ``heat_niter``, the block's
     ``index``/``core``/``read``, ``shape``, ``block``, ``halo``) atomically; returns a summary dict."""
-    from cpsnake.io import regions
+    from cpsnake.io import inputs
     from cpsnake.engine.blocks import check_block_size, default_halo, seed_block
     from cpsnake.io.outputs import atomic_output
     from cpsnake.engine.normalize import scale
@@ -120,7 +122,7 @@ def block_file(net, src, values: dict, out_npz, k: int, *, block: int, halo: int
     check_block_size(net, block)
     record, picked = _record(values), values["channels"]
     halo = default_halo(diameter) if halo is None else int(halo)
-    with regions.open_image(src, max_pixels=max_pixels) as img:
+    with inputs.open_regions(src, max_pixels=max_pixels) as img:
         shape = img.shape[1:]
         grid = grid_of(*shape, block, halo)
         if not 0 <= k < len(grid):

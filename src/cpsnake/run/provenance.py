@@ -19,29 +19,29 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
 import re
+import stat
 import sys
 from importlib import metadata
 from pathlib import Path
 
 from cpsnake.errors import CpsnakeError, guard
+from cpsnake.io import files
+from cpsnake.io.omezarr import is_ome_zarr
 
-__all__ = ["sha256", "folder_sha256", "package_versions", "build_record", "main"]
+__all__ = ["folder_sha256", "package_versions", "build_record", "main"]
 
 
-def sha256(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a regular file, read in chunks (a FIFO or device is refused with one line, not read forever);
-    of an OME-Zarr folder, :func:`folder_sha256`."""
-    from cpsnake.io import files
-
-    from cpsnake.io.regions import is_ome_zarr
-
+def _input_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of an input of the run: a regular file (:func:`cpsnake.io.files.sha256`; a FIFO or device is
+    refused with one line, not read forever) or an OME-Zarr folder (:func:`folder_sha256`)."""
     if is_ome_zarr(path):
-        return folder_sha256(path, chunk=chunk)
-    return files.sha256(path, expected="an input of the run (image or model file)", chunk=chunk)
+        return folder_sha256(path)
+    return files.sha256(path, expected="an input of the run (image or model file)")
 
 
 def folder_sha256(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -50,11 +50,6 @@ def folder_sha256(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     ``b"link:" + its target`` instead and is never followed (so a link out of the folder is not read), and a
     FIFO, device or socket adds ``b"special"`` without being opened (so nothing hangs). Sub-folders are walked
     (links to folders are not). A folder of regular files only hashes as it always did."""
-    import hashlib
-    import stat
-
-    from cpsnake.io import files
-
     root = Path(path)
     entries = []
     for top, dirs, names in os.walk(root, followlinks=False):
@@ -113,7 +108,7 @@ def build_record(*, model: str, model_name: str, config: dict, images: list[dict
     packages = package_versions()
     if snakemake_version:
         packages["snakemake"] = snakemake_version
-    entries = [{"name": e["name"], "path": str(e["path"]), "sha256": sha256(e["path"]),
+    entries = [{"name": e["name"], "path": str(e["path"]), "sha256": _input_sha256(e["path"]),
                 **{k: v for k, v in e.items() if k not in ("name", "path")}} for e in images]
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -121,7 +116,8 @@ def build_record(*, model: str, model_name: str, config: dict, images: list[dict
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": packages,
-        "model": {"name": model_name, "file": str(model), "bytes": os.path.getsize(model), "sha256": sha256(model),
+        "model": {"name": model_name, "file": str(model), "bytes": os.path.getsize(model),
+                  "sha256": _input_sha256(model),
                   "family": model_family(model)},
         "parameters": config,
         "images": entries,

@@ -42,7 +42,6 @@ above 4096 x 4096 px in blocks of 2048.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import glob
 import os
@@ -55,6 +54,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from cpsnake.errors import CpsnakeError, CpsnakeWarning, collected_warnings, guard, library_text
+from cpsnake.io import inputs
+from cpsnake.io.omezarr import is_ome_zarr
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -69,7 +70,6 @@ __all__ = [
     "form_batches",
     "write_table",
     "read_table",
-    "inspect_header",
     "inspect",
     "main",
 ]
@@ -124,7 +124,6 @@ def discover(spec: str) -> list[Sample]:
     too, never opened here: it fails at inspection with its one line, so nothing is dropped silently.
     """
     from cpsnake.io.files import regular_file
-    from cpsnake.io.regions import is_ome_zarr
 
     if os.path.isdir(spec) and not is_ome_zarr(spec):
         try:
@@ -401,64 +400,6 @@ def _rows(path) -> list[Sample]:
 # --- inspection: from each file's header only ---------------------------------------------------------
 
 
-def inspect_header(path: str | os.PathLike, *, max_pixels: int | None = None) -> dict:
-    """What an image's header declares, decoding no pixel: ``height, width, channels_in_file, planes, dtype, pixels``.
-
-    TIFF / OME-TIFF: the first series' shape and axes (Y, X; C/S are channels; Z/T planes; axes without
-    metadata count as channels up to 3 entries, else planes, as :func:`cpsnake.io.images.read_image` reads
-    them); PNG: the IHDR chunk; JPEG: the frame header. ``pixels`` is Y x X x planes. A file that is
-    missing, not a regular file, not an image, or whose header cannot be read is a one-line CpsnakeError.
-    OME-Zarr: the first multiscale image's full resolution (:func:`cpsnake.io.regions.open_image`, which also
-    refuses storage chunks of more than ``max_pixels`` samples).
-    """
-    from cpsnake.io.images import _sniff, open_tiff, pillow_without_limit, png_shape
-
-    path = Path(path)
-    from cpsnake.io import regions
-
-    fmt = "ome-zarr" if regions.is_ome_zarr(path) else _sniff(path)
-    try:
-        if fmt == "ome-zarr":
-            with regions.open_image(path, max_pixels=max_pixels) as img:
-                shape, axes, dtype = img.meta["shape"], img.meta["axes"], img.meta["dtype"]
-        elif fmt == "tiff":
-            head = open_tiff(path, expected="an image", fix="export it again", sniffed=True)
-            with contextlib.closing(head):
-                series = head.series
-                shape, axes, dtype = tuple(int(n) for n in series.shape), series.axes, str(series.dtype)
-            if head.ignored:  # broken metadata set aside: the pages are read as stored
-                warnings.warn(head.ignored, CpsnakeWarning, stacklevel=2)
-        elif fmt == "png":
-            with open(path, "rb") as fh:
-                head = fh.read(33)
-            h, w, spp, nbytes = png_shape(path, head)
-            shape, axes, dtype = (h, w, spp), "YXS", "uint16" if nbytes == 2 else "uint8"
-        else:
-            from PIL import Image
-
-            with pillow_without_limit(), Image.open(path) as im:
-                w, h = im.size
-                shape, axes, dtype = (h, w, len(im.getbands())), "YXS", "uint8"
-    except CpsnakeError:
-        raise
-    except Exception as exc:  # readers raise many types for a broken header
-        raise CpsnakeError(f"{path}: found a {fmt.upper()} whose header cannot be read ({library_text(exc)}); "
-                           "expected a complete image; the file is truncated or corrupt: copy or export it again") from None
-    if "Y" not in axes or "X" not in axes:
-        raise CpsnakeError(f"{path}: found shape {shape} with axes {axes!r}; expected an image with Y and X axes")
-    channels = planes = 1
-    for a, n in zip(axes, shape):
-        if a in "CS":
-            channels *= n
-        elif a in "ZT" or (a in "QIR" and n > 3):
-            planes *= n
-        elif a not in "YX":
-            channels *= n
-    height, width = shape[axes.index("Y")], shape[axes.index("X")]
-    return {"height": height, "width": width, "channels_in_file": channels, "planes": planes, "dtype": dtype,
-            "pixels": height * width * planes}
-
-
 def one_line_of(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -476,7 +417,7 @@ def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_im
     for s in samples:
         try:
             with collected_warnings() as notes:  # a sample's warnings (broken metadata set aside) only if it passes
-                head = inspect_header(s.path, max_pixels=max_pixels)
+                head = inputs.read_header(s.path, max_pixels=max_pixels)
                 limits.check_samples(s.path, (head["pixels"], head["channels_in_file"]), limit=max_pixels)
                 _check_channels(s, head["channels_in_file"])
         except CpsnakeError as exc:
@@ -511,12 +452,9 @@ def _check_channels(s: Sample, n: int) -> None:
 def _block(s: Sample, block_size: int | None) -> int:
     """The block size of a 2-D TIFF or OME-Zarr: ``block_size`` if given, else automatic
     (:func:`cpsnake.engine.blocks.auto_block_size`); 0 for stacks, PNG and JPEG (read whole)."""
-    from cpsnake.io.images import _sniff
     from cpsnake.engine.blocks import auto_block_size
 
-    from cpsnake.io.regions import is_ome_zarr
-
-    if block_size == 0 or s.planes != 1 or not (is_ome_zarr(s.path) or _sniff(Path(s.path)) == "tiff"):
+    if block_size == 0 or s.planes != 1 or inputs.input_format(s.path) not in inputs.REGION_FORMATS:
         return 0
     return int(block_size) if block_size is not None else auto_block_size((s.height, s.width))
 

@@ -21,7 +21,7 @@ The model is loaded once. The steps are the same functions the per-step commands
 line, nothing is written under its final names, the other images go on, and the exit code is 1. An image's
 files are written all or none (:func:`cpsnake.io.outputs.all_or_nothing`: a full disk leaves none of them), and
 an output folder that cannot be written is one line before the model loads.
-Stacks (TIFF with Z and/or T axes, see :func:`cpsnake.io.images.read_image`) go through :mod:`cpsnake.stacks.stack`: plane
+Stacks (TIFF with Z and/or T axes, see :func:`cpsnake.io.inputs.read_image`) go through :mod:`cpsnake.stacks.stack`: plane
 by plane by default, ``--stitch-threshold T`` (planes linked into 3-D objects) or ``--do-3d`` (3-D flows) for Z
 stacks, ``--track`` to link the frames of a time series; a T x Z hyperstack is segmented frame by frame. The
 label file is then an ImageJ hyperstack with the stack's z step and frame interval, the ROI set has one ROI
@@ -30,9 +30,9 @@ per object and plane (``0042-z03``, ``0042-t02``, ``0042-t02-z03``), the table o
 and frame for time series), and the overlay shows the middle plane (of the first frame).
 A 2-D image above 4096 x 4096 px is segmented block by block (``--block-size``, :mod:`cpsnake.engine.blocks`), with
 the same labels as the whole image at once; a TIFF (or an OME-Zarr folder, always) is then read region by
-region (:mod:`cpsnake.io.regions`: only the normalization values come from a pass over the whole file), the
-label image is built in a Zarr array on disk, and the files are written window by window from it
-(:mod:`cpsnake.export.blockout`, the same bytes as from the whole image).
+region (:func:`cpsnake.io.inputs.region_input` decides, :mod:`cpsnake.io.regions` reads: only the normalization
+values come from a pass over the whole file), the label image is built in a Zarr array on disk, and the files
+are written window by window from it (:mod:`cpsnake.export.blockout`, the same bytes as from the whole image).
 Two inputs that map to the same NAME (``a.tif`` and ``other/a.png``) would overwrite each other's files:
 the call is refused before anything is loaded. ``--max-pixels N`` bounds every image (see
 :mod:`cpsnake.io.limits`).
@@ -48,7 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cpsnake.engine.blocks import AUTO_WHOLE
+from cpsnake.engine.streamnorm import stream_values
 from cpsnake.errors import CpsnakeError, guard
+from cpsnake.io import files, inputs, regions
 
 __all__ = ["DEFAULT_MODEL", "segment_image", "segment_regions", "check_names", "check_input", "main"]
 
@@ -170,7 +173,7 @@ def segment_regions(net, image, *, block: int, halo: int | None = None, channels
                     ) -> tuple[np.ndarray, dict, dict]:
     """Segment a :class:`cpsnake.io.regions.RegionImage` block by block without reading it whole.
 
-    The normalization values come from one streaming pass (:func:`cpsnake.io.regions.stream_values`, equal to
+    The normalization values come from one streaming pass (:func:`cpsnake.engine.streamnorm.stream_values`, equal to
     :func:`cpsnake.engine.normalize.normalize`'s on the whole image); each block reads and scales only its own
     region. ``labels``: where the label image is built (see :class:`cpsnake.engine.blocks.Stitcher`). Other
     options as :func:`segment_image` (``--tile-norm`` and ``--diameter auto`` need the whole image: refused).
@@ -179,7 +182,6 @@ def segment_regions(net, image, *, block: int, halo: int | None = None, channels
     blocks' report under ``"blocks"``) and the seconds of each step.
     """
     from cpsnake.engine.normalize import scale
-    from cpsnake.io.regions import stream_values
 
     if tile_size:
         raise CpsnakeError(f"--tile-norm {tile_size} with an image read block by block; expected percentile or "
@@ -189,7 +191,8 @@ def segment_regions(net, image, *, block: int, halo: int | None = None, channels
         raise CpsnakeError("--diameter auto with an image read block by block; expected a number (the size model "
                            "needs the whole image); give --diameter D, or --block-size 0 to load the image whole")
     t0 = time.perf_counter()
-    record = stream_values(image, channels, percentiles=percentiles, low_high=low_high, invert=invert)
+    record = stream_values(regions.bands(image), image.shape, image.dtype, channels, percentiles=percentiles,
+                           low_high=low_high, invert=invert)
     picked = list(channels) if channels is not None else list(range(image.shape[0]))
     t1 = time.perf_counter()
     out, record["blocks"] = _blocks(
@@ -254,9 +257,7 @@ def check_input(path: Path, args, sopts: dict) -> None:
     resize beyond ``--max-pixels`` (:func:`cpsnake.bounds.check_stack_3d`) are each a CpsnakeError."""
     from cpsnake import bounds
     from cpsnake.io import limits
-    from cpsnake.run.samples import inspect_header
-
-    head = inspect_header(path)  # regular file (os.stat first), image format, header
+    head = inputs.read_header(path)  # regular file (os.stat first), image format, header
     planes, channels = head["planes"], head["channels_in_file"]
     shape = (*([planes] if planes > 1 else []), head["height"], head["width"], *([channels] if channels > 1 else []))
     limits.check_samples(path, shape, limit=args.max_pixels)
@@ -270,9 +271,7 @@ def check_input(path: Path, args, sopts: dict) -> None:
 def _depth(path: Path, planes: int) -> int:
     """Z planes of a stack (a T x Z hyperstack is segmented frame by frame): the TIFF series' Z axis, else
     all its ``planes``."""
-    from cpsnake.io.images import _sniff
-
-    if _sniff(path) != "tiff":
+    if inputs.file_format(path) != "tiff":
         return planes
     import tifffile
 
@@ -280,37 +279,8 @@ def _depth(path: Path, planes: int) -> int:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             return int(series.shape[series.axes.index("Z")]) if "Z" in series.axes else planes
-    except Exception:  # inspect_header read this header: any other failure leaves the count as it is
+    except Exception:  # read_header read this header: any other failure leaves the count as it is
         return planes
-
-
-def _region_image(path: Path, args):
-    """A :class:`cpsnake.io.regions.RegionImage` for an OME-Zarr folder, or for a 2-D TIFF segmented in blocks
-    (``--block-size`` N > 0, or automatic above 4096 x 4096 px); None for every other input (read whole)."""
-    from cpsnake.io import regions
-    from cpsnake.io.images import _sniff
-    from cpsnake.engine.blocks import auto_block_size
-
-    if regions.is_ome_zarr(path):
-        image = regions.open_image(path, max_pixels=args.max_pixels)
-        if image.stack_axes:
-            image.close()
-            raise CpsnakeError(f"{path}: found an OME-Zarr stack (axes {image.meta['axes']!r}, shape "
-                               f"{image.meta['shape']}); expected a 2-D OME-Zarr image (C, Y, X); save the stack as an "
-                               "ImageJ or OME-TIFF hyperstack")
-        return image
-    if args.block_size == 0 or not path.is_file() or _sniff(path) != "tiff":
-        return None
-    try:
-        image = regions.open_image(path, max_pixels=args.max_pixels)
-    except CpsnakeError:
-        if args.block_size is None:  # not asked for blocks: the whole-image reader says what is wrong, if anything
-            return None
-        raise
-    if image.stack_axes or (args.block_size is None and not auto_block_size(image.shape[1:])):
-        image.close()
-        return None
-    return image
 
 
 def _segment_region_file(path: Path, net, region, args, opts: dict, keep):
@@ -357,14 +327,13 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
 def _segment_and_write(path: Path, net, args, opts: dict, model_info: dict, sopts: dict, keep) -> int:
     from cpsnake import __version__
     from cpsnake.io import limits
-    from cpsnake.io.images import read_image
     from cpsnake.io.outputs import atomic_output
     from cpsnake.engine.blocks import auto_block_size
     from cpsnake.run.samples import sample_name as image_name
 
-    region = _region_image(path, args)
+    region = inputs.region_input(path, block_size=args.block_size, whole_up_to=AUTO_WHOLE, max_pixels=args.max_pixels)
     if region is None:
-        img, meta = read_image(path, max_pixels=args.max_pixels)
+        img, meta = inputs.read_image(path, max_pixels=args.max_pixels)
         limits.check_min_side(path, img.shape)
         axes = meta["stack_axes"]
     else:
@@ -437,7 +406,7 @@ def _segment_and_write(path: Path, net, args, opts: dict, model_info: dict, sopt
 def _image_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, flows, *, geojson: bool = False,
                    ome_zarr: bool = False) -> None:
     from cpsnake.export import measure, overlay, rois
-    from cpsnake.io.images import write_labels
+    from cpsnake.io.labels import write_labels
 
     write_labels(out / "masks" / f"{name}.tif", labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
     if ome_zarr:
@@ -510,7 +479,7 @@ def _stack_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, so
     """Label hyperstack, per-slice ROIs, the table (3-D objects: one row each; planes: one row per slice) and an
     overlay of the middle plane, for a stack ``img`` (Z|T, C, Y, X) or (T, Z, C, Y, X)."""
     from cpsnake.export import measure3d, overlay, rois
-    from cpsnake.io.images import write_labels
+    from cpsnake.io.labels import write_labels
 
     axes = meta["stack_axes"]
     write_labels(out / "masks" / f"{name}.tif", labels, pixel_size=meta["pixel_size"], unit=meta["unit"],
@@ -532,7 +501,6 @@ def main(argv: list[str] | None = None) -> int:
     from cpsnake.models import statefile, weights
     from cpsnake.bounds import check_halo
     from cpsnake.errors import collected_warnings, one_line
-    from cpsnake.run.provenance import sha256
 
     # every check that needs no torch first: options, output names, each input's header; then the weights file
     opts = normalize.options(args)
@@ -572,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
 
         opts["size_params"] = size_model_for(net, path, args.size_model)
     family = family_of_net(net)
-    model_info = {"name": args.model, "file": str(path), "sha256": sha256(path), "family": family}
+    digest = files.sha256(path, expected="an input of the run (image or model file)")
+    model_info = {"name": args.model, "file": str(path), "sha256": digest, "family": family}
     for image in images:
         try:
             with collected_warnings() as notes:  # an image's warnings, printed only if it succeeds

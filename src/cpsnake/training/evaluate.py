@@ -213,12 +213,14 @@ def _label_files(folder: Path) -> dict[str, Path]:
 
 
 def read_label_file(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
-    """Read a label image (``.tif``/``.tiff`` via :func:`cpsnake.io.images.read_labels`, ``.png`` via Pillow).
+    """Read a label image (``.tif``/``.tiff`` via :func:`cpsnake.io.labels.read_labels`, ``.png`` via Pillow).
 
     Only regular files are read, and the size the header declares is checked against ``max_pixels``
     (see :mod:`cpsnake.io.limits`) before decoding.
     """
-    from cpsnake.io.images import LABELS_FIX, describe, pillow_without_limit, png_shape, read_labels
+    from cpsnake.io.formats import describe
+    from cpsnake.io.labels import LABELS_FIX, read_labels
+    from cpsnake.io.png_jpeg import pillow_without_limit, png_shape
 
     if path.suffix.lower() == ".png":
         from PIL import Image

@@ -75,7 +75,7 @@ def pack(src, out_dir, *, max_mb: float = 50.0, log=None) -> tuple[int, list[str
     """
     import pandas as pd
 
-    from cpsnake.io.images import read_image
+    from cpsnake.io.inputs import read_image
     from cpsnake.io.outputs import atomic_output
     from cpsnake.io.outputs import all_or_nothing, make_folder
     from cpsnake.io.tables import read_frame, to_csv

@@ -196,7 +196,7 @@ def _clean(labels: np.ndarray, min_size: int) -> np.ndarray:
 def _image_for_net(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read an image and normalise it as the pipeline does -> (3, Y, X) float32 (zero-padded channels)."""
     from cpsnake.io import limits
-    from cpsnake.io.images import read_image
+    from cpsnake.io.inputs import read_image
     from cpsnake.engine.normalize import normalize
 
     img, _ = read_image(path, max_pixels=max_pixels)
