@@ -550,7 +550,7 @@ resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 warnings.simplefilter("ignore")
 logging.disable(logging.CRITICAL)
 from pathlib import Path
-from cpsnake.engine import infer
+from cpsnake.steps import infer
 from cpsnake.io import images as io, regions
 from cpsnake.run import samples
 from cpsnake.errors import CpsnakeError
