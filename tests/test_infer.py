@@ -62,10 +62,10 @@ def _cellpose_run_net(net, img, augment=False):
 
 @pytest.mark.parametrize("shape", [(1, 5, 7), (3, 100, 150), (2, 256, 256), (1, 300, 700), (3, 241, 513)])
 @pytest.mark.parametrize("augment", [False, True])
-def test_stitching_identity_outputs_gives_back_the_image(shape, augment):
+def test_blending_identity_outputs_gives_back_the_image(shape, augment):
     img = _image(*shape)
     cut, layout = tiles.make_tiles(img, 256, 0.1, augment=augment)
-    # an identity network sees flipped tiles and returns them flipped: stitching must undo the flips
+    # an identity network sees flipped tiles and returns them flipped: blending must undo the flips
     out = tiles.blend_tiles(cut, layout, yx_channels=None)
     assert out.dtype == np.float32 and out.shape == img.shape
     np.testing.assert_array_equal(out, img)
