@@ -1,4 +1,5 @@
-"""Tiled inference (cpsnake.engine.tiles, cpsnake.engine.infer, cpsnake.steps.infer): tile/untile round trip, parity with cellpose 4's core.run_net, pooled tiles."""
+"""Tiled inference (cpsnake.engine.tiles, cpsnake.engine.infer, cpsnake.steps.infer): tile/untile round trip, parity
+with cellpose 4's core.run_net, pooled tiles."""
 
 from __future__ import annotations
 

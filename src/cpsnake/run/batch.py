@@ -270,7 +270,7 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
     if step == "normalize":
         opts = normalize.options(args)
         default_channels = opts.pop("channels")
-        norm3d = stack_options.options(args)["mode"] != "planes"  # --do-3d and --stitch-threshold: the whole stack at once
+        norm3d = stack_options.options(args)["mode"] != "planes"  # --do-3d, --stitch-threshold: the stack at once
 
         def one(s):
             channels = s.channels if s.channels is not None else default_channels
@@ -328,7 +328,7 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
 
         return list(_each(rows, paths, step, one))
     if step == "measure":
-        per_slice = stack_options.options(args)["mode"] == "planes"  # Z stacks plane by plane: 2-D objects, rows per slice
+        per_slice = stack_options.options(args)["mode"] == "planes"  # planes: 2-D objects, rows per slice
 
         def one(s):
             geojson = paths.geojson(s.sample) if args.geojson else None

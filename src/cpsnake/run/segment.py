@@ -212,7 +212,8 @@ def _parser() -> argparse.ArgumentParser:
         module.add_options(p.add_argument_group(f"{title} options (as `cpsnake {title}`)"))
     from cpsnake.steps import stack_options
 
-    stack_options.add_options(p.add_argument_group("stack options (Z stacks and time series; see cpsnake.stacks.stack)"))
+    stack_options.add_options(
+        p.add_argument_group("stack options (Z stacks and time series; see cpsnake.stacks.stack)"))
     from cpsnake.bounds import option
 
     p.add_argument("--block-size", type=option("--block-size"), default=None, metavar="N",
