@@ -552,7 +552,7 @@ resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 warnings.simplefilter("ignore")
 logging.disable(logging.CRITICAL)
 from pathlib import Path
-from cpsnake.engine import infer
+from cpsnake.steps import infer
 from cpsnake.io import flows, inputs, labels
 from cpsnake.errors import CpsnakeError
 

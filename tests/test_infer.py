@@ -1,4 +1,5 @@
-"""Tiled inference (cpsnake.engine.tiles, cpsnake.engine.infer): tile/untile round trip, parity with cellpose 4's core.run_net, pooled tiles."""
+"""Tiled inference (cpsnake.engine.tiles, cpsnake.engine.infer, cpsnake.steps.infer): tile/untile round trip, parity
+with cellpose 4's core.run_net, pooled tiles."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cpsnake.engine import infer, tiles
+from cpsnake.steps import infer as infer_step
 from cpsnake.errors import CpsnakeError
 
 
@@ -61,11 +63,11 @@ def _cellpose_run_net(net, img, augment=False):
 
 @pytest.mark.parametrize("shape", [(1, 5, 7), (3, 100, 150), (2, 256, 256), (1, 300, 700), (3, 241, 513)])
 @pytest.mark.parametrize("augment", [False, True])
-def test_stitching_identity_outputs_gives_back_the_image(shape, augment):
+def test_blending_identity_outputs_gives_back_the_image(shape, augment):
     img = _image(*shape)
     cut, layout = tiles.make_tiles(img, 256, 0.1, augment=augment)
-    # an identity network sees flipped tiles and returns them flipped: stitching must undo the flips
-    out = tiles.stitch_tiles(cut, layout, yx_channels=None)
+    # an identity network sees flipped tiles and returns them flipped: blending must undo the flips
+    out = tiles.blend_tiles(cut, layout, yx_channels=None)
     assert out.dtype == np.float32 and out.shape == img.shape
     np.testing.assert_array_equal(out, img)
 
@@ -197,14 +199,14 @@ def test_bad_input_is_one_error_line_and_no_output(tmp_path, capsys, array, foun
 
     src, dst = tmp_path / "norm.tif", tmp_path / "flows.tif"
     tifffile.imwrite(src, array, photometric="minisblack")
-    assert infer.main([str(src), str(dst), "--model", "unused.pt"]) == 1
+    assert infer_step.main([str(src), str(dst), "--model", "unused.pt"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cpsnake infer: error:") and found in err[0] and "norm.tif" in err[0]
     assert list(tmp_path.iterdir()) == [src]
 
 
 def test_missing_input_is_one_error_line(tmp_path, capsys):
-    assert infer.main([str(tmp_path / "nope.tif"), str(tmp_path / "f.tif"), "--model", "x"]) == 1
+    assert infer_step.main([str(tmp_path / "nope.tif"), str(tmp_path / "f.tif"), "--model", "x"]) == 1
     assert "no such file" in capsys.readouterr().err
 
 
@@ -255,7 +257,7 @@ def test_cli_refuses_overlap_outside_range(tmp_path, capsys):
 
     src = tmp_path / "norm.tif"
     write_tiff(src, _image(1, 20, 20), axes="CYX")
-    assert infer.main([str(src), str(tmp_path / "f.tif"), "--model", "x", "--tile-overlap", "0.9"]) == 1
+    assert infer_step.main([str(src), str(tmp_path / "f.tif"), "--model", "x", "--tile-overlap", "0.9"]) == 1
     assert "--tile-overlap 0.9" in capsys.readouterr().err
     assert not (tmp_path / "f.tif").exists()
 

@@ -1,4 +1,5 @@
-"""cpsnake.engine.reconstruct: masks from flows, parity with cellpose 4.2.1.1, thresholds, CLI."""
+"""cpsnake.engine.reconstruct: masks from flows, parity with cellpose 4.2.1.1, thresholds; the CLI
+(cpsnake.steps.reconstruct)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from scipy import ndimage as ndi
 from cpsnake.engine import dynamics, reconstruct
 from cpsnake.io.flows import write_flows
 from cpsnake.io.labels import read_labels
+from cpsnake.steps import reconstruct as reconstruct_step
 from reference import cellpose
 from synthetic import voronoi_cells
 
@@ -149,7 +151,7 @@ def test_cli_round_trip_keeps_calibration(tmp_path):
     labels = dynamics.fill_holes_and_remove_small_masks(labels, min_size=15)
     src, dst = tmp_path / "f.tif", tmp_path / "m.tif"
     write_flows(src, clean_flows(labels), pixel_size=(0.5, 0.5), unit="micron")
-    assert reconstruct.main([str(src), str(dst), "--niter", "150", "--min-size", "10"]) == 0
+    assert reconstruct_step.main([str(src), str(dst), "--niter", "150", "--min-size", "10"]) == 0
     out, meta = read_labels(dst)
     assert meta["pixel_size"] == (0.5, 0.5) and meta["unit"] == "micron"
     assert np.array_equal(out, reconstruct.compute_masks(clean_flows(labels), niter=150, min_size=10))
@@ -160,7 +162,7 @@ def test_cli_rejects_stack_with_one_line_and_no_output(tmp_path, capsys):
 
     src, dst = tmp_path / "f.tif", tmp_path / "m.tif"
     tifffile.imwrite(src, np.zeros((4, 3, 16, 16), np.float32), photometric="minisblack")
-    assert reconstruct.main([str(src), str(dst)]) == 1
+    assert reconstruct_step.main([str(src), str(dst)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "expected flows (3, Y, X)" in err
     assert not dst.exists()
@@ -169,9 +171,9 @@ def test_cli_rejects_stack_with_one_line_and_no_output(tmp_path, capsys):
 def test_cli_rejects_bad_options(tmp_path, capsys):
     src, dst = tmp_path / "f.tif", tmp_path / "m.tif"
     write_flows(src, np.zeros((3, 8, 8), np.float32))
-    assert reconstruct.main([str(src), str(dst), "--niter", "0"]) == 1
+    assert reconstruct_step.main([str(src), str(dst), "--niter", "0"]) == 1
     assert "--niter" in capsys.readouterr().err
-    assert reconstruct.main([str(src), str(dst), "--diameter", "-3"]) == 1
+    assert reconstruct_step.main([str(src), str(dst), "--diameter", "-3"]) == 1
     assert not dst.exists()
 
 

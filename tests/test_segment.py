@@ -104,7 +104,7 @@ def test_bad_option_is_one_error_line_before_any_work(tmp_path, small_image, cap
 
 
 def test_segment_offers_every_option_of_the_step_commands():
-    from cpsnake.engine import infer, normalize, reconstruct
+    from cpsnake.steps import infer, normalize, reconstruct
     from cpsnake.run import segment
 
     def flags(parser: argparse.ArgumentParser) -> set[str]:

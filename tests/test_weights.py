@@ -1,4 +1,5 @@
-"""cpsnake.models.weights: registry, sha256-checked cache, downloads against a real HTTP server on 127.0.0.1."""
+"""cpsnake.models.weights: registry, sha256-checked cache, downloads against a real HTTP server on 127.0.0.1;
+the CLI (cpsnake.steps.weights)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from cpsnake.models import weights
 from cpsnake.errors import CpsnakeError
 from cpsnake.models.weights import Entry, resolve
+from cpsnake.steps import weights as weights_step
 
 BODY = bytes(range(256)) * 40  # 10,240 bytes
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -261,11 +263,11 @@ def test_registry_facts():
 def test_cli_fetch_prints_path_and_list_shows_state(tmp_path, monkeypatch, capsys):
     with FileServer({"demo": BODY}) as srv:
         monkeypatch.setattr(weights, "REGISTRY", registry(srv.base))
-        assert weights.main(["list", "--cache-dir", str(tmp_path)]) == 0
+        assert weights_step.main(["list", "--cache-dir", str(tmp_path)]) == 0
         assert "not cached" in capsys.readouterr().out
-        assert weights.main(["fetch", "demo", "--cache-dir", str(tmp_path), "--quiet"]) == 0
+        assert weights_step.main(["fetch", "demo", "--cache-dir", str(tmp_path), "--quiet"]) == 0
         assert capsys.readouterr().out.strip() == str(tmp_path / "demo")
-        assert weights.main(["list", "--cache-dir", str(tmp_path)]) == 0
+        assert weights_step.main(["list", "--cache-dir", str(tmp_path)]) == 0
         assert "cached, verified" in capsys.readouterr().out
-        assert weights.main(["fetch", "nope", "--cache-dir", str(tmp_path)]) == 1
+        assert weights_step.main(["fetch", "nope", "--cache-dir", str(tmp_path)]) == 1
         assert "unknown name" in capsys.readouterr().err

@@ -1,7 +1,10 @@
 """``cpsnake <step> ...``: one sub-command per pipeline step.
 
-Each step lives in its own module with a ``main(argv=None) -> int``; this file only dispatches,
-so ``cpsnake normalize ...`` and ``python -m cpsnake.engine.normalize ...`` are the same program.
+Each step lives in its own module with a ``main(argv=None) -> int`` (the per-rule steps in
+:mod:`cpsnake.steps`, whole runs in :mod:`cpsnake.run`, training in :mod:`cpsnake.training`); this file only
+dispatches, so ``cpsnake normalize ...`` and ``python -m cpsnake.steps.normalize ...`` are the same program.
+A step's module is imported only when that step runs, so that ``cpsnake --help`` and each step's own checks
+stay quick.
 """
 
 from __future__ import annotations
@@ -9,11 +12,15 @@ from __future__ import annotations
 import importlib
 import sys
 
+from cpsnake import __version__
+
+__all__ = ["STEPS", "main"]
+
 # step name -> (module, one-line help)
 STEPS: dict[str, tuple[str, str]] = {
-    "normalize": ("cpsnake.engine.normalize", "percentile-normalize an image's channels for the network"),
-    "infer": ("cpsnake.engine.infer", "tiled network inference: normalized image -> flows (dY, dX, cellprob)"),
-    "reconstruct": ("cpsnake.engine.reconstruct", "flows -> label image (flow following, QC, min size)"),
+    "normalize": ("cpsnake.steps.normalize", "percentile-normalize an image's channels for the network"),
+    "infer": ("cpsnake.steps.infer", "tiled network inference: normalized image -> flows (dY, dX, cellprob)"),
+    "reconstruct": ("cpsnake.steps.reconstruct", "flows -> label image (flow following, QC, min size)"),
     "rois": ("cpsnake.export.rois", "label image <-> ImageJ RoiSet.zip (pixel-exact, traced polygons)"),
     "measure": ("cpsnake.export.measure", "per-cell measurement table with ImageJ's definitions"),
     "geojson": ("cpsnake.export.geojson", "label image -> QuPath GeoJSON (cell polygons along pixel edges, measurements)"),
@@ -24,7 +31,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "samples": ("cpsnake.run.samples", "the run's images: sample sheet or folder, header inspection, batches"),
     "batch": ("cpsnake.run.batch", "one workflow step for a batch of images, in one process"),
     "block": ("cpsnake.run.blockjob", "one block of a large image, as a workflow job (pass 1 of block-wise segmentation)"),
-    "weights": ("cpsnake.models.weights", "list or fetch model weights (sha256-checked cache)"),
+    "weights": ("cpsnake.steps.weights", "list or fetch model weights (sha256-checked cache)"),
     "train": ("cpsnake.training.train", "train or fine-tune a Cellpose-SAM model or a classic Cellpose U-Net"),
     "train-size": ("cpsnake.training.train_size", "fit a U-Net's size model (style -> diameter) for --diameter auto"),
     "evaluate": ("cpsnake.training.evaluate", "average precision and error rate of predicted vs true labels"),
@@ -44,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     if argv[0] == "--version":
-        from cpsnake import __version__
-
         print(f"cpsnake {__version__}")
         return 0
     step, rest = argv[0], argv[1:]

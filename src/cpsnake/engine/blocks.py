@@ -99,7 +99,7 @@ def region_flows(net, read: Callable[[int, int, int, int], np.ndarray], shape: t
     import torch
 
     from cpsnake.engine import tiles as T
-    from cpsnake.engine.infer import _net_device_dtype, tiling
+    from cpsnake.engine.infer import net_device_dtype, tiling
 
     spec = tiling(net)
     Y, X = shape
@@ -130,7 +130,7 @@ def region_flows(net, read: Callable[[int, int, int, int], np.ndarray], shape: t
         part = np.asarray(read(v0, v1, w0, w1), np.float32)
     ext[:channels, v0 + top - e0 : v1 + top - e0, w0 + left - f0 : w1 + left - f0] = part
     del part
-    net_device, net_dtype = _net_device_dtype(net)
+    net_device, net_dtype = net_device_dtype(net)
     device = torch.device(device) if device is not None else net_device
     dtype = dtype if dtype is not None else net_dtype
     if isinstance(net, torch.nn.Module):

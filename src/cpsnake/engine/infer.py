@@ -1,13 +1,9 @@
-"""Tiled network inference: a normalized image -> flows (dY, dX, cellprob logits).
+"""Tiled network inference: a normalized image -> flows (dY, dX, cellprob logits). Arrays in, arrays out.
 
-Command line::
-
-    cpsnake infer NORMALIZED.tif FLOWS.tif --model NAME|PATH [--diameter D] [--augment]
-        [--batch-size N] [--tile-overlap F] [--device auto|cpu|cuda|mps] [--precision auto|float32|bfloat16]
-
-``NORMALIZED.tif`` is the float32 ``(C, Y, X)`` image (C = 1..3) written by ``cpsnake normalize``.
-``FLOWS.tif`` is a float32 ImageJ TIFF ``(3, Y, X)`` = dY, dX, cellprob logits at the input's size,
-carrying the input's pixel size and unit.
+The input is a normalized float32 ``(C, Y, X)`` image (C = 1..3, :mod:`cpsnake.engine.normalize`); the flows
+are float32 ``(3, Y, X)`` = dY, dX, cellprob logits at the input's size. The command that reads
+NORMALIZED.tif and writes FLOWS.tif is :mod:`cpsnake.steps.infer`; the device and precision names of
+``--device`` and ``--precision`` become torch's in :mod:`cpsnake.models.device`.
 
 The method (as Cellpose-SAM / cellpose 4.x):
 
@@ -18,29 +14,28 @@ The method (as Cellpose-SAM / cellpose 4.x):
   rescaled (as cellpose); ``cpsnake reconstruct --diameter`` follows them for ``200 * d / 30`` iterations.
 - Padding, 256x256 tiles (overlap 0.1 by default), taper-weighted blending and the flipped tiles of
   ``--augment`` (cellpose's test-time augmentation) are cellpose 4's: see :mod:`cpsnake.engine.tiles`.
-- Device ``auto`` picks cuda, then mps, then cpu. Precision ``auto`` is bfloat16 on a GPU, float32 on CPU.
-  Batch size ``auto`` is 8 on CPU, 32 on a GPU. A progress bar over tiles goes to stderr for long images.
+- A progress bar over tiles goes to stderr for long images.
 
 Python API: :func:`predict_many` (several images, their tiles pooled into shared network batches),
 :func:`predict` (one image, with a diameter), :func:`run_net` (one image at its own scale).
+
+torch, and :mod:`cpsnake.models.unet` (which imports torch), are imported inside the functions that run the
+network, so that importing this module does not import torch; tqdm too, as only a long image shows a bar.
 """
 
 from __future__ import annotations
 
-import argparse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError, guard
-from cpsnake.engine.tiles import BSIZE, TileLayout, make_tiles, resize, stitch_tiles
+from cpsnake.errors import CpsnakeError
+from cpsnake.engine.tiles import BSIZE, TileLayout, blend_tiles, make_tiles, resize
+from cpsnake.io import limits
 
 __all__ = [
-    "resolve_device",
-    "resolve_dtype",
     "run_net",
     "predict",
     "predict_many",
@@ -48,47 +43,17 @@ __all__ = [
     "scaled_shape",
     "Tiling",
     "tiling",
-    "read_normalized",
-    "main",
+    "net_device_dtype",
 ]
 
 PROGRESS_MIN_TILES = 32  # progress=None shows a bar from this many tiles on
 
 
-# --- device, precision ---------------------------------------------------------------------------
+# --- the network over tiles ---------------------------------------------------------------------
 
 
-def resolve_device(name: str = "auto") -> "torch.device":
-    """``"auto"`` -> cuda if available, else mps, else cpu; other names (``"cpu"``, ``"cuda:1"``) as given."""
-    import torch
-
-    if name != "auto":
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise CpsnakeError(f"--device {name}: found no CUDA device; use --device auto or cpu")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise CpsnakeError(f"--device {name}: found no MPS device; use --device auto or cpu")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_dtype(precision: str, device: "torch.device") -> "torch.dtype":
-    """``"auto"`` -> bfloat16 on a GPU, float32 on CPU; ``"float32"`` / ``"bfloat16"`` as named."""
-    import torch
-
-    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-    if precision == "auto":
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
-    if precision not in choices:
-        raise CpsnakeError(f"--precision {precision}: unknown; expected auto, float32 or bfloat16")
-    return choices[precision]
-
-
-def _net_device_dtype(net: Callable) -> tuple["torch.device", "torch.dtype"]:
+def net_device_dtype(net: Callable) -> tuple["torch.device", "torch.dtype"]:
+    """Device and dtype of a network's first floating-point parameter (cpu, float32 for a callable without any)."""
     import torch
 
     params = list(net.parameters()) if isinstance(net, torch.nn.Module) else []
@@ -96,9 +61,6 @@ def _net_device_dtype(net: Callable) -> tuple["torch.device", "torch.dtype"]:
     if floats:
         return floats[0].device, floats[0].dtype
     return torch.device("cpu"), torch.float32
-
-
-# --- the network over tiles ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -173,7 +135,7 @@ def _as_network_input(img: np.ndarray, diameter: float | None, tile_overlap: flo
 
 
 def _finish(item: _Pending):
-    flows = stitch_tiles(item.outputs, item.layout, yx_channels=(0, 1))
+    flows = blend_tiles(item.outputs, item.layout, yx_channels=(0, 1))
     flows = flows if item.size is None else resize(flows, item.size)
     if item.styles is None:
         return flows
@@ -242,7 +204,7 @@ def predict_many(
         if device is not None or dtype is not None:
             net.to(device=device, dtype=dtype)
         net.eval()
-    net_device, net_dtype = _net_device_dtype(net)
+    net_device, net_dtype = net_device_dtype(net)
     device = torch.device(device) if device is not None else net_device
     dtype = dtype if dtype is not None else net_dtype
     per_image = diameters if isinstance(diameters, (list, tuple)) else None
@@ -372,8 +334,6 @@ def resized_shape(shape: Sequence[int], diameter: float, max_pixels: int | None 
 
 def scaled_shape(shape: Sequence[int], scale: float, max_pixels: int | None = None, *, why: str = "") -> tuple[int, int]:
     """(int(Y * scale), int(X * scale)) of a (C, Y, X) image (cellpose's rounding), checked as :func:`resized_shape`."""
-    from cpsnake.io import limits
-
     C, Y, X = (int(n) for n in shape[-3:])
     why = why or f"resizing by {scale:g}"
     Yr, Xr = int(Y * scale), int(X * scale)
@@ -422,185 +382,3 @@ def predict(
     """
     return next(predict_many(net, [img], diameters=diameter, batch_size=batch_size, tile_overlap=tile_overlap,
                              augment=augment, device=device, dtype=dtype, progress=progress, max_pixels=max_pixels))
-
-
-# --- command line ----------------------------------------------------------------------------------
-
-
-def auto_diameter(net, img: np.ndarray, model_path, size_model, opts: dict, *, source: object = "image",
-                  params: dict | None = None) -> float:
-    """``--diameter auto``: the size model's estimate for one normalized image (:mod:`cpsnake.engine.size`), said on stderr."""
-    import sys
-
-    from cpsnake.engine import size
-
-    params = size.size_model_for(net, model_path, size_model) if params is None else params
-    keep = {k: opts[k] for k in ("batch_size", "tile_overlap", "augment", "device", "dtype") if k in opts}
-    diam, diam_style = size.estimate_diameter(net, img, params, **keep)
-    print(f"{source}: estimated cell diameter {diam:.2f} px (from the style alone {diam_style:.2f} px)", file=sys.stderr)
-    return diam
-
-
-def read_normalized(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
-    """Read a normalized image: float32 ``(C, Y, X)`` with C = 1..3 (a stack: ``(S, C, Y, X)``), and ``{"pixel_size",
-    "unit", "stack_axes" ("" , "Z" or "T"), "z_step"}``.
-
-    A 2-D ``(Y, X)`` file is one channel. Anything else (integers, complex, more channels, NaN, an image
-    thinner than :data:`cpsnake.io.limits.MIN_SIDE`, more samples than ``max_pixels``) is a CpsnakeError.
-    """
-    from cpsnake.io import limits
-    from cpsnake.io.tiff import read_tiff
-
-    what = "the float32 (C, Y, X) image (or (Z|T, C, Y, X) stack) written by `cpsnake normalize`"
-    fix = f"pass {what}"
-    data, meta = read_tiff(path, expected=what, fix=fix, max_pixels=max_pixels, what="normalized image")
-    axes = meta.pop("axes") or ""
-    if data.ndim == 2:
-        data = data[None]
-    elif data.ndim == 3 and axes[:1] in ("Z", "T") and "C" not in axes:  # a one-channel stack (ImageJ drops C = 1)
-        data = data[:, None]
-    stack_axes = ""
-    if data.ndim == 4 and axes[:1] in ("Z", "T"):
-        stack_axes = axes[0]
-    elif data.ndim != 3:
-        raise CpsnakeError(f"{path}: found shape {data.shape} (axes {axes!r}), expected (C, Y, X) with C = 1..3 or a "
-                           f"stack (Z|T, C, Y, X); {fix}")
-    if not 1 <= data.shape[-3] <= 3 or min(data.shape[-2:]) < 1:
-        raise CpsnakeError(f"{path}: found shape {data.shape}, expected C = 1..3 channels; {fix}")
-    if not np.issubdtype(data.dtype, np.floating):
-        raise CpsnakeError(f"{path}: found dtype {data.dtype}, expected float32 (a normalized image); {fix}")
-    limits.check_min_side(path, data.shape)
-    data = data.astype(np.float32, copy=False)
-    if not np.isfinite(data).all():
-        raise CpsnakeError(f"{path}: found NaN or infinite values, expected finite floats; {fix}")
-    meta["stack_axes"] = stack_axes
-    return data, meta
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cpsnake infer", description="Tiled Cellpose-SAM inference: normalized image -> flows (dY, dX, cellprob)."
-    )
-    p.add_argument("normalized", type=Path, help="float32 (C, Y, X) TIFF from `cpsnake normalize`, C = 1..3 (or a stack)")
-    p.add_argument("flows", type=Path, help="output flows TIFF, float32 (3, Y, X) = dY, dX, cellprob logits (per plane "
-                                            "for stacks; (4, Z, Y, X) with --do-3d)")
-    p.add_argument("--model", required=True, help="registry name (see `cpsnake weights list`) or path to a weights file")
-    add_options(p)
-    from cpsnake.io import limits
-    from cpsnake.stacks import stack
-
-    stack.add_options(p.add_argument_group("stacks (see cpsnake.stacks.stack)"), masks=False)
-    limits.add_option(p)
-    return p
-
-
-def check_stack_request(path, stack_axes: str, mode: str) -> None:
-    """One clear line for --do-3d on what is not a Z stack (a 2-D image, a time series of 2-D frames)."""
-    if mode == "3d" and stack_axes != "Z":
-        found = "a 2-D image" if not stack_axes else "a time series of 2-D frames (no Z axis)"
-        raise CpsnakeError(f"{path}: found {found} given --do-3d; expected a Z stack; leave out --do-3d, or save the "
-                           "planes as Z if they are depths (Fiji: Image > Properties)")
-
-
-def add_options(p: argparse.ArgumentParser) -> None:
-    """Add the inference options (shared by ``cpsnake infer`` and ``cpsnake segment``)."""
-    from cpsnake.bounds import option
-
-    p.add_argument("--diameter", type=option("--diameter"), default=None,
-                   help="cell diameter in px (resize by diam_mean/D first: 30/D for Cellpose-SAM), or auto (a U-Net's "
-                        "size model estimates it per image)")
-    p.add_argument("--size-model", default=None,
-                   help="with --diameter auto: cellpose's size model file (default: size_<model>.npy beside the model)")
-    p.add_argument("--augment", action="store_true", help="flip test-time augmentation (slower, smoother)")
-    p.add_argument("--batch-size", type=option("--batch-size"), default=None, metavar="N|auto",
-                   help="tiles per batch (auto: 8 CPU, 32 GPU)")
-    p.add_argument("--tile-overlap", type=option("--tile-overlap"), default=0.1,
-                   help="overlap fraction of tiles, 0.05..0.5 (default 0.1)")
-    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
-
-
-def check_options(args: argparse.Namespace) -> None:
-    """The option checks that need no torch (so they come before any file is read): each value within its
-    bound (:mod:`cpsnake.bounds`; the parser checks what is typed, this what a caller set)."""
-    from cpsnake.bounds import check
-
-    check("--tile-overlap", args.tile_overlap)
-    check("--diameter", args.diameter)
-    check("--batch-size", args.batch_size)
-
-
-def options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :func:`predict` from parsed options: device, dtype and batch size resolved."""
-    check_options(args)
-    device = resolve_device(args.device)
-    return dict(
-        diameter=args.diameter,
-        augment=args.augment,
-        batch_size=args.batch_size if args.batch_size not in (None, "auto") else 8 if device.type == "cpu" else 32,
-        tile_overlap=args.tile_overlap,
-        device=device,
-        dtype=resolve_dtype(args.precision, device),
-    )
-
-
-@guard("infer")
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    check_options(args)
-    from cpsnake.stacks import stack
-
-    sopts = stack.options(args)
-    img, meta = read_normalized(args.normalized, max_pixels=args.max_pixels)
-    check_stack_request(args.normalized, meta["stack_axes"], sopts["mode"])
-    if args.diameter not in (None, "auto"):
-        resized_shape(img.shape, args.diameter, args.max_pixels)  # before the model is loaded
-    if img.ndim == 4 and sopts["mode"] == "3d":
-        from cpsnake.bounds import check_stack_3d
-
-        check_stack_3d(args.normalized, img.shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
-                       max_pixels=args.max_pixels)
-    from cpsnake.io.outputs import check_output
-
-    check_output(args.flows)  # an output that cannot be written: one line before the model loads
-
-    from cpsnake.models import statefile, weights
-
-    path = weights.resolve(args.model, progress=True)
-    statefile.check(path)  # a hostile weights file is refused here, before torch (0.9 GB) is imported
-    opts = options(args)
-    from cpsnake.models.registry import load_model
-
-    net = load_model(path, device=str(opts["device"]))
-    if img.ndim == 4:
-        return _main_stack(args, net, img, meta, opts, sopts, path)
-    if opts["diameter"] == "auto":
-        opts["diameter"] = auto_diameter(net, img, path, args.size_model, opts, source=args.normalized)
-    flows = predict(net, img, progress=None, max_pixels=args.max_pixels, **opts)
-    from cpsnake.io.flows import write_flows
-
-    write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
-                network_scale=tiling(net).scale(opts["diameter"]))
-    return 0
-
-
-def _main_stack(args, net, img: np.ndarray, meta: dict, opts: dict, sopts: dict, model_path) -> int:
-    """``cpsnake infer`` on a normalized stack: per-plane flows, or 3-D flows with --do-3d (:mod:`cpsnake.stacks.stack`)."""
-    from cpsnake.io.flows import write_flows
-    from cpsnake.stacks.stack import stack_flows
-
-    if opts["diameter"] == "auto":
-        mid = img.shape[0] // 2
-        opts["diameter"] = auto_diameter(net, img[mid], model_path, args.size_model, opts,
-                                         source=f"{args.normalized} (middle plane {mid + 1})")
-    do_3d = sopts["mode"] == "3d"
-    flows = stack_flows(net, img, do_3d=do_3d, anisotropy=sopts["anisotropy"],
-                        flow3d_smooth=sopts["flow3d_smooth"], max_pixels=args.max_pixels, **opts)
-    write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"], stack_axes=meta["stack_axes"],
-                network_scale=tiling(net).scale(opts["diameter"]), z_step=meta.get("z_step"),
-                frame_interval=meta.get("frame_interval"), three_d=do_3d)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -28,8 +28,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError
+from cpsnake.engine.infer import predict_many, tiling
 from cpsnake.engine.tiles import resize
+from cpsnake.errors import CpsnakeError
+from cpsnake.io import limits
 
 __all__ = ["predict_3d", "resize_3d", "stack_shape_3d", "smooth_flows_3d"]
 
@@ -98,9 +100,6 @@ def predict_3d(
     -------
     (4, Z, Y, X) float32 ndarray: dZ, dY, dX (each the sum of two views) and cellprob (the sum of three).
     """
-    from cpsnake.io import limits
-    from cpsnake.engine.infer import predict_many, tiling
-
     stack = np.asarray(stack)
     if stack.ndim != 4 or stack.shape[0] < 2:
         raise CpsnakeError(

@@ -1,15 +1,10 @@
-"""``cpsnake normalize IMAGE OUT.tif``: scale each channel of an image for the network.
+"""Percentile normalization of an image's channels for the network: arrays in, arrays out.
 
-Usage::
-
-    cpsnake normalize IMAGE OUT.tif [--channels 0,2] [--percentiles 1 99] [--low-high LO HI]
-                                    [--invert] [--tile-norm N]
-
-IMAGE is a 2-D TIFF / OME-TIFF, PNG or JPEG (grey, RGB or multi-channel; 8-bit, 16-bit, 32-bit or
-float). OUT.tif is float32 ``(C, Y, X)`` (ImageJ TIFF, axes CYX, the input's pixel size and unit) with
-C <= 3 channels in the order given by ``--channels``. Beside it, OUT.json records the values used:
-per-channel low/high, percentiles, source file and its shape/dtype/axes, channels, invert, tile size,
-cpsnake version.
+:func:`normalize` scales a ``(C, Y, X)`` image (or a whole ``(C, Z, Y, X)`` stack) to float32 of the same shape
+and returns the record of the values used; :func:`select_channels` picks the channels that go to the network
+(C <= 3); :func:`channel_values` and :func:`scale` split one normalization into its values (from one pass
+over an image read in regions) and their application to any region. The command that reads IMAGE and
+writes OUT.tif and OUT.json is :mod:`cpsnake.steps.normalize`.
 
 Per channel (Cellpose's definition, equal to ``cellpose.transforms.normalize_img`` 4.2.1.1 for the
 defaults): the ``low`` percentile (1) maps to 0.0 and the ``high`` percentile (99) to 1.0, values
@@ -20,44 +15,41 @@ Arithmetic: float32, as Cellpose, for every image whose values float32 holds exa
 integers, float16, float32, and wider types whose values all lie within +-2**24). An image of a wider
 type (uint32, int32, uint64, int64, float64) with a value beyond +-2**24 is normalized in float64
 instead (percentiles, low/high and scaling; the output is still float32), because float32 would round
-its values to 24 bits and change the segmentation silently; OUT.json records ``"arithmetic":
+its values to 24 bits and change the segmentation silently; the record says ``"arithmetic":
 "float64"``. Integers beyond 2**53 lose their lowest bits even in float64: a warning says so.
 
-Limits (:mod:`cpsnake.io.limits`): ``--max-pixels N`` bounds the samples IMAGE may decode to (checked
-from its header before decoding), and an image thinner than 8 pixels along Y or X is refused.
-
-- ``--low-high LO HI``: fixed values instead of percentiles (same for every channel).
-- ``--invert``: 1 - x after scaling, for dark objects on a bright background.
-- ``--tile-norm N``: percentiles per N x N tile (tiles overlap by 10 %), flat tiles (range < 1e-3)
-  take the values of the nearest good tile, the tile grid of lows and highs is smoothed with a
+- ``low_high`` (``--low-high LO HI``): fixed values instead of percentiles (same for every channel, or per
+  channel).
+- ``invert`` (``--invert``): 1 - x after scaling, for dark objects on a bright background.
+- ``tile_size`` (``--tile-norm N``): percentiles per N x N tile (tiles overlap by 10 %), flat tiles (range
+  < 1e-3) take the values of the nearest good tile, the tile grid of lows and highs is smoothed with a
   Gaussian of sigma 1 tile along Y and X and interpolated bilinearly to every pixel. (Cellpose's
   ``tile_norm_blocksize`` smooths the grid twice along Y and not along X; without smoothing both are
   the same.)
 
 Flat channels (percentile and tile modes): a channel that is constant, or whose low and high
 percentiles are within 1e-3 (in tile mode: every tile), is set to 0 (as Cellpose does for the
-whole-image case) and marked in OUT.json; with ``--invert`` it stays 0 (Cellpose gives 1 for the
+whole-image case) and marked in the record; with ``invert`` it stays 0 (Cellpose gives 1 for the
 second kind, and in tile mode passes a flat channel through unscaled). A whole image that is
 constant (every mode), or whose every channel is flat, is an error naming the fix. With
-``--low-high`` every channel is scaled as given. Stacks (Z or T planes) are rejected with an error:
-cpsnake handles 2-D images; save each plane as its own file.
+``low_high`` every channel is scaled as given.
+
+scipy.ndimage (0.6 s to import) is imported inside the tile mode, the only user, so that importing this
+module stays quick for the commands that never tile.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import warnings
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from cpsnake.io import limits
-from cpsnake.errors import CpsnakeError, CpsnakeWarning, guard
+from cpsnake.errors import CpsnakeError, CpsnakeWarning
 
-__all__ = ["select_channels", "normalize", "channel_values", "scale", "sample_step", "normalize_file", "needs_float64", "tile_starts", "upsample_bilinear", "main"]
+__all__ = ["select_channels", "normalize", "channel_values", "scale", "sample_step", "needs_float64",
+           "tile_starts", "upsample_bilinear"]
 
 MAX_CHANNELS = 3
 FLAT_RANGE = 1e-3  # a low..high range at most this wide is no range (Cellpose's threshold)
@@ -468,162 +460,3 @@ def normalize(
         "per_channel": per_channel,
     }
     return out, record
-
-
-def _parse_channels(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(t) for t in text.split(",") if t.strip() != ""]
-    except ValueError:
-        raise CpsnakeError(f"--channels {text!r}, expected 0-based channel numbers separated by commas, e.g. 0,2") from None
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cpsnake normalize",
-        description="Percentile-normalize an image's channels (low -> 0, high -> 1) for the network; "
-        "writes OUT (float32 CYX TIFF) and OUT with suffix .json (the values used).",
-    )
-    p.add_argument("image", help="input image: TIFF / OME-TIFF, PNG or JPEG, 2-D (grey, RGB or multi-channel)")
-    p.add_argument("out", help="output TIFF (.tif or .tiff); the record goes to the same name with .json")
-    add_options(p)
-    p.add_argument("--norm3d", action="store_true",
-                   help="Z stacks: each channel's percentiles over all planes at once (what --do-3d and --stitch-threshold "
-                        "expect; cellpose's norm3D), instead of plane by plane")
-    limits.add_option(p)
-    return p
-
-
-def add_options(p: argparse.ArgumentParser) -> None:
-    """Add the normalization options (shared by ``cpsnake normalize`` and ``cpsnake segment``)."""
-    p.add_argument("--channels", metavar="I,J,K", help="0-based channels to use, in this order (at most 3; default: all, if <= 3)")
-    from cpsnake.bounds import option
-
-    p.add_argument("--percentiles", nargs=2, type=option("--percentiles"), metavar=("LOW", "HIGH"),
-                   help="percentiles mapped to 0 and 1 (default 1 99)")
-    p.add_argument("--low-high", nargs=2, type=option("--low-high"), metavar=("LO", "HI"),
-                   help="fixed values mapped to 0 and 1, instead of percentiles")
-    p.add_argument("--invert", action="store_true", help="1 - x after scaling (dark objects on a bright background)")
-    p.add_argument("--tile-norm", type=option("--tile-norm"), default=0, metavar="N",
-                   help="percentiles per N x N pixel tile, N >= 64 (0: whole image)")
-
-
-def options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :func:`normalize` (plus ``channels``) from parsed options; one error if they clash
-    (each value is already within its bound, :mod:`cpsnake.bounds`)."""
-    from cpsnake.bounds import check_pair
-
-    check_pair("--percentiles", args.percentiles)
-    check_pair("--low-high", args.low_high)
-    if args.low_high is not None and (args.percentiles is not None or args.tile_norm):
-        raise CpsnakeError("--low-high replaces percentiles; expected it without --percentiles and --tile-norm")
-    return dict(
-        channels=_parse_channels(args.channels),
-        percentiles=tuple(args.percentiles) if args.percentiles else (1.0, 99.0),
-        low_high=args.low_high,
-        invert=args.invert,
-        tile_size=args.tile_norm,
-    )
-
-
-def normalize_file(
-    src: str | Path,
-    out_path: str | Path,
-    *,
-    channels: list[int] | None = None,
-    max_pixels: int | None = None,
-    pixel_size: float | None = None,
-    norm3d: bool = False,
-    **opts,
-) -> dict:
-    """Read an image, normalize it, write ``out_path`` (float32 CYX TIFF) and return the record (what OUT.json holds).
-
-    A Z stack or a time series of 2-D frames is written as float32 ZCYX / TCYX (with its z step / frame
-    interval), normalized plane by plane, or with ``norm3d`` (Z stacks; frames stay plane by plane) as a whole (each channel's percentiles over all
-    planes, cellpose's ``norm3D``: what ``--do-3d`` and ``--stitch-threshold`` expect); see
-    :func:`cpsnake.stacks.stack.normalize_stack`. A time series of Z stacks is refused (``cpsnake segment`` takes it).
-
-    Parameters
-    ----------
-    src : a 2-D image file (TIFF / OME-TIFF, PNG or JPEG) or a stack (TIFF)
-    out_path : the output TIFF; ``out_path`` with suffix ``.json`` gets the record
-    channels : 0-based channels for the network (None: all, at most 3)
-    max_pixels : see :mod:`cpsnake.io.limits`
-    pixel_size : square pixel size replacing the file's calibration (in the file's unit, else micron)
-    opts : keyword arguments of :func:`normalize`
-    """
-    from cpsnake import __version__
-    from cpsnake.io.inputs import read_image
-    from cpsnake.io.tiff import write_tiff
-    from cpsnake.io.outputs import atomic_output
-
-    src, out_path = Path(src), Path(out_path)
-    img, meta = read_image(src, max_pixels=max_pixels)
-    stack_axes = meta["stack_axes"]
-    if stack_axes == "TZ":
-        raise CpsnakeError(
-            f"{src}: found a time series of Z stacks (axes {meta['axes']!r}, shape {meta['shape']}); expected a 2-D image, "
-            "a Z stack or a time series of 2-D frames for the workflow's steps; segment it with `cpsnake segment` "
-            "(which takes T x Z hyperstacks), or save one file per time point"
-        )
-    limits.check_min_side(src, img.shape)
-    try:
-        if stack_axes:
-            from cpsnake.stacks.stack import normalize_stack
-
-            data, record = normalize_stack(img, per_plane=not (norm3d and stack_axes == "Z"), channels=channels, **opts)
-        else:
-            data, record = normalize(select_channels(img, channels), **opts)
-    except CpsnakeError as exc:
-        raise CpsnakeError(f"{src}: {exc}") from None
-    used = channels if channels is not None else list(range(img.shape[-3]))
-    for rec in record.get("planes", [record]):
-        rec["per_channel"] = [{"channel": c, **entry} for c, entry in zip(used, rec["per_channel"])]
-    cal, unit = meta["pixel_size"], meta["unit"]
-    if pixel_size is not None:  # given by the user (a sample sheet): replaces the file's calibration
-        cal, unit = (float(pixel_size), float(pixel_size)), unit if unit not in (None, "pixel", "pixels") else "micron"
-    doc = {
-        "cpsnake_version": __version__,
-        "step": "normalize",
-        "source": {
-            "path": str(src),
-            "format": meta["format"],
-            "shape": list(meta["shape"]),
-            "dtype": meta["dtype"],
-            "axes": meta["axes"],
-            "dropped_alpha": meta["dropped_alpha"],
-        },
-        "pixel_size": list(cal) if cal else None,
-        "unit": unit,
-        "pixel_size_given": pixel_size is not None,
-        "calibration_problem": meta["calibration_problem"],
-        "channels": used,
-        **record,
-        "output": {"path": str(out_path), "shape": list(data.shape), "dtype": "float32", "axes": stack_axes + "CYX"},
-    }
-    extra = {k: v for k, v in (("spacing", meta["z_step"] if "Z" in stack_axes else None),
-                               ("finterval", meta["frame_interval"] if "T" in stack_axes else None)) if v}
-    from cpsnake.io.outputs import all_or_nothing
-
-    with all_or_nothing(), atomic_output(out_path.with_suffix(".json")) as tmp_json:  # both files, or neither
-        tmp_json.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-        write_tiff(out_path, data, axes=stack_axes + "CYX", pixel_size=cal, unit=unit, metadata=extra or None)
-    return doc
-
-
-@guard("normalize")
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    out_path = Path(args.out)
-    if out_path.suffix.lower() not in (".tif", ".tiff"):
-        raise CpsnakeError(f"{out_path}: output name ends in {out_path.suffix or 'nothing'!r}, expected .tif or .tiff")
-    opts = options(args)
-    normalize_file(args.image, out_path, max_pixels=args.max_pixels, norm3d=args.norm3d, **opts)
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -1,6 +1,8 @@
-"""``cpsnake reconstruct FLOWS.tif LABELS.tif``: flows (dY, dX, cellprob) -> label image.
+"""Flows (dY, dX, cellprob) -> label image: Cellpose's mask reconstruction. Arrays in, arrays out.
 
-The Cellpose mask reconstruction (as in cellpose 4.2.1.1, ``dynamics.resize_and_compute_masks``):
+The Cellpose mask reconstruction (as in cellpose 4.2.1.1, ``dynamics.resize_and_compute_masks``), options
+named as ``cpsnake reconstruct`` spells them (the command, with its files and stacks, is
+:mod:`cpsnake.steps.reconstruct`):
 
 1. pixels with cellprob logit > ``--cellprob-threshold`` (default 0.0) follow the flow field
    (``flows / 5``, zeroed elsewhere) for ``--niter`` steps (default 200; ``int(200 / (30 / D))`` when a
@@ -14,28 +16,19 @@ The Cellpose mask reconstruction (as in cellpose 4.2.1.1, ``dynamics.resize_and_
 4. masks under ``--min-size`` pixels (15) are dropped, holes filled, small masks dropped again;
 5. labels are renumbered 1..N (order of first appearance, row by row).
 
-Input: a flows TIFF from ``cpsnake infer`` (float32, (3, Y, X); complex, integer, NaN or infinite
-values are refused, and ``--max-pixels N`` bounds Y * X before the file is decoded). Output: a label TIFF
-(uint16, or float32 above 65,535 objects) with the flows file's pixel size and unit.
+:func:`compute_masks` does all five; :func:`seed_masks` (1-2) and :func:`finish_masks` (3-5) are its halves,
+which the block-wise segmentation runs apart (:mod:`cpsnake.engine.blocks`).
 
-Stacks (the flows file says which; see :mod:`cpsnake.stacks.stack` for the modes): 3-D flows ``(4, Z, Y, X)``
-from ``cpsnake infer --do-3d`` are followed in 3-D (:func:`cpsnake.engine.reconstruct3d.compute_masks_3d`;
-``--min-size`` in voxels; the flow-error check only with ``--flow3d-threshold``, as cellpose never checks
-in 3-D). A stack's per-plane flows are reconstructed plane by plane, then with ``--stitch-threshold T``
-linked into 3-D objects (``--min-size`` then counts voxels), with ``--track`` (time series) linked frame to
-frame, else numbered plane after plane. The labels are an ImageJ hyperstack with the stack's z step.
+:mod:`cpsnake.engine.dynamics` and :mod:`cpsnake.engine.follow2d` (scipy.ndimage, numba: about a second to
+import) are imported inside the functions that follow flows, so that the commands importing this module for
+its names alone (``cpsnake batch normalize``) do not pay for them.
 """
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from cpsnake.errors import CpsnakeError, guard
-
-__all__ = ["compute_masks", "niter_for_diameter", "resolve_device", "check_options", "options", "reconstruct_file",
-           "main"]
+__all__ = ["compute_masks", "seed_masks", "finish_masks", "niter_for_diameter"]
 
 
 def niter_for_diameter(diameter: float | None, niter: int | None = None) -> int:
@@ -174,160 +167,3 @@ def finish_masks(labels: np.ndarray, flows: np.ndarray, *, flow_threshold: float
         dP = np.asarray(flows)[:2].astype(np.float32, copy=False)
         labels = dynamics.remove_bad_flow_masks(labels, dP, threshold=flow_threshold, device=device, niter=heat_niter)
     return dynamics.fill_holes_and_remove_small_masks(labels, min_size=int(min_size))
-
-
-def add_options(p: argparse.ArgumentParser) -> None:
-    """Add the reconstruction options (shared by ``cpsnake reconstruct`` and ``cpsnake segment``)."""
-    from cpsnake.bounds import option
-
-    p.add_argument("--cellprob-threshold", type=option("--cellprob-threshold"), default=0.0,
-                   help="cell probability logit threshold (0.0)")
-    p.add_argument("--flow-threshold", type=option("--flow-threshold"), default=0.4,
-                   help="max flow error of a mask; 0 = no check (0.4)")
-    p.add_argument("--niter", type=option("--niter"), default=None,
-                   help="flow-following iterations (200, or 200*D/30 with --diameter)")
-    p.add_argument("--min-size", type=option("--min-size"), default=15,
-                   help="smallest mask in pixels; -1 keeps all (15)")
-    p.add_argument("--max-size-fraction", type=option("--max-size-fraction"), default=0.4,
-                   help="drop masks above this image fraction (0.4)")
-
-
-def resolve_device(name: str | None):
-    """Where reconstruction runs: a CUDA device through torch, or None for the CPU path.
-
-    ``auto`` takes CUDA when there is one; ``cpu`` and ``mps`` (no float64 there) take the CPU path;
-    ``cuda`` / ``cuda:N`` must exist.
-    """
-    if name in (None, "cpu", "mps"):
-        return None
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else None
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CpsnakeError(f"--device {name}: unknown device; expected auto, cpu or cuda[:N]") from None
-    if dev.type != "cuda":
-        return None
-    if not torch.cuda.is_available():
-        raise CpsnakeError(f"--device {name}: found no CUDA device; use --device auto or cpu")
-    return dev
-
-
-def stack_options(args: argparse.Namespace) -> dict:
-    """The stack keywords of :func:`reconstruct_file` from parsed options (see :func:`cpsnake.stacks.stack.options`)."""
-    from cpsnake.stacks import stack
-
-    sopts = stack.options(args)
-    return {"stitch_threshold": sopts["stitch_threshold"] if sopts["mode"] == "stitch" else 0.0,
-            "track": sopts["track"], "track_threshold": sopts["track_threshold"],
-            "flow3d_threshold": sopts["flow3d_threshold"]}
-
-
-def check_options(args: argparse.Namespace) -> None:
-    """Each reconstruction option within its bound (:mod:`cpsnake.bounds`); needs no torch."""
-    from cpsnake.bounds import check
-
-    for name in ("--cellprob-threshold", "--flow-threshold", "--niter", "--min-size", "--max-size-fraction"):
-        check(name, getattr(args, name[2:].replace("-", "_")))
-
-
-def options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :func:`reconstruct_file` from parsed options (``niter`` None when not given: it then
-    follows the network's scale; ``device`` from ``args.device`` where the parser has one, see
-    :func:`resolve_device`: torch is imported for ``auto`` and ``cuda``, so call :func:`check_options` first)."""
-    check_options(args)
-    return dict(
-        cellprob_threshold=args.cellprob_threshold,
-        flow_threshold=args.flow_threshold,
-        niter=args.niter,
-        min_size=args.min_size,
-        max_size_fraction=args.max_size_fraction,
-        device=resolve_device(getattr(args, "device", None)),
-    )
-
-
-@guard("reconstruct")
-def main(argv: list[str] | None = None) -> int:
-    """``cpsnake reconstruct FLOWS.tif LABELS.tif [options]``."""
-    ap = argparse.ArgumentParser(prog="cpsnake reconstruct", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("flows", help="flows TIFF (3, Y, X) = dY, dX, cellprob from `cpsnake infer`")
-    ap.add_argument("labels", help="output label TIFF")
-    add_options(ap)
-    from cpsnake.bounds import option
-
-    ap.add_argument("--diameter", type=option("reconstruct --diameter"), default=None,
-                    help="cell diameter given to `cpsnake infer` (sets niter for flows that do not record their scale)")
-    ap.add_argument("--device", default="auto", help="auto (CUDA if there is one, else the CPU path), cpu, cuda or cuda:N")
-    from cpsnake.io import limits
-    from cpsnake.stacks import stack
-
-    stack.add_options(ap.add_argument_group("stacks (see cpsnake.stacks.stack)"), network=False)
-    limits.add_option(ap)
-    args = ap.parse_args(argv)
-    reconstruct_file(args.flows, args.labels, max_pixels=args.max_pixels, diameter=args.diameter, **options(args),
-                     **stack_options(args))
-    return 0
-
-
-def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, diameter: float | None = None,
-                     niter: int | None = None, stitch_threshold: float = 0.0, track: bool = False,
-                     track_threshold: float = 0.25, flow3d_threshold: float = 0.0, where_fit: bool = False,
-                     **opts) -> int:
-    """Read a flows TIFF, reconstruct, write the label TIFF (the flows' calibration); return the number of objects.
-
-    Without ``niter`` the flows are followed ``int(200 / scale)`` steps, ``scale`` the network's resize
-    factor that ``cpsnake infer`` records in the flows file (``diam_mean / diameter``), else the one of
-    ``diameter`` for Cellpose-SAM (:func:`niter_for_diameter`). ``opts``: the other keyword arguments
-    of :func:`compute_masks`. Stacks: see the module docstring. ``where_fit`` (the workflow, whose config applies
-    to every image): ``stitch_threshold`` is used for Z stacks only and ``track`` for time series only, instead
-    of an error elsewhere.
-    """
-    from cpsnake.io.flows import read_flows
-    from cpsnake.io.labels import write_labels
-
-    flows, meta = read_flows(flows_path, max_pixels=max_pixels)  # real, finite, within the limit
-    if niter is None:
-        scale = meta.get("network_scale")
-        niter = int(200 / scale) if scale else niter_for_diameter(diameter)
-    kind, axes = meta["kind"], meta["stack_axes"]
-    if where_fit:
-        stitch_threshold = stitch_threshold if kind == "planes" and axes == "Z" else 0.0
-        track = track and kind == "planes" and axes == "T"
-    if kind == "2d" and (stitch_threshold > 0 or track):
-        raise CpsnakeError(f"{flows_path}: found the flows of a 2-D image given {'--track' if track else '--stitch-threshold'}; "
-                           "expected a stack's flows; leave the option out for 2-D images")
-    if kind == "3d":
-        from cpsnake.engine.reconstruct3d import compute_masks_3d
-
-        opts.pop("device", None)
-        opts.pop("flow_threshold", None)  # cellpose never checks flow errors in 3-D: --flow3d-threshold does
-        labels = compute_masks_3d(flows, niter=niter, flow_threshold=flow3d_threshold, **opts)
-    elif kind == "planes":
-        labels = _planes(flows_path, flows, axes, niter, stitch_threshold, track, track_threshold, opts)
-    else:
-        labels = compute_masks(flows, niter=niter, **opts)
-    write_labels(labels_path, labels, pixel_size=meta["pixel_size"], unit=meta["unit"], stack_axes=axes,
-                    z_step=meta.get("z_step"), frame_interval=meta.get("frame_interval"))
-    return int(labels.max()) if kind == "2d" else int(np.unique(labels[labels > 0]).size)
-
-
-def _planes(flows_path, flows, axes: str, niter: int, stitch_threshold: float, track: bool, track_threshold: float,
-            opts: dict) -> np.ndarray:
-    """Labels (S, Y, X) from per-plane flows (S, 3, Y, X): stitched (Z), tracked (T), or numbered plane after plane."""
-    if stitch_threshold > 0 and axes != "Z":
-        raise CpsnakeError(f"{flows_path}: found the flows of a time series given --stitch-threshold; expected a Z stack; "
-                           "use --track to link frames")
-    if track and axes != "T":
-        raise CpsnakeError(f"{flows_path}: found the flows of a Z stack given --track; expected a time series (T); "
-                           "use --stitch-threshold to link Z planes")
-    from cpsnake.stacks.stack import reconstruct_planes
-
-    return reconstruct_planes(flows, stitch_threshold=stitch_threshold, track=track, track_threshold=track_threshold,
-                              niter=niter, **opts)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,6 +17,10 @@ Either value falls back to ``diam_mean`` when it is 0 or NaN (no style, or no ma
 The ``.npy`` file holds a pickled dict, which cpsnake never unpickles freely: :func:`read_size_model`
 admits only numpy arrays, numpy scalars and plain containers (as ``torch.load(weights_only=True)`` does
 for model files), and checks the shapes.
+
+:func:`auto_diameter` is what ``--diameter auto`` calls: the estimate of one image, said on stderr.
+:mod:`cpsnake.models.unet` (which imports torch) is imported inside :func:`size_model_for`, so that importing
+this module does not import torch.
 """
 
 from __future__ import annotations
@@ -24,13 +28,18 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from cpsnake.engine import infer
+from cpsnake.engine.reconstruct import compute_masks
 from cpsnake.errors import CpsnakeError, library_text
+from cpsnake.io import files
 
-__all__ = ["read_size_model", "size_model_path", "size_model_for", "diameter_from_style", "estimate_diameter"]
+__all__ = ["read_size_model", "size_model_path", "size_model_for", "diameter_from_style", "estimate_diameter",
+           "auto_diameter"]
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -55,8 +64,6 @@ def read_size_model(path: str | os.PathLike, *, style_channels: int | None = Non
     Raises a one-line CpsnakeError for a file that is not such a ``.npy``, holds anything but arrays
     and numbers, lacks a key, or whose style length differs from ``style_channels`` (the network's).
     """
-    from cpsnake.io import files
-
     path = Path(path)
     fix = "pass the size_<model>.npy that cellpose saved with this model, or run without --diameter auto"
     raw = files.read_bytes(path, "a cellpose size model (.npy)", limit=16 * 2**20)
@@ -136,9 +143,6 @@ def estimate_diameter(net, img: np.ndarray, params: dict, **predict_opts) -> tup
     ``predict_opts``: ``batch_size``, ``tile_overlap``, ``augment``, ``device``, ``dtype`` as for
     :func:`cpsnake.engine.infer.predict_many`.
     """
-    from cpsnake.engine import infer
-    from cpsnake.engine.reconstruct import compute_masks
-
     diam_mean = params["diam_mean"]
     _, style = next(infer.predict_many(net, [img], with_style=True, **predict_opts))
     diam_style = diameter_from_style(style, params)
@@ -154,3 +158,17 @@ def estimate_diameter(net, img: np.ndarray, params: dict, **predict_opts) -> tup
     counts = counts[1:] if masks.min() == 0 else counts
     diam = float(np.median(np.sqrt(counts)) / (np.pi ** 0.5 / 2)) if counts.size else 0.0
     return (diam_mean if diam == 0 or np.isnan(diam) else diam), diam_style
+
+
+def auto_diameter(net, img: np.ndarray, model_path, size_model, opts: dict, *, source: object = "image",
+                  params: dict | None = None) -> float:
+    """``--diameter auto``: the size model's estimate for one normalized image ``(C, Y, X)``, said on stderr.
+
+    ``params``: the size model (:func:`size_model_for`), else read for ``model_path`` / ``size_model``; ``opts``:
+    the inference keywords (``batch_size``, ``tile_overlap``, ``augment``, ``device``, ``dtype`` are used)."""
+    params = size_model_for(net, model_path, size_model) if params is None else params
+    keep = {k: opts[k] for k in ("batch_size", "tile_overlap", "augment", "device", "dtype") if k in opts}
+    diam, diam_style = estimate_diameter(net, img, params, **keep)
+    print(f"{source}: estimated cell diameter {diam:.2f} px (from the style alone {diam_style:.2f} px)",
+          file=sys.stderr)
+    return diam

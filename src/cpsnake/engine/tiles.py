@@ -12,7 +12,7 @@ Axis order: images and per-tile outputs are channel-first, ``(C, Y, X)`` and ``(
   outputs are flipped back and the signs of dY / dX restored before blending.
 - :func:`resize`: bilinear, pixel centres aligned, no antialiasing, equal to OpenCV's INTER_LINEAR.
 
-:func:`make_tiles` and :func:`stitch_tiles` are an inverse pair: the :class:`TileLayout` that the first
+:func:`make_tiles` and :func:`blend_tiles` are an inverse pair: the :class:`TileLayout` that the first
 returns is what the second needs.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["BSIZE", "TileLayout", "pad_widths", "tile_starts", "taper_mask", "tile_layout", "make_tiles", "unflip",
-           "stitch_tiles", "resize", "resize_region"]
+           "blend_tiles", "resize", "resize_region"]
 
 BSIZE = 256  # tile size of Cellpose-SAM (the ViT sees 256x256 pixels as 32x32 tokens of 8x8)
 PAD_DIV = 16  # cellpose pads each axis to a multiple of 16 plus a 16 px margin (half on each side)
@@ -37,7 +37,7 @@ TAPER_INSET = 20  # px, the mask is 0.5 this far inside a tile's edge
 
 @dataclass(frozen=True)
 class TileLayout:
-    """Where the tiles of one image lie: what :func:`stitch_tiles` needs to undo :func:`make_tiles`.
+    """Where the tiles of one image lie: what :func:`blend_tiles` needs to undo :func:`make_tiles`.
 
     Attributes
     ----------
@@ -145,7 +145,7 @@ def tile_layout(shape: tuple[int, int], bsize: int = BSIZE, overlap: float = 0.1
 def make_tiles(
     img: np.ndarray, bsize: int = BSIZE, overlap: float = 0.1, *, augment: bool = False, to_tile: bool = True
 ) -> tuple[np.ndarray, TileLayout]:
-    """Cut an image into overlapping tiles; :func:`stitch_tiles` puts them back.
+    """Cut an image into overlapping tiles; :func:`blend_tiles` puts them back.
 
     Parameters
     ----------
@@ -199,7 +199,7 @@ def unflip(out: np.ndarray, flips: tuple[int, ...], yx_channels: tuple[int, int]
     return out
 
 
-def stitch_tiles(
+def blend_tiles(
     outputs: np.ndarray, layout: TileLayout, *, yx_channels: tuple[int, int] | None = (0, 1)
 ) -> np.ndarray:
     """Blend per-tile outputs into one image: the inverse of :func:`make_tiles`.

@@ -1,4 +1,5 @@
-"""Model weights: a registry of names, a sha256-checked download cache, ``cpsnake weights list|fetch``.
+"""Model weights: a registry of names, a sha256-checked download cache (``cpsnake weights list|fetch``:
+:mod:`cpsnake.steps.weights`).
 
 A model is given by registry name or by path, wherever a model is asked for::
 
@@ -33,7 +34,6 @@ so the next fetch resumes it).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -44,7 +44,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Iterator, Mapping
 
-from cpsnake.errors import CpsnakeError, guard
+from cpsnake.errors import CpsnakeError
 from cpsnake.io import files
 
 __all__ = [
@@ -56,7 +56,7 @@ __all__ = [
     "fetch",
     "cache_dir_default",
     "entry_status",
-    "main",
+    "human_size",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -121,7 +121,7 @@ def cache_dir_default(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir or os.environ.get("CPSNAKE_CACHE") or "~/.cache/cpsnake").expanduser()
 
 
-def _human(n: int | None) -> str:
+def human_size(n: int | None) -> str:
     if n is None:
         return "?"
     for unit in ("B", "kB", "MB", "GB"):
@@ -402,40 +402,5 @@ def entry_status(entry: Entry, cache_dir: str | os.PathLike | None = None) -> tu
         return "cached, not yet verified", source
     part = final.with_name(final.name + ".part")
     if part.exists():
-        return f"partial ({_human(part.stat().st_size)})", source
+        return f"partial ({human_size(part.stat().st_size)})", source
     return "not cached", source
-
-
-@guard("weights")
-def main(argv: list[str] | None = None) -> int:
-    """``cpsnake weights list|fetch``."""
-    p = argparse.ArgumentParser(prog="cpsnake weights", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    pl = sub.add_parser("list", help="registry names, sizes, source, cache state")
-    pl.add_argument("--cache-dir", help="cache folder (default: $CPSNAKE_CACHE or ~/.cache/cpsnake)")
-    pf = sub.add_parser("fetch", help="download and verify NAME; print the file's path")
-    pf.add_argument("name", help="registry name (see `cpsnake weights list`)")
-    pf.add_argument("--cache-dir", help="cache folder (default: $CPSNAKE_CACHE or ~/.cache/cpsnake)")
-    pf.add_argument("--base-url", help="download folder URL of a mirror (default: $CPSNAKE_WEIGHTS_URL or Hugging Face)")
-    pf.add_argument("--revision", help=f"Hugging Face revision (default: $CPSNAKE_WEIGHTS_REVISION or {REVISION})")
-    pf.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    if args.cmd == "list":
-        cache = cache_dir_default(args.cache_dir)
-        rows = [(name, _human(e.size), *entry_status(e, cache)) for name, e in REGISTRY.items()]
-        head = ("NAME", "SIZE", "STATUS", "SOURCE")
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
-        for r in [head, *rows]:
-            print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
-        print(f"cache: {cache}")
-        return 0
-    if args.name not in REGISTRY:
-        raise CpsnakeError(f"model {args.name!r}: unknown name, expected one of {', '.join(REGISTRY)}")
-    path = resolve(args.name, cache_dir=args.cache_dir, base_url=args.base_url, revision=args.revision,
-                   progress=not args.quiet)
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -188,16 +188,17 @@ def _each(rows, paths: Paths, step: str, fn: Callable[..., dict | None]) -> Iter
 def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
     """The batch's images through one model, their tiles pooled (see :func:`cpsnake.engine.infer.predict_many`)."""
     from cpsnake.engine import infer, size
+    from cpsnake.steps import infer as infer_step
     from cpsnake.models import statefile, weights
     from cpsnake.io.flows import write_flows
     from cpsnake.models.registry import load_model
 
-    infer.check_options(args)
+    infer_step.check_options(args)
     if all(s.block for s in rows):  # nothing for the network (no image left, or images in blocks): no model load
         return iter([Outcome(s.sample, "ok", "", 0.0, {"blocks": s.block}) for s in rows])
     path = weights.resolve(args.model, progress=False)
     statefile.check(path)
-    opts = infer.options(args)
+    opts = infer_step.options(args)
     default_diameter = opts.pop("diameter")
     net = load_model(path, device=str(opts["device"]))
     spec = infer.tiling(net)
@@ -207,10 +208,10 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
     diameters: list = []  # filled as images are taken: predict_many reads entry k when it prepares image k
     failed: list[Outcome] = []
     done: list[Outcome] = []  # stacks, written as they are read
-    from cpsnake.stacks import stack
+    from cpsnake.steps import stack_options
     from cpsnake.stacks.stack import stack_flows
 
-    sopts = stack.options(args)
+    sopts = stack_options.options(args)
 
     def images():
         for s in rows:
@@ -219,11 +220,11 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
                 done.append(Outcome(s.sample, "ok", "", 0.0, {"blocks": s.block}))
                 continue
             try:
-                img, meta = infer.read_normalized(paths.normalized(s.sample), max_pixels=args.max_pixels)
+                img, meta = infer_step.read_normalized(paths.normalized(s.sample), max_pixels=args.max_pixels)
                 d = s.diameter if s.diameter is not None else default_diameter
                 if d == "auto":
                     plane = img if img.ndim == 3 else img[img.shape[0] // 2]  # a stack: its middle plane
-                    d = infer.auto_diameter(net, plane, path, args.size_model, opts, source=s.sample, params=size_params)
+                    d = size.auto_diameter(net, plane, path, args.size_model, opts, source=s.sample, params=size_params)
                 if spec.scale(d) is not None:
                     infer.scaled_shape(img.shape, spec.scale(d), args.max_pixels, why=f"{s.sample}: diameter {d}")
                 if img.ndim == 4:  # a stack: its planes (or three views) go through the network now
@@ -263,14 +264,13 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
 
     ``args`` holds the step's options as parsed by :func:`main`. Returns one outcome per row, in order.
     """
-    from cpsnake.engine import normalize, reconstruct
+    from cpsnake.steps import normalize, reconstruct, stack_options
     from cpsnake.export import blockout, measure, overlay, rois
-    from cpsnake.stacks import stack
 
     if step == "normalize":
         opts = normalize.options(args)
         default_channels = opts.pop("channels")
-        norm3d = stack.options(args)["mode"] != "planes"  # --do-3d and --stitch-threshold: the whole stack at once
+        norm3d = stack_options.options(args)["mode"] != "planes"  # --do-3d, --stitch-threshold: the stack at once
 
         def one(s):
             channels = s.channels if s.channels is not None else default_channels
@@ -288,7 +288,7 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
     if step == "infer":
         return list(_infer(rows, paths, args))
     if step == "reconstruct":
-        opts = reconstruct.options(args) | reconstruct.stack_options(args)
+        opts = reconstruct.options(args) | reconstruct.stack_keywords(args)
         ome_zarr = getattr(args, "ome_zarr", False)
 
         def zarr_labels(s, info: dict) -> dict:  # --ome-zarr: the label TIFF just written, as OME-Zarr labels
@@ -328,7 +328,7 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
 
         return list(_each(rows, paths, step, one))
     if step == "measure":
-        per_slice = stack.options(args)["mode"] == "planes"  # Z stacks plane by plane: 2-D objects, rows per slice
+        per_slice = stack_options.options(args)["mode"] == "planes"  # planes: 2-D objects, rows per slice
 
         def one(s):
             geojson = paths.geojson(s.sample) if args.geojson else None
@@ -372,7 +372,7 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from cpsnake.engine import infer, normalize, reconstruct
+    from cpsnake.steps import infer, normalize, reconstruct
     from cpsnake.io import limits
 
     p = argparse.ArgumentParser(prog="cpsnake batch", description=__doc__.splitlines()[0].split(": ", 1)[1])
@@ -383,9 +383,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="infer: registry name or weights file")
     for title, module in (("normalize", normalize), ("infer", infer), ("reconstruct", reconstruct)):
         module.add_options(p.add_argument_group(f"{title} options (as `cpsnake {title}`)"))
-    from cpsnake.stacks import stack
+    from cpsnake.steps import stack_options
 
-    stack.add_options(p.add_argument_group("stack options (see cpsnake.stacks.stack)"))
+    stack_options.add_options(p.add_argument_group("stack options (see cpsnake.stacks.stack)"))
     p.add_argument("--geojson", action="store_true", help="measure: also write geojson/NAME.geojson (QuPath)")
     p.add_argument("--ome-zarr", action="store_true",
                    help="reconstruct: also write masks/NAME.zarr, OME-Zarr labels (2-D images; cpsnake.io.ngff)")

@@ -205,7 +205,7 @@ def stitch_file(files: list[Path], out_tif, *, shape: tuple[int, int], block: in
 
 
 def _parser() -> argparse.ArgumentParser:
-    from cpsnake.engine import infer, reconstruct
+    from cpsnake.steps import infer, reconstruct
     from cpsnake.io import limits
 
     p = argparse.ArgumentParser(prog="cpsnake block", description="pass 1 of one block of a large image (a workflow "
@@ -228,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
 
 @guard("block")
 def main(argv: list[str] | None = None) -> int:
-    from cpsnake.engine import infer, reconstruct
+    from cpsnake.steps import infer, reconstruct
     from cpsnake.models import statefile, weights
     from cpsnake.models.registry import load_model
     from cpsnake.run import samples as sample_table

@@ -121,7 +121,7 @@ def segment_image(
         select_channels(img, channels), percentiles=percentiles, low_high=low_high, invert=invert, tile_size=tile_size
     )
     if diameter == "auto":
-        from cpsnake.engine.infer import auto_diameter
+        from cpsnake.engine.size import auto_diameter
 
         diameter = auto_diameter(net, data, None, None, dict(batch_size=batch_size, tile_overlap=tile_overlap,
                                  augment=augment, device=device, dtype=dtype), params=size_params)
@@ -202,7 +202,7 @@ def segment_regions(net, image, *, block: int, halo: int | None = None, channels
 
 
 def _parser() -> argparse.ArgumentParser:
-    from cpsnake.engine import infer, normalize, reconstruct
+    from cpsnake.steps import infer, normalize, reconstruct
 
     p = argparse.ArgumentParser(prog="cpsnake segment", description="Segment images in one process (normalize, infer, reconstruct, then ROIs, measurements, overlay and provenance), for users without Snakemake.")
     p.add_argument("images", nargs="+", type=Path,
@@ -213,9 +213,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="weights cache folder (default $CPSNAKE_CACHE or ~/.cache/cpsnake)")
     for title, module in (("normalize", normalize), ("infer", infer), ("reconstruct", reconstruct)):
         module.add_options(p.add_argument_group(f"{title} options (as `cpsnake {title}`)"))
-    from cpsnake.stacks import stack
+    from cpsnake.steps import stack_options
 
-    stack.add_options(p.add_argument_group("stack options (Z stacks and time series; see cpsnake.stacks.stack)"))
+    stack_options.add_options(
+        p.add_argument_group("stack options (Z stacks and time series; see cpsnake.stacks.stack)"))
     from cpsnake.bounds import option
 
     p.add_argument("--block-size", type=option("--block-size"), default=None, metavar="N",
@@ -497,7 +498,7 @@ def _stack_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, so
 @guard("segment")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from cpsnake.engine import infer, normalize, reconstruct
+    from cpsnake.steps import infer, normalize, reconstruct
     from cpsnake.models import statefile, weights
     from cpsnake.bounds import check_halo
     from cpsnake.errors import collected_warnings, one_line
@@ -505,9 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     # every check that needs no torch first: options, output names, each input's header; then the weights file
     opts = normalize.options(args)
     infer.check_options(args)
-    from cpsnake.stacks import stack
+    from cpsnake.steps import stack_options
 
-    sopts = stack.options(args)
+    sopts = stack_options.options(args)
     reconstruct.check_options(args)
     check_halo(args.block_halo, args.block_size)
     check_names(args.images)

@@ -24,6 +24,11 @@ Three modes, as cellpose 4.2.1.1's ``CellposeModel.eval`` on a stack:
   default).
 
 ``diameter="auto"`` (a U-Net with a size model) is estimated on the middle plane of the normalized stack.
+
+The options that choose a mode on the command line are :mod:`cpsnake.steps.stack_options`. Imported inside the
+functions that need them: :mod:`cpsnake.engine.reconstruct3d` and :mod:`cpsnake.stacks.stitch` (numba,
+scipy.ndimage: about a second, which a plane-by-plane stack never needs), and :mod:`cpsnake.stacks.track`
+(which imports :func:`offset_planes` from here).
 """
 
 from __future__ import annotations
@@ -32,9 +37,14 @@ import time
 
 import numpy as np
 
+from cpsnake.engine.infer import predict_many, tiling
+from cpsnake.engine.infer3d import predict_3d, smooth_flows_3d
+from cpsnake.engine.normalize import normalize, select_channels
+from cpsnake.engine.reconstruct import compute_masks
+from cpsnake.engine.size import auto_diameter
 from cpsnake.errors import CpsnakeError
 
-__all__ = ["MODES", "segment_stack", "normalize_stack", "stack_flows", "reconstruct_planes", "offset_planes", "add_options", "options"]
+__all__ = ["MODES", "segment_stack", "normalize_stack", "stack_flows", "reconstruct_planes", "offset_planes"]
 
 MODES = ("planes", "stitch", "3d")
 
@@ -47,8 +57,6 @@ def normalize_stack(stack: np.ndarray, *, per_plane: bool, channels=None, percen
     or flat plane becomes 0 (its record says why), and only a stack with no spread in any plane is an error.
     As a whole, it is the record of one normalization of all planes (``"scope": "stack"``).
     """
-    from cpsnake.engine.normalize import normalize, select_channels
-
     x = select_channels(stack, channels)
     opts = dict(percentiles=percentiles, low_high=low_high, invert=invert, tile_size=tile_size)
     if per_plane:  # a blank or flat plane becomes 0, as in cellpose; only a stack without any spread is an error
@@ -131,7 +139,6 @@ def segment_stack(
     normalization : dict, the values used (``diameter_estimated`` with ``diameter="auto"``)
     seconds : dict, wall time of each step
     """
-    from cpsnake.engine.infer import tiling
     from cpsnake.engine.reconstruct3d import compute_masks_3d
 
     if mode not in MODES:
@@ -147,8 +154,6 @@ def segment_stack(
     data, record = normalize_stack(stack, per_plane=mode == "planes", channels=channels, percentiles=percentiles,
                                    low_high=low_high, invert=invert, tile_size=tile_size)
     if diameter == "auto":
-        from cpsnake.engine.infer import auto_diameter
-
         diameter = auto_diameter(net, data[data.shape[0] // 2], None, None, dict(
             batch_size=batch_size, tile_overlap=tile_overlap, augment=augment, device=device, dtype=dtype),
             source=f"middle plane ({data.shape[0] // 2 + 1})", params=size_params)
@@ -178,11 +183,7 @@ def stack_flows(net, data: np.ndarray, *, do_3d: bool, diameter=None, anisotropy
     """Flows of a normalized stack ``(S, C, Y, X)``: 3-D flows ``(4, Z, Y, X)`` with ``do_3d``
     (:func:`cpsnake.engine.infer3d.predict_3d`, then ``flow3d_smooth``), else each plane's ``(S, 3, Y, X)``, the planes'
     tiles pooled (:func:`cpsnake.engine.infer.predict_many`). ``opts``: batch_size, tile_overlap, augment, device, dtype."""
-    from cpsnake.engine.infer import predict_many
-
     if do_3d:
-        from cpsnake.engine.infer3d import predict_3d, smooth_flows_3d
-
         flows = predict_3d(net, data, diameter=diameter, anisotropy=anisotropy, max_pixels=max_pixels, **opts)
         return smooth_flows_3d(flows, flow3d_smooth)
     S = data.shape[0]
@@ -200,8 +201,6 @@ def reconstruct_planes(flows: np.ndarray, *, stitch_threshold: float = 0.0, trac
     (``stitch_threshold > 0``: per-plane ``min_size`` off, 3-D holes filled and ``min_size`` counted in voxels,
     as cellpose 4.2.1.1), linked frame to frame (``track``, :func:`cpsnake.stacks.track.track_frames`), or numbered
     plane after plane (:func:`offset_planes`)."""
-    from cpsnake.engine.reconstruct import compute_masks
-
     per_plane = -1 if stitch_threshold > 0 else min_size
     planes = np.stack([compute_masks(f, min_size=per_plane, **opts) for f in flows])
     if stitch_threshold > 0:
@@ -215,55 +214,3 @@ def reconstruct_planes(flows: np.ndarray, *, stitch_threshold: float = 0.0, trac
 
         return track_frames(planes, track_threshold)
     return offset_planes(planes)
-
-
-# --- command-line options (shared by `cpsnake segment` and the workflow's per-step commands) ---------
-
-
-def add_options(p, *, network: bool = True, masks: bool = True) -> None:
-    """Add the stack options: ``network`` (``cpsnake infer``): --do-3d, --anisotropy, --flow3d-smooth; ``masks``
-    (``cpsnake reconstruct``): --stitch-threshold, --flow3d-threshold, --track, --track-threshold."""
-    from cpsnake.bounds import option
-
-    if network:
-        p.add_argument("--do-3d", action="store_true",
-                       help="Z stacks: run the network on YX, ZX and ZY planes and follow the flows in 3-D (cellpose do_3D)")
-        p.add_argument("--anisotropy", type=option("--anisotropy"), default=None,
-                       help="--do-3d: Z step / pixel size; Z is rescaled by it for the network (default 1)")
-        p.add_argument("--flow3d-smooth", type=option("--flow3d-smooth"), nargs="+", default=[0.0], metavar="SIGMA",
-                       help="--do-3d: Gaussian sigma in voxels for the 3-D flows, one value or Z Y X (default 0 = none)")
-    if masks:
-        p.add_argument("--stitch-threshold", type=option("--stitch-threshold"), default=0.0,
-                       help="Z stacks: segment each plane in 2-D and link planes whose objects overlap by this IoU "
-                            "(0 = off)")
-        p.add_argument("--flow3d-threshold", type=option("--flow3d-threshold"), default=0.0,
-                       help="3-D flows: drop objects whose mean squared flow error exceeds this (default 0 = no check, "
-                            "as cellpose)")
-        p.add_argument("--track", action="store_true",
-                       help="time series: link each frame's objects to the previous frame's by IoU, so a cell keeps its id")
-        p.add_argument("--track-threshold", type=option("--track-threshold"), default=0.25,
-                       help="--track: smallest IoU that links two frames' objects (default 0.25)")
-
-
-def options(args) -> dict:
-    """The stack options (those the parser has) as keywords of :func:`segment_stack` plus ``mode``, ``track`` and
-    ``track_threshold``; bad values are one CpsnakeError line each (the bounds: :mod:`cpsnake.bounds`)."""
-    from cpsnake.bounds import check
-
-    do_3d = getattr(args, "do_3d", False)
-    stitch = check("--stitch-threshold", getattr(args, "stitch_threshold", 0.0))
-    anisotropy = check("--anisotropy", getattr(args, "anisotropy", None))
-    smooth = [check("--flow3d-smooth", v) for v in getattr(args, "flow3d_smooth", [0.0])]
-    track_threshold = check("--track-threshold", getattr(args, "track_threshold", 0.25))
-    check("--flow3d-threshold", getattr(args, "flow3d_threshold", 0.0))
-    if do_3d and stitch > 0:
-        raise CpsnakeError("--do-3d and --stitch-threshold both given; expected one of them: --do-3d for 3-D flows, "
-                           "--stitch-threshold to link 2-D planes")
-    if len(smooth) not in (1, 3):
-        raise CpsnakeError(f"--flow3d-smooth {' '.join(map(str, smooth))}: found {len(smooth)} values; expected one "
-                           "sigma or three (Z Y X), each >= 0 voxels")
-    mode = "3d" if do_3d else "stitch" if stitch > 0 else "planes"
-    return {"mode": mode, "stitch_threshold": stitch or 0.25, "anisotropy": anisotropy,
-            "flow3d_smooth": smooth[0] if len(smooth) == 1 else list(smooth),
-            "flow3d_threshold": getattr(args, "flow3d_threshold", 0.0), "track": getattr(args, "track", False),
-            "track_threshold": track_threshold}

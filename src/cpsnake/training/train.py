@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard, library_text
+from cpsnake.models.device import resolve_device
 
 __all__ = [
     "list_pairs",
@@ -615,10 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("model.pt", "checkpoint.pt", "log.csv"):
         check_target(Path(args.out) / name)
 
-    if args.device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device = args.device
+    device = str(resolve_device("auto", kinds=("cuda", "cpu"))) if args.device == "auto" else args.device
     bf16 = args.precision == "bfloat16" or (args.precision == "auto" and device.startswith("cuda"))
     torch.manual_seed(args.seed)  # random initialisation
     resume = None
