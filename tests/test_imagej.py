@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 
 from cpsnake.io.images import read_image, read_labels, write_labels, write_tiff
-from cpsnake.export.measure import INTENSITY_COLUMNS, measure_labels
-from cpsnake.export.rois import labels_to_rois, roi_mask, write_rois
+from cpsnake.export.measure import measure_labels
+from cpsnake.export.roi_import import roi_mask
+from cpsnake.export.rois import labels_to_rois, write_rois
+from cpsnake.export.table import INTENSITY_COLUMNS
 
 pytestmark = pytest.mark.imagej
 HERE = Path(__file__).parent

@@ -10,7 +10,9 @@ import pytest
 
 from cpsnake.io.images import read_labels, write_labels, write_tiff
 from cpsnake.errors import CpsnakeError
-from cpsnake.export.rois import labels_to_rois, main, read_rois, roi_mask, rois_to_labels, trace_outlines, write_rois
+from cpsnake.export.roi_import import read_rois, roi_mask, rois_to_labels
+from cpsnake.export.rois import labels_to_rois, trace_outlines, write_rois
+from cpsnake.steps.rois import main
 
 DATA = Path(__file__).parent / "data" / "nuclei_val"
 VAL = sorted(p.stem for p in (DATA / "masks").glob("*.tif"))
