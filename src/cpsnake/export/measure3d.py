@@ -111,13 +111,12 @@ from cpsnake.errors import CpsnakeError, CpsnakeWarning
 from cpsnake.export.measure import measure_labels
 from cpsnake.export.table import channel_column, columns, columns_3d, new_table
 from cpsnake.io.calibration import PIXEL_SIZE_RANGE
+from cpsnake.io.label_check import check_labels
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["crofton_weights", "measure_3d", "measure_stack"]
-
-_MAX_ID = 2**63 - 1  # ids are int64
 
 # the 13 lattice directions (dz, dy, dx), one of each pair +-v: 4 within a plane, 9 to the next plane
 _DIRECTIONS = [(0, 0, 1), (0, 1, 0), (0, 1, 1), (0, 1, -1)] + [(1, ky, kx) for ky in (-1, 0, 1) for kx in (-1, 0, 1)]
@@ -322,25 +321,14 @@ def _crossings(a: np.ndarray, b: np.ndarray, ky: int, kx: int, k: int) -> np.nda
 
 
 def _check_labels(labels) -> np.ndarray:
-    """``labels`` as a 3-D integer ndarray without negative values, or a CpsnakeError."""
+    """``labels`` as a 3-D integer ndarray without negative values (:func:`cpsnake.io.label_check.check_labels`),
+    or a CpsnakeError."""
     lab = np.asarray(labels)
     if lab.ndim != 3:
         raise CpsnakeError(
             f"measure_3d: found labels with {lab.ndim} dimensions {lab.shape}, expected a stack (Z, Y, X); "
             "measure 2-D label images with cpsnake.export.measure, and pass one time point of a time series at a time")
-    if not np.issubdtype(lab.dtype, np.integer):
-        raise CpsnakeError(
-            f"measure_3d: found labels of dtype {lab.dtype}, expected an integer label stack (0 = background, "
-            "1..N = objects); convert label images with astype(np.int32), masks with a labelling")
-    if np.issubdtype(lab.dtype, np.signedinteger) and lab.size and int(lab.min()) < 0:
-        raise CpsnakeError(
-            f"measure_3d: found a negative label {int(lab.min())}, expected 0 = background and positive ids; "
-            "relabel the objects with ids 1..N")
-    if lab.dtype == np.uint64 and lab.size and int(lab.max()) > _MAX_ID:
-        raise CpsnakeError(
-            f"measure_3d: found label {int(lab.max())}, expected ids up to 2**63 - 1 (ids are int64 in the table); "
-            "relabel the objects with ids 1..N")
-    return lab
+    return check_labels(lab, "measure_3d", noun="stack", ids_in="the table")
 
 
 def _check_image(image, shape: tuple[int, int, int]) -> np.ndarray:

@@ -160,9 +160,9 @@ def read_mask(path: Path, shape: tuple[int, int], *, max_pixels: int | None = No
     from cpsnake.training.evaluate import read_label_file
 
     if path.suffix.lower() == ".zip":
-        from cpsnake.export import rois
+        from cpsnake.export import roi_import
 
-        lab = rois.rois_to_labels(rois.read_rois(path), shape, source=path)
+        lab = roi_import.rois_to_labels(roi_import.read_rois(path), shape, source=path)
     else:
         lab = read_label_file(path, max_pixels=max_pixels)
     lab = np.asarray(lab)
