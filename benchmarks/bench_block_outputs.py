@@ -15,7 +15,8 @@ and for the sizes run both ways whether every file is the same (ROI zip entries 
 
 With ``--steps``, each of the workflow's batch steps for an image in blocks then runs alone in a fresh
 subprocess as its job does (``cpsnake.run.batch`` imported, then ``blockjob.values_file`` on the image, or
-``blockout.rois_file`` / ``measure_file`` / ``overlay_file`` on the label TIFF just written), and its peak
+``export_file_by_window`` / ``measure_file_by_window`` / ``overlay_file_by_window`` of `cpsnake.steps`
+on the label TIFF just written), and its peak
 RSS is printed next to the memory request the workflow makes for it (:func:`cpsnake.run.jobmem.step_mb`,
 blocks of ``--block`` px): the measurements behind those requests.
 """
@@ -60,18 +61,18 @@ print(json.dumps({"time_s": time.perf_counter() - t0,
 
 STEP = r"""
 import json, resource, sys, time
-from cpsnake.export import blockout
 from cpsnake.run import batch, blockjob
+from cpsnake.steps import measure, overlay, rois
 step, src, masks, out = sys.argv[1:5]
 t0 = time.perf_counter()
 if step == "normalize":
     blockjob.values_file(src, out + ".json")
 elif step == "rois":
-    blockout.rois_file(masks, out + ".zip")
+    rois.export_file_by_window(masks, out + ".zip")
 elif step == "measure":
-    blockout.measure_file(masks, src, out + ".csv")
+    measure.measure_file_by_window(masks, src, out + ".csv")
 else:
-    blockout.overlay_file(src, masks, out + ".png")
+    overlay.overlay_file_by_window(src, masks, out + ".png")
 print(json.dumps({"time_s": time.perf_counter() - t0,
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """

@@ -69,7 +69,7 @@ def synthetic_labels(shape: tuple[int, int], *, spacing: int = 29, seed: int = 0
 
 def synthetic_flows(labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """Network-like flows (3, Y, X) float32 from labels: unit flows * 5 + noise, cellprob +-3 + noise."""
-    from cpsnake.engine.dynamics import masks_to_flows
+    from cpsnake.engine.heat import masks_to_flows
 
     rng = np.random.default_rng(seed + 1)
     flows = np.empty((3, *labels.shape), np.float32)

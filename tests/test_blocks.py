@@ -1,4 +1,4 @@
-"""Block-wise segmentation of a large image (:mod:`cpsnake.engine.blocks`, :mod:`cpsnake.engine.follow2d`)."""
+"""Block-wise segmentation of a large image (:mod:`cpsnake.engine.blocks`, :mod:`cpsnake.engine.follow_block`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from cpsnake.engine import blocks, dynamics
 from cpsnake.errors import CpsnakeError
-from cpsnake.engine.follow2d import follow_points, step_field
+from cpsnake.engine.follow_block import follow_points, step_field
 
 
 def _follow(dP, cell, niter, origin=(0, 0), full=None):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cpsnake.engine import dynamics
+from cpsnake.engine import dynamics, heat
 from reference import cellpose
 from synthetic import voronoi_cells
 
@@ -35,7 +35,7 @@ def reference_flows(labels):
 @pytest.mark.parametrize("labels", [voronoi_cells(), voronoi_cells(seed=3, spacing=18), odd_shapes()],
                          ids=["voronoi", "voronoi-dense", "odd-shapes"])
 def test_masks_to_flows_equals_cellpose(labels):
-    ours = dynamics.masks_to_flows(labels)
+    ours = heat.masks_to_flows(labels)
     theirs = reference_flows(labels)
     assert ours.shape == (2, *labels.shape) and ours.dtype == np.float32
     # same diffusion order and float64 arithmetic: equal up to float32 rounding of the output
@@ -44,7 +44,7 @@ def test_masks_to_flows_equals_cellpose(labels):
 
 def test_masks_to_flows_unit_length_inside_zero_outside():
     labels = voronoi_cells()
-    mu = dynamics.masks_to_flows(labels)
+    mu = heat.masks_to_flows(labels)
     norm = np.sqrt((mu**2).sum(0))
     inside = norm[labels > 0]
     # unit length, except where the heat gradient is exactly zero (e.g. a 1-pixel object)
@@ -56,17 +56,17 @@ def test_masks_to_flows_unit_length_inside_zero_outside():
 def test_masks_to_flows_skipped_labels_same_as_consecutive():
     labels = odd_shapes()
     gappy = np.where(labels > 0, labels * 7 + 3, 0)
-    assert np.array_equal(dynamics.masks_to_flows(gappy), dynamics.masks_to_flows(labels))
+    assert np.array_equal(heat.masks_to_flows(gappy), heat.masks_to_flows(labels))
 
 
 def test_masks_to_flows_empty():
-    mu = dynamics.masks_to_flows(np.zeros((8, 9), np.int32))
+    mu = heat.masks_to_flows(np.zeros((8, 9), np.int32))
     assert mu.shape == (2, 8, 9) and not mu.any()
 
 
 def test_object_centers_concave_object_inside():
     labels = odd_shapes()
-    centers = dynamics.object_centers(labels, ndi.find_objects(labels))
+    centers = heat.object_centers(labels, ndi.find_objects(labels))
     assert (labels[centers[:, 0], centers[:, 1]] == np.arange(1, labels.max() + 1)).all()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -117,7 +117,7 @@ def test_fill_holes_fills_background_holes():
 def test_flow_errors_equal_cellpose():
     labels = voronoi_cells(seed=1)
     rng = np.random.default_rng(2)
-    dP = (dynamics.masks_to_flows(labels) * 5 + rng.normal(0, 2.0, (2, *labels.shape))).astype(np.float32)
+    dP = (heat.masks_to_flows(labels) * 5 + rng.normal(0, 2.0, (2, *labels.shape))).astype(np.float32)
     ours = dynamics.flow_errors(labels, dP)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

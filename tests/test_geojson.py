@@ -11,8 +11,9 @@ from scipy import ndimage as ndi
 
 from cpsnake.io.labels import write_labels
 from cpsnake.io.tiff import write_tiff
-from cpsnake.export.geojson import feature_collection, label_polygons, main
+from cpsnake.export.geojson import feature_collection, label_polygons
 from cpsnake.export.roi_import import _fill_polygons
+from cpsnake.steps.geojson import main
 from test_rois import hard_shapes
 
 
@@ -93,7 +94,7 @@ def test_cli_with_table_parses_and_carries_measurements(tmp_path):
 
 
 def test_measure_writes_geojson_with_its_rows(tmp_path):
-    from cpsnake.export.measure import main as measure_main
+    from cpsnake.steps.measure import main as measure_main
 
     lab = hard_shapes()
     write_labels(tmp_path / "lab.tif", lab)

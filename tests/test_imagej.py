@@ -19,8 +19,10 @@ import pytest
 from cpsnake.io.inputs import read_image
 from cpsnake.io.labels import read_labels, write_labels
 from cpsnake.io.tiff import write_tiff
-from cpsnake.export.measure import INTENSITY_COLUMNS, measure_labels
-from cpsnake.export.rois import labels_to_rois, roi_mask, write_rois
+from cpsnake.export.measure import measure_labels
+from cpsnake.export.roi_import import roi_mask
+from cpsnake.export.rois import labels_to_rois, write_rois
+from cpsnake.export.table import INTENSITY_COLUMNS
 
 pytestmark = pytest.mark.imagej
 HERE = Path(__file__).parent

@@ -12,7 +12,10 @@ from cpsnake.export import measure
 from cpsnake.io.flows import write_flows
 from cpsnake.io.labels import write_labels
 from cpsnake.io.tiff import write_tiff
-from cpsnake.export.measure import columns, fit_ellipse, main, measure_labels, traced_perimeter
+from cpsnake.export.measure import fit_ellipse, measure_labels, traced_perimeter
+from cpsnake.export.table import columns
+from cpsnake.steps import measure as measure_step
+from cpsnake.steps.measure import main
 
 
 def _rect():
@@ -22,7 +25,7 @@ def _rect():
 
 
 def test_rectangle_area_perimeter_feret():
-    (row,) = measure_labels(_rect(), np.ones((1, 10, 14)))
+    (row,) = measure_labels(_rect(), np.ones((1, 10, 14))).to_dict("records")
     assert row["Area"] == 60 and row["area_px"] == 60
     assert row["Perim."] == pytest.approx(32 - 4 * (2 - math.sqrt(2)))  # 4 corners, ImageJ's traced rule
     assert row["Feret"] == pytest.approx(math.hypot(10, 6))
@@ -41,7 +44,7 @@ def test_single_pixel_perimeter_and_ellipse():
 def test_intensity_columns_per_channel():
     lab = _rect()
     img = np.stack([np.full(lab.shape, 2.0), np.arange(140, dtype=float).reshape(10, 14)])
-    (row,) = measure_labels(lab, img)
+    (row,) = measure_labels(lab, img).to_dict("records")
     assert row["Mean_c1"] == 2.0 and row["StdDev_c1"] == 0.0 and row["RawIntDen_c1"] == 120.0
     vals = img[1][lab == 1]
     assert row["Mean_c2"] == pytest.approx(vals.mean()) and row["StdDev_c2"] == pytest.approx(vals.std(ddof=1))
@@ -50,7 +53,7 @@ def test_intensity_columns_per_channel():
 
 
 def test_calibrated_lengths_and_areas():
-    (row,) = measure_labels(_rect(), np.ones((1, 10, 14)), pixel_size=(0.5, 0.5))
+    (row,) = measure_labels(_rect(), np.ones((1, 10, 14)), pixel_size=(0.5, 0.5)).to_dict("records")
     assert row["Area"] == 15.0 and row["area_px"] == 60
     assert row["Feret"] == pytest.approx(0.5 * math.hypot(10, 6))
     assert row["Width"] == 5.0
@@ -139,7 +142,7 @@ def _two_cells():
 
 def test_quality_flow_error_is_zero_for_a_cells_own_flows_and_grows_as_they_weaken():
     """flow_error = mean squared difference between the cell's own unit flows and the predicted flows / 5."""
-    from cpsnake.engine.dynamics import masks_to_flows
+    from cpsnake.engine.heat import masks_to_flows
 
     labels = _two_cells()
     mu = masks_to_flows(labels)  # unit vectors inside the cells (0 where the heat has no gradient)
@@ -171,19 +174,19 @@ def test_table_gets_quality_columns_only_with_flows(tmp_path):
     labels = _two_cells()
     img = np.random.default_rng(0).integers(0, 1000, (1, *labels.shape)).astype(np.uint16)
     flows = np.zeros((3, *labels.shape), np.float32)
-    rows = measure.measure_labels(labels, img, flows=flows)
+    rows = measure.measure_labels(labels, img, flows=flows).to_dict("records")
     assert [r["label"] for r in rows] == [3, 9] and all(r["flow_error"] > 0.9 and r["cellprob"] == 0.5 for r in rows)
-    assert "flow_error" not in measure.measure_labels(labels, img)[0]
-    assert measure.columns(1, quality=True)[-2:] == ["flow_error", "cellprob"]
+    assert "flow_error" not in measure.measure_labels(labels, img).columns
+    assert columns(1, quality=True)[-2:] == ["flow_error", "cellprob"]
     write_labels(tmp_path / "l.tif", labels)
     write_tiff(tmp_path / "i.tif", img, axes="CYX")
     write_flows(tmp_path / "f.tif", flows)
-    assert measure.main([str(tmp_path / "l.tif"), str(tmp_path / "i.tif"), str(tmp_path / "m.csv"),
+    assert measure_step.main([str(tmp_path / "l.tif"), str(tmp_path / "i.tif"), str(tmp_path / "m.csv"),
                          "--flows", str(tmp_path / "f.tif")]) == 0
     table = (tmp_path / "m.csv").read_text().splitlines()
     assert table[0].endswith(",flow_error,cellprob") and len(table) == 3
     write_flows(tmp_path / "g.tif", flows[:, :20])
-    assert measure.main([str(tmp_path / "l.tif"), str(tmp_path / "i.tif"), str(tmp_path / "n.csv"),
+    assert measure_step.main([str(tmp_path / "l.tif"), str(tmp_path / "i.tif"), str(tmp_path / "n.csv"),
                          "--flows", str(tmp_path / "g.tif")]) == 1
     assert not (tmp_path / "n.csv").exists()
 

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from cpsnake.errors import CpsnakeError
-from cpsnake.export.measure3d import _DIRECTIONS, columns_3d, crofton_weights, measure_3d
+from cpsnake.export.measure3d import _DIRECTIONS, crofton_weights, measure_3d
+from cpsnake.export.table import columns_3d
 
 skimage_measure = pytest.importorskip("skimage.measure")
 

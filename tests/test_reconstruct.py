@@ -10,7 +10,7 @@ import pytest
 
 from scipy import ndimage as ndi
 
-from cpsnake.engine import dynamics, reconstruct
+from cpsnake.engine import dynamics, heat, reconstruct
 from cpsnake.io.flows import write_flows
 from cpsnake.io.labels import read_labels
 from cpsnake.steps import reconstruct as reconstruct_step
@@ -22,7 +22,7 @@ from synthetic import voronoi_cells
 def clean_flows(labels):
     """Flows the network would ideally give: unit flows x5, cellprob logits +-4."""
     flows = np.empty((3, *labels.shape), np.float32)
-    flows[:2] = dynamics.masks_to_flows(labels) * 5
+    flows[:2] = heat.masks_to_flows(labels) * 5
     flows[2] = np.where(labels > 0, 4.0, -4.0)
     return flows
 
@@ -219,7 +219,7 @@ def test_torch_path_diffuses_to_the_same_bits():
     import torch
 
     for labels in (voronoi_cells((200, 230), spacing=20, seed=3), voronoi_cells((64, 80), seed=1)):
-        assert np.array_equal(dynamics.masks_to_flows(labels, device=torch.device("cpu")), dynamics.masks_to_flows(labels))
+        assert np.array_equal(heat.masks_to_flows(labels, device=torch.device("cpu")), heat.masks_to_flows(labels))
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -11,7 +11,9 @@ import pytest
 from cpsnake.io.labels import read_labels, write_labels
 from cpsnake.io.tiff import write_tiff
 from cpsnake.errors import CpsnakeError
-from cpsnake.export.rois import labels_to_rois, main, read_rois, roi_mask, rois_to_labels, trace_outlines, write_rois
+from cpsnake.export.roi_import import read_rois, roi_mask, rois_to_labels
+from cpsnake.export.rois import labels_to_rois, trace_outlines, write_rois
+from cpsnake.steps.rois import main
 
 DATA = Path(__file__).parent / "data" / "nuclei_val"
 VAL = sorted(p.stem for p in (DATA / "masks").glob("*.tif"))

@@ -56,7 +56,7 @@ def _ellipses(shape=(120, 140)):
 
 def test_transformed_flows_agree_with_recomputed_flows():
     """Warping flows (vectors rotated/flipped) == flows recomputed from the warped label image."""
-    from cpsnake.engine.dynamics import masks_to_flows
+    from cpsnake.engine.heat import masks_to_flows
 
     lab = _ellipses()
     flows = masks_to_flows(lab)
@@ -77,7 +77,7 @@ def test_transformed_flows_agree_with_recomputed_flows():
 
 def test_wrong_vector_rotation_would_be_caught():
     """The check above has power: flows warped without rotating the vectors disagree."""
-    from cpsnake.engine.dynamics import masks_to_flows
+    from cpsnake.engine.heat import masks_to_flows
 
     lab = _ellipses()
     flows = masks_to_flows(lab)

@@ -30,6 +30,7 @@ import tifffile
 
 from cpsnake.export import overlay
 from cpsnake.run import aggregate, provenance
+from cpsnake.steps import overlay as overlay_step
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ("blobs_a", "blobs_b", "blobs_c")
@@ -83,11 +84,11 @@ def test_overlay_cli_writes_png_and_rejects_mismatched_labels(tmp_path):
     labels = np.zeros((20, 30), np.int32)
     labels[5:12, 5:15] = 1
     write_labels(tmp_path / "lab.tif", labels, pixel_size=None, unit=None)
-    assert overlay.main([str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"), str(tmp_path / "o.png")]) == 0
+    assert overlay_step.main([str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"), str(tmp_path / "o.png")]) == 0
     with Image.open(tmp_path / "o.png") as im:
         assert im.size == (30, 20) and im.mode == "RGB"
     write_labels(tmp_path / "small.tif", labels[:10], pixel_size=None, unit=None)
-    assert overlay.main([str(tmp_path / "img.tif"), str(tmp_path / "small.tif"), str(tmp_path / "p.png")]) == 1
+    assert overlay_step.main([str(tmp_path / "img.tif"), str(tmp_path / "small.tif"), str(tmp_path / "p.png")]) == 1
     assert not (tmp_path / "p.png").exists()
 
 
@@ -418,7 +419,7 @@ def test_keep_config_keeps_intermediates_geojson_and_ome_zarr_are_written(tmp_pa
     ome_zarr: true writes each image's labels as OME-Zarr, equal to its label TIFF."""
     import zarr
 
-    from cpsnake.export.geojson import main as geojson_main
+    from cpsnake.steps.geojson import main as geojson_main
 
     workdir = make_run_dir(tmp_path, tiny_model, keep={"flows": True, "normalized": True}, geojson=True,
                            ome_zarr=True)

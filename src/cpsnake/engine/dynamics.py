@@ -3,10 +3,12 @@
 Conventions: labels are ``(Y, X)`` integer images, 0 = background, 1..N = objects; flows are
 ``(2, Y, X)`` = (dY, dX). Everything here is 2-D.
 
-* :func:`masks_to_flows` -- the Cellpose training target and the flow-error reference, by heat
-  diffusion: in :mod:`cpsnake.engine.heat` (re-exported here).
+* :func:`cpsnake.engine.heat.masks_to_flows` -- the Cellpose training target and the flow-error reference, by
+  heat diffusion, lives in :mod:`cpsnake.engine.heat`.
 * :func:`follow_flows` -- Euler integration of pixels along ``dP / 5`` with bilinear interpolation
-  (torch ``grid_sample``, the same sampling as Cellpose, ``align_corners=False`` included).
+  (torch ``grid_sample``, the same sampling as Cellpose, ``align_corners=False`` included): the whole image's
+  2-D flow following. (A block of a large image is followed in :mod:`cpsnake.engine.follow_block`, a 3-D stack
+  in :mod:`cpsnake.engine.follow3d`.)
 * :func:`get_masks` -- histogram of end points, seeds at local maxima (> 10 end points in a 5x5
   neighbourhood), each seed grown 5 steps (8-connected) through bins with > 2 end points inside its
   11x11 window; pixels take the label of their end point's bin; masks above ``max_size_fraction`` of
@@ -14,7 +16,7 @@ Conventions: labels are ``(Y, X)`` integer images, 0 = background, 1..N = object
 * :func:`flow_errors`, :func:`remove_bad_flow_masks` -- mean squared difference between the flows of a
   mask and the predicted flows ``dP / 5``; masks above the threshold are dropped.
 * :func:`fill_holes_and_remove_small_masks` -- drop masks under ``min_size`` pixels, fill holes,
-  drop again.
+  drop again; :func:`remove_labels`, :func:`remove_small` -- the dropping, in place (3-D uses them too).
 * :func:`renumber` -- labels 1..N in order of first appearance in a raster scan; :func:`compact` --
   distinct labels and their ranks, with memory that follows the number of objects, not the largest id.
 
@@ -35,11 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage as ndi
 
-from cpsnake.engine.heat import _flows_at, atlas, masks_to_flows, object_centers, workers  # noqa: F401 (re-exported)
+from cpsnake.engine.heat import atlas, flows_at, workers
 
 __all__ = [
-    "masks_to_flows",
-    "object_centers",
     "follow_flows",
     "get_masks",
     "flow_errors",
@@ -47,6 +47,8 @@ __all__ = [
     "fill_holes_and_remove_small_masks",
     "renumber",
     "compact",
+    "remove_labels",
+    "remove_small",
 ]
 
 
@@ -112,7 +114,7 @@ def renumber(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _remove_labels(labels: np.ndarray, remove: np.ndarray) -> None:
+def remove_labels(labels: np.ndarray, remove: np.ndarray) -> None:
     """Set the labels listed in ``remove`` to 0, in place."""
     if len(remove) == 0:
         return
@@ -303,7 +305,7 @@ def _finish_masks(labels: np.ndarray, inds, seeded: np.ndarray, max_size_fractio
     flat[np.asarray(inds[0]) * Lx + np.asarray(inds[1])] = seeded
     counts = np.bincount(flat)
     bigl = np.flatnonzero(counts > Ly * Lx * max_size_fraction)
-    _remove_labels(labels, bigl[bigl > 0])
+    remove_labels(labels, bigl[bigl > 0])
     return renumber(labels)
 
 
@@ -349,7 +351,7 @@ def flow_errors(labels: np.ndarray, dP: np.ndarray, *, device=None, niter: int |
     ----------
     labels : (Y, X) int ndarray, labels 1..K consecutive.
     dP : (2, Y, X) float32 ndarray, network flows (dY, dX) at the network's scale (x5).
-    device : torch device, optional: the masks' heat diffusion runs there (:func:`masks_to_flows`).
+    device : torch device, optional: the masks' heat diffusion runs there (:func:`cpsnake.engine.heat.masks_to_flows`).
     niter : int, optional: diffusion iterations; default cellpose's, ``2 * max(h + w + 2)`` over the masks'
         bounding boxes (a block of a large image passes the whole image's, :mod:`cpsnake.engine.blocks`).
 
@@ -358,7 +360,7 @@ def flow_errors(labels: np.ndarray, dP: np.ndarray, *, device=None, niter: int |
     (K,) float64 ndarray; entry ``k`` for label ``k + 1``.
     """
     slices = ndi.find_objects(labels)
-    nz, lab, mu = _flows_at(labels, slices, niter, device=device)
+    nz, lab, mu = flows_at(labels, slices, niter, device=device)
     dp = dP.reshape(2, -1)
     err = np.zeros(nz.size)
     for c in range(2):
@@ -375,14 +377,14 @@ def remove_bad_flow_masks(labels: np.ndarray, dP: np.ndarray, *, threshold: floa
     """Drop masks whose :func:`flow_errors` (``niter`` diffusion steps) exceed ``threshold``; renumber.
     ``labels (Y, X)`` is modified."""
     err = flow_errors(labels, dP, device=device, niter=niter)
-    _remove_labels(labels, 1 + np.flatnonzero(err > threshold))
+    remove_labels(labels, 1 + np.flatnonzero(err > threshold))
     return renumber(labels)
 
 
-def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     counts = np.bincount(labels.reshape(-1))
     small = np.flatnonzero((counts < min_size) & (counts > 0))
-    _remove_labels(labels, small[small > 0])
+    remove_labels(labels, small[small > 0])
     return renumber(labels)
 
 
@@ -399,7 +401,7 @@ def fill_holes_and_remove_small_masks(labels: np.ndarray, *, min_size: int = 15)
     another object's hole is absorbed by it, as in Cellpose.
     """
     if min_size > 0:
-        _remove_small(labels, min_size)
+        remove_small(labels, min_size)
     slices = ndi.find_objects(labels)
     for i in _objects_with_holes(labels, slices):
         # sequential, in label order, on the current labels (a fill may absorb a later object)
@@ -408,7 +410,7 @@ def fill_holes_and_remove_small_masks(labels: np.ndarray, *, min_size: int = 15)
         if msk.any():
             crop[ndi.binary_fill_holes(msk)] = i
     if min_size > 0:
-        _remove_small(labels, min_size)
+        remove_small(labels, min_size)
     return labels
 
 

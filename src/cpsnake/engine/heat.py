@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["masks_to_flows", "object_centers", "atlas", "Atlas", "workers"]
+__all__ = ["masks_to_flows", "flows_at", "object_centers", "atlas", "Atlas", "workers"]
 
 # neighbour offsets (dy, dx) in Cellpose's summation order: centre, up, down, left, right, 4 diagonals
 _NEIGHBOURS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -227,8 +227,10 @@ def _heat(labels: np.ndarray, slices: list, niter: int | None, device=None) -> t
     return nz, lab, heat
 
 
-def _flows_at(labels: np.ndarray, slices: list, niter: int | None = None, device=None):
-    """Unit flows at object pixels: (flat indices (N,), labels (N,), mu (2, N) float64)."""
+def flows_at(labels: np.ndarray, slices: list, niter: int | None = None, device=None):
+    """Unit flows at the object pixels of ``labels`` (Y, X) whose objects' boxes are ``slices``
+    (``ndimage.find_objects``): (flat indices (N,), labels (N,), mu (2, N) float64); :func:`masks_to_flows`
+    spread over the image, and the flow-error check's reference (:func:`cpsnake.engine.dynamics.flow_errors`)."""
     nz, lab, heat = _heat(labels, slices, niter, device)
     Lx = labels.shape[1]
     yy, xx = np.divmod(nz, Lx)
@@ -268,6 +270,6 @@ def masks_to_flows(labels: np.ndarray, *, niter: int | None = None, device=None)
     if labels.size == 0 or labels.max() <= 0:
         return out
     labels = labels.astype(np.int64, copy=False) if labels.dtype.kind != "i" else labels
-    nz, _, mu = _flows_at(labels, ndi.find_objects(labels), niter, device)
+    nz, _, mu = flows_at(labels, ndi.find_objects(labels), niter, device)
     out.reshape(2, -1)[:, nz] = mu
     return out

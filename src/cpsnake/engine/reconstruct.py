@@ -19,7 +19,7 @@ named as ``cpsnake reconstruct`` spells them (the command, with its files and st
 :func:`compute_masks` does all five; :func:`seed_masks` (1-2) and :func:`finish_masks` (3-5) are its halves,
 which the block-wise segmentation runs apart (:mod:`cpsnake.engine.blocks`).
 
-:mod:`cpsnake.engine.dynamics` and :mod:`cpsnake.engine.follow2d` (scipy.ndimage, numba: about a second to
+:mod:`cpsnake.engine.dynamics` and :mod:`cpsnake.engine.follow_block` (scipy.ndimage, numba: about a second to
 import) are imported inside the functions that follow flows, so that the commands importing this module for
 its names alone (``cpsnake batch normalize``) do not pay for them.
 """
@@ -97,7 +97,7 @@ def seed_masks(flows: np.ndarray, *, cellprob_threshold: float = 0.0, niter: int
     ``flows (3, Y, X)``; returns (Y, X) int32 labels (parameters as :func:`compute_masks`).
 
     ``origin`` and ``full_shape``: the flows are a crop at ``origin`` (y, x) of an image of ``full_shape``;
-    the pixels are followed with the whole image's arithmetic (:mod:`cpsnake.engine.follow2d`), so that a
+    the pixels are followed with the whole image's arithmetic (:mod:`cpsnake.engine.follow_block`), so that a
     trajectory that stays in the crop ends where it ends in the whole image (:mod:`cpsnake.engine.blocks`)."""
     from cpsnake.engine import dynamics
 
@@ -126,7 +126,7 @@ def seed_masks(flows: np.ndarray, *, cellprob_threshold: float = 0.0, niter: int
 def _seed_masks_crop(flows, cellprob_threshold, niter, max_size_fraction, origin, full_shape) -> np.ndarray:
     """:func:`seed_masks` of a crop, followed with the whole image's arithmetic (compiled, CPU threads)."""
     from cpsnake.engine import dynamics
-    from cpsnake.engine.follow2d import follow_points, step_field
+    from cpsnake.engine.follow_block import follow_points, step_field
 
     dP = np.asarray(flows[:2], dtype=np.float32)
     cell = np.asarray(flows[2]) > cellprob_threshold

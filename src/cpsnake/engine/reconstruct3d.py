@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from cpsnake.engine.dynamics import _remove_labels, _remove_small, renumber, run_blocks
+from cpsnake.engine.dynamics import remove_labels, remove_small, renumber, run_blocks
 from cpsnake.errors import CpsnakeError
 from cpsnake.engine.tieorder import argsort_like_torch
 
@@ -116,7 +116,7 @@ def compute_masks_3d(
     del p, idx
     if labels.max() > 0 and flow_threshold is not None and flow_threshold > 0:
         err = flow_errors_3d(labels, flows[:3])
-        _remove_labels(labels, 1 + np.flatnonzero(err > flow_threshold))
+        remove_labels(labels, 1 + np.flatnonzero(err > flow_threshold))
         renumber(labels)
     return fill_holes_and_remove_small_masks_3d(labels, min_size=int(min_size), exact_voids=exact_voids)
 
@@ -235,7 +235,7 @@ def get_masks_3d(p: np.ndarray, idx: np.ndarray, shape: tuple[int, int, int], *,
     del h, fp
     counts = np.bincount(labels.reshape(-1))
     bigl = np.flatnonzero(counts > labels.size * max_size_fraction)
-    _remove_labels(labels, bigl[bigl > 0])
+    remove_labels(labels, bigl[bigl > 0])
     return renumber(labels)
 
 
@@ -315,7 +315,7 @@ def fill_holes_and_remove_small_masks_3d(labels: np.ndarray, *, min_size: int = 
     absorbed by it, as in cellpose.
     """
     if min_size > 0:
-        _remove_small(labels, min_size)
+        remove_small(labels, min_size)
     slices = ndi.find_objects(labels)
     for i, sl in enumerate(slices, start=1):
         if sl is None:
@@ -338,7 +338,7 @@ def fill_holes_and_remove_small_masks_3d(labels: np.ndarray, *, min_size: int = 
         open_[0] = True
         crop[~open_[comp]] = i
     if min_size > 0:
-        _remove_small(labels, min_size)
+        remove_small(labels, min_size)
     return labels
 
 

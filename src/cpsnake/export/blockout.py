@@ -24,6 +24,12 @@ reads that array and the image (:class:`cpsnake.io.regions.RegionImage`) a windo
 
 Memory: a window of labels and image, a band of label rows, four int64 per object for the boxes and the
 records (about 1 KB each) of one row of tiles, not the image's pixels.
+
+The steps that read a label TIFF this way (``cpsnake batch rois | measure | overlay`` for images segmented
+block by block) are ``export_file_by_window`` in :mod:`cpsnake.steps.rois`, ``measure_file_by_window`` in
+:mod:`cpsnake.steps.measure` and ``overlay_file_by_window`` in :mod:`cpsnake.steps.overlay`.
+tifffile is imported by :func:`write_label_tiff`, which alone uses it (the ROI, table and overlay steps read
+their label TIFF through :mod:`cpsnake.io.regions`).
 """
 
 from __future__ import annotations
@@ -31,15 +37,26 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from scipy import ndimage
 
 from cpsnake.errors import CpsnakeError
+from cpsnake.export import geojson as gj
+from cpsnake.export import overlay, rois
+from cpsnake.export.measure import measure_labels
+from cpsnake.export.table import columns, formatted
+from cpsnake.io import labels as label_files
+from cpsnake.io.ngff import write_label_zarr
+from cpsnake.io.outputs import all_or_nothing, atomic_output
+from cpsnake.io.inputs import open_regions
+from cpsnake.io.tiff import imagej_tiff_options
 
 __all__ = ["TILE", "object_boxes", "tile_rows", "strided", "write_label_tiff", "write_objects", "write_overlay",
-           "write_outputs", "rois_file", "measure_file", "overlay_file", "TiffLabels"]
+           "write_outputs", "TiffLabels"]
 
 TILE = 2048  # side of the tiles that objects are assigned to (see the module docstring)
 
@@ -51,8 +68,6 @@ def object_boxes(labels, chunk: int = 1024) -> np.ndarray:
     Returns ``(n + 1, 4)`` int64 rows ``(y0, y1, x0, x1)`` (half-open) for ids 0..n, n the largest id; row 0
     and absent ids hold ``y0 = Y`` (empty).
     """
-    from scipy import ndimage
-
     Y, X = (int(v) for v in labels.shape)
     box = np.empty((0, 4), np.int64)
     for y in range(0, Y, chunk):
@@ -113,16 +128,12 @@ def write_label_tiff(path: str | os.PathLike, labels, n: int, *, pixel_size=None
     their offset; beyond 4 GB a BigTIFF OME-TIFF written tile by tile."""
     import tifffile
 
-    from cpsnake.io.labels import BIG_TILE, CLASSIC_TIFF_BYTES, big_labels_metadata, label_dtype, warn_label_dtype
-    from cpsnake.io.tiff import imagej_tiff_options
-    from cpsnake.io.outputs import atomic_output
-
     Y, X = (int(v) for v in labels.shape)
-    dtype = label_dtype(n, path)
-    warn_label_dtype(path, n, dtype)
-    if Y * X * dtype.itemsize > CLASSIC_TIFF_BYTES:
-        meta = big_labels_metadata(path, "YX", Y * X * dtype.itemsize, pixel_size, unit)
-        t = BIG_TILE
+    dtype = label_files.label_dtype(n, path)
+    label_files.warn_label_dtype(path, n, dtype)
+    if Y * X * dtype.itemsize > label_files.CLASSIC_TIFF_BYTES:  # looked up here: tests lower the bound
+        meta = label_files.big_labels_metadata(path, "YX", Y * X * dtype.itemsize, pixel_size, unit)
+        t = label_files.BIG_TILE
 
         def tiles():
             for y in range(0, Y, t):
@@ -149,18 +160,13 @@ def write_label_tiff(path: str | os.PathLike, labels, n: int, *, pixel_size=None
 def write_objects(labels, image=None, *, rois_path=None, table_path=None, geojson_path=None, pixel_size=None,
                   image_name: str = "", tile: int = TILE) -> int:
     """Any of the ROI zip, the measurement table (no flow columns) and the GeoJSON of a label image, window by
-    window, the bytes :func:`cpsnake.export.rois.write_rois`, :func:`cpsnake.export.measure.write_table` and
+    window, the bytes :func:`cpsnake.export.rois.write_rois`, :func:`cpsnake.export.table.write_table` and
     :func:`cpsnake.export.geojson.write_geojson` write for the whole image; returns the number of objects.
 
     labels : ``(Y, X)`` int array that slices (e.g. Zarr, :class:`TiffLabels`)
     image : reads ``(C, h, w)`` regions (``image.read(y0, y1, x0, x1)``, ``image.shape`` (C, Y, X)); needed
         for the table and the GeoJSON (whose features carry the rows)
     """
-    from cpsnake.export import geojson as gj
-    from cpsnake.export import measure, rois
-    from cpsnake.io.outputs import atomic_output
-    from cpsnake.io.outputs import all_or_nothing
-
     Y, X = (int(v) for v in labels.shape)
     measured = table_path is not None or geojson_path is not None
     if measured and (image is None or tuple(image.shape[1:]) != (Y, X)):
@@ -177,7 +183,7 @@ def write_objects(labels, image=None, *, rois_path=None, table_path=None, geojso
             zf = files.enter_context(_zip(files.enter_context(atomic_output(rois_path))))
         if table_path is not None:
             fh = files.enter_context(open(files.enter_context(atomic_output(table_path)), "w", newline=""))
-            table = csv.DictWriter(fh, fieldnames=measure.columns(image.shape[0]), extrasaction="raise")
+            table = csv.DictWriter(fh, fieldnames=columns(image.shape[0]), extrasaction="raise")
             table.writeheader()
         if geojson_path is not None:
             features = files.enter_context(gj.FeatureWriter(files.enter_context(atomic_output(geojson_path))))
@@ -187,8 +193,9 @@ def write_objects(labels, image=None, *, rois_path=None, table_path=None, geojso
                 lut = np.zeros(n + 1, np.int32)
                 lut[ids] = ids
                 win = lut[np.asarray(labels[y0:y1, x0:x1])]  # the tile's objects only
-                rows = (measure.measure_labels(win, image.read(y0, y1, x0, x1), pixel_size=pixel_size,
-                                               image_name=image_name, origin=(y0, x0)) if measured else [None] * ids.size)
+                rows = (gj.table_rows(measure_labels(win, image.read(y0, y1, x0, x1), pixel_size=pixel_size,
+                                                     image_name=image_name, origin=(y0, x0)))
+                        if measured else [None] * ids.size)
                 rs = rois.labels_to_rois(win, origin=(y0, x0), width=width) if zf is not None else [None] * ids.size
                 fs = (gj.feature_collection(win, rows=rows, image_name=image_name, origin=(y0, x0), width=width)
                       ["features"] if features is not None else [None] * ids.size)
@@ -201,14 +208,12 @@ def write_objects(labels, image=None, *, rois_path=None, table_path=None, geojso
 
 def _flush(done: list, zf, table, features) -> None:
     """Write the objects collected so far in id order, and forget them."""
-    from cpsnake.export import measure
-
     done.sort(key=lambda d: d[0])
     for _, r, roi, f in done:
         if zf is not None:
             zf.writestr(f"{roi.name}.roi", roi.tobytes())
         if table is not None:
-            table.writerow(measure.formatted(r))
+            table.writerow(formatted(r))
         if features is not None:
             features.add(f)
     done.clear()
@@ -216,8 +221,6 @@ def _flush(done: list, zf, table, features) -> None:
 
 def write_overlay(path, image, labels) -> None:
     """The overlay PNG of :func:`cpsnake.export.overlay.render` (same bytes), every k-th pixel read tile by tile."""
-    from cpsnake.export import overlay
-
     Y, X = (int(v) for v in labels.shape)
     k = -(-max(Y, X) // overlay.MAX_SIDE)
     small = strided(image.read, (Y, X), k)
@@ -237,8 +240,6 @@ def write_outputs(out: Path, name: str, path: Path, image, labels, n: int, meta:
     pixel_size, unit = meta["pixel_size"], meta["unit"]
     write_label_tiff(out / "masks" / f"{name}.tif", labels, n, pixel_size=pixel_size, unit=unit)
     if ome_zarr:
-        from cpsnake.io.ngff import write_label_zarr
-
         write_label_zarr(out / "masks" / f"{name}.zarr", labels, pixel_size=pixel_size, unit=unit)
     write_objects(labels, image, rois_path=out / "rois" / f"{name}.zip", table_path=out / "measurements" / f"{name}.csv",
                   geojson_path=out / "geojson" / f"{name}.geojson" if geojson else None, pixel_size=pixel_size,
@@ -246,50 +247,11 @@ def write_outputs(out: Path, name: str, path: Path, image, labels, n: int, meta:
     write_overlay(out / "overlays" / f"{name}.png", image, labels)
 
 
-def rois_file(labels_path, out_zip) -> int:
-    """:func:`cpsnake.export.rois.export_file` of a 2-D label TIFF read by region; returns the number of ROIs."""
-    import sys
-
-    with contextlib.closing(TiffLabels(labels_path)) as labels:
-        n = write_objects(labels, rois_path=out_zip)
-    if not n:
-        print(f"{labels_path}: no labels (image is all background); wrote {out_zip} with no ROIs", file=sys.stderr)
-    return n
-
-
-def measure_file(labels_path, image_path, out_csv, *, pixel_size: float | None = None, geojson_path=None,
-                 max_pixels: int | None = None) -> int:
-    """:func:`cpsnake.export.measure.measure_file` (no flows) of a 2-D label TIFF and its image (TIFF or OME-Zarr), both
-    read by region (``max_pixels`` bounds the image's storage chunks); returns the number of rows."""
-    from cpsnake.io.inputs import open_regions
-
-    with contextlib.closing(TiffLabels(labels_path)) as labels, \
-            contextlib.closing(open_regions(image_path, max_pixels=max_pixels)) as image:
-        cal = (float(pixel_size),) * 2 if pixel_size else (image.meta["pixel_size"] or labels.image.meta["pixel_size"])
-        return write_objects(labels, image, table_path=out_csv, geojson_path=geojson_path, pixel_size=cal,
-                             image_name=Path(image_path).name)
-
-
-def overlay_file(image_path, labels_path, out_png, *, max_pixels: int | None = None) -> None:
-    """:func:`cpsnake.export.overlay.overlay_file` of a 2-D image and its label TIFF, both read by region (``max_pixels``
-    bounds the image's storage chunks)."""
-    from cpsnake.io.inputs import open_regions
-
-    with contextlib.closing(TiffLabels(labels_path)) as labels, \
-            contextlib.closing(open_regions(image_path, max_pixels=max_pixels)) as image:
-        if tuple(image.shape[1:]) != labels.shape:
-            raise CpsnakeError(f"{labels_path}: found labels of size {labels.shape} (Y, X), expected the image's size "
-                               f"{tuple(image.shape[1:])} ({image_path}); pass the label image made from this image")
-        write_overlay(out_png, image, labels)
-
-
 class TiffLabels:
     """A label TIFF (as :func:`cpsnake.io.labels.write_labels` writes it) read by region: ``shape`` (Y, X) and
     ``labels[y0:y1, x0:x1]`` as int32, without reading the file whole (:mod:`cpsnake.io.regions`)."""
 
     def __init__(self, path):
-        from cpsnake.io.inputs import open_regions
-
         self.path = path
         self.image = open_regions(path)
         if self.image.shape[0] != 1 or self.image.stack_axes:
@@ -309,7 +271,5 @@ class TiffLabels:
 
 @contextlib.contextmanager
 def _zip(path):
-    import zipfile
-
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
         yield zf

@@ -1,13 +1,8 @@
 """Label images -> QuPath-compatible GeoJSON: one FeatureCollection of cell polygons per image.
 
-Usage::
-
-    cpsnake geojson LABELS.tif OUT.geojson [--table MEASUREMENTS.csv] [--object-type detection|cell|annotation]
-
-(``cpsnake measure ... --geojson OUT.geojson``, ``cpsnake segment --geojson`` and the workflow's
-``geojson: true`` write the same file with the table's measurements.)
-
-Each label becomes one Feature:
+:func:`feature_collection` makes one Feature of each label (the command, ``cpsnake geojson``, is
+:mod:`cpsnake.steps.geojson`; ``cpsnake measure ... --geojson OUT.geojson``, ``cpsnake segment --geojson`` and
+the workflow's ``geojson: true`` write the same file with the table's measurements):
 
 * ``geometry``: a ``Polygon`` (one 8-connected piece) or a ``MultiPolygon`` (several), its rings along
   pixel *edges* in image pixel coordinates (x right, y down, origin at the image's top-left corner, the
@@ -23,24 +18,30 @@ Each label becomes one Feature:
   the label's row except ``label`` (a value that is not finite is left out: JSON has no NaN).
 * ``id``: a UUID derived from the image name and the label (the same ids on every run).
 
-The file is written atomically. 2-D label images only (QuPath's GeoJSON holds one plane per object).
+The file is written atomically (:func:`write_geojson`, or a Feature at a time: :class:`FeatureWriter`). 2-D label
+images only (QuPath's GeoJSON holds one plane per object).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import uuid
-from pathlib import Path
+import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError, guard
+from cpsnake.errors import CpsnakeWarning
+from cpsnake.export.rois import shifted, trace_outlines
+from cpsnake.export.table import INTENSITY_COLUMNS, QUALITY_COLUMNS
+from cpsnake.io.outputs import atomic_output
 
-__all__ = ["label_polygons", "feature_collection", "write_geojson", "warn_stack", "export_file", "main"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["label_polygons", "feature_collection", "table_rows", "write_geojson", "FeatureWriter", "warn_stack"]
 
 _NAMESPACE = uuid.UUID("6f1c3a52-8d3e-4b7a-9a43-0c1f2e5d7b60")  # cpsnake's namespace for feature ids
 
@@ -83,8 +84,6 @@ def label_polygons(labels: np.ndarray, origin: tuple[int, int] = (0, 0)
     polygons : for each label a list of polygons, each a list of closed rings ``(n + 1, 2)`` int (x, y):
         the outer ring (positive area) then its holes (negative area); one polygon per 8-connected piece.
     """
-    from cpsnake.export.rois import shifted, trace_outlines
-
     ids, outlines = trace_outlines(labels)
     outlines = shifted(outlines, origin)
     polygons = []
@@ -131,8 +130,9 @@ def feature_collection(labels: np.ndarray, *, rows: list[dict] | None = None, im
                        width: int | None = None) -> dict:
     """The GeoJSON FeatureCollection of ``labels`` (Y, X), one Feature per label (see the module docstring).
 
-    ``rows``: measurement rows (dicts with a ``label`` key, as :func:`cpsnake.export.measure.measure_labels` or the
-    CSV gives them) whose numeric values become each Feature's ``measurements``. ``origin`` (y, x) and
+    ``rows``: measurement rows (dicts with a ``label`` key: the records of a measurement table,
+    ``table.to_dict("records")``, or the rows of its CSV) whose numeric values become each Feature's
+    ``measurements``. ``origin`` (y, x) and
     ``width`` (digits of the names) for a window of a larger label image (:mod:`cpsnake.export.blockout`).
     """
     ids, polygons = label_polygons(labels, origin)
@@ -161,10 +161,28 @@ def feature_collection(labels: np.ndarray, *, rows: list[dict] | None = None, im
     return {"type": "FeatureCollection", "features": features}
 
 
+def _channel_group(column: str) -> int:
+    """0 for the columns of an object's shape, k for the intensity columns of channel k (1-based), and last the
+    quality columns."""
+    if column in QUALITY_COLUMNS:
+        return 1 << 30
+    if column in INTENSITY_COLUMNS:
+        return 1
+    base, sep, channel = column.rpartition("_c")
+    return int(channel) if sep and base in INTENSITY_COLUMNS and channel.isdigit() else 0
+
+
+def table_rows(table: pd.DataFrame) -> list[dict]:
+    """The rows of a 2-D measurement table (:func:`cpsnake.export.measure.measure_labels`) for
+    :func:`feature_collection`, each Feature's measurements in the order cpsnake lists them: the shape columns, then
+    each channel's intensity columns in turn (``Mean_c1 ... RawIntDen_c1``, then ``_c2``), then the quality columns.
+    (The rows of a CSV keep the CSV's order.)"""
+    order = sorted(table.columns, key=_channel_group)  # stable: ImageJ's order within each group
+    return table[order].to_dict("records")
+
+
 def write_geojson(path: str | os.PathLike, collection: dict) -> None:
     """Write a FeatureCollection as compact JSON, atomically."""
-    from cpsnake.io.outputs import atomic_output
-
     with atomic_output(path) as tmp:
         with open(tmp, "w") as f:
             json.dump(collection, f, separators=(",", ":"), allow_nan=False)
@@ -195,57 +213,5 @@ class FeatureWriter:
 
 def warn_stack(path) -> None:
     """The warning for a stack given GeoJSON output (written for 2-D label images only; no file)."""
-    import warnings
-
-    from cpsnake.errors import CpsnakeWarning
-
     warnings.warn(f"{path}: a stack; GeoJSON is written for 2-D label images only (QuPath holds one plane per "
                   "object), none written: use the ROI set for stacks", CpsnakeWarning, stacklevel=3)
-
-
-def export_file(labels_path, out_path, *, table=None, object_type: str = "detection",
-                max_pixels: int | None = None, rows: list[dict] | None = None) -> int:
-    """Read a 2-D label image (and its measurement table), write its GeoJSON; return the number of features."""
-    from cpsnake.io.labels import read_labels
-
-    labels, _ = read_labels(labels_path, max_pixels=max_pixels)
-    if labels.ndim != 2:
-        raise CpsnakeError(f"{labels_path}: found a label stack of shape {labels.shape}, expected a 2-D label image "
-                           "for GeoJSON (one plane per object in QuPath); export the stack's ROIs instead "
-                           "(cpsnake rois), or one plane at a time")
-    if table is not None:
-        import csv
-
-        from cpsnake.io.tables import read_cell
-
-        with open(table, newline="") as f:
-            rows = [{k: read_cell(v) for k, v in r.items()} for r in csv.DictReader(f)]
-        if rows and "label" not in rows[0]:
-            raise CpsnakeError(f"{table}: found columns {list(rows[0])[:5]}..., expected a 'label' column; pass the "
-                               "table `cpsnake measure` wrote for these labels")
-    name = Path(labels_path).name
-    fc = feature_collection(labels, rows=rows, image_name=name, object_type=object_type)
-    write_geojson(out_path, fc)
-    return len(fc["features"])
-
-
-@guard("geojson")
-def main(argv: list[str] | None = None) -> int:
-    from cpsnake.io import limits
-
-    ap = argparse.ArgumentParser(prog="cpsnake geojson", description=__doc__.splitlines()[0])
-    ap.add_argument("labels", help="2-D label image (TIFF, 0 = background)")
-    ap.add_argument("out", help="output .geojson")
-    ap.add_argument("--table", default=None, help="the measurement CSV of these labels: its values become each "
-                                                  "feature's measurements")
-    ap.add_argument("--object-type", default="detection", choices=("detection", "cell", "annotation"),
-                    help="QuPath object type of the features (default: detection)")
-    limits.add_option(ap)
-    args = ap.parse_args(argv)
-    n = export_file(args.labels, args.out, table=args.table, object_type=args.object_type, max_pixels=args.max_pixels)
-    print(f"{args.out}: {n} features", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,13 +1,10 @@
 """Per-cell measurements with ImageJ's names and definitions, equal to Fiji's Measure on our RoiSet.zip.
 
-Usage::
-
-    cpsnake measure LABELS.tif IMAGE OUT.csv [--flows FLOWS.tif]
-
-One row per label (per label and slice for 3-D label images, with a ``slice`` column, 1-based), in
-label order. Columns: ``label``, ``image`` (the image's file name), ``area_px`` (pixels), then ImageJ's
-Measure columns for the label's ROI as written by ``cpsnake rois`` (Analyze > Set Measurements: area,
-mean, standard deviation, min & max, centroid, center of mass, perimeter, bounding rectangle, fit
+:func:`measure_labels` measures a 2-D label image on its image: one row per label, in label order (the
+command, ``cpsnake measure``, is :mod:`cpsnake.steps.measure`; the table's type and CSV,
+:mod:`cpsnake.export.table`). Columns: ``label``, ``image`` (the image's file name), ``area_px`` (pixels),
+then ImageJ's Measure columns for the label's ROI as written by ``cpsnake rois`` (Analyze > Set Measurements:
+area, mean, standard deviation, min & max, centroid, center of mass, perimeter, bounding rectangle, fit
 ellipse, shape descriptors, Feret's diameter, integrated density), with ImageJ's exact names:
 
 ``Area Mean StdDev Min Max X Y XM YM Perim. BX BY Width Height Major Minor Angle Circ. Feret IntDen
@@ -34,8 +31,8 @@ tags), else in pixels. Multi-channel images: the shape columns appear once and t
 measured per colour channel (in Fiji: Image > Color > Make Composite, then Measure per channel).
 An image without labels gives the header and no rows.
 
-Quality columns (with ``--flows FLOWS.tif``, the flows the labels were reconstructed from; the workflow
-and ``cpsnake segment`` always add them), so doubtful cells can be filtered without rerunning:
+Quality columns (given the flows the labels were reconstructed from: ``cpsnake measure --flows FLOWS.tif``; the
+workflow and ``cpsnake segment`` always add them), so doubtful cells can be filtered without rerunning:
 
 * ``flow_error``: the statistic that ``--flow-threshold`` tests, computed on the final label image: the
   mean over the cell's pixels of the squared difference between the unit flows recomputed from the cell
@@ -48,43 +45,21 @@ and ``cpsnake segment`` always add them), so doubtful cells can be filtered with
 
 from __future__ import annotations
 
-import argparse
-import csv
 import math
-import os
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import ndimage
 
-from cpsnake.engine.dynamics import compact
-from cpsnake.errors import CpsnakeError, guard
+from cpsnake.engine.dynamics import compact, flow_errors
 from cpsnake.export.rois import shifted, trace_outlines
+from cpsnake.export.table import channel_column, columns, new_table
 
-__all__ = ["SHAPE_COLUMNS", "INTENSITY_COLUMNS", "QUALITY_COLUMNS", "columns", "measure_labels", "quality",
-           "write_table", "measure_file", "main"]
+if TYPE_CHECKING:
+    import pandas as pd
 
-INTENSITY_COLUMNS = ["Mean", "StdDev", "Min", "Max", "XM", "YM", "IntDen", "RawIntDen"]
-IMAGEJ_ORDER = [
-    "Area", "Mean", "StdDev", "Min", "Max", "X", "Y", "XM", "YM", "Perim.", "BX", "BY", "Width", "Height",
-    "Major", "Minor", "Angle", "Circ.", "Feret", "IntDen", "RawIntDen", "FeretX", "FeretY", "FeretAngle",
-    "MinFeret", "AR", "Round", "Solidity",
-]  # fmt: skip
-SHAPE_COLUMNS = [c for c in IMAGEJ_ORDER if c not in INTENSITY_COLUMNS]
-QUALITY_COLUMNS = ["flow_error", "cellprob"]
-
-
-def columns(n_channels: int, *, stack: bool = False, quality: bool = False, frame: bool = False) -> list[str]:
-    """Header of the table for an image with ``n_channels`` channels (ImageJ order, intensity columns per
-    channel), with the :data:`QUALITY_COLUMNS` last when ``quality``; ``frame`` / ``stack`` add the 1-based
-    ``frame`` / ``slice`` columns of stacks."""
-    head = ["label", "image"] + (["frame"] if frame else []) + (["slice"] if stack else []) + ["area_px"]
-    for c in IMAGEJ_ORDER:
-        if c in INTENSITY_COLUMNS and n_channels > 1:
-            head += [f"{c}_c{k + 1}" for k in range(n_channels)]
-        else:
-            head.append(c)
-    return head + (QUALITY_COLUMNS if quality else [])
+__all__ = ["measure_labels", "quality", "traced_perimeter", "convex_hull", "polygon_area", "feret_values",
+           "fit_ellipse"]
 
 
 def quality(labels: np.ndarray, flows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +74,6 @@ def quality(labels: np.ndarray, flows: np.ndarray) -> tuple[np.ndarray, np.ndarr
     -------
     (K,) float64 flow errors and (K,) float64 mean probabilities, K = number of labels
     """
-    from cpsnake.engine.dynamics import flow_errors
-
     lab = np.asarray(labels)
     flows = np.asarray(flows)
     if flows.ndim != 3 or flows.shape[0] != 3 or flows.shape[1:] != lab.shape:
@@ -333,7 +306,7 @@ def measure_labels(
     image_name: str = "",
     flows: np.ndarray | None = None,
     origin: tuple[int, int] = (0, 0),
-) -> list[dict]:
+) -> pd.DataFrame:
     """Measure every label of a 2-D label image on a multi-channel image.
 
     Parameters
@@ -348,11 +321,10 @@ def measure_labels(
 
     Returns
     -------
-    list of dicts keyed by :func:`columns` (``columns(C, quality=flows is not None)``), one per label in
+    the measurement table (:func:`cpsnake.export.table.new_table`, a pandas DataFrame) with the columns
+    ``columns(C, quality=flows is not None)`` (:func:`cpsnake.export.table.columns`), one row per label in
     ascending order
     """
-    from scipy import ndimage
-
     lab = np.asarray(labels)
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[1:] != lab.shape:
@@ -375,126 +347,9 @@ def measure_labels(
         for c in range(C):
             vals = img[c][sl][m]
             inten = _intensity_row(vals, ys, xs, pw, ph)
-            if C == 1:
-                row.update(inten)
-            else:
-                row.update({f"{k}_c{c + 1}": v for k, v in inten.items()})
+            row.update({channel_column(name, c, C): v for name, v in inten.items()})
         rows.append(row)
     if flows is not None:
         for row, err, prob in zip(rows, *quality(lab, flows)):
             row["flow_error"], row["cellprob"] = float(err), float(prob)
-    return rows
-
-
-def write_table(path: str | os.PathLike, rows: list[dict], header: list[str]) -> None:
-    """Write rows as CSV (full float precision), atomically."""
-    from cpsnake.io.outputs import atomic_output
-
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=header, extrasaction="raise")
-            w.writeheader()
-            for r in rows:
-                w.writerow(formatted(r))
-
-
-def formatted(row: dict) -> dict:
-    """A table row as :func:`write_table` writes it: floats at full precision (``repr``), text cells that a
-    spreadsheet would run as a formula quoted (:func:`cpsnake.io.tables.cell`)."""
-    from cpsnake.io.tables import cell
-
-    return {k: (repr(float(v)) if isinstance(v, (float, np.floating)) else cell(v)) for k, v in row.items()}
-
-
-@guard("measure")
-def main(argv: list[str] | None = None) -> int:
-    """``cpsnake measure LABELS.tif IMAGE OUT.csv``."""
-    ap = argparse.ArgumentParser(prog="cpsnake measure", description="Per-cell table with ImageJ's Measure definitions.")
-    ap.add_argument("labels", help="label image (TIFF, 0 = background)")
-    ap.add_argument("image", help="the image the labels belong to")
-    ap.add_argument("out", help="output CSV")
-    ap.add_argument("--flows", default=None, help="the flows the labels came from: adds flow_error and cellprob columns")
-    ap.add_argument("--per-slice", action="store_true",
-                    help="Z stacks: one row per object and slice with ImageJ's 2-D columns (default: one row per 3-D "
-                         "object: volume, surface area, sphericity, ...)")
-    ap.add_argument("--geojson", default=None, metavar="OUT.geojson",
-                    help="also write the cells as QuPath GeoJSON with these measurements (2-D; see cpsnake.export.geojson)")
-    from cpsnake.io import limits
-
-    limits.add_option(ap)
-    args = ap.parse_args(argv)
-
-    measure_file(args.labels, args.image, args.out, max_pixels=args.max_pixels, flows_path=args.flows,
-                 per_slice=args.per_slice, geojson_path=args.geojson)
-    return 0
-
-
-def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = None, flows_path=None,
-                 pixel_size: float | None = None, per_slice: bool = False, geojson_path=None) -> int:
-    """Read a label image, its image (and flows), write the table ``out_csv``; return the number of rows.
-
-    ``pixel_size`` (square, given by the user) replaces the calibration of the files; without it the
-    image's pixel size is used, else the label image's. A Z stack gives one row per 3-D object
-    (:func:`cpsnake.export.measure3d.write_stack_table`: volume, surface area, ...), or with ``per_slice`` one row
-    per object and slice with ImageJ's 2-D columns; a time series (T) one row per object and frame.
-    ``geojson_path``: also write the cells with their rows as QuPath GeoJSON (:mod:`cpsnake.export.geojson`; 2-D
-    label images only, a stack gets a warning and no file).
-    """
-    from cpsnake.io.flows import read_flows
-    from cpsnake.io.inputs import read_image
-    from cpsnake.io.labels import read_labels
-
-    labels, lmeta = read_labels(labels_path, max_pixels=max_pixels)
-    img, meta = read_image(image_path, max_pixels=max_pixels)
-    name = Path(image_path).name
-    cal = (float(pixel_size),) * 2 if pixel_size else (meta.get("pixel_size") or lmeta.get("pixel_size"))
-    flows = None
-    if flows_path is not None:
-        flows, fmeta = read_flows(flows_path, max_pixels=max_pixels)
-        size = flows.shape[1:] if fmeta["kind"] != "planes" else (flows.shape[0], *flows.shape[2:])
-        if size != labels.shape:
-            expected = "(3, Y, X)" if labels.ndim == 2 else "(Z, 3, Y, X) per plane or (4, Z, Y, X)"
-            raise CpsnakeError(
-                f"{flows_path}: found flows of shape {flows.shape} ({fmeta['kind']}), expected {expected} with the size "
-                f"{labels.shape} of the labels {labels_path}; pass the flows the labels were reconstructed from"
-            )
-        if labels.ndim != 2:
-            flows = None  # the quality columns are 2-D only
-    if labels.ndim == 2:
-        if img.ndim != 3 or img.shape[-2:] != labels.shape:
-            raise CpsnakeError(
-                f"{image_path}: image of shape {img.shape}, expected (C, {labels.shape[0]}, {labels.shape[1]}) to match "
-                f"{labels_path}; pass the image the labels were made from"
-            )
-        rows = measure_labels(labels, img, pixel_size=cal, image_name=name, flows=flows)
-        header = columns(img.shape[0], quality=flows is not None)
-    else:
-        if img.ndim != 4 or img.shape[0] != labels.shape[0] or img.shape[-2:] != labels.shape[-2:]:
-            raise CpsnakeError(
-                f"{image_path}: image of shape {img.shape}, expected (Z, C, Y, X) with (Z, Y, X) = {labels.shape} of "
-                f"{labels_path}; pass the stack the labels were made from"
-            )
-        from cpsnake.export.measure3d import write_stack_table
-
-        if geojson_path is not None:
-            from cpsnake.export.geojson import warn_stack
-
-            warn_stack(labels_path)
-        axes = meta.get("stack_axes") or ("T" if "T" in (lmeta.get("axes") or "") else "Z")
-        z_step = meta.get("z_step") or lmeta.get("z_step")
-        return write_stack_table(out_csv, labels, img, axes=axes, objects_3d=axes == "Z" and not per_slice,
-                                 image_name=name, pixel_size=cal, unit=meta.get("unit") or lmeta.get("unit"),
-                                 z_step=z_step)
-    from cpsnake.io.outputs import all_or_nothing
-
-    with all_or_nothing():  # the table and the GeoJSON, or neither
-        write_table(out_csv, rows, header)
-        if geojson_path is not None:
-            from cpsnake.export.geojson import feature_collection, write_geojson
-
-            write_geojson(geojson_path, feature_collection(labels, rows=rows, image_name=name))
-    return len(rows)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return new_table(rows, columns(C, quality=flows is not None))

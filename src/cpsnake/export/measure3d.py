@@ -2,11 +2,12 @@
 
 :func:`measure_3d` takes a label stack ``(Z, Y, X)`` (0 = background; ids need not be consecutive and may
 be as large as 2**63 - 1) and the intensities of the same stack, ``(Z, C, Y, X)`` or ``(Z, Y, X)``, and
-returns a :class:`pandas.DataFrame` with one row per object in ascending id order. ``voxel_size`` is the
-physical size ``(dz, dy, dx)`` of a voxel (anisotropic voxels are the rule in microscopy: z steps are
-often several times the pixel size); every calibrated column is in ``unit`` (volumes in unit^3, areas in
-unit^2), which is recorded with the voxel size in ``DataFrame.attrs`` (``{"unit": ..., "voxel_size":
-(dz, dy, dx)}``).
+returns the measurement table (:mod:`cpsnake.export.table`: a :class:`pandas.DataFrame`, the type the 2-D
+:func:`cpsnake.export.measure.measure_labels` returns too) with one row per object in ascending id order.
+``voxel_size`` is the physical size ``(dz, dy, dx)`` of a voxel (anisotropic voxels are the rule in
+microscopy: z steps are often several times the pixel size); every calibrated column is in ``unit`` (volumes
+in unit^3, areas in unit^2), which is recorded with the voxel size in ``DataFrame.attrs`` (``{"unit": ...,
+"voxel_size": (dz, dy, dx)}``).
 
 Columns (the 2-D table of :mod:`cpsnake.export.measure` names cpsnake's own columns in lower case and the
 intensity columns as ImageJ does; this table follows it):
@@ -88,40 +89,37 @@ one entry per object.
 
 Axis order everywhere: ``(Z, Y, X)`` for labels, ``(Z, C, Y, X)`` for images (as :func:`cpsnake.io.inputs.read_image`
 gives stacks).
+
+The table of a segmented stack (:func:`measure_stack`, what ``cpsnake measure`` and ``cpsnake segment`` write
+for stacks) holds either these 3-D rows, or ImageJ's 2-D rows of each object's section in each plane
+(:func:`cpsnake.export.measure.measure_labels`), frame by frame for a time series.
+
+``scipy.spatial`` is imported by :func:`crofton_weights`, which uses it: ``cpsnake measure`` imports this module
+before it knows whether its input is a stack.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cpsnake.errors import CpsnakeError, CpsnakeWarning
+from cpsnake.export.measure import measure_labels
+from cpsnake.export.table import channel_column, columns, columns_3d, new_table
 from cpsnake.io.calibration import PIXEL_SIZE_RANGE
-from cpsnake.errors import CpsnakeError
+from cpsnake.io.label_check import check_labels
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SHAPE_COLUMNS_3D", "INTENSITY_COLUMNS_3D", "columns_3d", "crofton_weights", "measure_3d"]
-
-SHAPE_COLUMNS_3D = [
-    "label", "voxels", "volume", "surface_area", "equivalent_diameter", "sphericity",
-    "centroid_x", "centroid_y", "centroid_z", "bx", "by", "bz", "width", "height", "depth", "slices",
-]  # fmt: skip
-INTENSITY_COLUMNS_3D = ["Mean", "StdDev", "Min", "Max"]
-_MAX_ID = 2**63 - 1  # ids are int64
+__all__ = ["crofton_weights", "measure_3d", "measure_stack"]
 
 # the 13 lattice directions (dz, dy, dx), one of each pair +-v: 4 within a plane, 9 to the next plane
 _DIRECTIONS = [(0, 0, 1), (0, 1, 0), (0, 1, 1), (0, 1, -1)] + [(1, ky, kx) for ky in (-1, 0, 1) for kx in (-1, 0, 1)]
-
-
-def columns_3d(n_channels: int) -> list[str]:
-    """Header of :func:`measure_3d`'s table for an image of ``n_channels`` channels."""
-    if n_channels == 1:
-        return SHAPE_COLUMNS_3D + INTENSITY_COLUMNS_3D
-    return SHAPE_COLUMNS_3D + [f"{c}_c{k + 1}" for c in INTENSITY_COLUMNS_3D for k in range(n_channels)]
 
 
 def crofton_weights(voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[tuple[int, int, int], float]:
@@ -173,7 +171,8 @@ def measure_3d(
 
     Returns
     -------
-    pandas.DataFrame with the columns :func:`columns_3d` (C), one row per object in ascending id order,
+    the measurement table (:func:`cpsnake.export.table.new_table`, a pandas DataFrame) with the columns
+    :func:`cpsnake.export.table.columns_3d` (C), one row per object in ascending id order,
     ``attrs = {"unit": unit, "voxel_size": (dz, dy, dx)}``.
 
     Raises
@@ -183,8 +182,6 @@ def measure_3d(
         not ``(Z, C, Y, X)`` / ``(Z, Y, X)`` of the labels' ``(Z, Y, X)``, a voxel size that is not three
         finite positive numbers, a unit that is not a string.
     """
-    import pandas as pd
-
     lab = _check_labels(labels)
     img = _check_image(image, lab.shape)
     spacing = _check_voxel_size(voxel_size)
@@ -199,9 +196,7 @@ def measure_3d(
     ids = _ids(lab)
     k = ids.size
     if k == 0:
-        frame = pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in header})
-        frame.attrs.update(attrs)
-        return frame
+        return new_table([], header, attrs=attrs)
 
     dz, dy, dx = spacing
     Z, Y, X = lab.shape
@@ -290,21 +285,11 @@ def measure_3d(
     stats = {"Mean": mean, "StdDev": std, "Min": lo[:, 1:], "Max": hi[:, 1:]}
     for name, values in stats.items():
         for c in range(n_channels):
-            data[name if n_channels == 1 else f"{name}_c{c + 1}"] = values[c]
-    frame = pd.DataFrame(data, columns=header)
-    frame.attrs.update(attrs)
-    return frame
+            data[channel_column(name, c, n_channels)] = values[c]
+    return new_table(data, header, attrs=attrs)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-_INT_COLUMNS = ("label", "voxels", "bx", "by", "bz", "width", "height", "depth", "slices")
-
-
-def _dtype(column: str) -> str:
-    """dtype of a column of the table (for the empty table)."""
-    return "int64" if column in _INT_COLUMNS else "float64"
 
 
 def _ids(lab: np.ndarray) -> np.ndarray:
@@ -336,25 +321,14 @@ def _crossings(a: np.ndarray, b: np.ndarray, ky: int, kx: int, k: int) -> np.nda
 
 
 def _check_labels(labels) -> np.ndarray:
-    """``labels`` as a 3-D integer ndarray without negative values, or a CpsnakeError."""
+    """``labels`` as a 3-D integer ndarray without negative values (:func:`cpsnake.io.label_check.check_labels`),
+    or a CpsnakeError."""
     lab = np.asarray(labels)
     if lab.ndim != 3:
         raise CpsnakeError(
             f"measure_3d: found labels with {lab.ndim} dimensions {lab.shape}, expected a stack (Z, Y, X); "
             "measure 2-D label images with cpsnake.export.measure, and pass one time point of a time series at a time")
-    if not np.issubdtype(lab.dtype, np.integer):
-        raise CpsnakeError(
-            f"measure_3d: found labels of dtype {lab.dtype}, expected an integer label stack (0 = background, "
-            "1..N = objects); convert label images with astype(np.int32), masks with a labelling")
-    if np.issubdtype(lab.dtype, np.signedinteger) and lab.size and int(lab.min()) < 0:
-        raise CpsnakeError(
-            f"measure_3d: found a negative label {int(lab.min())}, expected 0 = background and positive ids; "
-            "relabel the objects with ids 1..N")
-    if lab.dtype == np.uint64 and lab.size and int(lab.max()) > _MAX_ID:
-        raise CpsnakeError(
-            f"measure_3d: found label {int(lab.max())}, expected ids up to 2**63 - 1 (ids are int64 in the table); "
-            "relabel the objects with ids 1..N")
-    return lab
+    return check_labels(lab, "measure_3d", noun="stack", ids_in="the table")
 
 
 def _check_image(image, shape: tuple[int, int, int]) -> np.ndarray:
@@ -394,9 +368,9 @@ def _check_voxel_size(voxel_size) -> tuple[float, float, float]:
 # --- the table of a segmented stack ------------------------------------------------------------------
 
 
-def write_stack_table(path, labels: np.ndarray, image: np.ndarray, *, axes: str, objects_3d: bool, image_name: str,
-                      pixel_size=None, unit: str | None = None, z_step: float | None = None) -> int:
-    """Write the measurement table of a segmented stack; return its number of rows.
+def measure_stack(labels: np.ndarray, image: np.ndarray, *, axes: str, objects_3d: bool, image_name: str,
+                  pixel_size=None, unit: str | None = None, z_step: float | None = None) -> pd.DataFrame:
+    """The measurement table of a segmented stack (:func:`cpsnake.export.table.new_table`).
 
     ``axes`` names the stack axes of ``labels`` / ``image``: ``"Z"`` ((Z, Y, X) / (Z, C, Y, X)), ``"T"`` or
     ``"TZ"`` ((T, Z, Y, X) / (T, Z, C, Y, X)). With ``objects_3d`` (stitched or 3-D segmentation) each 3-D
@@ -405,13 +379,8 @@ def write_stack_table(path, labels: np.ndarray, image: np.ndarray, *, axes: str,
     depth is taken as the pixel height, and a warning says so); otherwise each object's
     2-D section in each plane is one row of :func:`cpsnake.export.measure.measure_labels` (ImageJ's columns).
     Rows carry ``image``, and ``frame`` (1-based) for time series and ``slice`` (1-based) for 2-D rows of
-    Z stacks.
+    Z stacks; 2-D rows are sorted by label, then frame, then slice.
     """
-    import warnings
-
-    from cpsnake.export import measure
-    from cpsnake.errors import CpsnakeWarning
-
     if axes == "TZ":
         frames = [(t + 1, labels[t], image[t]) for t in range(labels.shape[0])]
     elif axes == "T":
@@ -419,7 +388,7 @@ def write_stack_table(path, labels: np.ndarray, image: np.ndarray, *, axes: str,
     else:
         frames = [(None, labels, image)]
     has_frame = "T" in axes
-    rows: list[dict] = []
+    parts = []  # tables of frames (3-D) or planes (2-D)
     if objects_3d:
         py, px = pixel_size if pixel_size else (1.0, 1.0)
         if not z_step:
@@ -434,17 +403,20 @@ def write_stack_table(path, labels: np.ndarray, image: np.ndarray, *, axes: str,
             table["image"] = image_name
             if has_frame:
                 table["frame"] = t
-            rows += table[header].to_dict("records")
+            parts.append(table[header])
+        order = []
     else:
+        header = columns(image.shape[-3], stack=axes != "T", frame=has_frame)
         for t, lab, img in frames:
             for z in range(lab.shape[0]):
-                for r in measure.measure_labels(lab[z], img[z], pixel_size=pixel_size, image_name=image_name):
-                    if has_frame:
-                        r["frame"] = t
-                    if axes != "T":
-                        r["slice"] = z + 1
-                    rows.append(r)
-        rows.sort(key=lambda r: (r["label"], r.get("frame", 0), r.get("slice", 0)))
-        header = measure.columns(image.shape[-3], stack=axes != "T", frame=has_frame)
-    measure.write_table(path, rows, header)
-    return len(rows)
+                table = measure_labels(lab[z], img[z], pixel_size=pixel_size, image_name=image_name)
+                if has_frame:
+                    table["frame"] = t
+                if axes != "T":
+                    table["slice"] = z + 1
+                parts.append(table[header])
+        order = ["label"] + (["frame"] if has_frame else []) + (["slice"] if axes != "T" else [])
+    rows = [r for part in parts for r in part.to_dict("records")]
+    if order:
+        rows.sort(key=lambda r: tuple(r[c] for c in order))
+    return new_table(rows, header)

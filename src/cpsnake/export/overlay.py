@@ -1,25 +1,27 @@
-"""``cpsnake overlay IMAGE LABELS OUT.png``: a quality-control picture of a segmentation.
+"""The quality-control picture of a segmentation: label outlines over the image (:func:`render`).
 
 The image is shown with auto-contrast (per channel, 1st and 99.8th percentile -> 0 and 255): a grey
 picture of its first channel, or colour when it has three channels (RGB as stored). Every label's
 outline (its pixels that touch another label or the background, 4-connectivity) is drawn in a colour
-chosen from the label number, so neighbouring cells differ. Stacks show their middle plane. An image
-longer than 8,192 px (a slide) is shown every k-th pixel so that the longer side is at most 8,192.
+chosen from the label number, so neighbouring cells differ. An image longer than 8,192 px (a slide) is
+shown every k-th pixel so that the longer side is at most 8,192.
 
-The PNG is written atomically with Pillow (no partial file under the final name). Labels must have the
-image's Y and X size.
+The PNG is written atomically with Pillow (no partial file under the final name; :func:`write_png`). Labels
+must have the image's Y and X size. The command, ``cpsnake overlay`` (which shows a stack's middle plane),
+is :mod:`cpsnake.steps.overlay`.
+
+Pillow is imported by :func:`write_png`, which alone uses it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError, guard
+from cpsnake.io.outputs import atomic_output
 
-__all__ = ["MAX_SIDE", "auto_contrast", "outlines", "label_colours", "render", "write_png", "overlay_file", "main"]
+__all__ = ["MAX_SIDE", "auto_contrast", "outlines", "label_colours", "render", "write_png"]
 
 MAX_SIDE = 8192  # longer images are shown every k-th pixel (see render)
 
@@ -121,51 +123,5 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     """Write a ``(Y, X, 3)`` uint8 RGB array as PNG, atomically."""
     from PIL import Image
 
-    from cpsnake.io.outputs import atomic_output
-
     with atomic_output(path) as tmp:
         Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
-
-
-def _plane(data: np.ndarray, what: str, path: str) -> np.ndarray:
-    """Middle plane of a stack: (Z, C, Y, X) -> (C, Y, X) for images, (Z, Y, X) -> (Y, X) for labels."""
-    if (what == "image" and data.ndim == 4) or (what == "labels" and data.ndim == 3):
-        return data[data.shape[0] // 2]
-    return data
-
-
-@guard("overlay")
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cpsnake overlay", description=__doc__.split("\n\n")[0])
-    parser.add_argument("image", help="the segmented image (TIFF, PNG or JPEG)")
-    parser.add_argument("labels", help="label image (cpsnake reconstruct output)")
-    parser.add_argument("out", help="output PNG")
-    from cpsnake.io import limits
-
-    limits.add_option(parser)
-    args = parser.parse_args(argv)
-
-    overlay_file(args.image, args.labels, args.out, max_pixels=args.max_pixels)
-    return 0
-
-
-def overlay_file(image_path, labels_path, out_png, *, max_pixels: int | None = None) -> None:
-    """Read an image and its labels, write the QC picture ``out_png`` (middle plane of a stack)."""
-    from cpsnake.io.inputs import read_image
-    from cpsnake.io.labels import read_labels
-
-    img, _ = read_image(image_path, max_pixels=max_pixels)
-    labels, _ = read_labels(labels_path, max_pixels=max_pixels)
-    img, labels = _plane(img, "image", image_path), _plane(labels, "labels", labels_path)
-    if labels.shape != img.shape[1:]:
-        raise CpsnakeError(
-            f"{labels_path}: found labels of size {labels.shape} (Y, X), expected the image's size "
-            f"{img.shape[1:]} ({image_path}); pass the label image made from this image"
-        )
-    write_png(out_png, render(img, labels))
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -1,14 +1,9 @@
-"""Label images <-> ImageJ ROI sets (``RoiSet.zip``) that are pixel-exact in Fiji's ROI Manager.
+"""Label images -> ImageJ ROI sets (``RoiSet.zip``) that are pixel-exact in Fiji's ROI Manager.
 
-Usage::
-
-    cpsnake rois LABELS.tif OUT.zip [--stack-axis z|t]
-    cpsnake rois --import ROIS.zip --like IMAGE OUT.tif
-
-Export: one ROI per label (per slice for 3-D label images), named by the label id zero-padded to the
-width of the largest id (``0007``; ``0007-z03`` / ``0007-t03`` in stacks), so the ROI Manager lists
-them in label order. Each ROI carries its stack position (z or t, 1-based on disk as ImageJ wants).
-An image without labels gives a valid zip with no entries and a message on stderr.
+:func:`labels_to_rois` gives one ROI per label (per slice for 3-D label images), named by the label id
+zero-padded to the width of the largest id (``0007``; ``0007-z03`` / ``0007-t03`` in stacks), so the ROI
+Manager lists them in label order. Each ROI carries its stack position (z or t, 1-based on disk as ImageJ
+wants). An image without labels gives no ROIs (:func:`write_rois` then writes a valid zip with no entries).
 
 ROI encoding (fixed, because ImageJ's measurements depend on it)
 ----------------------------------------------------------------
@@ -31,41 +26,20 @@ traced outlines (MOVETO, LINETO..., CLOSE), outer outlines and holes alike. A 1-
 1x1 square around the pixel (a traced polygon of 4 vertices); a 1-pixel-wide line is the thin
 rectangle or staircase around its pixels. Both have the right ImageJ area (1 px, the line's length).
 
-Import: ``--import`` reads an ROI set as Fiji saves it (rectangle, oval, polygon, freehand, traced,
-composite made of straight segments; with or without stack positions) and paints one label per ROI
-into an image of the shape of ``--like IMAGE`` (its Y, X and, for stacks, its Z), with ImageJ's rule
-"pixel centre inside the outline" (even-odd). The label is the ROI name when it is a whole number
-(optionally followed by ``-z..``/``-t..``), else the ROI's index (1-based) in the zip. Later ROIs
-overwrite earlier ones where they overlap. Each ROI is clipped to the image before anything is
-allocated (a ROI wholly outside it is skipped and named in a warning). Zip entries are read with size
-limits and their names are never used as paths. A malformed, encrypted or non-area ROI (line, point,
-text) or a NaN coordinate is an error naming the zip and the entry. The output keeps the calibration
-of ``--like IMAGE``. Reading and painting live in :mod:`cpsnake.export.roi_import`.
+The way back (an ROI set painted into a label image) is :mod:`cpsnake.export.roi_import`; the command
+``cpsnake rois`` (both ways, files in and out) is :mod:`cpsnake.steps.rois`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import zipfile
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError, guard
-from cpsnake.export.roi_import import read_rois, roi_mask, rois_to_labels
+from cpsnake.io.outputs import atomic_output
 
-__all__ = [
-    "trace_outlines",
-    "outlines_to_roi",
-    "labels_to_rois",
-    "write_rois",
-    "read_rois",
-    "roi_mask",
-    "rois_to_labels",
-    "export_file",
-    "main",
-]
+__all__ = ["trace_outlines", "shifted", "outlines_to_roi", "labels_to_rois", "write_rois"]
 
 # ---------------------------------------------------------------------------------------------
 # Export: tracing outlines on the pixel-corner grid
@@ -292,104 +266,7 @@ def labels_to_rois(labels: np.ndarray, *, stack_axis: str = "z", origin: tuple[i
 
 def write_rois(path: str | os.PathLike, rois: list) -> None:
     """Write ROIs to an ImageJ ROI-set zip (entries ``NAME.roi``, stored), atomically."""
-    from cpsnake.io.outputs import atomic_output
-
     with atomic_output(path) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
             for roi in rois:
                 zf.writestr(f"{roi.name}.roi", roi.tobytes())
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-
-def _stack_axis_of(path: str | os.PathLike) -> str:
-    """'t' when a 3-D ImageJ TIFF stores its third axis as frames, else 'z'."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            ij = tif.imagej_metadata or {}
-            if int(ij.get("frames", 1)) > 1 and int(ij.get("slices", 1)) <= 1:
-                return "t"
-            axes = tif.series[0].axes if tif.series else ""
-            if "T" in axes and "Z" not in axes:
-                return "t"
-    except Exception:
-        pass
-    return "z"
-
-
-def _image_shape(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[tuple[int, ...], dict]:
-    """(Y, X) or (Z, Y, X) shape of an image (as :func:`cpsnake.io.inputs.read_image` reads it) and its calibration."""
-    from cpsnake.io.inputs import read_image
-
-    data, meta = read_image(path, max_pixels=max_pixels)  # (C, Y, X) or (Z, C, Y, X)
-    if data.ndim == 5:
-        raise CpsnakeError(
-            f"{path}: found a time series of Z stacks (axes {meta['axes']!r}); expected a 2-D image or one stack (Z or T) "
-            "for --like; import the ROIs of one time point at a time (Fiji: Image > Duplicate with one frame)"
-        )
-    shape = data.shape[-2:] if data.ndim == 3 else (data.shape[0],) + data.shape[-2:]
-    return tuple(int(s) for s in shape), {"pixel_size": meta.get("pixel_size"), "unit": meta.get("unit"),
-                                          "z_step": meta.get("z_step"), "frame_interval": meta.get("frame_interval")}
-
-
-@guard("rois")
-def main(argv: list[str] | None = None) -> int:
-    """``cpsnake rois LABELS OUT.zip`` or ``cpsnake rois --import ROIS.zip --like IMAGE OUT.tif``."""
-    ap = argparse.ArgumentParser(
-        prog="cpsnake rois",
-        description="Label image -> ImageJ RoiSet.zip (pixel-exact traced outlines), or back with --import.",
-    )
-    ap.add_argument("inputs", nargs="+", help="LABELS.tif OUT.zip  |  with --import: OUT.tif")
-    ap.add_argument("--import", dest="import_", metavar="ROIS.zip", help="read an ImageJ ROI set instead")
-    ap.add_argument("--like", metavar="IMAGE", help="with --import: image whose shape and calibration to use")
-    ap.add_argument(
-        "--stack-axis", choices=("z", "t"), default=None,
-        help="meaning of the third axis of a 3-D label image (default: from the TIFF's ImageJ metadata, else z)",
-    )
-    from cpsnake.io import limits
-    from cpsnake.io.labels import write_labels
-
-    limits.add_option(ap)
-    args = ap.parse_args(argv)
-
-    if args.import_:
-        if len(args.inputs) != 1 or not args.like:
-            ap.error("--import ROIS.zip needs --like IMAGE and one output path OUT.tif")
-        shape, cal = _image_shape(args.like, args.max_pixels)
-        axis = args.stack_axis or _stack_axis_of(args.like)
-        rois = read_rois(args.import_)
-        labels = rois_to_labels(rois, shape, stack_axis=axis, source=args.import_)
-        write_labels(args.inputs[0], labels, pixel_size=cal["pixel_size"], unit=cal["unit"],
-                        stack_axes=axis.upper() if labels.ndim == 3 else "", z_step=cal["z_step"],
-                        frame_interval=cal["frame_interval"])
-        print(f"{args.inputs[0]}: {len(rois)} ROIs -> {len(np.unique(labels)) - 1} labels", file=sys.stderr)
-        return 0
-    if len(args.inputs) != 2:
-        ap.error("expected LABELS.tif OUT.zip")
-    export_file(*args.inputs, stack_axis=args.stack_axis, max_pixels=args.max_pixels)
-    return 0
-
-
-def export_file(labels_path, out_zip, *, stack_axis: str | None = None, max_pixels: int | None = None) -> int:
-    """Read a label image and write its RoiSet.zip; return the number of ROIs (a note on stderr when 0).
-
-    ``stack_axis`` (``"z"`` or ``"t"``) names the third axis of a 3-D label image; None reads it from the
-    TIFF's ImageJ metadata (else z).
-    """
-    from cpsnake.io.labels import read_labels
-
-    labels, _ = read_labels(labels_path, max_pixels=max_pixels)
-    rois = labels_to_rois(labels, stack_axis=stack_axis or _stack_axis_of(labels_path))
-    write_rois(out_zip, rois)
-    if not rois:
-        print(f"{labels_path}: no labels (image is all background); wrote {out_zip} with no ROIs", file=sys.stderr)
-    return len(rois)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ here (:func:`label_dtype`, :func:`warn_label_dtype`, :func:`big_labels_metadata`
 
 Read (:func:`read_labels`) as int32 (int64 above 2**31 - 1) from any TIFF whose values are whole numbers
 >= 0; a binary mask, negative, fractional, NaN or complex values are one line with the fix
-(:data:`LABELS_FIX`).
+(:data:`cpsnake.io.label_check.LABELS_FIX`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 from cpsnake.errors import CpsnakeError
+from cpsnake.io.label_check import LABELS_FIX, check_labels
 from cpsnake.io.outputs import atomic_output
 from cpsnake.io.tiff import read_tiff, write_tiff
 
@@ -30,7 +31,6 @@ __all__ = [
     "LABEL_FLOAT32_MAX",
     "CLASSIC_TIFF_BYTES",
     "BIG_TILE",
-    "LABELS_FIX",
     "label_dtype",
     "write_labels",
     "warn_label_dtype",
@@ -140,18 +140,12 @@ def _ome_unit(unit: str | None) -> str:
     return {"micron": "µm", "um": "µm", "μm": "µm", None: "pixel", "": "pixel"}.get(unit, unit)
 
 
-LABELS_FIX = (
-    "save the labels as an integer image, 0 = background and 1..N = objects (Fiji: Image > Type > 16-bit; from a "
-    "binary mask: Analyze > Analyze Particles with Show: Count Masks)"
-)
-
-
 def read_labels(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
     """Read a label image as int32/int64 ``(Y, X)``, ``(Z, Y, X)`` or ``(T, Z, Y, X)`` plus ``{"pixel_size", "unit"}``.
 
-    Accepted: unsigned or signed integers without negative values, and floats holding only whole
-    non-negative numbers. Bool masks, complex, negative, fractional or NaN values are a CpsnakeError
-    with the fix. The declared size is checked against ``max_pixels`` before decoding.
+    Accepted (:func:`cpsnake.io.label_check.check_labels`): unsigned or signed integers without negative values,
+    and floats holding only whole non-negative numbers. Bool masks, complex, negative, fractional or NaN values
+    are a CpsnakeError with the fix. The declared size is checked against ``max_pixels`` before decoding.
     """
     what = "a label TIFF (0 = background, 1..N = objects)"
     data, meta = read_tiff(path, expected=what, fix=LABELS_FIX, max_pixels=max_pixels, what="label image")
@@ -161,26 +155,6 @@ def read_labels(path: str | os.PathLike, *, max_pixels: int | None = None) -> tu
             f"{path}: found labels of shape {data.shape}, expected (Y, X), (Z, Y, X) or (T, Z, Y, X); save one label "
             "image per image (a single plane, a stack or a hyperstack, without channels)"
         )
-    if data.dtype.kind == "f":
-        finite = np.isfinite(data)
-        if not finite.all():
-            raise CpsnakeError(f"{path}: found {data.size - int(finite.sum())} NaN or infinite labels; expected whole "
-                               f"numbers; {LABELS_FIX}")
-        del finite
-        if np.any(data != np.round(data)) or (data.size and data.min() < 0):
-            raise CpsnakeError(f"{path}: found float labels with fractional or negative values; expected whole numbers "
-                               f">= 0; {LABELS_FIX}")
-        if data.size and data.max() > 2**53:
-            raise CpsnakeError(f"{path}: found float labels above 2**53, which a float cannot hold exactly; "
-                               f"{LABELS_FIX}")
-    elif data.dtype.kind == "b":
-        raise CpsnakeError(f"{path}: found a binary (bool) mask, expected labels that number each object; {LABELS_FIX}")
-    elif data.dtype.kind not in "ui":
-        raise CpsnakeError(f"{path}: found labels of type {data.dtype}, expected integers; {LABELS_FIX}")
-    elif data.size and data.min() < 0:
-        raise CpsnakeError(f"{path}: found negative labels (smallest {data.min()}); expected 0 = background and "
-                           f"1..N = objects; {LABELS_FIX}")
-    if data.dtype.kind == "u" and data.dtype.itemsize == 8 and data.size and data.max() > 2**63 - 1:
-        raise CpsnakeError(f"{path}: found label {data.max()}, above 2**63 - 1; {LABELS_FIX}")
+    check_labels(data, path, source="file")
     out = data.astype(np.int64 if data.size and data.max() > 2**31 - 1 else np.int32)
     return out, meta

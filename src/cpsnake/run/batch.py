@@ -264,8 +264,7 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
 
     ``args`` holds the step's options as parsed by :func:`main`. Returns one outcome per row, in order.
     """
-    from cpsnake.steps import normalize, reconstruct, stack_options
-    from cpsnake.export import blockout, measure, overlay, rois
+    from cpsnake.steps import measure, normalize, overlay, reconstruct, rois, stack_options
 
     if step == "normalize":
         opts = normalize.options(args)
@@ -323,7 +322,7 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
     if step == "rois":
         def one(s):  # block-wise images: labels read by region, ROIs written window by window (cpsnake.export.blockout)
             if s.block:
-                return {"rois": blockout.rois_file(paths.masks(s.sample), paths.rois(s.sample))}
+                return {"rois": rois.export_file_by_window(paths.masks(s.sample), paths.rois(s.sample))}
             return {"rois": rois.export_file(paths.masks(s.sample), paths.rois(s.sample), max_pixels=args.max_pixels)}
 
         return list(_each(rows, paths, step, one))
@@ -333,9 +332,9 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
         def one(s):
             geojson = paths.geojson(s.sample) if args.geojson else None
             if s.block:
-                return {"rows": blockout.measure_file(paths.masks(s.sample), s.path, paths.measurements(s.sample),
-                                                      pixel_size=s.pixel_size, geojson_path=geojson,
-                                                      max_pixels=args.max_pixels)}
+                return {"rows": measure.measure_file_by_window(paths.masks(s.sample), s.path,
+                                                               paths.measurements(s.sample), pixel_size=s.pixel_size,
+                                                               geojson_path=geojson, max_pixels=args.max_pixels)}
             return {"rows": measure.measure_file(
                 paths.masks(s.sample), s.path, paths.measurements(s.sample), max_pixels=args.max_pixels,
                 flows_path=paths.flows(s.sample), pixel_size=s.pixel_size, per_slice=per_slice, geojson_path=geojson)}
@@ -344,8 +343,8 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
     if step == "overlay":
         def one(s):
             if s.block:
-                blockout.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample),
-                                      max_pixels=args.max_pixels)
+                overlay.overlay_file_by_window(s.path, paths.masks(s.sample), paths.overlay(s.sample),
+                                               max_pixels=args.max_pixels)
             else:
                 overlay.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample), max_pixels=args.max_pixels)
             _link(paths.overlay(s.sample), paths.report_overlay(s.sample))

@@ -26,7 +26,7 @@ by plane by default, ``--stitch-threshold T`` (planes linked into 3-D objects) o
 stacks, ``--track`` to link the frames of a time series; a T x Z hyperstack is segmented frame by frame. The
 label file is then an ImageJ hyperstack with the stack's z step and frame interval, the ROI set has one ROI
 per object and plane (``0042-z03``, ``0042-t02``, ``0042-t02-z03``), the table one row per 3-D object
-(:func:`cpsnake.export.measure3d.write_stack_table`; per object and slice when segmented plane by plane, per object
+(:func:`cpsnake.export.measure3d.measure_stack`; per object and slice when segmented plane by plane, per object
 and frame for time series), and the overlay shows the middle plane (of the first frame).
 A 2-D image above 4096 x 4096 px is segmented block by block (``--block-size``, :mod:`cpsnake.engine.blocks`), with
 the same labels as the whole image at once; a TIFF (or an OME-Zarr folder, always) is then read region by
@@ -407,6 +407,7 @@ def _segment_and_write(path: Path, net, args, opts: dict, model_info: dict, sopt
 def _image_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, flows, *, geojson: bool = False,
                    ome_zarr: bool = False) -> None:
     from cpsnake.export import measure, overlay, rois
+    from cpsnake.export.table import write_table
     from cpsnake.io.labels import write_labels
 
     write_labels(out / "masks" / f"{name}.tif", labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
@@ -415,13 +416,13 @@ def _image_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, fl
 
         write_label_zarr(out / "masks" / f"{name}.zarr", labels, pixel_size=meta["pixel_size"], unit=meta["unit"])
     rois.write_rois(out / "rois" / f"{name}.zip", rois.labels_to_rois(labels))
-    rows = measure.measure_labels(labels, img, pixel_size=meta["pixel_size"], image_name=path.name, flows=flows)
-    measure.write_table(out / "measurements" / f"{name}.csv", rows,
-                        measure.columns(img.shape[0], quality=flows is not None))  # blocks: no whole-image flows
+    table = measure.measure_labels(labels, img, pixel_size=meta["pixel_size"], image_name=path.name, flows=flows)
+    write_table(out / "measurements" / f"{name}.csv", table)  # blocks: no whole-image flows
     if geojson:
-        from cpsnake.export.geojson import feature_collection, write_geojson
+        from cpsnake.export.geojson import feature_collection, table_rows, write_geojson
 
-        write_geojson(out / "geojson" / f"{name}.geojson", feature_collection(labels, rows=rows, image_name=path.name))
+        write_geojson(out / "geojson" / f"{name}.geojson",
+                      feature_collection(labels, rows=table_rows(table), image_name=path.name))
     overlay.write_png(out / "overlays" / f"{name}.png", overlay.render(img, labels))
 
 
@@ -480,15 +481,17 @@ def _stack_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, so
     """Label hyperstack, per-slice ROIs, the table (3-D objects: one row each; planes: one row per slice) and an
     overlay of the middle plane, for a stack ``img`` (Z|T, C, Y, X) or (T, Z, C, Y, X)."""
     from cpsnake.export import measure3d, overlay, rois
+    from cpsnake.export.table import write_table
     from cpsnake.io.labels import write_labels
 
     axes = meta["stack_axes"]
     write_labels(out / "masks" / f"{name}.tif", labels, pixel_size=meta["pixel_size"], unit=meta["unit"],
                     stack_axes=axes, z_step=meta["z_step"], frame_interval=meta["frame_interval"])
     rois.write_rois(out / "rois" / f"{name}.zip", rois.labels_to_rois(labels, stack_axis="t" if axes == "T" else "z"))
-    measure3d.write_stack_table(out / "measurements" / f"{name}.csv", labels, img, axes=axes,
-                              objects_3d=sopts["mode"] != "planes", image_name=path.name,
-                              pixel_size=meta["pixel_size"], unit=meta["unit"], z_step=meta["z_step"])
+    write_table(out / "measurements" / f"{name}.csv",
+                measure3d.measure_stack(labels, img, axes=axes, objects_3d=sopts["mode"] != "planes",
+                                        image_name=path.name, pixel_size=meta["pixel_size"], unit=meta["unit"],
+                                        z_step=meta["z_step"]))
     first = img if axes != "TZ" else img[0]
     lab = labels if axes != "TZ" else labels[0]
     mid = first.shape[0] // 2

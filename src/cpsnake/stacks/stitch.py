@@ -59,6 +59,7 @@ import numpy as np
 
 from cpsnake.engine.dynamics import compact
 from cpsnake.errors import CpsnakeError
+from cpsnake.io.label_check import check_labels
 
 __all__ = ["stitch_planes"]
 
@@ -89,7 +90,7 @@ def stitch_planes(masks: np.ndarray, threshold: float = 0.25) -> np.ndarray:
         Not a 3-D integer array of at least 2 planes, negative labels, a threshold outside (0, 1], or
         ids so large that the new ids would pass 2**63 - 1.
     """
-    masks = _check_labels(masks, "stitch_planes")
+    masks = check_labels(masks, "stitch_planes")
     _check_threshold(threshold)
     if masks.ndim != 3:
         raise CpsnakeError(
@@ -179,20 +180,6 @@ def _link(prev_new, prev_index, ids, index, top_next, top, threshold) -> tuple[n
     # new ids count every unmatched id 1..top_next, absent ids included (cellpose's numbering)
     new[lone] = top + lone_ids - np.searchsorted(ids[matched], lone_ids)
     return new, top + top_next - matched.size
-
-
-def _check_labels(labels, where: str) -> np.ndarray:
-    """``labels`` as an integer ndarray without negative values, or a CpsnakeError."""
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise CpsnakeError(
-            f"{where}: found labels of dtype {labels.dtype}, expected an integer label image "
-            "(0 = background, 1..N = objects); convert label images with astype(np.int32), masks with a labelling")
-    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and int(labels.min()) < 0:
-        raise CpsnakeError(
-            f"{where}: found a negative label {int(labels.min())}, expected 0 = background and positive ids; "
-            "relabel the objects with ids 1..N")
-    return labels
 
 
 def _check_threshold(threshold) -> None:

@@ -213,13 +213,15 @@ def _label_files(folder: Path) -> dict[str, Path]:
 
 
 def read_label_file(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
-    """Read a label image (``.tif``/``.tiff`` via :func:`cpsnake.io.labels.read_labels`, ``.png`` via Pillow).
+    """Read a label image (``.tif``/``.tiff`` via :func:`cpsnake.io.labels.read_labels`, ``.png`` via Pillow), its
+    values held to the rule of :func:`cpsnake.io.label_check.check_labels` either way.
 
     Only regular files are read, and the size the header declares is checked against ``max_pixels``
     (see :mod:`cpsnake.io.limits`) before decoding.
     """
     from cpsnake.io.formats import describe
-    from cpsnake.io.labels import LABELS_FIX, read_labels
+    from cpsnake.io.label_check import LABELS_FIX, check_labels
+    from cpsnake.io.labels import read_labels
     from cpsnake.io.png_jpeg import pillow_without_limit, png_shape
 
     if path.suffix.lower() == ".png":
@@ -245,7 +247,7 @@ def read_label_file(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
         if arr.ndim != 2 or arr.dtype.kind not in "ui":
             raise CpsnakeError(f"{path}: found a PNG of shape {arr.shape} and type {arr.dtype}; expected {what}; "
                                f"{LABELS_FIX}")
-        return arr.astype(np.int32)
+        return check_labels(arr, path, source="file").astype(np.int32)
     return read_labels(path, max_pixels=max_pixels)[0]
 
 

@@ -17,7 +17,7 @@ with fewer than ``--min-train-masks`` (5) objects are left out, as cellpose does
 
 Targets are computed once per image and cached (``--cache``, default ``DIR/cache``; file name = stem +
 hash of the image and mask bytes): cell probability (mask > 0) and unit flows from
-:func:`cpsnake.engine.dynamics.masks_to_flows`. Each step draws ``--batch-size`` images (with replacement, from a
+:func:`cpsnake.engine.heat.masks_to_flows`. Each step draws ``--batch-size`` images (with replacement, from a
 generator seeded by ``(seed, step)``, so a run is reproducible and a resumed run continues exactly) and
 augments each into a crop of the family's tile size (256 px for Cellpose-SAM, 224 px for the U-Net;
 :mod:`cpsnake.training.augment`: rotation, flip, rescaling so that the median
@@ -161,9 +161,9 @@ def read_mask(path: Path, shape: tuple[int, int], *, max_pixels: int | None = No
     from cpsnake.training.evaluate import read_label_file
 
     if path.suffix.lower() == ".zip":
-        from cpsnake.export import rois
+        from cpsnake.export import roi_import
 
-        lab = rois.rois_to_labels(rois.read_rois(path), shape, source=path)
+        lab = roi_import.rois_to_labels(roi_import.read_rois(path), shape, source=path)
     else:
         lab = read_label_file(path, max_pixels=max_pixels)
     lab = np.asarray(lab)
@@ -239,7 +239,7 @@ def prepare(pairs, cache_dir: str | os.PathLike, *, min_size: int = 15, min_mask
         cellprob, dY, dX, both float16), ``diameter`` (median object diameter, px), ``n`` (objects).
         Pairs with fewer than ``min_masks`` objects are left out (named on ``log``).
     """
-    from cpsnake.engine.dynamics import masks_to_flows
+    from cpsnake.engine.heat import masks_to_flows
     from cpsnake.io.outputs import atomic_output
     from cpsnake.io.outputs import make_folder
 

@@ -1,5 +1,9 @@
 """2-D flow following of a block of a larger image, compiled, with the whole image's arithmetic (numba).
 
+The block-only case of 2-D flow following: a whole image is followed by
+:func:`cpsnake.engine.dynamics.follow_flows` (torch's ``grid_sample``, cellpose's own arithmetic); a block of a large
+image is followed here, so that it ends where the whole image's pixels end; a 3-D stack in :mod:`.follow3d`.
+
 Cellpose follows pixels with torch's ``grid_sample`` in coordinates normalised by the image's size: a
 position is ``x / (W - 1) * 2 - 1``, the step field ``dP / 5 * 2 / (W - 1)``, and the sample point
 ``(x + 1) * (W / 2) - 0.5`` (torch's vectorised CPU kernel, ``GridSamplerKernel.cpp``). The float32
