@@ -14,6 +14,7 @@ import torch
 
 from cpsnake.stacks import stack as stack_mod
 from cpsnake.errors import CpsnakeError
+from cpsnake.stacks.planes import offset_planes
 from cpsnake.stacks.track import track_frames
 from reference import cellpose
 from test_infer import CellposeWrap
@@ -102,7 +103,7 @@ def test_blank_plane_is_zero_plane_by_plane_and_a_blank_stack_is_one_error():
 
 def test_offset_planes():
     lab = np.array([[[1, 2]], [[0, 1]], [[0, 0]], [[2, 1]]])
-    assert stack_mod.offset_planes(lab).tolist() == [[[1, 2]], [[0, 3]], [[0, 0]], [[5, 4]]]
+    assert offset_planes(lab).tolist() == [[[1, 2]], [[0, 3]], [[0, 0]], [[5, 4]]]
 
 
 # --- tracking --------------------------------------------------------------------------------------

@@ -460,7 +460,7 @@ def _segment_stack(path: Path, net, img, axes: str, opts: dict, sopts: dict, max
         for step, v in secs.items():
             seconds[step] = seconds.get(step, 0.0) + v
     if axes == "TZ":
-        from cpsnake.stacks.stack import offset_planes
+        from cpsnake.stacks.planes import offset_planes
 
         labels = np.stack(out)
         if not sopts["track"]:  # ids unique over the whole series

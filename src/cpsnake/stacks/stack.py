@@ -14,7 +14,8 @@ Three modes, as cellpose 4.2.1.1's ``CellposeModel.eval`` on a stack:
   (:func:`cpsnake.engine.reconstruct3d.fill_holes_and_remove_small_masks_3d`): cellpose 4.2.1.1 does the same
   (its per-plane ``min_size`` is -1 when stitching; older cellpose versions dropped small objects per
   plane). One difference, on purpose: each plane's ids are first shifted above the previous planes'
-  (:func:`offset_planes`), which avoids cellpose's id reuse after an empty plane (plane 0 with objects,
+  (:func:`cpsnake.stacks.planes.offset_planes`), which avoids cellpose's id reuse after an empty plane (plane 0
+  with objects,
   plane 1 empty, plane 2's objects given plane 0's ids: see :mod:`cpsnake.stacks.stitch`); otherwise the labels
   are cellpose's.
 * ``"3d"`` (cellpose ``do_3D``): whole-stack normalization, the network on the YX, ZX and ZY planes
@@ -27,8 +28,7 @@ Three modes, as cellpose 4.2.1.1's ``CellposeModel.eval`` on a stack:
 
 The options that choose a mode on the command line are :mod:`cpsnake.steps.stack_options`. Imported inside the
 functions that need them: :mod:`cpsnake.engine.reconstruct3d` and :mod:`cpsnake.stacks.stitch` (numba,
-scipy.ndimage: about a second, which a plane-by-plane stack never needs), and :mod:`cpsnake.stacks.track`
-(which imports :func:`offset_planes` from here).
+scipy.ndimage: about a second, which a plane-by-plane stack never needs), and :mod:`cpsnake.stacks.track`.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ from cpsnake.engine.normalize import normalize, select_channels
 from cpsnake.engine.reconstruct import compute_masks
 from cpsnake.engine.size import auto_diameter
 from cpsnake.errors import CpsnakeError
+from cpsnake.stacks.planes import offset_planes
 
-__all__ = ["MODES", "segment_stack", "normalize_stack", "stack_flows", "reconstruct_planes", "offset_planes"]
+__all__ = ["MODES", "segment_stack", "normalize_stack", "stack_flows", "reconstruct_planes"]
 
 MODES = ("planes", "stitch", "3d")
 
@@ -73,19 +74,6 @@ def normalize_stack(stack: np.ndarray, *, per_plane: bool, channels=None, percen
     out, rec = normalize(x.transpose(1, 0, 2, 3), **opts)
     rec["scope"] = "stack"
     return np.ascontiguousarray(out.transpose(1, 0, 2, 3)), rec
-
-
-def offset_planes(labels: np.ndarray) -> np.ndarray:
-    """Per-plane labels ``(Z, Y, X)`` (each plane 0..N_z) -> ids unique over the stack: plane z's ids shifted by
-    the largest id of the planes before it. int32, or int64 when the total passes 2**31 - 1."""
-    tops = labels.reshape(labels.shape[0], -1).max(axis=1).astype(np.int64)
-    shift = np.concatenate([[0], np.cumsum(tops)[:-1]])
-    out = labels.astype(np.int64 if tops.sum() > 2**31 - 1 else np.int32)
-    for z in range(labels.shape[0]):
-        if shift[z]:
-            plane = out[z]
-            plane[plane > 0] += shift[z]
-    return out
 
 
 def segment_stack(
@@ -200,7 +188,7 @@ def reconstruct_planes(flows: np.ndarray, *, stitch_threshold: float = 0.0, trac
     :func:`cpsnake.engine.reconstruct.compute_masks` (``opts``: its keywords), then stitched into 3-D objects
     (``stitch_threshold > 0``: per-plane ``min_size`` off, 3-D holes filled and ``min_size`` counted in voxels,
     as cellpose 4.2.1.1), linked frame to frame (``track``, :func:`cpsnake.stacks.track.track_frames`), or numbered
-    plane after plane (:func:`offset_planes`)."""
+    plane after plane (:func:`cpsnake.stacks.planes.offset_planes`)."""
     per_plane = -1 if stitch_threshold > 0 else min_size
     planes = np.stack([compute_masks(f, min_size=per_plane, **opts) for f in flows])
     if stitch_threshold > 0:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from cpsnake.errors import CpsnakeError
+from cpsnake.stacks.planes import offset_planes
+from cpsnake.stacks.stitch import stitch_planes
 
 __all__ = ["track_frames"]
 
@@ -39,9 +41,6 @@ def track_frames(labels: np.ndarray, threshold: float = 0.25) -> np.ndarray:
     threshold : float
         Smallest IoU that links two objects of consecutive frames, in (0, 1].
     """
-    from cpsnake.stacks.stack import offset_planes
-    from cpsnake.stacks.stitch import stitch_planes
-
     lab = np.asarray(labels)
     if lab.ndim not in (3, 4):
         raise CpsnakeError(f"found labels of shape {lab.shape}; expected a time series (T, Y, X) or (T, Z, Y, X)")
