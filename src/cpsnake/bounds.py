@@ -89,8 +89,8 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 from cpsnake.errors import CpsnakeError
 
-__all__ = ["Bound", "BOUNDS", "CONFIG", "MAX_JOBS", "parse", "check", "option", "check_pair", "check_halo",
-           "check_stack_3d", "check_config", "job_count", "check_jobs"]
+__all__ = ["Bound", "BOUNDS", "CONFIG", "MAX_JOBS", "AUTO_BLOCK", "parse", "check", "option", "check_pair",
+           "check_halo", "parse_channels", "check_stack_3d", "check_config", "job_count", "check_jobs"]
 
 INF = math.inf
 
@@ -211,6 +211,9 @@ CONFIG: dict[str, str] = {
 }
 
 MAX_JOBS = 10_000  # SLURM's default MaxJobCount (see the module docstring)
+# the block side of an image segmented in blocks when --block-size is not given (the automatic rule,
+# cpsnake.engine.blocks.auto_block_size); --block-halo is checked against it (check_halo)
+AUTO_BLOCK = 2048
 JOBS_PER_BATCH = 6  # normalize, infer, reconstruct, rois, measure, overlay
 JOBS_PER_RUN = 6  # samples, weights, aggregate, provenance, check, all
 
@@ -318,9 +321,7 @@ def check_pair(name: str, pair: Sequence[float] | None, *, shown: str | None = N
 def check_halo(halo: int | None, block: int | None, *, shown: str | None = None, block_name: str = "--block-size"
                ) -> None:
     """``--block-halo`` at most the block side (``block`` None: the automatic block,
-    :data:`cpsnake.engine.blocks.AUTO_BLOCK`; 0: no blocks, any halo is unused)."""
-    from cpsnake.engine.blocks import AUTO_BLOCK
-
+    :data:`AUTO_BLOCK`; 0: no blocks, any halo is unused)."""
     if halo is None or block == 0:
         return
     side = AUTO_BLOCK if block is None else int(block)
@@ -329,6 +330,38 @@ def check_halo(halo: int | None, block: int | None, *, shown: str | None = None,
         raise CpsnakeError(f"{shown or f'--block-halo {halo}'}: found a halo of {halo} px around blocks of {side} px; "
                            f"expected at most the block side ({which}): the read region is (block + 2 x halo)^2 px; "
                            "give a smaller halo, or larger blocks")
+
+
+def parse_channels(value) -> list[int] | None:
+    """The 0-based channel numbers ``value`` names, in its order: the one parser of a channel list, for the
+    command line, the workflow's config and a sample sheet's cell.
+
+    ``None`` is None (every channel); a whole number is a list of one; a list or tuple is its items; text is
+    split at commas and spaces, with or without brackets (``0,2``, ``0, 2``, ``0 2``, ``[0, 2]``; empty items
+    skipped), and blank text (or ``[]``) is None. A ValueError when an item is not a whole number (a bool,
+    a float, a word). Nothing more is checked here: how many channels, whether one repeats, whether the image
+    has them is for each caller to say, in its own message.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    else:
+        text = str(value).strip().strip("[]")
+        if not text:
+            return None
+        items = [t for t in text.replace(" ", ",").split(",") if t != ""]
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append(int(item))  # ValueError for a word
+        elif isinstance(item, int) and not isinstance(item, bool):
+            out.append(item)
+        else:
+            raise ValueError(f"channel {item!r}: expected a whole number")
+    return out
 
 
 def check_stack_3d(path, shape: Sequence[int], *, anisotropy: float | None, diameter, max_pixels: int | None) -> None:

@@ -172,7 +172,7 @@ def segment_regions(net, image, *, block: int, halo: int | None = None, channels
 
     The normalization values come from one streaming pass (:func:`cpsnake.io.regions.stream_values`, equal to
     :func:`cpsnake.engine.normalize.normalize`'s on the whole image); each block reads and scales only its own
-    region. ``labels``: where the label image is built (see :class:`cpsnake.engine.blocks.Stitcher`). Other
+    region. ``labels``: where the label image is built (see :class:`cpsnake.engine.blocks.Assembler`). Other
     options as :func:`segment_image` (``--tile-norm`` and ``--diameter auto`` need the whole image: refused).
 
     Returns labels ``(Y, X)`` int32 (``labels`` itself when given), the normalization record (with the
