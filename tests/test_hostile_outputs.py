@@ -500,7 +500,7 @@ def test_no_formula_cells(tmp_path, capsys, inp, prefix):
     from cpsnake.io import tables
     from cpsnake.run import batch, samples
     from cpsnake.run.aggregate import _read_measurements
-    from cpsnake.training.train import _read_index
+    from cpsnake.training.data import _read_index
 
     name = PREFIXES[prefix] + "cmd|' -C calc'!A0"
     images = tmp_path / "images"
