@@ -17,7 +17,7 @@ order (:func:`check_pair`).
 The workflow applies the same rows to its config when it builds the DAG (:func:`check_config`: the
 line names the config key, ``config blocks.size=1: ...``), and refuses a run of more than
 :data:`MAX_JOBS` jobs (:func:`check_jobs`). Bounds that depend on the image (the stack resized by
-``--anisotropy`` against ``--max-pixels``, :func:`check_stack_3d`) are checked from the file's header,
+``--anisotropy`` against ``--max-pixels``, :func:`cpsnake.io.limits.check_stack_3d`) are checked from the file's header,
 still before the model loads; ``--block-halo`` against the block (:func:`check_halo`) once both are known.
 
 The bounds (``[a, b]`` inclusive, ``(a, b]`` excluding ``a``):
@@ -90,7 +90,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 from cpsnake.errors import CpsnakeError
 
 __all__ = ["Bound", "BOUNDS", "CONFIG", "MAX_JOBS", "AUTO_BLOCK", "parse", "check", "option", "check_pair",
-           "check_halo", "parse_channels", "check_stack_3d", "check_config", "job_count", "check_jobs"]
+           "check_halo", "parse_channels", "check_config", "job_count", "check_jobs", "number_text"]
 
 INF = math.inf
 
@@ -218,7 +218,8 @@ JOBS_PER_BATCH = 6  # normalize, infer, reconstruct, rois, measure, overlay
 JOBS_PER_RUN = 6  # samples, weights, aggregate, provenance, check, all
 
 
-def _fmt(v: float) -> str:
+def number_text(v: float) -> str:
+    """A bound as messages show it: ``1500``, ``0.05``, ``10,000`` (an integral float as a whole number)."""
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
         v = int(v)
     return f"{v:,}" if isinstance(v, int) and abs(v) >= 10_000 else f"{v:g}" if isinstance(v, float) else str(v)
@@ -231,10 +232,10 @@ def _expected(b: Bound) -> str:
     else:
         kind = "a whole number" if b.kind is int else "a finite number"
         if b.open_lower:
-            rng = f"{b.what}: {kind} above {_fmt(b.lower)} and at most {_fmt(b.upper)}"
+            rng = f"{b.what}: {kind} above {number_text(b.lower)} and at most {number_text(b.upper)}"
         else:
-            rng = f"{b.what}: {kind} from {_fmt(b.lower)} to {_fmt(b.upper)}"
-    extra = [_fmt(v) for v in b.also] + list(b.words)
+            rng = f"{b.what}: {kind} from {number_text(b.lower)} to {number_text(b.upper)}"
+    extra = [number_text(v) for v in b.also] + list(b.words)
     return rng + (f", or {' or '.join(extra)}" if extra else "")
 
 
@@ -362,29 +363,6 @@ def parse_channels(value) -> list[int] | None:
         else:
             raise ValueError(f"channel {item!r}: expected a whole number")
     return out
-
-
-def check_stack_3d(path, shape: Sequence[int], *, anisotropy: float | None, diameter, max_pixels: int | None) -> None:
-    """The stack ``(Z, C, Y, X)`` resized for 3-D segmentation (Z by ``anisotropy``, every side by 30 /
-    ``diameter``, the Cellpose-SAM scale) must hold at most ``max_pixels`` samples; a CpsnakeError naming
-    ``--anisotropy`` otherwise. Checked from the header before the model loads (the network's own scale is
-    checked again once it is known, :func:`cpsnake.engine.infer3d.predict_3d`)."""
-    from cpsnake.io import limits
-
-    Z, C, Y, X = (int(n) for n in shape)
-    aniso = 1.0 if anisotropy is None else float(anisotropy)
-    scale = 30.0 / float(diameter) if diameter not in (None, "auto") else 1.0
-    new = (int(Z * aniso * scale), int(Y * scale), int(X * scale))
-    limit = limits.max_pixels(max_pixels)
-    n = new[0] * new[1] * new[2] * C
-    if n > limit:
-        given = f"--anisotropy {_fmt(aniso)}" if anisotropy is not None else "--anisotropy 1 (the default)"
-        raise CpsnakeError(
-            f"{path}: {given} resizes the {Z} x {Y} x {X} stack to {new[0]} x {new[1]} x {new[2]} voxels for the "
-            f"network ({n:,} samples with {C} channel(s)), more than the limit of {limit:,}; expected at most "
-            f"{limit:,}; give a smaller --anisotropy or a larger --diameter, crop the stack, or raise the limit with "
-            f"{limits.RAISE}"
-        )
 
 
 def _get(config: Mapping, key: str):

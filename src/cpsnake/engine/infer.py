@@ -556,10 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.diameter not in (None, "auto"):
         resized_shape(img.shape, args.diameter, args.max_pixels)  # before the model is loaded
     if img.ndim == 4 and sopts["mode"] == "3d":
-        from cpsnake.bounds import check_stack_3d
+        from cpsnake.io import limits
 
-        check_stack_3d(args.normalized, img.shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
-                       max_pixels=args.max_pixels)
+        limits.check_stack_3d(args.normalized, img.shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
+                              limit=args.max_pixels)
     from cpsnake.io.outputs import check_output
 
     check_output(args.flows)  # an output that cannot be written: one line before the model loads

@@ -251,8 +251,7 @@ def check_input(path: Path, args, sopts: dict) -> None:
     the readers check again when the image is segmented): a missing path, a FIFO or other non-regular
     file, a file that is not an image, a header that cannot be read, more samples than ``--max-pixels``,
     a side under :data:`cpsnake.io.limits.MIN_SIDE`, and with ``--do-3d`` a stack that ``--anisotropy`` would
-    resize beyond ``--max-pixels`` (:func:`cpsnake.bounds.check_stack_3d`) are each a CpsnakeError."""
-    from cpsnake import bounds
+    resize beyond ``--max-pixels`` (:func:`cpsnake.io.limits.check_stack_3d`) are each a CpsnakeError."""
     from cpsnake.io import limits
     from cpsnake.run.samples import inspect_header
 
@@ -263,8 +262,8 @@ def check_input(path: Path, args, sopts: dict) -> None:
     limits.check_min_side(path, (head["height"], head["width"]))
     if sopts["mode"] == "3d" and head["planes"] > 1:
         shape = (_depth(path, head["planes"]), head["channels_in_file"], head["height"], head["width"])
-        bounds.check_stack_3d(path, shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
-                              max_pixels=args.max_pixels)
+        limits.check_stack_3d(path, shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
+                              limit=args.max_pixels)
 
 
 def _depth(path: Path, planes: int) -> int:
