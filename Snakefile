@@ -38,4 +38,4 @@ include: "workflow/rules/aggregate.smk"
 rule all:
     default_target: True
     input:
-        all_outputs(),
+        LAYOUT.run_outputs,

@@ -14,9 +14,9 @@ wall time, the child's peak resident memory (``ru_maxrss``, the interpreter and 
 and for the sizes run both ways whether every file is the same (ROI zip entries compared by content).
 
 With ``--steps``, each of the workflow's batch steps for an image in blocks then runs alone in a fresh
-subprocess as its job does (``cpsnake.run.batch`` imported, then ``blockjob.values_file`` on the image, or
-``export_file_by_window`` / ``measure_file_by_window`` / ``overlay_file_by_window`` of `cpsnake.steps`
-on the label TIFF just written), and its peak
+subprocess as its job does (``cpsnake.run.batchjob`` imported, then ``blockjob.values_file`` on the image, or
+``export_file_by_window`` / ``measure_file_by_window`` / ``overlay_file_by_window`` of ``cpsnake.steps`` on the
+label TIFF just written), and its peak
 RSS is printed next to the memory request the workflow makes for it (:func:`cpsnake.run.jobmem.step_mb`,
 blocks of ``--block`` px): the measurements behind those requests.
 """
@@ -61,7 +61,7 @@ print(json.dumps({"time_s": time.perf_counter() - t0,
 
 STEP = r"""
 import json, resource, sys, time
-from cpsnake.run import batch, blockjob
+from cpsnake.run import batchjob, blockjob
 from cpsnake.steps import measure, overlay, rois
 step, src, masks, out = sys.argv[1:5]
 t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Block-wise segmentation as separate jobs (:mod:`cpsnake.run.blockjob`): values, one file per block, stitch."""
+"""Block-wise segmentation as separate jobs (:mod:`cpsnake.run.blockjob`): values, one file per block, assembly."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ def net():
     return load_model(ROOT / "resources" / "models" / "nuclei_small.pt", device="cpu")
 
 
-def test_block_files_and_stitch_equal_the_one_process_run(tmp_path, net):
+def test_block_files_and_their_assembly_equal_the_one_process_run(tmp_path, net):
     """Values streamed to a file, each block's pass 1 in a call of its own (as separate jobs run them),
-    then the stitch: the labels equal :func:`cpsnake.engine.blocks.segment_blocks` in one process; block files of
-    another halo or block size are refused with one line; a block job's error reaches the stitch."""
+    then their assembly: the labels equal :func:`cpsnake.engine.blocks.segment_blocks` in one process; block files of
+    another halo or block size are refused with one line; a block job's error reaches the assembly."""
     src = tmp_path / "demo.tif"
     tifffile.imwrite(src, read_image(DEMO)[0][0], tile=(128, 128), compression="zlib")
     doc = blockjob.values_file(src, tmp_path / "v.json")
@@ -40,7 +40,7 @@ def test_block_files_and_stitch_equal_the_one_process_run(tmp_path, net):
         files.append(tmp_path / "b" / f"{k}.npz")
         blockjob.block_file(net, src, doc, files[-1], k, block=512, halo=64)
     got = tmp_path / "masks.tif"
-    report = blockjob.stitch_file(files, got, shape=shape, block=512)
+    report = blockjob.assemble_file(files, got, shape=shape, block=512)
     with open_regions(src) as img:
         record = stream_values(regions.bands(img), img.shape, img.dtype)
         ref, ref_report = segment_blocks(net, lambda *r: scale(img.read(*r), record), shape, channels=1, block=512,
@@ -49,18 +49,18 @@ def test_block_files_and_stitch_equal_the_one_process_run(tmp_path, net):
     assert np.array_equal(read_labels(got)[0], ref)
     blockjob.block_file(net, src, doc, tmp_path / "other" / "1.npz", 1, block=512, halo=80)
     with pytest.raises(CpsnakeError, match="different grids or halos"):
-        blockjob.stitch_file([files[0], tmp_path / "other" / "1.npz", *files[2:]], tmp_path / "x.tif", shape=shape,
+        blockjob.assemble_file([files[0], tmp_path / "other" / "1.npz", *files[2:]], tmp_path / "x.tif", shape=shape,
                              block=512)
     with pytest.raises(CpsnakeError, match="in 512 px blocks, expected .* in 1024 px blocks"):
-        blockjob.stitch_file(files, tmp_path / "x.tif", shape=shape, block=1024)
+        blockjob.assemble_file(files, tmp_path / "x.tif", shape=shape, block=1024)
     blockjob._failed_block(files[2], f"{src}: found a chunk that cannot be decoded")
     with pytest.raises(CpsnakeError, match="cannot be decoded"):
-        blockjob.stitch_file(files, tmp_path / "x.tif", shape=shape, block=512)
+        blockjob.assemble_file(files, tmp_path / "x.tif", shape=shape, block=512)
     assert not (tmp_path / "x.tif").exists()
 
 
-def test_a_too_small_halo_is_reported_by_the_stitch(tmp_path, net):
-    """Blocks with a 4 px halo cut the nuclei at their borders: the stitch warns with the fix."""
+def test_a_too_small_halo_is_reported_by_the_assembly(tmp_path, net):
+    """Blocks with a 4 px halo cut the nuclei at their borders: the assembly warns with the fix."""
     import warnings
 
     src = tmp_path / "demo.tif"
@@ -72,7 +72,7 @@ def test_a_too_small_halo_is_reported_by_the_stitch(tmp_path, net):
         blockjob.block_file(net, src, doc, f, k, block=512, halo=4)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        report = blockjob.stitch_file(files, tmp_path / "m.tif", shape=shape, block=512)
+        report = blockjob.assemble_file(files, tmp_path / "m.tif", shape=shape, block=512)
     assert report["cut"] > 0 and any("config blocks.halo" in str(w.message) for w in seen)
 
 

@@ -88,7 +88,7 @@ def ellipses(shape=(300, 340), n=160, seed=0, r=(4, 11)) -> np.ndarray:
 def _through_blocks(lab, block, halo, store=None):
     """Known labels through the block machinery: each block 'reconstructs' its read region as the crop of
     the labels (objects cut by the crop become partial objects there), renumbered as a reconstruction would."""
-    st = blocks.Stitcher(lab.shape, store)
+    st = blocks.Assembler(lab.shape, store)
     for b in blocks.block_grid(lab.shape, block, halo):
         y0, y1, x0, x1 = b.read
         st.add(b, dynamics.renumber(lab[y0:y1, x0:x1].copy()))
@@ -118,11 +118,11 @@ def test_known_labels_reassemble_exactly_in_a_zarr_array_on_disk(tmp_path):
 
     lab = ellipses()
     store = zarr.create_array(str(tmp_path / "l.zarr"), shape=lab.shape, chunks=(50, 70), dtype="int32", fill_value=0)
-    band, blocks.Stitcher.BAND = blocks.Stitcher.BAND, 33
+    band, blocks.Assembler.BAND = blocks.Assembler.BAND, 33
     try:
         got, report = _through_blocks(lab, block=64, halo=24, store=store)
     finally:
-        blocks.Stitcher.BAND = band
+        blocks.Assembler.BAND = band
     assert got is store and report == _through_blocks(lab, block=64, halo=24)[1]
     assert np.array_equal(store[:], lab)
 

@@ -284,10 +284,11 @@ def _h_index(d, m):
 def _mini_run(d, name="a", labels=None):
     """A results folder of one segmented image ``name`` (samples table, manifests, mask); returns it."""
     from cpsnake.run import batch, samples
+    from cpsnake.run.layout import Paths
 
     res = d / "results"
     samples.write_table(res / "samples.tsv", [samples.Sample(name, str(d / "img.tif"), batch="b0001", pixels=256)])
-    paths = batch.Paths(res, "b0001")
+    paths = Paths(res, "b0001")
     paths.masks(name).parent.mkdir(parents=True)
     write_tif(paths.masks(name), np.ones((16, 16), np.uint16) if labels is None else labels)
     for step in batch.STEPS:

@@ -351,9 +351,9 @@ def _failed_late_files_removed(inp, tmp_path, capsys, monkeypatch):
     (res / "measurements" / f"{NAME}.csv").mkdir()  # the measure step cannot write its table
     assert in_process(capsys, "batch", "measure", inp["d"] / "samples.tsv", "b0001", "--results", res).rc == 0
     (res / "measurements" / f"{NAME}.csv").rmdir()
-    from cpsnake.run import batch
+    from cpsnake.run.layout import Paths
 
-    files = [p for p in batch.Paths(res, "b0001").image_files(NAME) if p.exists()]
+    files = [p for p in Paths(res, "b0001").image_files(NAME) if p.exists()]
     assert len(files) == 4, files  # masks, ROIs, overlay and its report link, from the steps before
     run = in_process(capsys, "aggregate", "--samples", inp["d"] / "samples.tsv", "--results", res,
                      "--out-measurements", res / "m.csv", "--out-summary", res / "s.csv", "--out-failed", res / "f.csv")
@@ -500,7 +500,7 @@ def test_no_formula_cells(tmp_path, capsys, inp, prefix):
     from cpsnake.io import tables
     from cpsnake.run import batch, samples
     from cpsnake.run.aggregate import _read_measurements
-    from cpsnake.training.train import _read_index
+    from cpsnake.training.data import _read_index
 
     name = PREFIXES[prefix] + "cmd|' -C calc'!A0"
     images = tmp_path / "images"

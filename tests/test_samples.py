@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from cpsnake.run import samples
+from cpsnake.run import batch, samples
 from cpsnake.errors import CpsnakeError
 
 
 def test_batches_follow_names_count_and_pixel_budget():
     sizes = [("c", 30), ("a", 10), ("b", 10), ("d", 500), ("e", 10), ("f", 10), ("g", 10)]
-    got = samples.form_batches(sizes, max_pixels=60, max_images=3)
+    got = batch.form_batches(sizes, max_pixels=60, max_images=3)
     # sorted names; a batch closes at 3 images or before the budget is passed; d (500 > 60) stands alone
     assert got == [["a", "b", "c"], ["d"], ["e", "f", "g"]]
-    assert samples.form_batches(list(reversed(sizes)), max_pixels=60, max_images=3) == got
-    assert samples.form_batches(sizes, max_pixels=10**9, max_images=100) == [sorted(n for n, _ in sizes)]
-    assert samples.form_batches([], max_pixels=1, max_images=1) == []
+    assert batch.form_batches(list(reversed(sizes)), max_pixels=60, max_images=3) == got
+    assert batch.form_batches(sizes, max_pixels=10**9, max_images=100) == [sorted(n for n, _ in sizes)]
+    assert batch.form_batches([], max_pixels=1, max_images=1) == []
 
 
 def test_discover_folder_and_glob(tmp_path):

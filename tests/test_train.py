@@ -1,4 +1,4 @@
-"""cpsnake.training.train and cpsnake.training.augment: targets, augmentation consistency, loss, schedule, training, resume, pack."""
+"""cpsnake.training.train, .data, .augment: targets, augmentation, loss, schedule, training, resume, pack."""
 
 import sys
 
@@ -8,7 +8,7 @@ import tifffile
 import torch
 from scipy import ndimage as ndi
 
-from cpsnake.training import augment, pack, train
+from cpsnake.training import augment, data, pack, train
 from cpsnake.errors import CpsnakeError
 
 
@@ -139,15 +139,15 @@ def test_lr_schedule_warms_up_holds_and_halves():
 def test_list_pairs_follows_index_and_reports_missing_mask(tmp_path):
     root = _split(tmp_path / "s", n=3)
     (root / "index.csv").write_text("file,modality\nim2.tif,x\nim0.tif,y\n")
-    assert [n for n, _, _ in train.list_pairs(root)] == ["im2", "im0"]
+    assert [n for n, _, _ in data.list_pairs(root)] == ["im2", "im0"]
     (root / "masks" / "im0.tif").unlink()
     with pytest.raises(CpsnakeError, match="no mask named 'im0'"):
-        train.list_pairs(root)
+        data.list_pairs(root)
 
 
 def test_prepare_caches_targets(tmp_path):
     root = _split(tmp_path / "s", n=2)
-    items = train.prepare(train.list_pairs(root), tmp_path / "cache")
+    items = data.prepare(data.list_pairs(root), tmp_path / "cache")
     assert len(items) == 2 and all(it["n"] == 9 for it in items)
     with np.load(items[0]["path"]) as z:
         img, target = z["image"], z["target"]
@@ -156,7 +156,7 @@ def test_prepare_caches_targets(tmp_path):
     norm = np.sqrt(target[1].astype(np.float32) ** 2 + target[2].astype(np.float32) ** 2)
     assert np.allclose(norm[target[0] > 0], 1, atol=2e-3) and np.all(norm[target[0] == 0] == 0)
     mtime = items[0]["path"].stat().st_mtime_ns
-    again = train.prepare(train.list_pairs(root), tmp_path / "cache")
+    again = data.prepare(data.list_pairs(root), tmp_path / "cache")
     assert again[0]["path"] == items[0]["path"] and items[0]["path"].stat().st_mtime_ns == mtime
 
 
@@ -166,7 +166,7 @@ def test_a_pair_listed_twice_is_kept_twice_and_reported_once(tmp_path, capsys):
     tifffile.imwrite(root / "masks" / "im1.tif", np.zeros((96, 112), np.uint16))  # too few objects
     lst = tmp_path / "pairs.csv"
     lst.write_text("image,mask\n" + "".join(f"s/images/im{i}.tif,s/masks/im{i}.tif\n" for i in (0, 0, 1, 1)))
-    items = train.prepare(train.list_pairs(lst), tmp_path / "cache", log=sys.stdout)
+    items = data.prepare(data.list_pairs(lst), tmp_path / "cache", log=sys.stdout)
     assert [it["name"] for it in items] == ["im0", "im0"] and items[0]["path"] == items[1]["path"]
     assert "1 image(s) with fewer than 5 objects left out: im1\n" in capsys.readouterr().out
     assert len(list((tmp_path / "cache").iterdir())) == 2  # one cache file per distinct image
@@ -188,7 +188,7 @@ def _small_net(seed=0):
 @pytest.fixture(scope="module")
 def items(tmp_path_factory):
     root = _split(tmp_path_factory.mktemp("data") / "s", n=4)
-    return train.prepare(train.list_pairs(root), root / "cache")
+    return data.prepare(data.list_pairs(root), root / "cache")
 
 
 def test_training_lowers_loss_and_writes_loadable_model(items, tmp_path):
@@ -224,7 +224,7 @@ def test_validate_scores_a_trained_model_as_the_segment_and_evaluate_commands_do
     from cpsnake.models.registry import load_model
 
     val = Path(__file__).parent / "data" / "nuclei_val"
-    pairs = train.list_pairs(val)
+    pairs = data.list_pairs(val)
     bundled = weights.resolve("nuclei_small")
     ap = train.validate(load_model(bundled), pairs)
     seg = tmp_path / "seg"
@@ -344,7 +344,7 @@ def test_pack_is_lossless_and_keeps_the_index(tmp_path):
         np.testing.assert_array_equal(img, tifffile.imread(root / "images" / f"im{i}.tif"))
         np.testing.assert_array_equal(lab, tifffile.imread(root / "masks" / f"im{i}.tif"))
     assert (tmp_path / "pack" / "index.csv").read_text().splitlines()[1] == "im0.png,a"
-    assert [n for n, _, _ in train.list_pairs(tmp_path / "pack")] == ["im0", "im1", "im2"]
+    assert [n for n, _, _ in data.list_pairs(tmp_path / "pack")] == ["im0", "im1", "im2"]
 
 
 def test_drop_to_fit_thins_the_heaviest_kind_first():
@@ -378,9 +378,9 @@ def test_imagej_roiset_masks_are_read_as_labels(tmp_path):
     lab = tifffile.imread(root / "masks" / "im0.tif").astype(np.int32)
     (root / "masks" / "im0.tif").unlink()
     rois.write_rois(root / "masks" / "im0_RoiSet.zip", rois.labels_to_rois(lab))
-    [(name, ipath, mpath)] = train.list_pairs(root)
+    [(name, ipath, mpath)] = data.list_pairs(root)
     assert name == "im0" and mpath.name == "im0_RoiSet.zip"
-    got = train.read_mask(mpath, lab.shape)
+    got = data.read_mask(mpath, lab.shape)
     np.testing.assert_array_equal(got > 0, lab > 0)
     assert got.max() == lab.max()
 
@@ -399,7 +399,7 @@ def test_targets_reconstruct_to_the_masks_before_and_after_warping(tmp_path):
     from cpsnake.engine.reconstruct import compute_masks
 
     root = _split(tmp_path / "s", n=1, shape=(128, 128))
-    [item] = train.prepare(train.list_pairs(root), tmp_path / "cache")
+    [item] = data.prepare(data.list_pairs(root), tmp_path / "cache")
     with np.load(item["path"]) as z:
         target = z["target"].astype(np.float32)
     lab = tifffile.imread(root / "masks" / "im0.tif").astype(np.int32)

@@ -11,7 +11,7 @@ import pytest
 
 from cpsnake import cli
 from cpsnake.engine import size
-from cpsnake.training import train, train_size
+from cpsnake.training import data, train_size
 from cpsnake.models.registry import load_model
 from cpsnake.errors import CpsnakeError
 
@@ -54,7 +54,7 @@ def test_fit_recovers_a_linear_relation_of_log_diameter_and_style():
 def test_draws_depend_only_on_seed_image_and_draw(unet_file, discs, tmp_path):
     """The same (seed, image, draw) gives the same style whatever the batching or the other images."""
     net = load_model(unet_file)
-    items = train.prepare(train.list_pairs(discs), tmp_path)
+    items = data.prepare(data.list_pairs(discs), tmp_path)
     assert {i["name"]: round(i["diameter"]) for i in items} == {"r4": 8, "r6": 12, "r8": 16, "r10": 20}
     s8, t8 = train_size.draw_styles(net, items, per_image=2, crop=96, seed=4, batch_size=8)
     s1, t1 = train_size.draw_styles(net, items[:2], per_image=2, crop=96, seed=4, batch_size=1)

@@ -131,13 +131,14 @@ def fake_run(root: Path) -> Path:
     D: failed at normalize (so skipped by every later step).
     """
     from cpsnake.run import batch, samples
+    from cpsnake.run.layout import Paths
     from cpsnake.io.labels import write_labels
 
     res = root / "results"
     rows = [samples.Sample(n, f"/data/{n}.tif", batch="b0001", pixels=144) for n in ("A", "B", "D")]
     rows.append(samples.Sample("C", "/data/C.tif", status="failed", reason="/data/C.tif: not an image"))
     samples.write_table(res / "samples.tsv", rows)
-    paths = batch.Paths(res, "b0001")
+    paths = Paths(res, "b0001")
     labels = np.zeros((12, 12), np.int32)
     labels[1:5, 1:5] = 1
     labels[6:10, 6:11] = 2

@@ -17,7 +17,7 @@ order (:func:`check_pair`).
 The workflow applies the same rows to its config when it builds the DAG (:func:`check_config`: the
 line names the config key, ``config blocks.size=1: ...``), and refuses a run of more than
 :data:`MAX_JOBS` jobs (:func:`check_jobs`). Bounds that depend on the image (the stack resized by
-``--anisotropy`` against ``--max-pixels``, :func:`check_stack_3d`) are checked from the file's header,
+``--anisotropy`` against ``--max-pixels``, :func:`cpsnake.io.limits.check_stack_3d`) are checked from the file's header,
 still before the model loads; ``--block-halo`` against the block (:func:`check_halo`) once both are known.
 
 The bounds (``[a, b]`` inclusive, ``(a, b]`` excluding ``a``):
@@ -89,8 +89,8 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 from cpsnake.errors import CpsnakeError
 
-__all__ = ["Bound", "BOUNDS", "CONFIG", "MAX_JOBS", "parse", "check", "option", "check_pair", "check_halo",
-           "check_stack_3d", "check_config", "job_count", "check_jobs"]
+__all__ = ["Bound", "BOUNDS", "CONFIG", "MAX_JOBS", "AUTO_BLOCK", "parse", "check", "option", "check_pair",
+           "check_halo", "parse_channels", "check_config", "job_count", "check_jobs", "number_text"]
 
 INF = math.inf
 
@@ -211,11 +211,15 @@ CONFIG: dict[str, str] = {
 }
 
 MAX_JOBS = 10_000  # SLURM's default MaxJobCount (see the module docstring)
+# the block side of an image segmented in blocks when --block-size is not given (the automatic rule,
+# cpsnake.engine.blocks.auto_block_size); --block-halo is checked against it (check_halo)
+AUTO_BLOCK = 2048
 JOBS_PER_BATCH = 6  # normalize, infer, reconstruct, rois, measure, overlay
 JOBS_PER_RUN = 6  # samples, weights, aggregate, provenance, check, all
 
 
-def _fmt(v: float) -> str:
+def number_text(v: float) -> str:
+    """A bound as messages show it: ``1500``, ``0.05``, ``10,000`` (an integral float as a whole number)."""
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
         v = int(v)
     return f"{v:,}" if isinstance(v, int) and abs(v) >= 10_000 else f"{v:g}" if isinstance(v, float) else str(v)
@@ -228,10 +232,10 @@ def _expected(b: Bound) -> str:
     else:
         kind = "a whole number" if b.kind is int else "a finite number"
         if b.open_lower:
-            rng = f"{b.what}: {kind} above {_fmt(b.lower)} and at most {_fmt(b.upper)}"
+            rng = f"{b.what}: {kind} above {number_text(b.lower)} and at most {number_text(b.upper)}"
         else:
-            rng = f"{b.what}: {kind} from {_fmt(b.lower)} to {_fmt(b.upper)}"
-    extra = [_fmt(v) for v in b.also] + list(b.words)
+            rng = f"{b.what}: {kind} from {number_text(b.lower)} to {number_text(b.upper)}"
+    extra = [number_text(v) for v in b.also] + list(b.words)
     return rng + (f", or {' or '.join(extra)}" if extra else "")
 
 
@@ -318,9 +322,7 @@ def check_pair(name: str, pair: Sequence[float] | None, *, shown: str | None = N
 def check_halo(halo: int | None, block: int | None, *, shown: str | None = None, block_name: str = "--block-size"
                ) -> None:
     """``--block-halo`` at most the block side (``block`` None: the automatic block,
-    :data:`cpsnake.engine.blocks.AUTO_BLOCK`; 0: no blocks, any halo is unused)."""
-    from cpsnake.engine.blocks import AUTO_BLOCK
-
+    :data:`AUTO_BLOCK`; 0: no blocks, any halo is unused)."""
     if halo is None or block == 0:
         return
     side = AUTO_BLOCK if block is None else int(block)
@@ -331,27 +333,36 @@ def check_halo(halo: int | None, block: int | None, *, shown: str | None = None,
                            "give a smaller halo, or larger blocks")
 
 
-def check_stack_3d(path, shape: Sequence[int], *, anisotropy: float | None, diameter, max_pixels: int | None) -> None:
-    """The stack ``(Z, C, Y, X)`` resized for 3-D segmentation (Z by ``anisotropy``, every side by 30 /
-    ``diameter``, the Cellpose-SAM scale) must hold at most ``max_pixels`` samples; a CpsnakeError naming
-    ``--anisotropy`` otherwise. Checked from the header before the model loads (the network's own scale is
-    checked again once it is known, :func:`cpsnake.engine.infer3d.predict_3d`)."""
-    from cpsnake.io import limits
+def parse_channels(value) -> list[int] | None:
+    """The 0-based channel numbers ``value`` names, in its order: the one parser of a channel list, for the
+    command line, the workflow's config and a sample sheet's cell.
 
-    Z, C, Y, X = (int(n) for n in shape)
-    aniso = 1.0 if anisotropy is None else float(anisotropy)
-    scale = 30.0 / float(diameter) if diameter not in (None, "auto") else 1.0
-    new = (int(Z * aniso * scale), int(Y * scale), int(X * scale))
-    limit = limits.max_pixels(max_pixels)
-    n = new[0] * new[1] * new[2] * C
-    if n > limit:
-        given = f"--anisotropy {_fmt(aniso)}" if anisotropy is not None else "--anisotropy 1 (the default)"
-        raise CpsnakeError(
-            f"{path}: {given} resizes the {Z} x {Y} x {X} stack to {new[0]} x {new[1]} x {new[2]} voxels for the "
-            f"network ({n:,} samples with {C} channel(s)), more than the limit of {limit:,}; expected at most "
-            f"{limit:,}; give a smaller --anisotropy or a larger --diameter, crop the stack, or raise the limit with "
-            f"{limits.RAISE}"
-        )
+    ``None`` is None (every channel); a whole number is a list of one; a list or tuple is its items; text is
+    split at commas and spaces, with or without brackets (``0,2``, ``0, 2``, ``0 2``, ``[0, 2]``; empty items
+    skipped), and blank text (or ``[]``) is None. A ValueError when an item is not a whole number (a bool,
+    a float, a word). Nothing more is checked here: how many channels, whether one repeats, whether the image
+    has them is for each caller to say, in its own message.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    else:
+        text = str(value).strip().strip("[]")
+        if not text:
+            return None
+        items = [t for t in text.replace(" ", ",").split(",") if t != ""]
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append(int(item))  # ValueError for a word
+        elif isinstance(item, int) and not isinstance(item, bool):
+            out.append(item)
+        else:
+            raise ValueError(f"channel {item!r}: expected a whole number")
+    return out
 
 
 def _get(config: Mapping, key: str):

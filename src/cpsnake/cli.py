@@ -29,7 +29,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "provenance": ("cpsnake.run.provenance", "provenance record of a workflow run (versions, model sha256, parameters)"),
     "segment": ("cpsnake.run.segment", "the whole chain in one process: images -> masks"),
     "samples": ("cpsnake.run.samples", "the run's images: sample sheet or folder, header inspection, batches"),
-    "batch": ("cpsnake.run.batch", "one workflow step for a batch of images, in one process"),
+    "batch": ("cpsnake.run.batchjob", "one workflow step for a batch of images, in one process"),
     "block": ("cpsnake.run.blockjob", "one block of a large image, as a workflow job (pass 1 of block-wise segmentation)"),
     "weights": ("cpsnake.steps.weights", "list or fetch model weights (sha256-checked cache)"),
     "train": ("cpsnake.training.train", "train or fine-tune a Cellpose-SAM model or a classic Cellpose U-Net"),

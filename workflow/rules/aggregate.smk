@@ -10,13 +10,13 @@ rule aggregate:
         rois=per_batch(work("rois")),
         overlay=per_batch(work("overlay")),
     output:
-        measurements=f"{RESULTS}/measurements.csv",
+        measurements=LAYOUT.measurements_table,
         summary=report(
-            f"{RESULTS}/summary.csv",
+            LAYOUT.summary,
             caption="../report/summary.rst",
             category="Summary",
         ),
-        failed=f"{RESULTS}/failed.csv",
+        failed=LAYOUT.failed,
     log:
         f"{RESULTS}/logs/aggregate.log",
     conda:
@@ -29,7 +29,7 @@ rule aggregate:
         cpsnake=CPSNAKE,
         samples=SAMPLES_TABLE,
         results=results_of,
-        limit=limit_args(),
+        limit=step_args(workflow_args.limit_args),
     shell:
         "{params.cpsnake} aggregate --samples {params.samples:q} --results {params.results:q}"
         " --out-measurements {output.measurements:q} --out-summary {output.summary:q}"
@@ -39,10 +39,10 @@ rule aggregate:
 rule provenance:
     input:
         normalize=per_batch(work("normalize")),
-        failures=f"{RESULTS}/failed.csv",
+        failures=LAYOUT.failed,
         model=MODEL_FILE,
     output:
-        f"{RESULTS}/provenance.json",
+        LAYOUT.provenance,
     log:
         f"{RESULTS}/logs/provenance.log",
     conda:
@@ -66,10 +66,10 @@ rule provenance:
 
 rule check:
     input:
-        failed=f"{RESULTS}/failed.csv",
-        provenance=f"{RESULTS}/provenance.json",
+        failed=LAYOUT.failed,
+        provenance=LAYOUT.provenance,
     output:
-        f"{RESULTS}/work/check.done",
+        LAYOUT.check_done,
     log:
         f"{RESULTS}/logs/check.log",
     localrule: True

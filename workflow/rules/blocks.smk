@@ -1,6 +1,7 @@
 # One block of a large 2-D TIFF -> RESULTS/work/BATCH/blocks/NAME/K.npz: pass 1 of block-wise segmentation
 # (the block's flows from the whole image's tile grid, its masks up to the flow-error check), read region
-# by region with the values the normalize step streamed. The reconstruct step stitches the blocks (pass 2).
+# by region with the values the normalize step streamed. The reconstruct step assembles the blocks into one
+# label image (pass 2).
 # Which images go in blocks, and their grids, come from the samples table (config blocks).
 
 
@@ -11,7 +12,7 @@ rule block:
         source=lambda wildcards: block_sample(wildcards).path,
         model=MODEL_FILE,
     output:
-        intermediate(f"{RESULTS}/work/{{batch}}/blocks/{{sample}}/{{k}}.npz", "flows"),
+        intermediate(LAYOUT.block, "flows"),
     log:
         f"{RESULTS}/logs/block/{{batch}}/{{sample}}/{{k}}.log",
     benchmark:
@@ -28,8 +29,8 @@ rule block:
         gpu=0,
     params:
         samples=batch_signature,
-        limit=limit_args(),
-        args=block_args(),
+        limit=step_args(workflow_args.limit_args),
+        args=step_args(workflow_args.block_args),
     shell:
         # options first, then `--`: a sample name may start with '-'
         "device=$([ {resources.gpu} -gt 0 ] && echo cuda || echo auto); "

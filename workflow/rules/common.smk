@@ -6,7 +6,6 @@
 # RESULTS/work/BATCH/STEP.tsv says which images succeeded (see cpsnake.run.batch).
 import json
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -31,15 +30,26 @@ def fail(message):
 
 
 try:
+    from cpsnake import bounds
     from cpsnake.run import samples as sample_table
+    from cpsnake.run import workflow_args
     from cpsnake.run.config import check as check_config, results_folder
+    from cpsnake.run.jobmem import block_job_mb, step_mb
     from cpsnake.errors import CpsnakeError
-    from cpsnake.io.files import regular_file
 except ImportError as exc:
     fail(
         f"cannot import cpsnake ({exc}); expected Snakemake to run in the environment where cpsnake is "
         "installed: use .venv/bin/snakemake after `make run` (or activate .venv), or `pip install -e .`"
     )
+
+
+def ask(function, *args):
+    """``function(*args)`` of cpsnake (the run's model, layout and step arguments: cpsnake.run.workflow_args);
+    its CpsnakeError is the run's one line."""
+    try:
+        return function(*args)
+    except CpsnakeError as exc:
+        fail(exc)
 
 
 def typed(value, nested=False):
@@ -68,11 +78,9 @@ try:
     RESULTS = results_folder(config["results"])
 except CpsnakeError as exc:
     fail(exc)
-SAMPLES_TABLE = f"{RESULTS}/samples.tsv"
-# registry names shipped with the repository in resources/models/NAME.pt
-BUNDLED = ("nuclei_small", "nuclei_unet")
-# registry names that `cpsnake weights fetch` downloads (sha256-checked) into resources/weights/
-DOWNLOADABLE = ("cpsam", "cpsam_v2")
+# where the run's files lie (cpsnake.run.layout), with the wildcards {batch}, {sample}, {k}
+LAYOUT = workflow_args.patterns(RESULTS)
+SAMPLES_TABLE = LAYOUT.samples_table
 
 # The rules call this environment's own cpsnake (the Python that runs Snakemake, here and in cluster
 # jobs), never whatever `cpsnake` is first on PATH; with --use-conda they call the conda env's.
@@ -82,24 +90,7 @@ else:
     CPSNAKE = f"{shlex.quote(sys.executable)} -m cpsnake"
 
 
-def parse_channels(value):
-    """config channels as a list of distinct ints (or None): a list, a string "0,2" or one number (the schema
-    has checked the form; a repeated channel is one line here)."""
-    if value is None or isinstance(value, list):
-        channels = value
-    elif isinstance(value, int):
-        channels = [value]
-    else:
-        channels = [int(c) for c in str(value).replace(" ", "").split(",") if c != ""]
-    if channels is not None and len(set(channels)) != len(channels):
-        fail(
-            f"config channels: found {value!r}, which repeats a channel; expected distinct channel numbers "
-            "such as 0,2; fix channels in the config file or --config"
-        )
-    return channels
-
-
-CHANNELS = parse_channels(config["channels"])
+CHANNELS = ask(workflow_args.channels, config["channels"])
 
 
 def listed_samples():
@@ -125,8 +116,6 @@ def check_bounds():
     """The config values that become command-line options, against the options' bounds (cpsnake.bounds), and
     the run's job count as far as the listed images tell it (their headers come with the samples checkpoint,
     see table()): one line naming the config key, before any job runs."""
-    from cpsnake import bounds
-
     try:
         bounds.check_config(config)
         batches = -(
@@ -139,61 +128,20 @@ def check_bounds():
 
 check_bounds()
 
-
-def resolve_model(spec):
-    """(model file, model name): an existing path, a bundled name, or a name the `weights` rule downloads."""
-    import difflib
-
-    expected = f"a path to a .pt file or one of {', '.join(BUNDLED + DOWNLOADABLE)}"
-    if Path(spec).is_file():
-        return spec, Path(spec).stem
-    if (
-        os.sep in spec
-        or spec.endswith(".pt")
-        or (os.path.lexists(spec) and not os.path.isdir(spec))
-    ):
-        try:  # a path that is not a regular file: missing, a FIFO, a device, a broken link (stat only)
-            regular_file(spec, f"a model: {expected}")
-        except CpsnakeError as exc:
-            fail(f"config model: {exc}")
-    bundled = Path("resources/models") / f"{spec}.pt"
-    if bundled.is_file():
-        return str(bundled), spec
-    if spec in DOWNLOADABLE:
-        return f"resources/weights/{spec}", spec
-    # a bundled name missing from this checkout: Snakemake reports the missing input file
-    if spec in BUNDLED:
-        return str(bundled), spec
-    close = difflib.get_close_matches(spec, BUNDLED + DOWNLOADABLE, n=1)
-    fail(
-        f"config model={spec!r}: found neither a file nor a registry name; expected {expected}; "
-        + (f"did you mean {close[0]!r}? " if close else "")
-        + "fix model in the config file or --config"
-    )
-
-
-MODEL_FILE, MODEL_NAME = resolve_model(config["model"])
+# the model file and name: a registry name wins over a file of that name, as on the command line
+MODEL_FILE, MODEL_NAME = ask(workflow_args.model, config["model"])
 
 
 wildcard_constraints:
-    batch=r"b[0-9]+",
+    batch=workflow_args.BATCH_PATTERN,
 
 
 # --- samples and batches (known once the `samples` checkpoint has run) --------------------------------
 
 
-def samples_source():
-    """`cpsnake samples` arguments naming where the samples come from."""
-    if config["samples"]:
-        return f"--sheet {shlex.quote(config['samples'])}"
-    return f"--images {shlex.quote(config['images'])}"
-
-
 def listing():
     """Every listed sample with its options: a change reruns the checkpoint (a param, not a file)."""
-    return json.dumps(
-        [[s.sample, s.path, s.channels, s.diameter, s.pixel_size] for s in LISTED]
-    )
+    return workflow_args.signature(LISTED)
 
 
 def table(wildcards=None):
@@ -218,12 +166,7 @@ def batch_images(wildcards):
 
 def batch_signature(wildcards):
     """The batch's samples and their options: a change reruns the batch's jobs."""
-    return json.dumps(
-        [
-            [s.sample, s.path, s.channels, s.diameter, s.pixel_size]
-            for s in rows(wildcards)
-        ]
-    )
+    return workflow_args.signature(rows(wildcards))
 
 
 def per_batch(pattern):
@@ -237,7 +180,7 @@ def per_batch(pattern):
 
 def work(step):
     """RESULTS/work/{batch}/STEP.tsv, the manifest of a step."""
-    return f"{RESULTS}/work/{{batch}}/{step}.tsv"
+    return LAYOUT.manifest(step)
 
 
 def results_of(wildcards, output):
@@ -250,125 +193,24 @@ def intermediate(path, key):
     return path if config["keep"][key] else temp(path)
 
 
-# --- options from config ---------------------------------------------------------------------------
+# --- options from config (cpsnake.run.workflow_args) --------------------------------------------------
 
 
 def batch_args(step):
     """`cpsnake batch STEP SAMPLES BATCH --results RESULTS` (the batch filled in by Snakemake)."""
-    return f"{CPSNAKE} batch {step} {shlex.quote(SAMPLES_TABLE)} {{wildcards.batch}} --results {shlex.quote(RESULTS)}"
+    return workflow_args.batch_command(CPSNAKE, step, SAMPLES_TABLE, RESULTS)
 
 
-def normalize_args():
-    """`cpsnake normalize` options from config."""
-    cfg = config["normalize"]
-    args = ["--percentiles", *map(str, cfg["percentiles"])]
-    if CHANNELS is not None:
-        args += ["--channels", ",".join(map(str, CHANNELS))]
-    if cfg["low_high"] is not None:
-        args += ["--low-high", *map(str, cfg["low_high"])]
-    if cfg["invert"]:
-        args.append("--invert")
-    if cfg["tile_norm"]:
-        args += ["--tile-norm", str(cfg["tile_norm"])]
-    return " ".join(args + [stack_args()]).strip()
-
-
-def limit_args():
-    """`--max-pixels N` from config max_pixels (every step that reads images, labels or flows)."""
-    return f"--max-pixels {int(config['max_pixels'])}"
-
-
-def diameter_args():
-    """`--diameter D` when config diameter is set (a sample sheet's diameter overrides it per image)."""
-    return "" if config["diameter"] is None else f"--diameter {config['diameter']}"
-
-
-def infer_args():
-    """`cpsnake infer` options from config (device and threads come from resources, not config)."""
-    cfg = config["inference"]
-    args = [f"--tile-overlap {cfg['tile_overlap']}", diameter_args()]
-    if cfg["augment"]:
-        args.append("--augment")
-    return " ".join(a for a in args + [stack_args()] if a)
-
-
-def reconstruct_args():
-    """`cpsnake reconstruct` options from config."""
-    cfg = config["reconstruct"]
-    args = [
-        f"--cellprob-threshold {cfg['cellprob_threshold']}",
-        f"--flow-threshold {cfg['flow_threshold']}",
-        f"--min-size {cfg['min_size']}",
-        f"--max-size-fraction {cfg['max_size_fraction']}",
-        diameter_args(),
-    ]
-    if cfg["niter"] is not None:
-        args.append(f"--niter {cfg['niter']}")
-    return " ".join(a for a in args + [stack_args()] if a)
-
-
-def stack_args():
-    """The stack options from config `stacks` (every per-image step takes them: each uses its own)."""
-    cfg = config["stacks"]
-    if cfg["do_3d"] and cfg["stitch_threshold"] > 0:
-        fail(
-            f"config stacks: found do_3d true and stitch_threshold {cfg['stitch_threshold']}; expected one of them "
-            "(3-D, or 2-D planes stitched); set stacks.do_3d false or stacks.stitch_threshold 0"
-        )
-    args = []
-    if cfg["do_3d"]:
-        args.append("--do-3d")
-        if cfg["anisotropy"] is not None:
-            args.append(f"--anisotropy {cfg['anisotropy']}")
-        smooth = cfg["flow3d_smooth"]
-        args.append(
-            "--flow3d-smooth "
-            + " ".join(map(str, smooth if isinstance(smooth, list) else [smooth]))
-        )
-        args.append(f"--flow3d-threshold {cfg['flow3d_threshold']}")
-    if cfg["stitch_threshold"] > 0:
-        args.append(f"--stitch-threshold {cfg['stitch_threshold']}")
-    if cfg["track"]:
-        args.append(f"--track --track-threshold {cfg['track_threshold']}")
-    return " ".join(args)
-
-
-def block_size_args():
-    """`--block-size N` for `cpsnake samples` when config blocks.size is set (else its automatic rule)."""
-    size = config["blocks"]["size"]
-    return "" if size is None else f"--block-size {int(size)}"
-
-
-def block_args():
-    """`cpsnake block` options from config: inference and reconstruction (no stack options), the halo."""
-    cfg, rcfg = config["inference"], config["reconstruct"]
-    args = [f"--tile-overlap {cfg['tile_overlap']}", diameter_args()]
-    if cfg["augment"]:
-        args.append("--augment")
-    args += [
-        f"--cellprob-threshold {rcfg['cellprob_threshold']}",
-        f"--flow-threshold {rcfg['flow_threshold']}",
-        f"--max-size-fraction {rcfg['max_size_fraction']}",
-    ]
-    if rcfg["niter"] is not None:
-        args.append(f"--niter {rcfg['niter']}")
-    if config["blocks"]["halo"] is not None:
-        args.append(f"--block-halo {int(config['blocks']['halo'])}")
-    return " ".join(a for a in args if a)
+def step_args(function):
+    """A step's options from config (`workflow_args.normalize_args`, ...); a problem is one line."""
+    return ask(function, config)
 
 
 def block_files(wildcards):
     """The block files of the batch's images segmented in blocks (none for the others): the grid of each
     comes from its header (the samples table), so the block jobs are known when the DAG is built.
     """
-    from cpsnake.run.blockjob import grid_of
-
-    return [
-        f"{RESULTS}/work/{wildcards.batch}/blocks/{s.sample}/{k}.npz"
-        for s in rows(wildcards)
-        if s.block
-        for k in range(len(grid_of(s.height, s.width, s.block)))
-    ]
+    return workflow_args.block_files(RESULTS, wildcards.batch, rows(wildcards))
 
 
 def block_sample(wildcards):
@@ -383,8 +225,6 @@ def block_sample(wildcards):
 
 def block_mem_mb(wildcards):
     """Memory request of a block job: the block's, not the image's (cpsnake.run.jobmem)."""
-    from cpsnake.run.jobmem import block_job_mb
-
     s = block_sample(wildcards)
     return block_job_mb(s.block, config["blocks"]["halo"], s.channels_in_file)
 
@@ -393,7 +233,6 @@ def mem_mb(step):
     """Memory request of a batch job of ``step``: the most any image of the batch needs (they are processed
     one after the other); an image in blocks needs its block's, not its own (cpsnake.run.jobmem).
     """
-    from cpsnake.run.jobmem import step_mb
 
     def request(wildcards):
         return max(
@@ -412,14 +251,3 @@ def mem_mb(step):
         )
 
     return request
-
-
-def all_outputs():
-    """Everything `rule all` asks for."""
-    return [
-        f"{RESULTS}/measurements.csv",
-        f"{RESULTS}/summary.csv",
-        f"{RESULTS}/failed.csv",
-        f"{RESULTS}/provenance.json",
-        f"{RESULTS}/work/check.done",
-    ]

@@ -6,13 +6,13 @@
 
 rule infer:
     input:
-        images=f"{RESULTS}/work/{{batch}}/normalized",
+        images=LAYOUT.normalized,
         # the batch's images: ties the job to the samples checkpoint (its params and resources read it)
         sources=batch_images,
         upstream=work("normalize"),
         model=MODEL_FILE,
     output:
-        flows=intermediate(directory(f"{RESULTS}/work/{{batch}}/flows"), "flows"),
+        flows=intermediate(directory(LAYOUT.flows), "flows"),
         manifest=work("infer"),
     log:
         f"{RESULTS}/logs/infer/{{batch}}.log",
@@ -27,8 +27,8 @@ rule infer:
         gpu=0,
     params:
         samples=batch_signature,
-        limit=limit_args(),
-        args=infer_args(),
+        limit=step_args(workflow_args.limit_args),
+        args=step_args(workflow_args.infer_args),
     shell:
         # cuda when the job was given a GPU (resources gpu > 0), else auto (cuda, mps or cpu)
         "device=$([ {resources.gpu} -gt 0 ] && echo cuda || echo auto); "

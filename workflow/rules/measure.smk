@@ -6,7 +6,7 @@
 rule measure:
     input:
         upstream=work("reconstruct"),
-        flows=f"{RESULTS}/work/{{batch}}/flows",
+        flows=LAYOUT.flows,
         images=batch_images,
     output:
         manifest=work("measure"),
@@ -20,8 +20,8 @@ rule measure:
         runtime=30,
     params:
         samples=batch_signature,
-        limit=limit_args(),
-        # stacks segmented plane by plane get ImageJ's rows per slice, 3-D objects one row each
-        args=stack_args() + (" --geojson" if config["geojson"] else ""),
+        limit=step_args(workflow_args.limit_args),
+        # stacks segmented plane by plane get ImageJ's rows per slice, 3-D objects one row each; --geojson
+        args=step_args(workflow_args.measure_args),
     shell:
         batch_args("measure") + " {params.args} {params.limit} > {log:q} 2>&1"

@@ -6,7 +6,7 @@ rule normalize:
         images=batch_images,
     output:
         images=intermediate(
-            directory(f"{RESULTS}/work/{{batch}}/normalized"), "normalized"
+            directory(LAYOUT.normalized), "normalized"
         ),
         manifest=work("normalize"),
     log:
@@ -21,7 +21,7 @@ rule normalize:
         runtime=30,
     params:
         samples=batch_signature,
-        limit=limit_args(),
-        args=normalize_args(),
+        limit=step_args(workflow_args.limit_args),
+        args=step_args(workflow_args.normalize_args),
     shell:
         batch_args("normalize") + " {params.args} {params.limit} > {log:q} 2>&1"

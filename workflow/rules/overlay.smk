@@ -9,7 +9,7 @@ rule overlay:
     output:
         manifest=work("overlay"),
         report=report(
-            directory(f"{RESULTS}/work/{{batch}}/overlays"),
+            directory(LAYOUT.report_overlays),
             patterns=["{name}.png"],
             caption="../report/overlay.rst",
             category="Overlays",
@@ -25,6 +25,6 @@ rule overlay:
         runtime=30,
     params:
         samples=batch_signature,
-        limit=limit_args(),
+        limit=step_args(workflow_args.limit_args),
     shell:
         batch_args("overlay") + " {params.limit} > {log:q} 2>&1"

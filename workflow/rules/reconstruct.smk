@@ -5,11 +5,11 @@
 
 rule reconstruct:
     input:
-        flows=f"{RESULTS}/work/{{batch}}/flows",
+        flows=LAYOUT.flows,
         # the batch's images: ties the job to the samples checkpoint (its params and resources read it)
         sources=batch_images,
         upstream=work("infer"),
-        # images segmented in blocks: their block jobs' files (stitched here)
+        # images segmented in blocks: their block jobs' files (assembled here into one label image)
         blocks=block_files,
     output:
         manifest=work("reconstruct"),
@@ -26,8 +26,8 @@ rule reconstruct:
         gpu=0,
     params:
         samples=batch_signature,
-        limit=limit_args(),
-        args=reconstruct_args() + (" --ome-zarr" if config["ome_zarr"] else ""),
+        limit=step_args(workflow_args.limit_args),
+        args=step_args(workflow_args.reconstruct_args),
     shell:
         # on a GPU when the job was given one (flow following, seeding, flow-error check), else the CPU path
         "device=$([ {resources.gpu} -gt 0 ] && echo cuda || echo cpu); "

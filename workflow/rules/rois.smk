@@ -18,6 +18,6 @@ rule rois:
         runtime=30,
     params:
         samples=batch_signature,
-        limit=limit_args(),
+        limit=step_args(workflow_args.limit_args),
     shell:
         batch_args("rois") + " {params.limit} > {log:q} 2>&1"

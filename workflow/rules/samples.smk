@@ -17,12 +17,12 @@ checkpoint samples:
         runtime=30,
     params:
         cpsnake=CPSNAKE,
-        source=samples_source(),
+        source=step_args(workflow_args.samples_source),
         listing=listing(),
-        batch=f"--batch-images {config['batch']['images']} --batch-pixels {config['batch']['pixels']}",
-        limit=limit_args(),
-        blocks=block_size_args(),
-        logs=shlex.quote(f"{RESULTS}/logs/images"),
+        batch=step_args(workflow_args.batch_options),
+        limit=step_args(workflow_args.limit_args),
+        blocks=step_args(workflow_args.block_size_args),
+        logs=shlex.quote(LAYOUT.image_logs),
     shell:
         "{params.cpsnake} samples {params.source} --out {output:q} {params.batch} {params.limit} {params.blocks}"
         " --logs {params.logs} > {log:q} 2>&1"

@@ -6,11 +6,11 @@
 
 rule weights:
     output:
-        "resources/weights/{name}",
+        f"{workflow_args.WEIGHTS_FOLDER}/{{name}}",
     log:
         f"{RESULTS}/logs/weights/{{name}}.log",
     wildcard_constraints:
-        name="|".join(DOWNLOADABLE),
+        name="|".join(workflow_args.DOWNLOADABLE),
     conda:
         "../../envs/cpsnake.yaml"
     resources:

@@ -1,4 +1,5 @@
-"""Block-wise segmentation of one large 2-D image: where blocks are cut, and how they are stitched.
+"""Block-wise segmentation of one large 2-D image: where blocks are cut, and how they are assembled
+into one label image.
 
 An image is cut into square *cores* of ``block`` px that tile it exactly; each block works on its core
 grown by ``halo`` px on every side (clipped to the image), its *read region*. Per block:
@@ -34,13 +35,13 @@ from typing import Callable
 
 import numpy as np
 
+from cpsnake.bounds import AUTO_BLOCK
 from cpsnake.errors import CpsnakeError
 
-__all__ = ["Block", "block_grid", "auto_block_size", "default_halo", "region_flows", "owned_objects", "Stitcher",
+__all__ = ["Block", "block_grid", "auto_block_size", "default_halo", "region_flows", "owned_objects", "Assembler",
            "segment_blocks", "check_block_size", "seed_block", "finish_blocks", "halo_advice"]
 
-AUTO_WHOLE = 4096 * 4096  # auto: images up to this many pixels are segmented whole
-AUTO_BLOCK = 2048  # auto: the block size above that
+AUTO_WHOLE = 4096 * 4096  # auto: images up to this many pixels are segmented whole (above: cpsnake.bounds.AUTO_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def region_flows(net, read: Callable[[int, int, int, int], np.ndarray], shape: t
     return flows
 
 
-# --- ownership and stitching -----------------------------------------------------------------------
+# --- ownership and assembly -------------------------------------------------------------------------
 
 
 def owned_objects(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +214,7 @@ def owned_objects(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> t
     return keep, keep[np.isin(keep, on_edge)]
 
 
-class Stitcher:
+class Assembler:
     """Collects the objects each block keeps into one label image ``(Y, X)`` (see the module docstring).
 
     ``add(block, labels)`` for each block, in any order, then ``finish()`` numbers the objects by their
@@ -294,9 +295,9 @@ def segment_blocks(net, read: Callable[[int, int, int, int], np.ndarray], shape:
     the block's flows and masks go to a scratch folder (``scratch``, default the system's temporary
     folder; one block's worth of memory), and the largest owned mask sets the block's diffusion length.
     Pass 2, per block: the check with the whole image's diffusion length, holes, min size
-    (:func:`cpsnake.engine.reconstruct.finish_masks`), ownership and stitching.
+    (:func:`cpsnake.engine.reconstruct.finish_masks`), ownership and assembly.
 
-    ``labels``: where the label image is built (see :class:`Stitcher`; default in memory), e.g. a Zarr array
+    ``labels``: where the label image is built (see :class:`Assembler`; default in memory), e.g. a Zarr array
     on disk, so that memory follows the block and not the image.
 
     Returns the labels and a report: ``blocks``, ``block``, ``halo``, ``objects``, ``cut`` (owned objects
@@ -380,19 +381,19 @@ def finish_blocks(grid: list[Block], load: Callable[[int], tuple[np.ndarray, np.
                   ) -> tuple[np.ndarray, dict]:
     """Pass 2: each block's masks (``load(k) -> (masks, dP)`` of :func:`seed_block`) through the flow-error
     check with the whole image's diffusion length ``heat_niter``, holes and min size, then ownership and
-    stitching (:class:`Stitcher`, building in ``labels`` when given). Returns the labels and the report."""
+    assembly (:class:`Assembler`, building in ``labels`` when given). Returns the labels and the report."""
     from cpsnake.engine.reconstruct import finish_masks
 
     check = flow_threshold is not None and flow_threshold > 0
-    stitcher = Stitcher(shape, labels)
+    assembler = Assembler(shape, labels)
     for k, b in enumerate(grid):
         if progress is not None:
             progress("masks", b)
         seeds, dP = load(k)
         masks = finish_masks(seeds, dP if check else None, flow_threshold=flow_threshold if check else 0,
                              min_size=min_size, device=reconstruct_device, heat_niter=heat_niter or None)
-        stitcher.add(b, masks)
-    out, report = stitcher.finish()
+        assembler.add(b, masks)
+    out, report = assembler.finish()
     report.update(blocks=len(grid))
     return out, report
 

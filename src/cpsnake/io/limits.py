@@ -33,6 +33,9 @@ Arithmetic for the worst step: 95.6 B x 10^8 = 9,117 MiB, plus 1,153 MiB = 10,27
 counts every sample, so at the limit it has fewer pixels and needs less. On a machine with more
 memory, raise the limit to about (memory - 3 GiB) / 100 bytes.
 
+``check_stack_3d`` -- with ``--do-3d`` a stack is resized by ``--anisotropy`` (and the diameter's scale) before the
+network: the resized stack must fit the limit too, checked from the header before the model loads.
+
 ``MIN_SIDE`` -- the steps that run the network (``normalize``, ``infer``, ``segment``, ``train``) refuse
 images thinner than 8 pixels along Y or X: no cell fits, and the network would still run a 256-pixel
 tile for every 256 pixels of the long side (a 100,000 x 2 image is 470 tiles of padding).
@@ -59,6 +62,7 @@ import math
 import os
 from typing import Iterator, Sequence
 
+from cpsnake.bounds import number_text
 from cpsnake.errors import CpsnakeError
 
 __all__ = [
@@ -71,6 +75,7 @@ __all__ = [
     "check_samples",
     "check_chunk",
     "check_min_side",
+    "check_stack_3d",
     "decode_budget",
 ]
 
@@ -170,6 +175,27 @@ def check_min_side(path: object, yx: Sequence[int]) -> None:
             f"{path}: found an image of {y} x {x} pixels (Y x X); expected at least {MIN_SIDE} pixels along each "
             "axis (no cell fits in fewer, and the network would run a 256-pixel tile per 256 pixels of the long side); "
             "pass the full image, or pad it (Fiji: Image > Adjust > Canvas Size)"
+        )
+
+
+def check_stack_3d(path, shape: Sequence[int], *, anisotropy: float | None, diameter, limit: int | None) -> None:
+    """The stack ``(Z, C, Y, X)`` resized for 3-D segmentation (Z by ``anisotropy``, every side by 30 /
+    ``diameter``, the Cellpose-SAM scale) must hold at most ``limit`` samples (:func:`max_pixels` when None); a
+    CpsnakeError naming ``--anisotropy`` otherwise. Checked from the header before the model loads (the network's own scale is
+    checked again once it is known, :func:`cpsnake.engine.infer3d.predict_3d`)."""
+    Z, C, Y, X = (int(n) for n in shape)
+    aniso = 1.0 if anisotropy is None else float(anisotropy)
+    scale = 30.0 / float(diameter) if diameter not in (None, "auto") else 1.0
+    new = (int(Z * aniso * scale), int(Y * scale), int(X * scale))
+    limit = max_pixels(limit)
+    n = new[0] * new[1] * new[2] * C
+    if n > limit:
+        given = f"--anisotropy {number_text(aniso)}" if anisotropy is not None else "--anisotropy 1 (the default)"
+        raise CpsnakeError(
+            f"{path}: {given} resizes the {Z} x {Y} x {X} stack to {new[0]} x {new[1]} x {new[2]} voxels for the "
+            f"network ({n:,} samples with {C} channel(s)), more than the limit of {limit:,}; expected at most "
+            f"{limit:,}; give a smaller --anisotropy or a larger --diameter, crop the stack, or raise the limit with "
+            f"{RAISE}"
         )
 
 

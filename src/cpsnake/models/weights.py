@@ -52,6 +52,7 @@ __all__ = [
     "REGISTRY",
     "REVISION",
     "HF_BASE",
+    "registry_entry",
     "resolve",
     "fetch",
     "cache_dir_default",
@@ -335,6 +336,16 @@ def _bundled(entry: Entry) -> Path:
     return path
 
 
+def registry_entry(name_or_path: str | os.PathLike, registry: Mapping[str, Entry] | None = None) -> Entry | None:
+    """The registry entry that ``name_or_path`` names, or None when it is to be read as a path.
+
+    The one rule for every face (``cpsnake segment``, the steps, the Python API and the workflow, through
+    :mod:`cpsnake.run.workflow_args`): a registry name wins over a file of the same name in the working
+    folder, so ``cpsam`` means the same weights everywhere; write ``./cpsam`` for the file.
+    """
+    return (REGISTRY if registry is None else registry).get(os.fspath(name_or_path))
+
+
 def resolve(
     name_or_path: str | os.PathLike,
     *,
@@ -361,7 +372,7 @@ def resolve(
     """
     registry = REGISTRY if registry is None else registry
     key = os.fspath(name_or_path)
-    entry = registry.get(key)
+    entry = registry_entry(key, registry)
     if entry is None:
         path = Path(key).expanduser()
         if os.path.lexists(path):

@@ -5,8 +5,8 @@
     cpsnake aggregate --check results/failed.csv --done results/work/check.done
 
 Inputs: the samples table (``cpsnake samples``) and, for each batch, the step manifests under
-``RESULTS/work/BATCH/`` with the per-image files they list (see :mod:`cpsnake.run.batch`). The tables cover
-exactly the samples of the table, in its (name) order:
+``RESULTS/work/BATCH/`` with the per-image files they list (see :mod:`cpsnake.run.batch` and
+:mod:`cpsnake.run.layout`). The tables cover exactly the samples of the table, in its (name) order:
 
 ``measurements.csv``: every row of every image's ``measurements/NAME.csv``, with an ``image`` column
 first. Images with no cells add no rows; when no image has cells the file still has its header.
@@ -46,6 +46,8 @@ from pathlib import Path
 import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard, library_text
+from cpsnake.run import batch, samples
+from cpsnake.run.layout import Paths
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -130,13 +132,11 @@ FAILED_COLUMNS = ["image", "step", "reason"]
 
 def outcomes(samples_tsv, results) -> tuple[list, dict, list[dict]]:
     """(samples, {name: {step: Outcome}}, failed rows) of a run, from its samples table and manifests."""
-    from cpsnake.run import batch, samples
-
     table = sorted(samples.read_table(samples_tsv), key=lambda s: s.sample)
     by_step: dict[str, dict] = {s.sample: {} for s in table}
     failed = []
     for name in sorted({s.batch for s in table if s.batch}):
-        paths = batch.Paths(Path(results), name)
+        paths = Paths(Path(results), name)
         for step in batch.STEPS:
             for o in batch.read_manifest(paths.manifest(step)):
                 by_step[o.sample][step] = o
@@ -203,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from cpsnake.run import batch
     from cpsnake.io.labels import read_labels
     from cpsnake.io.outputs import atomic_output
     from cpsnake.io.outputs import all_or_nothing, discard
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if s.sample in failed_names:  # its files are removed below: all of an image's files or none
             continue
         done = by_step[s.sample]
-        paths = batch.Paths(Path(args.results), s.batch)
+        paths = Paths(Path(args.results), s.batch)
         if "measure" in done and done["measure"].status == "ok":
             tables.append((s.sample, _read_measurements(paths.measurements(s.sample))))
         if "reconstruct" in done and done["reconstruct"].status == "ok":
@@ -235,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             to_csv(pd.DataFrame(failed, columns=FAILED_COLUMNS), tmp)
     for s in table:
         if s.sample in failed_names:
-            for path in batch.Paths(Path(args.results), s.batch).image_files(s.sample):
+            for path in Paths(Path(args.results), s.batch).image_files(s.sample):
                 discard(path)
     print(f"cpsnake aggregate: {len(table)} images, {len(rows)} segmented, {len(failed)} failed", file=sys.stderr)
     return 0

@@ -1,65 +1,82 @@
-"""``cpsnake batch STEP SAMPLES.tsv BATCH --results DIR [options]``: one workflow step for a batch of images, in one process.
+"""Batches: how a run's images are grouped into jobs, and the manifest each step writes for a batch.
 
-The workflow's per-image steps run as one job per batch of images (see :mod:`cpsnake.run.samples` for how
-batches are formed): the process starts once, imports numpy and torch once and, for ``infer``, loads the
-model once and pools the tiles of the batch's images into shared network batches
-(:func:`cpsnake.engine.infer.predict_many`). Each image goes through the same per-file function as the
-one-image command (``normalize_file``, ``reconstruct_file``, ``export_file``, ``measure_file``,
-``overlay_file``), so its files are the same bytes as ``cpsnake normalize IMAGE ...`` would write.
+The workflow's per-image steps run as one job per batch of images (``cpsnake batch``,
+:mod:`cpsnake.run.batchjob`), so a run of thousands of images is a few hundred jobs, each starting Python
+and loading the model once. Batches are formed here, from the images that passed inspection
+(:func:`cpsnake.run.samples.inspect`, which writes them into the samples table): in sample-name order, a
+batch takes images while it holds at most ``--batch-images`` images (default :data:`BATCH_IMAGES`, 64) and at
+most ``--batch-pixels`` pixels (Y x X x planes, default :data:`BATCH_PIXELS`, 50,000,000); an image larger
+than that budget is a batch of its own. Batches are named ``b0001``, ``b0002``, ... in that order
+(:data:`BATCH_PATTERN`), so the same samples and settings always give the same batches.
 
-STEP is one of ``normalize, infer, reconstruct, rois, measure, overlay``. Files, under the results folder
-DIR, for a batch ``b`` and an image ``NAME``:
-
-========================  =============================================  ================================
-step                      writes                                         reads
-========================  =============================================  ================================
-normalize                 ``work/b/normalized/NAME.tif`` (+ ``.json``)   the image (SAMPLES.tsv's path)
-infer                     ``work/b/flows/NAME.tif``                      ``work/b/normalized/NAME.tif``
-reconstruct               ``masks/NAME.tif`` (+ ``masks/NAME.zarr`` with   ``work/b/flows/NAME.tif``
-                          ``--ome-zarr``)
-rois                      ``rois/NAME.zip``                              ``masks/NAME.tif``
-measure                   ``measurements/NAME.csv`` (+ ``geojson/NAME``   masks, the image, the flows
-                          ``.geojson`` with ``--geojson``)
-overlay                   ``overlays/NAME.png`` (+ ``work/b/overlays/``)  masks, the image
-========================  =============================================  ================================
-
-An image segmented in blocks (the table's ``block`` > 0, :mod:`cpsnake.run.blockjob`) gets only its values
-``NAME.json`` from normalize, no flows from infer (its block jobs compute them), and its masks from
-reconstruct by stitching the block jobs' files ``work/b/blocks/NAME/K.npz`` (the label image built in a
-Zarr array on disk); measure then has no flows. Its rois, measure and overlay steps read the label TIFF and
-the image region by region and write window by window (:mod:`cpsnake.export.blockout`), so no step holds it whole.
-
-and the step's *manifest* ``work/b/STEP.tsv``: one row per image of the batch, columns ``sample``,
-``status`` (``ok``, ``failed`` or ``skipped`` when an earlier step failed it), ``reason`` (the one-line
-error), ``seconds`` and ``info`` (JSON: the normalization record, the number of cells, ...). The
-manifest is written last and atomically, so a batch job that did not finish leaves none.
-
-Failure isolation: an image whose step fails (a :class:`~cpsnake.errors.CpsnakeError`: truncated file,
-constant image, ...) is marked ``failed`` with its one-line reason, which also goes to
-``logs/images/NAME.log`` and to the job's stderr; the other images go on and the job exits 0. Later steps
-skip it. A bug (any other exception) stops the job with its traceback, as everywhere in cpsnake.
+Each step over a batch writes its *manifest* ``work/b/STEP.tsv`` (:class:`cpsnake.run.layout.Paths`): one row per
+image of the batch, columns ``sample``, ``status`` (``ok``, ``failed`` or ``skipped`` when an earlier step
+failed it), ``reason`` (the one-line error), ``seconds`` and ``info`` (JSON: the normalization record, the
+number of cells, ...). The manifest is written last and atomically, so a batch job that did not finish
+leaves none. :data:`STEPS` are the steps, :data:`UPSTREAM` the step whose manifest each one reads.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
-import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Sequence
 
-from cpsnake.errors import CpsnakeError, collected_warnings, guard, library_text, one_line
-from cpsnake.io.outputs import all_or_nothing, check_output, make_folder, written
+from cpsnake.errors import CpsnakeError, library_text
+from cpsnake.io.files import regular_file
+from cpsnake.io.outputs import atomic_output
+from cpsnake.io.tables import field_limit, read_cell, writer
 
-__all__ = ["STEPS", "UPSTREAM", "Outcome", "Paths", "read_manifest", "write_manifest", "run_step", "main"]
+__all__ = ["BATCH_IMAGES", "BATCH_PIXELS", "BATCH_PATTERN", "form_batches", "batch_names", "STEPS", "UPSTREAM",
+           "Outcome", "MANIFEST_COLUMNS", "read_manifest", "write_manifest"]
+
+BATCH_IMAGES = 64  # at most this many images per batch job
+BATCH_PIXELS = 50_000_000  # at most this many pixels (Y x X x planes) per batch job, unless one image is larger
+BATCH_PATTERN = r"b[0-9]+"  # a batch's name (the workflow's {batch} wildcard)
 
 STEPS = ("normalize", "infer", "reconstruct", "rois", "measure", "overlay")
 UPSTREAM = {"normalize": None, "infer": "normalize", "reconstruct": "infer", "rois": "reconstruct",
             "measure": "reconstruct", "overlay": "reconstruct"}
+
+
+def form_batches(sizes: Sequence[tuple[str, int]], *, max_pixels: int = BATCH_PIXELS,
+                 max_images: int = BATCH_IMAGES) -> list[list[str]]:
+    """Group (name, pixels) pairs into batches, deterministically.
+
+    Names are taken in sorted order; a batch grows while it has fewer than ``max_images`` names and its
+    pixels stay within ``max_pixels``; an image larger than ``max_pixels`` is a batch of its own.
+
+    Returns
+    -------
+    list of batches, each a list of names in sorted order.
+    """
+    if max_images < 1 or max_pixels < 1:
+        raise ValueError(f"batch limits {max_images} images / {max_pixels} pixels, expected >= 1")
+    batches: list[list[str]] = []
+    current: list[str] = []
+    total = 0
+    for name, pixels in sorted(sizes):
+        if current and (len(current) >= max_images or total + pixels > max_pixels):
+            batches.append(current)
+            current, total = [], 0
+        current.append(name)
+        total += pixels
+    if current:
+        batches.append(current)
+    return batches
+
+
+def batch_names(sizes: Sequence[tuple[str, int]], *, max_pixels: int = BATCH_PIXELS,
+                max_images: int = BATCH_IMAGES) -> dict[str, str]:
+    """Each name's batch, ``b0001``, ``b0002``, ... in the order of :func:`form_batches`."""
+    return {name: f"b{k:04d}"
+            for k, names in enumerate(form_batches(sizes, max_pixels=max_pixels, max_images=max_images), start=1)
+            for name in names}
+
+
+# --- manifests --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -73,80 +90,24 @@ class Outcome:
     info: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Paths:
-    """Where the files of batch ``batch`` lie under the results folder ``results``."""
-
-    results: Path
-    batch: str
-
-    @property
-    def work(self) -> Path:
-        return self.results / "work" / self.batch
-
-    def manifest(self, step: str) -> Path:
-        return self.work / f"{step}.tsv"
-
-    def normalized(self, name: str) -> Path:
-        return self.work / "normalized" / f"{name}.tif"
-
-    def flows(self, name: str) -> Path:
-        return self.work / "flows" / f"{name}.tif"
-
-    def masks(self, name: str) -> Path:
-        return self.results / "masks" / f"{name}.tif"
-
-    def rois(self, name: str) -> Path:
-        return self.results / "rois" / f"{name}.zip"
-
-    def measurements(self, name: str) -> Path:
-        return self.results / "measurements" / f"{name}.csv"
-
-    def geojson(self, name: str) -> Path:
-        return self.results / "geojson" / f"{name}.geojson"
-
-    def overlay(self, name: str) -> Path:
-        return self.results / "overlays" / f"{name}.png"
-
-    def report_overlay(self, name: str) -> Path:
-        return self.work / "overlays" / f"{name}.png"
-
-    def image_log(self, name: str) -> Path:
-        return self.results / "logs" / "images" / f"{name}.log"
-
-    def image_files(self, name: str) -> list[Path]:
-        """Every file and folder the steps write for the image ``name`` (its log aside)."""
-        return [self.masks(name), self.masks(name).with_suffix(".zarr"), self.rois(name), self.measurements(name),
-                self.geojson(name), self.overlay(name), self.report_overlay(name)]
-
-
-# --- manifests --------------------------------------------------------------------------------------
-
 MANIFEST_COLUMNS = ["sample", "status", "reason", "seconds", "info"]
 
 
 def write_manifest(path: str | os.PathLike, outcomes: list[Outcome]) -> None:
     """Write a step's manifest (TSV, :data:`MANIFEST_COLUMNS`) atomically; text cells as
     :func:`cpsnake.io.tables.cell` writes them."""
-    from cpsnake.io.outputs import atomic_output
-    from cpsnake.io.tables import writer
-
     with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = writer(fh, delimiter="\t")
         w.writerow(MANIFEST_COLUMNS)
         for o in outcomes:
-            w.writerow([o.sample, o.status, o.reason, f"{o.seconds:.4f}", json.dumps(o.info, sort_keys=True, default=str)])
+            w.writerow([o.sample, o.status, o.reason, f"{o.seconds:.4f}",
+                        json.dumps(o.info, sort_keys=True, default=str)])
 
 
 def read_manifest(path: str | os.PathLike) -> list[Outcome]:
     """Read a manifest written by :func:`write_manifest` (a missing or damaged one is a one-line CpsnakeError)."""
-    from cpsnake.io.files import regular_file
-    from cpsnake.io.tables import read_cell
-
     what = "a step manifest written by `cpsnake batch`"
     regular_file(path, what)
-    from cpsnake.io.tables import field_limit
-
     try:
         with field_limit(1 << 30), open(path, newline="", encoding="utf-8") as fh:  # info: normalization records
             return [Outcome(read_cell(r["sample"]), read_cell(r["status"]), read_cell(r["reason"]), float(r["seconds"]),
@@ -155,280 +116,3 @@ def read_manifest(path: str | os.PathLike) -> list[Outcome]:
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {library_text(exc)}); expected {what}; "
                            "delete it and run the step again") from None
-
-
-# --- running a step over the batch ------------------------------------------------------------------
-
-
-def _fail(paths: Paths, step: str, name: str, exc: CpsnakeError, t0: float) -> Outcome:
-    from cpsnake.io.outputs import atomic_output
-
-    reason = one_line(exc)
-    with atomic_output(paths.image_log(name)) as tmp:  # first: a log that cannot be written is the job's one line
-        tmp.write_text(f"cpsnake {step}: error: {reason}\n")
-    print(f"cpsnake batch {step}: error: {reason}", file=sys.stderr)
-    return Outcome(name, "failed", reason, time.perf_counter() - t0)
-
-
-def _each(rows, paths: Paths, step: str, fn: Callable[..., dict | None]) -> Iterator[Outcome]:
-    """Run ``fn(sample) -> info`` on each row, one failing image at a time."""
-    for s in rows:
-        t0 = time.perf_counter()
-        try:
-            with collected_warnings() as notes, all_or_nothing():  # the image's files of this step: all or none
-                info = fn(s) or {}
-        except CpsnakeError as exc:
-            yield _fail(paths, step, s.sample, exc, t0)
-            continue
-        for note in notes:
-            print(f"cpsnake batch {step}: warning: {s.sample}: {note}", file=sys.stderr)
-        yield Outcome(s.sample, "ok", "", time.perf_counter() - t0, info)
-
-
-def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
-    """The batch's images through one model, their tiles pooled (see :func:`cpsnake.engine.infer.predict_many`)."""
-    from cpsnake.engine import infer, size
-    from cpsnake.steps import infer as infer_step
-    from cpsnake.models import statefile, weights
-    from cpsnake.io.flows import write_flows
-    from cpsnake.models.registry import load_model
-
-    infer_step.check_options(args)
-    if all(s.block for s in rows):  # nothing for the network (no image left, or images in blocks): no model load
-        return iter([Outcome(s.sample, "ok", "", 0.0, {"blocks": s.block}) for s in rows])
-    path = weights.resolve(args.model, progress=False)
-    statefile.check(path)
-    opts = infer_step.options(args)
-    default_diameter = opts.pop("diameter")
-    net = load_model(path, device=str(opts["device"]))
-    spec = infer.tiling(net)
-    wants_auto = default_diameter == "auto" or any(s.diameter == "auto" for s in rows)
-    size_params = size.size_model_for(net, path, args.size_model) if wants_auto else None
-    taken: list = []  # (sample, meta) of the images handed to the network, in order
-    diameters: list = []  # filled as images are taken: predict_many reads entry k when it prepares image k
-    failed: list[Outcome] = []
-    done: list[Outcome] = []  # stacks, written as they are read
-    from cpsnake.steps import stack_options
-    from cpsnake.stacks.stack import stack_flows
-
-    sopts = stack_options.options(args)
-
-    def images():
-        for s in rows:
-            t0 = time.perf_counter()
-            if s.block:  # its flows are computed by its block jobs (cpsnake.run.blockjob)
-                done.append(Outcome(s.sample, "ok", "", 0.0, {"blocks": s.block}))
-                continue
-            try:
-                img, meta = infer_step.read_normalized(paths.normalized(s.sample), max_pixels=args.max_pixels)
-                d = s.diameter if s.diameter is not None else default_diameter
-                if d == "auto":
-                    plane = img if img.ndim == 3 else img[img.shape[0] // 2]  # a stack: its middle plane
-                    d = size.auto_diameter(net, plane, path, args.size_model, opts, source=s.sample, params=size_params)
-                if spec.scale(d) is not None:
-                    infer.scaled_shape(img.shape, spec.scale(d), args.max_pixels, why=f"{s.sample}: diameter {d}")
-                if img.ndim == 4:  # a stack: its planes (or three views) go through the network now
-                    do_3d = sopts["mode"] == "3d" and meta["stack_axes"] == "Z"  # config stacks: where it fits
-                    flows = stack_flows(net, img, do_3d=do_3d, diameter=d,
-                                        anisotropy=sopts["anisotropy"], flow3d_smooth=sopts["flow3d_smooth"],
-                                        max_pixels=args.max_pixels, **opts)
-                    write_flows(paths.flows(s.sample), flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
-                                   network_scale=spec.scale(d), stack_axes=meta["stack_axes"], z_step=meta.get("z_step"),
-                                   frame_interval=meta.get("frame_interval"),
-                                   three_d=do_3d)
-                    done.append(Outcome(s.sample, "ok", "", time.perf_counter() - t0, {"diameter": d}))
-                    continue
-            except CpsnakeError as exc:
-                failed.append(_fail(paths, "infer", s.sample, exc, t0))
-                continue
-            taken.append((s, meta))
-            diameters.append(d)
-            yield img
-
-    t = time.perf_counter()
-    outcomes = {}
-    for k, flows in enumerate(infer.predict_many(net, images(), diameters=diameters, progress=False,
-                                                 max_pixels=args.max_pixels, **opts)):
-        s, meta = taken[k]
-        write_flows(paths.flows(s.sample), flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
-                       network_scale=spec.scale(diameters[k]))
-        now = time.perf_counter()
-        outcomes[s.sample] = Outcome(s.sample, "ok", "", now - t, {"diameter": diameters[k]})
-        t = now
-    outcomes.update({o.sample: o for o in failed + done})
-    return iter([outcomes[s.sample] for s in rows])
-
-
-def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
-    """Run ``step`` on the batch's samples ``rows`` (:class:`cpsnake.run.samples.Sample`, those still ``ok``).
-
-    ``args`` holds the step's options as parsed by :func:`main`. Returns one outcome per row, in order.
-    """
-    from cpsnake.steps import measure, normalize, overlay, reconstruct, rois, stack_options
-
-    if step == "normalize":
-        opts = normalize.options(args)
-        default_channels = opts.pop("channels")
-        norm3d = stack_options.options(args)["mode"] != "planes"  # --do-3d, --stitch-threshold: the stack at once
-
-        def one(s):
-            channels = s.channels if s.channels is not None else default_channels
-            if s.block:  # block jobs read the image region by region: the values only
-                from cpsnake.run.blockjob import values_file
-
-                doc = values_file(s.path, paths.normalized(s.sample).with_suffix(".json"), channels=channels,
-                                  max_pixels=args.max_pixels, pixel_size=s.pixel_size, **opts)
-                return {"normalization": doc}
-            doc = normalize.normalize_file(s.path, paths.normalized(s.sample), channels=channels,
-                                           max_pixels=args.max_pixels, pixel_size=s.pixel_size, norm3d=norm3d, **opts)
-            return {"normalization": doc}
-
-        return list(_each(rows, paths, step, one))
-    if step == "infer":
-        return list(_infer(rows, paths, args))
-    if step == "reconstruct":
-        opts = reconstruct.options(args) | reconstruct.stack_keywords(args)
-        ome_zarr = getattr(args, "ome_zarr", False)
-
-        def zarr_labels(s, info: dict) -> dict:  # --ome-zarr: the label TIFF just written, as OME-Zarr labels
-            from cpsnake.io.labels import read_labels
-            from cpsnake.io.ngff import write_label_zarr
-
-            labels, meta = read_labels(written(paths.masks(s.sample)), max_pixels=args.max_pixels)
-            if labels.ndim != 2:
-                print(f"cpsnake batch reconstruct: warning: {s.sample}: OME-Zarr labels are written for 2-D images; "
-                      "this stack's labels are in the TIFF only", file=sys.stderr)
-                return info
-            write_label_zarr(paths.masks(s.sample).with_suffix(".zarr"), labels, pixel_size=meta["pixel_size"],
-                             unit=meta["unit"])
-            return info
-
-        def one(s):  # the flows record the network's scale (and so niter)
-            if s.block:  # pass 2 and the stitch over the block jobs' files
-                from cpsnake.run.blockjob import block_path, grid_of, stitch_file
-
-                doc = {o.sample: o for o in read_manifest(paths.manifest("normalize"))}[s.sample].info["normalization"]
-                files = [block_path(paths.results, paths.batch, s.sample, k)
-                         for k in range(len(grid_of(s.height, s.width, s.block)))]
-                report = stitch_file(files, paths.masks(s.sample), shape=(s.height, s.width), block=s.block,
-                                     pixel_size=doc["pixel_size"], unit=doc["unit"],
-                                     ome_zarr=paths.masks(s.sample).with_suffix(".zarr") if ome_zarr else None, **opts)
-                return {"cells": report["objects"], "blocks": report}
-            info = {"cells": reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample),
-                                                          max_pixels=args.max_pixels, where_fit=True, **opts)}
-            return zarr_labels(s, info) if ome_zarr else info
-
-        return list(_each(rows, paths, step, one))
-    if step == "rois":
-        def one(s):  # block-wise images: labels read by region, ROIs written window by window (cpsnake.export.blockout)
-            if s.block:
-                return {"rois": rois.export_file_by_window(paths.masks(s.sample), paths.rois(s.sample))}
-            return {"rois": rois.export_file(paths.masks(s.sample), paths.rois(s.sample), max_pixels=args.max_pixels)}
-
-        return list(_each(rows, paths, step, one))
-    if step == "measure":
-        per_slice = stack_options.options(args)["mode"] == "planes"  # planes: 2-D objects, rows per slice
-
-        def one(s):
-            geojson = paths.geojson(s.sample) if args.geojson else None
-            if s.block:
-                return {"rows": measure.measure_file_by_window(paths.masks(s.sample), s.path,
-                                                               paths.measurements(s.sample), pixel_size=s.pixel_size,
-                                                               geojson_path=geojson, max_pixels=args.max_pixels)}
-            return {"rows": measure.measure_file(
-                paths.masks(s.sample), s.path, paths.measurements(s.sample), max_pixels=args.max_pixels,
-                flows_path=paths.flows(s.sample), pixel_size=s.pixel_size, per_slice=per_slice, geojson_path=geojson)}
-
-        return list(_each(rows, paths, step, one))
-    if step == "overlay":
-        def one(s):
-            if s.block:
-                overlay.overlay_file_by_window(s.path, paths.masks(s.sample), paths.overlay(s.sample),
-                                               max_pixels=args.max_pixels)
-            else:
-                overlay.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample), max_pixels=args.max_pixels)
-            _link(paths.overlay(s.sample), paths.report_overlay(s.sample))
-
-        return list(_each(rows, paths, step, one))
-    raise CpsnakeError(f"step {step!r}: unknown, expected one of {', '.join(STEPS)}")
-
-
-def _link(src: Path, dst: Path) -> None:
-    """``dst`` becomes a hard link to ``src`` (just written, see :func:`cpsnake.io.outputs.written`; a copy where links
-    are not possible), written as every output is."""
-    import shutil
-
-    from cpsnake.io.outputs import atomic_output
-
-    with atomic_output(dst) as tmp:
-        try:
-            os.link(written(src), tmp)
-        except OSError:
-            shutil.copyfile(written(src), tmp)
-
-
-# --- command line -----------------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    from cpsnake.steps import infer, normalize, reconstruct
-    from cpsnake.io import limits
-
-    p = argparse.ArgumentParser(prog="cpsnake batch", description=__doc__.splitlines()[0].split(": ", 1)[1])
-    p.add_argument("step", choices=STEPS)
-    p.add_argument("samples", type=Path, help="the samples table written by `cpsnake samples`")
-    p.add_argument("batch", help="the batch to run (e.g. b0001, the table's batch column)")
-    p.add_argument("--results", type=Path, required=True, help="the results folder")
-    p.add_argument("--model", default=None, help="infer: registry name or weights file")
-    for title, module in (("normalize", normalize), ("infer", infer), ("reconstruct", reconstruct)):
-        module.add_options(p.add_argument_group(f"{title} options (as `cpsnake {title}`)"))
-    from cpsnake.steps import stack_options
-
-    stack_options.add_options(p.add_argument_group("stack options (see cpsnake.stacks.stack)"))
-    p.add_argument("--geojson", action="store_true", help="measure: also write geojson/NAME.geojson (QuPath)")
-    p.add_argument("--ome-zarr", action="store_true",
-                   help="reconstruct: also write masks/NAME.zarr, OME-Zarr labels (2-D images; cpsnake.io.ngff)")
-    limits.add_option(p)
-    return p
-
-
-@guard("batch")
-def main(argv: list[str] | None = None) -> int:
-    from cpsnake.run import samples as sample_table
-
-    args = _parser().parse_args(argv)
-    if args.step == "infer" and not args.model:
-        raise CpsnakeError("cpsnake batch infer: found no --model, expected a registry name or a weights file")
-    paths = Paths(args.results, args.batch)
-    rows = [s for s in sample_table.read_table(args.samples) if s.batch == args.batch and s.status == "ok"]
-    if not rows:
-        raise CpsnakeError(f"{args.samples}: batch {args.batch!r} holds no image; expected a batch of the table "
-                           "(`cpsnake samples` writes them)")
-    check_output(paths.manifest(args.step))  # results that cannot be written: one line before any work
-    skipped: dict[str, Outcome] = {}
-    upstream = UPSTREAM[args.step]
-    if upstream is not None:
-        done = {o.sample: o for o in read_manifest(paths.manifest(upstream))}
-        for s in rows:
-            o = done.get(s.sample)
-            if o is None or o.status != "ok":
-                why = o.reason if o is not None and o.status == "skipped" else f"{upstream} {o.status if o else 'missing'}"
-                skipped[s.sample] = Outcome(s.sample, "skipped", why)
-    todo = [s for s in rows if s.sample not in skipped]
-    outcomes = {o.sample: o for o in run_step(args.step, todo, paths, args)}
-    outcomes.update(skipped)
-    result = [outcomes[s.sample] for s in rows]
-    folder = {"normalize": "normalized", "infer": "flows", "overlay": "overlays"}.get(args.step)
-    if folder:  # the step's folder is a workflow output: it exists even when every image failed
-        make_folder(paths.work / folder)
-    write_manifest(paths.manifest(args.step), result)
-    failed = sum(o.status == "failed" for o in result)
-    from cpsnake.run.jobmem import peak_mb
-
-    print(f"cpsnake batch {args.step} {args.batch}: {len(result) - failed - len(skipped)} ok, {failed} failed, "
-          f"{len(skipped)} skipped; peak memory {peak_mb()} MB", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

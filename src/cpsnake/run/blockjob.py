@@ -1,4 +1,4 @@
-"""Block-wise segmentation as workflow jobs: the values, one job per block, and the stitch.
+"""Block-wise segmentation as workflow jobs: the values, one job per block, and the assembly of the blocks.
 
 An image whose samples-table row has ``block`` > 0 (see :mod:`cpsnake.run.samples`) goes through the workflow in
 pieces, so one slide is segmented on many nodes with the labels of the one-process run
@@ -12,24 +12,27 @@ batch normalize     ``work/b/normalized/NAME.json`` and its      :func:`values_f
 ``cpsnake block``   ``work/b/blocks/NAME/K.npz``, one per       :func:`block_file`: pass 1 of block K (its
 (one per block)     block of the grid                           flows from the whole image's tile grid, its
                                                                 masks up to the flow-error check)
-batch reconstruct   ``masks/NAME.tif``                          :func:`stitch_file`: pass 2 with the largest
+batch reconstruct   ``masks/NAME.tif``                          :func:`assemble_file`: pass 2 with the largest
                                                                 diffusion length of all blocks, ownership,
-                                                                stitching
+                                                                the blocks assembled into one label image
 ==================  ==========================================  =============================================
 
 The grid (cores of ``block`` px tiling the image, row-major) follows from the image's header, so the
 workflow knows its block jobs when it builds the DAG. A block job's memory follows its block (its read
 region, the tiles around it and its flows), not the image. The halo is ``--block-halo`` or the default for
 the image's diameter (:func:`cpsnake.engine.blocks.default_halo`); each block file records its grid position and
-halo, and the stitch refuses files of another grid.
+halo, and the assembly refuses files of another grid.
 
 A block job of an image that cannot be segmented this way (``--diameter auto`` or ``--tile-norm``, which
 need the whole image; a corrupt chunk) writes its block file with the one-line reason instead of the
-masks; the stitch then fails that image alone with that reason, as every batch step fails one image.
+masks; the assembly then fails that image alone with that reason, as every batch step fails one image.
 
 Usage (what the workflow's ``block`` rule runs)::
 
     cpsnake block SAMPLES.tsv BATCH NAME K --results DIR --model M [--block-halo H] [infer / reconstruct options]
+
+The model loader (torch) and zarr are imported inside the functions that use them, so that a bad option or
+table is refused without them.
 """
 
 from __future__ import annotations
@@ -37,36 +40,41 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError, guard, one_line
+from cpsnake import __version__
+from cpsnake.bounds import check_halo, option
+from cpsnake.engine.blocks import (Block, block_grid, check_block_size, default_halo, finish_blocks, halo_advice,
+                                   seed_block)
+from cpsnake.engine.normalize import scale
+from cpsnake.engine.streamnorm import stream_values
+from cpsnake.errors import CpsnakeError, CpsnakeWarning, guard, one_line
+from cpsnake.export.blockout import write_label_tiff
+from cpsnake.io import inputs, limits, regions
+from cpsnake.io.ngff import write_label_zarr
+from cpsnake.io.outputs import atomic_output, check_output, scratch_folder
+from cpsnake.models import statefile, weights
+from cpsnake.run import samples as sample_table
+from cpsnake.run.batch import read_manifest
+from cpsnake.run.jobmem import peak_mb
+from cpsnake.run.layout import Paths
+from cpsnake.steps import infer, reconstruct
 
-__all__ = ["grid_of", "values_file", "block_path", "block_file", "stitch_file", "main"]
+__all__ = ["grid_of", "values_file", "block_file", "assemble_file", "main"]
 
 
 def grid_of(height: int, width: int, block: int, halo: int = 0):
     """The block grid of an image of ``height`` x ``width`` px (:func:`cpsnake.engine.blocks.block_grid`)."""
-    from cpsnake.engine.blocks import block_grid
-
     return block_grid((height, width), block, halo)
-
-
-def block_path(results: Path, batch: str, name: str, k: int) -> Path:
-    """``RESULTS/work/BATCH/blocks/NAME/K.npz``."""
-    return Path(results) / "work" / batch / "blocks" / name / f"{k}.npz"
 
 
 def values_file(src, out_json, *, channels=None, pixel_size=None, max_pixels=None, percentiles=(1.0, 99.0),
                 low_high=None, invert: bool = False, tile_size: int = 0, **_) -> dict:
     """The normalization values of a 2-D image read region by region (:func:`cpsnake.engine.streamnorm.stream_values`),
     written to ``out_json`` in the form ``cpsnake normalize`` writes beside its image; returns the document."""
-    from cpsnake import __version__
-    from cpsnake.engine.streamnorm import stream_values
-    from cpsnake.io import inputs, limits, regions
-    from cpsnake.io.outputs import atomic_output
-
     if tile_size:
         raise CpsnakeError(f"{src}: --tile-norm {tile_size} with an image segmented block by block; expected "
                            "percentile or --low-high normalization; set config blocks.size to 0 for this run, or "
@@ -111,11 +119,6 @@ def block_file(net, src, values: dict, out_npz, k: int, *, block: int, halo: int
     :func:`values_file`);
     writes ``out_npz`` (masks ``seeds``, flows ``dP`` when the flow check is on, ``heat_niter``, the block's
     ``index``/``core``/``read``, ``shape``, ``block``, ``halo``) atomically; returns a summary dict."""
-    from cpsnake.io import inputs
-    from cpsnake.engine.blocks import check_block_size, default_halo, seed_block
-    from cpsnake.io.outputs import atomic_output
-    from cpsnake.engine.normalize import scale
-
     if diameter == "auto":
         raise CpsnakeError(f"{src}: --diameter auto with an image segmented block by block; expected a number (the "
                            "size model needs the whole image); give the diameter (config or sample sheet)")
@@ -126,15 +129,17 @@ def block_file(net, src, values: dict, out_npz, k: int, *, block: int, halo: int
         shape = img.shape[1:]
         grid = grid_of(*shape, block, halo)
         if not 0 <= k < len(grid):
-            raise CpsnakeError(f"{src}: block {k} requested, the grid of {block} px blocks has {len(grid)} (0-{len(grid) - 1})")
+            raise CpsnakeError(f"{src}: block {k} requested, the grid of {block} px blocks has {len(grid)} "
+                               f"(0-{len(grid) - 1})")
         b = grid[k]
         seeds, dP, heat_niter = seed_block(
             net, lambda y0, y1, x0, x1: scale(img.read(y0, y1, x0, x1)[picked], record), shape, b,
             channels=len(picked), diameter=diameter, cellprob_threshold=cellprob_threshold, niter=niter,
             max_size_fraction=max_size_fraction, keep_flows=flow_threshold is not None and flow_threshold > 0,
             **infer_opts)
-    arrays = {"seeds": seeds, "heat_niter": np.int64(heat_niter), "index": np.asarray(b.index), "core": np.asarray(b.core),
-              "read": np.asarray(b.read), "shape": np.asarray(shape), "block": np.int64(block), "halo": np.int64(halo)}
+    arrays = {"seeds": seeds, "heat_niter": np.int64(heat_niter), "index": np.asarray(b.index),
+              "core": np.asarray(b.core), "read": np.asarray(b.read), "shape": np.asarray(shape),
+              "block": np.int64(block), "halo": np.int64(halo)}
     if dP is not None:
         arrays["dP"] = dP
     with atomic_output(out_npz) as tmp, open(tmp, "wb") as fh:
@@ -143,23 +148,17 @@ def block_file(net, src, values: dict, out_npz, k: int, *, block: int, halo: int
 
 
 def _failed_block(out_npz, reason: str) -> None:
-    from cpsnake.io.outputs import atomic_output
-
     with atomic_output(out_npz) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, error=np.asarray(reason))
 
 
-def stitch_file(files: list[Path], out_tif, *, shape: tuple[int, int], block: int, flow_threshold: float = 0.4,
-                min_size: int = 15, device=None, pixel_size=None, unit=None, ome_zarr=None, **_) -> dict:
-    """Pass 2 over the block files of one image (:func:`cpsnake.engine.blocks.finish_blocks`, the label image built in
-    a Zarr array in a temporary folder), then the label TIFF ``out_tif`` (and OME-Zarr labels at ``ome_zarr``)
-    written band by band; returns the blocks' report. A block file that holds an error fails the image with
-    its reason."""
+def assemble_file(files: list[Path], out_tif, *, shape: tuple[int, int], block: int, flow_threshold: float = 0.4,
+                  min_size: int = 15, device=None, pixel_size=None, unit=None, ome_zarr=None, **_) -> dict:
+    """Pass 2 over the block files of one image and their objects assembled into one label image
+    (:func:`cpsnake.engine.blocks.finish_blocks`, built in a Zarr array in a temporary folder), then the label
+    TIFF ``out_tif`` (and OME-Zarr labels at ``ome_zarr``) written band by band; returns the blocks' report. A
+    block file that holds an error fails the image with its reason."""
     import zarr
-
-    from cpsnake.export.blockout import write_label_tiff
-    from cpsnake.io.outputs import scratch_folder
-    from cpsnake.engine.blocks import Block, finish_blocks, halo_advice
 
     heads = []
     for k, f in enumerate(files):
@@ -177,7 +176,8 @@ def stitch_file(files: list[Path], out_tif, *, shape: tuple[int, int], block: in
             for h in heads]
     if len(halos) != 1 or grid != grid_of(*shape, block, halos.pop()):
         raise CpsnakeError(f"{files[0].parent}: found block files of different grids or halos; expected the "
-                           f"{len(grid_of(*shape, block))} blocks of one grid; delete the folder and run the workflow again")
+                           f"{len(grid_of(*shape, block))} blocks of one grid; delete the folder and run the workflow "
+                           "again")
 
     def load(k):
         with np.load(files[k], allow_pickle=False) as z:
@@ -191,23 +191,14 @@ def stitch_file(files: list[Path], out_tif, *, shape: tuple[int, int], block: in
         report.update(block=block, halo=int(heads[0]["halo"]))
         write_label_tiff(out_tif, labels, report["objects"], pixel_size=pixel_size, unit=unit)
         if ome_zarr is not None:
-            from cpsnake.io.ngff import write_label_zarr
-
             write_label_zarr(ome_zarr, labels, pixel_size=pixel_size, unit=unit)
     advice = halo_advice(report)
     if advice:  # the batch step prints it with the image's name (and config blocks.halo is the fix there)
-        import warnings
-
-        from cpsnake.errors import CpsnakeWarning
-
         warnings.warn(advice.replace("--block-halo", "config blocks.halo (--block-halo)"), CpsnakeWarning, stacklevel=2)
     return report
 
 
 def _parser() -> argparse.ArgumentParser:
-    from cpsnake.steps import infer, reconstruct
-    from cpsnake.io import limits
-
     p = argparse.ArgumentParser(prog="cpsnake block", description="pass 1 of one block of a large image (a workflow "
                                 "job); see cpsnake.run.blockjob")
     p.add_argument("samples", type=Path, help="the samples table written by `cpsnake samples`")
@@ -216,8 +207,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("index", type=int, help="the block, 0-based, row-major in the grid")
     p.add_argument("--results", type=Path, required=True, help="the results folder")
     p.add_argument("--model", required=True, help="registry name or weights file")
-    from cpsnake.bounds import option
-
     p.add_argument("--block-halo", type=option("--block-halo"), default=None, metavar="H",
                    help="context around the block in px (default 96, or 3 x the diameter)")
     infer.add_options(p.add_argument_group("infer options (as `cpsnake infer`)"))
@@ -228,11 +217,7 @@ def _parser() -> argparse.ArgumentParser:
 
 @guard("block")
 def main(argv: list[str] | None = None) -> int:
-    from cpsnake.steps import infer, reconstruct
-    from cpsnake.models import statefile, weights
-    from cpsnake.models.registry import load_model
-    from cpsnake.run import samples as sample_table
-    from cpsnake.bounds import check_halo
+    from cpsnake.models.registry import load_model  # torch
 
     args = _parser().parse_args(argv)
     infer.check_options(args)  # the option checks that need no torch come first
@@ -243,40 +228,35 @@ def main(argv: list[str] | None = None) -> int:
                            "expected a row with block > 0 (`cpsnake samples` writes them)")
     s = rows[0]
     check_halo(args.block_halo, s.block, block_name="the samples table's block")
-    blocks = len(grid_of(s.height, s.width, s.block))
+    blocks = s.block_count
     if not 0 <= args.index < blocks:
         raise CpsnakeError(f"block {args.index}: found a block index outside the grid of {s.sample} ({blocks} blocks "
                            f"of {s.block} px); expected 0 to {blocks - 1}; run the block jobs the workflow lists")
-    out = block_path(args.results, args.batch, s.sample, args.index)
-    from cpsnake.run.batch import Paths, read_manifest
-
-    done = {o.sample: o for o in read_manifest(Paths(args.results, args.batch).manifest("normalize"))}
+    paths = Paths(args.results, args.batch)
+    out = paths.block(s.sample, args.index)
+    done = {o.sample: o for o in read_manifest(paths.manifest("normalize"))}
     if s.sample not in done or done[s.sample].status != "ok":  # failed there: skipped downstream; nothing to do
         _failed_block(out, f"{s.path}: no normalization values (the normalize step failed it)")
         print(f"cpsnake block: {s.sample} block {args.index}: skipped, no normalization values", file=sys.stderr)
         return 0
-    from cpsnake.io.outputs import check_output
-
     check_output(out)  # a block file that cannot be written: one line before the model loads
     opts = infer.options(args)
     diameter = s.diameter if s.diameter is not None else opts.pop("diameter")
     opts.pop("diameter", None)
     ropts = reconstruct.options(args)
-    for key in ("device", "min_size"):  # pass 2's (the stitch job's)
+    for key in ("device", "min_size"):  # pass 2's (the assembly's, in the reconstruct step)
         ropts.pop(key)
     path = weights.resolve(args.model, progress=False)
     statefile.check(path)
     net = load_model(path, device=str(opts["device"]))
     try:
-        info = block_file(net, s.path, done[s.sample].info["normalization"], out, args.index, block=s.block, halo=args.block_halo,
-                          diameter=diameter, max_pixels=args.max_pixels, **ropts, **opts)
+        info = block_file(net, s.path, done[s.sample].info["normalization"], out, args.index, block=s.block,
+                          halo=args.block_halo, diameter=diameter, max_pixels=args.max_pixels, **ropts, **opts)
     except CpsnakeError as exc:
         reason = one_line(exc)
         _failed_block(out, reason if reason.startswith(s.path) else f"{s.path}: {reason}")
         print(f"cpsnake block: error: {reason}", file=sys.stderr)
         return 0
-    from cpsnake.run.jobmem import peak_mb
-
     print(f"cpsnake block: {s.sample} block {args.index}: {info['objects']} masks, read {info['read']}; peak memory "
           f"{peak_mb()} MB", file=sys.stderr)
     return 0

@@ -27,10 +27,10 @@ Each image is *inspected* from its header only (shape, channels, planes, dtype; 
 so this is cheap for thousands of images and for slides): a file that is missing, not a regular file (a
 FIFO, socket or device named like an image is listed, never opened), not an image, or has a header that
 cannot be read, fails here with its one-line reason and goes into no batch. Images that
-pass are *batched*: in sample-name order, a batch takes images while it holds at most
-``--batch-images`` images (default 64) and at most ``--batch-pixels`` pixels (Y x X x planes, default
-50,000,000); an image larger than that budget is a batch of its own. Batches are named ``b0001``,
-``b0002``, ... in that order, so the same samples and settings always give the same batches.
+pass are *batched* by :mod:`cpsnake.run.batch` (in sample-name order, at most ``--batch-images`` images,
+default 64, and ``--batch-pixels`` pixels, Y x X x planes, default 50,000,000, per batch; an image larger
+than that budget is a batch of its own), named ``b0001``, ``b0002``, ... in that order, so the same samples
+and settings always give the same batches.
 
 The output table (TSV) has one row per sample: ``sample, path, channels, diameter, pixel_size, status``
 (``ok`` or ``failed``), ``reason``, ``height, width, channels_in_file, planes, dtype, pixels, batch, block``.
@@ -51,32 +51,35 @@ import warnings
 from dataclasses import dataclass, field, fields
 from io import StringIO
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
+from cpsnake import bounds
+from cpsnake.bounds import check, option, parse_channels
+from cpsnake.engine.blocks import auto_block_size, block_grid
 from cpsnake.errors import CpsnakeError, CpsnakeWarning, collected_warnings, guard, library_text
-from cpsnake.io import inputs
+from cpsnake.io import inputs, limits
+from cpsnake.io.files import read_bytes, regular_file
 from cpsnake.io.omezarr import is_ome_zarr
+from cpsnake.io.outputs import atomic_output
+from cpsnake.io.tables import field_limit, read_cell, writer
+from cpsnake.run.batch import BATCH_IMAGES, BATCH_PIXELS, batch_names
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "BATCH_IMAGES",
-    "BATCH_PIXELS",
     "Sample",
     "sample_name",
     "name_clash",
     "discover",
     "read_sheet",
     "MAX_SHEET_BYTES",
-    "form_batches",
     "write_table",
     "read_table",
     "inspect",
+    "check_jobs",
     "main",
 ]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-BATCH_IMAGES = 64  # at most this many images per batch job
-BATCH_PIXELS = 50_000_000  # at most this many pixels (Y x X x planes) per batch job, unless one image is larger
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -101,6 +104,11 @@ class Sample:
     block: int = 0  # > 0: segmented block by block, cores of this many px (cpsnake.run.blockjob)
     extra: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def block_count(self) -> int:
+        """The number of blocks (one workflow job each) of an image segmented in blocks; 0 for the others."""
+        return len(block_grid((self.height, self.width), self.block, 0)) if self.block else 0
+
 
 COLUMNS = [f.name for f in fields(Sample) if f.name != "extra"]
 
@@ -123,7 +131,6 @@ def discover(spec: str) -> list[Sample]:
     entry that is not a regular file (a FIFO, socket or device named ``x.tif``, a broken link) is listed
     too, never opened here: it fails at inspection with its one line, so nothing is dropped silently.
     """
-    from cpsnake.io.files import regular_file
 
     if os.path.isdir(spec) and not is_ome_zarr(spec):
         try:
@@ -170,17 +177,18 @@ def _shown(text: str, width: int = 40) -> str:
     return repr(text if len(text) <= width else text[:width] + "...")
 
 
-def _parse_channels(text: str, where: str) -> list[int] | None:
-    text = text.strip().strip("[]")
-    if not text:
-        return None
+def _channels_cell(text: str, where: str) -> list[int] | None:
+    """A sheet's ``channels`` cell (:func:`cpsnake.bounds.parse_channels`): None when empty, else 1 to 3
+    distinct 0-based channel numbers, or a CpsnakeError naming the cell."""
     try:
-        chans = [int(t) for t in text.replace(" ", ",").split(",") if t != ""]
+        chans = parse_channels(text)
     except ValueError:
         chans = []
+    if chans is None:
+        return None
     if not chans or len(chans) > 3 or len(set(chans)) != len(chans) or min(chans) < 0:
-        raise CpsnakeError(f"{where}: channels {_shown(text)}, expected 1 to 3 distinct 0-based channel numbers, "
-                           "e.g. 0,2; fix that cell")
+        raise CpsnakeError(f"{where}: channels {_shown(text.strip().strip('[]'))}, expected 1 to 3 distinct 0-based "
+                           "channel numbers, e.g. 0,2; fix that cell")
     return chans
 
 
@@ -196,7 +204,6 @@ def _parse_positive(text: str, where: str, what: str) -> float | None:
         raise CpsnakeError(f"{where}: {what} {_shown(text)}, expected a positive number (or an empty cell for none); "
                            "fix that cell")
     if what == "diameter":  # the bound of --diameter (cpsnake.bounds): it scales the image and the flow following
-        from cpsnake.bounds import check
 
         check("--diameter", value, shown=f"{where}: diameter {_shown(text)}")
     return value
@@ -217,7 +224,6 @@ _CSV_PROBLEMS = {  # csv.Error text -> (found, expected)
 
 def _sheet_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str]]]:
     """(first line, cells) of each non-blank row of a sheet's ``text``; malformed CSV / TSV is a CpsnakeError."""
-    from cpsnake.io.tables import field_limit
 
     reader = csv.reader(StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows, line = [], 1
@@ -248,7 +254,6 @@ def read_sheet(path: str | os.PathLike) -> list[Sample]:
     name, a repeated name, bad ``channels`` / ``diameter`` / ``pixel_size`` values. Each sample's ``extra``
     holds ``where``, its sheet and line, for later messages about its cells.
     """
-    from cpsnake.io.files import read_bytes
 
     path = Path(path)
     data = read_bytes(path, SHEET, limit=MAX_SHEET_BYTES)
@@ -301,7 +306,7 @@ def read_sheet(path: str | os.PathLike) -> list[Sample]:
             image_path = path.parent / image_path
         samples[name] = Sample(
             name, str(image_path),
-            channels=_parse_channels(row.get("channels", ""), where),
+            channels=_channels_cell(row.get("channels", ""), where),
             diameter=("auto" if row.get("diameter", "") == "auto"
                       else _parse_positive(row.get("diameter", ""), where, "diameter")),
             pixel_size=_parse_positive(row.get("pixel_size", ""), where, "pixel_size"),
@@ -310,33 +315,6 @@ def read_sheet(path: str | os.PathLike) -> list[Sample]:
     if not samples:
         raise CpsnakeError(f"{path}: no rows, expected one row per image under the header")
     return [samples[n] for n in sorted(samples)]
-
-
-def form_batches(sizes: Sequence[tuple[str, int]], *, max_pixels: int = BATCH_PIXELS,
-                 max_images: int = BATCH_IMAGES) -> list[list[str]]:
-    """Group (name, pixels) pairs into batches, deterministically.
-
-    Names are taken in sorted order; a batch grows while it has fewer than ``max_images`` names and its
-    pixels stay within ``max_pixels``; an image larger than ``max_pixels`` is a batch of its own.
-
-    Returns
-    -------
-    list of batches, each a list of names in sorted order.
-    """
-    if max_images < 1 or max_pixels < 1:
-        raise ValueError(f"batch limits {max_images} images / {max_pixels} pixels, expected >= 1")
-    batches: list[list[str]] = []
-    current: list[str] = []
-    total = 0
-    for name, pixels in sorted(sizes):
-        if current and (len(current) >= max_images or total + pixels > max_pixels):
-            batches.append(current)
-            current, total = [], 0
-        current.append(name)
-        total += pixels
-    if current:
-        batches.append(current)
-    return batches
 
 
 def _cell(value) -> str:
@@ -352,8 +330,6 @@ def _cell(value) -> str:
 def write_table(path: str | os.PathLike, samples: Iterable[Sample]) -> None:
     """Write the samples table (TSV, :data:`COLUMNS`) atomically; text cells as :func:`cpsnake.io.tables.writer`
     writes them."""
-    from cpsnake.io.outputs import atomic_output
-    from cpsnake.io.tables import writer
 
     with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = writer(fh, delimiter="\t")
@@ -364,7 +340,6 @@ def write_table(path: str | os.PathLike, samples: Iterable[Sample]) -> None:
 
 def read_table(path: str | os.PathLike) -> list[Sample]:
     """Read a table written by :func:`write_table` (a missing or damaged one is a one-line CpsnakeError)."""
-    from cpsnake.io.files import regular_file
 
     what = "the samples table written by `cpsnake samples`"
     regular_file(path, what)
@@ -376,8 +351,6 @@ def read_table(path: str | os.PathLike) -> list[Sample]:
 
 
 def _rows(path) -> list[Sample]:
-    from cpsnake.io.tables import read_cell
-
     out = []
     with open(path, newline="", encoding="utf-8") as fh:
         for raw in csv.DictReader(fh, delimiter="\t"):
@@ -412,7 +385,6 @@ def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_im
     that its sheet row names, is ``failed`` with its one-line reason and goes into no batch. Returns the
     samples in name order.
     """
-    from cpsnake.io import limits
 
     for s in samples:
         try:
@@ -429,11 +401,9 @@ def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_im
             setattr(s, key, value)
         s.block = _block(s, block_size)
     ok = [s for s in samples if s.status == "ok"]
-    by_name = {s.sample: s for s in ok}
-    for k, names in enumerate(form_batches([(s.sample, s.pixels) for s in ok], max_pixels=batch_pixels,
-                                           max_images=batch_images), start=1):
-        for n in names:
-            by_name[n].batch = f"b{k:04d}"
+    names = batch_names([(s.sample, s.pixels) for s in ok], max_pixels=batch_pixels, max_images=batch_images)
+    for s in ok:
+        s.batch = names[s.sample]
     return sorted(samples, key=lambda s: s.sample)
 
 
@@ -452,8 +422,6 @@ def _check_channels(s: Sample, n: int) -> None:
 def _block(s: Sample, block_size: int | None) -> int:
     """The block size of a 2-D TIFF or OME-Zarr: ``block_size`` if given, else automatic
     (:func:`cpsnake.engine.blocks.auto_block_size`); 0 for stacks, PNG and JPEG (read whole)."""
-    from cpsnake.engine.blocks import auto_block_size
-
     if block_size == 0 or s.planes != 1 or inputs.input_format(s.path) not in inputs.REGION_FORMATS:
         return 0
     return int(block_size) if block_size is not None else auto_block_size((s.height, s.width))
@@ -462,23 +430,18 @@ def _block(s: Sample, block_size: int | None) -> int:
 def check_jobs(table: list[Sample]) -> int:
     """The workflow jobs the table makes (its batches and the blocks of its images in blocks), or a one-line
     CpsnakeError above :data:`cpsnake.bounds.MAX_JOBS` (the workflow's samples checkpoint writes no table then)."""
-    from cpsnake import bounds
-    from cpsnake.run.blockjob import grid_of
-
     batches = len({s.batch for s in table if s.batch})
-    blocks = sum(len(grid_of(s.height, s.width, s.block)) for s in table if s.batch and s.block)
+    blocks = sum(s.block_count for s in table if s.batch)
     return bounds.check_jobs(batches, blocks, images=len(table))
 
 
 @guard("samples")
 def main(argv: list[str] | None = None) -> int:
-    from cpsnake.io import limits
-    from cpsnake.bounds import option
-
     p = argparse.ArgumentParser(prog="cpsnake samples", description=__doc__.splitlines()[0].split(": ", 1)[1])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="a folder or a glob pattern of images")
-    src.add_argument("--sheet", type=Path, help="a sample sheet (TSV or CSV: sample, path[, channels, diameter, pixel_size])")
+    src.add_argument("--sheet", type=Path,
+                     help="a sample sheet (TSV or CSV: sample, path[, channels, diameter, pixel_size])")
     p.add_argument("--out", type=Path, required=True, help="the samples table to write (TSV)")
     p.add_argument("--batch-images", type=option("--batch-images"), default=BATCH_IMAGES,
                    help=f"most images per batch ({BATCH_IMAGES})")
@@ -499,8 +462,6 @@ def main(argv: list[str] | None = None) -> int:
     for s in failed:
         print(f"cpsnake samples: error: {s.reason}", file=sys.stderr)
         if args.logs is not None:
-            from cpsnake.io.outputs import atomic_output
-
             with atomic_output(args.logs / f"{s.sample}.log") as tmp:
                 tmp.write_text(f"cpsnake samples: error: {s.reason}\n")
     batches = len({s.batch for s in table if s.batch})

@@ -175,7 +175,7 @@ def segment_regions(net, image, *, block: int, halo: int | None = None, channels
 
     The normalization values come from one streaming pass (:func:`cpsnake.engine.streamnorm.stream_values`, equal to
     :func:`cpsnake.engine.normalize.normalize`'s on the whole image); each block reads and scales only its own
-    region. ``labels``: where the label image is built (see :class:`cpsnake.engine.blocks.Stitcher`). Other
+    region. ``labels``: where the label image is built (see :class:`cpsnake.engine.blocks.Assembler`). Other
     options as :func:`segment_image` (``--tile-norm`` and ``--diameter auto`` need the whole image: refused).
 
     Returns labels ``(Y, X)`` int32 (``labels`` itself when given), the normalization record (with the
@@ -255,8 +255,7 @@ def check_input(path: Path, args, sopts: dict) -> None:
     the readers check again when the image is segmented): a missing path, a FIFO or other non-regular
     file, a file that is not an image, a header that cannot be read, more samples than ``--max-pixels``,
     a side under :data:`cpsnake.io.limits.MIN_SIDE`, and with ``--do-3d`` a stack that ``--anisotropy`` would
-    resize beyond ``--max-pixels`` (:func:`cpsnake.bounds.check_stack_3d`) are each a CpsnakeError."""
-    from cpsnake import bounds
+    resize beyond ``--max-pixels`` (:func:`cpsnake.io.limits.check_stack_3d`) are each a CpsnakeError."""
     from cpsnake.io import limits
     head = inputs.read_header(path)  # regular file (os.stat first), image format, header
     planes, channels = head["planes"], head["channels_in_file"]
@@ -265,8 +264,8 @@ def check_input(path: Path, args, sopts: dict) -> None:
     limits.check_min_side(path, (head["height"], head["width"]))
     if sopts["mode"] == "3d" and head["planes"] > 1:
         shape = (_depth(path, head["planes"]), head["channels_in_file"], head["height"], head["width"])
-        bounds.check_stack_3d(path, shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
-                              max_pixels=args.max_pixels)
+        limits.check_stack_3d(path, shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
+                              limit=args.max_pixels)
 
 
 def _depth(path: Path, planes: int) -> int:

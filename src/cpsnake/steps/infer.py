@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cpsnake.bounds import check, check_stack_3d, option
+from cpsnake.bounds import check, option
 from cpsnake.engine.infer import predict, resized_shape, tiling
 from cpsnake.engine.size import auto_diameter
 from cpsnake.errors import CpsnakeError, guard
@@ -154,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.diameter not in (None, "auto"):
         resized_shape(img.shape, args.diameter, args.max_pixels)  # before the model is loaded
     if img.ndim == 4 and sopts["mode"] == "3d":
-        check_stack_3d(args.normalized, img.shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
-                       max_pixels=args.max_pixels)
+        limits.check_stack_3d(args.normalized, img.shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
+                              limit=args.max_pixels)
     check_output(args.flows)  # an output that cannot be written: one line before the model loads
 
     path = weights.resolve(args.model, progress=True)

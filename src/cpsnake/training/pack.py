@@ -8,6 +8,9 @@ one screen or instrument, which are near-duplicates of one another for training)
 with the most bytes loses every other image (name order), and the groups are weighed again. A kind with a
 single image is never dropped; if the pack still does not fit, it is an error naming the size. The dropped
 names go to OUT_DIR/dropped.txt and the summary line names each kind that lost images.
+
+The pairs are found and their masks read as for training (:mod:`cpsnake.training.data`). pandas and PIL are
+imported where they are used.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cpsnake.bounds import option
 from cpsnake.errors import CpsnakeError, guard
-from cpsnake.training.train import list_pairs, read_mask
+from cpsnake.io.inputs import read_image
+from cpsnake.io.outputs import all_or_nothing, atomic_output, make_folder
+from cpsnake.io.tables import read_frame, to_csv
+from cpsnake.training.data import list_pairs, read_mask
 
 __all__ = ["drop_to_fit", "pack", "main"]
 
@@ -74,11 +81,6 @@ def pack(src, out_dir, *, max_mb: float = 50.0, log=None) -> tuple[int, list[str
     (total bytes written, names dropped to fit ``max_mb``)
     """
     import pandas as pd
-
-    from cpsnake.io.inputs import read_image
-    from cpsnake.io.outputs import atomic_output
-    from cpsnake.io.outputs import all_or_nothing, make_folder
-    from cpsnake.io.tables import read_frame, to_csv
 
     log = sys.stdout if log is None else log
     src, out_dir = Path(src), Path(out_dir)
@@ -135,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
                                 "for moving it to a GPU machine, within a size budget (see --max-mb)")
     p.add_argument("src")
     p.add_argument("out")
-    from cpsnake.bounds import option
-
     p.add_argument("--max-mb", type=option("--max-mb"), default=50.0,
                    help="size budget of the pack (default 50); over it, every other image of the heaviest kind "
                         "(same size, channels, dtype) is dropped until it fits, listed in OUT/dropped.txt")

@@ -7,22 +7,14 @@ Usage::
                   [--layer-drop 0.4] [--seed 0] [--device auto] [--resume DIR/checkpoint.pt]
     python -m cpsnake.training.train pack SRC_SPLIT OUT_DIR [--max-mb 50]
 
-TRAIN (and VAL) is a folder with ``images/`` and ``masks/`` (pairs matched by name stem; masks are label
-TIFF/PNG or ImageJ ``RoiSet.zip``), optionally with an ``index.csv`` whose ``file`` column names the
-images to use (the split is read from it, never drawn at random), or a CSV/text list of ``image,mask``
-path pairs; a pair listed k times is drawn k times as often (a way to weight rare kinds of image).
-Images are percentile-normalised exactly as ``cpsnake normalize`` does (1 -> 0, 99 -> 1, per channel)
-and zero-padded to 3 channels. Objects under 15 px are removed from the masks, and images
-with fewer than ``--min-train-masks`` (5) objects are left out, as cellpose does.
-
-Targets are computed once per image and cached (``--cache``, default ``DIR/cache``; file name = stem +
-hash of the image and mask bytes): cell probability (mask > 0) and unit flows from
-:func:`cpsnake.engine.heat.masks_to_flows`. Each step draws ``--batch-size`` images (with replacement, from a
-generator seeded by ``(seed, step)``, so a run is reproducible and a resumed run continues exactly) and
-augments each into a crop of the family's tile size (256 px for Cellpose-SAM, 224 px for the U-Net;
-:mod:`cpsnake.training.augment`: rotation, flip, rescaling so that the median
-object diameter is log-uniform in ``--diam-range`` 7.5-120 px, channel permutation/dropping, grey
-conversion, inversion, brightness/contrast, blur, downsampling, Poisson noise).
+TRAIN (and VAL) is a folder with ``images/`` and ``masks/``, or a list of ``image,mask`` pairs
+(:mod:`cpsnake.training.data`: how pairs are found, normalised like ``cpsnake normalize``, cleaned of small
+objects, cached with their targets and drawn into augmented batches). Targets are cached in ``--cache``
+(default ``DIR/cache``). Each step draws ``--batch-size`` images from a generator seeded by ``(seed, step)``
+and augments each into a crop of the family's tile size (256 px for Cellpose-SAM, 224 px for the U-Net;
+:mod:`cpsnake.training.augment`: rotation, flip, rescaling so that the median object diameter is log-uniform
+in ``--diam-range`` 7.5-120 px, channel permutation/dropping, grey conversion, inversion,
+brightness/contrast, blur, downsampling, Poisson noise).
 
 Loss (as cellpose 4.2.1.1 ``train._loss_fn_seg``): ``MSE(pred dY dX, 5 * flows) / 2 +
 BCEWithLogits(pred cellprob, mask > 0.5)``. Optimiser AdamW (weight decay 0.1). Learning rate (as cellpose's
@@ -43,12 +35,15 @@ With ``--val`` the pooled AP@0.5 on the validation images (the pipeline's own ``
 ``reconstruct.compute_masks``, no diameter) is printed every ``--val-every`` steps.
 
 ``pack`` (``python -m cpsnake.training.train pack``) is :mod:`cpsnake.training.pack`.
+
+torch, the model modules (which import torch) and pandas are imported inside the functions that use them, so
+that a bad option is refused before torch is imported.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import importlib.util
 import os
 import sys
 import time
@@ -56,259 +51,28 @@ from pathlib import Path
 
 import numpy as np
 
+from cpsnake.bounds import check_pair, option
+from cpsnake.engine import infer, reconstruct
 from cpsnake.errors import CpsnakeError, guard, library_text
+from cpsnake.io import limits
+from cpsnake.io.outputs import atomic_output, check_target, writable_folder
+from cpsnake.io.tables import to_csv
+from cpsnake.models import statefile
 from cpsnake.models.device import resolve_device
+from cpsnake.models.weights import resolve
+from cpsnake.training import evaluate
+from cpsnake.training.data import BatchStream, image_for_net, list_pairs, prepare, read_mask
+from cpsnake.training.pack import main as pack_main
 
 __all__ = [
-    "list_pairs",
-    "read_mask",
-    "median_diameter",
-    "prepare",
     "lr_at",
     "loss_fn",
-    "make_batch",
     "train",
     "save_checkpoint",
     "load_checkpoint",
     "validate",
     "main",
 ]
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-MASK_SUFFIXES = (".tif", ".tiff", ".png", ".zip")
-
-
-# --- data -----------------------------------------------------------------------------------------
-
-
-def _by_stem(folder: Path, suffixes) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.suffix.lower() in suffixes and not p.name.startswith("."):
-            stem = p.name[: -len(".zip")] if p.name.endswith(".zip") else p.stem
-            if stem.endswith(".roiset") or stem.endswith("_RoiSet"):
-                stem = stem.rsplit(".", 1)[0] if stem.endswith(".roiset") else stem[: -len("_RoiSet")]
-            out[stem] = p
-    return out
-
-
-def list_pairs(src: str | os.PathLike) -> list[tuple[str, Path, Path]]:
-    """(name, image path, mask path) for a training source, in a fixed order.
-
-    Parameters
-    ----------
-    src : folder with ``images/`` and ``masks/`` (and optionally ``index.csv`` with a ``file`` column),
-        or a CSV/text file of ``image,mask`` lines (relative paths are relative to the file's folder).
-    """
-    src = Path(src)
-    if src.is_dir():
-        idir, mdir = src / "images", src / "masks"
-        if not idir.is_dir() or not mdir.is_dir():
-            raise CpsnakeError(f"{src}: found no images/ and masks/ folders; expected a split folder with both, "
-                               "or a list file of image,mask pairs")
-        images, masks = _by_stem(idir, IMAGE_SUFFIXES), _by_stem(mdir, MASK_SUFFIXES)
-        if (src / "index.csv").exists():
-            df = _read_index(src / "index.csv")
-            if "file" not in df.columns:
-                raise CpsnakeError(f"{src / 'index.csv'}: no 'file' column (found {list(df.columns)}); "
-                                   "expected the image file names of the split")
-            stems = [Path(f).stem for f in df["file"]]
-        else:
-            stems = list(images)
-        pairs = []
-        for s in stems:
-            if s not in images:
-                raise CpsnakeError(f"{idir}: no image named {s!r}; expected one for every index.csv row")
-            if s not in masks:
-                raise CpsnakeError(f"{mdir}: no mask named {s!r} for {images[s].name}; expected a mask per image")
-            pairs.append((s, images[s], masks[s]))
-    elif os.path.lexists(src):
-        from cpsnake.io.files import read_text
-
-        pairs = []
-        text = read_text(src, "a list file of image,mask path pairs (UTF-8 text)", limit=64 * 2**20)
-        for n, line in enumerate(text.splitlines(), 1):
-            parts = [x.strip() for x in line.split(",")]
-            if not line.strip() or line.startswith("#") or parts[:2] == ["image", "mask"]:
-                continue
-            if len(parts) != 2:
-                raise CpsnakeError(f"{src}:{n}: found {len(parts)} fields, expected 'image,mask'")
-            img, msk = (Path(p) if Path(p).is_absolute() else src.parent / p for p in parts)
-            pairs.append((img.stem, img, msk))
-    else:
-        raise CpsnakeError(f"{src}: no such folder or file; expected a split folder (images/, masks/) or a pair list")
-    if not pairs:
-        raise CpsnakeError(f"{src}: no image/mask pairs found; expected at least one")
-    return pairs
-
-
-def _read_index(path: Path) -> "pd.DataFrame":
-    import pandas as pd
-
-    from cpsnake.io.files import regular_file
-    from cpsnake.io.tables import read_frame
-
-    regular_file(path, "an index.csv with a 'file' column")
-    try:
-        return read_frame(pd.read_csv(path, dtype=str))
-    except Exception as exc:
-        raise CpsnakeError(f"{path}: not a readable CSV ({library_text(exc)}); expected an index.csv with a 'file' "
-                           "column; save it as a plain CSV (UTF-8)") from None
-
-
-def read_mask(path: Path, shape: tuple[int, int], *, max_pixels: int | None = None) -> np.ndarray:
-    """Label image (Y, X) int32 from a label TIFF/PNG or an ImageJ RoiSet.zip (needs ``shape``)."""
-    from cpsnake.training.evaluate import read_label_file
-
-    if path.suffix.lower() == ".zip":
-        from cpsnake.export import roi_import
-
-        lab = roi_import.rois_to_labels(roi_import.read_rois(path), shape, source=path)
-    else:
-        lab = read_label_file(path, max_pixels=max_pixels)
-    lab = np.asarray(lab)
-    if lab.shape != tuple(shape):
-        raise CpsnakeError(f"{path}: mask of shape {lab.shape}, expected {tuple(shape)} (the image's Y, X)")
-    return lab.astype(np.int32)
-
-
-def median_diameter(labels: np.ndarray) -> float:
-    """Median over objects of the equivalent-circle diameter 2 sqrt(area / pi) (0 if no object); any ids."""
-    from cpsnake.engine.dynamics import compact
-
-    areas = np.bincount(compact(labels)[1].ravel())[1:]
-    areas = areas[areas > 0]
-    return float(np.median(2 * np.sqrt(areas / np.pi))) if areas.size else 0.0
-
-
-def _clean(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects under ``min_size`` px and renumber 1..N (in id order; tables follow the object count)."""
-    from cpsnake.engine.dynamics import compact
-
-    index = compact(labels)[1]
-    areas = np.bincount(index.ravel())
-    keep = areas >= min_size
-    keep[0] = False
-    new = np.zeros(areas.size, np.int32)
-    new[keep] = np.arange(1, keep.sum() + 1)
-    return new[index]
-
-
-def _image_for_net(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
-    """Read an image and normalise it as the pipeline does -> (3, Y, X) float32 (zero-padded channels)."""
-    from cpsnake.io import limits
-    from cpsnake.io.inputs import read_image
-    from cpsnake.engine.normalize import normalize
-
-    img, _ = read_image(path, max_pixels=max_pixels)
-    if img.ndim != 3:
-        raise CpsnakeError(f"{path}: image of shape {img.shape}, expected a 2-D image (C, Y, X); train on planes")
-    if img.shape[0] > 3:
-        raise CpsnakeError(f"{path}: {img.shape[0]} channels, expected at most 3; select channels before training")
-    limits.check_min_side(path, img.shape)
-    try:
-        x, _ = normalize(img)
-    except CpsnakeError as exc:
-        raise CpsnakeError(f"{path}: {exc}") from None
-    out = np.zeros((3,) + x.shape[1:], np.float32)
-    out[: x.shape[0]] = x
-    return out
-
-
-def _digest(*paths: Path) -> str:
-    """Short hash of the files' bytes (regular files only, read in chunks)."""
-    from cpsnake.io.files import regular_file
-
-    h = hashlib.sha1()
-    for p in paths:
-        regular_file(p, "a training image or mask file")
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:12]
-
-
-def prepare(pairs, cache_dir: str | os.PathLike, *, min_size: int = 15, min_masks: int = 5,
-            log=None, max_pixels: int | None = None) -> list[dict]:
-    """Compute (or reuse) each pair's cached network input and targets.
-
-    Returns
-    -------
-    list of dict
-        ``name``, ``path`` (cache ``.npz`` holding ``image`` (3, Y, X) and ``target`` (3, Y, X) =
-        cellprob, dY, dX, both float16), ``diameter`` (median object diameter, px), ``n`` (objects).
-        Pairs with fewer than ``min_masks`` objects are left out (named on ``log``).
-    """
-    from cpsnake.engine.heat import masks_to_flows
-    from cpsnake.io.outputs import atomic_output
-    from cpsnake.io.outputs import make_folder
-
-    log = sys.stderr if log is None else log
-    cache = Path(cache_dir)
-    make_folder(cache)
-    items, skipped = [], []
-    for name, ipath, mpath in pairs:
-        path = cache / f"{name}.{_digest(ipath, mpath)}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                diameter, n = float(z["diameter"]), int(z["n"])
-        else:
-            img = _image_for_net(ipath, max_pixels=max_pixels)
-            lab = _clean(read_mask(mpath, img.shape[1:], max_pixels=max_pixels), min_size)
-            n = int(lab.max())
-            diameter = median_diameter(lab)
-            flows = masks_to_flows(lab) if n else np.zeros((2,) + lab.shape, np.float32)
-            target = np.concatenate([(lab > 0)[None].astype(np.float32), flows]).astype(np.float16)
-            with atomic_output(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, image=img.astype(np.float16), target=target, diameter=np.float64(diameter),
-                             n=np.int64(n))
-        if n < min_masks:
-            skipped.append(name)
-            continue
-        items.append({"name": name, "path": path, "diameter": diameter, "n": n})
-    if skipped:
-        skipped = list(dict.fromkeys(skipped))
-        print(f"cpsnake train: {len(skipped)} image(s) with fewer than {min_masks} objects left out: "
-              f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}", file=log)
-    return items
-
-
-def make_batch(items: list[dict], rng: np.random.Generator, batch_size: int, *, bsize: int = 256,
-               diam_range=(7.5, 120.0), augment_p: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``batch_size`` items (with replacement) and augment them.
-
-    Returns
-    -------
-    x : (B, 3, bsize, bsize) float32 ; y : (B, 3, bsize, bsize) float32 = cellprob, dY, dX
-    """
-    from cpsnake.training.augment import augment
-
-    xs, ys = [], []
-    for i in rng.integers(0, len(items), size=batch_size):
-        with np.load(items[i]["path"], allow_pickle=False) as z:
-            img, target = z["image"].astype(np.float32), z["target"].astype(np.float32)
-        x, y = augment(img, target, rng, diameter=items[i]["diameter"], diam_range=diam_range, bsize=bsize,
-                       p=augment_p)
-        xs.append(x)
-        ys.append(y)
-    return np.stack(xs), np.stack(ys)
-
-
-class _BatchStream:
-    """Map-style dataset: index ``step`` -> the augmented batch of that step (tensors), from ``(seed, step)``."""
-
-    def __init__(self, items, *, seed: int, batch_size: int, diam_range, augment_p=None, bsize: int = 256) -> None:
-        self.items, self.seed, self.batch_size = items, seed, batch_size
-        self.diam_range, self.augment_p, self.bsize = diam_range, augment_p, bsize
-
-    def __getitem__(self, step: int):
-        import torch
-
-        x, y = make_batch(self.items, np.random.default_rng([self.seed, step]), self.batch_size, bsize=self.bsize,
-                          diam_range=self.diam_range, augment_p=self.augment_p)
-        return torch.from_numpy(x), torch.from_numpy(y)
-
 
 # --- optimisation ---------------------------------------------------------------------------------
 
@@ -367,8 +131,6 @@ def load_checkpoint(path) -> dict:
     """
     import torch
 
-    from cpsnake.io import limits
-    from cpsnake.models import statefile
     from cpsnake.models.state import check_tensors
 
     what = "a checkpoint.pt written by cpsnake train"
@@ -399,18 +161,14 @@ def _net_from_state(state: dict):
 
 def validate(net, val_pairs, *, device=None, max_images: int | None = None, max_pixels: int | None = None) -> float:
     """Pooled AP@0.5 of ``net`` on (name, image, mask) pairs via ``infer.predict`` + ``reconstruct.compute_masks``."""
-    from cpsnake.training import evaluate
-    from cpsnake.engine.infer import predict
-    from cpsnake.engine.reconstruct import compute_masks
-
     was_training = net.training
     net.eval()
     rows = []
     for name, ipath, mpath in val_pairs[:max_images]:
-        img = _image_for_net(ipath, max_pixels=max_pixels)
+        img = image_for_net(ipath, max_pixels=max_pixels)
         true = read_mask(mpath, img.shape[1:], max_pixels=max_pixels)
-        flows = predict(net, img, device=device, progress=False)
-        rows.append(evaluate.scores(true, compute_masks(flows), [0.5]))
+        flows = infer.predict(net, img, device=device, progress=False)
+        rows.append(evaluate.scores(true, reconstruct.compute_masks(flows), [0.5]))
     net.train(was_training)
     return float(evaluate.pool(rows, [0.5])["ap@0.5"])
 
@@ -461,11 +219,9 @@ def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, l
               "warmup": warmup, "decay": decay, "diam_range": list(diam_range),
               "layer_drop": float(getattr(net, "rdrop", 0.0))}
     net.diam_labels.data[:] = float(np.mean([it["diameter"] for it in items]) if diam_labels is None else diam_labels)
-    from cpsnake.engine.infer import tiling
-
     running, t0 = [], time.perf_counter()
-    batches = _BatchStream(items, seed=seed, batch_size=batch_size, diam_range=tuple(diam_range), augment_p=augment_p,
-                           bsize=tiling(net).bsize)
+    batches = BatchStream(items, seed=seed, batch_size=batch_size, diam_range=tuple(diam_range), augment_p=augment_p,
+                           bsize=infer.tiling(net).bsize)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, steps), num_workers=workers,
                                          prefetch_factor=2 if workers else None)
     step = start
@@ -508,9 +264,6 @@ def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, l
 def _write_log(path: Path, rows: list[dict]) -> None:
     import pandas as pd
 
-    from cpsnake.io.outputs import atomic_output
-    from cpsnake.io.tables import to_csv
-
     with atomic_output(path) as tmp:
         to_csv(pd.DataFrame(rows), tmp)
 
@@ -532,7 +285,6 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--sam", help="start from a segment-anything checkpoint (sam_vit_*.pth)")
     start.add_argument("--resume", help="continue from a checkpoint.pt (same --steps total or more)")
     p.add_argument("--val", help="validation split folder or pair list (AP@0.5 printed as training goes)")
-    from cpsnake.bounds import option
 
     def bound(flag: str):  # cpsnake train's own bounds (cpsnake.bounds)
         return option(f"train {flag}")
@@ -568,7 +320,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=bound("--save-every"), default=100)
     p.add_argument("--log-every", type=bound("--log-every"), default=10)
     p.add_argument("--cache", help="target cache folder (default OUT/cache)")
-    from cpsnake.io import limits
 
     limits.add_option(p)
     return p
@@ -598,19 +349,14 @@ def _settings(args: argparse.Namespace, resume: dict | None, lr_default: float) 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "pack":
-        from cpsnake.training.pack import main as pack_main
-
         return pack_main(argv[1:])
     args = _parser().parse_args(argv)  # each value within its bound (cpsnake.bounds), before torch is imported
-    from cpsnake.bounds import check_pair
-
     check_pair("--diam-range", args.diam_range)
     import torch
 
     from cpsnake.models.cpsam import build_cpsam, from_sam_checkpoint
     from cpsnake.models.registry import load_model
     from cpsnake.models.unet import build_unet
-    from cpsnake.io.outputs import check_target, writable_folder
 
     writable_folder(args.out)  # a read-only or misnamed --out, or a final name taken: one line before any work
     for name in ("model.pt", "checkpoint.pt", "log.csv"):
@@ -625,12 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         net = _net_from_state(resume["model"])
         lr_default = 5e-5
     elif args.init:
-        path = Path(args.init)
-        if not path.exists():
-            from cpsnake.models.weights import resolve
-
-            path = resolve(args.init)
-        net = load_model(path)
+        net = load_model(resolve(args.init))  # a registry name wins over a file of that name, as everywhere
         lr_default = 5e-5
     elif args.sam:
         net = from_sam_checkpoint(args.sam)
@@ -641,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             nbase = []
         if len(nbase) < 3 or min(nbase) < 1:
-            raise CpsnakeError(f"--nbase {args.nbase!r}: expected input channels and at least two widths, e.g. 3,32,64,128,256")
+            raise CpsnakeError(f"--nbase {args.nbase!r}: expected input channels and at least two widths, "
+                               "e.g. 3,32,64,128,256")
         net = build_unet(nbase)
         lr_default = 2e-3
     else:
@@ -658,8 +400,6 @@ def main(argv: list[str] | None = None) -> int:
                            "expected annotated images (or lower --min-train-masks)")
     val_pairs = list_pairs(args.val) if args.val else None
     if val_pairs:
-        import importlib.util
-
         for mod in ("cpsnake.engine.infer", "cpsnake.engine.reconstruct"):
             if importlib.util.find_spec(mod) is None:
                 raise CpsnakeError(f"--val: module {mod} is missing; expected the inference pipeline; drop --val")

@@ -25,6 +25,8 @@ regression covers the diameters users give (and the model was trained on).
 Printed: the correlation of fitted and true log diameters on the draws; with ``--val``, the whole
 two-pass estimate (:func:`cpsnake.engine.size.estimate_diameter`) on each validation image against its median
 mask diameter: median absolute error in percent and the share within 10 % and 25 %.
+
+torch and the model modules (which import torch) are imported inside :func:`main`, after the options are checked.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cpsnake.bounds import check_pair, option
+from cpsnake.engine import infer, size
 from cpsnake.errors import CpsnakeError, guard
+from cpsnake.io.outputs import atomic_output
+from cpsnake.models.weights import resolve
+from cpsnake.training.data import image_for_net, list_pairs, median_diameter, prepare, read_mask
 
 __all__ = ["draw_styles", "fit_size_model", "main"]
 
@@ -53,11 +60,9 @@ def draw_styles(net, items: list[dict], *, per_image: int = 2, diam_range=(10.0,
                 seed: int = 0, **predict_opts) -> tuple[np.ndarray, np.ndarray]:
     """Styles ``(N, S)`` and targets ``log(D / diam_mean)`` ``(N,)`` of ``per_image`` draws per training item.
 
-    ``items`` as :func:`cpsnake.training.train.prepare` returns them. A draw depends only on ``(seed, item index,
+    ``items`` as :func:`cpsnake.training.data.prepare` returns them. A draw depends only on ``(seed, item index,
     draw)``, so the result does not depend on batching.
     """
-    from cpsnake.engine import infer
-
     spec = infer.tiling(net)
     r0 = spec.diam_mean / spec.diam_labels
     lo, hi = np.log(diam_range[0]), np.log(diam_range[1])
@@ -96,8 +101,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="U-Net model file or registry name")
     p.add_argument("train", help="training images and masks, as for cpsnake train")
     p.add_argument("--out", help="size model file (default size_<model>.npy beside the model)")
-    from cpsnake.bounds import option
-
     p.add_argument("--per-image", type=option("train-size --per-image"), default=2,
                    help="draws per training image (default 2)")
     p.add_argument("--diam-range", type=option("train-size --diam-range"), nargs=2, default=(10.0, 60.0),
@@ -115,13 +118,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report_val(net, params: dict, val: str) -> str:
-    from cpsnake.engine import size
-    from cpsnake.training import train
-
     errors = []
-    for name, ipath, mpath in train.list_pairs(val):
-        img = train._image_for_net(ipath)
-        true = train.median_diameter(train.read_mask(mpath, img.shape[1:]))
+    for name, ipath, mpath in list_pairs(val):
+        img = image_for_net(ipath)
+        true = median_diameter(read_mask(mpath, img.shape[1:]))
         if true > 0:
             diam, _ = size.estimate_diameter(net, _for_net(img, net.in_chans, name), params, progress=False)
             errors.append(abs(diam / true - 1))
@@ -133,27 +133,21 @@ def _report_val(net, params: dict, val: str) -> str:
 
 @guard("train-size")
 def main(argv: list[str] | None = None) -> int:
-    from cpsnake.bounds import check_pair
-
     args = _parser().parse_args(argv)  # each value within its bound (cpsnake.bounds), before torch is imported
     check_pair("--diam-range", args.diam_range)
     import torch
 
-    from cpsnake.engine import size
-    from cpsnake.models import weights
-    from cpsnake.training import train
-    from cpsnake.io.outputs import atomic_output
     from cpsnake.models.registry import load_model
     from cpsnake.models.unet import UNet
 
-    path = Path(args.model) if Path(args.model).exists() else weights.resolve(args.model)
+    path = resolve(args.model)  # a registry name wins over a file of that name, as everywhere
     net = load_model(path)
     if not isinstance(net, UNet):
         raise CpsnakeError(f"{path}: found a Cellpose-SAM model, expected a classic Cellpose U-Net (only U-Nets have "
                            "the style vector a size model reads)")
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
-        items = train.prepare(train.list_pairs(args.train), args.cache or tmp, min_masks=args.min_train_masks)
+        items = prepare(list_pairs(args.train), args.cache or tmp, min_masks=args.min_train_masks)
         if not items:
             raise CpsnakeError(f"{args.train}: no image with at least {args.min_train_masks} objects; expected "
                                "annotated images")
