@@ -3,12 +3,13 @@
 # The run's images are known at parse time (a folder, a glob or a sample sheet); the `samples` checkpoint
 # reads each one's header and forms batches; every per-image rule then runs one job per batch, whose
 # per-image files keep their names (RESULTS/masks/NAME.tif, ...) and whose manifest
-# RESULTS/work/BATCH/STEP.tsv says which images succeeded (see cpsnake.run.batch).
+# RESULTS/work/BATCH/STEP.tsv says which images succeeded (see cpsnake.run.batch). The model, where the
+# run's files lie and each rule's options come from the package (cpsnake.run.workflow_args), never from
+# copies here.
 import json
 import os
 import shlex
 import sys
-from pathlib import Path
 
 from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.exceptions import WorkflowError
