@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 from cpsnake import __version__
-from cpsnake.bounds import check_pair, option
+from cpsnake.bounds import check_pair, option, parse_channels
 from cpsnake.engine.normalize import normalize, select_channels
 from cpsnake.errors import CpsnakeError, guard
 from cpsnake.io import limits
@@ -47,10 +47,12 @@ __all__ = ["add_options", "options", "normalize_file", "main"]
 
 
 def _parse_channels(text: str | None) -> list[int] | None:
+    """``--channels`` through the one channel parser (:func:`cpsnake.bounds.parse_channels`); blank text stays an
+    empty list, which the normalization refuses with its own message."""
     if text is None:
         return None
     try:
-        return [int(t) for t in text.split(",") if t.strip() != ""]
+        return parse_channels(text) or []
     except ValueError:
         raise CpsnakeError(
             f"--channels {text!r}, expected 0-based channel numbers separated by commas, e.g. 0,2") from None
