@@ -34,9 +34,13 @@ test: setup $(VENV)/cellpose3/.installed
 test-fast: setup $(VENV)/cellpose3/.installed
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -m "not slow and not slurm and not imagej and not workflow"
 
+## the workflow (snakemake --lint, snakefmt), the Python code (ruff format and lint) and the layers (lint-imports)
 lint: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --lint
 	PATH="$(abspath $(VENV))/bin:$$PATH" snakefmt --check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf results .snakemake

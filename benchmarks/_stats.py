@@ -29,8 +29,10 @@ def spread(values: list[float], unit: str = "s", digits: int = 2) -> str:
     """``median (min-max, n runs)``, e.g. ``3.52 s (3.41-3.90, 3 runs)``; one value prints alone."""
     if len(values) == 1:
         return f"{values[0]:.{digits}f} {unit} (1 run)"
-    return (f"{statistics.median(values):.{digits}f} {unit} "
-            f"({min(values):.{digits}f}-{max(values):.{digits}f}, {len(values)} runs)")
+    return (
+        f"{statistics.median(values):.{digits}f} {unit} "
+        f"({min(values):.{digits}f}-{max(values):.{digits}f}, {len(values)} runs)"
+    )
 
 
 def ratio(num: list[float], den: list[float]) -> str:

@@ -83,14 +83,18 @@ def segment(img: np.ndarray, *, min_distance: int = 10, min_size: int = 15) -> n
 def main(argv=None) -> int:
     import tifffile
 
-    from cpsnake.training import evaluate
     from cpsnake.io.labels import write_labels
+    from cpsnake.training import evaluate
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="split folder with images/, masks/, index.csv")
     p.add_argument("--out", default="runs/baseline", help="output folder (masks/ and table.csv)")
-    p.add_argument("--min-distance", type=int, default=10,
-                   help="marker spacing in px (10: chosen on every 8th train image, 3-16 tried)")
+    p.add_argument(
+        "--min-distance",
+        type=int,
+        default=10,
+        help="marker spacing in px (10: chosen on every 8th train image, 3-16 tried)",
+    )
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     files = sorted((data / "images").glob("*.tif"))
@@ -101,8 +105,10 @@ def main(argv=None) -> int:
     dt = time.perf_counter() - t0
     print(f"baseline: {len(files)} images in {dt:.1f} s ({dt / max(len(files), 1) * 1000:.0f} ms/image)")
     index = data / "index.csv"
-    evaluate.main([str(out / "masks"), str(data / "masks"), "--out", str(out / "table.csv")]
-                  + (["--index", str(index)] if index.exists() else []))
+    evaluate.main(
+        [str(out / "masks"), str(data / "masks"), "--out", str(out / "table.csv")]
+        + (["--index", str(index)] if index.exists() else [])
+    )
     return 0
 
 

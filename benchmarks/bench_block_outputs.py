@@ -32,7 +32,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
 from _stats import load
 from bench_blocks import write_mosaic
 
@@ -76,6 +75,7 @@ else:
 print(json.dumps({"time_s": time.perf_counter() - t0,
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
+
 
 def write_labels(path: Path, size: int, spacing: int, chunk: int = 1024) -> int:
     """Ellipses on a grid of ``spacing`` px in a Zarr array (see the module doc), chunk by chunk; returns their
@@ -129,30 +129,44 @@ def main() -> None:
             sides = ["blocks"] + (["whole"] if size <= args.whole_up_to else [])
             res = {}
             for side in sides:
-                out = subprocess.run([sys.executable, "-c", CHILD, side, str(src), f"{tmp}/labels.zarr",
-                                      f"{tmp}/{side}", str(n)], capture_output=True, text=True)
+                out = subprocess.run(
+                    [sys.executable, "-c", CHILD, side, str(src), f"{tmp}/labels.zarr", f"{tmp}/{side}", str(n)],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode:
                     sys.exit(f"size {size}, {side}: child failed:\n{out.stderr[-3000:]}")
                 res[side] = json.loads(out.stdout.strip().splitlines()[-1])
-            line = (f"{size:>6} x {size:<6} {n:>9,} objects  window by window: wall {res['blocks']['time_s']:7.1f} s, "
-                    f"peak RSS {res['blocks']['peak_rss_gb']:.2f} GB")
+            line = (
+                f"{size:>6} x {size:<6} {n:>9,} objects  window by window: wall {res['blocks']['time_s']:7.1f} s, "
+                f"peak RSS {res['blocks']['peak_rss_gb']:.2f} GB"
+            )
             if "whole" in res:
-                line += (f"  | whole image: wall {res['whole']['time_s']:7.1f} s, peak RSS "
-                         f"{res['whole']['peak_rss_gb']:.2f} GB ({res['whole']['peak_rss_gb'] / res['blocks']['peak_rss_gb']:.1f}x)"
-                         f"; files equal: {same_files(Path(tmp) / 'blocks', Path(tmp) / 'whole')}")
+                line += (
+                    f"  | whole image: wall {res['whole']['time_s']:7.1f} s, peak RSS "
+                    f"{res['whole']['peak_rss_gb']:.2f} GB "
+                    f"({res['whole']['peak_rss_gb'] / res['blocks']['peak_rss_gb']:.1f}x)"
+                    f"; files equal: {same_files(Path(tmp) / 'blocks', Path(tmp) / 'whole')}"
+                )
             print(f"{line}; {load()}", flush=True)
             if args.steps:
                 from cpsnake.run.jobmem import step_mb
 
                 for step in ("normalize", "rois", "measure", "overlay"):
-                    out = subprocess.run([sys.executable, "-c", STEP, step, str(src), f"{tmp}/blocks/masks/mosaic.tif",
-                                          f"{tmp}/{step}"], capture_output=True, text=True)
+                    out = subprocess.run(
+                        [sys.executable, "-c", STEP, step, str(src), f"{tmp}/blocks/masks/mosaic.tif", f"{tmp}/{step}"],
+                        capture_output=True,
+                        text=True,
+                    )
                     if out.returncode:
                         sys.exit(f"size {size}, step {step}: child failed:\n{out.stderr[-3000:]}")
                     r = json.loads(out.stdout.strip().splitlines()[-1])
                     request = step_mb(step, pixels=size * size, width=size, channels=1, block=args.block)
-                    print(f"    step {step:<9} wall {r['time_s']:7.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB; "
-                          f"request {request / 1000:.2f} GB", flush=True)
+                    print(
+                        f"    step {step:<9} wall {r['time_s']:7.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB; "
+                        f"request {request / 1000:.2f} GB",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

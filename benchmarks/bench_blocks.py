@@ -27,7 +27,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from _stats import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +73,9 @@ def write_mosaic(path: Path, size: int, tile: int = 512) -> None:
             for x0 in range(0, size, tile):
                 yield src[np.ix_(rows, mirror(np.arange(x0, x0 + tile), w))]
 
-    tifffile.imwrite(path, tiles(), shape=(size, size), dtype=np.uint16, tile=(tile, tile), compression="zlib",
-                     bigtiff=True)
+    tifffile.imwrite(
+        path, tiles(), shape=(size, size), dtype=np.uint16, tile=(tile, tile), compression="zlib", bigtiff=True
+    )
 
 
 def disk_use(folder: str) -> int:
@@ -95,22 +95,31 @@ def main() -> None:
             src = Path(tmp) / f"mosaic_{size}.tif"
             write_mosaic(src, size)
             env = dict(os.environ, TMPDIR=tmp)  # the blocks' scratch goes to the same folder
-            out = subprocess.run([sys.executable, "-c", CHILD, str(src), args.model, str(args.block), tmp],
-                                 capture_output=True, text=True, env=env)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(src), args.model, str(args.block), tmp],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if out.returncode:
                 sys.exit(f"size {size}: child failed:\n{out.stderr[-3000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             r.update(size=size, file_gb=src.stat().st_size / 1e9, labels_gb=disk_use(f"{tmp}/labels.zarr") / 1e9)
             rows.append(r)
-            print(f"{size:>6} x {size:<6} {r['blocks']:>4} blocks {r['objects']:>9,} objects  "
-                  f"wall {r['time_s']:8.1f} s ({size * size / r['time_s'] / 1e6:.2f} Mpx/s)  "
-                  f"peak RSS {r['peak_rss_gb']:.2f} GB  (file {r['file_gb']:.2f} GB, labels on disk "
-                  f"{r['labels_gb']:.2f} GB; {load()})", flush=True)
+            print(
+                f"{size:>6} x {size:<6} {r['blocks']:>4} blocks {r['objects']:>9,} objects  "
+                f"wall {r['time_s']:8.1f} s ({size * size / r['time_s'] / 1e6:.2f} Mpx/s)  "
+                f"peak RSS {r['peak_rss_gb']:.2f} GB  (file {r['file_gb']:.2f} GB, labels on disk "
+                f"{r['labels_gb']:.2f} GB; {load()})",
+                flush=True,
+            )
     if len(rows) > 1:
         lo, hi = min(rows, key=lambda r: r["size"]), max(rows, key=lambda r: r["size"])
         ratio = hi["peak_rss_gb"] / lo["peak_rss_gb"]
-        print(f"peak RSS {hi['size']} px / {lo['size']} px: {ratio:.2f}x (target <= 1.5x); "
-              f"at {hi['size']} px {hi['peak_rss_gb']:.2f} GB (target < 6 GB)")
+        print(
+            f"peak RSS {hi['size']} px / {lo['size']} px: {ratio:.2f}x (target <= 1.5x); "
+            f"at {hi['size']} px {hi['peak_rss_gb']:.2f} GB (target < 6 GB)"
+        )
 
 
 if __name__ == "__main__":

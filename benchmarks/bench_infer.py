@@ -11,12 +11,10 @@ blending overhead dominate) and, with ``--tiny``, cpsnake's ``tiny`` Cellpose-SA
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _stats import load, ratio, spread, timed
 
 
@@ -63,16 +61,19 @@ def bench(name, net, img, repeats, augment):
     times = {k: [] for k in sides}
     out = {k: fn() for k, fn in sides.items()}  # warm-up
     for r in range(repeats):
-        for k in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+        for k in list(sides) if r % 2 == 0 else list(sides)[::-1]:
             t, out[k] = timed(sides[k])
             times[k].append(t)
     diff = np.abs(out["ours"] - out["cellpose"].transpose(2, 0, 1)).max()
     from cpsnake.engine.tiles import make_tiles
 
     _, layout = make_tiles(img, augment=augment)
-    print(f"{name:<12} {img.shape[1]}x{img.shape[2]} C={img.shape[0]} tiles={layout.n_tiles:<4} augment={augment!s:<5} "
-          f"ours {spread(times['ours'])}  cellpose {spread(times['cellpose'])}  "
-          f"ratio ours/cellpose {ratio(times['ours'], times['cellpose'])}  max|diff| {diff:.2e}", flush=True)
+    print(
+        f"{name:<12} {img.shape[1]}x{img.shape[2]} C={img.shape[0]} tiles={layout.n_tiles:<4} augment={augment!s:<5} "
+        f"ours {spread(times['ours'])}  cellpose {spread(times['cellpose'])}  "
+        f"ratio ours/cellpose {ratio(times['ours'], times['cellpose'])}  max|diff| {diff:.2e}",
+        flush=True,
+    )
 
 
 def main():

@@ -23,15 +23,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from _stats import load, ratio, spread, timed
 
 
 def cellpose_cpsam(arch: str, seed: int = 0) -> torch.nn.Module:
     """cellpose's CPSAM around SAM's ``arch`` encoder, seeded random weights, eval mode."""
-    from segment_anything import sam_model_registry as registry  # the dict cellpose.vit reads
-
     from cellpose.vit import CPSAM
+    from segment_anything import sam_model_registry as registry  # the dict cellpose.vit reads
 
     saved = registry["vit_l"]
     registry["vit_l"] = registry[arch]
@@ -63,14 +61,17 @@ def versus_cellpose(arch: str, batch: int, repeats: int) -> None:
         for fn in sides.values():
             fn()  # warm-up
         for r in range(repeats):
-            for k in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            for k in list(sides) if r % 2 == 0 else list(sides)[::-1]:
                 t, out[k] = timed(sides[k])
                 times[k].append(t)
     diff = (out["cpsnake"] - out["cellpose"]).abs().max().item()
     span = (out["cellpose"].max() - out["cellpose"].min()).item()
-    print(f"{arch} batch {batch}: cellpose CPSAM {spread(times['cellpose'])}, cpsnake {spread(times['cpsnake'])}, "
-          f"cellpose/cpsnake {ratio(times['cellpose'], times['cpsnake'])}; max abs diff {diff:.2e} "
-          f"({diff / span:.1e} of the output range {span:.2f})", flush=True)
+    print(
+        f"{arch} batch {batch}: cellpose CPSAM {spread(times['cellpose'])}, cpsnake {spread(times['cpsnake'])}, "
+        f"cellpose/cpsnake {ratio(times['cellpose'], times['cpsnake'])}; max abs diff {diff:.2e} "
+        f"({diff / span:.1e} of the output range {span:.2f})",
+        flush=True,
+    )
 
 
 def attention_only(arch: str, batch: int, repeats: int) -> None:
@@ -90,19 +91,24 @@ def attention_only(arch: str, batch: int, repeats: int) -> None:
             set_attention(net.encoder, kind)
             net(x[:1])  # warm-up
         for r in range(repeats):
-            for kind in (["sam", "sdpa"] if r % 2 == 0 else ["sdpa", "sam"]):
+            for kind in ["sam", "sdpa"] if r % 2 == 0 else ["sdpa", "sam"]:
                 set_attention(net.encoder, kind)
                 t, out[kind] = timed(lambda: net(x))
                 times[kind].append(t)
     diff = (out["sam"] - out["sdpa"]).abs().max().item()
-    print(f"{arch} batch {batch}, same network: SAM attention {spread(times['sam'])}, SDPA {spread(times['sdpa'])}, "
-          f"SAM/SDPA {ratio(times['sam'], times['sdpa'])}; max abs diff {diff:.2e}", flush=True)
+    print(
+        f"{arch} batch {batch}, same network: SAM attention {spread(times['sam'])}, SDPA {spread(times['sdpa'])}, "
+        f"SAM/SDPA {ratio(times['sam'], times['sdpa'])}; max abs diff {diff:.2e}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", nargs="*", default=["vit_l"], help="vs cellpose's CPSAM: vit_b, vit_l (default vit_l)")
-    ap.add_argument("--batch", type=int, default=1, help="tiles per batch for --arch (ViT-L: ~15 s per tile on 2 cores)")
+    ap.add_argument(
+        "--batch", type=int, default=1, help="tiles per batch for --arch (ViT-L: ~15 s per tile on 2 cores)"
+    )
     ap.add_argument("--attention", nargs="*", default=["tiny"], help="SAM vs SDPA attention only (default tiny)")
     ap.add_argument("--attention-batch", type=int, default=8, help="tiles per batch for --attention")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side")

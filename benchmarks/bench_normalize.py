@@ -13,7 +13,6 @@ import time
 import tracemalloc
 
 import numpy as np
-
 from _stats import load, ratio, spread
 
 
@@ -45,8 +44,10 @@ HEADER = f"{'ours s':>26s} {'cellpose s':>26s} {'speed cellpose/ours':>24s} {'ou
 
 def row(name, ours, ref, extra):
     (t_ours, m_ours, _), (t_ref, m_ref, _) = ours, ref
-    print(f"{name:36s} {spread(t_ours, digits=3):>26s} {spread(t_ref, digits=3):>26s} {ratio(t_ref, t_ours):>24s} "
-          f"{m_ours / 2**20:8.1f} {m_ref / 2**20:8.1f} {m_ref / m_ours:6.2f} {extra:>10s}")
+    print(
+        f"{name:36s} {spread(t_ours, digits=3):>26s} {spread(t_ref, digits=3):>26s} {ratio(t_ref, t_ours):>24s} "
+        f"{m_ours / 2**20:8.1f} {m_ref / 2**20:8.1f} {m_ref / m_ours:6.2f} {extra:>10s}"
+    )
 
 
 def main() -> None:
@@ -81,10 +82,15 @@ def main() -> None:
 
     img = (rng.gamma(2.0, 500.0, size=(1, 3000, 3000))).clip(0, 60000).astype(np.uint16)
     yxc = np.ascontiguousarray(np.moveaxis(img, 0, -1))
-    ours, ref = measure([lambda: normalize(img, tile_size=200)[0],
-                         lambda: normalize_img(yxc, axis=-1, tile_norm_blocksize=200)], args.repeat)
+    ours, ref = measure(
+        [lambda: normalize(img, tile_size=200)[0], lambda: normalize_img(yxc, axis=-1, tile_norm_blocksize=200)],
+        args.repeat,
+    )
     row("tile 200, uint16 3000x3000 **", ours, ref, f"{float(np.abs(ours[2] - np.moveaxis(ref[2], -1, 0)).max()):.3g}")
-    print("** tile grids are smoothed differently (ours: sigma 1 along Y and X; cellpose: twice along Y), so outputs differ")
+    print(
+        "** tile grids are smoothed differently (ours: sigma 1 along Y and X; cellpose: twice along Y), "
+        "so outputs differ"
+    )
     print("* cellpose's time and memory include a copy of the input, which it would otherwise overwrite")
     read_images(args.repeat)
     print(f"end: {load()}")
@@ -103,7 +109,10 @@ def read_images(repeat: int) -> None:
     rng = np.random.default_rng(1)
     print(f"\n{'read':36s} {HEADER} {'equal':>10s}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, shape, dtype in [("grey uint16 4096x4096", (4096, 4096), np.uint16), ("RGB uint8 2048x2048 (YXS)", (2048, 2048, 3), np.uint8)]:
+        for name, shape, dtype in [
+            ("grey uint16 4096x4096", (4096, 4096), np.uint16),
+            ("RGB uint8 2048x2048 (YXS)", (2048, 2048, 3), np.uint8),
+        ]:
             path = Path(tmp) / "x.tif"
             tifffile.imwrite(path, rng.integers(0, 255, shape).astype(dtype))
             ours, ref = measure([lambda: read_image(path)[0], lambda: imread(str(path))], repeat)

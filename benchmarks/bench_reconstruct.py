@@ -24,9 +24,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
-
 from _stats import load, ratio, spread
+from scipy import ndimage as ndi
 
 CHILD = r"""
 import json, resource, sys, time
@@ -98,7 +97,9 @@ def ap_at(a: np.ndarray, b: np.ndarray, iou: float = 0.9) -> tuple[float, int, i
 
 def run_child(which: str, src: Path, dst: Path) -> dict:
     env = dict(os.environ)
-    res = subprocess.run([sys.executable, "-c", CHILD, which, str(src), str(dst)], capture_output=True, text=True, env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, which, str(src), str(dst)], capture_output=True, text=True, env=env
+    )
     if res.returncode != 0:
         raise SystemExit(f"{which} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -123,25 +124,33 @@ def main() -> int:
             sides = ["ours"] if args.no_reference else ["ours", "cellpose"]
             runs = {k: [] for k in sides}
             for r in range(args.repeat):
-                for k in (sides if r % 2 == 0 else sides[::-1]):
+                for k in sides if r % 2 == 0 else sides[::-1]:
                     runs[k].append(run_child(k, src, Path(tmp) / f"{k}.npy"))
             t = {k: [x["time_s"] for x in v] for k, v in runs.items()}
             m = {k: [x["peak_rss_gb"] for x in v] for k, v in runs.items()}
             m_ours = np.load(Path(tmp) / "ours.npy")
             print(f"\n{size}x{size}, {ncells} cells (ground truth); {load()}")
-            print(f"  ours     : {spread(t['ours'], digits=1)}  peak {spread(m['ours'], 'GB')}  "
-                  f"{int(m_ours.max())} masks  AP@0.9 vs truth {ap_at(m_ours, labels)[0]:.3f}")
+            print(
+                f"  ours     : {spread(t['ours'], digits=1)}  peak {spread(m['ours'], 'GB')}  "
+                f"{int(m_ours.max())} masks  AP@0.9 vs truth {ap_at(m_ours, labels)[0]:.3f}"
+            )
             if args.no_reference:
                 continue
             m_theirs = np.load(Path(tmp) / "cellpose.npy")
             apv, tp, fp, fn = ap_at(m_ours, m_theirs)
-            print(f"  cellpose : {spread(t['cellpose'], digits=1)}  peak {spread(m['cellpose'], 'GB')}  "
-                  f"{int(m_theirs.max())} masks  AP@0.9 vs truth {ap_at(m_theirs, labels)[0]:.3f}")
-            print(f"  speed-up cellpose/ours {ratio(t['cellpose'], t['ours'])}, memory ours/cellpose "
-                  f"{ratio(m['ours'], m['cellpose'])}")
-            print(f"  agreement: AP@0.9 ours vs cellpose {apv:.4f} (TP {tp}, FP {fp}, FN {fn}); "
-                  f"identical label images: {bool(np.array_equal(m_ours, m_theirs))}, "
-                  f"differing pixels {int((m_ours != m_theirs).sum())}")
+            print(
+                f"  cellpose : {spread(t['cellpose'], digits=1)}  peak {spread(m['cellpose'], 'GB')}  "
+                f"{int(m_theirs.max())} masks  AP@0.9 vs truth {ap_at(m_theirs, labels)[0]:.3f}"
+            )
+            print(
+                f"  speed-up cellpose/ours {ratio(t['cellpose'], t['ours'])}, memory ours/cellpose "
+                f"{ratio(m['ours'], m['cellpose'])}"
+            )
+            print(
+                f"  agreement: AP@0.9 ours vs cellpose {apv:.4f} (TP {tp}, FP {fp}, FN {fn}); "
+                f"identical label images: {bool(np.array_equal(m_ours, m_theirs))}, "
+                f"differing pixels {int((m_ours != m_theirs).sum())}"
+            )
             sys.stdout.flush()
     print(f"end: {load()}")
     return 0

@@ -25,9 +25,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
-
 from _stats import load, ratio, spread
+from scipy import ndimage as ndi
 
 CHILD = r"""
 import json, resource, sys, time
@@ -125,27 +124,39 @@ def main() -> int:
         sides = ["ours"] if args.no_reference else ["ours", "cellpose"]
         runs = {k: [] for k in sides}
         for r in range(args.repeat):
-            for k in (sides if r % 2 == 0 else sides[::-1]):
+            for k in sides if r % 2 == 0 else sides[::-1]:
                 runs[k].append(run_child(k, src, Path(tmp) / f"{k}.npy"))
-                print(f"  run {r + 1} {k}: {runs[k][-1]['time_s']:.1f} s, peak {runs[k][-1]['peak_rss_gb']:.2f} GB",
-                      flush=True)
+                print(
+                    f"  run {r + 1} {k}: {runs[k][-1]['time_s']:.1f} s, peak {runs[k][-1]['peak_rss_gb']:.2f} GB",
+                    flush=True,
+                )
         t = {k: [x["time_s"] for x in v] for k, v in runs.items()}
         m = {k: [x["peak_rss_gb"] for x in v] for k, v in runs.items()}
         m_ours = np.load(Path(tmp) / "ours.npy")
-        print(f"\n{'x'.join(map(str, shape))}, {nobj} objects (ground truth), "
-              f"{(labels > 0).mean():.0%} of voxels in objects; {load()}")
-        print(f"  ours     : {spread(t['ours'], digits=1)}  peak {spread(m['ours'], 'GB')}  "
-              f"{int(m_ours.max())} masks  AP@0.9 vs truth {ap_at(m_ours, labels)[0]:.3f}")
+        print(
+            f"\n{'x'.join(map(str, shape))}, {nobj} objects (ground truth), "
+            f"{(labels > 0).mean():.0%} of voxels in objects; {load()}"
+        )
+        print(
+            f"  ours     : {spread(t['ours'], digits=1)}  peak {spread(m['ours'], 'GB')}  "
+            f"{int(m_ours.max())} masks  AP@0.9 vs truth {ap_at(m_ours, labels)[0]:.3f}"
+        )
         if not args.no_reference:
             m_theirs = np.load(Path(tmp) / "cellpose.npy")
             apv, tp, fp, fn = ap_at(m_ours, m_theirs)
-            print(f"  cellpose : {spread(t['cellpose'], digits=1)}  peak {spread(m['cellpose'], 'GB')}  "
-                  f"{int(m_theirs.max())} masks  AP@0.9 vs truth {ap_at(m_theirs, labels)[0]:.3f}")
-            print(f"  speed-up cellpose/ours {ratio(t['cellpose'], t['ours'])}, memory ours/cellpose "
-                  f"{ratio(m['ours'], m['cellpose'])}")
-            print(f"  agreement: AP@0.9 ours vs cellpose {apv:.4f} (TP {tp}, FP {fp}, FN {fn}); "
-                  f"identical label stacks: {bool(np.array_equal(m_ours, m_theirs))}, "
-                  f"differing voxels {int((m_ours != m_theirs).sum())}")
+            print(
+                f"  cellpose : {spread(t['cellpose'], digits=1)}  peak {spread(m['cellpose'], 'GB')}  "
+                f"{int(m_theirs.max())} masks  AP@0.9 vs truth {ap_at(m_theirs, labels)[0]:.3f}"
+            )
+            print(
+                f"  speed-up cellpose/ours {ratio(t['cellpose'], t['ours'])}, memory ours/cellpose "
+                f"{ratio(m['ours'], m['cellpose'])}"
+            )
+            print(
+                f"  agreement: AP@0.9 ours vs cellpose {apv:.4f} (TP {tp}, FP {fp}, FN {fn}); "
+                f"identical label stacks: {bool(np.array_equal(m_ours, m_theirs))}, "
+                f"differing voxels {int((m_ours != m_theirs).sum())}"
+            )
     print(f"end: {load()}")
     return 0
 

@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
 from _stats import load, ratio, spread, timed
 
 
@@ -58,11 +57,13 @@ def main() -> None:
         d = Path(d)
         write_rois(d / "w.zip", labels_to_rois(small))  # warm-up (imports, caches)
         cpio.save_rois(small, str(d / "w"))
-        sides = {"ours": lambda: write_rois(d / "ours.zip", labels_to_rois(lab)),
-                 "cellpose": lambda: cpio.save_rois(lab, str(d / "ref"))}
+        sides = {
+            "ours": lambda: write_rois(d / "ours.zip", labels_to_rois(lab)),
+            "cellpose": lambda: cpio.save_rois(lab, str(d / "ref")),
+        }
         times = {k: [] for k in sides}
         for r in range(args.repeat):
-            for k in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            for k in list(sides) if r % 2 == 0 else list(sides)[::-1]:
                 times[k].append(timed(sides[k])[0])
         n_ours = len(zipfile.ZipFile(d / "ours.zip").namelist())
         n_ref = len(zipfile.ZipFile(d / "ref_rois.zip").namelist())

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _stats import load, spread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +49,8 @@ def command(args: list[str]) -> float:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from cpsnake.models import weights
     from cpsnake.io.tiff import write_tiff
+    from cpsnake.models import weights
     from cpsnake.models.registry import load_model
     from cpsnake.run.segment import segment_image
 
@@ -79,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.folder:
             images = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg"))
             wall = command([*map(str, images), "--out", str(Path(tmp) / "folder")])
-            print(f"cpsnake segment on {len(images)} images of {args.folder} in one process: {wall:.1f} s, "
-                  f"{wall / len(images):.2f} s per image")
+            print(
+                f"cpsnake segment on {len(images)} images of {args.folder} in one process: {wall:.1f} s, "
+                f"{wall / len(images):.2f} s per image"
+            )
     print(f"end: {load()}")
     return 0
 

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _stats import load
 from bench_reconstruct3d import ap_at, synthetic_stack
 
@@ -32,7 +31,8 @@ CHILD = r"""
 import json, resource, sys, time
 from cpsnake.cli import main
 t0 = time.perf_counter()
-rc = main(["segment", sys.argv[1], "--out", sys.argv[2], "--do-3d", "--model", sys.argv[3], "--max-pixels", sys.argv[4]])
+rc = main(["segment", sys.argv[1], "--out", sys.argv[2], "--do-3d", "--model", sys.argv[3],
+          "--max-pixels", sys.argv[4]])
 print(json.dumps({"rc": rc, "time_s": time.perf_counter() - t0,
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
@@ -67,8 +67,11 @@ def main() -> int:
         del truth
         print(f"stack made in {time.perf_counter() - t0:.0f} s: {n_true} objects", flush=True)
         voxels = int(np.prod(args.shape))  # above the default --max-pixels at 100 x 1024 x 1024: raised to fit
-        out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(Path(tmp) / "out"), args.model, str(voxels)],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(src), str(Path(tmp) / "out"), args.model, str(voxels)],
+            capture_output=True,
+            text=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {"rc": out.returncode}
         if out.returncode or r["rc"]:
             sys.exit(f"segment failed:\n{out.stderr[-3000:]}")
@@ -76,9 +79,11 @@ def main() -> int:
         from cpsnake.engine.dynamics import renumber
 
         score, tp, fp, fn = ap_at(np.load(Path(tmp) / "truth.npy"), renumber(got.astype(np.int32)), iou=0.5)
-        print(f"segment --do-3d: exit {r['rc']}, wall {r['time_s']:.0f} s, peak RSS {r['peak_rss_gb']:.2f} GB "
-              f"(target < 8 GB); {int(got.max())} objects found of {n_true}, AP@0.5 {score:.3f} "
-              f"(TP {tp}, FP {fp}, FN {fn}); {load()}")
+        print(
+            f"segment --do-3d: exit {r['rc']}, wall {r['time_s']:.0f} s, peak RSS {r['peak_rss_gb']:.2f} GB "
+            f"(target < 8 GB); {int(got.max())} objects found of {n_true}, AP@0.5 {score:.3f} "
+            f"(TP {tp}, FP {fp}, FN {fn}); {load()}"
+        )
     return 0
 
 

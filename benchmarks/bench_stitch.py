@@ -22,9 +22,8 @@ import tracemalloc
 import warnings
 
 import numpy as np
-from scipy import ndimage as ndi
-
 from _stats import load, ratio, spread
+from scipy import ndimage as ndi
 
 
 def drifting_cells(shape: tuple[int, int, int], *, spacing: int = 16, seed: int = 0) -> np.ndarray:
@@ -72,8 +71,10 @@ def main() -> None:
     masks = drifting_cells(tuple(args.shape), spacing=args.spacing)
     per_plane = np.mean([len(np.unique(p)) - 1 for p in masks])
     print(f"{load()}; stack {masks.shape} int32, {per_plane:.0f} objects per plane")
-    print(f"{'threshold':>9s} {'ours s':>24s} {'cellpose s':>24s} {'speed cellpose/ours':>26s} "
-          f"{'ours MB':>8s} {'cp MB':>8s} {'3-D objects':>11s} {'identical':>9s}")
+    print(
+        f"{'threshold':>9s} {'ours s':>24s} {'cellpose s':>24s} {'speed cellpose/ours':>26s} "
+        f"{'ours MB':>8s} {'cp MB':>8s} {'3-D objects':>11s} {'identical':>9s}"
+    )
     warnings.filterwarnings("ignore")  # cellpose divides 0 by 0 for absent ids
     np.seterr(divide="ignore", invalid="ignore")
     for threshold in args.thresholds:
@@ -81,7 +82,7 @@ def main() -> None:
         ref_fn = lambda copy: stitch3D(copy, stitch_threshold=threshold)  # noqa: E731
         t_ours, t_ref = [], []
         for r in range(args.repeat):
-            for side in ((0, 1) if r % 2 == 0 else (1, 0)):
+            for side in (0, 1) if r % 2 == 0 else (1, 0):
                 if side == 0:
                     t = time.perf_counter()
                     ours = ours_fn()
@@ -98,11 +99,15 @@ def main() -> None:
             peaks.append(tracemalloc.get_traced_memory()[1] / 2**20)
             tracemalloc.stop()
         same = np.array_equal(ours, theirs)
-        print(f"{threshold:9.2f} {spread(t_ours, digits=3):>24s} {spread(t_ref, digits=3):>24s} "
-              f"{ratio(t_ref, t_ours):>26s} {peaks[0]:8.1f} {peaks[1]:8.1f} {len(np.unique(ours)) - 1:11d} "
-              f"{str(same):>9s}")
-    print("cellpose's memory includes the copy of the stack it is given (it overwrites its input); "
-          "ours includes its output")
+        print(
+            f"{threshold:9.2f} {spread(t_ours, digits=3):>24s} {spread(t_ref, digits=3):>24s} "
+            f"{ratio(t_ref, t_ours):>26s} {peaks[0]:8.1f} {peaks[1]:8.1f} {len(np.unique(ours)) - 1:11d} "
+            f"{str(same):>9s}"
+        )
+    print(
+        "cellpose's memory includes the copy of the stack it is given (it overwrites its input); "
+        "ours includes its output"
+    )
     print(f"end: {load()}")
 
 

@@ -60,28 +60,49 @@ def main(argv: list[str] | None = None) -> int:
         images = sorted((tmp / "images").iterdir())
 
         t0 = time.perf_counter()
-        seg = subprocess.run([sys.executable, "-m", "cpsnake", "segment", *map(str, images), "--out", str(tmp / "seg")],
-                             capture_output=True, text=True)
+        seg = subprocess.run(
+            [sys.executable, "-m", "cpsnake", "segment", *map(str, images), "--out", str(tmp / "seg")],
+            capture_output=True,
+            text=True,
+        )
         t_seg = time.perf_counter() - t0
         if seg.returncode != 0:
             raise SystemExit(seg.stderr[-3000:])
 
-        cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--workflow-profile",
-               "workflow/profiles/local", "--directory", str(ROOT), "--config", f"images={tmp / 'images'}",
-               f"results={tmp / 'wf'}", f"batch={{images: {args.batch_images}}}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            str(args.cores),
+            "--workflow-profile",
+            "workflow/profiles/local",
+            "--directory",
+            str(ROOT),
+            "--config",
+            f"images={tmp / 'images'}",
+            f"results={tmp / 'wf'}",
+            f"batch={{images: {args.batch_images}}}",
+        ]
         t0 = time.perf_counter()
         wf = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         t_wf = time.perf_counter() - t0
         if wf.returncode != 0:
             raise SystemExit(wf.stderr[-3000:])
-        jobs = [r for r in re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", wf.stdout + wf.stderr, flags=re.M)
-                if r != "all"]
+        jobs = [
+            r
+            for r in re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", wf.stdout + wf.stderr, flags=re.M)
+            if r != "all"
+        ]
         n = len(images)
         print(f"cpsnake segment : {t_seg:7.1f} s, 1 process, {t_seg / n:.2f} s per image")
         print(f"workflow        : {t_wf:7.1f} s, {len(jobs)} jobs, {t_wf / n:.2f} s per image")
         print(f"ratio workflow / segment: {t_wf / t_seg:.2f}x")
-        same = all((tmp / "seg" / "masks" / f"{p.stem}.tif").read_bytes() == (tmp / "wf" / "masks" / f"{p.stem}.tif").read_bytes()
-                   for p in images)
+        same = all(
+            (tmp / "seg" / "masks" / f"{p.stem}.tif").read_bytes()
+            == (tmp / "wf" / "masks" / f"{p.stem}.tif").read_bytes()
+            for p in images
+        )
         print(f"masks identical in both runs: {same}; end: {load()}")
     return 0
 

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     from test_blocks import nuclei_mosaic
 
     from cpsnake.models.registry import load_model
-    from cpsnake.training.evaluate import matched, overlap_pairs
     from cpsnake.run.segment import segment_image
+    from cpsnake.training.evaluate import matched, overlap_pairs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", type=int, default=4096)
@@ -57,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     pairs = np.unique(np.stack([whole[inside], blocks[inside]]), axis=1)
     split = int(np.count_nonzero(np.bincount(pairs[0], minlength=n + 1) > 1))
     same = bool(np.array_equal(whole, blocks))
-    print(f"{args.side} x {args.side} mosaic, blocks of {args.block} px (halo {args.halo}): "
-          f"{record['blocks']['blocks']} blocks; whole {t1 - t0:.0f} s, blocks {t2 - t1:.0f} s")
-    print(f"objects whole {n}, blocks {int(blocks.max())}; crossing a block border {len(crossing)}; "
-          f"matched at IoU >= 0.9 {hit}/{n} = {hit / max(n, 1):.4%} (target >= 99.5%); split {split}; "
-          f"possibly cut {record['blocks']['cut']}; identical label images: {same}")
+    print(
+        f"{args.side} x {args.side} mosaic, blocks of {args.block} px (halo {args.halo}): "
+        f"{record['blocks']['blocks']} blocks; whole {t1 - t0:.0f} s, blocks {t2 - t1:.0f} s"
+    )
+    print(
+        f"objects whole {n}, blocks {int(blocks.max())}; crossing a block border {len(crossing)}; "
+        f"matched at IoU >= 0.9 {hit}/{n} = {hit / max(n, 1):.4%} (target >= 99.5%); split {split}; "
+        f"possibly cut {record['blocks']['cut']}; identical label images: {same}"
+    )
     return 0 if hit >= 0.995 * n and split == 0 else 1
 
 

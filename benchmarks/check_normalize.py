@@ -19,8 +19,8 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     from cellpose.transforms import normalize_img
 
-    from cpsnake.io.inputs import read_image
     from cpsnake.engine.normalize import normalize
+    from cpsnake.io.inputs import read_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="*", type=Path, default=[Path("../shared/data/nuclei/val/images")])

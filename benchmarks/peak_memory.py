@@ -28,7 +28,8 @@ SOURCE = REPO / "tests" / "data" / "images" / "bbbc039_O13_s3_uint16.tif"
 HELPER = (
     "import resource, subprocess, sys\n"
     "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)\n"
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode, r.stderr.strip()[-300:].replace(chr(10), ' '))\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode, "
+    "r.stderr.strip()[-300:].replace(chr(10), ' '))\n"
 )
 
 
@@ -67,13 +68,42 @@ def main() -> None:
         make_image(n, img)
         steps = {
             "normalize": [*cp, "normalize", str(img), str(d / "norm.tif"), *big],
-            "infer": [*cp, "infer", str(d / "norm.tif"), str(d / "flows.tif"), "--model", args.model, "--device", "cpu", *big],
+            "infer": [
+                *cp,
+                "infer",
+                str(d / "norm.tif"),
+                str(d / "flows.tif"),
+                "--model",
+                args.model,
+                "--device",
+                "cpu",
+                *big,
+            ],
             "reconstruct": [*cp, "reconstruct", str(d / "flows.tif"), str(d / "masks.tif"), *big],
-            "reconstruct-all": [*cp, "reconstruct", str(d / "flows.tif"), str(d / "all.tif"), "--cellprob-threshold", "-1000", *big],
+            "reconstruct-all": [
+                *cp,
+                "reconstruct",
+                str(d / "flows.tif"),
+                str(d / "all.tif"),
+                "--cellprob-threshold",
+                "-1000",
+                *big,
+            ],
             "rois": [*cp, "rois", str(d / "masks.tif"), str(d / "rois.zip"), *big],
             "measure": [*cp, "measure", str(d / "masks.tif"), str(img), str(d / "m.csv"), *big],
             "overlay": [*cp, "overlay", str(img), str(d / "masks.tif"), str(d / "o.png"), *big],
-            "segment": [*cp, "segment", str(img), "--out", str(d / "seg"), "--model", args.model, "--device", "cpu", *big],
+            "segment": [
+                *cp,
+                "segment",
+                str(img),
+                "--out",
+                str(d / "seg"),
+                "--model",
+                args.model,
+                "--device",
+                "cpu",
+                *big,
+            ],
         }
         for name, cmd in steps.items():
             mb = peak_mb(cmd)

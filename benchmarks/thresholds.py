@@ -21,13 +21,13 @@ EVERY = {"fluorescence_gray": 40, "color_histology_or_brightfield": 8, "brightfi
 def main() -> None:
     import torch
 
-    from cpsnake.models import weights
-    from cpsnake.io.inputs import read_image
-    from cpsnake.models.registry import load_model
-    from cpsnake.training.evaluate import pool, read_label_file, scores
     from cpsnake.engine.infer import predict
     from cpsnake.engine.normalize import normalize
     from cpsnake.engine.reconstruct import compute_masks
+    from cpsnake.io.inputs import read_image
+    from cpsnake.models import weights
+    from cpsnake.models.registry import load_model
+    from cpsnake.training.evaluate import pool, read_label_file, scores
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="split folder: images/, masks/, index.csv")

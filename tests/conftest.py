@@ -48,9 +48,14 @@ def cp3(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cp3")
     log = tmp / "server.log"
     log_file = open(log, "ab")
-    server = subprocess.Popen([sys.executable, str(SCRIPT), "--serve"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=log_file, text=True,
-                              env={**os.environ, "PYTHONPATH": str(CP3)})
+    server = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log_file,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(CP3)},
+    )
     count = [0]
 
     def run(op: str, **args) -> dict:
@@ -63,8 +68,10 @@ def cp3(tmp_path_factory):
         server.stdin.flush()
         ready, _, _ = select.select([server.stdout], [], [], 900)
         answer = server.stdout.readline().strip() if ready else "no answer within 900 s"
-        assert answer == "ok", (f"cellpose 3 reference op {op!r}: {answer or 'server exited'}\n"
-                                f"{log.read_bytes()[start:][-3000:].decode(errors='replace')}")
+        assert answer == "ok", (
+            f"cellpose 3 reference op {op!r}: {answer or 'server exited'}\n"
+            f"{log.read_bytes()[start:][-3000:].decode(errors='replace')}"
+        )
         return dict(np.load(out)) if out.exists() else {}
 
     yield run

@@ -56,7 +56,17 @@ def cpsnake(*args, timeout: float = 120) -> Run:
 
     A command still running after ``timeout`` seconds is killed and reported as ``rc == "timeout"``.
     """
-    cmd = [sys.executable, "-c", HELPER, str(DATA_LIMIT), str(timeout), sys.executable, "-m", "cpsnake", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-c",
+        HELPER,
+        str(DATA_LIMIT),
+        str(timeout),
+        sys.executable,
+        "-m",
+        "cpsnake",
+        *map(str, args),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60)
     data = json.loads(proc.stdout)
     return Run(data["rc"], data["stderr"], data["rss_mb"])
@@ -102,17 +112,37 @@ def assert_no_outputs(*paths: Path) -> None:
 # --- builders --------------------------------------------------------------------------------------
 
 
-def tiff_bytes(width: int, height: int, strip: bytes, *, bits: int = 16, compression: int = 1, samples: int = 1,
-               sample_format: int = 1) -> bytes:
+def tiff_bytes(
+    width: int,
+    height: int,
+    strip: bytes,
+    *,
+    bits: int = 16,
+    compression: int = 1,
+    samples: int = 1,
+    sample_format: int = 1,
+) -> bytes:
     """A little-endian classic TIFF of one strip holding ``strip`` (the header may declare far more)."""
-    tags = [(256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, compression), (262, 3, 1),
-            (273, 4, 0), (277, 3, samples), (278, 4, height), (279, 4, len(strip)), (339, 3, sample_format)]
+    tags = [
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, bits),
+        (259, 3, compression),
+        (262, 3, 1),
+        (273, 4, 0),
+        (277, 3, samples),
+        (278, 4, height),
+        (279, 4, len(strip)),
+        (339, 3, sample_format),
+    ]
     ifd_size = 2 + 12 * len(tags) + 4
     offset = 8 + ifd_size
     out = [b"II*\x00", struct.pack("<I", 8), struct.pack("<H", len(tags))]
     for tag, typ, value in tags:
         value = offset if tag == 273 else value
-        packed = struct.pack("<HHI", tag, typ, 1) + (struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value))
+        packed = struct.pack("<HHI", tag, typ, 1) + (
+            struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
+        )
         out.append(packed)
     out.append(struct.pack("<I", 0))
     return b"".join(out) + strip

@@ -26,9 +26,9 @@ OUT = ROOT / "tests" / "data" / "demo_expected"
 
 def write(model: str) -> int:
     from cpsnake import cli
-    from cpsnake.models import weights
-    from cpsnake.io.labels import read_labels
     from cpsnake.io.files import sha256
+    from cpsnake.io.labels import read_labels
+    from cpsnake.models import weights
 
     images = sorted(p for p in DEMO.iterdir() if p.suffix == ".tif")
     out = OUT / model

@@ -36,8 +36,9 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     meta = {"axes": "ZYX", "spacing": 2.0}
     tifffile.imwrite(OUT / "nuclei_zstack.tif", stack, imagej=True, metadata=meta, compression="zlib")
-    tifffile.imwrite(OUT / "nuclei_zstack_truth.tif", truth.astype(np.uint16), imagej=True, metadata=meta,
-                     compression="zlib")
+    tifffile.imwrite(
+        OUT / "nuclei_zstack_truth.tif", truth.astype(np.uint16), imagej=True, metadata=meta, compression="zlib"
+    )
     print(f"{OUT / 'nuclei_zstack.tif'}: {stack.shape} {stack.dtype}, {int(truth.max())} bodies", file=sys.stderr)
     return 0
 

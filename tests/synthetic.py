@@ -9,7 +9,9 @@ from scipy import ndimage as ndi
 def voronoi_cells(shape=(96, 128), spacing=24, seed=0, radius=(8, 12)):
     """Touching roundish cells: jittered grid seeds, Voronoi regions clipped at a random radius. (Y, X) int32."""
     rng = np.random.default_rng(seed)
-    gy, gx = np.meshgrid(np.arange(spacing / 2, shape[0], spacing), np.arange(spacing / 2, shape[1], spacing), indexing="ij")
+    gy, gx = np.meshgrid(
+        np.arange(spacing / 2, shape[0], spacing), np.arange(spacing / 2, shape[1], spacing), indexing="ij"
+    )
     pts = np.stack([gy.ravel(), gx.ravel()], 1) + rng.uniform(-spacing / 4, spacing / 4, (gy.size, 2))
     pts = np.clip(np.round(pts).astype(int), 0, np.array(shape) - 1)
     free = np.ones(shape, bool)
@@ -34,7 +36,9 @@ def pseudo_stack(image: np.ndarray, labels: np.ndarray, *, planes: int = 12, z_s
     rng = np.random.default_rng(seed)
     Y, X = labels.shape
     bg = image[labels == 0]
-    stack = rng.choice(bg, size=(planes, Y, X)).astype(image.dtype) if bg.size else np.zeros((planes, Y, X), image.dtype)
+    stack = (
+        rng.choice(bg, size=(planes, Y, X)).astype(image.dtype) if bg.size else np.zeros((planes, Y, X), image.dtype)
+    )
     stack = ndi.uniform_filter(stack.astype(np.float32), size=(1, 3, 3)).astype(image.dtype)
     out = np.zeros((planes, Y, X), np.int32)
     yy, xx = np.mgrid[0:Y, 0:X]

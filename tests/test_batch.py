@@ -9,10 +9,10 @@ import pytest
 import tifffile
 
 from cpsnake import cli
-from cpsnake.run import batch, samples
 from cpsnake.io.flows import read_flows
 from cpsnake.io.labels import read_labels
 from cpsnake.io.tiff import read_tiff
+from cpsnake.run import batch, samples
 
 FIND = ["--flow-threshold", "0", "--cellprob-threshold", "-0.5"]
 DATA = Path(__file__).parent / "data" / "images"
@@ -68,8 +68,9 @@ def test_batch_outputs_equal_the_step_commands(run, tiny_model):
     assert cli.main(["measure", str(one / "m.tif"), str(src), str(one / "t.csv"), "--flows", str(one / "f.tif")]) == 0
     work = run / "res" / "work" / "b0001"
     assert (work / "normalized" / "b_rgb.tif").read_bytes() == (one / "n.tif").read_bytes()
-    np.testing.assert_allclose(read_flows(work / "flows" / "b_rgb.tif")[0], read_flows(one / "f.tif")[0],
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        read_flows(work / "flows" / "b_rgb.tif")[0], read_flows(one / "f.tif")[0], rtol=0, atol=1e-6
+    )
     masks = read_labels(run / "res" / "masks" / "b_rgb.tif")[0]
     assert masks.max() > 0 and np.array_equal(masks, read_labels(one / "m.tif")[0])
     assert (run / "res" / "measurements" / "b_rgb.csv").read_text() == (one / "t.csv").read_text()
@@ -83,8 +84,9 @@ def test_per_image_options_from_the_table(run, tiny_model):
     assert step(run, "normalize", "--channels", "0") == 0
     done = {o.sample: o.info for o in batch.read_manifest(run / "res" / "work" / "b0001" / "normalize.tsv")}
     assert done["b_rgb"]["normalization"]["channels"] == [2] and done["a_grey"]["normalization"]["channels"] == [0]
-    assert read_tiff(run / "res" / "work" / "b0001" / "normalized" / "a_grey.tif", expected="x")[1]["pixel_size"] \
-        == pytest.approx((0.5, 0.5))
+    assert read_tiff(run / "res" / "work" / "b0001" / "normalized" / "a_grey.tif", expected="x")[1][
+        "pixel_size"
+    ] == pytest.approx((0.5, 0.5))
 
 
 def test_missing_upstream_manifest_is_one_error_line(run, capsys):

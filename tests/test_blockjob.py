@@ -5,19 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+from conftest import ROOT
 
+from cpsnake.engine.blocks import segment_blocks
+from cpsnake.engine.normalize import scale
 from cpsnake.engine.streamnorm import stream_values
+from cpsnake.errors import CpsnakeError
 from cpsnake.io import regions
-from cpsnake.io.inputs import open_regions
-from cpsnake.run import blockjob
-from cpsnake.io.inputs import read_image
+from cpsnake.io.inputs import open_regions, read_image
 from cpsnake.io.labels import read_labels
 from cpsnake.models.registry import load_model
-from cpsnake.engine.blocks import segment_blocks
-from cpsnake.errors import CpsnakeError
-from cpsnake.engine.normalize import scale
-
-from conftest import ROOT
+from cpsnake.run import blockjob
 
 DEMO = sorted((ROOT / "resources" / "demo" / "images").glob("bbbc039_*.tif"))[0]
 
@@ -43,14 +41,16 @@ def test_block_files_and_their_assembly_equal_the_one_process_run(tmp_path, net)
     report = blockjob.assemble_file(files, got, shape=shape, block=512)
     with open_regions(src) as img:
         record = stream_values(regions.bands(img), img.shape, img.dtype)
-        ref, ref_report = segment_blocks(net, lambda *r: scale(img.read(*r), record), shape, channels=1, block=512,
-                                         halo=64)
+        ref, ref_report = segment_blocks(
+            net, lambda *r: scale(img.read(*r), record), shape, channels=1, block=512, halo=64
+        )
     assert report["objects"] == ref_report["objects"] > 30 and len(files) == 4
     assert np.array_equal(read_labels(got)[0], ref)
     blockjob.block_file(net, src, doc, tmp_path / "other" / "1.npz", 1, block=512, halo=80)
     with pytest.raises(CpsnakeError, match="different grids or halos"):
-        blockjob.assemble_file([files[0], tmp_path / "other" / "1.npz", *files[2:]], tmp_path / "x.tif", shape=shape,
-                             block=512)
+        blockjob.assemble_file(
+            [files[0], tmp_path / "other" / "1.npz", *files[2:]], tmp_path / "x.tif", shape=shape, block=512
+        )
     with pytest.raises(CpsnakeError, match="in 512 px blocks, expected .* in 1024 px blocks"):
         blockjob.assemble_file(files, tmp_path / "x.tif", shape=shape, block=1024)
     blockjob._failed_block(files[2], f"{src}: found a chunk that cannot be decoded")

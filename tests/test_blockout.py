@@ -71,8 +71,9 @@ def test_windowed_outputs_equal_the_whole_images(tmp_path, monkeypatch, tile, so
     meta = region.meta
     assert meta["pixel_size"] == (0.25, 0.5)
     if source == "zarr":
-        store = zarr.create_array(str(tmp_path / "l.zarr"), shape=lab.shape, chunks=(50, 70), dtype="int32",
-                                  fill_value=0)
+        store = zarr.create_array(
+            str(tmp_path / "l.zarr"), shape=lab.shape, chunks=(50, 70), dtype="int32", fill_value=0
+        )
         store[:] = lab
     else:
         from cpsnake.io.labels import write_labels
@@ -81,8 +82,9 @@ def test_windowed_outputs_equal_the_whole_images(tmp_path, monkeypatch, tile, so
         lab = perm[lab]
         write_labels(tmp_path / "l.tif", lab)
         store = blockout.TiffLabels(tmp_path / "l.tif")
-    blockout.write_outputs(tmp_path / "b", "slide", path, region, store, int(lab.max()), meta, geojson=True,
-                           ome_zarr=True, tile=tile)
+    blockout.write_outputs(
+        tmp_path / "b", "slide", path, region, store, int(lab.max()), meta, geojson=True, ome_zarr=True, tile=tile
+    )
     region.close()
     _image_outputs(tmp_path / "w", "slide", path, img, meta, lab, None, geojson=True, ome_zarr=True)
     got, want = _written(tmp_path / "b"), _written(tmp_path / "w")
@@ -117,7 +119,8 @@ def test_object_boxes_are_find_objects(tmp_path):
 
 def test_big_label_tiff_is_written_tile_by_tile(tmp_path, monkeypatch, capsys):
     """Beyond the classic TIFF's 4 GB (lowered here to 10 kB) the label TIFF is a BigTIFF OME-TIFF written tile
-    by tile, the same bytes as :func:`cpsnake.io.labels.write_labels` of the whole array (but for the file's UUID); float32 above 65,535
+    by tile, the same bytes as :func:`cpsnake.io.labels.write_labels` of the whole array (but for the file's UUID);
+    float32 above 65,535
     labels, as there."""
     import tifffile
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cpsnake.engine import blocks, dynamics
-from cpsnake.errors import CpsnakeError
 from cpsnake.engine.follow_block import follow_points, step_field
+from cpsnake.errors import CpsnakeError
 
 
 def _follow(dP, cell, niter, origin=(0, 0), full=None):
@@ -59,8 +59,8 @@ def test_region_flows_equal_the_whole_images(tiny_model, diameter, augment):
     Catches: a block tiled on its own (other tile positions), tiles blended in another order or with the
     block's own padding, the resize taps of the block instead of the image's, flips by the block's tile index.
     """
-    from cpsnake.models.registry import load_model
     from cpsnake.engine.infer import predict
+    from cpsnake.models.registry import load_model
 
     net = load_model(tiny_model, device="cpu")
     rng = np.random.default_rng(0)
@@ -156,7 +156,6 @@ def nuclei_mosaic(side: int = 1024) -> np.ndarray:
     """(side, side) uint8 mosaic of a real nuclei field (66 nuclei, CC0, tests/data), rotated copies, offset by
     half a field so that the mosaic's own seams do not fall on the block borders."""
     import tifffile
-
     from conftest import ROOT
 
     src = tifffile.imread(ROOT / "tests" / "data" / "nuclei_val" / "images" / "dsb2018_7aa1aaa5e032a980.tif")
@@ -168,7 +167,8 @@ def nuclei_mosaic(side: int = 1024) -> np.ndarray:
 
 def test_blockwise_segment_equals_the_whole_image(tmp_path):
     """(a) `cpsnake segment --block-size 512` on a 1024 x 1024 mosaic of real nuclei with the bundled model
-    (4 blocks, about 900 nuclei, 19 of them across the block borders): the same labels as `--block-size 0`, pixel for pixel
+    (4 blocks, about 900 nuclei, 19 of them across the block borders): the same labels as `--block-size 0`, pixel for
+    pixel
     and id for id (so every object matched at IoU 1 and none split at a border), and the same ROIs, table
     and overlay; the report is in the provenance.
 
@@ -189,14 +189,21 @@ def test_blockwise_segment_equals_the_whole_image(tmp_path):
         assert main(["segment", str(img), "--out", str(tmp_path / f"b{n}"), "--block-size", str(n)]) == 0
     whole = tifffile.imread(tmp_path / "b0" / "masks" / "mosaic.tif")
     got = tifffile.imread(tmp_path / "b512" / "masks" / "mosaic.tif")
-    across = (set(whole[511].tolist()) & set(whole[512].tolist())) | (set(whole[:, 511].tolist()) & set(whole[:, 512].tolist()))
+    across = (set(whole[511].tolist()) & set(whole[512].tolist())) | (
+        set(whole[:, 511].tolist()) & set(whole[:, 512].tolist())
+    )
     assert whole.max() > 500 and len(across - {0}) >= 15
     assert np.array_equal(got, whole)
     # the other files, written window by window from the labels on disk (cpsnake.export.blockout), are the whole
     # image's too: the same ROIs, overlay and table (less the flow columns, which need the whole image's flows)
-    with zipfile.ZipFile(tmp_path / "b0" / "rois" / "mosaic.zip") as a, zipfile.ZipFile(tmp_path / "b512" / "rois" / "mosaic.zip") as b:
+    with (
+        zipfile.ZipFile(tmp_path / "b0" / "rois" / "mosaic.zip") as a,
+        zipfile.ZipFile(tmp_path / "b512" / "rois" / "mosaic.zip") as b,
+    ):
         assert a.namelist() == b.namelist() and all(a.read(n) == b.read(n) for n in a.namelist())
-    assert (tmp_path / "b0" / "overlays" / "mosaic.png").read_bytes() == (tmp_path / "b512" / "overlays" / "mosaic.png").read_bytes()
+    assert (tmp_path / "b0" / "overlays" / "mosaic.png").read_bytes() == (
+        tmp_path / "b512" / "overlays" / "mosaic.png"
+    ).read_bytes()
     t0 = pd.read_csv(tmp_path / "b0" / "measurements" / "mosaic.csv", dtype=str)
     t1 = pd.read_csv(tmp_path / "b512" / "measurements" / "mosaic.csv", dtype=str)
     assert list(t0.columns) == list(t1.columns) + ["flow_error", "cellprob"] and t0[t1.columns].equals(t1)

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from cpsnake import cli
+from cpsnake.io.files import sha256
+from cpsnake.io.labels import read_labels
 from cpsnake.models import weights
 from cpsnake.training import evaluate
-from cpsnake.io.labels import read_labels
-from cpsnake.io.files import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "resources" / "demo" / "images"

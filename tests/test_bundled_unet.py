@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 from cpsnake.engine import infer, size
+from cpsnake.engine.normalize import normalize
+from cpsnake.engine.reconstruct import compute_masks
 from cpsnake.models import weights
 from cpsnake.models.registry import load_model
 from cpsnake.models.unet import UNet
-from cpsnake.engine.normalize import normalize
-from cpsnake.engine.reconstruct import compute_masks
 
 DEMO = sorted((Path(__file__).resolve().parents[1] / "resources" / "demo" / "images").glob("*.tif"))
 
@@ -48,8 +48,13 @@ def test_flows_masks_and_size_equal_cellpose3(cp3, bundled, image, tmp_path):
     img = tifffile.imread(image)
     np.save(tmp_path / "img.npy", img)
     colour = img.ndim == 3
-    opts = dict(state=str(path), image=str(tmp_path / "img.npy"), channels=None, channel_axis=-1 if colour else None,
-                nbase=list(net.nbase))
+    opts = dict(
+        state=str(path),
+        image=str(tmp_path / "img.npy"),
+        channels=None,
+        channel_axis=-1 if colour else None,
+        nbase=list(net.nbase),
+    )
     ref = cp3("eval", **opts)
     x, _ = normalize(np.moveaxis(img, -1, 0) if colour else img[None])
     flows = infer.predict(net, x, progress=False)

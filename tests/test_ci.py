@@ -30,8 +30,7 @@ SKIPPING = textwrap.dedent(
 def test_a_skip_fails_only_under_ci(pytester, monkeypatch, ci, outcome):
     monkeypatch.setenv("CI", ci)
     pytester.makepyfile(test_x=SKIPPING)
-    result = pytester.runpytest_subprocess("-p", "ci_skips", f"--rootdir={pytester.path}",
-                                           "-o", f"pythonpath={HERE}")
+    result = pytester.runpytest_subprocess("-p", "ci_skips", f"--rootdir={pytester.path}", "-o", f"pythonpath={HERE}")
     result.assert_outcomes(**outcome)
     if ci:
         result.stdout.fnmatch_lines(["*skipped under CI=true (Skipped: ImageJ not installed)*"])
@@ -50,14 +49,35 @@ def test_tests_that_need_no_cellpose_run_without_it(tmp_path):
     comparisons with cellpose skip (no module-level importorskip over mixed tests)."""
     blocker = tmp_path / "block"
     (blocker / "cellpose").mkdir(parents=True)
-    (blocker / "cellpose" / "__init__.py").write_text("raise ModuleNotFoundError('cellpose hidden for this test', name='cellpose')\n")
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}, "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]), "CI": ""}
+    (blocker / "cellpose" / "__init__.py").write_text(
+        "raise ModuleNotFoundError('cellpose hidden for this test', name='cellpose')\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"},
+        "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]),
+        "CI": "",
+    }
     files = ["test_model.py", "test_dynamics.py", "test_reconstruct.py"]
     keep = "pickle or truncated or missing or wrong_shape or unit_length or empty or background or cli or niter"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-k", keep,
-         *[str(HERE / f) for f in files]],
-        capture_output=True, text=True, env=env, cwd=HERE.parent, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not slow",
+            "-k",
+            keep,
+            *[str(HERE / f) for f in files],
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=HERE.parent,
+        timeout=600,
     )
     tail = proc.stdout.strip().splitlines()[-1]
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -25,10 +25,15 @@ def machine(monkeypatch):
     return set_
 
 
-@pytest.mark.parametrize("cuda, mps, network, reconstruction", [
-    (False, False, "cpu", None), (False, True, "mps", None),
-    (True, False, "cuda", "cuda"), (True, True, "cuda", "cuda"),
-])
+@pytest.mark.parametrize(
+    "cuda, mps, network, reconstruction",
+    [
+        (False, False, "cpu", None),
+        (False, True, "mps", None),
+        (True, False, "cuda", "cuda"),
+        (True, True, "cuda", "cuda"),
+    ],
+)
 def test_auto_takes_the_first_kind_the_caller_runs_on(machine, cuda, mps, network, reconstruction):
     machine(cuda=cuda, mps=mps)
     assert resolve_device("auto") == torch.device(network)
@@ -52,13 +57,16 @@ def test_a_kind_outside_the_callers_needs_no_torch(monkeypatch):
     assert resolve_device("mps", kinds=RECONSTRUCT) is None
 
 
-@pytest.mark.parametrize("name, kinds, message", [
-    ("cuda", None, "--device cuda: found no CUDA device; use --device auto or cpu"),
-    ("cuda:0", RECONSTRUCT, "--device cuda:0: found no CUDA device; use --device auto or cpu"),
-    ("mps", None, "--device mps: found no MPS device; use --device auto or cpu"),
-    ("bogus", None, "--device bogus: unknown device; expected auto, cpu or cuda[:N]"),
-    ("bogus", RECONSTRUCT, "--device bogus: unknown device; expected auto, cpu or cuda[:N]"),
-])
+@pytest.mark.parametrize(
+    "name, kinds, message",
+    [
+        ("cuda", None, "--device cuda: found no CUDA device; use --device auto or cpu"),
+        ("cuda:0", RECONSTRUCT, "--device cuda:0: found no CUDA device; use --device auto or cpu"),
+        ("mps", None, "--device mps: found no MPS device; use --device auto or cpu"),
+        ("bogus", None, "--device bogus: unknown device; expected auto, cpu or cuda[:N]"),
+        ("bogus", RECONSTRUCT, "--device bogus: unknown device; expected auto, cpu or cuda[:N]"),
+    ],
+)
 def test_a_device_this_machine_lacks_is_one_line(machine, name, kinds, message):
     machine(cuda=False, mps=False)
     with pytest.raises(CpsnakeError) as err:

@@ -6,12 +6,11 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
-
-from cpsnake.engine import dynamics, heat
 from reference import cellpose
+from scipy import ndimage as ndi
 from synthetic import voronoi_cells
 
+from cpsnake.engine import dynamics, heat
 
 
 def odd_shapes():
@@ -32,8 +31,11 @@ def reference_flows(labels):
         return cellpose("cellpose.dynamics").masks_to_flows_gpu(labels.astype(np.int64))[0]
 
 
-@pytest.mark.parametrize("labels", [voronoi_cells(), voronoi_cells(seed=3, spacing=18), odd_shapes()],
-                         ids=["voronoi", "voronoi-dense", "odd-shapes"])
+@pytest.mark.parametrize(
+    "labels",
+    [voronoi_cells(), voronoi_cells(seed=3, spacing=18), odd_shapes()],
+    ids=["voronoi", "voronoi-dense", "odd-shapes"],
+)
 def test_masks_to_flows_equals_cellpose(labels):
     ours = heat.masks_to_flows(labels)
     theirs = reference_flows(labels)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,9 @@ def test_every_rule_names_an_existing_env():
         text = smk.read_text()
         n_rules += len(re.findall(r"^(?:rule|checkpoint) \w+:", text, flags=re.M))
         envs = re.findall(r"conda:\s*\n\s*\"([^\"]+)\"", text)
-        assert len(envs) == len(re.findall(r"^(?:rule|checkpoint) \w+:", text, flags=re.M)), f"{smk.name}: a rule has no conda:"
+        assert len(envs) == len(re.findall(r"^(?:rule|checkpoint) \w+:", text, flags=re.M)), (
+            f"{smk.name}: a rule has no conda:"
+        )
         for env in envs:
             assert (smk.parent / env).resolve().is_file(), f"{smk.name}: conda env {env} not found"
     assert n_rules >= 9

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cpsnake.training import evaluate
 from cpsnake.io.labels import write_labels
+from cpsnake.training import evaluate
 
 
 def _pair():
@@ -75,7 +75,13 @@ def test_empty_vs_some():
     t, p = _pair()
     z = np.zeros_like(t)
     missed = evaluate.scores(t, z, [0.5])  # nothing predicted: all false negatives, error rate 1
-    assert (missed["tp@0.5"], missed["fp@0.5"], missed["fn@0.5"], missed["ap@0.5"], missed["err@0.5"]) == (0, 0, 3, 0.0, 1.0)
+    assert (missed["tp@0.5"], missed["fp@0.5"], missed["fn@0.5"], missed["ap@0.5"], missed["err@0.5"]) == (
+        0,
+        0,
+        3,
+        0.0,
+        1.0,
+    )
     spurious = evaluate.scores(z, p, [0.5])  # nothing to find: all false positives, error rate undefined
     assert (spurious["tp@0.5"], spurious["fp@0.5"], spurious["fn@0.5"], spurious["ap@0.5"]) == (0, 4, 0, 0.0)
     assert math.isnan(spurious["err@0.5"])
@@ -92,7 +98,7 @@ def _random_labels(rng, shape=(48, 48), n=12):
     for k in range(1, n + 1):
         y, x = rng.integers(0, shape[0] - 4), rng.integers(0, shape[1] - 4)
         h, w = rng.integers(3, 14, size=2)
-        lab[y:y + h, x:x + w] = k
+        lab[y : y + h, x : x + w] = k
     return lab
 
 
@@ -133,8 +139,18 @@ def test_cli_pools_groups_and_missing(tmp_path, capsys):
     write_labels(tmp_path / "pred" / "c.tif", p, pixel_size=None, unit=None)  # no truth -> left out
     pd.DataFrame({"file": ["a.tif", "b.tif"], "modality": ["x", "y"]}).to_csv(tmp_path / "index.csv", index=False)
     out = tmp_path / "table.csv"
-    rc = evaluate.main([str(tmp_path / "pred"), str(tmp_path / "true"), "--out", str(out),
-                        "--index", str(tmp_path / "index.csv"), "--thresholds", "0.5"])
+    rc = evaluate.main(
+        [
+            str(tmp_path / "pred"),
+            str(tmp_path / "true"),
+            "--out",
+            str(out),
+            "--index",
+            str(tmp_path / "index.csv"),
+            "--thresholds",
+            "0.5",
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     assert "scored as empty predictions: b" in err and "left out: c" in err

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from test_rois import hard_shapes
 
-from cpsnake.io.labels import write_labels
-from cpsnake.io.tiff import write_tiff
 from cpsnake.export.geojson import feature_collection, label_polygons
 from cpsnake.export.roi_import import _fill_polygons
+from cpsnake.io.labels import write_labels
+from cpsnake.io.tiff import write_tiff
 from cpsnake.steps.geojson import main
-from test_rois import hard_shapes
 
 
 def _area(ring) -> float:
@@ -73,8 +73,10 @@ def test_cli_with_table_parses_and_carries_measurements(tmp_path):
     label's row as a number, ids stable between runs and distinct between labels."""
     lab = hard_shapes()
     write_labels(tmp_path / "lab.tif", lab)
-    rows = [{"label": k, "image": "x.tif", "Area": float((lab == k).sum()), "Mean": 1.5, "Skew": "nan"}
-            for k in np.unique(lab[lab > 0]).tolist()]
+    rows = [
+        {"label": k, "image": "x.tif", "Area": float((lab == k).sum()), "Mean": 1.5, "Skew": "nan"}
+        for k in np.unique(lab[lab > 0]).tolist()
+    ]
     with open(tmp_path / "t.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -99,8 +101,18 @@ def test_measure_writes_geojson_with_its_rows(tmp_path):
     lab = hard_shapes()
     write_labels(tmp_path / "lab.tif", lab)
     write_tiff(tmp_path / "img.tif", np.full((1, *lab.shape), 9, np.uint8), axes="CYX")
-    assert measure_main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv"),
-                         "--geojson", str(tmp_path / "m.geojson")]) == 0
+    assert (
+        measure_main(
+            [
+                str(tmp_path / "lab.tif"),
+                str(tmp_path / "img.tif"),
+                str(tmp_path / "t.csv"),
+                "--geojson",
+                str(tmp_path / "m.geojson"),
+            ]
+        )
+        == 0
+    )
     fc = json.loads((tmp_path / "m.geojson").read_text())
     table = list(csv.DictReader(open(tmp_path / "t.csv")))
     assert [f["properties"]["measurements"]["Area"] for f in fc["features"]] == [float(r["Area"]) for r in table]

@@ -32,8 +32,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
-
 from hostile import (  # noqa: F401  (zero_stream is a fixture)
     BOMB_SIDE,
     GREY16,
@@ -57,6 +55,7 @@ from hostile import (  # noqa: F401  (zero_stream is a fixture)
     write_tif,
     zero_stream,
 )
+from PIL import Image
 
 from cpsnake.io import limits
 
@@ -90,8 +89,11 @@ def _tiff_png_tile(d, z, m):  # a 256 x 256 TIFF whose one tile is a PNG of 4800
 
 def _tiff_png_tile_by_region(d, z, m):  # the same tile, read region by region (segment in blocks)
     _, f, _ = _tiff_png_tile(d, z, m)
-    return (["segment", f, "--out", d / "o", "--block-size", "512", "--model", m], f,
-            [d / "o" / "masks" / "tile.tif", d / "o" / "provenance" / "tile.json"])
+    return (
+        ["segment", f, "--out", d / "o", "--block-size", "512", "--model", m],
+        f,
+        [d / "o" / "masks" / "tile.tif", d / "o" / "provenance" / "tile.json"],
+    )
 
 
 def _jpeg_header(d, z, m):
@@ -148,8 +150,11 @@ def _weights_architecture(d, z, m):  # real tensors (15 MB) whose shapes describ
 
 def _diameter_option(d, z, m):  # --diameter 1 would resize a 64 x 64 image to 1920 x 1920, over --max-pixels 10^6
     f = normalized_image(d)  # (a diameter under 1 px is refused by its bound first, cpsnake.bounds)
-    return (["infer", f, d / "flows.tif", "--model", m, "--diameter", "1", "--max-pixels", "1000000"], "diameter 1",
-            [d / "flows.tif"])
+    return (
+        ["infer", f, d / "flows.tif", "--model", m, "--diameter", "1", "--max-pixels", "1000000"],
+        "diameter 1",
+        [d / "flows.tif"],
+    )
 
 
 def _roi_bbox(d, z, m):  # ROIs 65000 px across on a 64 x 64 image: clipped to it, not refused
@@ -163,8 +168,11 @@ BOMBS = {
     "tiff deflate 1.1 GB": (_tiff_deflate, r"samples, more than the limit of 100,000,000 samples.*--max-pixels N"),
     "png deflate 1.1 GB": (_png_deflate, r"samples, more than the limit.*--max-pixels N"),
     "tiff tile holding a 1.1 GB png": (_tiff_png_tile, r"compressed data that expand beyond the size the TIFF header"),
-    "the same tile read by region": (_tiff_png_tile_by_region, r"compressed data in rows 0-256, columns 0-256 that "
-                                     r"expand beyond the size the header declares"),
+    "the same tile read by region": (
+        _tiff_png_tile_by_region,
+        r"compressed data in rows 0-256, columns 0-256 that "
+        r"expand beyond the size the header declares",
+    ),
     "jpeg header 30000 x 30000": (_jpeg_header, r"30000 x 30000 x 3 = 2,700,000,000 samples.*--max-pixels N"),
     "tiff declared 100000 x 100000": (_tiff_declared, r"100000 x 100000 = 10,000,000,000 samples"),
     "flows declared": (_flows_declared, r"flows file of .* samples, more than the limit of 400,000,000 samples"),
@@ -178,7 +186,7 @@ BOMBS = {
 
 
 @pytest.mark.parametrize("member", list(BOMBS))
-def test_bombs_are_refused_before_allocation(tmp_path, zero_stream, tiny_model, member):
+def test_bombs_are_refused_before_allocation(tmp_path, zero_stream, tiny_model, member):  # noqa: F811 (zero_stream: the fixture imported above)
     build, pattern = BOMBS[member]
     args, bad, outputs = build(tmp_path, zero_stream, tiny_model)
     assert not isinstance(bad, Path) or bad.stat().st_size < 16 * 2**20  # tiny on disk
@@ -209,14 +217,22 @@ def test_the_limit_is_set_by_option_environment_and_config(tmp_path, capsys, mon
     assert yaml.safe_load((repo / "config.yaml").read_text())["max_pixels"] == limits.DEFAULT_MAX_PIXELS
     img = small_image(tmp_path, shape=(100, 100))  # 10,000 samples
     out = tmp_path / "out.tif"
-    assert_one_error_line(in_process(capsys, "normalize", img, out, "--max-pixels", "9999"), "normalize", img,
-                          pattern=r"100 x 100 = 10,000 samples, more than the limit of 9,999 samples")
+    assert_one_error_line(
+        in_process(capsys, "normalize", img, out, "--max-pixels", "9999"),
+        "normalize",
+        img,
+        pattern=r"100 x 100 = 10,000 samples, more than the limit of 9,999 samples",
+    )
     monkeypatch.setenv("CPSNAKE_MAX_PIXELS", "9999")
     assert_one_error_line(in_process(capsys, "normalize", img, out), "normalize", img, pattern="limit of 9,999")
     assert in_process(capsys, "normalize", img, out, "--max-pixels", "10000").rc == 0  # the option wins
     monkeypatch.setenv("CPSNAKE_MAX_PIXELS", "lots")
-    assert_one_error_line(in_process(capsys, "normalize", img, tmp_path / "o2.tif"), "normalize", "CPSNAKE_MAX_PIXELS",
-                          pattern=r"found 'lots', expected a positive whole number")
+    assert_one_error_line(
+        in_process(capsys, "normalize", img, tmp_path / "o2.tif"),
+        "normalize",
+        "CPSNAKE_MAX_PIXELS",
+        pattern=r"found 'lots', expected a positive whole number",
+    )
 
 
 # --- 2. nothing hangs -------------------------------------------------------------------------------
@@ -297,8 +313,19 @@ def _mini_run(d, name="a", labels=None):
 
 
 def _aggregate_args(res, d):
-    return ["aggregate", "--samples", res / "samples.tsv", "--results", res, "--out-measurements", d / "all.csv",
-            "--out-summary", d / "summary.csv", "--out-failed", d / "failed.csv"]
+    return [
+        "aggregate",
+        "--samples",
+        res / "samples.tsv",
+        "--results",
+        res,
+        "--out-measurements",
+        d / "all.csv",
+        "--out-summary",
+        d / "summary.csv",
+        "--out-failed",
+        d / "failed.csv",
+    ]
 
 
 def _h_measurements(d, m):
@@ -311,8 +338,18 @@ def _h_measurements(d, m):
 def _h_provenance(d, m):
     res = _mini_run(d)
     f = fifo(d, "model.pt")
-    args = ["provenance", d / "p.json", "--model", f, "--model-name", "x", "--samples", res / "samples.tsv",
-            "--results", res]
+    args = [
+        "provenance",
+        d / "p.json",
+        "--model",
+        f,
+        "--model-name",
+        "x",
+        "--samples",
+        res / "samples.tsv",
+        "--results",
+        res,
+    ]
     return args, f, [d / "p.json"]
 
 
@@ -327,8 +364,12 @@ def _h_thin_image(d, m):  # 100000 x 2: no cell fits; the network would tile 470
 
 
 def _h_thin_normalized(d, m):
-    f = write_tif(d / "thin.tif", np.random.default_rng(0).random((1, 100_000, 2), dtype=np.float32),
-                  imagej=True, metadata={"axes": "CYX"})
+    f = write_tif(
+        d / "thin.tif",
+        np.random.default_rng(0).random((1, 100_000, 2), dtype=np.float32),
+        imagej=True,
+        metadata={"axes": "CYX"},
+    )
     return ["infer", f, d / "flows.tif", "--model", m], f, [d / "flows.tif"]
 
 
@@ -447,8 +488,13 @@ def _t_many_objects_evaluate(d):  # 1,048,576 one-pixel objects in each image: n
 
 
 def _t_non_ascii_unit(d):  # found by fuzzing: a damaged ImageJ unit could not be written back (UnicodeEncodeError)
-    f = write_tif(d / "unit.tif", tifffile.imread(GREY16)[:64, :64], imagej=True, resolution=(2.0, 2.0),
-                  metadata={"unit": "micron"})
+    f = write_tif(
+        d / "unit.tif",
+        tifffile.imread(GREY16)[:64, :64],
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"unit": "micron"},
+    )
     raw = f.read_bytes()
     f.write_bytes(raw.replace(b"unit=micron", b"unit=m\xcbcron"))
     return ["normalize", f, d / "out.tif"], None, None, None
@@ -549,8 +595,13 @@ def _ome_tiff(d: Path, size_x: str, size_y: str | None = None) -> Path:
 
 def _imagej_resolution_zero(d: Path) -> Path:
     f = d / "cal.tif"
-    write_tif(f, np.random.default_rng(0).integers(100, 4000, (64, 64)).astype(np.uint16), imagej=True,
-              resolution=(2.0, 2.0), metadata={"unit": "micron"})
+    write_tif(
+        f,
+        np.random.default_rng(0).integers(100, 4000, (64, 64)).astype(np.uint16),
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"unit": "micron"},
+    )
     with tifffile.TiffFile(f, mode="r+") as tif:
         tif.pages[0].tags["XResolution"].overwrite((0, 1))
     return f
@@ -566,6 +617,7 @@ def _g_pixel_size(maker, shown):
     def build(d, m):
         image = maker(d)
         return _measure_calibrated(d, image), image, shown
+
     return build
 
 
@@ -573,7 +625,11 @@ def _g_nan_weights(d, m, value=math.nan):
     state = tiny_state(m)
     state["encoder.blocks.1.mlp.lin2.weight"][3, 4] = value
     f = save_state(state, d / "bad.pt")
-    return ["infer", normalized_image(d), d / "flows.tif", "--model", f], f, r"'encoder.blocks.1.mlp.lin2.weight' holds NaN"
+    return (
+        ["infer", normalized_image(d), d / "flows.tif", "--model", f],
+        f,
+        r"'encoder.blocks.1.mlp.lin2.weight' holds NaN",
+    )
 
 
 def _g_duplicate_names(d, m):
@@ -584,7 +640,11 @@ def _g_duplicate_names(d, m):
 
 def _g_nan_roi(d, m):
     f = roi_zip(d / "rois.zip", {"0001.roi": polygon_roi([[2, 2], [20, 2], [np.nan, 20], [2, 20]])})
-    return ["rois", "--import", f, "--like", small_image(d), d / "labels.tif"], (f, "0001.roi"), r"NaN or infinite coordinates"
+    return (
+        ["rois", "--import", f, "--like", small_image(d), d / "labels.tif"],
+        (f, "0001.roi"),
+        r"NaN or infinite coordinates",
+    )
 
 
 def _g_complex_flows(d, m):
@@ -634,7 +694,9 @@ def test_no_silent_garbage(tmp_path, capsys, tiny_model, member):
     assert_no_outputs(*outputs)  # for segment: not even the --out folder
 
 
-@pytest.mark.parametrize("dtype, base", [(np.uint32, 2**30), (np.int64, -(2**40)), (np.uint64, 2**40), (np.float64, 3e8)])
+@pytest.mark.parametrize(
+    "dtype, base", [(np.uint32, 2**30), (np.int64, -(2**40)), (np.uint64, 2**40), (np.float64, 3e8)]
+)
 def test_no_silent_garbage_beyond_float32(tmp_path, capsys, dtype, base):
     """Values beyond float32's exact range (+-2**24) are normalized in float64, and OUT.json says so."""
     rng = np.random.default_rng(0)
@@ -656,19 +718,29 @@ def _c_symlink_loop(d, m):
     a, b = d / "a.tif", d / "b.tif"
     a.symlink_to(b)
     b.symlink_to(a)
-    return ["normalize", a, d / "out.tif"], (a,), r"loop of symbolic links; expected an image .*; point the link at the real file"
+    return (
+        ["normalize", a, d / "out.tif"],
+        (a,),
+        r"loop of symbolic links; expected an image .*; point the link at the real file",
+    )
 
 
 def _c_weights_folder(d, m):
     (d / "model").mkdir()
-    return (["infer", normalized_image(d), d / "flows.tif", "--model", d / "model"], (d / "model",),
-            r"is a folder, expected a weights file or a model name; pass the weights file inside it")
+    return (
+        ["infer", normalized_image(d), d / "flows.tif", "--model", d / "model"],
+        (d / "model",),
+        r"is a folder, expected a weights file or a model name; pass the weights file inside it",
+    )
 
 
 def _c_non_roi_entry(d, m):
     f = roi_zip(d / "RoiSet.zip", {"0001.roi": oval_roi(2, 2, 10, 10), "notes.txt": b"hello"})
-    return (["rois", "--import", f, "--like", small_image(d), d / "labels.tif"], (f, "notes.txt"),
-            r"not 'Iout'; expected only ImageJ \.roi entries; remove that entry")
+    return (
+        ["rois", "--import", f, "--like", small_image(d), d / "labels.tif"],
+        (f, "notes.txt"),
+        r"not 'Iout'; expected only ImageJ \.roi entries; remove that entry",
+    )
 
 
 def _square_roi() -> bytearray:
@@ -681,16 +753,22 @@ def _c_corrupt_roi_header(d, m):  # n_coordinates (bytes 16-17) far beyond the d
     raw = _square_roi()
     raw[16:18] = struct.pack(">H", 60000)
     f = roi_zip(d / "RoiSet.zip", {"0001.roi": bytes(raw)})
-    return (["rois", "--import", f, "--like", small_image(d), d / "labels.tif"], (f, "0001.roi"),
-            r"corrupt ImageJ ROI header .*; expected a valid \.roi; re-save the ROI set")
+    return (
+        ["rois", "--import", f, "--like", small_image(d), d / "labels.tif"],
+        (f, "0001.roi"),
+        r"corrupt ImageJ ROI header .*; expected a valid \.roi; re-save the ROI set",
+    )
 
 
 def _c_unknown_roi_type(d, m):  # type byte (6) 99: not an ImageJ ROI type
     raw = _square_roi()
     raw[6] = 99
     f = roi_zip(d / "RoiSet.zip", {"0001.roi": bytes(raw)})
-    return (["rois", "--import", f, "--like", small_image(d), d / "labels.tif"], (f, "0001.roi"),
-            r"unknown ROI type .*; expected an ImageJ area ROI; the entry is corrupt: re-save")
+    return (
+        ["rois", "--import", f, "--like", small_image(d), d / "labels.tif"],
+        (f, "0001.roi"),
+        r"unknown ROI type .*; expected an ImageJ area ROI; the entry is corrupt: re-save",
+    )
 
 
 def _c_line_roi(d, m):
@@ -698,8 +776,11 @@ def _c_line_roi(d, m):
 
     roi = ImagejRoi(roitype=ROI_TYPE.LINE, x1=1.0, y1=1.0, x2=10.0, y2=12.0, name="0003")
     f = roi_zip(d / "RoiSet.zip", {"0003.roi": roi.tobytes()})
-    return (["rois", "--import", f, "--like", small_image(d), d / "labels.tif"], (f, "0003.roi"),
-            r"type line, not an area; expected .*; convert lines and points to areas")
+    return (
+        ["rois", "--import", f, "--like", small_image(d), d / "labels.tif"],
+        (f, "0003.roi"),
+        r"type line, not an area; expected .*; convert lines and points to areas",
+    )
 
 
 def _labels_case(values, dtype, pattern):
@@ -708,6 +789,7 @@ def _labels_case(values, dtype, pattern):
         a[2:6, 2:6] = values
         f = write_tif(d / "labels.tif", a)
         return ["measure", f, small_image(d, shape=(16, 16)), d / "m.csv"], (f,), pattern
+
     return build
 
 
@@ -715,7 +797,11 @@ def _c_nan_flows(d, m):
     a = np.zeros((3, 16, 16), np.float32)
     a[2, 3, 3] = np.nan
     f = write_tif(d / "flows.tif", a, imagej=True, metadata={"axes": "CYX"})
-    return ["reconstruct", f, d / "labels.tif"], (f,), r"1 NaN or infinite flow values, expected finite flows; pass the FLOWS"
+    return (
+        ["reconstruct", f, d / "labels.tif"],
+        (f,),
+        r"1 NaN or infinite flow values, expected finite flows; pass the FLOWS",
+    )
 
 
 def _c_non_tiff_flows(d, m):
@@ -740,7 +826,9 @@ COMPLETE = {
     "corrupt ROI header": _c_corrupt_roi_header,
     "unknown ROI type": _c_unknown_roi_type,
     "line ROI": _c_line_roi,
-    "fractional float labels": _labels_case(1.5, np.float32, r"fractional or negative values; expected .*Image > Type > 16-bit"),
+    "fractional float labels": _labels_case(
+        1.5, np.float32, r"fractional or negative values; expected .*Image > Type > 16-bit"
+    ),
     "negative labels": _labels_case(-3, np.int16, r"negative labels \(smallest -3\); expected .*Image > Type > 16-bit"),
     "bool labels": _labels_case(True, bool, r"binary \(bool\) mask, expected labels .*Count Masks"),
     "NaN flows": _c_nan_flows,

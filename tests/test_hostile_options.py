@@ -42,14 +42,20 @@ def without_torch(*args, timeout: float = 120) -> Run:
     """``cpsnake ARGS`` in a child process where ``import torch`` fails; a command still running after
     ``timeout`` seconds is killed and reported as ``rc == "timeout"``."""
     try:
-        r = subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True,
-                           timeout=timeout, check=False)
+        r = subprocess.run(
+            [sys.executable, "-c", NO_TORCH, *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return Run("timeout", "", float("nan"))
     return Run(r.returncode, r.stderr, float("nan"))
 
 
 # --- the commands, each with the arguments it needs besides the option under test ------------------
+
 
 def commands(d: Path) -> dict[str, tuple[str, list]]:
     """Step -> (the name its errors carry, its arguments without options); the paths need not exist (the
@@ -222,16 +228,47 @@ def test_bounds_that_depend_on_the_image_are_checked_from_its_header(tmp_path, c
 
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.ones((10, 64, 64), np.uint8), imagej=True, metadata={"axes": "ZYX"})
-    run = in_process(capsys, "segment", stack, "--out", tmp_path / "o", "--do-3d", "--anisotropy", "50",
-                     "--max-pixels", "100000")
+    run = in_process(
+        capsys, "segment", stack, "--out", tmp_path / "o", "--do-3d", "--anisotropy", "50", "--max-pixels", "100000"
+    )
     line = assert_one_error_line(run, "segment", stack, "--anisotropy 50", "500 x 64 x 64")
     assert "--max-pixels" in line and not (tmp_path / "o").exists()
-    assert in_process(capsys, "segment", stack, "--out", tmp_path / "o", "--do-3d", "--anisotropy", "2",
-                      "--max-pixels", "100000", "--model", tmp_path / "missing.pt").stderr.count("missing.pt") == 1
+    assert (
+        in_process(
+            capsys,
+            "segment",
+            stack,
+            "--out",
+            tmp_path / "o",
+            "--do-3d",
+            "--anisotropy",
+            "2",
+            "--max-pixels",
+            "100000",
+            "--model",
+            tmp_path / "missing.pt",
+        ).stderr.count("missing.pt")
+        == 1
+    )
 
     table = tmp_path / "samples.tsv"
-    samples.write_table(table, [samples.Sample("s", str(stack), height=2000, width=2000, channels_in_file=1, planes=1,
-                                               dtype="uint8", pixels=4_000_000, batch="b0001", block=512)])
+    samples.write_table(
+        table,
+        [
+            samples.Sample(
+                "s",
+                str(stack),
+                height=2000,
+                width=2000,
+                channels_in_file=1,
+                planes=1,
+                dtype="uint8",
+                pixels=4_000_000,
+                batch="b0001",
+                block=512,
+            )
+        ],
+    )
     block = ["block", table, "b0001", "s", "0", "--results", tmp_path / "r", "--model", tmp_path / "m.pt"]
     line = assert_one_error_line(in_process(capsys, *block, "--block-halo", "1000"), "block", "--block-halo 1000")
     assert "512" in line
@@ -249,10 +286,25 @@ def test_every_numeric_option_has_a_bound():
     from cpsnake.io import limits
 
     found = parsers()
-    assert {"segment", "normalize", "infer", "reconstruct", "batch", "block", "samples", "train", "train-size",
-            "evaluate", "train pack"} <= set(found)
-    bare = [(step, a.dest) for step, p in found.items() for a in p._actions
-            if a.type in (int, float) and not (step == "block" and a.dest == "index")]
+    assert {
+        "segment",
+        "normalize",
+        "infer",
+        "reconstruct",
+        "batch",
+        "block",
+        "samples",
+        "train",
+        "train-size",
+        "evaluate",
+        "train pack",
+    } <= set(found)
+    bare = [
+        (step, a.dest)
+        for step, p in found.items()
+        for a in p._actions
+        if a.type in (int, float) and not (step == "block" and a.dest == "index")
+    ]
     assert not bare
     kinds = {getattr(a.type, "bound", None) or a.type for p in found.values() for a in p._actions if a.type}
     assert limits._argument in kinds and len(FLOAT_OPTIONS) >= 25
@@ -271,13 +323,27 @@ def test_the_workflow_config_keys_map_to_bounded_options():
     from cpsnake.bounds import BOUNDS, CONFIG, check_config
 
     assert set(CONFIG.values()) <= set(BOUNDS)
-    schema_defaults = {"blocks": {"size": None, "halo": None}, "batch": {"images": 64, "pixels": 50_000_000},
-                       "normalize": {"percentiles": [1.0, 99.0], "low_high": None, "tile_norm": 0},
-                       "inference": {"tile_overlap": 0.1}, "diameter": None,
-                       "reconstruct": {"cellprob_threshold": 0.0, "flow_threshold": 0.4, "niter": None, "min_size": 15,
-                                       "max_size_fraction": 0.4},
-                       "stacks": {"anisotropy": None, "stitch_threshold": 0.0, "track_threshold": 0.25,
-                                  "flow3d_smooth": 0.0, "flow3d_threshold": 0.0}}
+    schema_defaults = {
+        "blocks": {"size": None, "halo": None},
+        "batch": {"images": 64, "pixels": 50_000_000},
+        "normalize": {"percentiles": [1.0, 99.0], "low_high": None, "tile_norm": 0},
+        "inference": {"tile_overlap": 0.1},
+        "diameter": None,
+        "reconstruct": {
+            "cellprob_threshold": 0.0,
+            "flow_threshold": 0.4,
+            "niter": None,
+            "min_size": 15,
+            "max_size_fraction": 0.4,
+        },
+        "stacks": {
+            "anisotropy": None,
+            "stitch_threshold": 0.0,
+            "track_threshold": 0.25,
+            "flow3d_smooth": 0.0,
+            "flow3d_threshold": 0.0,
+        },
+    }
     check_config(schema_defaults)  # the defaults pass
     import cpsnake.bounds
 
@@ -288,10 +354,21 @@ def test_the_workflow_config_keys_map_to_bounded_options():
 
 
 def snakemake_n(workdir: Path, *config: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--cores", "1", "-n"]
-    return subprocess.run(cmd + (["--config", *config] if config else []), capture_output=True, text=True,
-                          timeout=600, check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "1",
+        "-n",
+    ]
+    return subprocess.run(
+        cmd + (["--config", *config] if config else []), capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 def _workdir(d: Path, images: int = 1, *, placeholders: bool = False, **extra) -> Path:
@@ -351,8 +428,19 @@ def test_workflow_applies_the_bounds(tmp_path):
 
     slide = _workdir(tmp_path / "slide", images=0, max_pixels=10**10, blocks={"size": 448})
     (slide / "images" / "slide.tif").write_bytes(tiff_bytes(60000, 60000, b"\0" * 64, bits=8))  # a header, no pixels
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(slide),
-           "--cores", "1", "--until", "samples"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(slide),
+        "--cores",
+        "1",
+        "--until",
+        "samples",
+    ]
     # the headers come with the samples checkpoint: its job refuses the run, writing no table
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
@@ -393,8 +481,9 @@ def test_fail_fast(tmp_path):
     run = without_torch("segment", *bad.values(), "--out", out, timeout=60)
     assert run.rc == 1 and f"{len(bad)} of {len(bad)} images failed" in run.stderr
     errors = [x for x in run.stderr.splitlines() if x.startswith("cpsnake segment: error: ")]
-    assert [next(str(p) for p in bad.values() if x.split(": error: ")[1].startswith(str(p))) for x in errors] == \
-        [str(p) for p in bad.values()]
+    assert [next(str(p) for p in bad.values() if x.split(": error: ")[1].startswith(str(p))) for x in errors] == [
+        str(p) for p in bad.values()
+    ]
     assert "Traceback" not in run.stderr and "warning" not in run.stderr
     assert not out.exists()
     assert_no_outputs(out / "masks" / "missing.tif")
@@ -406,8 +495,22 @@ def test_fail_fast_in_workflow_jobs(tmp_path, capsys, no_torch):
     from cpsnake.run import batch, samples
 
     table = tmp_path / "samples.tsv"
-    samples.write_table(table, [samples.Sample("a", str(tmp_path / "a.tif"), height=64, width=64, channels_in_file=1,
-                                               planes=1, dtype="uint16", pixels=4096, batch="b0001")])
+    samples.write_table(
+        table,
+        [
+            samples.Sample(
+                "a",
+                str(tmp_path / "a.tif"),
+                height=64,
+                width=64,
+                channels_in_file=1,
+                planes=1,
+                dtype="uint16",
+                pixels=4096,
+                batch="b0001",
+            )
+        ],
+    )
     res = tmp_path / "res"
     batch.write_manifest(res / "work" / "b0001" / "normalize.tsv", [batch.Outcome("a", "failed", "a.tif: broken")])
     run = in_process(capsys, "batch", "infer", table, "b0001", "--results", res, "--model", tmp_path / "m.pt")

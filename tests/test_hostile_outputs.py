@@ -37,7 +37,6 @@ from pathlib import Path
 
 import pytest
 import tifffile
-
 from hostile import Run, assert_one_error_line, in_process
 from test_workflow import blobs
 
@@ -81,8 +80,13 @@ def _drop_dac() -> None:  # in the child, before exec: root without the right to
 def without_dac(*args, timeout: float = 300) -> Run:
     """``python -m cpsnake ARGS`` in a child process that root's permission override does not cover."""
     try:
-        r = subprocess.run([sys.executable, "-m", "cpsnake", *map(str, args)], preexec_fn=_drop_dac,
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [sys.executable, "-m", "cpsnake", *map(str, args)],
+            preexec_fn=_drop_dac,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.SubprocessError as exc:
         if "prctl" in str(exc):
             pytest.skip(f"cannot drop CAP_DAC_OVERRIDE ({exc}): needs root with CAP_SETPCAP (CI has it)")
@@ -107,17 +111,32 @@ def inp(tmp_path_factory, tiny_model) -> dict:
     images.mkdir()
     tifffile.imwrite(images / f"{NAME}.tif", blobs(0))
     img = images / f"{NAME}.tif"
-    for args in (["normalize", img, d / "norm.tif"], ["infer", d / "norm.tif", d / "flows.tif", "--model", tiny_model],
-                 ["reconstruct", d / "flows.tif", d / "labels.tif", *FIND], ["rois", d / "labels.tif", d / "rois.zip"],
-                 ["samples", "--images", images, "--out", d / "samples.tsv"],
-                 ["samples", "--images", images, "--out", d / "blocks.tsv", "--block-size", "512"],
-                 ["batch", "normalize", d / "blocks.tsv", "b0001", "--results", d / "bres"]):
+    for args in (
+        ["normalize", img, d / "norm.tif"],
+        ["infer", d / "norm.tif", d / "flows.tif", "--model", tiny_model],
+        ["reconstruct", d / "flows.tif", d / "labels.tif", *FIND],
+        ["rois", d / "labels.tif", d / "rois.zip"],
+        ["samples", "--images", images, "--out", d / "samples.tsv"],
+        ["samples", "--images", images, "--out", d / "blocks.tsv", "--block-size", "512"],
+        ["batch", "normalize", d / "blocks.tsv", "b0001", "--results", d / "bres"],
+    ):
         assert cli.main([str(a) for a in args]) == 0, args
     for step in ("normalize", "infer", "reconstruct", "rois", "measure", "overlay"):
         args = ["batch", step, d / "samples.tsv", "b0001", "--results", d / "res", "--model", tiny_model, *FIND]
         assert cli.main([str(a) for a in args]) == 0, step
-    args = ["aggregate", "--samples", d / "samples.tsv", "--results", d / "res", "--out-measurements",
-            d / "run" / "m.csv", "--out-summary", d / "run" / "s.csv", "--out-failed", d / "run" / "failed.csv"]
+    args = [
+        "aggregate",
+        "--samples",
+        d / "samples.tsv",
+        "--results",
+        d / "res",
+        "--out-measurements",
+        d / "run" / "m.csv",
+        "--out-summary",
+        d / "run" / "s.csv",
+        "--out-failed",
+        d / "run" / "failed.csv",
+    ]
     assert cli.main([str(a) for a in args]) == 0
     for sub, src in (("images", img), ("masks", d / "labels.tif")):
         (d / "split" / sub).mkdir(parents=True)
@@ -158,13 +177,24 @@ def _x(d: Path) -> Path:
 def _one_file(step: str, *inputs: str, out: str, extra=()):
     """``STEP INPUT... OUT/NAME [extra]``; ``*.tif`` / ``*.zip``: a file of the inputs folder, ``img`` the image,
     ``model`` the model, ``OUT/...`` a second output (in ``extra``), anything else as it is."""
+
     def build(i, d):
         def arg(a):
-            return i["img"] if a == "img" else i["model"] if a == "model" else _x(d) / a[4:] if a.startswith("OUT/") \
-                else i["d"] / a if a.endswith((".tif", ".zip")) else a
+            return (
+                i["img"]
+                if a == "img"
+                else i["model"]
+                if a == "model"
+                else _x(d) / a[4:]
+                if a.startswith("OUT/")
+                else i["d"] / a
+                if a.endswith((".tif", ".zip"))
+                else a
+            )
 
         finals = [_x(d) / out] + [_x(d) / a[4:] for a in extra if a.startswith("OUT/")]
         return [step, *map(arg, inputs), _x(d) / out, *map(arg, extra)], finals, _x(d)
+
     return build
 
 
@@ -179,35 +209,101 @@ COMMANDS = {
     "measure": _one_file("measure", "labels.tif", "img", out="t.csv", extra=("--geojson", "OUT/t.geojson")),
     "overlay": _one_file("overlay", "img", "labels.tif", out="ov.png"),
     "geojson": _one_file("geojson", "labels.tif", out="g.geojson"),
-    "samples": lambda i, d: (["samples", "--images", i["img"].parent, "--out", _x(d) / "s.tsv"], [_x(d) / "s.tsv"],
-                             _x(d)),
-    "batch": lambda i, d: (["batch", "normalize", i["d"] / "samples.tsv", "b0001", "--results", d / "o" / "res"],
-                           [d / "o" / "res" / "work" / "b0001" / "normalize.tsv",
-                            d / "o" / "res" / "work" / "b0001" / "normalized" / f"{NAME}.tif"], d / "o" / "res"),
+    "samples": lambda i, d: (
+        ["samples", "--images", i["img"].parent, "--out", _x(d) / "s.tsv"],
+        [_x(d) / "s.tsv"],
+        _x(d),
+    ),
+    "batch": lambda i, d: (
+        ["batch", "normalize", i["d"] / "samples.tsv", "b0001", "--results", d / "o" / "res"],
+        [
+            d / "o" / "res" / "work" / "b0001" / "normalize.tsv",
+            d / "o" / "res" / "work" / "b0001" / "normalized" / f"{NAME}.tif",
+        ],
+        d / "o" / "res",
+    ),
     "block": _block,
-    "aggregate": lambda i, d: (["aggregate", "--samples", i["d"] / "samples.tsv", "--results", i["d"] / "res",
-                                "--out-measurements", _x(d) / "m.csv", "--out-summary", _x(d) / "s.csv",
-                                "--out-failed", _x(d) / "f.csv"], [_x(d) / n for n in ("m.csv", "s.csv", "f.csv")],
-                               _x(d)),
-    "aggregate --check": lambda i, d: (["aggregate", "--check", i["d"] / "run" / "failed.csv", "--done",
-                                        _x(d) / "check.done"], [_x(d) / "check.done"], _x(d)),
-    "provenance": lambda i, d: (["provenance", _x(d) / "p.json", "--model", i["model"], "--model-name", "tiny",
-                                 "--samples", i["d"] / "samples.tsv", "--results", i["d"] / "res"], [_x(d) / "p.json"],
-                                _x(d)),
-    "evaluate": lambda i, d: (["evaluate", i["d"] / "split" / "masks", i["d"] / "split" / "masks", "--out",
-                               _x(d) / "e.csv"], [_x(d) / "e.csv"], _x(d)),
-    "train pack": lambda i, d: (["train", "pack", i["d"] / "split", _x(d)],
-                                [_x(d) / "index.csv", _x(d) / "images" / f"{NAME}.png"], _x(d)),
-    "train": lambda i, d: (["train", i["d"] / "split", "--out", _x(d), "--steps", "1", "--batch-size", "1",
-                            "--min-train-masks", "1", "--save-every", "0"],
-                           [_x(d) / n for n in ("model.pt", "checkpoint.pt", "log.csv")], _x(d)),
-    "weights fetch": lambda i, d: (["weights", "fetch", "cpsam", "--cache-dir", _x(d), "--quiet",
-                                    "--base-url", (i["d"] / "weights").as_uri()], [_x(d) / "cpsam"], _x(d)),
+    "aggregate": lambda i, d: (
+        [
+            "aggregate",
+            "--samples",
+            i["d"] / "samples.tsv",
+            "--results",
+            i["d"] / "res",
+            "--out-measurements",
+            _x(d) / "m.csv",
+            "--out-summary",
+            _x(d) / "s.csv",
+            "--out-failed",
+            _x(d) / "f.csv",
+        ],
+        [_x(d) / n for n in ("m.csv", "s.csv", "f.csv")],
+        _x(d),
+    ),
+    "aggregate --check": lambda i, d: (
+        ["aggregate", "--check", i["d"] / "run" / "failed.csv", "--done", _x(d) / "check.done"],
+        [_x(d) / "check.done"],
+        _x(d),
+    ),
+    "provenance": lambda i, d: (
+        [
+            "provenance",
+            _x(d) / "p.json",
+            "--model",
+            i["model"],
+            "--model-name",
+            "tiny",
+            "--samples",
+            i["d"] / "samples.tsv",
+            "--results",
+            i["d"] / "res",
+        ],
+        [_x(d) / "p.json"],
+        _x(d),
+    ),
+    "evaluate": lambda i, d: (
+        ["evaluate", i["d"] / "split" / "masks", i["d"] / "split" / "masks", "--out", _x(d) / "e.csv"],
+        [_x(d) / "e.csv"],
+        _x(d),
+    ),
+    "train pack": lambda i, d: (
+        ["train", "pack", i["d"] / "split", _x(d)],
+        [_x(d) / "index.csv", _x(d) / "images" / f"{NAME}.png"],
+        _x(d),
+    ),
+    "train": lambda i, d: (
+        [
+            "train",
+            i["d"] / "split",
+            "--out",
+            _x(d),
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--min-train-masks",
+            "1",
+            "--save-every",
+            "0",
+        ],
+        [_x(d) / n for n in ("model.pt", "checkpoint.pt", "log.csv")],
+        _x(d),
+    ),
+    "weights fetch": lambda i, d: (
+        ["weights", "fetch", "cpsam", "--cache-dir", _x(d), "--quiet", "--base-url", (i["d"] / "weights").as_uri()],
+        [_x(d) / "cpsam"],
+        _x(d),
+    ),
 }
 WORKING_FILES = {"weights fetch": ("cpsam.lock", "cpsam.part")}  # the cache's lock, and a download kept to resume
 
-STEP = {"train pack": "train pack", "weights fetch": "weights", "aggregate --check": "aggregate",
-        "segment --ome-zarr": "segment", "rois --import": "rois"}
+STEP = {
+    "train pack": "train pack",
+    "weights fetch": "weights",
+    "aggregate --check": "aggregate",
+    "segment --ome-zarr": "segment",
+    "rois --import": "rois",
+}
 
 SITUATIONS = {  # name -> (what the error line says, the path it names: "out", "parent" or "final")
     "read-only file system": (r"found a read-only file system; .*write to a folder on a writable disk", "out"),
@@ -246,8 +342,11 @@ def test_output_side_errors_are_one_line(tmp_path, capsys, inp, command, situati
             else:
                 finals[0].mkdir()
                 (finals[0] / "keep.txt").write_text("keep\n")
-        before = {p: p.read_bytes() for p in (out.parent.parent.rglob("*") if out.parent.parent.exists() else [])
-                  if p.is_file()}
+        before = {
+            p: p.read_bytes()
+            for p in (out.parent.parent.rglob("*") if out.parent.parent.exists() else [])
+            if p.is_file()
+        }
         if situation == "no permission":
             run = without_dac(*args)
         else:
@@ -265,8 +364,15 @@ def test_output_side_errors_are_one_line(tmp_path, capsys, inp, command, situati
 
 # --- 2. an image's files: all or none ---------------------------------------------------------------------
 
-SEGMENT_FILES = ["masks/{n}.tif", "masks/{n}.zarr", "rois/{n}.zip", "measurements/{n}.csv", "geojson/{n}.geojson",
-                 "overlays/{n}.png", "provenance/{n}.json"]  # in the order segment writes them
+SEGMENT_FILES = [
+    "masks/{n}.tif",
+    "masks/{n}.zarr",
+    "rois/{n}.zip",
+    "measurements/{n}.csv",
+    "geojson/{n}.geojson",
+    "overlays/{n}.png",
+    "provenance/{n}.json",
+]  # in the order segment writes them
 
 
 def _pages(path: Path) -> int:
@@ -291,6 +397,7 @@ def _segment_full_at(k: int, blocks: bool):
             if not blocks:  # whole: written one after the other, the k-th is the one that did not fit
                 assert f"{mnt / 'out' / finals[k]}: cannot be written" in run.stderr, (finals[k], run.stderr)
             assert files_under(mnt) == [], files_under(mnt)
+
     return member
 
 
@@ -328,8 +435,7 @@ def _batch_measure_full(inp, tmp_path, capsys, monkeypatch):
     with tmpfs(res / "measurements", size=(need + 1) * 4096) as mnt:
         (mnt / BALLAST).write_bytes(b"\0" * 4096)
         (res / "geojson").symlink_to(mnt)  # the table and the GeoJSON share the small disk
-        run = in_process(capsys, "batch", "measure", inp["d"] / "samples.tsv", "b0001", "--results", res,
-                         "--geojson")
+        run = in_process(capsys, "batch", "measure", inp["d"] / "samples.tsv", "b0001", "--results", res, "--geojson")
         assert run.rc == 0, run.stderr  # the image fails alone; the job goes on and writes its manifest
         lines = [x for x in run.stderr.splitlines() if "error" in x]
         assert len(lines) == 1 and "found a full disk" in lines[0] and f"{NAME}.geojson" in lines[0], run.stderr
@@ -355,8 +461,20 @@ def _failed_late_files_removed(inp, tmp_path, capsys, monkeypatch):
 
     files = [p for p in Paths(res, "b0001").image_files(NAME) if p.exists()]
     assert len(files) == 4, files  # masks, ROIs, overlay and its report link, from the steps before
-    run = in_process(capsys, "aggregate", "--samples", inp["d"] / "samples.tsv", "--results", res,
-                     "--out-measurements", res / "m.csv", "--out-summary", res / "s.csv", "--out-failed", res / "f.csv")
+    run = in_process(
+        capsys,
+        "aggregate",
+        "--samples",
+        inp["d"] / "samples.tsv",
+        "--results",
+        res,
+        "--out-measurements",
+        res / "m.csv",
+        "--out-summary",
+        res / "s.csv",
+        "--out-failed",
+        res / "f.csv",
+    )
     assert run.rc == 0, run.stderr
     failed = pd.read_csv(res / "f.csv")
     assert list(zip(failed["image"], failed["step"])) == [(NAME, "measure")]
@@ -373,17 +491,22 @@ def _scratch_full(inp, tmp_path, capsys, monkeypatch):
     with tmpfs(tmp_path / "scratch", size=1 << 20, full=True) as mnt:
         monkeypatch.setattr(tempfile, "tempdir", str(mnt))
         out = tmp_path / "out"
-        run = in_process(capsys, "segment", inp["img"], "--model", inp["model"], *FIND, "--block-size", "512",
-                         "--out", out)
+        run = in_process(
+            capsys, "segment", inp["img"], "--model", inp["model"], *FIND, "--block-size", "512", "--out", out
+        )
         assert_one_error_line(run, "segment", mnt, pattern=r"scratch folder .*found a full disk.*TMPDIR")
         assert files_under(out) == [], files_under(out)
 
 
 ALL_OR_NOTHING = {
-    **{f"segment: the disk fills at {f.split('/')[0]}/{f.split('.')[-1]}": _segment_full_at(k, False)
-       for k, f in enumerate(SEGMENT_FILES)},
-    **{f"segment in blocks: the disk fills at {f.split('/')[0]}/{f.split('.')[-1]}": _segment_full_at(k, True)
-       for k, f in enumerate(SEGMENT_FILES)},
+    **{
+        f"segment: the disk fills at {f.split('/')[0]}/{f.split('.')[-1]}": _segment_full_at(k, False)
+        for k, f in enumerate(SEGMENT_FILES)
+    },
+    **{
+        f"segment in blocks: the disk fills at {f.split('/')[0]}/{f.split('.')[-1]}": _segment_full_at(k, True)
+        for k, f in enumerate(SEGMENT_FILES)
+    },
     "a rename fails: the files before come back": _rename_fails_old_files_return,
     "batch measure --geojson: the disk fills at the GeoJSON": _batch_measure_full,
     "workflow-free run: a late failure removes the earlier files": _failed_late_files_removed,
@@ -419,10 +542,16 @@ def _state(p: Path):
 LINKS = {  # member -> (command builder, which final is the link, what it points at)
     "segment: masks/NAME.tif -> a file": (_segment, "masks/cells.tif", "file"),
     "segment: masks/NAME.tif -> a folder": (_segment, "masks/cells.tif", "folder"),
-    "segment --ome-zarr: masks/NAME.zarr -> a folder": (lambda i, d: _segment(i, d, "--ome-zarr"), "masks/cells.zarr",
-                                                       "folder"),
-    "segment --ome-zarr: masks/NAME.zarr -> a file": (lambda i, d: _segment(i, d, "--ome-zarr"), "masks/cells.zarr",
-                                                     "file"),
+    "segment --ome-zarr: masks/NAME.zarr -> a folder": (
+        lambda i, d: _segment(i, d, "--ome-zarr"),
+        "masks/cells.zarr",
+        "folder",
+    ),
+    "segment --ome-zarr: masks/NAME.zarr -> a file": (
+        lambda i, d: _segment(i, d, "--ome-zarr"),
+        "masks/cells.zarr",
+        "file",
+    ),
     "segment: overlays/NAME.png -> nothing": (_segment, "overlays/cells.png", "nothing"),
     "normalize: OUT.json -> a file": (COMMANDS["normalize"], "n.json", "file"),
     "batch: manifest -> a file": (COMMANDS["batch"], "work/b0001/normalize.tsv", "file"),
@@ -430,8 +559,10 @@ LINKS = {  # member -> (command builder, which final is the link, what it points
 }
 
 
-@pytest.mark.parametrize("member", [*LINKS, "the output folder is a link: written through",
-                                    "aggregate: a failed image's mask is a link: left alone"])
+@pytest.mark.parametrize(
+    "member",
+    [*LINKS, "the output folder is a link: written through", "aggregate: a failed image's mask is a link: left alone"],
+)
 def test_links_are_never_followed(tmp_path, capsys, inp, member):
     if member == "the output folder is a link: written through":
         real = tmp_path / "elsewhere"
@@ -447,14 +578,26 @@ def test_links_are_never_followed(tmp_path, capsys, inp, member):
         for step in ("rois", "measure", "overlay"):  # the image failed at rois: its masks are a link by now
             status = "failed" if step == "rois" else "skipped"
             (res / "work" / "b0001" / f"{step}.tsv").write_text(
-                f"sample\tstatus\treason\tseconds\tinfo\n{NAME}\t{status}\tx\t0\t{{}}\n")
+                f"sample\tstatus\treason\tseconds\tinfo\n{NAME}\t{status}\tx\t0\t{{}}\n"
+            )
         victim = _victim(tmp_path, "file")
         mask = res / "masks" / f"{NAME}.tif"
         mask.unlink()
         mask.symlink_to(victim)
-        run = in_process(capsys, "aggregate", "--samples", inp["d"] / "samples.tsv", "--results", res,
-                         "--out-measurements", res / "m.csv", "--out-summary", res / "s.csv", "--out-failed",
-                         res / "f.csv")
+        run = in_process(
+            capsys,
+            "aggregate",
+            "--samples",
+            inp["d"] / "samples.tsv",
+            "--results",
+            res,
+            "--out-measurements",
+            res / "m.csv",
+            "--out-summary",
+            res / "s.csv",
+            "--out-failed",
+            res / "f.csv",
+        )
         assert run.rc == 0, run.stderr
         assert mask.is_symlink() and victim.read_bytes() == b"precious\n"
         assert not (res / "rois" / f"{NAME}.zip").exists()  # a real file of the failed image: removed
@@ -486,7 +629,7 @@ def _tables(folder: Path) -> list[Path]:
 
 def _formula_cells(path: Path) -> list[str]:
     """The cells of a CSV / TSV that a spreadsheet would run: text starting with = + - @ tab or CR."""
-    from cpsnake.io.tables import FORMULA_START, _NUMBER
+    from cpsnake.io.tables import _NUMBER, FORMULA_START
 
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh, delimiter="\t" if path.suffix == ".tsv" else ","))
@@ -511,12 +654,27 @@ def test_no_formula_cells(tmp_path, capsys, inp, prefix):
     assert in_process(capsys, "segment", img, "--out", seg, "--model", inp["model"], *FIND, "--geojson").rc == 0
     assert in_process(capsys, "samples", "--images", images, "--out", res / "samples.tsv").rc == 0
     for step in ("normalize", "infer", "reconstruct", "rois", "measure", "overlay"):
-        run = in_process(capsys, "batch", step, res / "samples.tsv", "b0001", "--results", res, "--model",
-                         inp["model"], *FIND)
+        run = in_process(
+            capsys, "batch", step, res / "samples.tsv", "b0001", "--results", res, "--model", inp["model"], *FIND
+        )
         assert run.rc == 0 and "1 ok" in run.stderr, run.stderr
-    assert in_process(capsys, "aggregate", "--samples", res / "samples.tsv", "--results", res, "--out-measurements",
-                      res / "measurements.csv", "--out-summary", res / "summary.csv", "--out-failed",
-                      res / "failed.csv").rc == 0
+    assert (
+        in_process(
+            capsys,
+            "aggregate",
+            "--samples",
+            res / "samples.tsv",
+            "--results",
+            res,
+            "--out-measurements",
+            res / "measurements.csv",
+            "--out-summary",
+            res / "summary.csv",
+            "--out-failed",
+            res / "failed.csv",
+        ).rc
+        == 0
+    )
     pred, true = tmp_path / "pred", tmp_path / "true"
     for d in (pred, true):
         d.mkdir()
@@ -526,9 +684,14 @@ def test_no_formula_cells(tmp_path, capsys, inp, prefix):
         (split / sub).mkdir(parents=True)
         shutil.copy(src, split / sub / f"{name}.tif")
     pd.DataFrame({"file": [f"{name}.tif"], "modality": [name], "score": ["-0.5"]}).to_csv(  # the user's index
-        split / "index.csv", index=False, quoting=csv.QUOTE_ALL)
-    assert in_process(capsys, "evaluate", pred, true, "--out", tmp_path / "ev" / "scores.csv", "--index",
-                      split / "index.csv").rc == 0
+        split / "index.csv", index=False, quoting=csv.QUOTE_ALL
+    )
+    assert (
+        in_process(
+            capsys, "evaluate", pred, true, "--out", tmp_path / "ev" / "scores.csv", "--index", split / "index.csv"
+        ).rc
+        == 0
+    )
     assert in_process(capsys, "train", "pack", split, tmp_path / "pack").rc == 0
 
     written = _tables(seg) + _tables(res) + _tables(tmp_path / "ev") + _tables(tmp_path / "pack")
@@ -553,10 +716,11 @@ def _cells(path: Path) -> list[str]:
         return [c for r in csv.reader(fh, delimiter="\t" if path.suffix == ".tsv" else ",") for c in r]
 
 
-@pytest.mark.parametrize("text", ["=1+2", "+1", "-x", "@SUM(A1)", "\tx", "\rx", "'quoted", "''", "plain", "-1.5",
-                                  "+2e-3", "", "-", "'=x"])
+@pytest.mark.parametrize(
+    "text", ["=1+2", "+1", "-x", "@SUM(A1)", "\tx", "\rx", "'quoted", "''", "plain", "-1.5", "+2e-3", "", "-", "'=x"]
+)
 def test_table_cells_round_trip(text):
-    from cpsnake.io.tables import FORMULA_START, _NUMBER, cell, read_cell
+    from cpsnake.io.tables import _NUMBER, FORMULA_START, cell, read_cell
 
     written = cell(text)
     assert read_cell(written) == text

@@ -19,7 +19,8 @@ One test per class of problem, parametrized over its members:
    type, stacks, OME-TIFF, normalized images, flows, labels and ROI coordinates; and in size models
    (``test_size_models_hold_finite_numbers``).
 6. ``test_fuzzed_files_raise_only_cpsnake_errors`` -- 432 seeded mutants (bits flipped, runs overwritten, cut
-   short, TIFF tags, types, counts and values replaced) of tiny valid files of every kind, read by every reader in a child process with a data-segment
+   short, TIFF tags, types, counts and values replaced) of tiny valid files of every kind, read by every reader in a
+   child process with a data-segment
    cap: each read returns or raises CpsnakeError, nothing else.
 """
 
@@ -51,12 +52,12 @@ from hostile import (
     write_tif,
 )
 
+from cpsnake.errors import CpsnakeError, CpsnakeWarning
 from cpsnake.io import inputs
-from cpsnake.run import samples
 from cpsnake.io.flows import write_flows
 from cpsnake.io.inputs import read_image
 from cpsnake.io.labels import write_labels
-from cpsnake.errors import CpsnakeError, CpsnakeWarning
+from cpsnake.run import samples
 
 PAGE = np.random.default_rng(25).integers(100, 4000, (64, 64)).astype(np.uint16)
 IMAGEJ = "ImageJ=1.53t\n{}\n"
@@ -81,12 +82,14 @@ def _ome(change):
     def build(d: Path, data: np.ndarray = PAGE) -> Path:
         xml = _ome_xml(d, data.shape, "YX" if data.ndim == 2 else "CYX")
         return _described(d / "bad.ome.tif", change(d, xml), data)
+
     return build
 
 
 def _ome_file_name(name: str):
     def change(d: Path, xml: str) -> str:
         return xml.replace('PlaneCount="1"/>', f'PlaneCount="1"><UUID FileName="{name}">urn:uuid:0</UUID></TiffData>')
+
     return change
 
 
@@ -126,8 +129,10 @@ BROKEN = {  # member: (builder, the metadata's name in the warning)
     "imagej unknown order": (_imagej("images=4\nchannels=2\nslices=2\norder=qqq"), "ImageJ"),
     "ome-xml not well-formed": (_ome(lambda d, x: x.replace("<Pixels", "<<ixels", 1)), "OME-XML"),
     "ome 5 channels on one page": (_ome(lambda d, x: x.replace('SizeC="1"', 'SizeC="5"', 1)), "OME-XML"),
-    "ome unknown dimension order": (_ome(lambda d, x: x.replace('DimensionOrder="XYCZT"', 'DimensionOrder="QQQQQ"')),
-                                    "OME-XML"),
+    "ome unknown dimension order": (
+        _ome(lambda d, x: x.replace('DimensionOrder="XYCZT"', 'DimensionOrder="QQQQQ"')),
+        "OME-XML",
+    ),
     "ome size x beyond the page": (_ome(lambda d, x: x.replace('SizeX="64"', 'SizeX="99"', 1)), "OME-XML"),
     "ome names a file outside its folder": (_ome(_ome_outside), "OME-XML"),
     "ome names a file by absolute path": (_ome(_ome_absolute), "OME-XML"),
@@ -187,8 +192,19 @@ def test_broken_metadata_is_set_aside(tmp_path, member):
 def test_broken_metadata_segments_from_its_pixels(tmp_path, tiny_model, blocks):
     """The issue's file (ImageJ: 5 channels x 4 slices on one page) is segmented again, whole and by region."""
     bad = _imagej("images=20\nchannels=5\nslices=4\nhyperstack=true")(tmp_path)
-    run = cpsnake("segment", bad, "--out", tmp_path / "o", "--model", tiny_model, "--block-size", blocks, "--diameter",
-                  "17", timeout=300)
+    run = cpsnake(
+        "segment",
+        bad,
+        "--out",
+        tmp_path / "o",
+        "--model",
+        tiny_model,
+        "--block-size",
+        blocks,
+        "--diameter",
+        "17",
+        timeout=300,
+    )
     assert run.rc == 0, run.stderr
     notes = [x for x in run.stderr.splitlines() if x.startswith("cpsnake segment: warning: ")]
     assert len(notes) == 1 and "found ImageJ metadata that do not match the file's pages" in notes[0], run.stderr
@@ -200,8 +216,13 @@ STACK = np.random.default_rng(3).integers(100, 4000, (3, 32, 32)).astype(np.uint
 
 
 def _ij_meta(axes: str, **meta):
-    return lambda d: write_tif(d / "cal.tif", STACK if len(axes) == 3 else PAGE, imagej=True,
-                               resolution=(2.0, 2.0), metadata={"axes": axes, **meta})
+    return lambda d: write_tif(
+        d / "cal.tif",
+        STACK if len(axes) == 3 else PAGE,
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"axes": axes, **meta},
+    )
 
 
 def _ome_meta(old: str, new: str, axes: str = "ZYX"):
@@ -209,6 +230,7 @@ def _ome_meta(old: str, new: str, axes: str = "ZYX"):
         xml = _ome_xml(d, STACK.shape, axes).replace(old, new, 1)
         assert new in xml
         return _described(d / "cal.ome.tif", xml, STACK)
+
     return build
 
 
@@ -218,12 +240,15 @@ GARBAGE_CALIBRATION = {  # the pixels read as stored; the unusable value set asi
     "imagej spacing a word": (_ij_meta("ZYX", spacing="garbage"), "a Z step (voxel depth) that is not a finite"),
     "imagej spacing -1": (_ij_meta("ZYX", spacing=-1.0), "a Z step (voxel depth) that is not a finite"),
     "imagej finterval NaN": (_ij_meta("TYX", finterval=float("nan")), "a frame interval that is not a finite"),
-    "imagej tunit with control characters": (_ij_meta("TYX", finterval=2.0, tunit="\x07"),
-                                             "a frame interval that is not a finite positive number of a named unit"),
+    "imagej tunit with control characters": (
+        _ij_meta("TYX", finterval=2.0, tunit="\x07"),
+        "a frame interval that is not a finite positive number of a named unit",
+    ),
     "ome PhysicalSizeZ a word": (_ome_meta("<Pixels ", '<Pixels PhysicalSizeZ="deep" '), "a Z step (voxel depth)"),
     "ome PhysicalSizeXUnit of 200 characters": (
         _ome_meta("<Pixels ", f'<Pixels PhysicalSizeX="0.5" PhysicalSizeXUnit="{"u" * 200}" '),
-        "a length unit that is not a short name in the OME metadata"),
+        "a length unit that is not a short name in the OME metadata",
+    ),
 }
 
 
@@ -249,8 +274,10 @@ SEVERAL = {
     "ome not well-formed on 3 pages": _ome(lambda d, x: x.replace("<Pixels", "<<ixels", 1)),
     "shaped 7 planes on 3 pages": _shaped('{"shape": [7, 64, 64]}'),
 }
-LAYOUT = r"over 3 pages of 64 x 64 whose order \(channels, slices, frames\) only the metadata can tell; .*the " \
-         r"metadata, not the pixel data, are broken: open the file in Fiji, .*Image > Properties .*File > Save As > Tiff"
+LAYOUT = (
+    r"over 3 pages of 64 x 64 whose order \(channels, slices, frames\) only the metadata can tell; .*the "
+    r"metadata, not the pixel data, are broken: open the file in Fiji, .*Image > Properties .*File > Save As > Tiff"
+)
 
 
 @pytest.mark.parametrize("member", list(SEVERAL))
@@ -318,9 +345,14 @@ def test_tile_bombs_are_refused_from_the_header(tmp_path, tiny_model, member):
     outputs = new_paths(args)
     run = cpsnake(*args)
     assert run.rss_mb < RSS_LIMIT_MB, (run.rss_mb, run.stderr[-2000:])
-    assert_one_error_line(run, args[0], bad, pattern=r"found TIFF tiles of 72000 x 72000 = 5,184,000,000 samples "
-                          r"\(image [\dx ]+\), each decoded whole; expected TIFF tiles of 1 to [\d,]+ samples; write "
-                          r"the image again with smaller chunks or tiles .*--max-pixels N")
+    assert_one_error_line(
+        run,
+        args[0],
+        bad,
+        pattern=r"found TIFF tiles of 72000 x 72000 = 5,184,000,000 samples "
+        r"\(image [\dx ]+\), each decoded whole; expected TIFF tiles of 1 to [\d,]+ samples; write "
+        r"the image again with smaller chunks or tiles .*--max-pixels N",
+    )
     assert_no_outputs(*outputs)
 
 
@@ -463,6 +495,7 @@ def _nan_image(value, dtype, **kwargs):
         a.flat[-5] = value
         f = write_tif(d / "img.tif", a, **kwargs)
         return ["normalize", f, d / "o.tif"], f
+
     return build
 
 
@@ -498,8 +531,9 @@ NON_FINITE = {
     "float64 +inf": _nan_image(np.inf, np.float64),
     "float16 -inf": _nan_image(-np.inf, np.float16),
     "float32 RGB NaN": _nan_image(np.nan, np.float32, shape=(32, 32, 3), photometric="rgb"),
-    "ImageJ Z stack, NaN in the last plane": _nan_image(np.nan, np.float32, shape=(4, 32, 32), imagej=True,
-                                                        metadata={"axes": "ZYX"}),
+    "ImageJ Z stack, NaN in the last plane": _nan_image(
+        np.nan, np.float32, shape=(4, 32, 32), imagej=True, metadata={"axes": "ZYX"}
+    ),
     "OME-TIFF channels -inf": _nan_image(-np.inf, np.float32, shape=(2, 32, 32), ome=True, metadata={"axes": "CYX"}),
     "tiled float32 NaN": _nan_image(np.nan, np.float32, tile=(16, 16), compression="zlib"),
     "normalized image NaN": _nan_normalized,
@@ -520,8 +554,10 @@ def test_non_finite_values_are_refused_by_every_whole_reader(tmp_path, capsys, t
 
 SIZE_MODELS = {  # cellpose's size_<model>.npy: a dict saved as a 0-d object array
     "A NaN": ({"A": np.array([np.nan, 1.0]), "smean": np.zeros(2), "ymean": 0.5, "diam_mean": 17.0}, "NaN or infinite"),
-    "smean inf": ({"A": np.ones(2), "smean": np.array([0.0, np.inf]), "ymean": 0.5, "diam_mean": 17.0},
-                  "NaN or infinite"),
+    "smean inf": (
+        {"A": np.ones(2), "smean": np.array([0.0, np.inf]), "ymean": 0.5, "diam_mean": 17.0},
+        "NaN or infinite",
+    ),
     "diam_mean inf": ({"A": np.ones(2), "smean": np.zeros(2), "ymean": 0.5, "diam_mean": np.inf}, "NaN or infinite"),
     "ymean a word": ({"A": np.ones(2), "smean": np.zeros(2), "ymean": "Zq7x", "diam_mean": 17.0}, "not numbers"),
     "keys of two types": ({"A": 1, 3: 4, "Zq7x": 5}, r"found a dict of 3 keys, expected a dict with A"),
@@ -591,14 +627,15 @@ def _seeds(d: Path) -> dict[str, bytes]:
         "tif_rgb": lambda f: write_tif(f, rgb, photometric="rgb"),
         "tif_channels": lambda f: write_tif(f, np.stack([grey] * 3), imagej=True, metadata={"axes": "CYX"}),
         "tif_hyperstack": lambda f: write_tif(f, np.stack([[grey] * 2] * 3), imagej=True, metadata={"axes": "ZCYX"}),
-        "tif_ome": lambda f: write_tif(f, np.stack([grey] * 2), ome=True, metadata={"axes": "CYX"},
-                                       resolution=(2.0, 2.0)),
+        "tif_ome": lambda f: write_tif(
+            f, np.stack([grey] * 2), ome=True, metadata={"axes": "CYX"}, resolution=(2.0, 2.0)
+        ),
         "tif_tiled": lambda f: write_tif(f, np.tile(grey, (2, 2)), tile=(16, 16), compression="zlib"),
         "tif_labels": lambda f: write_labels(f, (grey > 2000).astype(np.uint16)),
-        "tif_flows": lambda f: write_flows(f, rng.standard_normal((3, 24, 20)).astype(np.float32),
-                                              network_scale=1.0),
-        "tif_normalized": lambda f: write_tif(f, rng.random((1, 24, 20), dtype=np.float32), imagej=True,
-                                              metadata={"axes": "CYX"}),
+        "tif_flows": lambda f: write_flows(f, rng.standard_normal((3, 24, 20)).astype(np.float32), network_scale=1.0),
+        "tif_normalized": lambda f: write_tif(
+            f, rng.random((1, 24, 20), dtype=np.float32), imagej=True, metadata={"axes": "CYX"}
+        ),
         "png8": lambda f: Image.fromarray(rgb).save(f, format="PNG"),
         "png16": lambda f: Image.fromarray(grey).save(f, format="PNG"),
         "jpeg": lambda f: Image.fromarray(rgb).save(f, format="JPEG"),
@@ -671,8 +708,12 @@ def test_fuzzed_files_raise_only_cpsnake_errors(tmp_path):
     for name, raw in _seeds(tmp_path).items():
         for k in range(MUTANTS_PER_FILE):
             (folder / f"{name}_{k:02d}").write_bytes(_mutate(raw, rnd))
-    proc = subprocess.run([sys.executable, "-c", FUZZ_CHILD, str(FUZZ_DATA_LIMIT), str(folder)], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", FUZZ_CHILD, str(FUZZ_DATA_LIMIT), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     events = [json.loads(x) for x in proc.stdout.splitlines()]
     assert proc.returncode == 0, (events[-1:], proc.stderr[-2000:])  # a crash names the read that was running
     results = [e for e in events if "kind" in e]

@@ -64,8 +64,20 @@ def run_dir(d: Path) -> Path:
 def snakemake(d: Path, *config: str, targets=(), dry: bool = True, timeout: float = 180) -> Run:
     """``snakemake [-n] [--config CONFIG...] [TARGETS]`` in ``d``; rc ("timeout" on a hang) and stdout + stderr,
     without Snakemake's note that --config extends the config file."""
-    cmd = [sys.executable, "-m", "snakemake", *map(str, targets), "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(d), "--cores", "1", *(["-n"] if dry else []), *(["--config", *config] if config else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *map(str, targets),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(d),
+        "--cores",
+        "1",
+        *(["-n"] if dry else []),
+        *(["--config", *config] if config else []),
+    ]
     try:
         proc = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -100,19 +112,23 @@ def _broken_link(d, name="gone.tif"):
 
 def _whole(option, make):
     """The input itself (``--sheet`` / ``--images`` / config ``model``) is ``make(d)``: refused at once."""
+
     def build(d):
         bad = make(d)
         return option, bad, bad, False
+
     return build
 
 
 def _in_folder(make, name):
     """An images folder holding a good image and ``make(folder, name)``: listed as a failed sample."""
+
     def build(d):
         folder = d / "mixed"
         folder.mkdir()
         small_image(folder, "good.tif")
         return "images", folder, make(folder, name), True
+
     return build
 
 
@@ -151,11 +167,15 @@ HANG_CASES = {
 CONFIG_KEY = {"sheet": "samples", "images": "images", "model": "model"}
 
 
-@pytest.mark.parametrize("tool, member", [
-    ("samples", m) if tool == "samples" else pytest.param("workflow", m, marks=WORKFLOW)
-    for m in HANG_CASES for tool in ("samples", "workflow")
-    if not (tool == "samples" and m.startswith(("model", "config")))
-])
+@pytest.mark.parametrize(
+    "tool, member",
+    [
+        ("samples", m) if tool == "samples" else pytest.param("workflow", m, marks=WORKFLOW)
+        for m in HANG_CASES
+        for tool in ("samples", "workflow")
+        if not (tool == "samples" and m.startswith(("model", "config")))
+    ],
+)
 def test_nothing_hangs_on_a_sheet(tmp_path, tool, member):
     option, value, bad, listed = HANG_CASES[member](tmp_path)
     name = Path(bad).name.split(".")[0]
@@ -236,8 +256,10 @@ SHEET_CASES = {
 IN_WORKFLOW = ("field-over-limit", "nul", "unclosed-quote", "huge", "bad-name", "channel-the-image-lacks")
 
 
-@pytest.mark.parametrize("tool, member", [("samples", m) for m in SHEET_CASES]
-                         + [pytest.param("workflow", m, marks=WORKFLOW) for m in IN_WORKFLOW])
+@pytest.mark.parametrize(
+    "tool, member",
+    [("samples", m) for m in SHEET_CASES] + [pytest.param("workflow", m, marks=WORKFLOW) for m in IN_WORKFLOW],
+)
 def test_sheet_errors_are_one_line(tmp_path, capsys, tool, member):
     """One line naming the sheet and the row; a channels cell naming a channel that the image lacks fails that
     image alone (in samples.tsv, so in failed.csv), naming the sheet's cell, not a --channels option."""
@@ -259,12 +281,14 @@ def test_sheet_errors_are_one_line(tmp_path, capsys, tool, member):
         return
     if tool == "samples":
         out = tmp_path / "t.tsv"
-        line = assert_one_error_line(in_process(capsys, "samples", "--sheet", sheet, "--out", out), "samples", named,
-                                     found)
+        line = assert_one_error_line(
+            in_process(capsys, "samples", "--sheet", sheet, "--out", out), "samples", named, found
+        )
         assert_no_outputs(out)
     else:
-        line = assert_one_workflow_line(snakemake(run_dir(tmp_path / "run"), f"samples={sheet}", timeout=60),
-                                        f"config samples: {named}", found)
+        line = assert_one_workflow_line(
+            snakemake(run_dir(tmp_path / "run"), f"samples={sheet}", timeout=60), f"config samples: {named}", found
+        )
     assert len(line) < 600, line  # a long cell is never quoted whole
 
 
@@ -352,12 +376,15 @@ def test_results_root(tmp_path, member):
 # --- 5. good configs keep their defaults -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", [
-    {},
-    {"batch": {"images": 3}, "stacks": {"do_3d": True, "anisotropy": 2.0}, "channels": "0,2"},
-    {"reconstruct": {"flow_threshold": 0.0, "cellprob_threshold": -0.5}, "samples": "s.tsv", "results": "out/x"},
-    "config.yaml",
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"batch": {"images": 3}, "stacks": {"do_3d": True, "anisotropy": 2.0}, "channels": "0,2"},
+        {"reconstruct": {"flow_threshold": 0.0, "cellprob_threshold": -0.5}, "samples": "s.tsv", "results": "out/x"},
+        "config.yaml",
+    ],
+)
 def test_config_defaults_are_snakemakes(config):
     """cpsnake.run.config.check fills in what snakemake.utils.validate(config, schema) fills in, value for value."""
     import copy

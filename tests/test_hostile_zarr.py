@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from hostile import RSS_LIMIT_MB, assert_no_outputs, assert_one_error_line, cpsnake, fifo, unix_socket
 
 RNG = np.random.default_rng(0)
@@ -55,8 +54,12 @@ def ome_zarr(path: Path, data: np.ndarray, *, fmt: int = 3, chunks=None, **creat
     g = zarr.open_group(str(path), mode="w", zarr_format=fmt)
     a = g.create_array("0", shape=data.shape, chunks=chunks or data.shape, dtype=data.dtype, **create)
     a[:] = data
-    ms = [{"axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-           "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}]}]
+    ms = [
+        {
+            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}],
+        }
+    ]
     if fmt == 3:
         g.attrs["ome"] = {"version": "0.5", "multiscales": ms}
     else:
@@ -114,8 +117,11 @@ def zstd_zeros(n: int) -> bytes:
     while n > 0:
         size = min(block, n)
         n -= size
-        out.append(struct.pack("<I", 1 | (1 << 1) | (size << 3))[:3] if n == 0 else
-                   struct.pack("<I", (1 << 1) | (size << 3))[:3])
+        out.append(
+            struct.pack("<I", 1 | (1 << 1) | (size << 3))[:3]
+            if n == 0
+            else struct.pack("<I", (1 << 1) | (size << 3))[:3]
+        )
         out.append(b"\0")
     return b"".join(out)
 
@@ -143,8 +149,14 @@ def chunk_bomb(path: Path, fmt: int) -> Path:
 
 
 def segment_outputs(out: Path, name: str) -> list[Path]:
-    return [out / "masks" / f"{name}.tif", out / "masks" / f"{name}.zarr", out / "rois" / f"{name}.zip",
-            out / "measurements" / f"{name}.csv", out / "overlays" / f"{name}.png", out / "provenance" / f"{name}.json"]
+    return [
+        out / "masks" / f"{name}.tif",
+        out / "masks" / f"{name}.zarr",
+        out / "rois" / f"{name}.zip",
+        out / "measurements" / f"{name}.csv",
+        out / "overlays" / f"{name}.png",
+        out / "provenance" / f"{name}.json",
+    ]
 
 
 def segment(d: Path, image: Path, model: Path, *more) -> tuple[list, list[Path]]:
@@ -306,7 +318,8 @@ def _tiff_tiles(d: Path) -> Path:
             tag = tif.pages[0].tags[name]
             assert tag.dtype in (3, 4)  # SHORT or LONG, stored in the entry itself
             raw[tag.valueoffset : tag.valueoffset + (2 if tag.dtype == 3 else 4)] = (
-                struct.pack("<H", 65520) if tag.dtype == 3 else struct.pack("<I", 65520))
+                struct.pack("<H", 65520) if tag.dtype == 3 else struct.pack("<I", 65520)
+            )
     f.write_bytes(bytes(raw))
     return f
 
@@ -321,15 +334,27 @@ def _shard(d: Path) -> Path:
 
 
 CHUNKS = {  # builder, extra options, the pattern of the line
-    "v3 chunk 72000 x 72000": (lambda d: chunk_bomb(d / "in" / "bomb.zarr", 3), [],
-                               r"storage chunks of 72000 x 72000 = 5,184,000,000 samples .*--max-pixels N"),
-    "v2 chunk 72000 x 72000": (lambda d: chunk_bomb(d / "in" / "bomb.zarr", 2), [],
-                               r"storage chunks of 72000 x 72000 = 5,184,000,000 samples"),
+    "v3 chunk 72000 x 72000": (
+        lambda d: chunk_bomb(d / "in" / "bomb.zarr", 3),
+        [],
+        r"storage chunks of 72000 x 72000 = 5,184,000,000 samples .*--max-pixels N",
+    ),
+    "v2 chunk 72000 x 72000": (
+        lambda d: chunk_bomb(d / "in" / "bomb.zarr", 2),
+        [],
+        r"storage chunks of 72000 x 72000 = 5,184,000,000 samples",
+    ),
     "v3 shard 72000 x 72000": (_shard, [], r"storage chunks of 72000 x 72000 = 5,184,000,000 samples"),
-    "chunks over --max-pixels": (lambda d: ome_zarr(d / "in" / "big.zarr", grey((64, 64)), chunks=(4096, 4096)),
-                                 ["--max-pixels", "1000000"], r"4096 x 4096 = 16,777,216 samples .*1,000,000"),
-    "tiff tiles 65520 x 65520 by region": (_tiff_tiles, ["--block-size", "512"],
-                                           r"storage chunks of 65520 x 65520 = 4,292,870,400 samples"),
+    "chunks over --max-pixels": (
+        lambda d: ome_zarr(d / "in" / "big.zarr", grey((64, 64)), chunks=(4096, 4096)),
+        ["--max-pixels", "1000000"],
+        r"4096 x 4096 = 16,777,216 samples .*1,000,000",
+    ),
+    "tiff tiles 65520 x 65520 by region": (
+        _tiff_tiles,
+        ["--block-size", "512"],
+        r"storage chunks of 65520 x 65520 = 4,292,870,400 samples",
+    ),
 }
 
 
@@ -371,10 +396,18 @@ NANS = {  # builder, command ("segment" or "normalize"), options, the rows of th
     "ome-zarr nan --low-high": (_nan_zarr, "segment", ["--low-high", "0", "1"], "rows 0-300, columns 0-300"),
     "ome-zarr nan percentiles": (_nan_zarr, "normalize", [], "rows 0-300, columns 0-300"),
     "ome-zarr v2 +inf": (lambda d: _nan_zarr(d, np.inf, 2), "normalize", [], "rows 0-300, columns 0-300"),
-    "ome-zarr -inf in blocks": (lambda d: _nan_zarr(d, -np.inf), "segment", ["--block-size", "512"],
-                                r"rows \d+-\d+, columns 0-300"),
-    "tiled tiff nan by region --low-high": (_nan_tiff, "segment", ["--block-size", "512", "--low-high", "0", "1"],
-                                            r"rows \d+-\d+, columns 0-700"),
+    "ome-zarr -inf in blocks": (
+        lambda d: _nan_zarr(d, -np.inf),
+        "segment",
+        ["--block-size", "512"],
+        r"rows \d+-\d+, columns 0-300",
+    ),
+    "tiled tiff nan by region --low-high": (
+        _nan_tiff,
+        "segment",
+        ["--block-size", "512", "--low-high", "0", "1"],
+        r"rows \d+-\d+, columns 0-700",
+    ),
 }
 
 
@@ -422,8 +455,13 @@ NOISE = {
 def test_no_traceback_or_noise_after_a_corrupt_chunk(tmp_path, tiny_model, member):
     image = NOISE[member](tmp_path)
     args, outputs = segment(tmp_path, image, tiny_model, "--block-size", "512")
-    run, line = run_one(args, outputs, image, r"found a chunk that cannot be decoded in rows \d+-\d+, columns .*"
-                        r"truncated or corrupt")
+    run, line = run_one(
+        args,
+        outputs,
+        image,
+        r"found a chunk that cannot be decoded in rows \d+-\d+, columns .*"
+        r"truncated or corrupt",
+    )
     lines = run.stderr.splitlines()
     assert lines == [line, "cpsnake segment: 1 of 1 images failed"], run.stderr[-3000:]
 
@@ -466,33 +504,53 @@ def _text(image: Path, name: str, text: str) -> Path:
 
 
 LIBRARY = {  # builder -> (the entry the line names, the pattern of the line)
-    "datasets path a number": (lambda d: (datasets_path(_v3(d), 0), d / "in" / "img.zarr")[1],
-                               r"datasets\[0\]\.path as a number; expected a relative path"),
-    "datasets not a list": (lambda d: _multiscale(_v3(d), datasets={"path": "0"}),
-                            r"found 0 pyramid level\(s\)"),
-    "unknown v3 codec": (lambda d: _v3_array(_v3(d), codecs=[{"name": "bytes"}, {"name": "no-such-codec"}]),
-                         r"missing or unreadable \(.*\); expected the Zarr array .*write it again"),
-    "unknown v2 compressor": (lambda d: _v2_array(_v2(d), compressor={"id": "no-such-codec"}),
-                              r"missing or unreadable \(.*\); expected the Zarr array .*write it again"),
+    "datasets path a number": (
+        lambda d: (datasets_path(_v3(d), 0), d / "in" / "img.zarr")[1],
+        r"datasets\[0\]\.path as a number; expected a relative path",
+    ),
+    "datasets not a list": (lambda d: _multiscale(_v3(d), datasets={"path": "0"}), r"found 0 pyramid level\(s\)"),
+    "unknown v3 codec": (
+        lambda d: _v3_array(_v3(d), codecs=[{"name": "bytes"}, {"name": "no-such-codec"}]),
+        r"missing or unreadable \(.*\); expected the Zarr array .*write it again",
+    ),
+    "unknown v2 compressor": (
+        lambda d: _v2_array(_v2(d), compressor={"id": "no-such-codec"}),
+        r"missing or unreadable \(.*\); expected the Zarr array .*write it again",
+    ),
     "object dtype v2": (lambda d: _v2_array(_v2(d), dtype="|O"), r"(unreadable|type object).*expected"),
-    "string dtype v3": (lambda d: _v3_array(_v3(d), data_type="string", fill_value=""),
-                        r"(unreadable|pixels of type).*expected .*write"),
-    "array zarr.json not JSON": (lambda d: _text(_v3(d), "0/zarr.json", "{not json"),
-                                 r"missing or unreadable.*expected the Zarr array"),
-    "group zarr.json not JSON": (lambda d: _text(_v3(d), "zarr.json", "{not json"),
-                                 r"metadata that is not JSON .*expected OME-Zarr metadata; write"),
+    "string dtype v3": (
+        lambda d: _v3_array(_v3(d), data_type="string", fill_value=""),
+        r"(unreadable|pixels of type).*expected .*write",
+    ),
+    "array zarr.json not JSON": (
+        lambda d: _text(_v3(d), "0/zarr.json", "{not json"),
+        r"missing or unreadable.*expected the Zarr array",
+    ),
+    "group zarr.json not JSON": (
+        lambda d: _text(_v3(d), "zarr.json", "{not json"),
+        r"metadata that is not JSON .*expected OME-Zarr metadata; write",
+    ),
     "group zarr.json a list": (lambda d: _text(_v3(d), "zarr.json", "[1, 2]"), r"found list metadata, expected"),
-    "axes do not match the shape": (lambda d: _multiscale(_v3(d), axes=[{"name": n} for n in "cyx"]),
-                                    r"found 3 axes in the metadata for an array of 2 dimensions; expected"),
-    "axis name a number": (lambda d: _multiscale(_v3(d), axes=[{"name": 5}, {"name": "x"}]),
-                           r"axes or coordinateTransformations that cannot be read .*expected NGFF"),
-    "axes a number": (lambda d: _multiscale(_v3(d), axes=5),
-                      r"axes or coordinateTransformations that cannot be read .*expected NGFF"),
-    "scale of strings": (lambda d: _multiscale(_v3(d), coordinateTransformations=[
-                         {"type": "scale", "scale": ["a", "b"]}]), r"cannot be read .*scale: a list of numbers"),
-    "chunk shape 0": (lambda d: _v3_array(_v3(d), chunk_grid={"name": "regular",
-                                                               "configuration": {"chunk_shape": [0, 128]}}),
-                      r"chunks of 0 x 128 for axes 'YX'; expected at least 1"),
+    "axes do not match the shape": (
+        lambda d: _multiscale(_v3(d), axes=[{"name": n} for n in "cyx"]),
+        r"found 3 axes in the metadata for an array of 2 dimensions; expected",
+    ),
+    "axis name a number": (
+        lambda d: _multiscale(_v3(d), axes=[{"name": 5}, {"name": "x"}]),
+        r"axes or coordinateTransformations that cannot be read .*expected NGFF",
+    ),
+    "axes a number": (
+        lambda d: _multiscale(_v3(d), axes=5),
+        r"axes or coordinateTransformations that cannot be read .*expected NGFF",
+    ),
+    "scale of strings": (
+        lambda d: _multiscale(_v3(d), coordinateTransformations=[{"type": "scale", "scale": ["a", "b"]}]),
+        r"cannot be read .*scale: a list of numbers",
+    ),
+    "chunk shape 0": (
+        lambda d: _v3_array(_v3(d), chunk_grid={"name": "regular", "configuration": {"chunk_shape": [0, 128]}}),
+        r"chunks of 0 x 128 for axes 'YX'; expected at least 1",
+    ),
     "negative shape": (lambda d: _v3_array(_v3(d), shape=[-5, 128]), r"missing or unreadable.*expected"),
 }
 

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cpsnake.io.inputs import read_image
-from cpsnake.io.labels import read_labels, write_labels
-from cpsnake.io.tiff import write_tiff
 from cpsnake.export.measure import measure_labels
 from cpsnake.export.roi_import import roi_mask
 from cpsnake.export.rois import labels_to_rois, write_rois
 from cpsnake.export.table import INTENSITY_COLUMNS
+from cpsnake.io.inputs import read_image
+from cpsnake.io.labels import read_labels, write_labels
+from cpsnake.io.tiff import write_tiff
 
 pytestmark = pytest.mark.imagej
 HERE = Path(__file__).parent
@@ -36,7 +36,10 @@ VAL = sorted(p.stem for p in (DATA / "masks").glob("*.tif"))
 def imagej():
     java = shutil.which("java")
     if java is None or not IJ_JAR.is_file():
-        pytest.skip("ImageJ not installed (need `java` and /usr/share/java/ij.jar: apt-get install -y imagej default-jdk-headless)")
+        pytest.skip(
+            "ImageJ not installed (need `java` and /usr/share/java/ij.jar: "
+            "apt-get install -y imagej default-jdk-headless)"
+        )
 
     def run(image: Path, rois: Path | None, out: Path) -> dict:
         out.mkdir(parents=True, exist_ok=True)
@@ -206,8 +209,9 @@ def test_label_hyperstack_keeps_voxel_depth_frame_interval_and_tz_rois(imagej, t
     base = hard_shapes()
     lab = np.stack([np.stack([np.roll(base, 3 * (z + 2 * t), axis=1) for z in range(3)]) for t in range(2)])
     lab[1, 2][lab[1, 2] == lab[1, 2].max()] = 0  # one label missing from one plane
-    write_labels(tmp_path / "lab.tif", lab, pixel_size=(0.25, 0.25), unit="um", stack_axes="TZ", z_step=1.5,
-                    frame_interval=30.0)
+    write_labels(
+        tmp_path / "lab.tif", lab, pixel_size=(0.25, 0.25), unit="um", stack_axes="TZ", z_step=1.5, frame_interval=30.0
+    )
     write_rois(tmp_path / "r.zip", labels_to_rois(lab))
     ij = imagej(tmp_path / "lab.tif", tmp_path / "r.zip", tmp_path / "ij")
     info = ij["info"]
@@ -286,7 +290,17 @@ def test_labels_beyond_4_gb_are_a_bigtiff_that_imagej_1_cannot_open(tmp_path, mo
         assert tif.is_bigtiff and tif.is_ome
     got, meta = read_labels(tmp_path / "big.tif")
     assert np.array_equal(got, lab) and meta["pixel_size"] == (0.25, 0.5)
-    cmd = ["timeout", "120", "java", "-Djava.awt.headless=true", "-cp", str(IJ_JAR), str(ORACLE),
-           str(tmp_path / "big.tif"), "-", str(tmp_path / "ij")]
+    cmd = [
+        "timeout",
+        "120",
+        "java",
+        "-Djava.awt.headless=true",
+        "-cp",
+        str(IJ_JAR),
+        str(ORACLE),
+        str(tmp_path / "big.tif"),
+        "-",
+        str(tmp_path / "ij"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode != 0 and "could not open" in proc.stderr

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from cpsnake.engine import infer, tiles
-from cpsnake.steps import infer as infer_step
 from cpsnake.errors import CpsnakeError
+from cpsnake.steps import infer as infer_step
 
 
 class TinyConv(torch.nn.Module):
@@ -53,8 +53,9 @@ def _image(c, y, x, seed=1):
 def _cellpose_run_net(net, img, augment=False):
     from cellpose import core
 
-    yf, _ = core.run_net(CellposeWrap(net), img.transpose(1, 2, 0)[None], batch_size=8, augment=augment,
-                         tile_overlap=0.1, bsize=256)
+    yf, _ = core.run_net(
+        CellposeWrap(net), img.transpose(1, 2, 0)[None], batch_size=8, augment=augment, tile_overlap=0.1, bsize=256
+    )
     return yf[0].transpose(2, 0, 1)  # Y X 3 -> 3 Y X
 
 
@@ -145,8 +146,9 @@ def test_diameter_path_matches_cellpose(opencv_without_ipp):
     d = 45.0
     ours = infer.predict(net, img, diameter=d)
     fake_model = SimpleNamespace(net=CellposeWrap(net), backbone="sam_vitl")
-    dP, cellprob, _ = models.CellposeModel._run_net(fake_model, img.transpose(1, 2, 0)[None], rescale=30.0 / d,
-                                                    resample=True, bsize=256)
+    dP, cellprob, _ = models.CellposeModel._run_net(
+        fake_model, img.transpose(1, 2, 0)[None], rescale=30.0 / d, resample=True, bsize=256
+    )
     ref = np.concatenate([dP[:, 0], cellprob])  # (2, 1, Y, X), (1, Y, X) -> (3, Y, X)
     assert ours.shape == ref.shape == (3, 300, 410)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=2e-6)

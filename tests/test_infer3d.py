@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from reference import cellpose
+from test_infer import CellposeWrap, TinyConv
 
 from cpsnake.engine import infer3d
 from cpsnake.errors import CpsnakeError
-from reference import cellpose
-from test_infer import CellposeWrap, TinyConv
 
 
 def _stack(z, c, y, x, seed=3):
@@ -22,16 +22,20 @@ def _cellpose_3d(net, stack, *, diameter=None, anisotropy=None):
     models = cellpose("cellpose.models")
     fake = SimpleNamespace(net=CellposeWrap(net), backbone="sam_vitl")
     rescale = 1.0 if diameter is None else 30.0 / diameter
-    dP, cellprob, _ = models.CellposeModel._run_net(fake, stack.transpose(0, 2, 3, 1), rescale=rescale, resample=True,
-                                                    bsize=256, do_3D=True, anisotropy=anisotropy)
+    dP, cellprob, _ = models.CellposeModel._run_net(
+        fake, stack.transpose(0, 2, 3, 1), rescale=rescale, resample=True, bsize=256, do_3D=True, anisotropy=anisotropy
+    )
     return np.concatenate([dP, cellprob[None]])
 
 
-@pytest.mark.parametrize("shape, diameter, anisotropy", [
-    ((6, 1, 40, 50), None, None),  # planes smaller than a tile, no resizing
-    ((5, 2, 70, 300), None, 2.0),  # Z stretched, two tiles along X
-    ((7, 3, 60, 45), 45.0, 1.5),  # every axis resized, and back
-])
+@pytest.mark.parametrize(
+    "shape, diameter, anisotropy",
+    [
+        ((6, 1, 40, 50), None, None),  # planes smaller than a tile, no resizing
+        ((5, 2, 70, 300), None, 2.0),  # Z stretched, two tiles along X
+        ((7, 3, 60, 45), 45.0, 1.5),  # every axis resized, and back
+    ],
+)
 def test_predict_3d_matches_cellpose_run_3d(opencv_without_ipp, shape, diameter, anisotropy):
     net = TinyConv(seed=11)
     stack = _stack(*shape)
@@ -72,13 +76,16 @@ def test_smooth_flows_3d_smooths_flows_not_cellprob():
         infer3d.smooth_flows_3d(flows, [1, 2])
 
 
-@pytest.mark.parametrize("stack, anisotropy, match", [
-    (np.zeros((1, 1, 20, 20), np.float32), None, "at least 2 planes"),
-    (np.zeros((20, 20), np.float32), None, r"expected a stack \(Z, C, Y, X\)"),
-    (np.zeros((3, 1, 20, 20), np.float32), 0.0, "anisotropy 0.0; expected a positive number"),
-    (np.zeros((3, 1, 20, 20), np.float32), -1.0, "anisotropy -1.0"),
-    (np.zeros((3, 1, 20, 20), np.float32), 0.1, r"leaves 0 x 20 x 20 voxels"),
-])
+@pytest.mark.parametrize(
+    "stack, anisotropy, match",
+    [
+        (np.zeros((1, 1, 20, 20), np.float32), None, "at least 2 planes"),
+        (np.zeros((20, 20), np.float32), None, r"expected a stack \(Z, C, Y, X\)"),
+        (np.zeros((3, 1, 20, 20), np.float32), 0.0, "anisotropy 0.0; expected a positive number"),
+        (np.zeros((3, 1, 20, 20), np.float32), -1.0, "anisotropy -1.0"),
+        (np.zeros((3, 1, 20, 20), np.float32), 0.1, r"leaves 0 x 20 x 20 voxels"),
+    ],
+)
 def test_bad_stacks_are_one_clear_error(stack, anisotropy, match):
     with pytest.raises(CpsnakeError, match=match):
         infer3d.predict_3d(TinyConv(), stack, anisotropy=anisotropy)

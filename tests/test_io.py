@@ -156,8 +156,13 @@ def test_time_series_reads_as_planes(tmp_path):
 def test_imagej_hyperstack_tzcyx_keeps_both_stack_axes_and_calibration(tmp_path):
     a = _ramp((2, 3, 2, 10, 12), np.uint16)
     f = tmp_path / "tz.tif"
-    tifffile.imwrite(f, a, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
-                     metadata={"axes": "TZCYX", "spacing": 2.0, "unit": "micron", "finterval": 30.0})
+    tifffile.imwrite(
+        f,
+        a,
+        imagej=True,
+        resolution=(1 / 0.5, 1 / 0.5),
+        metadata={"axes": "TZCYX", "spacing": 2.0, "unit": "micron", "finterval": 30.0},
+    )
     data, meta = read_image(f)
     assert data.shape == (2, 3, 2, 10, 12) and meta["stack_axes"] == "TZ"
     np.testing.assert_array_equal(data, a)
@@ -167,8 +172,18 @@ def test_imagej_hyperstack_tzcyx_keeps_both_stack_axes_and_calibration(tmp_path)
 def test_ome_tiff_tzcyx_reads_voxel_depth_and_time_increment(tmp_path):
     a = _ramp((2, 3, 2, 10, 12), np.uint8)
     f = tmp_path / "5d.ome.tif"
-    tifffile.imwrite(f, a, ome=True, metadata={"axes": "TZCYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25,
-                                               "PhysicalSizeZ": 1.5, "TimeIncrement": 4.0})
+    tifffile.imwrite(
+        f,
+        a,
+        ome=True,
+        metadata={
+            "axes": "TZCYX",
+            "PhysicalSizeX": 0.25,
+            "PhysicalSizeY": 0.25,
+            "PhysicalSizeZ": 1.5,
+            "TimeIncrement": 4.0,
+        },
+    )
     data, meta = read_image(f)
     assert data.shape == (2, 3, 2, 10, 12) and meta["stack_axes"] == "TZ"
     np.testing.assert_array_equal(data, a)
@@ -281,7 +296,10 @@ def _truncate(src: Path, dst: Path, keep: float = 0.5) -> Path:
     [
         (lambda d: d / "missing.tif", r"missing\.tif: no such file"),
         (lambda d: _write(d / "empty.tif", b""), r"empty\.tif: found an empty file"),
-        (lambda d: _write(d / "text.tif", b"hello\n"), r"text\.tif: not an image \(found text, not a TIFF.*expected TIFF"),
+        (
+            lambda d: _write(d / "text.tif", b"hello\n"),
+            r"text\.tif: not an image \(found text, not a TIFF.*expected TIFF",
+        ),
         (lambda d: _truncate(GREY16, d / "half.tif"), r"half\.tif: found a TIFF whose data cannot be read"),
         (lambda d: _truncate(GREY16, d / "head.tif", 0.00002), r"head\.tif: found a TIFF whose data cannot be read"),
         (lambda d: d, r": is a folder"),

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from cpsnake.export import measure
+from cpsnake.export.measure import fit_ellipse, measure_labels, traced_perimeter
+from cpsnake.export.table import columns
 from cpsnake.io.flows import write_flows
 from cpsnake.io.labels import write_labels
 from cpsnake.io.tiff import write_tiff
-from cpsnake.export.measure import fit_ellipse, measure_labels, traced_perimeter
-from cpsnake.export.table import columns
 from cpsnake.steps import measure as measure_step
 from cpsnake.steps.measure import main
 
@@ -90,12 +90,20 @@ def test_z_stack_rows_per_3d_object_calibrated(tmp_path):
     lab[0:3, 2:6, 3:8] = 5  # 3 x 4 x 5 = 60 voxels
     lab[3, 1:3, 1:3] = 9
     write_labels(tmp_path / "lab.tif", lab)
-    write_tiff(tmp_path / "img.tif", np.full((4, 1, 10, 14), 7, np.uint8), axes="ZCYX", pixel_size=(0.5, 0.5),
-                  unit="um", metadata={"spacing": 2.0})
+    write_tiff(
+        tmp_path / "img.tif",
+        np.full((4, 1, 10, 14), 7, np.uint8),
+        axes="ZCYX",
+        pixel_size=(0.5, 0.5),
+        unit="um",
+        metadata={"spacing": 2.0},
+    )
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(tmp_path / "t.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
-    assert [(r["label"], r["image"], r["voxels"], r["slices"]) for r in rows] == [("5", "img.tif", "60", "3"),
-                                                                                  ("9", "img.tif", "4", "1")]
+    assert [(r["label"], r["image"], r["voxels"], r["slices"]) for r in rows] == [
+        ("5", "img.tif", "60", "3"),
+        ("9", "img.tif", "4", "1"),
+    ]
     assert float(rows[0]["volume"]) == 60 * 2.0 * 0.5 * 0.5 and float(rows[0]["Mean"]) == 7.0
 
 
@@ -150,7 +158,7 @@ def test_quality_flow_error_is_zero_for_a_cells_own_flows_and_grows_as_they_weak
     flows[:2] = 5 * mu
     flows[:2, :, 30:] *= 0.5  # the second cell's predicted flows at half speed
     errors, prob = measure.quality(labels, flows)
-    own = [float((np.sum(mu ** 2, axis=0))[labels == i].mean()) for i in (3, 9)]  # ~1: |mu| = 1 almost everywhere
+    own = [float((np.sum(mu**2, axis=0))[labels == i].mean()) for i in (3, 9)]  # ~1: |mu| = 1 almost everywhere
     assert own[0] > 0.95 and own[1] > 0.95
     assert errors[0] == pytest.approx(0.0, abs=1e-12)
     assert errors[1] == pytest.approx(0.25 * own[1], rel=1e-6)  # |mu - mu/2|^2 = |mu|^2 / 4
@@ -181,13 +189,33 @@ def test_table_gets_quality_columns_only_with_flows(tmp_path):
     write_labels(tmp_path / "l.tif", labels)
     write_tiff(tmp_path / "i.tif", img, axes="CYX")
     write_flows(tmp_path / "f.tif", flows)
-    assert measure_step.main([str(tmp_path / "l.tif"), str(tmp_path / "i.tif"), str(tmp_path / "m.csv"),
-                         "--flows", str(tmp_path / "f.tif")]) == 0
+    assert (
+        measure_step.main(
+            [
+                str(tmp_path / "l.tif"),
+                str(tmp_path / "i.tif"),
+                str(tmp_path / "m.csv"),
+                "--flows",
+                str(tmp_path / "f.tif"),
+            ]
+        )
+        == 0
+    )
     table = (tmp_path / "m.csv").read_text().splitlines()
     assert table[0].endswith(",flow_error,cellprob") and len(table) == 3
     write_flows(tmp_path / "g.tif", flows[:, :20])
-    assert measure_step.main([str(tmp_path / "l.tif"), str(tmp_path / "i.tif"), str(tmp_path / "n.csv"),
-                         "--flows", str(tmp_path / "g.tif")]) == 1
+    assert (
+        measure_step.main(
+            [
+                str(tmp_path / "l.tif"),
+                str(tmp_path / "i.tif"),
+                str(tmp_path / "n.csv"),
+                "--flows",
+                str(tmp_path / "g.tif"),
+            ]
+        )
+        == 1
+    )
     assert not (tmp_path / "n.csv").exists()
 
 
@@ -196,12 +224,19 @@ def test_stack_labels_with_flows_of_another_stack_are_one_clear_error(tmp_path, 
     lab[1, 2:6, 3:8] = 1
     write_labels(tmp_path / "lab.tif", lab)
     write_tiff(tmp_path / "img.tif", np.ones((3, 1, 10, 14), np.uint8), axes="ZCYX")
-    write_flows(tmp_path / "f.tif", np.zeros((4, 4, 10, 14), np.float32), stack_axes="Z",
-                   three_d=True)  # 4 planes, not 3
+    write_flows(
+        tmp_path / "f.tif", np.zeros((4, 4, 10, 14), np.float32), stack_axes="Z", three_d=True
+    )  # 4 planes, not 3
     out = tmp_path / "t.csv"
-    assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(out), "--flows", str(tmp_path / "f.tif")]) == 1
+    assert (
+        main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(out), "--flows", str(tmp_path / "f.tif")]) == 1
+    )
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "f.tif: found flows of shape (4, 4, 10, 14) (3d)" in err and "(3, 10, 14)" in err
+    assert (
+        len(err.splitlines()) == 1 and "f.tif: found flows of shape (4, 4, 10, 14) (3d)" in err and "(3, 10, 14)" in err
+    )
     assert not out.exists()
     write_flows(tmp_path / "f.tif", np.zeros((3, 3, 10, 14), np.float32), stack_axes="Z")  # per plane, matching
-    assert main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(out), "--flows", str(tmp_path / "f.tif")]) == 0
+    assert (
+        main([str(tmp_path / "lab.tif"), str(tmp_path / "img.tif"), str(out), "--flows", str(tmp_path / "f.tif")]) == 0
+    )

@@ -104,8 +104,18 @@ def stack_of_ellipsoids():
 
 def regionprops_table(lab, img, spacing):
     """scikit-image's per-object values for the same stack, ascending ids; image as (Z, Y, X, C)."""
-    props = ["label", "area", "centroid", "bbox", "equivalent_diameter_area", "intensity_mean", "intensity_min",
-             "intensity_max", "intensity_std", "num_pixels"]
+    props = [
+        "label",
+        "area",
+        "centroid",
+        "bbox",
+        "equivalent_diameter_area",
+        "intensity_mean",
+        "intensity_min",
+        "intensity_max",
+        "intensity_std",
+        "num_pixels",
+    ]
     table = skimage_measure.regionprops_table(lab, np.moveaxis(img, 1, -1), properties=props, spacing=spacing)
     return pd.DataFrame(table).sort_values("label").reset_index(drop=True)
 
@@ -152,7 +162,9 @@ def test_intensities_match_regionprops_per_channel():
         np.testing.assert_allclose(ours[f"Mean_c{c + 1}"], ref[f"intensity_mean-{c}"], rtol=1e-12)
         np.testing.assert_array_equal(ours[f"Min_c{c + 1}"], ref[f"intensity_min-{c}"])
         np.testing.assert_array_equal(ours[f"Max_c{c + 1}"], ref[f"intensity_max-{c}"])
-        np.testing.assert_allclose(ours[f"StdDev_c{c + 1}"], ref[f"intensity_std-{c}"] * np.sqrt(n / (n - 1)), rtol=1e-10)
+        np.testing.assert_allclose(
+            ours[f"StdDev_c{c + 1}"], ref[f"intensity_std-{c}"] * np.sqrt(n / (n - 1)), rtol=1e-10
+        )
 
 
 def test_stddev_of_one_voxel_is_zero_and_offsets_do_not_cancel():
@@ -327,7 +339,16 @@ def test_channel_columns_and_image_layouts():
     assert list(one.columns) == columns_3d(1) and "Mean" in one.columns
     assert one.attrs == {"unit": "micron", "voxel_size": (1.5, 0.2, 0.2)}
     two = measure_3d(lab, np.stack([img, 2 * img], axis=1))
-    assert list(two.columns[-8:]) == ["Mean_c1", "Mean_c2", "StdDev_c1", "StdDev_c2", "Min_c1", "Min_c2", "Max_c1", "Max_c2"]
+    assert list(two.columns[-8:]) == [
+        "Mean_c1",
+        "Mean_c2",
+        "StdDev_c1",
+        "StdDev_c2",
+        "Min_c1",
+        "Min_c2",
+        "Max_c1",
+        "Max_c2",
+    ]
     assert two["Mean_c2"].iloc[0] == 2 * two["Mean_c1"].iloc[0] == 2 * img[lab == 1].mean()
 
 
@@ -346,15 +367,35 @@ def test_no_objects_gives_the_columns_and_no_rows():
 @pytest.mark.parametrize(
     "labels, image, voxel_size, match",
     [
-        (np.zeros((4, 5), np.int32), np.zeros((4, 5)), (1, 1, 1), r"found labels with 2 dimensions \(4, 5\), expected a stack"),
+        (
+            np.zeros((4, 5), np.int32),
+            np.zeros((4, 5)),
+            (1, 1, 1),
+            r"found labels with 2 dimensions \(4, 5\), expected a stack",
+        ),
         (np.zeros((1, 2, 4, 5), np.int32), np.zeros((1, 2, 4, 5)), (1, 1, 1), "found labels with 4 dimensions"),
         (np.zeros((3, 4, 5)), np.zeros((3, 4, 5)), (1, 1, 1), "found labels of dtype float64, expected an integer"),
         (-np.ones((3, 4, 5), np.int16), np.zeros((3, 4, 5)), (1, 1, 1), "found a negative label -1"),
-        (np.zeros((3, 4, 5), np.int32), np.zeros((3, 4, 6)), (1, 1, 1), r"image of shape \(3, 4, 6\), expected \(3, C, 4, 5\)"),
+        (
+            np.zeros((3, 4, 5), np.int32),
+            np.zeros((3, 4, 6)),
+            (1, 1, 1),
+            r"image of shape \(3, 4, 6\), expected \(3, C, 4, 5\)",
+        ),
         (np.zeros((3, 4, 5), np.int32), np.zeros((2, 3, 5, 4)), (1, 1, 1), "to match the labels"),
         (np.zeros((3, 4, 5), np.int32), np.zeros((2, 3, 4, 5)), (1, 1, 1), r"looks like \(C, Z, Y, X\).*moveaxis"),
-        (np.zeros((3, 4, 5), np.int32), np.zeros((3, 4, 5), complex), (1, 1, 1), "dtype complex128, expected real numbers"),
-        (np.zeros((3, 4, 5), np.int32), np.zeros((3, 4, 5)), (0, 1, 1), r"found voxel_size \(0, 1, 1\), expected three finite positive"),
+        (
+            np.zeros((3, 4, 5), np.int32),
+            np.zeros((3, 4, 5), complex),
+            (1, 1, 1),
+            "dtype complex128, expected real numbers",
+        ),
+        (
+            np.zeros((3, 4, 5), np.int32),
+            np.zeros((3, 4, 5)),
+            (0, 1, 1),
+            r"found voxel_size \(0, 1, 1\), expected three finite positive",
+        ),
         (np.zeros((3, 4, 5), np.int32), np.zeros((3, 4, 5)), (1, -0.5, 1), "expected three finite positive"),
         (np.zeros((3, 4, 5), np.int32), np.zeros((3, 4, 5)), (1, 1, math.nan), "expected three finite positive"),
         (np.zeros((3, 4, 5), np.int32), np.zeros((3, 4, 5)), (1, math.inf, 1), "expected three finite positive"),

@@ -1,4 +1,5 @@
-"""cpsnake.models (Cellpose-SAM family): parity with cellpose.vit.CPSAM, architecture inference, strict and safe loading.
+"""cpsnake.models (Cellpose-SAM family): parity with cellpose.vit.CPSAM, architecture inference, strict and safe
+loading.
 
 Reference: cellpose 4.2.1.1's ``CPSAM`` always builds its encoder through
 ``segment_anything.sam_model_registry["vit_l"]``. For fast tests we temporarily point that registry entry
@@ -15,10 +16,10 @@ from functools import partial
 
 import pytest
 import torch
+from reference import cellpose
+from segment_anything.modeling.image_encoder import Attention as SAMAttention
 
 from cpsnake.errors import CpsnakeError
-from cpsnake.models.registry import load_model
-from cpsnake.models.state import save_model
 from cpsnake.models.cpsam import (
     ARCHITECTURES,
     CPSAMNet,
@@ -28,14 +29,19 @@ from cpsnake.models.cpsam import (
     infer_architecture,
     set_attention,
 )
-from reference import cellpose
-from segment_anything.modeling.image_encoder import Attention as SAMAttention
+from cpsnake.models.registry import load_model
+from cpsnake.models.state import save_model
 
 build_sam_module = importlib.import_module("segment_anything.build_sam")
 sam_registry = build_sam_module.sam_model_registry
 
-SMALL_SAM = partial(build_sam_module._build_sam, encoder_embed_dim=64, encoder_depth=3, encoder_num_heads=2,
-                    encoder_global_attn_indexes=[1])
+SMALL_SAM = partial(
+    build_sam_module._build_sam,
+    encoder_embed_dim=64,
+    encoder_depth=3,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=[1],
+)
 
 
 def randomize(state: dict, seed: int, scale: float = 0.2) -> dict:
@@ -46,8 +52,10 @@ def randomize(state: dict, seed: int, scale: float = 0.2) -> dict:
     changes it by 2e-3 and a tanh-approximated GELU by 3e-5, while float rounding stays near 2e-7.
     """
     g = torch.Generator().manual_seed(seed)
-    return {k: v if k in ("W2", "diam_labels", "diam_mean") else torch.randn(v.shape, generator=g) * scale
-            for k, v in state.items()}
+    return {
+        k: v if k in ("W2", "diam_labels", "diam_mean") else torch.randn(v.shape, generator=g) * scale
+        for k, v in state.items()
+    }
 
 
 def small_reference(monkeypatch, sam_builder=lambda checkpoint=None: SMALL_SAM(checkpoint=None)):
@@ -318,8 +326,9 @@ def test_from_sam_checkpoint_matches_cellpose_adaptation(tmp_path, monkeypatch):
     for k in theirs:
         if k not in fresh:
             assert torch.equal(ours[k], theirs[k]), k
-    assert torch.equal(ours["encoder.patch_embed.proj.weight"],
-                       state["image_encoder.patch_embed.proj.weight"][:, :, ::2, ::2])
+    assert torch.equal(
+        ours["encoder.patch_embed.proj.weight"], state["image_encoder.patch_embed.proj.weight"][:, :, ::2, ::2]
+    )
     assert torch.equal(ours["encoder.pos_embed"], state["image_encoder.pos_embed"][:, ::2, ::2])
     # deliberate difference: cellpose swaps in a new Conv2d, so its patch bias is random; we keep SAM's
     assert torch.equal(ours["encoder.patch_embed.proj.bias"], state["image_encoder.patch_embed.proj.bias"])

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from reference import cellpose
 
 from cpsnake import __version__
 from cpsnake.cli import main as cli_main
+from cpsnake.engine.normalize import normalize, select_channels, tile_starts, upsample_bilinear
 from cpsnake.errors import CpsnakeError
 from cpsnake.io.inputs import read_image
-from cpsnake.engine.normalize import normalize, select_channels, tile_starts, upsample_bilinear
-from reference import cellpose
 
 DATA = Path(__file__).parent / "data" / "images"
 REAL = {
@@ -73,7 +73,10 @@ def test_large_image_uses_cellpose_subsample_and_still_equals_it():
         (dict(percentiles=(0.0, 100.0)), dict(percentile=(0.0, 100.0))),
         (dict(invert=True), dict(invert=True)),
         (dict(low_high=(10, 900)), dict(lowhigh=(10, 900))),
-        (dict(low_high=[(10, 900), (0, 50), (3, 4)], invert=True), dict(lowhigh=[(10, 900), (0, 50), (3, 4)], invert=True)),
+        (
+            dict(low_high=[(10, 900), (0, 50), (3, 4)], invert=True),
+            dict(lowhigh=[(10, 900), (0, 50), (3, 4)], invert=True),
+        ),
     ],
 )
 def test_options_equal_cellpose(ours, theirs):
@@ -330,7 +333,12 @@ def test_cli_writes_float32_cyx_with_calibration_and_record(tmp_path):
     rec = json.loads(out.with_suffix(".json").read_text())
     assert rec["cpsnake_version"] == __version__ and rec["channels"] == [3, 1]
     assert rec["source"] == {
-        "path": str(src), "format": "tiff", "shape": [4, 40, 50], "dtype": "uint16", "axes": "CYX", "dropped_alpha": False
+        "path": str(src),
+        "format": "tiff",
+        "shape": [4, 40, 50],
+        "dtype": "uint16",
+        "axes": "CYX",
+        "dropped_alpha": False,
     }
     assert rec["percentiles"] == [2.0, 98.0] and rec["invert"] is False and rec["tile_size"] == 0
     assert rec["pixel_size"] == pytest.approx([0.6, 0.3]) and rec["unit"] == "micron"
@@ -386,17 +394,33 @@ def _raw(d: Path, name: str, raw: bytes) -> Path:
 
 
 BAD_INPUTS = {
-    "truncated": (lambda d: _raw(d, "cut.tif", REAL["grey16"].read_bytes()[:150_000]), "cut.tif: found a TIFF whose data cannot be read"),
-    "text named .tif": (lambda d: _raw(d, "notes.tif", b"plate 3, well B2\n"), "notes.tif: not an image (found text, not a TIFF"),
+    "truncated": (
+        lambda d: _raw(d, "cut.tif", REAL["grey16"].read_bytes()[:150_000]),
+        "cut.tif: found a TIFF whose data cannot be read",
+    ),
+    "text named .tif": (
+        lambda d: _raw(d, "notes.tif", b"plate 3, well B2\n"),
+        "notes.tif: not an image (found text, not a TIFF",
+    ),
     "no extension text": (lambda d: _raw(d, "README", b"# hello\n"), "README: not an image"),
     "empty": (lambda d: _raw(d, "empty.png", b""), "empty.png: found an empty file (0 bytes)"),
     "missing": (lambda d: d / "nothere.tif", "nothere.tif: no such file"),
-    "all zero": (lambda d: _tif(d, "zero.tif", np.zeros((30, 40), np.uint16)), "zero.tif: found a constant image (every pixel is 0)"),
-    "constant rgb": (lambda d: _tif(d, "grey.tif", np.full((30, 40, 3), 128, np.uint8)), "grey.tif: found a constant image (every pixel is 128)"),
-    "nan": (lambda d: _tif(d, "nan.tif", np.where(np.eye(30, 40) > 0, np.nan, 1.0).astype(np.float32)), "nan.tif: found 30 NaN or infinite pixel values"),
+    "all zero": (
+        lambda d: _tif(d, "zero.tif", np.zeros((30, 40), np.uint16)),
+        "zero.tif: found a constant image (every pixel is 0)",
+    ),
+    "constant rgb": (
+        lambda d: _tif(d, "grey.tif", np.full((30, 40, 3), 128, np.uint8)),
+        "grey.tif: found a constant image (every pixel is 128)",
+    ),
+    "nan": (
+        lambda d: _tif(d, "nan.tif", np.where(np.eye(30, 40) > 0, np.nan, 1.0).astype(np.float32)),
+        "nan.tif: found 30 NaN or infinite pixel values",
+    ),
     "5-D": (
         lambda d: _tif(d, "five.ome.tif", noisy((2, 2, 2, 20, 20), np.uint8), ome=True, metadata={"axes": "TZCYX"}),
-        "five.ome.tif: found a time series of Z stacks (axes 'TZCYX', shape (2, 2, 2, 20, 20)); expected a 2-D image, a Z "
+        "five.ome.tif: found a time series of Z stacks (axes 'TZCYX', shape (2, 2, 2, 20, 20)); "
+        "expected a 2-D image, a Z "
         "stack or a time series of 2-D frames",
     ),
     "4 channels": (

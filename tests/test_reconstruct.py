@@ -7,16 +7,14 @@ import warnings
 
 import numpy as np
 import pytest
-
+from reference import cellpose
 from scipy import ndimage as ndi
+from synthetic import voronoi_cells
 
 from cpsnake.engine import dynamics, heat, reconstruct
 from cpsnake.io.flows import write_flows
 from cpsnake.io.labels import read_labels
 from cpsnake.steps import reconstruct as reconstruct_step
-from reference import cellpose
-from synthetic import voronoi_cells
-
 
 
 def clean_flows(labels):
@@ -238,5 +236,7 @@ def test_torch_path_gives_the_cpu_labels(monkeypatch, seed):
     assert calls, "the torch seeding did not run"
     assert cpu.max() > 500 and np.array_equal(dev, cpu)
     kw = dict(cellprob_threshold=-1.0, flow_threshold=0.8, niter=80, min_size=30, max_size_fraction=0.3)
-    assert np.array_equal(reconstruct.compute_masks(flows[:, :200, :260], device=torch.device("cpu"), **kw),
-                          reconstruct.compute_masks(flows[:, :200, :260], **kw))
+    assert np.array_equal(
+        reconstruct.compute_masks(flows[:, :200, :260], device=torch.device("cpu"), **kw),
+        reconstruct.compute_masks(flows[:, :200, :260], **kw),
+    )

@@ -1,4 +1,5 @@
-"""cpsnake.engine.reconstruct3d and cpsnake.engine.heat3d: 3-D masks from flows, parity with cellpose 4.2.1.1 (do_3D=True).
+"""cpsnake.engine.reconstruct3d and cpsnake.engine.heat3d: 3-D masks from flows, parity with cellpose 4.2.1.1
+(do_3D=True).
 
 Flows are made from synthetic ellipsoid stacks (24 x 64 x 64, 30 objects) by cellpose's own
 ``masks_to_flows_gpu_3d`` (x5, the network's scale), clean or with Gaussian noise on flows and cellprob.
@@ -12,11 +13,11 @@ import warnings
 
 import numpy as np
 import pytest
+from reference import cellpose
 from scipy import ndimage as ndi
 
 from cpsnake.engine import heat3d, reconstruct3d
 from cpsnake.errors import CpsnakeError
-from reference import cellpose
 
 SHAPE = (24, 64, 64)
 
@@ -127,8 +128,9 @@ def test_clean_flows_same_labels_as_cellpose():
     assert ap(ours, ellipsoids(seed=0), iou=0.5)[0] >= 0.9  # touching ellipsoids: some boundary voxels drift
 
 
-@pytest.mark.parametrize("seed, sd_flow, sd_prob", [(0, 1.5, 2.0), (1, 1.5, 2.0), (2, 1.5, 2.0), (0, 3.0, 3.0),
-                                                    (1, 3.0, 3.0)])
+@pytest.mark.parametrize(
+    "seed, sd_flow, sd_prob", [(0, 1.5, 2.0), (1, 1.5, 2.0), (2, 1.5, 2.0), (0, 3.0, 3.0), (1, 3.0, 3.0)]
+)
 def test_noisy_flows_agree_with_cellpose(seed, sd_flow, sd_prob):
     """Noisy flows and cellprob: AP at IoU 0.9 between ours and cellpose's >= 0.99, in fact identical labels.
 
@@ -162,7 +164,8 @@ def test_overlapping_seed_windows_equal_cellpose():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = cellpose("cellpose.dynamics").get_masks_torch(
-            torch.from_numpy(p).int(), np.unravel_index(idx, shape), shape)
+            torch.from_numpy(p).int(), np.unravel_index(idx, shape), shape
+        )
     assert ours.max() == 2
     assert np.array_equal(ours, theirs.astype(np.int32))
 
@@ -190,7 +193,8 @@ def test_equal_counts_meeting_take_torchs_order_as_cellpose(n_seeds):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = cellpose("cellpose.dynamics").get_masks_torch(
-            torch.from_numpy(p).int(), np.unravel_index(idx, shape), shape)
+            torch.from_numpy(p).int(), np.unravel_index(idx, shape), shape
+        )
     assert ours.max() == n_seeds
     assert np.array_equal(ours, theirs.astype(np.int32))
 
@@ -447,13 +451,16 @@ def test_all_background_and_no_seed_give_empty_labels():
     assert not reconstruct3d.compute_masks_3d(flows).any()
 
 
-@pytest.mark.parametrize("shape, fill, expect", [
-    ((3, 6, 16, 16), 0.0, "expected (4, Z, Y, X)"),
-    ((6, 16, 16), 0.0, "expected (4, Z, Y, X)"),
-    ((4, 1, 16, 16), 0.0, "at least 2 planes"),
-    ((4, 6, 16, 16), np.nan, "NaN or infinite"),
-    ((4, 6, 16, 16), np.inf, "NaN or infinite"),
-])
+@pytest.mark.parametrize(
+    "shape, fill, expect",
+    [
+        ((3, 6, 16, 16), 0.0, "expected (4, Z, Y, X)"),
+        ((6, 16, 16), 0.0, "expected (4, Z, Y, X)"),
+        ((4, 1, 16, 16), 0.0, "at least 2 planes"),
+        ((4, 6, 16, 16), np.nan, "NaN or infinite"),
+        ((4, 6, 16, 16), np.inf, "NaN or infinite"),
+    ],
+)
 def test_bad_input_one_line(shape, fill, expect):
     """Wrong shape, a single plane, non-finite values: one CpsnakeError line that says what was expected.
 

@@ -9,28 +9,37 @@ import numpy as np
 import pytest
 import tifffile
 
-from cpsnake.engine.streamnorm import stream_values
-from cpsnake.io import regions
-from cpsnake.io.inputs import open_regions
-from cpsnake.io.omezarr import is_ome_zarr
-from cpsnake.io.inputs import read_image
-from cpsnake.io.labels import read_labels
-from cpsnake.errors import CpsnakeError
 from cpsnake.engine.normalize import normalize, select_channels
+from cpsnake.engine.streamnorm import stream_values
+from cpsnake.errors import CpsnakeError
+from cpsnake.io import regions
+from cpsnake.io.inputs import open_regions, read_image
+from cpsnake.io.labels import read_labels
+from cpsnake.io.omezarr import is_ome_zarr
 
 RNG = np.random.default_rng(0)
 
 TIFFS = {  # name: (array as stored, tifffile.imwrite options)
     "grey_contiguous": (RNG.integers(0, 60000, (1500, 1200)).astype(np.uint16), {}),
     "rgb_interleaved": (RNG.integers(0, 255, (700, 900, 3)).astype(np.uint8), {"photometric": "rgb"}),
-    "rgba_tiled_zlib": (RNG.integers(0, 255, (700, 900, 4)).astype(np.uint8),
-                        {"photometric": "rgb", "extrasamples": ["unassalpha"], "tile": (128, 128), "compression": "zlib"}),
-    "cyx_imagej": (RNG.integers(0, 4000, (2, 600, 800)).astype(np.uint16), {"imagej": True, "metadata": {"axes": "CYX"}}),
+    "rgba_tiled_zlib": (
+        RNG.integers(0, 255, (700, 900, 4)).astype(np.uint8),
+        {"photometric": "rgb", "extrasamples": ["unassalpha"], "tile": (128, 128), "compression": "zlib"},
+    ),
+    "cyx_imagej": (
+        RNG.integers(0, 4000, (2, 600, 800)).astype(np.uint16),
+        {"imagej": True, "metadata": {"axes": "CYX"}},
+    ),
     "big_endian": (RNG.integers(0, 4000, (2, 600, 800)).astype(">u2"), {"byteorder": ">"}),
-    "float_strips_above_224_cubed": (RNG.random((3000, 4000)).astype(np.float32), {"compression": "zlib", "rowsperstrip": 37}),
-    "bigtiff_tiled_lzw": (RNG.integers(0, 255, (4000, 3500)).astype(np.uint8),
-                          {"bigtiff": True, "tile": (256, 256), "compression": "lzw"}),
-    "int32_wide": (RNG.integers(-2**30, 2**30, (500, 700)).astype(np.int32), {"tile": (64, 64)}),
+    "float_strips_above_224_cubed": (
+        RNG.random((3000, 4000)).astype(np.float32),
+        {"compression": "zlib", "rowsperstrip": 37},
+    ),
+    "bigtiff_tiled_lzw": (
+        RNG.integers(0, 255, (4000, 3500)).astype(np.uint8),
+        {"bigtiff": True, "tile": (256, 256), "compression": "lzw"},
+    ),
+    "int32_wide": (RNG.integers(-(2**30), 2**30, (500, 700)).astype(np.int32), {"tile": (64, 64)}),
 }
 
 
@@ -52,8 +61,11 @@ def test_tiff_regions_and_streamed_values_equal_the_whole_image(tmp_path, name):
     whole, meta = read_image(path)
     with open_regions(path) as img:
         assert img.shape == whole.shape and img.meta["dropped_alpha"] == meta["dropped_alpha"]
-        for y0, y1, x0, x1 in [(0, whole.shape[1], 0, whole.shape[2]), (13, 301, 77, 555), (whole.shape[1] - 5,
-                               whole.shape[1], 0, 9)]:
+        for y0, y1, x0, x1 in [
+            (0, whole.shape[1], 0, whole.shape[2]),
+            (13, 301, 77, 555),
+            (whole.shape[1] - 5, whole.shape[1], 0, 9),
+        ]:
             assert np.array_equal(img.read(y0, y1, x0, x1), whole[:, y0:y1, x0:x1])
         for kw in ({}, {"percentiles": (0.5, 99.8), "invert": True}, {"low_high": (10, 200)}):
             record = stream_values(regions.bands(img), img.shape, img.dtype, **kw)
@@ -110,8 +122,11 @@ def write_ome_zarr(path, data, version: str, chunks=(1, 256, 256), scale=(1.0, 0
     fmt = FormatV04() if version == "0.4" else FormatV05()
     store = parse_url(str(path), mode="w", fmt=fmt).store
     root = zarr.group(store=store, zarr_format=2 if version == "0.4" else 3)
-    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": unit},
-            {"name": "x", "type": "space", "unit": unit}]
+    axes = [
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space", "unit": unit},
+        {"name": "x", "type": "space", "unit": unit},
+    ]
     write_image(data, root, axes=axes, storage_options={"chunks": chunks}, fmt=fmt)
     attrs = root.attrs.asdict()
     ms = attrs["ome"]["multiscales"] if version == "0.5" else attrs["multiscales"]
@@ -209,15 +224,21 @@ def test_segment_reads_an_ome_zarr_block_by_block_with_the_whole_images_labels(t
     img = read_image(src)[0]
     write_ome_zarr(tmp_path / "demo.zarr", img, "0.5", chunks=(1, 100, 128), scale=(1.0, 0.65, 0.65))
     tifffile.imwrite(tmp_path / "demo.tif", img[0])
-    assert main(["segment", str(tmp_path / "demo.zarr"), "--out", str(tmp_path / "z"), "--block-size", "512",
-                 "--ome-zarr"]) == 0
+    assert (
+        main(
+            ["segment", str(tmp_path / "demo.zarr"), "--out", str(tmp_path / "z"), "--block-size", "512", "--ome-zarr"]
+        )
+        == 0
+    )
     assert main(["segment", str(tmp_path / "demo.tif"), "--out", str(tmp_path / "w"), "--block-size", "0"]) == 0
     got, meta = read_labels(tmp_path / "z" / "masks" / "demo.tif")
     whole = read_labels(tmp_path / "w" / "masks" / "demo.tif")[0]
     assert whole.max() > 30 and np.array_equal(got, whole)
     import zarr
 
-    assert np.array_equal(zarr.open_array(str(tmp_path / "z" / "masks" / "demo.zarr" / "labels" / "cells" / "0"))[:], got)
+    assert np.array_equal(
+        zarr.open_array(str(tmp_path / "z" / "masks" / "demo.zarr" / "labels" / "cells" / "0"))[:], got
+    )
     assert meta["pixel_size"] == pytest.approx((0.65, 0.65))
     prov = json.loads((tmp_path / "z" / "provenance" / "demo.json").read_text())
     assert prov["parameters"]["read"] == "regions" and prov["normalization"]["blocks"]["blocks"] == 4
@@ -254,7 +275,9 @@ def test_label_zarr_is_read_by_ome_zarr_py_and_validates_as_ngff_05(tmp_path):
     src[:] = lab
     out = tmp_path / "m.zarr"
     assert write_label_zarr(out, src, pixel_size=(0.5, 0.25), unit="micron") == 3
-    node = [n for n in Reader(parse_url(str(out / "labels" / "cells")))() if "Label" in [type(s).__name__ for s in n.specs]][0]
+    node = [
+        n for n in Reader(parse_url(str(out / "labels" / "cells")))() if "Label" in [type(s).__name__ for s in n.specs]
+    ][0]
     for k, level in enumerate(node.data):
         assert np.array_equal(np.asarray(level), lab[:: 2**k, :: 2**k])
     assert type(open_ome_zarr(zarr.open_group(str(out / "labels"), mode="r"))).__name__ == "Labels"
@@ -280,7 +303,9 @@ def test_ome_zarr_is_an_input_like_any_image(tmp_path):
         read_image(tmp_path / "a.ome.zarr", max_pixels=1000)
     found = samples.inspect(samples.discover(str(tmp_path)))
     assert [(s.sample, s.height, s.width, s.channels_in_file, s.block) for s in found] == [
-        ("a", 300, 400, 2, 0), ("b", 300, 400, 1, 0)]
+        ("a", 300, 400, 2, 0),
+        ("b", 300, 400, 1, 0),
+    ]
     assert [s.block for s in samples.inspect(samples.discover(str(tmp_path)), block_size=512)] == [512, 512]
     from cpsnake.run.provenance import folder_sha256
 
@@ -293,7 +318,12 @@ def test_ome_zarr_is_an_input_like_any_image(tmp_path):
     stack = tmp_path / "s.zarr"
     g = zarr.open_group(str(stack), mode="w", zarr_format=2)
     g.create_array("0", shape=(3, 64, 64), dtype="uint8")
-    g.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n, "type": t} for n, t in
-                               (("z", "space"), ("y", "space"), ("x", "space"))], "datasets": [{"path": "0"}]}]
+    g.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": n, "type": t} for n, t in (("z", "space"), ("y", "space"), ("x", "space"))],
+            "datasets": [{"path": "0"}],
+        }
+    ]
     with pytest.raises(CpsnakeError, match="found an OME-Zarr stack .*expected a 2-D OME-Zarr image"):
         read_image(stack)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpsnake.io.labels import read_labels, write_labels
-from cpsnake.io.tiff import write_tiff
 from cpsnake.errors import CpsnakeError
 from cpsnake.export.roi_import import read_rois, roi_mask, rois_to_labels
 from cpsnake.export.rois import labels_to_rois, trace_outlines, write_rois
+from cpsnake.io.labels import read_labels, write_labels
+from cpsnake.io.tiff import write_tiff
 from cpsnake.steps.rois import main
 
 DATA = Path(__file__).parent / "data" / "nuclei_val"
@@ -112,9 +112,14 @@ def test_roundtrip_3d_and_time_positions(tmp_path):
 def test_cli_roundtrip_keeps_shape_and_calibration(tmp_path):
     a = np.stack([hard_shapes(), hard_shapes()[::-1]])
     write_labels(tmp_path / "lab.tif", a, pixel_size=(0.5, 0.5), unit="um")
-    write_tiff(tmp_path / "img.tif", np.zeros((2, 1) + a.shape[1:], np.uint8), axes="ZCYX", pixel_size=(0.5, 0.5), unit="um")
+    write_tiff(
+        tmp_path / "img.tif", np.zeros((2, 1) + a.shape[1:], np.uint8), axes="ZCYX", pixel_size=(0.5, 0.5), unit="um"
+    )
     assert main([str(tmp_path / "lab.tif"), str(tmp_path / "r.zip")]) == 0
-    assert main(["--import", str(tmp_path / "r.zip"), "--like", str(tmp_path / "img.tif"), str(tmp_path / "back.tif")]) == 0
+    assert (
+        main(["--import", str(tmp_path / "r.zip"), "--like", str(tmp_path / "img.tif"), str(tmp_path / "back.tif")])
+        == 0
+    )
     back, meta = read_labels(tmp_path / "back.tif")
     assert np.array_equal(back, a)
     assert meta["pixel_size"] == pytest.approx((0.5, 0.5))

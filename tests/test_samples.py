@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cpsnake.run import batch, samples
 from cpsnake.errors import CpsnakeError
+from cpsnake.run import batch, samples
 
 
 def test_batches_follow_names_count_and_pixel_budget():
@@ -40,9 +40,14 @@ def test_discover_refuses_two_files_of_one_name(tmp_path):
 @pytest.mark.parametrize("sep", ["\t", ","])
 def test_sheet_with_per_image_options(tmp_path, sep):
     sheet = tmp_path / "s.tsv"
-    sheet.write_text(sep.join(["sample", "path", "channels", "diameter", "pixel_size"]) + "\n"
-                     + sep.join(["grey", "img/g.tif", "", "", ""]) + "\n"
-                     + sep.join(["rgb", "/abs/r.tif", '"1,0"' if sep == "," else "1,0", "17", "0.5"]) + "\n")
+    sheet.write_text(
+        sep.join(["sample", "path", "channels", "diameter", "pixel_size"])
+        + "\n"
+        + sep.join(["grey", "img/g.tif", "", "", ""])
+        + "\n"
+        + sep.join(["rgb", "/abs/r.tif", '"1,0"' if sep == "," else "1,0", "17", "0.5"])
+        + "\n"
+    )
     got = samples.read_sheet(sheet)
     assert [s.sample for s in got] == ["grey", "rgb"]
     assert got[0].path == str(tmp_path / "img" / "g.tif") and got[0].channels is None and got[0].diameter is None
@@ -50,17 +55,20 @@ def test_sheet_with_per_image_options(tmp_path, sep):
     assert got[1].pixel_size == 0.5
 
 
-@pytest.mark.parametrize("body, pattern", [
-    ("sample\tfile\na\tx.tif\n", "expected at least 'sample' and 'path'"),
-    ("sample\tpath\tcolour\na\tx.tif\tred\n", "unknown column"),
-    ("sample\tpath\na b\tx.tif\n", "line 2: sample name 'a b'"),
-    ("sample\tpath\na\tx.tif\na\ty.tif\n", "line 3: sample 'a' appears twice"),
-    ("sample\tpath\tchannels\na\tx.tif\t0,0\n", "channels '0,0'"),
-    ("sample\tpath\tdiameter\na\tx.tif\t-3\n", "diameter '-3'"),
-    ("sample\tpath\tpixel_size\na\tx.tif\tnan\n", "pixel_size 'nan'"),
-    ("sample\tpath\n", "no rows"),
-    ("", "empty sample sheet"),
-])
+@pytest.mark.parametrize(
+    "body, pattern",
+    [
+        ("sample\tfile\na\tx.tif\n", "expected at least 'sample' and 'path'"),
+        ("sample\tpath\tcolour\na\tx.tif\tred\n", "unknown column"),
+        ("sample\tpath\na b\tx.tif\n", "line 2: sample name 'a b'"),
+        ("sample\tpath\na\tx.tif\na\ty.tif\n", "line 3: sample 'a' appears twice"),
+        ("sample\tpath\tchannels\na\tx.tif\t0,0\n", "channels '0,0'"),
+        ("sample\tpath\tdiameter\na\tx.tif\t-3\n", "diameter '-3'"),
+        ("sample\tpath\tpixel_size\na\tx.tif\tnan\n", "pixel_size 'nan'"),
+        ("sample\tpath\n", "no rows"),
+        ("", "empty sample sheet"),
+    ],
+)
 def test_bad_sheets_are_one_line_errors(tmp_path, body, pattern):
     sheet = tmp_path / "s.tsv"
     sheet.write_text(body)
@@ -70,8 +78,22 @@ def test_bad_sheets_are_one_line_errors(tmp_path, body, pattern):
 
 
 def test_table_round_trip(tmp_path):
-    rows = [samples.Sample("a", "/x/a.tif", channels=[0, 2], diameter=12.5, pixel_size=0.25, height=10, width=20,
-                           channels_in_file=3, planes=1, dtype="uint16", pixels=200, batch="b0001"),
-            samples.Sample("b", "/x/b.tif", status="failed", reason="b.tif: not an image")]
+    rows = [
+        samples.Sample(
+            "a",
+            "/x/a.tif",
+            channels=[0, 2],
+            diameter=12.5,
+            pixel_size=0.25,
+            height=10,
+            width=20,
+            channels_in_file=3,
+            planes=1,
+            dtype="uint16",
+            pixels=200,
+            batch="b0001",
+        ),
+        samples.Sample("b", "/x/b.tif", status="failed", reason="b.tif: not an image"),
+    ]
     samples.write_table(tmp_path / "t.tsv", rows)
     assert samples.read_table(tmp_path / "t.tsv") == rows

@@ -32,8 +32,9 @@ def small_image(tmp_path_factory) -> Path:
 
 def test_segment_equals_step_commands(tmp_path, tiny_model, small_image):
     out = tmp_path / "seg"
-    assert cli.main(["segment", str(small_image), "--out", str(out), "--model", str(tiny_model), *FIND,
-                     "--geojson"]) == 0
+    assert (
+        cli.main(["segment", str(small_image), "--out", str(out), "--model", str(tiny_model), *FIND, "--geojson"]) == 0
+    )
     steps = tmp_path / "steps"
     norm, flows, masks = steps / "n.tif", steps / "f.tif", steps / "m.tif"
     assert cli.main(["normalize", str(small_image), str(norm)]) == 0
@@ -50,8 +51,21 @@ def test_segment_equals_step_commands(tmp_path, tiny_model, small_image):
     # bytes: the zip's own timestamps differ); a segment that traced other outlines, dropped or renamed
     # a ROI, or measured another image would fail here
     assert cli.main(["rois", str(masks), str(steps / "r.zip")]) == 0
-    assert cli.main(["measure", str(masks), str(small_image), str(steps / "m.csv"), "--flows", str(flows),
-                     "--geojson", str(steps / "m.geojson")]) == 0
+    assert (
+        cli.main(
+            [
+                "measure",
+                str(masks),
+                str(small_image),
+                str(steps / "m.csv"),
+                "--flows",
+                str(flows),
+                "--geojson",
+                str(steps / "m.geojson"),
+            ]
+        )
+        == 0
+    )
     assert (steps / "m.csv").read_text() == (out / "measurements" / "crop.csv").read_text()
     assert (steps / "m.geojson").read_text() == (out / "geojson" / "crop.geojson").read_text()
     assert zip_entries(steps / "r.zip") == zip_entries(out / "rois" / "crop.zip")
@@ -104,8 +118,8 @@ def test_bad_option_is_one_error_line_before_any_work(tmp_path, small_image, cap
 
 
 def test_segment_offers_every_option_of_the_step_commands():
-    from cpsnake.steps import infer, normalize, reconstruct
     from cpsnake.run import segment
+    from cpsnake.steps import infer, normalize, reconstruct
 
     def flags(parser: argparse.ArgumentParser) -> set[str]:
         return {s for a in parser._actions for s in a.option_strings}

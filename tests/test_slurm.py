@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_workflow import comparable, make_run_dir, outputs_of, run_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +49,10 @@ def _install_slurm() -> str | None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     proc = subprocess.run(
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "slurm-wlm", "munge"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     return None if proc.returncode == 0 and _have_slurm() else f"apt-get install slurm-wlm failed: {proc.stderr[-300:]}"
 
@@ -166,11 +168,17 @@ def _run_dir(root: Path, model: Path) -> Path:
 
 def _snakemake(workdir: Path, profile: str, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"),
-        "--workflow-profile", str(ROOT / "workflow" / "profiles" / profile),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--workflow-profile",
+        str(ROOT / "workflow" / "profiles" / profile),
         *extra,
     ]
     proc = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=900)
@@ -185,12 +193,17 @@ def test_slurm_run_goes_through_slurm_and_equals_the_local_run(slurm_cluster, ti
 
     cluster = _run_dir(tmp_path / "cluster", tiny_model)
     _snakemake(
-        cluster, "slurm",
-        "--jobs", "4",
-        "--set-resources", "infer:gpu=0",  # this machine has no GPU
+        cluster,
+        "slurm",
+        "--jobs",
+        "4",
+        "--set-resources",
+        "infer:gpu=0",  # this machine has no GPU
         "--slurm-keep-successful-logs",
-        "--slurm-init-seconds-before-status-checks", "2",
-        "--latency-wait", "10",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--latency-wait",
+        "10",
     )
 
     # one SLURM job per batch and rule, never per image: a plugin log per job, each naming a job id
@@ -208,7 +221,9 @@ def test_slurm_run_goes_through_slurm_and_equals_the_local_run(slurm_cluster, ti
     job_ids = [re.match(r"\d+", stem).group(0) for stems in by_rule.values() for stem in stems]
     assert len(set(job_ids)) == len(job_ids) == len(BATCH_RULES) * BATCHES + 3
     for job_id in job_ids:
-        assert re.search(rf"JobId={job_id}\b.*(?:WEXITSTATUS 0|done)", ctld), f"job {job_id} not completed in slurmctld.log"
+        assert re.search(rf"JobId={job_id}\b.*(?:WEXITSTATUS 0|done)", ctld), (
+            f"job {job_id} not completed in slurmctld.log"
+        )
 
     # same outputs as the local run
     for path in outputs_of(cluster, NAMES):

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-
-from cpsnake.stacks import stack as stack_mod
-from cpsnake.errors import CpsnakeError
-from cpsnake.stacks.planes import offset_planes
-from cpsnake.stacks.track import track_frames
 from reference import cellpose
 from test_infer import CellposeWrap
+
+from cpsnake.errors import CpsnakeError
+from cpsnake.stacks import stack as stack_mod
+from cpsnake.stacks.planes import offset_planes
+from cpsnake.stacks.track import track_frames
 
 DEMO = __import__("pathlib").Path(__file__).resolve().parents[1] / "resources" / "demo" / "stacks"
 
@@ -157,15 +157,20 @@ def test_track_splits_keep_one_id_for_the_larger_overlap():
 def zstack(tmp_path_factory):
     stack, truth = _stack(crop=64, planes=6)
     path = tmp_path_factory.mktemp("stack") / "z.tif"
-    tifffile.imwrite(path, stack, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
-                     metadata={"axes": "ZYX", "spacing": 1.0, "unit": "micron"})
+    tifffile.imwrite(
+        path,
+        stack,
+        imagej=True,
+        resolution=(1 / 0.5, 1 / 0.5),
+        metadata={"axes": "ZYX", "spacing": 1.0, "unit": "micron"},
+    )
     return path, truth
 
 
 def test_segment_stitched_stack_writes_a_calibrated_hyperstack_rois_and_3d_table(zstack, tmp_path, capsys):
-    from cpsnake.run import segment
+    from cpsnake.export.roi_import import read_rois, rois_to_labels
     from cpsnake.io.labels import read_labels
-    from cpsnake.export.roi_import import rois_to_labels, read_rois
+    from cpsnake.run import segment
 
     path, _ = zstack
     assert segment.main([str(path), "--out", str(tmp_path), "--stitch-threshold", "0.25"]) == 0
@@ -187,8 +192,8 @@ def test_segment_stitched_stack_writes_a_calibrated_hyperstack_rois_and_3d_table
 
 
 def test_segment_time_series_tracks_and_tables_carry_frames(tmp_path):
-    from cpsnake.run import segment
     from cpsnake.io.labels import read_labels
+    from cpsnake.run import segment
 
     stack, _ = _stack(crop=64, planes=3)
     movie = np.stack([np.roll(stack[1], 2 * t, axis=1) for t in range(3)])  # one plane drifting right
@@ -214,9 +219,9 @@ def test_segment_time_series_tracks_and_tables_carry_frames(tmp_path):
 
 
 def test_segment_tz_hyperstack_stitches_each_frame_and_tracks_3d_objects(tmp_path):
-    from cpsnake.run import segment
-    from cpsnake.io.labels import read_labels
     from cpsnake.export.roi_import import read_rois
+    from cpsnake.io.labels import read_labels
+    from cpsnake.run import segment
 
     stack, _ = _stack(crop=48, planes=4)
     movie = np.stack([stack, np.roll(stack, 1, axis=2)])  # 2 frames, the second moved down 1 px
@@ -226,7 +231,12 @@ def test_segment_tz_hyperstack_stitches_each_frame_and_tracks_3d_objects(tmp_pat
     labels, _ = read_labels(tmp_path / "o" / "masks" / "tz.tif")
     with tifffile.TiffFile(tmp_path / "o" / "masks" / "tz.tif") as tif:
         ij = tif.imagej_metadata
-    assert labels.shape == (2, 4, 48, 48) and (ij["frames"], ij["slices"], ij["spacing"], ij["finterval"]) == (2, 4, 2.0, 10.0)
+    assert labels.shape == (2, 4, 48, 48) and (ij["frames"], ij["slices"], ij["spacing"], ij["finterval"]) == (
+        2,
+        4,
+        2.0,
+        10.0,
+    )
     first = set(np.unique(labels[0])) - {0}
     assert first and first == set(np.unique(labels[1])) - {0}  # every 3-D object kept its id in frame 2
     names = [r.name for _, r in read_rois(tmp_path / "o" / "rois" / "tz.zip")]
@@ -237,15 +247,18 @@ def test_segment_tz_hyperstack_stitches_each_frame_and_tracks_3d_objects(tmp_pat
     assert list(table.columns[:4]) == ["label", "image", "frame", "voxels"] and len(table) == 2 * len(first)
 
 
-@pytest.mark.parametrize("axes, shape, flags, match", [
-    ("YX", (40, 40), ["--do-3d"], "found a 2-D image .* given --do-3d"),
-    ("TYX", (3, 40, 40), ["--do-3d"], "time series of 2-D frames .* given --do-3d"),
-    ("TYX", (3, 40, 40), ["--stitch-threshold", "0.3"], "given --stitch-threshold"),
-    ("ZYX", (3, 40, 40), ["--track"], "Z stack without a time axis given --track"),
-    ("ZYX", (3, 40, 40), ["--do-3d", "--anisotropy", "0"], "--anisotropy 0: found 0; expected a Z step"),
-    ("ZYX", (3, 40, 40), ["--do-3d", "--stitch-threshold", "0.3"], "--do-3d and --stitch-threshold both given"),
-    ("ZYX", (3, 40, 40), ["--stitch-threshold", "1.5"], r"--stitch-threshold 1.5: found 1.5; expected an IoU"),
-])
+@pytest.mark.parametrize(
+    "axes, shape, flags, match",
+    [
+        ("YX", (40, 40), ["--do-3d"], "found a 2-D image .* given --do-3d"),
+        ("TYX", (3, 40, 40), ["--do-3d"], "time series of 2-D frames .* given --do-3d"),
+        ("TYX", (3, 40, 40), ["--stitch-threshold", "0.3"], "given --stitch-threshold"),
+        ("ZYX", (3, 40, 40), ["--track"], "Z stack without a time axis given --track"),
+        ("ZYX", (3, 40, 40), ["--do-3d", "--anisotropy", "0"], "--anisotropy 0: found 0; expected a Z step"),
+        ("ZYX", (3, 40, 40), ["--do-3d", "--stitch-threshold", "0.3"], "--do-3d and --stitch-threshold both given"),
+        ("ZYX", (3, 40, 40), ["--stitch-threshold", "1.5"], r"--stitch-threshold 1.5: found 1.5; expected an IoU"),
+    ],
+)
 def test_bad_stack_requests_are_one_clear_line(tmp_path, capsys, tiny_model, axes, shape, flags, match):
     from cpsnake.run import segment
 
@@ -265,10 +278,14 @@ def test_single_plane_given_do_3d_is_refused():
         stack_mod.segment_stack(None, np.zeros((1, 1, 20, 20), np.uint8), mode="3d")
 
 
-@pytest.mark.parametrize("flags, norm", [(["--stitch-threshold", "0.25"], ["--norm3d"]), (["--do-3d"], ["--norm3d"]),
-                                         ([], [])], ids=["stitch", "3d", "planes"])
+@pytest.mark.parametrize(
+    "flags, norm",
+    [(["--stitch-threshold", "0.25"], ["--norm3d"]), (["--do-3d"], ["--norm3d"]), ([], [])],
+    ids=["stitch", "3d", "planes"],
+)
 def test_step_commands_give_segments_labels(tmp_path, flags, norm):
-    """normalize -> infer -> reconstruct -> rois -> measure on a stack equals `cpsnake segment` (the workflow's path)."""
+    """normalize -> infer -> reconstruct -> rois -> measure on a stack equals `cpsnake segment` (the workflow's
+    path)."""
     from cpsnake.cli import main as cli
 
     stack, _ = _stack(crop=48, planes=5)

@@ -11,11 +11,11 @@ import warnings
 
 import numpy as np
 import pytest
+from reference import cellpose
+from synthetic import voronoi_cells
 
 from cpsnake.errors import CpsnakeError
 from cpsnake.stacks.stitch import stitch_planes
-from reference import cellpose
-from synthetic import voronoi_cells
 
 THRESHOLDS = [0.1, 0.25, 0.5, 0.9]
 
@@ -62,9 +62,21 @@ def drifting_ellipses(seed, z=12, shape=(80, 112)):
     for _ in range(14):
         z0 = int(rng.integers(0, z // 2)) if rng.random() < 0.4 else 0
         z1 = int(rng.integers(z // 2, z + 1)) if rng.random() < 0.4 else z
-        tracks.append((z0, z1, rng.uniform(8, shape[0] - 8), rng.uniform(8, shape[1] - 8), rng.uniform(-1.5, 1.5),
-                       rng.uniform(-1.5, 1.5), rng.uniform(3, 8), rng.uniform(3, 8), rng.uniform(-0.4, 0.4),
-                       rng.uniform(0, np.pi), rng.uniform(-0.2, 0.2)))
+        tracks.append(
+            (
+                z0,
+                z1,
+                rng.uniform(8, shape[0] - 8),
+                rng.uniform(8, shape[1] - 8),
+                rng.uniform(-1.5, 1.5),
+                rng.uniform(-1.5, 1.5),
+                rng.uniform(3, 8),
+                rng.uniform(3, 8),
+                rng.uniform(-0.4, 0.4),
+                rng.uniform(0, np.pi),
+                rng.uniform(-0.2, 0.2),
+            )
+        )
     cy, cx = shape[0] / 2, shape[1] / 2
     split, merge = z // 3, 2 * z // 3
     planes = []
@@ -79,12 +91,12 @@ def drifting_ellipses(seed, z=12, shape=(80, 112)):
                 lab[ellipse(shape, y0 + vy * dz, x0 + vx * dz, ay * g**0.5, ax * g**0.5, ang + spin * k)] = n
         # split: one ellipse, then two halves moving apart
         gap = 0 if k < split else 2 * (k - split + 1)
-        for dx in ((0,) if k < split else (-gap - 3, gap + 3)):
+        for dx in (0,) if k < split else (-gap - 3, gap + 3):
             n += 1
             lab[ellipse(shape, cy - 20, cx + dx, 6, 6 if k < split else 4, 0)] = n
         # merge: two ellipses closing in, then one
         gap = 0 if k >= merge else 3 * (merge - k)
-        for dx in ((0,) if k >= merge else (-gap - 4, gap + 4)):
+        for dx in (0,) if k >= merge else (-gap - 4, gap + 4):
             n += 1
             lab[ellipse(shape, cy + 22, cx + dx, 5, 8 if k >= merge else 4, 0)] = n
         planes.append(relabel(lab, rng) if k != z // 2 else np.zeros(shape, np.int64))
@@ -221,20 +233,35 @@ def test_output_dtype_and_input_untouched():
     assert np.array_equal(out8, reference(m8.astype(np.int32), 0.25))
 
 
-@pytest.mark.parametrize("masks, threshold, found", [
-    (np.zeros((8, 8), np.int32), 0.25, "2 dimensions"),
-    (np.zeros((2, 2, 8, 8), np.int32), 0.25, "4 dimensions"),
-    (np.zeros((1, 8, 8), np.int32), 0.25, "1 plane"),
-    (np.zeros((3, 8, 8), np.float32), 0.25, "dtype float32"),
-    (np.zeros((3, 8, 8), bool), 0.25, "dtype bool"),
-    (np.full((3, 8, 8), -1, np.int32), 0.25, "negative label -1"),
-    (np.zeros((3, 8, 8), np.int32), 0.0, "threshold 0.0"),
-    (np.zeros((3, 8, 8), np.int32), 1.5, "threshold 1.5"),
-    (np.zeros((3, 8, 8), np.int32), float("nan"), "threshold nan"),
-    (np.zeros((3, 8, 8), np.int32), "high", "threshold 'high'"),
-    (np.full((2, 2, 2), 2**63, np.uint64), 0.25, "sum to"),
-], ids=["2d", "4d", "one-plane", "float", "bool", "negative", "threshold-0", "threshold-1.5", "threshold-nan",
-        "threshold-str", "ids-overflow"])
+@pytest.mark.parametrize(
+    "masks, threshold, found",
+    [
+        (np.zeros((8, 8), np.int32), 0.25, "2 dimensions"),
+        (np.zeros((2, 2, 8, 8), np.int32), 0.25, "4 dimensions"),
+        (np.zeros((1, 8, 8), np.int32), 0.25, "1 plane"),
+        (np.zeros((3, 8, 8), np.float32), 0.25, "dtype float32"),
+        (np.zeros((3, 8, 8), bool), 0.25, "dtype bool"),
+        (np.full((3, 8, 8), -1, np.int32), 0.25, "negative label -1"),
+        (np.zeros((3, 8, 8), np.int32), 0.0, "threshold 0.0"),
+        (np.zeros((3, 8, 8), np.int32), 1.5, "threshold 1.5"),
+        (np.zeros((3, 8, 8), np.int32), float("nan"), "threshold nan"),
+        (np.zeros((3, 8, 8), np.int32), "high", "threshold 'high'"),
+        (np.full((2, 2, 2), 2**63, np.uint64), 0.25, "sum to"),
+    ],
+    ids=[
+        "2d",
+        "4d",
+        "one-plane",
+        "float",
+        "bool",
+        "negative",
+        "threshold-0",
+        "threshold-1.5",
+        "threshold-nan",
+        "threshold-str",
+        "ids-overflow",
+    ],
+)
 def test_bad_input_is_one_clear_line(masks, threshold, found):
     """Each refusal names what was found and what was expected, on one line.
 

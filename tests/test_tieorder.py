@@ -30,8 +30,13 @@ def test_equal_counts_in_torchs_order(n):
 
 def test_presorted_and_patterned_inputs():
     for n in (500, 5000, 30000):
-        for v in (np.arange(n), np.arange(n)[::-1], np.r_[np.arange(n // 2), np.arange(n // 2)[::-1]],
-                  np.tile([1, 2], n // 2), np.zeros(n)):
+        for v in (
+            np.arange(n),
+            np.arange(n)[::-1],
+            np.r_[np.arange(n // 2), np.arange(n // 2)[::-1]],
+            np.tile([1, 2], n // 2),
+            np.zeros(n),
+        ):
             v = np.ascontiguousarray(v, dtype=np.int32)
             assert np.array_equal(tieorder.argsort_like_torch(v), _torch(v))
 

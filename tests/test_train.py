@@ -8,8 +8,8 @@ import tifffile
 import torch
 from scipy import ndimage as ndi
 
-from cpsnake.training import augment, data, pack, train
 from cpsnake.errors import CpsnakeError
+from cpsnake.training import augment, data, pack, train
 
 
 def _blobs(shape=(96, 112), seed=0, n=9):
@@ -118,8 +118,10 @@ def test_loss_equals_cellpose_loss():
 
     g = torch.Generator().manual_seed(0)
     pred = torch.randn(2, 3, 16, 16, generator=g)
-    target = torch.cat([(torch.rand(2, 1, 16, 16, generator=g) > 0.5).float(),
-                        torch.randn(2, 2, 16, 16, generator=g).clamp(-1, 1)], dim=1)
+    target = torch.cat(
+        [(torch.rand(2, 1, 16, 16, generator=g) > 0.5).float(), torch.randn(2, 2, 16, 16, generator=g).clamp(-1, 1)],
+        dim=1,
+    )
     ours = train.loss_fn(pred, target)
     ref = _loss_fn_seg(target, pred, torch.device("cpu"))
     assert float(ours) == pytest.approx(float(ref), rel=1e-6)
@@ -170,8 +172,21 @@ def test_a_pair_listed_twice_is_kept_twice_and_reported_once(tmp_path, capsys):
     assert [it["name"] for it in items] == ["im0", "im0"] and items[0]["path"] == items[1]["path"]
     assert "1 image(s) with fewer than 5 objects left out: im1\n" in capsys.readouterr().out
     assert len(list((tmp_path / "cache").iterdir())) == 2  # one cache file per distinct image
-    train.main([str(lst), "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "1",
-                "--cache", str(tmp_path / "cache"), "--save-every", "1"])
+    train.main(
+        [
+            str(lst),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--save-every",
+            "1",
+        ]
+    )
     assert "train: 1 images, 9 objects (2 entries with repeats)" in capsys.readouterr().out
 
 
@@ -196,8 +211,20 @@ def test_training_lowers_loss_and_writes_loadable_model(items, tmp_path):
 
     torch.set_num_threads(1)
     net = _small_net()
-    rows = train.train(net, items, out_dir=tmp_path, steps=40, batch_size=2, lr=2e-3, warmup=4, decay=0,
-                       seed=0, diam_range=(15, 30), log_every=1000, save_every=0)
+    rows = train.train(
+        net,
+        items,
+        out_dir=tmp_path,
+        steps=40,
+        batch_size=2,
+        lr=2e-3,
+        warmup=4,
+        decay=0,
+        seed=0,
+        diam_range=(15, 30),
+        log_every=1000,
+        save_every=0,
+    )
     losses = [r["loss"] for r in rows]
     assert len(losses) == 40
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
@@ -260,8 +287,10 @@ def test_same_command_same_data_gives_the_same_model_bit_for_bit(items, tmp_path
     """The card's reproducibility claim rests on this: a fixed seed fixes every batch and every update."""
     torch.set_num_threads(1)
     kw = dict(steps=3, batch_size=2, lr=1e-3, warmup=1, decay=1, diam_range=(15, 30), save_every=0, log_every=1000)
-    runs = {name: train.train(_small_net(), items, out_dir=tmp_path / name, seed=s, **kw)
-            for name, s in [("a", 11), ("b", 11), ("c", 12)]}
+    runs = {
+        name: train.train(_small_net(), items, out_dir=tmp_path / name, seed=s, **kw)
+        for name, s in [("a", 11), ("b", 11), ("c", 12)]
+    }
     sd = {name: torch.load(tmp_path / name / "model.pt", weights_only=True) for name in runs}
     assert [r["loss"] for r in runs["a"]] == [r["loss"] for r in runs["b"]]
     assert all(torch.equal(sd["a"][k], sd["b"][k]) for k in sd["a"])
@@ -272,8 +301,21 @@ def test_same_command_same_data_gives_the_same_model_bit_for_bit(items, tmp_path
 def test_bfloat16_autocast_training_lowers_loss_and_saves_float32(items, tmp_path):
     """The GPU recipe's mixed precision (autocast bf16, float32 master weights), run here on the CPU."""
     torch.set_num_threads(1)
-    rows = train.train(_small_net(), items, out_dir=tmp_path, steps=40, batch_size=2, lr=2e-3, warmup=4, decay=0,
-                       seed=0, diam_range=(15, 30), log_every=1000, save_every=0, bf16=True)
+    rows = train.train(
+        _small_net(),
+        items,
+        out_dir=tmp_path,
+        steps=40,
+        batch_size=2,
+        lr=2e-3,
+        warmup=4,
+        decay=0,
+        seed=0,
+        diam_range=(15, 30),
+        log_every=1000,
+        save_every=0,
+        bf16=True,
+    )
     losses = [r["loss"] for r in rows]
     assert np.all(np.isfinite(losses)) and np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
     sd = torch.load(tmp_path / "model.pt", weights_only=True)
@@ -309,12 +351,40 @@ def test_cli_resume_keeps_the_checkpoint_options_unless_given(tmp_path, capsys):
     root = _split(tmp_path / "s", n=2)
     out = tmp_path / "run"
     base = [str(root), "--out", str(out), "--device", "cpu", "--log-every", "1"]
-    assert train.main(base + ["--arch", "tiny", "--steps", "1", "--batch-size", "1", "--lr", "3e-4",
-                              "--layer-drop", "0", "--diam-range", "12", "20", "--weight-decay", "0.05"]) == 0
+    assert (
+        train.main(
+            base
+            + [
+                "--arch",
+                "tiny",
+                "--steps",
+                "1",
+                "--batch-size",
+                "1",
+                "--lr",
+                "3e-4",
+                "--layer-drop",
+                "0",
+                "--diam-range",
+                "12",
+                "20",
+                "--weight-decay",
+                "0.05",
+            ]
+        )
+        == 0
+    )
     assert train.main(base + ["--resume", str(out / "checkpoint.pt"), "--steps", "2"]) == 0
     cfg = train.load_checkpoint(out / "checkpoint.pt")["config"]
-    assert cfg == {**cfg, "batch_size": 1, "lr": 3e-4, "layer_drop": 0.0, "diam_range": [12.0, 20.0],
-                   "weight_decay": 0.05, "steps": 2}
+    assert cfg == {
+        **cfg,
+        "batch_size": 1,
+        "lr": 3e-4,
+        "layer_drop": 0.0,
+        "diam_range": [12.0, 20.0],
+        "weight_decay": 0.05,
+        "steps": 2,
+    }
     assert "resume: batch_size 1" in capsys.readouterr().out
     # an option given again wins
     assert train.main(base + ["--resume", str(out / "checkpoint.pt"), "--steps", "3", "--diam-range", "15", "30"]) == 0
@@ -395,8 +465,8 @@ def test_batches_do_not_depend_on_worker_processes(items, tmp_path):
 
 def test_targets_reconstruct_to_the_masks_before_and_after_warping(tmp_path):
     """The targets speak the pipeline's convention: 5 x flows + cellprob logits -> compute_masks -> the masks."""
-    from cpsnake.training.evaluate import scores
     from cpsnake.engine.reconstruct import compute_masks
+    from cpsnake.training.evaluate import scores
 
     root = _split(tmp_path / "s", n=1, shape=(128, 128))
     [item] = data.prepare(data.list_pairs(root), tmp_path / "cache")
@@ -408,8 +478,9 @@ def test_targets_reconstruct_to_the_masks_before_and_after_warping(tmp_path):
         return compute_masks(np.concatenate([5 * t[1:], 10 * (t[:1] > 0.5) - 5]).astype(np.float32))
 
     assert scores(lab, masks(target), [0.9])["ap@0.9"] == 1.0
-    t = augment.random_warp(np.random.default_rng(2), lab.shape, diameter=item["diameter"], diam_range=(20, 30),
-                            bsize=256)
+    t = augment.random_warp(
+        np.random.default_rng(2), lab.shape, diameter=item["diameter"], diam_range=(20, 30), bsize=256
+    )
     warped = np.concatenate([augment.warp(target[:1], t), augment.warp(target[1:], t, vectors=True)])
     true = augment.warp(lab[None], t, order=0)[0].astype(np.int32)
     r = scores(true, masks(warped), [0.5])

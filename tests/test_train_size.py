@@ -11,9 +11,9 @@ import pytest
 
 from cpsnake import cli
 from cpsnake.engine import size
-from cpsnake.training import data, train_size
-from cpsnake.models.registry import load_model
 from cpsnake.errors import CpsnakeError
+from cpsnake.models.registry import load_model
+from cpsnake.training import data, train_size
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,24 @@ def test_written_size_model_is_read_by_cellpose3_and_by_diameter_auto(cp3, unet_
 
     model = tmp_path / "unet17.pt"
     shutil.copy(unet_file, model)
-    assert cli.main(["train-size", str(model), str(discs), "--per-image", "3", "--crop", "96",
-                     "--cache", str(tmp_path / "cache"), "--val", str(discs)]) == 0
+    assert (
+        cli.main(
+            [
+                "train-size",
+                str(model),
+                str(discs),
+                "--per-image",
+                "3",
+                "--crop",
+                "96",
+                "--cache",
+                str(tmp_path / "cache"),
+                "--val",
+                str(discs),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "train-size: 4 images, 12 draws, 32 style values" in out and "val: 4 images" in out
     written = tmp_path / "size_unet17.npy"
@@ -84,14 +100,33 @@ def test_written_size_model_is_read_by_cellpose3_and_by_diameter_auto(cp3, unet_
 
     img = tifffile.imread(discs / "images" / "r8.tif")
     np.save(tmp_path / "img.npy", img)
-    ref = cp3("size", state=str(model), size=str(written), image=str(tmp_path / "img.npy"), channels=[0, 0],
-              nbase=[2, 8, 16, 32])
+    ref = cp3(
+        "size",
+        state=str(model),
+        size=str(written),
+        image=str(tmp_path / "img.npy"),
+        channels=[0, 0],
+        nbase=[2, 8, 16, 32],
+    )
     _, diam_style = size.estimate_diameter(load_model(model), normalize(img[None])[0], params, progress=False)
     assert diam_style == pytest.approx(float(ref["diam_style"]), rel=1e-4)
     assert diam_style != pytest.approx(17.0, rel=1e-3)  # the fitted regression moved it
     seg = tmp_path / "seg"
-    assert cli.main(["segment", str(discs / "images" / "r8.tif"), "--out", str(seg), "--model", str(model),
-                     "--diameter", "auto"]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                str(discs / "images" / "r8.tif"),
+                "--out",
+                str(seg),
+                "--model",
+                str(model),
+                "--diameter",
+                "auto",
+            ]
+        )
+        == 0
+    )
     assert (seg / "masks" / "r8.tif").exists()
     assert json.loads((seg / "provenance" / "r8.json").read_text())["model"]["family"] == "unet"
 

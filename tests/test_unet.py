@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from cpsnake.engine import infer
+from cpsnake.errors import CpsnakeError
 from cpsnake.models.registry import family_of, load_model
 from cpsnake.models.state import save_model
 from cpsnake.models.unet import UNet, build_unet
-from cpsnake.errors import CpsnakeError
 
 
 @pytest.fixture(scope="module")
@@ -55,20 +55,30 @@ def test_network_and_style_equal_cellpose3(cp3, cp3_net, tmp_path):
         assert np.abs(ref["y"]).max() > 0.1  # the comparison compares something
 
 
-@pytest.mark.parametrize("shape, augment, rsz", [
-    ((2, 100, 150), False, None),  # smaller than a tile: the U-Net runs on the padded image, not a 224 tile
-    ((2, 500, 400), False, None),
-    ((2, 300, 260), True, None),
-    ((1, 180, 90), True, None),    # one channel (the second is zero) and narrower than a tile, augmented
-    ((2, 300, 260), False, 0.6),   # resized for a diameter
-])
+@pytest.mark.parametrize(
+    "shape, augment, rsz",
+    [
+        ((2, 100, 150), False, None),  # smaller than a tile: the U-Net runs on the padded image, not a 224 tile
+        ((2, 500, 400), False, None),
+        ((2, 300, 260), True, None),
+        ((1, 180, 90), True, None),  # one channel (the second is zero) and narrower than a tile, augmented
+        ((2, 300, 260), False, 0.6),  # resized for a diameter
+    ],
+)
 def test_whole_image_flows_equal_cellpose3_run_net(cp3, cp3_net, tmp_path, shape, augment, rsz):
     state, net = cp3_net
     img = np.random.default_rng(1).random(shape, dtype=np.float32)
     two = np.concatenate([img, np.zeros((2 - shape[0], *shape[1:]), np.float32)])
     np.save(tmp_path / "img.npy", two.transpose(1, 2, 0)[None])  # 1 Y X 2
-    ref = cp3("run_net", state=str(state), nbase=[2, 32, 64, 128, 256], image=str(tmp_path / "img.npy"),
-              augment=augment, tile_overlap=0.1, rsz=rsz)
+    ref = cp3(
+        "run_net",
+        state=str(state),
+        nbase=[2, 32, 64, 128, 256],
+        image=str(tmp_path / "img.npy"),
+        augment=augment,
+        tile_overlap=0.1,
+        rsz=rsz,
+    )
     yref = ref["y"][0].transpose(2, 0, 1)  # Y X 3 -> 3 Y X at the (resized) size
     if rsz is None:
         ours = infer.run_net(net, img, augment=augment)
@@ -82,7 +92,9 @@ def test_whole_image_flows_equal_cellpose3_run_net(cp3, cp3_net, tmp_path, shape
 
 def test_a_file_of_neither_family_is_one_error(tmp_path):
     torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "odd.pt")
-    with pytest.raises(CpsnakeError, match=r"found keys conv.weight .*expected a Cellpose-SAM model .* or a cellpose 1-3 U-Net"):
+    with pytest.raises(
+        CpsnakeError, match=r"found keys conv.weight .*expected a Cellpose-SAM model .* or a cellpose 1-3 U-Net"
+    ):
         load_model(tmp_path / "odd.pt")
 
 
@@ -91,7 +103,10 @@ def test_missing_and_extra_keys_are_one_error(tmp_path):
     del state["output.2.bias"]
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(CpsnakeError, match=r"missing keys output.2.bias; unexpected keys extra.weight; expected a complete cellpose 3 U-Net"):
+    with pytest.raises(
+        CpsnakeError,
+        match=r"missing keys output.2.bias; unexpected keys extra.weight; expected a complete cellpose 3 U-Net",
+    ):
         load_model(tmp_path / "bad.pt")
 
 
@@ -127,8 +142,15 @@ def test_normalized_image_to_flows_equals_cellpose3_eval(cp3, cp3_net, tmp_path,
         channels, ours_channels, axis = [0, 0], None, None
     diameter = 17.0 if "17" in case else None
     np.save(tmp_path / "img.npy", img if axis == 0 else img[0])
-    ref = cp3("eval", state=str(state), image=str(tmp_path / "img.npy"), channels=channels, diameter=diameter,
-              augment=case == "augment", channel_axis=axis)
+    ref = cp3(
+        "eval",
+        state=str(state),
+        image=str(tmp_path / "img.npy"),
+        channels=channels,
+        diameter=diameter,
+        augment=case == "augment",
+        channel_axis=axis,
+    )
     x, _ = normalize(select_channels(img, ours_channels))
     flows = infer.predict(net, x, diameter=diameter, augment=case == "augment")
     assert_close(flows[:2], ref["dP"], 1e-4)
@@ -147,8 +169,14 @@ def test_stack_to_3d_flows_equals_cellpose3_do_3d(cp3, cp3_net, tmp_path, opencv
     state, net = cp3_net
     stack = np.random.default_rng(4).gamma(2.0, 300, (6, 60, 70)).astype(np.uint16)
     np.save(tmp_path / "stack.npy", stack)
-    ref = cp3("eval3d", state=str(state), image=str(tmp_path / "stack.npy"), channels=[0, 0], diameter=diameter,
-              anisotropy=anisotropy)
+    ref = cp3(
+        "eval3d",
+        state=str(state),
+        image=str(tmp_path / "stack.npy"),
+        channels=[0, 0],
+        diameter=diameter,
+        anisotropy=anisotropy,
+    )
     x, _ = normalize(stack[np.newaxis])  # (C, Z, Y, X): one channel's percentiles over every plane
     flows = infer3d.predict_3d(net, x.transpose(1, 0, 2, 3), diameter=diameter, anisotropy=anisotropy)
     assert_close(flows[:3], ref["dP"], 1e-4)
@@ -159,9 +187,10 @@ def test_stack_to_3d_flows_equals_cellpose3_do_3d(cp3, cp3_net, tmp_path, opencv
 def test_flow_following_without_interpolation_equals_cellpose3(cp3, tmp_path, seed):
     """``interp=False`` follows the flows as cellpose 3's ``steps2D`` (what its size estimation uses): the
     same end points. (The masks made from them then go through cpsnake's seeding, which is cellpose 4's.)"""
-    from cpsnake.engine import dynamics
     from synthetic import voronoi_cells
     from test_reconstruct import noisy_flows
+
+    from cpsnake.engine import dynamics
 
     flows = noisy_flows(voronoi_cells((128, 160), spacing=22, seed=seed), seed)
     step = (flows[:2] * (flows[2] > 0) / np.float32(5)).astype(np.float32)
@@ -175,8 +204,12 @@ def test_flow_following_without_interpolation_equals_cellpose3(cp3, tmp_path, se
 
 def _size_file(path, style_channels=256, seed=0):
     rng = np.random.default_rng(seed)
-    params = {"A": rng.normal(0, 0.5, style_channels), "smean": rng.normal(0, 0.05, style_channels),
-              "ymean": np.float64(-0.1), "diam_mean": 30.0}
+    params = {
+        "A": rng.normal(0, 0.5, style_channels),
+        "smean": rng.normal(0, 0.05, style_channels),
+        "ymean": np.float64(-0.1),
+        "diam_mean": 30.0,
+    }
     np.save(path, params)  # what cellpose 3 writes: a pickled dict in a .npy
     return path
 
@@ -241,8 +274,12 @@ def test_step_commands_and_segment_take_a_unet_and_follow_its_scale(unet_file, t
     tifffile.imwrite(tmp_path / "img.tif", img)
     find = ["--flow-threshold", "0", "--cellprob-threshold", "-0.5"]
     assert cli.main(["normalize", str(tmp_path / "img.tif"), str(tmp_path / "n.tif")]) == 0
-    assert cli.main(["infer", str(tmp_path / "n.tif"), str(tmp_path / "f.tif"), "--model", str(unet_file),
-                     "--diameter", "34"]) == 0
+    assert (
+        cli.main(
+            ["infer", str(tmp_path / "n.tif"), str(tmp_path / "f.tif"), "--model", str(unet_file), "--diameter", "34"]
+        )
+        == 0
+    )
     flows, meta = read_flows(tmp_path / "f.tif")
     assert meta["network_scale"] == pytest.approx(0.5)
     assert cli.main(["reconstruct", str(tmp_path / "f.tif"), str(tmp_path / "m.tif"), *find]) == 0
@@ -252,8 +289,22 @@ def test_step_commands_and_segment_take_a_unet_and_follow_its_scale(unet_file, t
     assert np.array_equal(read_labels(tmp_path / "m.tif")[0], expected)
     assert not np.array_equal(expected, compute_masks(flows, niter=200, flow_threshold=0, cellprob_threshold=-0.5))
     out = tmp_path / "seg"
-    assert cli.main(["segment", str(tmp_path / "img.tif"), "--out", str(out), "--model", str(unet_file),
-                     "--diameter", "34", *find]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                str(tmp_path / "img.tif"),
+                "--out",
+                str(out),
+                "--model",
+                str(unet_file),
+                "--diameter",
+                "34",
+                *find,
+            ]
+        )
+        == 0
+    )
     assert np.array_equal(read_labels(out / "masks" / "img.tif")[0], expected)
     assert json.loads((out / "provenance" / "img.json").read_text())["model"]["family"] == "unet"
 
@@ -264,17 +315,58 @@ def test_diameter_auto_errors_are_one_line(unet_file, tiny_model, tmp_path, caps
     from cpsnake import cli
 
     tifffile.imwrite(tmp_path / "img.tif", np.random.default_rng(0).integers(0, 999, (64, 64)).astype(np.uint16))
-    assert cli.main(["segment", str(tmp_path / "img.tif"), "--out", str(tmp_path / "a"), "--model", str(tiny_model),
-                     "--diameter", "auto"]) == 1
+    assert (
+        cli.main(
+            [
+                "segment",
+                str(tmp_path / "img.tif"),
+                "--out",
+                str(tmp_path / "a"),
+                "--model",
+                str(tiny_model),
+                "--diameter",
+                "auto",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "found a Cellpose-SAM model, expected a classic Cellpose U-Net with a size model" in err[0]
-    assert cli.main(["segment", str(tmp_path / "img.tif"), "--out", str(tmp_path / "b"), "--model", str(unet_file),
-                     "--diameter", "auto"]) == 1
+    assert (
+        cli.main(
+            [
+                "segment",
+                str(tmp_path / "img.tif"),
+                "--out",
+                str(tmp_path / "b"),
+                "--model",
+                str(unet_file),
+                "--diameter",
+                "auto",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "size_unet17.npy: no size model" in err[0]
     _size_file(tmp_path / "small_style.npy", style_channels=8)
-    assert cli.main(["segment", str(tmp_path / "img.tif"), "--out", str(tmp_path / "c"), "--model", str(unet_file),
-                     "--diameter", "auto", "--size-model", str(tmp_path / "small_style.npy")]) == 1
+    assert (
+        cli.main(
+            [
+                "segment",
+                str(tmp_path / "img.tif"),
+                "--out",
+                str(tmp_path / "c"),
+                "--model",
+                str(unet_file),
+                "--diameter",
+                "auto",
+                "--size-model",
+                str(tmp_path / "small_style.npy"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "styles of 8 values" in err[0] and "expected 32 values" in err[0]
     assert not (tmp_path / "c").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import os
 import socket
 import subprocess
 import sys
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cpsnake.models import weights
 from cpsnake.errors import CpsnakeError
+from cpsnake.models import weights
 from cpsnake.models.weights import Entry, resolve
 from cpsnake.steps import weights as weights_step
 
@@ -255,9 +254,11 @@ def test_bundled_entry(tmp_path):
 def test_registry_facts():
     assert weights.REGISTRY["cpsam"].url() == "https://huggingface.co/mouseland/cellpose-sam/resolve/main/cpsam"
     assert weights.REGISTRY["cpsam_v2"].url(revision="abc") == (
-        "https://huggingface.co/mouseland/cellpose-sam/resolve/abc/cpsam_v2")
+        "https://huggingface.co/mouseland/cellpose-sam/resolve/abc/cpsam_v2"
+    )
     assert weights.REGISTRY["nuclei_small"].bundled == Path(weights.__file__).resolve().parents[3] / (
-        "resources/models/nuclei_small.pt")
+        "resources/models/nuclei_small.pt"
+    )
 
 
 def test_cli_fetch_prints_path_and_list_shows_state(tmp_path, monkeypatch, capsys):

@@ -99,7 +99,9 @@ def test_equivalent_diameters_2d_and_3d():
     labels = np.zeros((10, 10), np.int32)
     labels[0:2, 0:2] = 1  # area 4
     labels[5:10, 5:10] = 3  # area 25 (label 2 absent)
-    assert np.allclose(aggregate.equivalent_diameters(labels), [2 * math.sqrt(4 / math.pi), 2 * math.sqrt(25 / math.pi)])
+    assert np.allclose(
+        aggregate.equivalent_diameters(labels), [2 * math.sqrt(4 / math.pi), 2 * math.sqrt(25 / math.pi)]
+    )
     cube = np.zeros((3, 3, 3), np.int32)
     cube[:] = 1
     assert np.allclose(aggregate.equivalent_diameters(cube), [(6 * 27 / math.pi) ** (1 / 3)])
@@ -130,9 +132,9 @@ def fake_run(root: Path) -> Path:
     A: segmented (2 cells, calibrated); B: segmented, no cells; C: unreadable (failed at samples);
     D: failed at normalize (so skipped by every later step).
     """
+    from cpsnake.io.labels import write_labels
     from cpsnake.run import batch, samples
     from cpsnake.run.layout import Paths
-    from cpsnake.io.labels import write_labels
 
     res = root / "results"
     rows = [samples.Sample(n, f"/data/{n}.tif", batch="b0001", pixels=144) for n in ("A", "B", "D")]
@@ -149,8 +151,10 @@ def fake_run(root: Path) -> Path:
     pd.DataFrame(columns=["label", "area"]).to_csv(paths.measurements("B"), index=False)
     secs = {"infer": 2.5, "reconstruct": 0.25}
     for step in batch.STEPS:
-        out = [batch.Outcome("A", "ok", "", secs.get(step, 0.1), {"normalization": {"per_channel": [1]}}),
-               batch.Outcome("B", "ok", "", 0.0)]
+        out = [
+            batch.Outcome("A", "ok", "", secs.get(step, 0.1), {"normalization": {"per_channel": [1]}}),
+            batch.Outcome("B", "ok", "", 0.0),
+        ]
         if step == "normalize":
             out.append(batch.Outcome("D", "failed", "/data/D.tif: found a constant image"))
         else:
@@ -162,8 +166,18 @@ def fake_run(root: Path) -> Path:
 def test_aggregate_cli_tables_from_manifests(tmp_path):
     res = fake_run(tmp_path)
     out = {k: tmp_path / f"{k}.csv" for k in ("m", "s", "f")}
-    argv = ["--samples", str(res / "samples.tsv"), "--results", str(res), "--out-measurements", str(out["m"]),
-            "--out-summary", str(out["s"]), "--out-failed", str(out["f"])]
+    argv = [
+        "--samples",
+        str(res / "samples.tsv"),
+        "--results",
+        str(res),
+        "--out-measurements",
+        str(out["m"]),
+        "--out-summary",
+        str(out["s"]),
+        "--out-failed",
+        str(out["f"]),
+    ]
     assert aggregate.main(argv) == 0
     m = pd.read_csv(out["m"])
     assert list(m.columns) == ["image", "label", "area"] and list(m["image"]) == ["A", "A"]
@@ -177,13 +191,16 @@ def test_aggregate_cli_tables_from_manifests(tmp_path):
     assert math.isnan(s.loc[1, "median_diameter_px"])
     f = pd.read_csv(out["f"])
     assert list(f.columns) == ["image", "step", "reason"]
-    assert f.values.tolist() == [["C", "samples", "/data/C.tif: not an image"],
-                                 ["D", "normalize", "/data/D.tif: found a constant image"]]
+    assert f.values.tolist() == [
+        ["C", "samples", "/data/C.tif: not an image"],
+        ["D", "normalize", "/data/D.tif: found a constant image"],
+    ]
 
 
 def test_aggregate_check_fails_the_run_only_when_an_image_failed(tmp_path, capsys):
     pd.DataFrame([["C", "samples", "C.tif: not an image"]], columns=["image", "step", "reason"]).to_csv(
-        tmp_path / "f.csv", index=False)
+        tmp_path / "f.csv", index=False
+    )
     assert aggregate.main(["--check", str(tmp_path / "f.csv"), "--done", str(tmp_path / "done")]) == 1
     err = capsys.readouterr().err
     assert "C: failed at samples: C.tif: not an image" in err and "1 image(s) failed" in err
@@ -196,8 +213,18 @@ def test_aggregate_check_fails_the_run_only_when_an_image_failed(tmp_path, capsy
 def test_aggregate_cli_missing_manifest_is_one_line(tmp_path, capsys):
     res = fake_run(tmp_path)
     (res / "work" / "b0001" / "measure.tsv").unlink()
-    argv = ["--samples", str(res / "samples.tsv"), "--results", str(res), "--out-measurements", str(tmp_path / "m.csv"),
-            "--out-summary", str(tmp_path / "s.csv"), "--out-failed", str(tmp_path / "f.csv")]
+    argv = [
+        "--samples",
+        str(res / "samples.tsv"),
+        "--results",
+        str(res),
+        "--out-measurements",
+        str(tmp_path / "m.csv"),
+        "--out-summary",
+        str(tmp_path / "s.csv"),
+        "--out-failed",
+        str(tmp_path / "f.csv"),
+    ]
     assert aggregate.main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("cpsnake aggregate: error:") and "\n" not in err and "measure.tsv" in err
@@ -220,8 +247,21 @@ def test_provenance_record(tmp_path):
         (tmp_path / f"{name}.tif").write_bytes(name.encode())
         text = text.replace(f"/data/{name}.tif", str(tmp_path / f"{name}.tif"))
     table.write_text(text)
-    argv = [str(tmp_path / "p.json"), "--model", str(model), "--model-name", "m", "--config-json", '{"diameter": 17}',
-            "--snakemake-version", "9.0", "--samples", str(table), "--results", str(res)]
+    argv = [
+        str(tmp_path / "p.json"),
+        "--model",
+        str(model),
+        "--model-name",
+        "m",
+        "--config-json",
+        '{"diameter": 17}',
+        "--snakemake-version",
+        "9.0",
+        "--samples",
+        str(table),
+        "--results",
+        str(res),
+    ]
     assert provenance.main(argv) == 0
     rec = json.loads((tmp_path / "p.json").read_text())
     assert rec["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
@@ -239,8 +279,19 @@ def test_provenance_refuses_bad_config_json(tmp_path):
     res = fake_run(tmp_path)
     model = tmp_path / "m.pt"
     model.write_bytes(b"w")
-    argv = [str(tmp_path / "p.json"), "--model", str(model), "--model-name", "m", "--config-json", "{nope",
-            "--samples", str(res / "samples.tsv"), "--results", str(res)]
+    argv = [
+        str(tmp_path / "p.json"),
+        "--model",
+        str(model),
+        "--model-name",
+        "m",
+        "--config-json",
+        "{nope",
+        "--samples",
+        str(res / "samples.tsv"),
+        "--results",
+        str(res),
+    ]
     assert provenance.main(argv) == 1
     assert not (tmp_path / "p.json").exists()
 
@@ -280,12 +331,19 @@ def make_run_dir(root: Path, model: Path, **config) -> Path:
 
 def snakemake_cmd(workdir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"),
-        "--workflow-profile", str(ROOT / "workflow" / "profiles" / "local"),
-        "--cores", "2",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--workflow-profile",
+        str(ROOT / "workflow" / "profiles" / "local"),
+        "--cores",
+        "2",
         *extra,
     ]
 
@@ -296,8 +354,10 @@ def run_env() -> dict:
     The rules call the Python that runs Snakemake (`python -m cpsnake`), so they must work without it.
     """
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if not (Path(p) / "cpsnake").exists()) or "/usr/bin:/bin"
+    env["PATH"] = (
+        os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if not (Path(p) / "cpsnake").exists())
+        or "/usr/bin:/bin"
+    )
     return env
 
 
@@ -363,7 +423,12 @@ def test_run_writes_every_output(reference_run, tiny_model):
     # one job per batch and step: 3 small images are one batch
     steps = ("normalize", "infer", "reconstruct", "rois", "measure", "overlay")
     assert json.loads((reference_run / "jobs.json").read_text()) == {
-        "samples": 1, **{step: 1 for step in steps}, "aggregate": 1, "provenance": 1, "check": 1}
+        "samples": 1,
+        **{step: 1 for step in steps},
+        "aggregate": 1,
+        "provenance": 1,
+        "check": 1,
+    }
     for step in steps:
         assert [p.name for p in (res / "logs" / step).glob("*.log")] == ["b0001.log"], step
     for step in ("normalize", "infer", "reconstruct"):
@@ -422,8 +487,7 @@ def test_keep_config_keeps_intermediates_geojson_and_ome_zarr_are_written(tmp_pa
 
     from cpsnake.steps.geojson import main as geojson_main
 
-    workdir = make_run_dir(tmp_path, tiny_model, keep={"flows": True, "normalized": True}, geojson=True,
-                           ome_zarr=True)
+    workdir = make_run_dir(tmp_path, tiny_model, keep={"flows": True, "normalized": True}, geojson=True, ome_zarr=True)
     snakemake(workdir)
     res = workdir / "results"
     work = res / "work" / "b0001"
@@ -431,8 +495,12 @@ def test_keep_config_keeps_intermediates_geojson_and_ome_zarr_are_written(tmp_pa
     assert len(list((work / "normalized").glob("*.tif"))) == len(GOOD)
     for name in GOOD:
         mine = tmp_path / f"{name}.geojson"
-        assert geojson_main([str(res / "masks" / f"{name}.tif"), str(mine),
-                             "--table", str(res / "measurements" / f"{name}.csv")]) == 0
+        assert (
+            geojson_main(
+                [str(res / "masks" / f"{name}.tif"), str(mine), "--table", str(res / "measurements" / f"{name}.csv")]
+            )
+            == 0
+        )
         fc = json.loads((res / "geojson" / f"{name}.geojson").read_text())
         assert len(fc["features"]) == len(pd.read_csv(res / "measurements" / f"{name}.csv")) > 0
         assert json.loads(mine.read_text()) == fc
@@ -451,8 +519,13 @@ def write_bad_images(folder: Path) -> dict[str, str]:
     nan = blobs(7).astype(np.float32)
     nan[3, 3] = np.nan
     tifffile.imwrite(folder / "bad_nan.tif", nan)
-    return {"bad_truncated": "normalize", "bad_text": "samples", "bad_zeros": "normalize", "bad_5d": "normalize",
-            "bad_nan": "normalize"}
+    return {
+        "bad_truncated": "normalize",
+        "bad_text": "samples",
+        "bad_zeros": "normalize",
+        "bad_5d": "normalize",
+        "bad_nan": "normalize",
+    }
 
 
 @pytest.mark.workflow
@@ -512,10 +585,12 @@ def test_sample_sheet_results_folder_and_channels(tmp_path, tiny_model):
     rgb = np.stack([img // 2, img, np.zeros_like(img)])  # the nuclei are in channel 1
     tifffile.imwrite(workdir / "images" / "three.tif", rgb, imagej=True, metadata={"axes": "CYX"})
     sheet = workdir / "samples.tsv"
-    sheet.write_text("sample\tpath\tchannels\tdiameter\n"
-                     "grey_a\timages/blobs_a.tif\t\t\n"
-                     "grey_b\timages/blobs_b.tif\t\t20\n"
-                     "colour\timages/three.tif\t1\t\n")
+    sheet.write_text(
+        "sample\tpath\tchannels\tdiameter\n"
+        "grey_a\timages/blobs_a.tif\t\t\n"
+        "grey_b\timages/blobs_b.tif\t\t20\n"
+        "colour\timages/three.tif\t1\t\n"
+    )
     snakemake(workdir, "--config", f"samples={sheet}", "results=out/set1", "channels=0")
     res = workdir / "out" / "set1"
     rec = json.loads((res / "provenance.json").read_text())
@@ -529,8 +604,20 @@ def test_sample_sheet_results_folder_and_channels(tmp_path, tiny_model):
     from cpsnake import cli
 
     seg = tmp_path / "seg"
-    argv = ["segment", str(workdir / "images" / "three.tif"), "--out", str(seg), "--model", str(tiny_model),
-            "--channels", "1", "--flow-threshold", "0", "--cellprob-threshold", "-0.5"]
+    argv = [
+        "segment",
+        str(workdir / "images" / "three.tif"),
+        "--out",
+        str(seg),
+        "--model",
+        str(tiny_model),
+        "--channels",
+        "1",
+        "--flow-threshold",
+        "0",
+        "--cellprob-threshold",
+        "-0.5",
+    ]
     assert cli.main(argv) == 0
     assert (seg / "masks" / "three.tif").read_bytes() == (res / "masks" / "colour.tif").read_bytes()
 
@@ -540,7 +627,10 @@ def test_kill_9_and_rerun_gives_the_uninterrupted_outputs(tmp_path, tiny_model, 
     workdir = make_run_dir(tmp_path, tiny_model)
     res = workdir / "results"
     proc = subprocess.Popen(
-        snakemake_cmd(workdir), env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        snakemake_cmd(workdir),
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -590,17 +680,19 @@ def test_a_classic_unet_model_runs_through_the_workflow(tmp_path):
     import torch
 
     from cpsnake.engine import size
+    from cpsnake.engine.normalize import normalize
     from cpsnake.io.inputs import read_image
     from cpsnake.models.registry import load_model
     from cpsnake.models.unet import build_unet
-    from cpsnake.engine.normalize import normalize
 
     torch.manual_seed(0)
     unet = tmp_path / "my_cp3_model"  # cellpose model files often have no extension
     torch.save(build_unet(nbase=(2, 8, 16, 32)).state_dict(), unet)
     rng = np.random.default_rng(0)
-    np.save(tmp_path / "size_my_cp3_model.npy", {"A": rng.normal(0, 0.5, 32), "smean": rng.normal(0, 0.05, 32),
-                                                 "ymean": np.float64(-0.1), "diam_mean": 30.0})
+    np.save(
+        tmp_path / "size_my_cp3_model.npy",
+        {"A": rng.normal(0, 0.5, 32), "smean": rng.normal(0, 0.05, 32), "ymean": np.float64(-0.1), "diam_mean": 30.0},
+    )
     workdir = make_run_dir(tmp_path / "run", unet, diameter="auto")
     snakemake(workdir)
     res = workdir / "results"
@@ -616,8 +708,11 @@ def test_a_classic_unet_model_runs_through_the_workflow(tmp_path):
 
 
 @pytest.mark.workflow
-@pytest.mark.parametrize("stacks", [{"stitch_threshold": 0.25, "track": True}, {"do_3d": True, "anisotropy": 2.0}],
-                         ids=["stitch-track", "3d"])
+@pytest.mark.parametrize(
+    "stacks",
+    [{"stitch_threshold": 0.25, "track": True}, {"do_3d": True, "anisotropy": 2.0}],
+    ids=["stitch-track", "3d"],
+)
 def test_stacks_run_through_the_workflow_as_segment_does(tmp_path, stacks):
     """A Z stack and a time series beside 2-D images: config `stacks` applies where it fits (Z stacks are
     stitched or done in 3-D, the movie tracked, 2-D images as always) and every file equals what
@@ -626,11 +721,16 @@ def test_stacks_run_through_the_workflow_as_segment_does(tmp_path, stacks):
 
     demo = tifffile.imread(ROOT / "resources" / "demo" / "stacks" / "nuclei_zstack.tif")  # real nuclei, synthetic in Z
     zstack = demo[3:8, :48, :48]
-    workdir = make_run_dir(tmp_path / "run", ROOT / "resources" / "models" / "nuclei_small.pt", stacks=stacks,
-                           reconstruct={})
+    workdir = make_run_dir(
+        tmp_path / "run", ROOT / "resources" / "models" / "nuclei_small.pt", stacks=stacks, reconstruct={}
+    )
     tifffile.imwrite(workdir / "images" / "zstack.tif", zstack, imagej=True, metadata={"axes": "ZYX", "spacing": 2.0})
-    tifffile.imwrite(workdir / "images" / "movie.tif", np.stack([np.roll(zstack[2], 2 * t, 1) for t in range(3)]),
-                     imagej=True, metadata={"axes": "TYX", "finterval": 5.0})
+    tifffile.imwrite(
+        workdir / "images" / "movie.tif",
+        np.stack([np.roll(zstack[2], 2 * t, 1) for t in range(3)]),
+        imagej=True,
+        metadata={"axes": "TYX", "finterval": 5.0},
+    )
     snakemake(workdir)
     res = workdir / "results"
     assert (res / "failed.csv").read_text() == "image,step,reason\n"
@@ -680,8 +780,11 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
 
     demo = read_image(sorted((ROOT / "resources" / "demo" / "images").glob("bbbc039_*.tif"))[0])[0]
     write_ome_zarr(workdir / "images" / "demo.ome.zarr", demo, "0.4", chunks=(1, 200, 200))
-    cfg = {"images": str(workdir / "images"), "model": str(ROOT / "resources" / "models" / "nuclei_small.pt"),
-           "blocks": {"size": 512}}
+    cfg = {
+        "images": str(workdir / "images"),
+        "model": str(ROOT / "resources" / "models" / "nuclei_small.pt"),
+        "blocks": {"size": 512},
+    }
     (workdir / "config.yaml").write_text(json.dumps(cfg))
     proc = snakemake(workdir, check=False)
     assert proc.returncode != 0 and "1 image(s) failed" in proc.stderr  # the check job, after every table
@@ -695,10 +798,15 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
     for name in ("mosaic", "demo"):
         for kind, ext in PER_IMAGE.items():
             assert comparable(res / kind / f"{name}.{ext}") == comparable(out / kind / f"{name}.{ext}"), (name, kind)
-    assert tifffile.imread(res / "masks" / "mosaic.tif").max() > 500 and tifffile.imread(res / "masks" / "demo.tif").max() > 30
+    assert (
+        tifffile.imread(res / "masks" / "mosaic.tif").max() > 500
+        and tifffile.imread(res / "masks" / "demo.tif").max() > 30
+    )
     text = proc.stdout + proc.stderr
-    requests = {rule: {int(m) for m in re.findall(rf"rule {rule}:\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", text)}
-                for rule in ("block", "normalize", "infer", "reconstruct", "rois", "measure", "overlay")}
+    requests = {
+        rule: {int(m) for m in re.findall(rf"rule {rule}:\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", text)}
+        for rule in ("block", "normalize", "infer", "reconstruct", "rois", "measure", "overlay")
+    }
     # the block's, not the image's: a block job 1,500 MB + 100 bytes per pixel of the block and 300 px each
     # side; pass 2 and the stitch 1,000 MB + 70 bytes per pixel of the same; window by window 500 MB + 1 KB
     # per (assumed) object, one per 256 px of the image
@@ -706,8 +814,14 @@ def test_large_images_run_as_block_jobs_with_the_one_process_labels(tmp_path):
     assert requests["reconstruct"] == {1000 + 70 * (512 + 600) ** 2 // 10**6}
     assert requests["measure"] == requests["rois"] == {int(500 + 1024 * 1024**2 / 256 / 1e6)}
     # every job's peak memory (the last line of its log) within its request
-    peaks = {rule: [int(m) for f in (res / "logs" / rule).rglob("*.log")
-                    for m in re.findall(r"; peak memory (\d+) MB$", f.read_text(), re.M)] for rule in requests}
+    peaks = {
+        rule: [
+            int(m)
+            for f in (res / "logs" / rule).rglob("*.log")
+            for m in re.findall(r"; peak memory (\d+) MB$", f.read_text(), re.M)
+        ]
+        for rule in requests
+    }
     assert {rule: len(v) for rule, v in peaks.items()} == {"block": 12 - 4, **{r: 1 for r in requests if r != "block"}}
     for rule, values in peaks.items():
         assert max(values) <= min(requests[rule]), (rule, values, requests[rule])

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import ROOT, make_run_dir, run_env, snakemake_cmd
 
 from cpsnake import cli
 from cpsnake.errors import CpsnakeError
 from cpsnake.models import weights
 from cpsnake.run import workflow_args
 from cpsnake.run.config import check
-from test_workflow import ROOT, make_run_dir, run_env, snakemake_cmd
 
 
 def default_config(**changes) -> dict:
@@ -53,8 +53,13 @@ def test_model_errors_name_the_config_key(tmp_path, monkeypatch):
 
 
 def test_channels_are_read_by_the_one_parser():
-    assert [workflow_args.channels(v) for v in (None, 1, [0, 2], "0,2", " 0, 2 ")] == [None, [1], [0, 2], [0, 2],
-                                                                                      [0, 2]]
+    assert [workflow_args.channels(v) for v in (None, 1, [0, 2], "0,2", " 0, 2 ")] == [
+        None,
+        [1],
+        [0, 2],
+        [0, 2],
+        [0, 2],
+    ]
     with pytest.raises(CpsnakeError, match="config channels: found '0,0', which repeats a channel"):
         workflow_args.channels("0,0")
 
@@ -65,15 +70,25 @@ def test_layout_patterns_and_step_arguments_of_the_default_config():
     assert layout.manifest("infer") == "results/work/{batch}/infer.tsv"
     assert layout.block == "results/work/{batch}/blocks/{sample}/{k}.npz"
     assert (layout.samples_table, layout.normalized, layout.image_logs) == (
-        "results/samples.tsv", "results/work/{batch}/normalized", "results/logs/images")
-    assert layout.run_outputs == ["results/measurements.csv", "results/summary.csv", "results/failed.csv",
-                                  "results/provenance.json", "results/work/check.done"]
+        "results/samples.tsv",
+        "results/work/{batch}/normalized",
+        "results/logs/images",
+    )
+    assert layout.run_outputs == [
+        "results/measurements.csv",
+        "results/summary.csv",
+        "results/failed.csv",
+        "results/provenance.json",
+        "results/work/check.done",
+    ]
     assert workflow_args.normalize_args(config) == "--percentiles 1.0 99.0"
     assert workflow_args.infer_args(config) == "--tile-overlap 0.1"
-    assert workflow_args.reconstruct_args(config) == ("--cellprob-threshold 0.0 --flow-threshold 0.4 --min-size 15 "
-                                                      "--max-size-fraction 0.4")
-    assert workflow_args.block_args(config) == ("--tile-overlap 0.1 --cellprob-threshold 0.0 --flow-threshold 0.4 "
-                                                 "--max-size-fraction 0.4")
+    assert workflow_args.reconstruct_args(config) == (
+        "--cellprob-threshold 0.0 --flow-threshold 0.4 --min-size 15 --max-size-fraction 0.4"
+    )
+    assert workflow_args.block_args(config) == (
+        "--tile-overlap 0.1 --cellprob-threshold 0.0 --flow-threshold 0.4 --max-size-fraction 0.4"
+    )
     assert workflow_args.measure_args(default_config(geojson=True)) == " --geojson"
     with pytest.raises(CpsnakeError, match="config stacks: found do_3d true and stitch_threshold 0.5"):
         workflow_args.stack_args(default_config(stacks={"do_3d": True, "stitch_threshold": 0.5}))
@@ -108,8 +123,9 @@ def test_the_workflow_and_segment_resolve_a_model_name_to_the_same_weights(tmp_p
     record = json.loads(Path("seg/provenance/blobs_a.json").read_text())
     assert record["model"]["sha256"] == hashlib.sha256(Path(model).read_bytes()).hexdigest()
 
-    (workdir / "config.yaml").write_text(json.dumps({**json.loads((workdir / "config.yaml").read_text()),
-                                                     "model": "cpsam"}))
+    (workdir / "config.yaml").write_text(
+        json.dumps({**json.loads((workdir / "config.yaml").read_text()), "model": "cpsam"})
+    )
     model, fetched = model_of_jobs(workdir)
     assert model == "resources/weights/cpsam" and fetched == {"cpsam"}
     monkeypatch.setenv("CPSNAKE_CACHE", str(tmp_path / "cache"))

@@ -71,7 +71,8 @@ option                  allowed                    why
 [1, 1500] px each (training images are resized to these diameters: as ``--diameter``),
 ``--diam-labels`` [1, 1500], ``--log-every`` [1, 10,000,000], ``--val-every``, ``--save-every``
 [0, 10,000,000] (they divide the step count; 0 = never, at the end only), ``--val-max`` [1, 10,000,000],
-``--min-train-masks`` [0, 1,000,000], ``--workers`` [0, 64] processes, ``--seed`` [0, 2^32 - 1] (numpy's seeds). ``cpsnake train-size``:
+``--min-train-masks`` [0, 1,000,000], ``--workers`` [0, 64] processes, ``--seed`` [0, 2^32 - 1] (numpy's seeds).
+``cpsnake train-size``:
 ``--per-image`` [1, 1000] draws, ``--crop`` [16, 4096] px (the largest side fed to the network),
 ``--diam-range`` as training's, ``--l2`` [0, 1,000,000], ``--seed``, ``--min-train-masks`` as training's.
 
@@ -89,8 +90,23 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 from cpsnake.errors import CpsnakeError
 
-__all__ = ["Bound", "BOUNDS", "CONFIG", "MAX_JOBS", "AUTO_BLOCK", "parse", "check", "option", "check_pair",
-           "check_halo", "parse_channels", "check_config", "job_count", "check_jobs", "number_text"]
+__all__ = [
+    "Bound",
+    "BOUNDS",
+    "CONFIG",
+    "MAX_JOBS",
+    "AUTO_BLOCK",
+    "parse",
+    "check",
+    "option",
+    "check_pair",
+    "check_halo",
+    "parse_channels",
+    "check_config",
+    "job_count",
+    "check_jobs",
+    "number_text",
+]
 
 INF = math.inf
 
@@ -117,59 +133,127 @@ _STEPS = "a count of training steps"
 BOUNDS: dict[str, Bound] = {
     "--percentiles": Bound(float, 0, 100, "a percentile", "0 = the lowest value, 100 = the highest"),
     "--low-high": Bound(float, -INF, INF, "a raw intensity", "NaN and infinity are no intensity"),
-    "--tile-norm": Bound(int, 64, 1_000_000, "a tile side in px",
-                         "each tile costs a percentile call and the fill of flat tiles grows with the square of "
-                         "the tile count; 0 normalizes the whole image", also=(0,)),
+    "--tile-norm": Bound(
+        int,
+        64,
+        1_000_000,
+        "a tile side in px",
+        "each tile costs a percentile call and the fill of flat tiles grows with the square of "
+        "the tile count; 0 normalizes the whole image",
+        also=(0,),
+    ),
     "--diameter": Bound(float, 1, 1500, "a cell diameter in px", _DIAMETER, words=("auto",)),
     "reconstruct --diameter": Bound(float, 1, 1500, "a cell diameter in px", _DIAMETER),
-    "--batch-size": Bound(int, 1, 256, "a number of tiles per network batch",
-                          "a batch holds every tile's activations, about 100 MB each for ViT-L", words=("auto",)),
-    "--tile-overlap": Bound(float, 0.05, 0.5, "an overlap fraction of the tiles",
-                            "the number of tiles grows as (1 + 2 x overlap)^2; the default is 0.1"),
-    "--cellprob-threshold": Bound(float, -1000, 1000, "a cell probability logit",
-                                  "beyond +-1000 every pixel or none passes; the default is 0"),
-    "--flow-threshold": Bound(float, 0, 1000, "a largest mean squared flow error",
-                              "0 turns the check off; above 1000 nothing is ever dropped; the default is 0.4"),
-    "--niter": Bound(int, 1, 20_000, "a number of flow-following steps",
-                     "each step moves every foreground pixel; 20,000 is 100 x cellpose's default of 200"),
-    "--min-size": Bound(int, -1, 1_000_000_000, "a smallest mask in pixels",
-                        "-1 or 0 keep every mask; larger than any image every mask is dropped"),
-    "--max-size-fraction": Bound(float, 0, 1, "a fraction of the image", "masks above it are dropped",
-                                 open_lower=True),
-    "--anisotropy": Bound(float, 0, 100, "a Z step / pixel size ratio",
-                          "Z is resized by it before the network; planes further apart than 100 pixel sizes are "
-                          "unrelated images: segment them in 2-D, without --do-3d", open_lower=True),
-    "--flow3d-smooth": Bound(float, 0, 50, "a Gaussian sigma in voxels",
-                             "the filter spans 8 x sigma + 1 voxels per axis, so its time grows with sigma, and a "
-                             "sigma wider than a cell merges neighbouring cells' flows; cellpose suggests 1 to 2"),
+    "--batch-size": Bound(
+        int,
+        1,
+        256,
+        "a number of tiles per network batch",
+        "a batch holds every tile's activations, about 100 MB each for ViT-L",
+        words=("auto",),
+    ),
+    "--tile-overlap": Bound(
+        float,
+        0.05,
+        0.5,
+        "an overlap fraction of the tiles",
+        "the number of tiles grows as (1 + 2 x overlap)^2; the default is 0.1",
+    ),
+    "--cellprob-threshold": Bound(
+        float, -1000, 1000, "a cell probability logit", "beyond +-1000 every pixel or none passes; the default is 0"
+    ),
+    "--flow-threshold": Bound(
+        float,
+        0,
+        1000,
+        "a largest mean squared flow error",
+        "0 turns the check off; above 1000 nothing is ever dropped; the default is 0.4",
+    ),
+    "--niter": Bound(
+        int,
+        1,
+        20_000,
+        "a number of flow-following steps",
+        "each step moves every foreground pixel; 20,000 is 100 x cellpose's default of 200",
+    ),
+    "--min-size": Bound(
+        int,
+        -1,
+        1_000_000_000,
+        "a smallest mask in pixels",
+        "-1 or 0 keep every mask; larger than any image every mask is dropped",
+    ),
+    "--max-size-fraction": Bound(float, 0, 1, "a fraction of the image", "masks above it are dropped", open_lower=True),
+    "--anisotropy": Bound(
+        float,
+        0,
+        100,
+        "a Z step / pixel size ratio",
+        "Z is resized by it before the network; planes further apart than 100 pixel sizes are "
+        "unrelated images: segment them in 2-D, without --do-3d",
+        open_lower=True,
+    ),
+    "--flow3d-smooth": Bound(
+        float,
+        0,
+        50,
+        "a Gaussian sigma in voxels",
+        "the filter spans 8 x sigma + 1 voxels per axis, so its time grows with sigma, and a "
+        "sigma wider than a cell merges neighbouring cells' flows; cellpose suggests 1 to 2",
+    ),
     "--stitch-threshold": Bound(float, 0, 1, "an IoU", "0 turns stitching off"),
-    "--flow3d-threshold": Bound(float, 0, 1000, "a largest mean squared 3-D flow error",
-                                "0 turns the check off; above 1000 nothing is ever dropped"),
-    "--track-threshold": Bound(float, 0, 1, "an IoU", "the smallest overlap that links two frames' objects",
-                               open_lower=True),
-    "--block-size": Bound(int, 448, 16_384, "a block side in px",
-                          "a block holds at least 2 network tiles, 448 px for the U-Net and 512 px for "
-                          "Cellpose-SAM, and a block job asks for about 100 bytes per pixel of its read region, "
-                          "about 30 GB at 16,384 px; 0 segments every image whole", also=(0,)),
-    "--block-halo": Bound(int, 0, 16_384, "a context around each block in px",
-                          "the read region is (block + 2 x halo)^2 pixels; it is at most the block size"),
-    "--batch-images": Bound(int, 1, 10_000, "a number of images per batch",
-                            "one batch is one job, with a fixed runtime request"),
-    "--batch-pixels": Bound(int, 1, 10_000_000_000, "a number of pixels per batch",
-                            "one batch is one job, with a fixed runtime request; 200 x the default"),
+    "--flow3d-threshold": Bound(
+        float,
+        0,
+        1000,
+        "a largest mean squared 3-D flow error",
+        "0 turns the check off; above 1000 nothing is ever dropped",
+    ),
+    "--track-threshold": Bound(
+        float, 0, 1, "an IoU", "the smallest overlap that links two frames' objects", open_lower=True
+    ),
+    "--block-size": Bound(
+        int,
+        448,
+        16_384,
+        "a block side in px",
+        "a block holds at least 2 network tiles, 448 px for the U-Net and 512 px for "
+        "Cellpose-SAM, and a block job asks for about 100 bytes per pixel of its read region, "
+        "about 30 GB at 16,384 px; 0 segments every image whole",
+        also=(0,),
+    ),
+    "--block-halo": Bound(
+        int,
+        0,
+        16_384,
+        "a context around each block in px",
+        "the read region is (block + 2 x halo)^2 pixels; it is at most the block size",
+    ),
+    "--batch-images": Bound(
+        int, 1, 10_000, "a number of images per batch", "one batch is one job, with a fixed runtime request"
+    ),
+    "--batch-pixels": Bound(
+        int,
+        1,
+        10_000_000_000,
+        "a number of pixels per batch",
+        "one batch is one job, with a fixed runtime request; 200 x the default",
+    ),
     "--thresholds": Bound(float, 0, 1, "an IoU threshold", "an IoU lies in (0, 1]", open_lower=True),
     "--max-mb": Bound(float, 0, 10_000_000, "a size budget in MB", "the pack's size", open_lower=True),
     # cpsnake train
     "train --steps": Bound(int, 1, 10_000_000, _STEPS, "each step is a forward and backward pass of a batch"),
-    "train --batch-size": Bound(int, 1, 256, "a number of images per step",
-                                "each image holds its activations and gradients"),
+    "train --batch-size": Bound(
+        int, 1, 256, "a number of images per step", "each image holds its activations and gradients"
+    ),
     "train --lr": Bound(float, 0, 1, "a learning rate", "AdamW diverges far below 1", open_lower=True),
     "train --weight-decay": Bound(float, 0, 10, "an AdamW weight decay", "the default is 0.1"),
     "train --warmup": Bound(int, 0, 10_000_000, _STEPS, "as --steps"),
     "train --decay": Bound(int, 0, 10_000_000, _STEPS, "as --steps"),
     "train --layer-drop": Bound(float, 0, 1, "a stochastic depth probability", "a probability"),
-    "train --diam-range": Bound(float, 1, 1500, "a cell diameter in px",
-                                "training images are resized to it, as for --diameter"),
+    "train --diam-range": Bound(
+        float, 1, 1500, "a cell diameter in px", "training images are resized to it, as for --diameter"
+    ),
     "train --diam-labels": Bound(float, 1, 1500, "a cell diameter in px", "as --diameter"),
     "train --val-every": Bound(int, 0, 10_000_000, _STEPS, "it divides the step count; 0 = never"),
     "train --save-every": Bound(int, 0, 10_000_000, _STEPS, "it divides the step count; 0 = at the end only"),
@@ -315,12 +399,15 @@ def check_pair(name: str, pair: Sequence[float] | None, *, shown: str | None = N
     """A LOW HIGH pair (``--percentiles``, ``--low-high``, ``--diam-range``) must have LOW < HIGH."""
     if pair is not None and not pair[0] < pair[1]:
         shown = shown or f"{_flag(name)} {' '.join(_plain(v) for v in pair)}"
-        raise CpsnakeError(f"{shown}: found LOW {_plain(pair[0])} >= HIGH {_plain(pair[1])}; expected LOW < HIGH; "
-                           "give the lower value first")
+        raise CpsnakeError(
+            f"{shown}: found LOW {_plain(pair[0])} >= HIGH {_plain(pair[1])}; expected LOW < HIGH; "
+            "give the lower value first"
+        )
 
 
-def check_halo(halo: int | None, block: int | None, *, shown: str | None = None, block_name: str = "--block-size"
-               ) -> None:
+def check_halo(
+    halo: int | None, block: int | None, *, shown: str | None = None, block_name: str = "--block-size"
+) -> None:
     """``--block-halo`` at most the block side (``block`` None: the automatic block,
     :data:`AUTO_BLOCK`; 0: no blocks, any halo is unused)."""
     if halo is None or block == 0:
@@ -328,9 +415,11 @@ def check_halo(halo: int | None, block: int | None, *, shown: str | None = None,
     side = AUTO_BLOCK if block is None else int(block)
     if halo > side:
         which = f"{block_name} {side}" if block is not None else f"the automatic block of {side} px"
-        raise CpsnakeError(f"{shown or f'--block-halo {halo}'}: found a halo of {halo} px around blocks of {side} px; "
-                           f"expected at most the block side ({which}): the read region is (block + 2 x halo)^2 px; "
-                           "give a smaller halo, or larger blocks")
+        raise CpsnakeError(
+            f"{shown or f'--block-halo {halo}'}: found a halo of {halo} px around blocks of {side} px; "
+            f"expected at most the block side ({which}): the read region is (block + 2 x halo)^2 px; "
+            "give a smaller halo, or larger blocks"
+        )
 
 
 def parse_channels(value) -> list[int] | None:
@@ -382,13 +471,20 @@ def check_config(config: Mapping) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
             check(name, v, shown=f"config {key}={_plain(v)}")
-        if key in ("normalize.percentiles", "normalize.low_high") and isinstance(value, (list, tuple)) \
-                and len(value) == 2:
+        if (
+            key in ("normalize.percentiles", "normalize.low_high")
+            and isinstance(value, (list, tuple))
+            and len(value) == 2
+        ):
             check_pair(name, value, shown=f"config {key}={list(value)}")
     halo, size = _get(config, "blocks.halo"), _get(config, "blocks.size")
     if halo is not None:
-        check_halo(int(halo), None if size is None else int(size), shown=f"config blocks.halo={halo}",
-                   block_name="config blocks.size")
+        check_halo(
+            int(halo),
+            None if size is None else int(size),
+            shown=f"config blocks.halo={halo}",
+            block_name="config blocks.size",
+        )
 
 
 def job_count(batches: int, blocks: int = 0) -> int:

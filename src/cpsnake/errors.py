@@ -8,7 +8,8 @@ reading boundary, so :func:`guard` can stay narrow: any other exception is a bug
 its traceback.
 
 Warnings (Python :mod:`warnings` from cpsnake, numpy, tifffile, torch, and records of the ``tifffile``,
-``imagecodecs``, ``roifile`` and ``PIL`` loggers) raised while a command runs are collected by :func:`collected_warnings`: when the command fails
+``imagecodecs``, ``roifile`` and ``PIL`` loggers) raised while a command runs are collected by
+:func:`collected_warnings`: when the command fails
 only its error line is printed; when it succeeds each distinct warning is printed once, as one line
 ``cpsnake STEP: warning: MSG``.
 """

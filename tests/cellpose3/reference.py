@@ -70,9 +70,15 @@ def main(request: str) -> None:
                 y, style = net(torch.from_numpy(np.load(req["inputs"])))[:2]
             out = {"y": y.numpy(), "style": style.numpy()}
         else:
-            y, style = core.run_net(net, np.load(req["image"]), batch_size=req.get("batch_size", 8),
-                                    augment=req["augment"], tile_overlap=req["tile_overlap"], bsize=224,
-                                    rsz=req.get("rsz"))
+            y, style = core.run_net(
+                net,
+                np.load(req["image"]),
+                batch_size=req.get("batch_size", 8),
+                augment=req["augment"],
+                tile_overlap=req["tile_overlap"],
+                bsize=224,
+                rsz=req.get("rsz"),
+            )
             out = {"y": y, "style": style}
     elif op == "follow":
         from cellpose import dynamics
@@ -100,14 +106,26 @@ def main(request: str) -> None:
         model.net.mkldnn = False
         image = np.load(req["image"])
         if op == "eval":
-            _, flows, style = model.eval(image, channels=req["channels"], diameter=req.get("diameter"),
-                                         augment=req.get("augment", False), compute_masks=False,
-                                         channel_axis=req.get("channel_axis"))
+            _, flows, style = model.eval(
+                image,
+                channels=req["channels"],
+                diameter=req.get("diameter"),
+                augment=req.get("augment", False),
+                compute_masks=False,
+                channel_axis=req.get("channel_axis"),
+            )
             out = {"dP": flows[1], "cellprob": flows[2], "style": style}
         elif op == "eval3d":
-            _, flows, _ = model.eval(image, channels=req["channels"], diameter=req.get("diameter"), z_axis=0,
-                                     channel_axis=req.get("channel_axis"), do_3D=True,
-                                     anisotropy=req.get("anisotropy"), compute_masks=False)
+            _, flows, _ = model.eval(
+                image,
+                channels=req["channels"],
+                diameter=req.get("diameter"),
+                z_axis=0,
+                channel_axis=req.get("channel_axis"),
+                do_3D=True,
+                anisotropy=req.get("anisotropy"),
+                compute_masks=False,
+            )
             out = {"dP": flows[1], "cellprob": flows[2]}
         else:
             size = models.SizeModel(model, pretrained_size=req["size"])

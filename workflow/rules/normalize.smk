@@ -5,9 +5,7 @@ rule normalize:
     input:
         images=batch_images,
     output:
-        images=intermediate(
-            directory(LAYOUT.normalized), "normalized"
-        ),
+        images=intermediate(directory(LAYOUT.normalized), "normalized"),
         manifest=work("normalize"),
     log:
         f"{RESULTS}/logs/normalize/{{batch}}.log",

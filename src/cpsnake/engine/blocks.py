@@ -38,8 +38,20 @@ import numpy as np
 from cpsnake.bounds import AUTO_BLOCK
 from cpsnake.errors import CpsnakeError
 
-__all__ = ["Block", "block_grid", "auto_block_size", "default_halo", "region_flows", "owned_objects", "Assembler",
-           "segment_blocks", "check_block_size", "seed_block", "finish_blocks", "halo_advice"]
+__all__ = [
+    "Block",
+    "block_grid",
+    "auto_block_size",
+    "default_halo",
+    "region_flows",
+    "owned_objects",
+    "Assembler",
+    "segment_blocks",
+    "check_block_size",
+    "seed_block",
+    "finish_blocks",
+    "halo_advice",
+]
 
 AUTO_WHOLE = 4096 * 4096  # auto: images up to this many pixels are segmented whole (above: cpsnake.bounds.AUTO_BLOCK)
 
@@ -63,8 +75,13 @@ def block_grid(shape: tuple[int, int], block: int, halo: int) -> list[Block]:
     for r, y0 in enumerate(range(0, Y, block)):
         for c, x0 in enumerate(range(0, X, block)):
             y1, x1 = min(y0 + block, Y), min(x0 + block, X)
-            out.append(Block((r, c), (y0, y1, x0, x1),
-                             (max(0, y0 - halo), min(Y, y1 + halo), max(0, x0 - halo), min(X, x1 + halo))))
+            out.append(
+                Block(
+                    (r, c),
+                    (y0, y1, x0, x1),
+                    (max(0, y0 - halo), min(Y, y1 + halo), max(0, x0 - halo), min(X, x1 + halo)),
+                )
+            )
     return out
 
 
@@ -82,10 +99,20 @@ def auto_block_size(shape: tuple[int, int]) -> int:
 # --- flows of a region, on the whole image's tile grid ---------------------------------------------
 
 
-def region_flows(net, read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int],
-                 region: tuple[int, int, int, int], *, channels: int, diameter: float | None = None,
-                 tile_overlap: float = 0.1, augment: bool = False, batch_size: int = 8, device=None,
-                 dtype=None) -> np.ndarray:
+def region_flows(
+    net,
+    read: Callable[[int, int, int, int], np.ndarray],
+    shape: tuple[int, int],
+    region: tuple[int, int, int, int],
+    *,
+    channels: int,
+    diameter: float | None = None,
+    tile_overlap: float = 0.1,
+    augment: bool = False,
+    batch_size: int = 8,
+    device=None,
+    dtype=None,
+) -> np.ndarray:
     """Flows ``(3, y1 - y0, x1 - x0)`` of ``region`` of a normalized image, equal to the whole image's.
 
     Parameters
@@ -161,8 +188,9 @@ def region_flows(net, read: Callable[[int, int, int, int], np.ndarray], shape: t
     sl = (slice(a0 + top - e0, a1 + top - e0), slice(b0 + left - f0, b1 + left - f0))
     flows = (acc[(slice(None), *sl)] / weight[sl]).astype(np.float32)
     if scale is not None:
-        flows = T.resize_region(lambda p, q, u, v: flows[:, p - a0 : q - a0, u - b0 : v - b0], net_shape, (Y, X),
-                                (y0, y1, x0, x1))
+        flows = T.resize_region(
+            lambda p, q, u, v: flows[:, p - a0 : q - a0, u - b0 : v - b0], net_shape, (Y, X), (y0, y1, x0, x1)
+        )
     return flows
 
 
@@ -276,13 +304,30 @@ class Assembler:
 # --- the whole chain, block by block ----------------------------------------------------------------
 
 
-def segment_blocks(net, read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int], *,
-                   channels: int, block: int, halo: int, diameter: float | None = None, tile_overlap: float = 0.1,
-                   augment: bool = False, batch_size: int = 8, device=None, dtype=None,
-                   cellprob_threshold: float = 0.0, flow_threshold: float = 0.4, niter: int | None = None,
-                   min_size: int = 15, max_size_fraction: float = 0.4, reconstruct_device=None,
-                   scratch: str | None = None, progress: Callable[[str, Block], None] | None = None,
-                   labels=None) -> tuple[np.ndarray, dict]:
+def segment_blocks(
+    net,
+    read: Callable[[int, int, int, int], np.ndarray],
+    shape: tuple[int, int],
+    *,
+    channels: int,
+    block: int,
+    halo: int,
+    diameter: float | None = None,
+    tile_overlap: float = 0.1,
+    augment: bool = False,
+    batch_size: int = 8,
+    device=None,
+    dtype=None,
+    cellprob_threshold: float = 0.0,
+    flow_threshold: float = 0.4,
+    niter: int | None = None,
+    min_size: int = 15,
+    max_size_fraction: float = 0.4,
+    reconstruct_device=None,
+    scratch: str | None = None,
+    progress: Callable[[str, Block], None] | None = None,
+    labels=None,
+) -> tuple[np.ndarray, dict]:
     """Labels ``(Y, X)`` int32 of a normalized image segmented block by block (see the module docstring).
 
     ``read``, ``shape``, ``channels`` and the network options as :func:`region_flows`; the reconstruction
@@ -314,10 +359,23 @@ def segment_blocks(net, read: Callable[[int, int, int, int], np.ndarray], shape:
         for k, b in enumerate(grid):  # pass 1: flows and masks up to the flow-error check
             if progress is not None:
                 progress("flows", b)
-            seeds, dP, n = seed_block(net, read, shape, b, channels=channels, diameter=diameter,
-                                      tile_overlap=tile_overlap, augment=augment, batch_size=batch_size, device=device,
-                                      dtype=dtype, cellprob_threshold=cellprob_threshold, niter=niter,
-                                      max_size_fraction=max_size_fraction, keep_flows=check)
+            seeds, dP, n = seed_block(
+                net,
+                read,
+                shape,
+                b,
+                channels=channels,
+                diameter=diameter,
+                tile_overlap=tile_overlap,
+                augment=augment,
+                batch_size=batch_size,
+                device=device,
+                dtype=dtype,
+                cellprob_threshold=cellprob_threshold,
+                niter=niter,
+                max_size_fraction=max_size_fraction,
+                keep_flows=check,
+            )
             heat_niter = max(heat_niter, n)
             np.save(f"{tmp}/{k}_labels.npy", seeds)
             if check:
@@ -327,8 +385,17 @@ def segment_blocks(net, read: Callable[[int, int, int, int], np.ndarray], shape:
         def load(k):
             return np.load(f"{tmp}/{k}_labels.npy"), np.load(f"{tmp}/{k}_dP.npy") if check else None
 
-        out, report = finish_blocks(grid, load, shape, heat_niter, flow_threshold=flow_threshold, min_size=min_size,
-                                    reconstruct_device=reconstruct_device, labels=store, progress=progress)
+        out, report = finish_blocks(
+            grid,
+            load,
+            shape,
+            heat_niter,
+            flow_threshold=flow_threshold,
+            min_size=min_size,
+            reconstruct_device=reconstruct_device,
+            labels=store,
+            progress=progress,
+        )
     report.update(block=block, halo=halo)
     return out, report
 
@@ -338,15 +405,30 @@ def check_block_size(net, block: int) -> None:
     from cpsnake.engine.infer import tiling
 
     if block < 2 * tiling(net).bsize:
-        raise CpsnakeError(f"block size {block} px, expected at least 2 tiles ({2 * tiling(net).bsize} px) for this "
-                           "network; give a larger --block-size, or 0 for the whole image at once")
+        raise CpsnakeError(
+            f"block size {block} px, expected at least 2 tiles ({2 * tiling(net).bsize} px) for this "
+            "network; give a larger --block-size, or 0 for the whole image at once"
+        )
 
 
-def seed_block(net, read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int], block: Block, *,
-               channels: int, diameter: float | None = None, tile_overlap: float = 0.1, augment: bool = False,
-               batch_size: int = 8, device=None, dtype=None, cellprob_threshold: float = 0.0,
-               niter: int | None = None, max_size_fraction: float = 0.4, keep_flows: bool = True
-               ) -> tuple[np.ndarray, np.ndarray | None, int]:
+def seed_block(
+    net,
+    read: Callable[[int, int, int, int], np.ndarray],
+    shape: tuple[int, int],
+    block: Block,
+    *,
+    channels: int,
+    diameter: float | None = None,
+    tile_overlap: float = 0.1,
+    augment: bool = False,
+    batch_size: int = 8,
+    device=None,
+    dtype=None,
+    cellprob_threshold: float = 0.0,
+    niter: int | None = None,
+    max_size_fraction: float = 0.4,
+    keep_flows: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Pass 1 of one block: its flows and its masks up to the flow-error check.
 
     Returns the masks of ``block.read`` ``(h, w)`` int32, its flows ``(2, h, w)`` float32 (dY, dX; None
@@ -361,11 +443,28 @@ def seed_block(net, read: Callable[[int, int, int, int], np.ndarray], shape: tup
 
     Y, X = shape
     niter = niter or int(200 / (tiling(net).scale(diameter) or 1.0))
-    flows = region_flows(net, read, shape, block.read, channels=channels, diameter=diameter,
-                         tile_overlap=tile_overlap, augment=augment, batch_size=batch_size, device=device, dtype=dtype)
+    flows = region_flows(
+        net,
+        read,
+        shape,
+        block.read,
+        channels=channels,
+        diameter=diameter,
+        tile_overlap=tile_overlap,
+        augment=augment,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+    )
     area = (block.read[1] - block.read[0]) * (block.read[3] - block.read[2])
-    labels = seed_masks(flows, cellprob_threshold=cellprob_threshold, niter=niter,
-                        max_size_fraction=max_size_fraction * (Y * X) / area, origin=block.read[::2], full_shape=shape)
+    labels = seed_masks(
+        flows,
+        cellprob_threshold=cellprob_threshold,
+        niter=niter,
+        max_size_fraction=max_size_fraction * (Y * X) / area,
+        origin=block.read[::2],
+        full_shape=shape,
+    )
     keep, _ = owned_objects(labels, block, shape)
     slices = ndi.find_objects(labels)
     heat_niter = 0
@@ -375,10 +474,18 @@ def seed_block(net, read: Callable[[int, int, int, int], np.ndarray], shape: tup
     return labels, (np.ascontiguousarray(flows[:2]) if keep_flows else None), heat_niter
 
 
-def finish_blocks(grid: list[Block], load: Callable[[int], tuple[np.ndarray, np.ndarray | None]],
-                  shape: tuple[int, int], heat_niter: int, *, flow_threshold: float = 0.4, min_size: int = 15,
-                  reconstruct_device=None, labels=None, progress: Callable[[str, Block], None] | None = None
-                  ) -> tuple[np.ndarray, dict]:
+def finish_blocks(
+    grid: list[Block],
+    load: Callable[[int], tuple[np.ndarray, np.ndarray | None]],
+    shape: tuple[int, int],
+    heat_niter: int,
+    *,
+    flow_threshold: float = 0.4,
+    min_size: int = 15,
+    reconstruct_device=None,
+    labels=None,
+    progress: Callable[[str, Block], None] | None = None,
+) -> tuple[np.ndarray, dict]:
     """Pass 2: each block's masks (``load(k) -> (masks, dP)`` of :func:`seed_block`) through the flow-error
     check with the whole image's diffusion length ``heat_niter``, holes and min size, then ownership and
     assembly (:class:`Assembler`, building in ``labels`` when given). Returns the labels and the report."""
@@ -390,8 +497,14 @@ def finish_blocks(grid: list[Block], load: Callable[[int], tuple[np.ndarray, np.
         if progress is not None:
             progress("masks", b)
         seeds, dP = load(k)
-        masks = finish_masks(seeds, dP if check else None, flow_threshold=flow_threshold if check else 0,
-                             min_size=min_size, device=reconstruct_device, heat_niter=heat_niter or None)
+        masks = finish_masks(
+            seeds,
+            dP if check else None,
+            flow_threshold=flow_threshold if check else 0,
+            min_size=min_size,
+            device=reconstruct_device,
+            heat_niter=heat_niter or None,
+        )
         assembler.add(b, masks)
     out, report = assembler.finish()
     report.update(blocks=len(grid))
@@ -402,6 +515,8 @@ def halo_advice(report: dict) -> str | None:
     """The warning for a report with possibly cut objects (None when there are none)."""
     if not report.get("cut"):
         return None
-    return (f"{report['cut']} object(s) reach the edge of their block's context (halo {report['halo']} px) and may be "
-            f"cut at a block border; expected every object within the halo; rerun with --block-halo "
-            f"{max(2 * report['halo'], 64)} (about the largest cell diameter), or --block-size 0 if the image fits")
+    return (
+        f"{report['cut']} object(s) reach the edge of their block's context (halo {report['halo']} px) and may be "
+        f"cut at a block border; expected every object within the halo; rerun with --block-halo "
+        f"{max(2 * report['halo'], 64)} (about the largest cell diameter), or --block-size 0 if the image fits"
+    )

@@ -52,7 +52,6 @@ __all__ = [
 ]
 
 
-
 def compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct labels of ``labels`` and the image with each mapped to its rank, whatever the largest id.
 
@@ -125,8 +124,15 @@ def remove_labels(labels: np.ndarray, remove: np.ndarray) -> None:
     labels[drop[labels]] = 0
 
 
-def follow_flows(dP: np.ndarray, inds: tuple[np.ndarray, np.ndarray], niter: int = 200,
-                 *, block: int = 1 << 16, device=None, interp: bool = True) -> np.ndarray:
+def follow_flows(
+    dP: np.ndarray,
+    inds: tuple[np.ndarray, np.ndarray],
+    niter: int = 200,
+    *,
+    block: int = 1 << 16,
+    device=None,
+    interp: bool = True,
+) -> np.ndarray:
     """Euler-integrate pixels along the flow field with bilinear interpolation.
 
     Parameters
@@ -238,8 +244,14 @@ def _steps_nearest(dP: np.ndarray, inds, niter: int) -> np.ndarray:
     return p
 
 
-def get_masks(p: np.ndarray, inds: tuple[np.ndarray, np.ndarray], shape: tuple[int, int],
-              *, max_size_fraction: float = 0.4, device=None) -> np.ndarray:
+def get_masks(
+    p: np.ndarray,
+    inds: tuple[np.ndarray, np.ndarray],
+    shape: tuple[int, int],
+    *,
+    max_size_fraction: float = 0.4,
+    device=None,
+) -> np.ndarray:
     """Masks from end points: histogram seeds grown in 11x11 windows, big masks dropped, renumbered.
 
     Parameters
@@ -372,8 +384,9 @@ def flow_errors(labels: np.ndarray, dP: np.ndarray, *, device=None, niter: int |
         return sums / counts
 
 
-def remove_bad_flow_masks(labels: np.ndarray, dP: np.ndarray, *, threshold: float = 0.4, device=None,
-                          niter: int | None = None) -> np.ndarray:
+def remove_bad_flow_masks(
+    labels: np.ndarray, dP: np.ndarray, *, threshold: float = 0.4, device=None, niter: int | None = None
+) -> np.ndarray:
     """Drop masks whose :func:`flow_errors` (``niter`` diffusion steps) exceed ``threshold``; renumber.
     ``labels (Y, X)`` is modified."""
     err = flow_errors(labels, dP, device=device, niter=niter)

@@ -22,7 +22,8 @@ __all__ = ["step_field", "follow_points", "histogram"]
 
 
 def step_field(dP: np.ndarray, cell: np.ndarray) -> np.ndarray:
-    """The step field ``(Z, Y, X, 3)`` float32, channels (x, y, z) interleaved: ``dP[2 - c] * cell / 5 * 2 / (L_c - 1)``,
+    """The step field ``(Z, Y, X, 3)`` float32, channels (x, y, z) interleaved:
+    ``dP[2 - c] * cell / 5 * 2 / (L_c - 1)``,
     each operation rounded to float32 as cellpose builds it with numpy and torch (the factor ``2 / (L - 1)``
     is rounded to float32 first, as torch does with a Python scalar)."""
     shape = cell.shape
@@ -76,7 +77,8 @@ _GROUP = 8  # points stepped in lockstep, so that the processor overlaps their i
 
 @njit(cache=True, nogil=True)
 def follow_points(field, idx, out, start, stop, niter, ext):
-    """Follow the voxels ``idx[start:stop]`` for ``niter`` steps; write their end points (z, y, x) to ``out[:, start:stop]``.
+    """Follow the voxels ``idx[start:stop]`` for ``niter`` steps; write their end points (z, y, x) to
+    ``out[:, start:stop]``.
 
     Parameters
     ----------

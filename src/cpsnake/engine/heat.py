@@ -189,7 +189,9 @@ def atlas(labels: np.ndarray, slices: list, present: np.ndarray) -> Atlas:
     return Atlas(y0, x0, hh, ww, oy, ox, bands[-1][1] + 1, width, bands, nz, lab, apos)
 
 
-def _heat(labels: np.ndarray, slices: list, niter: int | None, device=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _heat(
+    labels: np.ndarray, slices: list, niter: int | None, device=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Heat after diffusion, for every object pixel (diffused by numpy, or by torch on ``device``).
 
     Returns (flat pixel indices of object pixels in raster order (N,), their labels (N,),
@@ -212,6 +214,7 @@ def _heat(labels: np.ndarray, slices: list, niter: int | None, device=None) -> t
     if device is not None:
         T = _diffuse_torch(M, srcpos, niter, device)
     else:
+
         def run(band: tuple[int, int]) -> None:
             r0, r1 = band
             sel = (src_row > r0) & (src_row < r1)
@@ -220,7 +223,7 @@ def _heat(labels: np.ndarray, slices: list, niter: int | None, device=None) -> t
         # bands only share zero separator rows, so they can run in parallel (numpy releases the GIL)
         with ThreadPoolExecutor(max_workers=workers()) as pool:
             list(pool.map(run, bands))
-    del M
+    M = None  # freed (the band closure above read it)
     heat = np.zeros((Ly + 2, Lx + 2))
     yy, xx = np.divmod(nz, Lx)
     heat[yy + 1, xx + 1] = T.reshape(-1)[apos]

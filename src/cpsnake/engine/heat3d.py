@@ -1,4 +1,5 @@
-"""Flows from 3-D label stacks by heat diffusion (the 3-D Cellpose target, and the reference of the 3-D flow-error check).
+"""Flows from 3-D label stacks by heat diffusion (the 3-D Cellpose target, and the reference of the 3-D flow-error
+check).
 
 Conventions: labels are ``(Z, Y, X)`` integer stacks, 0 = background, 1..N = objects; flows are
 ``(3, Z, Y, X)`` = (dZ, dY, dX).
@@ -161,13 +162,15 @@ def _heat_3d(labels: np.ndarray, slices: list, niter: int | None) -> tuple[np.nd
         bs = b[sel]
         # position of each voxel in the slab (z, y shifted by the zero border, x by the box's column)
         pos = ((zyx[0][sel] - start[bs, 0] + 1) * H + (zyx[1][sel] - start[bs, 1] + 1)) * W + (
-            zyx[2][sel] - start[bs, 2] + ox[bs])
+            zyx[2][sel] - start[bs, 2] + ox[bs]
+        )
         M = np.zeros(D * H * W)
         M[pos] = 1.0
         M = M.reshape(D, H, W)[1:-1, 1:-1, 1:-1].copy()
         c = centers[members]
         src = ((c[:, 0] - start[members, 0] + 1) * H + (c[:, 1] - start[members, 1] + 1)) * W + (
-            c[:, 2] - start[members, 2] + ox[members])
+            c[:, 2] - start[members, 2] + ox[members]
+        )
         T = np.zeros((D, H, W))
         _diffuse_slab(T, M, src, niter)
         heat[sel] = T.reshape(-1)[pos]

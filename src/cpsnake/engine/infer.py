@@ -27,13 +27,16 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from cpsnake.errors import CpsnakeError
 from cpsnake.engine.tiles import BSIZE, TileLayout, blend_tiles, make_tiles, resize
+from cpsnake.errors import CpsnakeError
 from cpsnake.io import limits
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "run_net",
@@ -110,9 +113,16 @@ class _Pending:
     styles: np.ndarray | None = None  # (N, S) per-tile styles of a U-Net, when asked for
 
 
-def _as_network_input(img: np.ndarray, diameter: float | None, tile_overlap: float, augment: bool,
-                      max_pixels: int | None = None, spec: Tiling = Tiling(BSIZE, True, 3, 30.0),
-                      scale: float | None = None, resample: bool = True) -> _Pending:
+def _as_network_input(
+    img: np.ndarray,
+    diameter: float | None,
+    tile_overlap: float,
+    augment: bool,
+    max_pixels: int | None = None,
+    spec: Tiling = Tiling(BSIZE, True, 3, 30.0),
+    scale: float | None = None,
+    resample: bool = True,
+) -> _Pending:
     """Resize for the diameter (or by ``scale``), pad with zero channels to the network's inputs, tile."""
     img = np.asarray(img)
     if img.ndim != 3 or not 1 <= img.shape[0] <= spec.in_chans:
@@ -125,7 +135,11 @@ def _as_network_input(img: np.ndarray, diameter: float | None, tile_overlap: flo
     size = None
     scale = spec.scale(diameter) if scale is None else (None if scale == 1.0 else scale)
     if scale is not None:
-        why = f"diameter {diameter:g}: resizing by {spec.diam_mean:g}/{diameter:g}" if diameter else f"resizing by {scale:g}"
+        why = (
+            f"diameter {diameter:g}: resizing by {spec.diam_mean:g}/{diameter:g}"
+            if diameter
+            else f"resizing by {scale:g}"
+        )
         size = img.shape[1:] if resample else None
         img = resize(img, scaled_shape(img.shape, scale, max_pixels, why=why))
     if img.shape[0] < spec.in_chans:  # zero channels: for CPSAM the same as using the first C kernel channels
@@ -140,7 +154,7 @@ def _finish(item: _Pending):
     if item.styles is None:
         return flows
     style = item.styles.sum(axis=0)  # the image's style: its tiles' styles summed, unit length (cellpose 3)
-    return flows, style / (style ** 2).sum() ** 0.5
+    return flows, style / (style**2).sum() ** 0.5
 
 
 def predict_many(
@@ -164,7 +178,8 @@ def predict_many(
     Tiles of consecutive images fill each batch of ``batch_size`` tiles (32 tiles on a GPU even when
     every image has 1-4; tiles of different sizes, which a U-Net gets for images narrower than a tile,
     go to separate batches), and the next image is padded, resized and tiled in a background thread while
-    the network runs. The tiling follows the network's family (:func:`tiling`). Each image's flows equal :func:`predict` on that image alone (the same tiles go
+    the network runs. The tiling follows the network's family (:func:`tiling`). Each image's flows equal
+    :func:`predict` on that image alone (the same tiles go
     through the same network; only which tiles share a batch differs).
 
     Parameters
@@ -213,19 +228,30 @@ def predict_many(
     spec_style = int(getattr(net, "nbase", [0])[-1])
 
     if with_style and not hasattr(net, "forward_with_style"):
-        raise CpsnakeError("a style vector needs a classic Cellpose U-Net; this network has none (Cellpose-SAM "
-                           "has no style): give --diameter, or use a U-Net model with its size model")
+        raise CpsnakeError(
+            "a style vector needs a classic Cellpose U-Net; this network has none (Cellpose-SAM "
+            "has no style): give --diameter, or use a U-Net model with its size model"
+        )
     run = net.forward_with_style if with_style else net
 
     def prepare(k: int, img: np.ndarray) -> _Pending:
         d = per_image[k] if per_image is not None else diameters
-        item = _as_network_input(img, d, tile_overlap, augment, max_pixels, spec,
-                                 scale=None if scales is None else scales[k], resample=resample)
+        item = _as_network_input(
+            img,
+            d,
+            tile_overlap,
+            augment,
+            max_pixels,
+            spec,
+            scale=None if scales is None else scales[k],
+            resample=resample,
+        )
         if with_style:
             item.styles = np.zeros((len(item.tiles), spec_style), np.float32)
         return item
 
     with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+
         def submit(k: int):
             img = next(source, None)
             return None if img is None else pool.submit(prepare, k, img)
@@ -257,7 +283,9 @@ def predict_many(
                     for (item, i), v in zip(batch, st):
                         item.styles[i] = v
                 if tuple(y.shape[1:]) != (3, *x.shape[2:]):
-                    raise ValueError(f"network output of shape {tuple(y.shape)}, expected (B, 3, {x.shape[2]}, {x.shape[3]})")
+                    raise ValueError(
+                        f"network output of shape {tuple(y.shape)}, expected (B, 3, {x.shape[2]}, {x.shape[3]})"
+                    )
                 y = y.float().cpu().numpy()
                 for (item, i), out in zip(batch, y):
                     item.outputs[i] = out
@@ -320,26 +348,41 @@ def run_net(
         dY, dX, cellprob logits at the image's size.
     """
     own_size = tiling(net).diam_mean  # a diameter equal to the network's own: no resizing
-    return predict(net, img, diameter=own_size, batch_size=batch_size, tile_overlap=tile_overlap, augment=augment,
-                   device=device, dtype=dtype, progress=progress)
+    return predict(
+        net,
+        img,
+        diameter=own_size,
+        batch_size=batch_size,
+        tile_overlap=tile_overlap,
+        augment=augment,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+    )
 
 
-def resized_shape(shape: Sequence[int], diameter: float, max_pixels: int | None = None, *,
-                  base: float = 30.0) -> tuple[int, int]:
+def resized_shape(
+    shape: Sequence[int], diameter: float, max_pixels: int | None = None, *, base: float = 30.0
+) -> tuple[int, int]:
     """(Y', X') of a (C, Y, X) image resized by ``base / diameter`` for the network (``base``: the diameter
     the network sees cells at, 30 for Cellpose-SAM); a CpsnakeError when that leaves no pixel or more
     than ``max_pixels`` samples (:func:`cpsnake.io.limits.max_pixels`)."""
-    return scaled_shape(shape, base / diameter, max_pixels, why=f"diameter {diameter:g}: resizing by {base:g}/{diameter:g}")
+    return scaled_shape(
+        shape, base / diameter, max_pixels, why=f"diameter {diameter:g}: resizing by {base:g}/{diameter:g}"
+    )
 
 
-def scaled_shape(shape: Sequence[int], scale: float, max_pixels: int | None = None, *, why: str = "") -> tuple[int, int]:
+def scaled_shape(
+    shape: Sequence[int], scale: float, max_pixels: int | None = None, *, why: str = ""
+) -> tuple[int, int]:
     """(int(Y * scale), int(X * scale)) of a (C, Y, X) image (cellpose's rounding), checked as :func:`resized_shape`."""
     C, Y, X = (int(n) for n in shape[-3:])
     why = why or f"resizing by {scale:g}"
     Yr, Xr = int(Y * scale), int(X * scale)
     if Yr < 1 or Xr < 1:
-        raise CpsnakeError(f"{why}: the {Y}x{X} image would have {Yr}x{Xr} pixels; expected at least 1x1; "
-                           "give a smaller diameter")
+        raise CpsnakeError(
+            f"{why}: the {Y}x{X} image would have {Yr}x{Xr} pixels; expected at least 1x1; give a smaller diameter"
+        )
     limit = limits.max_pixels(max_pixels)
     if Yr * Xr * C > limit:
         raise CpsnakeError(
@@ -380,5 +423,17 @@ def predict(
     (3, Y, X) float32 ndarray
         dY, dX, cellprob logits at the input's size.
     """
-    return next(predict_many(net, [img], diameters=diameter, batch_size=batch_size, tile_overlap=tile_overlap,
-                             augment=augment, device=device, dtype=dtype, progress=progress, max_pixels=max_pixels))
+    return next(
+        predict_many(
+            net,
+            [img],
+            diameters=diameter,
+            batch_size=batch_size,
+            tile_overlap=tile_overlap,
+            augment=augment,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+            max_pixels=max_pixels,
+        )
+    )

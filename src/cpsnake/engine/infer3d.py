@@ -1,4 +1,5 @@
-"""The network over a stack in 3-D: a normalized ``(Z, C, Y, X)`` stack -> flows ``(4, Z, Y, X)`` = dZ, dY, dX, cellprob.
+"""The network over a stack in 3-D: a normalized ``(Z, C, Y, X)`` stack -> flows ``(4, Z, Y, X)`` = dZ, dY, dX,
+cellprob.
 
 Cellpose's ``do_3D`` (``CellposeModel._run_net`` and ``core.run_3D`` in cellpose 4.2.1.1), which
 :func:`predict_3d` reproduces:
@@ -123,8 +124,9 @@ def predict_3d(
     x = resize_3d(stack, new) if new != (Z, Y, X) else np.asarray(stack, dtype=np.float32)
     Zr, Yr, Xr = new
     flows = np.zeros((4, Zr, Yr, Xr), np.float32)
-    opts = dict(batch_size=batch_size, tile_overlap=tile_overlap, augment=augment, device=device, dtype=dtype,
-                progress=False)
+    opts = dict(
+        batch_size=batch_size, tile_overlap=tile_overlap, augment=augment, device=device, dtype=dtype, progress=False
+    )
 
     def run(planes, n):
         return predict_many(net, planes, scales=[1.0] * n, **opts)

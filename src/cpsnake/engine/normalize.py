@@ -48,8 +48,16 @@ import numpy as np
 
 from cpsnake.errors import CpsnakeError, CpsnakeWarning
 
-__all__ = ["select_channels", "normalize", "channel_values", "scale", "sample_step", "needs_float64",
-           "tile_starts", "upsample_bilinear"]
+__all__ = [
+    "select_channels",
+    "normalize",
+    "channel_values",
+    "scale",
+    "sample_step",
+    "needs_float64",
+    "tile_starts",
+    "upsample_bilinear",
+]
 
 MAX_CHANNELS = 3
 FLAT_RANGE = 1e-3  # a low..high range at most this wide is no range (Cellpose's threshold)
@@ -89,7 +97,8 @@ def select_channels(img: np.ndarray, channels: Sequence[int] | None = None) -> n
     if channels is None:
         if n > MAX_CHANNELS:
             raise CpsnakeError(
-                f"found {n} channels, expected at most {MAX_CHANNELS}; choose which go in with --channels, e.g. --channels 0,1"
+                f"found {n} channels, expected at most {MAX_CHANNELS}; choose which go in with --channels, "
+                "e.g. --channels 0,1"
             )
         return img
     channels = [int(c) for c in channels]
@@ -164,7 +173,9 @@ def _linear_index(n_src: int, n_dst: int, dtype=np.float32) -> tuple[np.ndarray,
     return i0, i1, t.astype(dtype)
 
 
-def upsample_bilinear(grid: np.ndarray, shape: tuple[int, int], rows: slice | None = None, dtype=np.float32) -> np.ndarray:
+def upsample_bilinear(
+    grid: np.ndarray, shape: tuple[int, int], rows: slice | None = None, dtype=np.float32
+) -> np.ndarray:
     """Interpolate a (ny, nx) grid of tile values to (Y, X) pixels, in ``dtype`` (float32, as Cellpose).
 
     Tile values sit at the centres of ny x nx equal cells covering the image (pixel centres at
@@ -237,7 +248,10 @@ def _arithmetic(dtype: np.dtype, ranges: list[tuple]) -> bool:
         warnings.warn(
             f"found {dtype} values up to {top:.0f}, beyond 2**53, the largest integers float64 holds exactly; "
             "they were normalized in float64, so values closer than about "
-            f"{top / FLOAT64_EXACT:.0f} apart became equal", CpsnakeWarning, stacklevel=3)
+            f"{top / FLOAT64_EXACT:.0f} apart became equal",
+            CpsnakeWarning,
+            stacklevel=3,
+        )
     return needs_float64(dtype, top)
 
 
@@ -397,7 +411,9 @@ def normalize(
         Not (C, Y, X); bad percentiles or low/high; a constant image; every channel flat.
     """
     if img.ndim not in (3, 4):
-        raise CpsnakeError(f"found an array of shape {img.shape}, expected a 2-D image (C, Y, X) or a stack (C, Z, Y, X)")
+        raise CpsnakeError(
+            f"found an array of shape {img.shape}, expected a 2-D image (C, Y, X) or a stack (C, Z, Y, X)"
+        )
     if img.ndim == 4 and int(tile_size) > 0:
         raise CpsnakeError(
             f"--tile-norm {tile_size} with a whole-stack normalization (--do-3d or --stitch-threshold); expected "
@@ -414,8 +430,9 @@ def normalize(
     if low_high is not None or tile_size == 0:
         steps = [sample_step(img.shape[1:])] * img.shape[0]
         samples = [img[c][tuple(slice(None, None, k) for k in steps[c])] for c in range(img.shape[0])]
-        record = channel_values(ranges, img.dtype, samples, steps, percentiles=q, low_high=low_high, invert=invert,
-                                allow_flat=allow_flat)
+        record = channel_values(
+            ranges, img.dtype, samples, steps, percentiles=q, low_high=low_high, invert=invert, allow_flat=allow_flat
+        )
         return scale(img, record), record
     _check_not_constant(ranges, allow_flat)
     wide = _arithmetic(img.dtype, ranges)

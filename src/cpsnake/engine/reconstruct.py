@@ -84,14 +84,28 @@ def compute_masks(
     (Y, X) int32 labels, 0 = background, 1..N renumbered; all zero when no pixel is above threshold
     (or the image is thinner than 2 pixels).
     """
-    labels = seed_masks(flows, cellprob_threshold=cellprob_threshold, niter=niter, max_size_fraction=max_size_fraction,
-                        device=device, interp=interp)
+    labels = seed_masks(
+        flows,
+        cellprob_threshold=cellprob_threshold,
+        niter=niter,
+        max_size_fraction=max_size_fraction,
+        device=device,
+        interp=interp,
+    )
     return finish_masks(labels, flows, flow_threshold=flow_threshold, min_size=min_size, device=device)
 
 
-def seed_masks(flows: np.ndarray, *, cellprob_threshold: float = 0.0, niter: int = 200, max_size_fraction: float = 0.4,
-               device=None, interp: bool = True, origin: tuple[int, int] | None = None,
-               full_shape: tuple[int, int] | None = None) -> np.ndarray:
+def seed_masks(
+    flows: np.ndarray,
+    *,
+    cellprob_threshold: float = 0.0,
+    niter: int = 200,
+    max_size_fraction: float = 0.4,
+    device=None,
+    interp: bool = True,
+    origin: tuple[int, int] | None = None,
+    full_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
     """The first half of :func:`compute_masks`: flow following, seeds, masks grown, masks over
     ``max_size_fraction`` dropped, renumbered; before the flow-error check, hole filling and the size filter.
     ``flows (3, Y, X)``; returns (Y, X) int32 labels (parameters as :func:`compute_masks`).
@@ -142,19 +156,27 @@ def _seed_masks_crop(flows, cellprob_threshold, niter, max_size_fraction, origin
     oy, ox = (int(v) for v in origin)
 
     def run(a: int) -> None:
-        follow_points(field, ys, xs, p, a, min(a + (1 << 16), n), int(niter), int(full_shape[0]), int(full_shape[1]),
-                      oy, ox)
+        follow_points(
+            field, ys, xs, p, a, min(a + (1 << 16), n), int(niter), int(full_shape[0]), int(full_shape[1]), oy, ox
+        )
 
     dynamics.run_blocks(run, n, 1 << 16, uses_torch=False)
-    del field
+    field = None  # freed (the closure above read it)
     q = p.astype(np.int64)  # truncated in the whole image's coordinates, then shifted into the crop
     q[0] -= oy
     q[1] -= ox
     return dynamics.get_masks(q, (ys, xs), shape, max_size_fraction=max_size_fraction)
 
 
-def finish_masks(labels: np.ndarray, flows: np.ndarray, *, flow_threshold: float = 0.4, min_size: int = 15,
-                 device=None, heat_niter: int | None = None) -> np.ndarray:
+def finish_masks(
+    labels: np.ndarray,
+    flows: np.ndarray,
+    *,
+    flow_threshold: float = 0.4,
+    min_size: int = 15,
+    device=None,
+    heat_niter: int | None = None,
+) -> np.ndarray:
     """The second half of :func:`compute_masks` on :func:`seed_masks`' labels (modified): masks whose flow
     error exceeds ``flow_threshold`` dropped (their own flows diffused ``heat_niter`` steps; None: cellpose's
     rule from these labels), then holes filled and masks under ``min_size`` dropped, renumbered.

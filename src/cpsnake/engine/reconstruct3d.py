@@ -33,7 +33,8 @@ positive threshold the flows of the masks found at step 3 are recomputed by 3-D 
 exceeds the threshold is dropped before step 4. Its errors are :func:`flow_errors_3d`.
 
 How it differs from cellpose in the work, not the labels: only the followed voxels are kept (flat
-indices, no (3, N) index arrays); the compiled follower (:mod:`cpsnake.engine.follow3d`, numba) walks each point through all its steps before the
+indices, no (3, N) index arrays); the compiled follower (:mod:`cpsnake.engine.follow3d`, numba) walks each point
+through all its steps before the
 next, with torch's ``grid_sample`` arithmetic reproduced to the bit, on a step field whose three channels
 are interleaved; points are
 followed in blocks (65,536 points), blocks in parallel threads (cellpose's one ``grid_sample`` batch runs on
@@ -50,11 +51,16 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cpsnake.engine.dynamics import remove_labels, remove_small, renumber, run_blocks
-from cpsnake.errors import CpsnakeError
 from cpsnake.engine.tieorder import argsort_like_torch
+from cpsnake.errors import CpsnakeError
 
-__all__ = ["compute_masks_3d", "follow_flows_3d", "get_masks_3d", "flow_errors_3d",
-           "fill_holes_and_remove_small_masks_3d"]
+__all__ = [
+    "compute_masks_3d",
+    "follow_flows_3d",
+    "get_masks_3d",
+    "flow_errors_3d",
+    "fill_holes_and_remove_small_masks_3d",
+]
 
 _PAD = 5  # histogram border: room for the 11x11x11 seed windows
 _SEED_CHUNK = 4096  # seeds grown together
@@ -127,11 +133,13 @@ def _check_flows(flows) -> np.ndarray:
     if flows.ndim != 4 or flows.shape[0] != 4:
         raise CpsnakeError(
             f"compute_masks_3d: found flows of shape {flows.shape}, expected (4, Z, Y, X) = dZ, dY, dX, cellprob; "
-            "pass 3-D flows (for a 2-D image (3, Y, X) use cpsnake.engine.reconstruct.compute_masks)")
+            "pass 3-D flows (for a 2-D image (3, Y, X) use cpsnake.engine.reconstruct.compute_masks)"
+        )
     if min(flows.shape[1:]) < 2:
         raise CpsnakeError(
             f"compute_masks_3d: found flows of shape {flows.shape}, expected at least 2 planes, rows and columns "
-            "(4, Z>=2, Y>=2, X>=2); segment a single plane in 2-D")
+            "(4, Z>=2, Y>=2, X>=2); segment a single plane in 2-D"
+        )
     if flows.dtype.kind not in "fiu":
         raise CpsnakeError(f"compute_masks_3d: found flows of dtype {flows.dtype}, expected real numbers (float32)")
     flows = flows.astype(np.float32, copy=False)
@@ -139,12 +147,14 @@ def _check_flows(flows) -> np.ndarray:
         if not np.isfinite(flows[c]).all():
             raise CpsnakeError(
                 f"compute_masks_3d: found NaN or infinite values in {name} (flows channel {c}), expected finite "
-                "flows; check the network output")
+                "flows; check the network output"
+            )
     return flows
 
 
-def follow_flows_3d(dP: np.ndarray, cell: np.ndarray, idx: np.ndarray, *, niter: int = 200,
-                    block: int = 1 << 16) -> np.ndarray:
+def follow_flows_3d(
+    dP: np.ndarray, cell: np.ndarray, idx: np.ndarray, *, niter: int = 200, block: int = 1 << 16
+) -> np.ndarray:
     """Euler-integrate voxels along ``dP / 5`` (zeroed outside ``cell``) with trilinear interpolation.
 
     Parameters
@@ -185,8 +195,9 @@ def follow_flows_3d(dP: np.ndarray, cell: np.ndarray, idx: np.ndarray, *, niter:
     return out
 
 
-def get_masks_3d(p: np.ndarray, idx: np.ndarray, shape: tuple[int, int, int], *,
-                 max_size_fraction: float = 0.4) -> np.ndarray:
+def get_masks_3d(
+    p: np.ndarray, idx: np.ndarray, shape: tuple[int, int, int], *, max_size_fraction: float = 0.4
+) -> np.ndarray:
     """Masks from end points: 3-D histogram seeds grown in 11x11x11 windows, big masks dropped, renumbered.
 
     Parameters
@@ -296,8 +307,9 @@ def flow_errors_3d(labels: np.ndarray, dP: np.ndarray) -> np.ndarray:
         return sums / counts
 
 
-def fill_holes_and_remove_small_masks_3d(labels: np.ndarray, *, min_size: int = 15,
-                                         exact_voids: bool = False) -> np.ndarray:
+def fill_holes_and_remove_small_masks_3d(
+    labels: np.ndarray, *, min_size: int = 15, exact_voids: bool = False
+) -> np.ndarray:
     """Drop objects under ``min_size`` voxels, fill each object's 3-D voids, drop again; renumber.
 
     Parameters

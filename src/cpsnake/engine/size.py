@@ -38,13 +38,22 @@ from cpsnake.engine.reconstruct import compute_masks
 from cpsnake.errors import CpsnakeError, library_text
 from cpsnake.io import files
 
-__all__ = ["read_size_model", "size_model_path", "size_model_for", "diameter_from_style", "estimate_diameter",
-           "auto_diameter"]
+__all__ = [
+    "read_size_model",
+    "size_model_path",
+    "size_model_for",
+    "diameter_from_style",
+    "estimate_diameter",
+    "auto_diameter",
+]
 
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
     ("collections", "OrderedDict"),
 }
 
@@ -80,27 +89,34 @@ def read_size_model(path: str | os.PathLike, *, style_channels: int | None = Non
         else:
             raise ValueError(f"an array of {header[2]} {header[0]}, not a dict")
     except (ValueError, pickle.UnpicklingError, EOFError, AttributeError, TypeError) as exc:
-        raise CpsnakeError(f"{path}: found no cellpose size model ({library_text(exc)}); expected a .npy "
-                           f"dict of A, smean, ymean, diam_mean; {fix}") from None
+        raise CpsnakeError(
+            f"{path}: found no cellpose size model ({library_text(exc)}); expected a .npy "
+            f"dict of A, smean, ymean, diam_mean; {fix}"
+        ) from None
     if not isinstance(obj, dict) or not {"A", "smean", "ymean", "diam_mean"} <= set(obj):
         found = f"a dict of {len(obj)} keys" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise CpsnakeError(f"{path}: found {found}, expected a dict with A, smean, ymean and diam_mean; {fix}")
     try:
-        params = {"A": np.asarray(obj["A"], np.float64).reshape(-1),
-                  "smean": np.asarray(obj["smean"], np.float64).reshape(-1),
-                  "ymean": float(np.asarray(obj["ymean"], np.float64)),
-                  "diam_mean": float(np.asarray(obj["diam_mean"], np.float64))}
+        params = {
+            "A": np.asarray(obj["A"], np.float64).reshape(-1),
+            "smean": np.asarray(obj["smean"], np.float64).reshape(-1),
+            "ymean": float(np.asarray(obj["ymean"], np.float64)),
+            "diam_mean": float(np.asarray(obj["diam_mean"], np.float64)),
+        }
     except (TypeError, ValueError) as exc:
-        raise CpsnakeError(f"{path}: found size model values that are not numbers ({library_text(exc)}); expected "
-                           f"arrays of numbers; {fix}") from None
+        raise CpsnakeError(
+            f"{path}: found size model values that are not numbers ({library_text(exc)}); expected "
+            f"arrays of numbers; {fix}"
+        ) from None
     if not all(np.all(np.isfinite(v)) for v in params.values()):
         raise CpsnakeError(f"{path}: found NaN or infinite size model values; expected finite numbers; {fix}")
     S = params["A"].size
-    if params["smean"].size != S or (style_channels is not None and S != style_channels) or not \
-            params["diam_mean"] > 0:
-        raise CpsnakeError(f"{path}: found a size model for styles of {S} values (smean {params['smean'].size}, "
-                           f"diam_mean {params['diam_mean']}), expected {style_channels or S} values (the network's "
-                           f"deepest width) and a positive diam_mean; {fix}")
+    if params["smean"].size != S or (style_channels is not None and S != style_channels) or not params["diam_mean"] > 0:
+        raise CpsnakeError(
+            f"{path}: found a size model for styles of {S} values (smean {params['smean'].size}, "
+            f"diam_mean {params['diam_mean']}), expected {style_channels or S} values (the network's "
+            f"deepest width) and a positive diam_mean; {fix}"
+        )
     return params
 
 
@@ -119,21 +135,26 @@ def size_model_for(net, model_path: str | os.PathLike, size_model: str | os.Path
     from cpsnake.models.unet import UNet
 
     if not isinstance(net, UNet):
-        raise CpsnakeError(f"{model_path}: found a Cellpose-SAM model, expected a classic Cellpose U-Net with a size "
-                           "model for --diameter auto (Cellpose-SAM is trained to work at any size); give a "
-                           "diameter in pixels, or leave it out")
+        raise CpsnakeError(
+            f"{model_path}: found a Cellpose-SAM model, expected a classic Cellpose U-Net with a size "
+            "model for --diameter auto (Cellpose-SAM is trained to work at any size); give a "
+            "diameter in pixels, or leave it out"
+        )
     path = Path(size_model) if size_model else size_model_path(model_path)
     if not path.is_file():
-        raise CpsnakeError(f"{path}: no size model for {model_path}; expected cellpose's size_<model>.npy beside the "
-                           "model file (or --size-model FILE) for --diameter auto; give a diameter in pixels instead")
+        raise CpsnakeError(
+            f"{path}: no size model for {model_path}; expected cellpose's size_<model>.npy beside the "
+            "model file (or --size-model FILE) for --diameter auto; give a diameter in pixels instead"
+        )
     return read_size_model(path, style_channels=int(net.nbase[-1]))
 
 
 def diameter_from_style(style: np.ndarray, params: dict) -> float:
     """Step 1: the regression of the log diameter on the style (at least 5 px; ``diam_mean`` if undefined)."""
     style = np.asarray(style, np.float64).reshape(-1)
-    d = float(np.maximum(5.0, np.exp(params["A"] @ (style - params["smean"]) + np.log(params["diam_mean"])
-                                     + params["ymean"])))
+    d = float(
+        np.maximum(5.0, np.exp(params["A"] @ (style - params["smean"]) + np.log(params["diam_mean"]) + params["ymean"]))
+    )
     return params["diam_mean"] if d == 0 or np.isnan(d) else d
 
 
@@ -156,12 +177,13 @@ def estimate_diameter(net, img: np.ndarray, params: dict, **predict_opts) -> tup
     masks = small[np.minimum(rows, small.shape[0] - 1)][:, np.minimum(cols, small.shape[1] - 1)]
     _, counts = np.unique(masks, return_counts=True)
     counts = counts[1:] if masks.min() == 0 else counts
-    diam = float(np.median(np.sqrt(counts)) / (np.pi ** 0.5 / 2)) if counts.size else 0.0
+    diam = float(np.median(np.sqrt(counts)) / (np.pi**0.5 / 2)) if counts.size else 0.0
     return (diam_mean if diam == 0 or np.isnan(diam) else diam), diam_style
 
 
-def auto_diameter(net, img: np.ndarray, model_path, size_model, opts: dict, *, source: object = "image",
-                  params: dict | None = None) -> float:
+def auto_diameter(
+    net, img: np.ndarray, model_path, size_model, opts: dict, *, source: object = "image", params: dict | None = None
+) -> float:
     """``--diameter auto``: the size model's estimate for one normalized image ``(C, Y, X)``, said on stderr.
 
     ``params``: the size model (:func:`size_model_for`), else read for ``model_path`` / ``size_model``; ``opts``:
@@ -169,6 +191,7 @@ def auto_diameter(net, img: np.ndarray, model_path, size_model, opts: dict, *, s
     params = size_model_for(net, model_path, size_model) if params is None else params
     keep = {k: opts[k] for k in ("batch_size", "tile_overlap", "augment", "device", "dtype") if k in opts}
     diam, diam_style = estimate_diameter(net, img, params, **keep)
-    print(f"{source}: estimated cell diameter {diam:.2f} px (from the style alone {diam_style:.2f} px)",
-          file=sys.stderr)
+    print(
+        f"{source}: estimated cell diameter {diam:.2f} px (from the style alone {diam_style:.2f} px)", file=sys.stderr
+    )
     return diam

@@ -23,9 +23,16 @@ from cpsnake.engine.normalize import channel_values, sample_step, select_channel
 __all__ = ["stream_values"]
 
 
-def stream_values(bands: Iterable[tuple[int, np.ndarray]], shape: tuple[int, int, int], dtype: np.dtype,
-                  channels: Sequence[int] | None = None, *, percentiles=(1.0, 99.0), low_high=None,
-                  invert: bool = False) -> dict:
+def stream_values(
+    bands: Iterable[tuple[int, np.ndarray]],
+    shape: tuple[int, int, int],
+    dtype: np.dtype,
+    channels: Sequence[int] | None = None,
+    *,
+    percentiles=(1.0, 99.0),
+    low_high=None,
+    invert: bool = False,
+) -> dict:
     """The normalization record of the whole image ``(C, Y, X)`` = ``shape`` of ``dtype`` from one pass over
     ``bands``: ``(y0, pixels (C, rows, X))`` for consecutive bands of rows covering the image from row 0.
 
@@ -51,5 +58,12 @@ def stream_values(bands: Iterable[tuple[int, np.ndarray]], shape: tuple[int, int
             hi[c] = bmax if hi[c] is None else max(hi[c], bmax)
             parts[c].append(np.array(x[first :: step[0], :: step[1]]))
     samples = [np.concatenate(p, axis=0) for p in parts]
-    return channel_values(list(zip(lo, hi)), dtype, samples, [step] * len(picked), percentiles=percentiles,
-                          low_high=low_high, invert=invert)
+    return channel_values(
+        list(zip(lo, hi)),
+        dtype,
+        samples,
+        [step] * len(picked),
+        percentiles=percentiles,
+        low_high=low_high,
+        invert=invert,
+    )

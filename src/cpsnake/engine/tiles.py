@@ -23,8 +23,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BSIZE", "TileLayout", "pad_widths", "tile_starts", "taper_mask", "tile_layout", "make_tiles", "unflip",
-           "blend_tiles", "resize", "resize_region"]
+__all__ = [
+    "BSIZE",
+    "TileLayout",
+    "pad_widths",
+    "tile_starts",
+    "taper_mask",
+    "tile_layout",
+    "make_tiles",
+    "unflip",
+    "blend_tiles",
+    "resize",
+    "resize_region",
+]
 
 BSIZE = 256  # tile size of Cellpose-SAM (the ViT sees 256x256 pixels as 32x32 tokens of 8x8)
 PAD_DIV = 16  # cellpose pads each axis to a multiple of 16 plus a 16 px margin (half on each side)
@@ -128,8 +139,9 @@ def taper_mask(ly: int = BSIZE, lx: int | None = None, sigma: float = TAPER_SIGM
     return sy[:, None] * sx[None, :]
 
 
-def tile_layout(shape: tuple[int, int], bsize: int = BSIZE, overlap: float = 0.1, *, augment: bool = False,
-                to_tile: bool = True) -> TileLayout:
+def tile_layout(
+    shape: tuple[int, int], bsize: int = BSIZE, overlap: float = 0.1, *, augment: bool = False, to_tile: bool = True
+) -> TileLayout:
     """The :class:`TileLayout` :func:`make_tiles` lays over an image of ``shape`` (Y, X), without its pixels
     (:mod:`cpsnake.engine.blocks` takes a large image's tiles from it)."""
     Y, X = shape
@@ -138,8 +150,14 @@ def tile_layout(shape: tuple[int, int], bsize: int = BSIZE, overlap: float = 0.1
         bottom += max(0, bsize - (Y + top + bottom))
         right += max(0, bsize - (X + left + right))
     Yp, Xp = Y + top + bottom, X + left + right
-    return TileLayout((Y, X), (top, bottom, left, right), tile_starts(Yp, bsize, overlap, augment),
-                      tile_starts(Xp, bsize, overlap, augment), (min(bsize, Yp), min(bsize, Xp)), augment)
+    return TileLayout(
+        (Y, X),
+        (top, bottom, left, right),
+        tile_starts(Yp, bsize, overlap, augment),
+        tile_starts(Xp, bsize, overlap, augment),
+        (min(bsize, Yp), min(bsize, Xp)),
+        augment,
+    )
 
 
 def make_tiles(
@@ -199,9 +217,7 @@ def unflip(out: np.ndarray, flips: tuple[int, ...], yx_channels: tuple[int, int]
     return out
 
 
-def blend_tiles(
-    outputs: np.ndarray, layout: TileLayout, *, yx_channels: tuple[int, int] | None = (0, 1)
-) -> np.ndarray:
+def blend_tiles(outputs: np.ndarray, layout: TileLayout, *, yx_channels: tuple[int, int] | None = (0, 1)) -> np.ndarray:
     """Blend per-tile outputs into one image: the inverse of :func:`make_tiles`.
 
     Parameters
@@ -262,8 +278,9 @@ def resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return resize_region(lambda y0, y1, x0, x1: img[:, y0:y1, x0:x1], (Y, X), (Yo, Xo), (0, Yo, 0, Xo))
 
 
-def resize_region(read, in_shape: tuple[int, int], out_shape: tuple[int, int],
-                  region: tuple[int, int, int, int]) -> np.ndarray:
+def resize_region(
+    read, in_shape: tuple[int, int], out_shape: tuple[int, int], region: tuple[int, int, int, int]
+) -> np.ndarray:
     """The pixels ``region`` = (y0, y1, x0, x1) of :func:`resize` of an image to ``out_shape``, reading only the
     input pixels they need: ``read(y0, y1, x0, x1) -> (C, y1 - y0, x1 - x0)`` gives the input (of ``in_shape``).
 

@@ -50,13 +50,22 @@ from cpsnake.export import overlay, rois
 from cpsnake.export.measure import measure_labels
 from cpsnake.export.table import columns, formatted
 from cpsnake.io import labels as label_files
+from cpsnake.io.inputs import open_regions
 from cpsnake.io.ngff import write_label_zarr
 from cpsnake.io.outputs import all_or_nothing, atomic_output
-from cpsnake.io.inputs import open_regions
 from cpsnake.io.tiff import imagej_tiff_options
 
-__all__ = ["TILE", "object_boxes", "tile_rows", "strided", "write_label_tiff", "write_objects", "write_overlay",
-           "write_outputs", "TiffLabels"]
+__all__ = [
+    "TILE",
+    "object_boxes",
+    "tile_rows",
+    "strided",
+    "write_label_tiff",
+    "write_objects",
+    "write_overlay",
+    "write_outputs",
+    "TiffLabels",
+]
 
 TILE = 2048  # side of the tiles that objects are assigned to (see the module docstring)
 
@@ -108,8 +117,9 @@ def tile_rows(box: np.ndarray, shape: tuple[int, int], tile: int = TILE):
         yield out
 
 
-def strided(read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int], k: int,
-            step: int = 256) -> np.ndarray:
+def strided(
+    read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int], k: int, step: int = 256
+) -> np.ndarray:
     """Every ``k``-th pixel (rows and columns from 0) of an array ``(..., Y, X)`` read by region
     (``read(y0, y1, x0, x1)``), at least 1024 and ``step * k`` px a side at a time (a multiple of ``k``):
     ``(..., ceil(Y / k), ceil(X / k))``."""
@@ -117,8 +127,12 @@ def strided(read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, 
     side = k * max(step, -(-1024 // k))
     rows = []
     for y in range(0, Y, side):
-        rows.append(np.concatenate([np.asarray(read(y, min(Y, y + side), x, min(X, x + side)))[..., ::k, ::k]
-                                    for x in range(0, X, side)], axis=-1))
+        rows.append(
+            np.concatenate(
+                [np.asarray(read(y, min(Y, y + side), x, min(X, x + side)))[..., ::k, ::k] for x in range(0, X, side)],
+                axis=-1,
+            )
+        )
     return np.concatenate(rows, axis=-2)
 
 
@@ -144,21 +158,40 @@ def write_label_tiff(path: str | os.PathLike, labels, n: int, *, pixel_size=None
                     yield out
 
         with atomic_output(path) as tmp:
-            tifffile.imwrite(tmp, tiles(), shape=(Y, X), dtype=dtype, bigtiff=True, ome=True, metadata=meta,
-                             tile=(t, t), compression="zlib")
+            tifffile.imwrite(
+                tmp,
+                tiles(),
+                shape=(Y, X),
+                dtype=dtype,
+                bigtiff=True,
+                ome=True,
+                metadata=meta,
+                tile=(t, t),
+                compression="zlib",
+            )
         return
     meta, kwargs = imagej_tiff_options("YX", pixel_size, unit)
     with atomic_output(path) as tmp:
-        offset, _ = tifffile.imwrite(tmp, shape=(Y, X), dtype=dtype, imagej=True, metadata=meta, returnoffset=True,
-                                     **kwargs)
+        offset, _ = tifffile.imwrite(
+            tmp, shape=(Y, X), dtype=dtype, imagej=True, metadata=meta, returnoffset=True, **kwargs
+        )
         with open(tmp, "r+b") as fh:
             fh.seek(offset)
             for y in range(0, Y, band):
                 fh.write(np.asarray(labels[y : y + band]).astype(dtype.newbyteorder("<")).tobytes())
 
 
-def write_objects(labels, image=None, *, rois_path=None, table_path=None, geojson_path=None, pixel_size=None,
-                  image_name: str = "", tile: int = TILE) -> int:
+def write_objects(
+    labels,
+    image=None,
+    *,
+    rois_path=None,
+    table_path=None,
+    geojson_path=None,
+    pixel_size=None,
+    image_name: str = "",
+    tile: int = TILE,
+) -> int:
     """Any of the ROI zip, the measurement table (no flow columns) and the GeoJSON of a label image, window by
     window, the bytes :func:`cpsnake.export.rois.write_rois`, :func:`cpsnake.export.table.write_table` and
     :func:`cpsnake.export.geojson.write_geojson` write for the whole image; returns the number of objects.
@@ -170,8 +203,10 @@ def write_objects(labels, image=None, *, rois_path=None, table_path=None, geojso
     Y, X = (int(v) for v in labels.shape)
     measured = table_path is not None or geojson_path is not None
     if measured and (image is None or tuple(image.shape[1:]) != (Y, X)):
-        raise CpsnakeError(f"{image_name}: image of shape {None if image is None else image.shape}, expected "
-                           f"(C, {Y}, {X}) to match its labels; pass the image the labels were made from")
+        raise CpsnakeError(
+            f"{image_name}: image of shape {None if image is None else image.shape}, expected "
+            f"(C, {Y}, {X}) to match its labels; pass the image the labels were made from"
+        )
     box = object_boxes(labels)
     n = len(box) - 1
     present = np.flatnonzero(box[:, 0] < Y)
@@ -193,12 +228,27 @@ def write_objects(labels, image=None, *, rois_path=None, table_path=None, geojso
                 lut = np.zeros(n + 1, np.int32)
                 lut[ids] = ids
                 win = lut[np.asarray(labels[y0:y1, x0:x1])]  # the tile's objects only
-                rows = (gj.table_rows(measure_labels(win, image.read(y0, y1, x0, x1), pixel_size=pixel_size,
-                                                     image_name=image_name, origin=(y0, x0)))
-                        if measured else [None] * ids.size)
+                rows = (
+                    gj.table_rows(
+                        measure_labels(
+                            win,
+                            image.read(y0, y1, x0, x1),
+                            pixel_size=pixel_size,
+                            image_name=image_name,
+                            origin=(y0, x0),
+                        )
+                    )
+                    if measured
+                    else [None] * ids.size
+                )
                 rs = rois.labels_to_rois(win, origin=(y0, x0), width=width) if zf is not None else [None] * ids.size
-                fs = (gj.feature_collection(win, rows=rows, image_name=image_name, origin=(y0, x0), width=width)
-                      ["features"] if features is not None else [None] * ids.size)
+                fs = (
+                    gj.feature_collection(win, rows=rows, image_name=image_name, origin=(y0, x0), width=width)[
+                        "features"
+                    ]
+                    if features is not None
+                    else [None] * ids.size
+                )
                 done.extend(zip(ids.tolist(), rows, rs, fs))
             if ordered:
                 _flush(done, zf, table, features)
@@ -228,8 +278,19 @@ def write_overlay(path, image, labels) -> None:
     overlay.write_png(path, overlay.render(small, small_labels, max_side=max(small_labels.shape)))
 
 
-def write_outputs(out: Path, name: str, path: Path, image, labels, n: int, meta: dict, *, geojson: bool = False,
-                  ome_zarr: bool = False, tile: int = TILE) -> None:
+def write_outputs(
+    out: Path,
+    name: str,
+    path: Path,
+    image,
+    labels,
+    n: int,
+    meta: dict,
+    *,
+    geojson: bool = False,
+    ome_zarr: bool = False,
+    tile: int = TILE,
+) -> None:
     """Write ``out/masks/NAME.tif`` (and ``NAME.zarr``), ``rois/NAME.zip``, ``measurements/NAME.csv``,
     ``geojson/NAME.geojson`` and ``overlays/NAME.png`` as :mod:`cpsnake.run.segment` writes them for a whole image.
 
@@ -241,9 +302,16 @@ def write_outputs(out: Path, name: str, path: Path, image, labels, n: int, meta:
     write_label_tiff(out / "masks" / f"{name}.tif", labels, n, pixel_size=pixel_size, unit=unit)
     if ome_zarr:
         write_label_zarr(out / "masks" / f"{name}.zarr", labels, pixel_size=pixel_size, unit=unit)
-    write_objects(labels, image, rois_path=out / "rois" / f"{name}.zip", table_path=out / "measurements" / f"{name}.csv",
-                  geojson_path=out / "geojson" / f"{name}.geojson" if geojson else None, pixel_size=pixel_size,
-                  image_name=path.name, tile=tile)
+    write_objects(
+        labels,
+        image,
+        rois_path=out / "rois" / f"{name}.zip",
+        table_path=out / "measurements" / f"{name}.csv",
+        geojson_path=out / "geojson" / f"{name}.geojson" if geojson else None,
+        pixel_size=pixel_size,
+        image_name=path.name,
+        tile=tile,
+    )
     write_overlay(out / "overlays" / f"{name}.png", image, labels)
 
 

@@ -69,8 +69,9 @@ def _hole_pixel(ring: np.ndarray) -> tuple[float, float]:
     return x0 + 0.5 * dx + 0.5 * dy, y0 + 0.5 * dy - 0.5 * dx
 
 
-def label_polygons(labels: np.ndarray, origin: tuple[int, int] = (0, 0)
-                   ) -> tuple[np.ndarray, list[list[list[np.ndarray]]]]:
+def label_polygons(
+    labels: np.ndarray, origin: tuple[int, int] = (0, 0)
+) -> tuple[np.ndarray, list[list[list[np.ndarray]]]]:
     """Polygons of every label along pixel edges.
 
     Parameters
@@ -125,9 +126,15 @@ def _number(v):
     return f
 
 
-def feature_collection(labels: np.ndarray, *, rows: list[dict] | None = None, image_name: str = "",
-                       object_type: str = "detection", origin: tuple[int, int] = (0, 0),
-                       width: int | None = None) -> dict:
+def feature_collection(
+    labels: np.ndarray,
+    *,
+    rows: list[dict] | None = None,
+    image_name: str = "",
+    object_type: str = "detection",
+    origin: tuple[int, int] = (0, 0),
+    width: int | None = None,
+) -> dict:
     """The GeoJSON FeatureCollection of ``labels`` (Y, X), one Feature per label (see the module docstring).
 
     ``rows``: measurement rows (dicts with a ``label`` key: the records of a measurement table,
@@ -143,8 +150,11 @@ def feature_collection(labels: np.ndarray, *, rows: list[dict] | None = None, im
     features = []
     for lab_id, polys in zip(ids.tolist(), polygons):
         coords = [[r.tolist() for r in p] for p in polys]
-        geometry = ({"type": "Polygon", "coordinates": coords[0]} if len(coords) == 1
-                    else {"type": "MultiPolygon", "coordinates": coords})
+        geometry = (
+            {"type": "Polygon", "coordinates": coords[0]}
+            if len(coords) == 1
+            else {"type": "MultiPolygon", "coordinates": coords}
+        )
         props = {"objectType": object_type, "name": f"{lab_id:0{width}d}", "label": lab_id}
         if rows is not None:
             row = by_label.get(lab_id, {})
@@ -156,8 +166,14 @@ def feature_collection(labels: np.ndarray, *, rows: list[dict] | None = None, im
                 if num is not None:
                     meas[k] = num
             props["measurements"] = meas
-        features.append({"type": "Feature", "id": str(uuid.uuid5(_NAMESPACE, f"{image_name}:{lab_id}")),
-                         "geometry": geometry, "properties": props})
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(uuid.uuid5(_NAMESPACE, f"{image_name}:{lab_id}")),
+                "geometry": geometry,
+                "properties": props,
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -213,5 +229,9 @@ class FeatureWriter:
 
 def warn_stack(path) -> None:
     """The warning for a stack given GeoJSON output (written for 2-D label images only; no file)."""
-    warnings.warn(f"{path}: a stack; GeoJSON is written for 2-D label images only (QuPath holds one plane per "
-                  "object), none written: use the ROI set for stacks", CpsnakeWarning, stacklevel=3)
+    warnings.warn(
+        f"{path}: a stack; GeoJSON is written for 2-D label images only (QuPath holds one plane per "
+        "object), none written: use the ROI set for stacks",
+        CpsnakeWarning,
+        stacklevel=3,
+    )

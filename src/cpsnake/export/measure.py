@@ -58,8 +58,15 @@ from cpsnake.export.table import channel_column, columns, new_table
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["measure_labels", "quality", "traced_perimeter", "convex_hull", "polygon_area", "feret_values",
-           "fit_ellipse"]
+__all__ = [
+    "measure_labels",
+    "quality",
+    "traced_perimeter",
+    "convex_hull",
+    "polygon_area",
+    "feret_values",
+    "fit_ellipse",
+]
 
 
 def quality(labels: np.ndarray, flows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -188,7 +188,8 @@ def measure_3d(
     if unit is not None and not isinstance(unit, str):
         raise CpsnakeError(
             f"measure_3d: found unit {unit!r} of type {type(unit).__name__}, expected a string such as 'micron' "
-            "or None; pass the unit of voxel_size as text")
+            "or None; pass the unit of voxel_size as text"
+        )
     n_channels = img.shape[0]
     header = columns_3d(n_channels)
     attrs = {"unit": unit, "voxel_size": spacing}
@@ -327,7 +328,8 @@ def _check_labels(labels) -> np.ndarray:
     if lab.ndim != 3:
         raise CpsnakeError(
             f"measure_3d: found labels with {lab.ndim} dimensions {lab.shape}, expected a stack (Z, Y, X); "
-            "measure 2-D label images with cpsnake.export.measure, and pass one time point of a time series at a time")
+            "measure 2-D label images with cpsnake.export.measure, and pass one time point of a time series at a time"
+        )
     return check_labels(lab, "measure_3d", noun="stack", ids_in="the table")
 
 
@@ -337,7 +339,8 @@ def _check_image(image, shape: tuple[int, int, int]) -> np.ndarray:
     if not (np.issubdtype(img.dtype, np.number) or img.dtype == bool) or np.issubdtype(img.dtype, np.complexfloating):
         raise CpsnakeError(
             f"measure_3d: found an image of dtype {img.dtype}, expected real numbers (integers or floats); "
-            "pass the intensity stack the labels were made from")
+            "pass the intensity stack the labels were made from"
+        )
     if img.ndim == 3 and img.shape == shape:
         return img[None]
     z, y, x = shape
@@ -348,7 +351,8 @@ def _check_image(image, shape: tuple[int, int, int]) -> np.ndarray:
         hint = "it looks like (C, Z, Y, X): pass np.moveaxis(image, 0, 1)"
     raise CpsnakeError(
         f"measure_3d: found an image of shape {img.shape}, expected ({z}, C, {y}, {x}) or ({z}, {y}, {x}) to "
-        f"match the labels (Z, Y, X) = {shape}; {hint}")
+        f"match the labels (Z, Y, X) = {shape}; {hint}"
+    )
 
 
 def _check_voxel_size(voxel_size) -> tuple[float, float, float]:
@@ -361,15 +365,25 @@ def _check_voxel_size(voxel_size) -> tuple[float, float, float]:
     if len(sizes) != 3 or not all(math.isfinite(v) and lo <= v <= hi for v in sizes):
         raise CpsnakeError(
             f"measure_3d: found voxel_size {voxel_size!r}, expected three finite positive sizes (dz, dy, dx) "
-            f"between {lo:g} and {hi:g}; pass the physical voxel size, or (1, 1, 1) to measure in voxels")
+            f"between {lo:g} and {hi:g}; pass the physical voxel size, or (1, 1, 1) to measure in voxels"
+        )
     return sizes
 
 
 # --- the table of a segmented stack ------------------------------------------------------------------
 
 
-def measure_stack(labels: np.ndarray, image: np.ndarray, *, axes: str, objects_3d: bool, image_name: str,
-                  pixel_size=None, unit: str | None = None, z_step: float | None = None) -> pd.DataFrame:
+def measure_stack(
+    labels: np.ndarray,
+    image: np.ndarray,
+    *,
+    axes: str,
+    objects_3d: bool,
+    image_name: str,
+    pixel_size=None,
+    unit: str | None = None,
+    z_step: float | None = None,
+) -> pd.DataFrame:
     """The measurement table of a segmented stack (:func:`cpsnake.export.table.new_table`).
 
     ``axes`` names the stack axes of ``labels`` / ``image``: ``"Z"`` ((Z, Y, X) / (Z, C, Y, X)), ``"T"`` or
@@ -384,7 +398,7 @@ def measure_stack(labels: np.ndarray, image: np.ndarray, *, axes: str, objects_3
     if axes == "TZ":
         frames = [(t + 1, labels[t], image[t]) for t in range(labels.shape[0])]
     elif axes == "T":
-        frames = [(t + 1, labels[t:t + 1], image[t:t + 1]) for t in range(labels.shape[0])]
+        frames = [(t + 1, labels[t : t + 1], image[t : t + 1]) for t in range(labels.shape[0])]
     else:
         frames = [(None, labels, image)]
     has_frame = "T" in axes
@@ -392,9 +406,13 @@ def measure_stack(labels: np.ndarray, image: np.ndarray, *, axes: str, objects_3
     if objects_3d:
         py, px = pixel_size if pixel_size else (1.0, 1.0)
         if not z_step:
-            warnings.warn(f"{image_name}: no Z step stored; volumes assume a voxel depth equal to the pixel height "
-                          f"({py:g} {unit if pixel_size else 'pixel'}); set it in Fiji (Image > Properties: Voxel "
-                          "depth) and save again", CpsnakeWarning, stacklevel=2)
+            warnings.warn(
+                f"{image_name}: no Z step stored; volumes assume a voxel depth equal to the pixel height "
+                f"({py:g} {unit if pixel_size else 'pixel'}); set it in Fiji (Image > Properties: Voxel "
+                "depth) and save again",
+                CpsnakeWarning,
+                stacklevel=2,
+            )
         voxel = (float(z_step) if z_step else py, py, px)  # uncalibrated: the z step is in pixels (ImageJ's spacing)
         header = columns_3d(image.shape[-3])
         header[1:1] = ["image"] + (["frame"] if has_frame else [])

@@ -28,17 +28,23 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsnake.io import files
 from cpsnake.errors import CpsnakeError, CpsnakeWarning, library_text
+from cpsnake.io import files
 
 __all__ = ["read_rois", "roi_mask", "rois_to_labels", "MAX_ENTRY_BYTES", "MAX_ENTRIES", "MAX_TOTAL_BYTES"]
 
 MAX_ENTRY_BYTES = 64 * 2**20  # one .roi entry in a zip
 MAX_ENTRIES = 1_000_000
 MAX_TOTAL_BYTES = 2 * 2**30
-MAX_CROSSINGS = 100_000_000  # (row, outline) crossings of one ROI; a traced outline crosses each row of its object twice
-_READABLE = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
-             zipfile.ZIP_LZMA: "lzma"}
+MAX_CROSSINGS = (
+    100_000_000  # (row, outline) crossings of one ROI; a traced outline crosses each row of its object twice
+)
+_READABLE = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
 RESAVE = "re-save the ROI set from Fiji's ROI Manager (More > Save...)"
 EXPECTED = "an ImageJ ROI set (RoiSet.zip) or a .roi file"
 
@@ -51,39 +57,55 @@ def _entries(path: Path) -> list[tuple[str, bytes]]:
         with zipfile.ZipFile(path) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
             if len(infos) > MAX_ENTRIES:
-                raise CpsnakeError(f"{path}: found {len(infos):,} entries, more than {MAX_ENTRIES:,}; expected one "
-                                   "entry per ROI; split the ROI set")
+                raise CpsnakeError(
+                    f"{path}: found {len(infos):,} entries, more than {MAX_ENTRIES:,}; expected one "
+                    "entry per ROI; split the ROI set"
+                )
             total = 0
             for info in infos:
                 name = info.filename
                 where = f"{path}: entry {name!r}"
                 if info.flag_bits & 0x1:
-                    raise CpsnakeError(f"{where} is encrypted; expected an unencrypted ImageJ ROI set; {RESAVE}, "
-                                       "or unzip it with its password and zip it again without one")
+                    raise CpsnakeError(
+                        f"{where} is encrypted; expected an unencrypted ImageJ ROI set; {RESAVE}, "
+                        "or unzip it with its password and zip it again without one"
+                    )
                 if info.compress_type not in _READABLE:
-                    raise CpsnakeError(f"{where} uses zip compression method {info.compress_type}, which cannot be read "
-                                       "here; expected stored or deflate entries (as ImageJ writes); " + RESAVE)
+                    raise CpsnakeError(
+                        f"{where} uses zip compression method {info.compress_type}, which cannot be read "
+                        "here; expected stored or deflate entries (as ImageJ writes); " + RESAVE
+                    )
                 if info.file_size > MAX_ENTRY_BYTES:
-                    raise CpsnakeError(f"{where} is {info.file_size:,} bytes, more than {MAX_ENTRY_BYTES:,}; expected "
-                                       "ImageJ .roi entries of a few kB; remove it from the zip")
+                    raise CpsnakeError(
+                        f"{where} is {info.file_size:,} bytes, more than {MAX_ENTRY_BYTES:,}; expected "
+                        "ImageJ .roi entries of a few kB; remove it from the zip"
+                    )
                 total += info.file_size
                 if total > MAX_TOTAL_BYTES:
-                    raise CpsnakeError(f"{path}: found more than {MAX_TOTAL_BYTES:,} bytes uncompressed; expected a ROI "
-                                       "set of at most that; split the ROI set")
+                    raise CpsnakeError(
+                        f"{path}: found more than {MAX_TOTAL_BYTES:,} bytes uncompressed; expected a ROI "
+                        "set of at most that; split the ROI set"
+                    )
                 with zf.open(info) as fh:  # at most the limit (+1 to catch a size that lies)
                     data = fh.read(MAX_ENTRY_BYTES + 1)
                 if len(data) > MAX_ENTRY_BYTES:
-                    raise CpsnakeError(f"{where} decompresses to more than {MAX_ENTRY_BYTES:,} bytes; expected ImageJ "
-                                       ".roi entries of a few kB; remove it from the zip")
+                    raise CpsnakeError(
+                        f"{where} decompresses to more than {MAX_ENTRY_BYTES:,} bytes; expected ImageJ "
+                        ".roi entries of a few kB; remove it from the zip"
+                    )
                 blobs.append((name, data))
     except CpsnakeError:
         raise
     except zipfile.BadZipFile as exc:
-        raise CpsnakeError(f"{path}: found a broken zip ({library_text(exc)}); expected an ImageJ ROI set saved by the "
-                           f"ROI Manager; copy it again or {RESAVE}") from None
+        raise CpsnakeError(
+            f"{path}: found a broken zip ({library_text(exc)}); expected an ImageJ ROI set saved by the "
+            f"ROI Manager; copy it again or {RESAVE}"
+        ) from None
     except Exception as exc:  # zlib/bz2/lzma errors, EOF, a password prompt: anything the zip module raises
-        raise CpsnakeError(f"{path}: entry {name!r} cannot be read ({type(exc).__name__}: {library_text(exc)}); "
-                           f"expected a complete ImageJ ROI set; copy it again or {RESAVE}") from None
+        raise CpsnakeError(
+            f"{path}: entry {name!r} cannot be read ({type(exc).__name__}: {library_text(exc)}); "
+            f"expected a complete ImageJ ROI set; copy it again or {RESAVE}"
+        ) from None
     return blobs
 
 
@@ -106,14 +128,17 @@ def read_rois(path: str | os.PathLike) -> list[tuple[str, object]]:
     for name, data in blobs:
         where = f"{path}: entry {name!r}"
         if data[:4] != b"Iout":
-            raise CpsnakeError(f"{where} starts with other bytes, not 'Iout'; expected only ImageJ .roi entries; "
-                               f"remove that entry from the zip, or {RESAVE}")
+            raise CpsnakeError(
+                f"{where} starts with other bytes, not 'Iout'; expected only ImageJ .roi entries; "
+                f"remove that entry from the zip, or {RESAVE}"
+            )
         try:
             roi = ImagejRoi.frombytes(data)
             roi.roitype, roi.composite  # noqa: B018 -- fields parsed lazily must parse here
         except Exception as exc:
-            raise CpsnakeError(f"{where} has a corrupt ImageJ ROI header ({library_text(exc)}); expected a valid .roi; "
-                               f"{RESAVE}") from None
+            raise CpsnakeError(
+                f"{where} has a corrupt ImageJ ROI header ({library_text(exc)}); expected a valid .roi; {RESAVE}"
+            ) from None
         out.append((name, roi))
     return out
 
@@ -124,8 +149,10 @@ def read_rois(path: str | os.PathLike) -> list[tuple[str, object]]:
 def _finite(xy: np.ndarray, where: str) -> np.ndarray:
     xy = np.asarray(xy, dtype=np.float64)
     if xy.size and not np.isfinite(xy).all():
-        raise CpsnakeError(f"{where}: found NaN or infinite coordinates; expected a finite outline; "
-                           f"redraw the ROI or remove it, then {RESAVE}")
+        raise CpsnakeError(
+            f"{where}: found NaN or infinite coordinates; expected a finite outline; "
+            f"redraw the ROI or remove it, then {RESAVE}"
+        )
     return xy
 
 
@@ -169,9 +196,11 @@ def _fill_polygons(polys: list[np.ndarray], shape: tuple[int, int], where: str =
     counts = np.maximum(r1 - r0, 0)
     total = int(counts.sum())
     if total > MAX_CROSSINGS:
-        raise CpsnakeError(f"{where}: found an outline crossing pixel rows {total:,} times, more than {MAX_CROSSINGS:,}; "
-                           f"expected an area outline (a traced outline crosses each row of its object twice); "
-                           f"simplify the ROI (Fiji: Edit > Selection > Interpolate) or remove it, then {RESAVE}")
+        raise CpsnakeError(
+            f"{where}: found an outline crossing pixel rows {total:,} times, more than {MAX_CROSSINGS:,}; "
+            f"expected an area outline (a traced outline crosses each row of its object twice); "
+            f"simplify the ROI (Fiji: Edit > Selection > Interpolate) or remove it, then {RESAVE}"
+        )
     parity = np.zeros((H, W + 1), dtype=np.uint8)
     flat = parity.reshape(-1)
     seg_ends = np.cumsum(counts)
@@ -241,15 +270,19 @@ def _region(roi, shape: tuple[int, int], where: str) -> tuple[int, int, np.ndarr
         try:
             xy = roi.coordinates()
         except Exception as exc:
-            raise CpsnakeError(f"{where}: found unreadable coordinates ({library_text(exc)}); expected a valid .roi; "
-                               f"{RESAVE}") from None
+            raise CpsnakeError(
+                f"{where}: found unreadable coordinates ({library_text(exc)}); expected a valid .roi; {RESAVE}"
+            ) from None
         if xy is None or len(xy) < 3:
-            raise CpsnakeError(f"{where}: a {rt.name.lower()} with fewer than 3 vertices; expected an area outline; "
-                               f"remove it or redraw it, then {RESAVE}")
+            raise CpsnakeError(
+                f"{where}: a {rt.name.lower()} with fewer than 3 vertices; expected an area outline; "
+                f"remove it or redraw it, then {RESAVE}"
+            )
         return polygons([xy])
     if not isinstance(rt, ROI_TYPE) or int(rt) < 0:  # roifile reads a type byte it does not know as -1
-        raise CpsnakeError(f"{where}: found an unknown ROI type ({rt}); expected an ImageJ area ROI; the entry is "
-                           f"corrupt: {RESAVE}")
+        raise CpsnakeError(
+            f"{where}: found an unknown ROI type ({rt}); expected an ImageJ area ROI; the entry is corrupt: {RESAVE}"
+        )
     name = rt.name.lower()
     raise CpsnakeError(
         f"{where}: found a ROI of type {name}, not an area; expected rectangle, oval, polygon, freehand, traced or "
@@ -274,7 +307,10 @@ _NAME = re.compile(r"^(\d+)(?:-[zt]\d+)?$")
 
 
 def rois_to_labels(
-    rois: list[tuple[str, object]], shape: tuple[int, ...], *, stack_axis: str = "z",
+    rois: list[tuple[str, object]],
+    shape: tuple[int, ...],
+    *,
+    stack_axis: str = "z",
     source: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Paint ROIs into a label image.
@@ -301,8 +337,10 @@ def rois_to_labels(
         m = _NAME.match(roi.name or stem) or _NAME.match(stem)
         value = int(m.group(1)) if m else i + 1
         if value > 2**31 - 1:
-            raise CpsnakeError(f"{where}: found label {value} in its name, above 2**31 - 1; expected smaller numbers; "
-                               "rename the ROI (or give it a name that is not a number: it then takes its index)")
+            raise CpsnakeError(
+                f"{where}: found label {value} in its name, above 2**31 - 1; expected smaller numbers; "
+                "rename the ROI (or give it a name that is not a number: it then takes its index)"
+            )
         top, left, box = _region(roi, plane, where)
         if not box.any():
             outside.append(entry)
@@ -325,7 +363,10 @@ def rois_to_labels(
         labels[pos - 1][window][box] = value
     if outside:
         shown = ", ".join(repr(e) for e in outside[:5]) + (f" (+{len(outside) - 5} more)" if len(outside) > 5 else "")
-        warnings.warn(f"{source or 'ROI set'}: {len(outside)} ROI(s) cover no pixel of the {plane[0]} x {plane[1]} image "
-                      f"and were skipped: {shown}; check that --like is the image the ROIs were drawn on",
-                      CpsnakeWarning, stacklevel=2)
+        warnings.warn(
+            f"{source or 'ROI set'}: {len(outside)} ROI(s) cover no pixel of the {plane[0]} x {plane[1]} image "
+            f"and were skipped: {shown}; check that --like is the image the ROIs were drawn on",
+            CpsnakeWarning,
+            stacklevel=2,
+        )
     return labels

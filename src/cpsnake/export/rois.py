@@ -220,8 +220,9 @@ def outlines_to_roi(outlines: list[np.ndarray], name: str, *, z: int | None = No
     return roi
 
 
-def labels_to_rois(labels: np.ndarray, *, stack_axis: str = "z", origin: tuple[int, int] = (0, 0),
-                   width: int | None = None) -> list:
+def labels_to_rois(
+    labels: np.ndarray, *, stack_axis: str = "z", origin: tuple[int, int] = (0, 0), width: int | None = None
+) -> list:
     """ImageJ ROIs for a label image, in the order they go into the zip.
 
     Parameters

@@ -33,9 +33,21 @@ from cpsnake.io.tables import cell
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["IMAGEJ_ORDER", "INTENSITY_COLUMNS", "SHAPE_COLUMNS", "QUALITY_COLUMNS", "SHAPE_COLUMNS_3D",
-           "INTENSITY_COLUMNS_3D", "INT_COLUMNS", "channel_column", "columns", "columns_3d", "new_table", "formatted",
-           "write_table"]
+__all__ = [
+    "IMAGEJ_ORDER",
+    "INTENSITY_COLUMNS",
+    "SHAPE_COLUMNS",
+    "QUALITY_COLUMNS",
+    "SHAPE_COLUMNS_3D",
+    "INTENSITY_COLUMNS_3D",
+    "INT_COLUMNS",
+    "channel_column",
+    "columns",
+    "columns_3d",
+    "new_table",
+    "formatted",
+    "write_table",
+]
 
 INTENSITY_COLUMNS = ["Mean", "StdDev", "Min", "Max", "XM", "YM", "IntDen", "RawIntDen"]
 IMAGEJ_ORDER = [
@@ -53,8 +65,9 @@ SHAPE_COLUMNS_3D = [
 INTENSITY_COLUMNS_3D = ["Mean", "StdDev", "Min", "Max"]
 
 # integer columns (an empty table keeps their dtype); ``image`` is text, every other column float64
-INT_COLUMNS = frozenset(["label", "frame", "slice", "area_px", "voxels", "bx", "by", "bz", "width", "height",
-                         "depth", "slices"])
+INT_COLUMNS = frozenset(
+    ["label", "frame", "slice", "area_px", "voxels", "bx", "by", "bz", "width", "height", "depth", "slices"]
+)
 
 
 def channel_column(name: str, c: int, n_channels: int) -> str:
@@ -78,7 +91,9 @@ def columns(n_channels: int, *, stack: bool = False, quality: bool = False, fram
 def columns_3d(n_channels: int) -> list[str]:
     """Header of the 3-D table (:func:`cpsnake.export.measure3d.measure_3d`) for an image of ``n_channels``
     channels."""
-    return SHAPE_COLUMNS_3D + [channel_column(c, k, n_channels) for c in INTENSITY_COLUMNS_3D for k in range(n_channels)]
+    return SHAPE_COLUMNS_3D + [
+        channel_column(c, k, n_channels) for c in INTENSITY_COLUMNS_3D for k in range(n_channels)
+    ]
 
 
 def new_table(data: Iterable[Mapping] | Mapping, header: list[str], *, attrs: dict | None = None) -> pd.DataFrame:
@@ -93,8 +108,16 @@ def new_table(data: Iterable[Mapping] | Mapping, header: list[str], *, attrs: di
         frame = pd.DataFrame(data, columns=header)
     else:
         rows = list(data)
-        frame = pd.DataFrame(rows, columns=header) if rows else pd.DataFrame(
-            {c: pd.Series(dtype="int64" if c in INT_COLUMNS else "str" if c == "image" else "float64") for c in header})
+        frame = (
+            pd.DataFrame(rows, columns=header)
+            if rows
+            else pd.DataFrame(
+                {
+                    c: pd.Series(dtype="int64" if c in INT_COLUMNS else "str" if c == "image" else "float64")
+                    for c in header
+                }
+            )
+        )
     frame.attrs.update(attrs or {})
     return frame
 

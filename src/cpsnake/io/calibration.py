@@ -13,11 +13,22 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 from cpsnake.errors import CpsnakeWarning
 
-__all__ = ["PIXEL_SIZE_RANGE", "calibration", "read_calibration", "calibration_warning", "stack_calibration",
-           "stack_calibration_problem", "stack_calibration_warning"]
+if TYPE_CHECKING:
+    import tifffile
+
+__all__ = [
+    "PIXEL_SIZE_RANGE",
+    "calibration",
+    "read_calibration",
+    "calibration_warning",
+    "stack_calibration",
+    "stack_calibration_problem",
+    "stack_calibration_warning",
+]
 
 PIXEL_SIZE_RANGE = (1e-30, 1e30)  # a usable pixel size: finite, positive, and its square finite and nonzero
 
@@ -99,10 +110,14 @@ def calibration(tif: "tifffile.TiffFile") -> tuple[tuple[float, float] | None, s
     if unit is not None and not _unit_ok(unit):
         return None, None, "a length unit that is not a short name in the ImageJ metadata"
     if not (_usable(px) and _usable(py)):
-        return None, None, (
-            f"pixel size (Y x X) {py:g} x {px:g} {unit or ''} from the TIFF resolution tags "
-            f"({yn}/{yd} and {xn}/{xd} pixels per unit)"
-        ).replace("  ", " ")
+        return (
+            None,
+            None,
+            (
+                f"pixel size (Y x X) {py:g} x {px:g} {unit or ''} from the TIFF resolution tags "
+                f"({yn}/{yd} and {xn}/{xd} pixels per unit)"
+            ).replace("  ", " "),
+        )
     return (py, px), unit, None
 
 
@@ -187,5 +202,7 @@ def stack_calibration_problem(tif: "tifffile.TiffFile", axes: str) -> str | None
 
 
 def stack_calibration_warning(path: object, problem: str) -> str:
-    return (f"{path}: found {problem}; expected a finite positive number; it is treated as not stored (measurements "
-            "along that axis in planes); set it in Fiji (Image > Properties: Voxel depth, Frame interval) and save again")
+    return (
+        f"{path}: found {problem}; expected a finite positive number; it is treated as not stored (measurements "
+        "along that axis in planes); set it in Fiji (Image > Properties: Voxel depth, Frame interval) and save again"
+    )

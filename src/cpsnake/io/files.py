@@ -54,8 +54,12 @@ def regular_file(path: str | os.PathLike, expected: str) -> os.stat_result:
                 f"(see `ls -l {path}`)"
             ) from None
         if exc.errno == errno.ENAMETOOLONG:
-            raise CpsnakeError(f"{path}: the path is too long for the file system; expected {expected}; shorten it") from None
-        raise CpsnakeError(f"{path}: cannot be read ({exc.strerror}); expected {expected}; check the path and its permissions") from None
+            raise CpsnakeError(
+                f"{path}: the path is too long for the file system; expected {expected}; shorten it"
+            ) from None
+        raise CpsnakeError(
+            f"{path}: cannot be read ({exc.strerror}); expected {expected}; check the path and its permissions"
+        ) from None
     if stat.S_ISREG(st.st_mode):
         return st
     for test, kind, fix in _KINDS:
@@ -76,9 +80,13 @@ def read_bytes(path: str | os.PathLike, expected: str, *, limit: int) -> bytes:
         with open(path, "rb") as fh:
             data = fh.read(limit + 1)
     except OSError as exc:
-        raise CpsnakeError(f"{path}: cannot be read ({exc.strerror}); expected {expected}; check its permissions") from None
+        raise CpsnakeError(
+            f"{path}: cannot be read ({exc.strerror}); expected {expected}; check its permissions"
+        ) from None
     if len(data) > limit:  # the file grew after stat
-        raise CpsnakeError(f"{path}: grew past {limit:,} bytes while being read; expected {expected}; pass a finished file")
+        raise CpsnakeError(
+            f"{path}: grew past {limit:,} bytes while being read; expected {expected}; pass a finished file"
+        )
     return data
 
 
@@ -103,5 +111,7 @@ def sha256(path: str | os.PathLike, *, expected: str = "a file to hash", chunk: 
             for block in iter(lambda: fh.read(chunk), b""):
                 digest.update(block)
     except OSError as exc:
-        raise CpsnakeError(f"{path}: cannot be read ({exc.strerror}); expected {expected}; check its permissions") from None
+        raise CpsnakeError(
+            f"{path}: cannot be read ({exc.strerror}); expected {expected}; check its permissions"
+        ) from None
     return digest.hexdigest()

@@ -51,8 +51,9 @@ def write_flows(
     if not stack_axes and (flows.ndim != 3 or flows.shape[0] != 3):
         raise CpsnakeError(f"{path}: flows of shape {flows.shape}, expected (3, Y, X) = dY, dX, cellprob")
     if three_d and not (flows.ndim == 4 and flows.shape[0] == 4 and stack_axes == "Z"):
-        raise CpsnakeError(f"{path}: 3-D flows of shape {flows.shape} (stack axes {stack_axes!r}), "
-                           "expected (4, Z, Y, X)")
+        raise CpsnakeError(
+            f"{path}: 3-D flows of shape {flows.shape} (stack axes {stack_axes!r}), expected (4, Z, Y, X)"
+        )
     if stack_axes and not three_d and not (flows.ndim == 4 and flows.shape[1] == 3):
         raise CpsnakeError(f"{path}: stack flows of shape {flows.shape}, expected (S, 3, Y, X) per plane")
     extra = {"network_scale": float(network_scale)} if network_scale is not None else {}

@@ -31,10 +31,17 @@ _MAGIC = (
 
 # formats cpsnake does not read, told by their first bytes, so that a message can say what a file is
 _OTHER_MAGIC = (
-    (b"GIF8", "a GIF image"), (b"BM", "a BMP image"), (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"),
-    (b"\x1f\x8b", "a gzip archive"), (b"\x89HDF", "an HDF5 file"), (b"ZISRAWFILE", "a Zeiss CZI file"),
-    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"), (b"\xff\x4f\xff\x51", "a JPEG 2000 codestream"),
-    (b"8BPS", "a Photoshop file"), (b"\x93NUMPY", "a NumPy array file"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\x89HDF", "an HDF5 file"),
+    (b"ZISRAWFILE", "a Zeiss CZI file"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (b"\xff\x4f\xff\x51", "a JPEG 2000 codestream"),
+    (b"8BPS", "a Photoshop file"),
+    (b"\x93NUMPY", "a NumPy array file"),
 )
 
 

@@ -36,8 +36,7 @@ from cpsnake.io.omezarr import is_ome_zarr, open_zarr_regions
 from cpsnake.io.regions import RegionImage, open_tiff_regions
 from cpsnake.io.tiff import open_tiff, read_series
 
-__all__ = ["REGION_FORMATS", "input_format", "file_format", "read_header", "read_image", "open_regions",
-           "region_input"]
+__all__ = ["REGION_FORMATS", "input_format", "file_format", "read_header", "read_image", "open_regions", "region_input"]
 
 REGION_FORMATS = ("tiff", "ome-zarr")  # the inputs that can be read region by region
 _UNKNOWN_AXES = "QIR"  # tifffile's names for axes without metadata (a numpy array saved as is)
@@ -61,8 +60,9 @@ def file_format(path: Path) -> str:
         with open(path, "rb") as fh:
             first = fh.read(16)
     except OSError as exc:
-        raise CpsnakeError(f"{path}: cannot be opened ({exc.strerror}); expected a readable image file; "
-                           "check its permissions") from None
+        raise CpsnakeError(
+            f"{path}: cannot be opened ({exc.strerror}); expected a readable image file; check its permissions"
+        ) from None
     if not first or st.st_size == 0:
         raise CpsnakeError(f"{path}: found an empty file (0 bytes); expected {expected}; re-export or re-copy it")
     fmt = format_of(first)
@@ -105,9 +105,10 @@ def read_header(path: str | os.PathLike, *, max_pixels: int | None = None) -> di
     except CpsnakeError:
         raise
     except Exception as exc:  # readers raise many types for a broken header
-        raise CpsnakeError(f"{path}: found a {fmt.upper()} whose header cannot be read ({library_text(exc)}); "
-                           "expected a complete image; the file is truncated or corrupt: copy or export it again"
-                           ) from None
+        raise CpsnakeError(
+            f"{path}: found a {fmt.upper()} whose header cannot be read ({library_text(exc)}); "
+            "expected a complete image; the file is truncated or corrupt: copy or export it again"
+        ) from None
     if "Y" not in axes or "X" not in axes:
         raise CpsnakeError(f"{path}: found shape {shape} with axes {axes!r}; expected an image with Y and X axes")
     channels = planes = 1
@@ -119,8 +120,14 @@ def read_header(path: str | os.PathLike, *, max_pixels: int | None = None) -> di
         elif a not in "YX":
             channels *= n
     height, width = shape[axes.index("Y")], shape[axes.index("X")]
-    return {"height": height, "width": width, "channels_in_file": channels, "planes": planes, "dtype": dtype,
-            "pixels": height * width * planes}
+    return {
+        "height": height,
+        "width": width,
+        "channels_in_file": channels,
+        "planes": planes,
+        "dtype": dtype,
+        "pixels": height * width * planes,
+    }
 
 
 # --- the whole image ---------------------------------------------------------------------------------
@@ -131,9 +138,11 @@ def _read_ome_zarr(path: Path, max_pixels: int | None) -> tuple[np.ndarray, dict
     first; the read refuses NaN and infinite values."""
     with open_regions(path, max_pixels=max_pixels) as img:
         if img.stack_axes:
-            raise CpsnakeError(f"{path}: found an OME-Zarr stack (axes {img.meta['axes']!r}, shape "
-                               f"{img.meta['shape']}); expected a 2-D OME-Zarr image (C, Y, X); save the stack as an "
-                               "ImageJ or OME-TIFF hyperstack")
+            raise CpsnakeError(
+                f"{path}: found an OME-Zarr stack (axes {img.meta['axes']!r}, shape "
+                f"{img.meta['shape']}); expected a 2-D OME-Zarr image (C, Y, X); save the stack as an "
+                "ImageJ or OME-TIFF hyperstack"
+            )
         limits.check_samples(path, img.meta["shape"], limit=max_pixels)
         data = img.read(0, img.shape[1], 0, img.shape[2])
         meta = dict(img.meta)
@@ -187,9 +196,13 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
         return _read_ome_zarr(path, max_pixels)
     pixel_size = unit = problem = z_step = frame_interval = time_unit = None
     if fmt == "tiff":
-        data, tmeta = read_series(path, expected="a complete TIFF image",
-                                  fix="convert the image (e.g. Fiji: Image > Type > 32-bit)", max_pixels=max_pixels,
-                                  sniffed=True)
+        data, tmeta = read_series(
+            path,
+            expected="a complete TIFF image",
+            fix="convert the image (e.g. Fiji: Image > Type > 32-bit)",
+            max_pixels=max_pixels,
+            sniffed=True,
+        )
         axes, pixel_size, unit = tmeta["axes"], tmeta["pixel_size"], tmeta["unit"]
         has_alpha, problem = tmeta["has_alpha"], tmeta["calibration_problem"]
         z_step, frame_interval, time_unit = tmeta["z_step"], tmeta["frame_interval"], tmeta["time_unit"]
@@ -216,8 +229,10 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
             "...); convert the image (e.g. Fiji: Image > Type > 32-bit)"
         )
     if data.ndim != len(axes) or "Y" not in axes or "X" not in axes:
-        raise CpsnakeError(f"{path}: found shape {shape} with axes {axes!r}; expected an image with Y and X axes; "
-                           "save the image again with its axes (e.g. Fiji: File > Save As > Tiff)")
+        raise CpsnakeError(
+            f"{path}: found shape {shape} with axes {axes!r}; expected an image with Y and X axes; "
+            "save the image again with its axes (e.g. Fiji: File > Save As > Tiff)"
+        )
     if has_alpha and axes[-1] == "S" and data.shape[-1] in (2, 4):
         data = data[..., :-1]
         meta["dropped_alpha"] = True
@@ -283,14 +298,17 @@ def open_regions(path: str | os.PathLike, *, level: int = 0, max_pixels: int | N
     path = Path(path)
     if path.is_dir():
         if not is_ome_zarr(path):
-            raise CpsnakeError(f"{path}: found a folder that is not a Zarr group (no zarr.json, .zgroup or .zattrs); "
-                               "expected an image file or an OME-Zarr folder; pass the .zarr folder itself")
+            raise CpsnakeError(
+                f"{path}: found a folder that is not a Zarr group (no zarr.json, .zgroup or .zattrs); "
+                "expected an image file or an OME-Zarr folder; pass the .zarr folder itself"
+            )
         return open_zarr_regions(path, level, max_pixels)
     return open_tiff_regions(path, level, max_pixels)
 
 
-def region_input(path: Path, *, block_size: int | None, whole_up_to: int, max_pixels: int | None = None
-                 ) -> RegionImage | None:
+def region_input(
+    path: Path, *, block_size: int | None, whole_up_to: int, max_pixels: int | None = None
+) -> RegionImage | None:
     """A :class:`cpsnake.io.regions.RegionImage` for an input that ``cpsnake segment`` reads by region, or None for
     one it reads whole (:func:`read_image`).
 
@@ -303,9 +321,11 @@ def region_input(path: Path, *, block_size: int | None, whole_up_to: int, max_pi
         image = open_regions(path, max_pixels=max_pixels)
         if image.stack_axes:
             image.close()
-            raise CpsnakeError(f"{path}: found an OME-Zarr stack (axes {image.meta['axes']!r}, shape "
-                               f"{image.meta['shape']}); expected a 2-D OME-Zarr image (C, Y, X); save the stack as an "
-                               "ImageJ or OME-TIFF hyperstack")
+            raise CpsnakeError(
+                f"{path}: found an OME-Zarr stack (axes {image.meta['axes']!r}, shape "
+                f"{image.meta['shape']}); expected a 2-D OME-Zarr image (C, Y, X); save the stack as an "
+                "ImageJ or OME-TIFF hyperstack"
+            )
         return image
     if block_size == 0 or not path.is_file() or file_format(path) != "tiff":
         return None

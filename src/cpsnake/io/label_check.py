@@ -39,8 +39,9 @@ _MAX_ID = 2**63 - 1  # ids are int64
 _MAX_FLOAT_ID = 2**53  # the largest whole number below which every whole number is a float64
 
 
-def check_labels(labels, where: str | os.PathLike, *, source: str = "array", noun: str = "image",
-                 ids_in: str | None = None) -> np.ndarray:
+def check_labels(
+    labels, where: str | os.PathLike, *, source: str = "array", noun: str = "image", ids_in: str | None = None
+) -> np.ndarray:
     """``labels`` as an ndarray when its values are labels (see the module docstring), else a CpsnakeError.
 
     Parameters
@@ -67,15 +68,18 @@ def check_labels(labels, where: str | os.PathLike, *, source: str = "array", nou
     if not np.issubdtype(lab.dtype, np.integer):
         raise CpsnakeError(
             f"{where}: found labels of dtype {lab.dtype}, expected an integer label {noun} (0 = background, "
-            "1..N = objects); convert label images with astype(np.int32), masks with a labelling")
+            "1..N = objects); convert label images with astype(np.int32), masks with a labelling"
+        )
     if np.issubdtype(lab.dtype, np.signedinteger) and lab.size and int(lab.min()) < 0:
         raise CpsnakeError(
             f"{where}: found a negative label {int(lab.min())}, expected 0 = background and positive ids; "
-            "relabel the objects with ids 1..N")
+            "relabel the objects with ids 1..N"
+        )
     if ids_in is not None and lab.dtype == np.uint64 and lab.size and int(lab.max()) > _MAX_ID:
         raise CpsnakeError(
             f"{where}: found label {int(lab.max())}, expected ids up to 2**63 - 1 (ids are int64 in {ids_in}); "
-            "relabel the objects with ids 1..N")
+            "relabel the objects with ids 1..N"
+        )
     return lab
 
 
@@ -86,21 +90,28 @@ def _check_file(data: np.ndarray, path) -> None:
     if data.dtype.kind == "f":
         finite = np.isfinite(data)
         if not finite.all():
-            raise CpsnakeError(f"{path}: found {data.size - int(finite.sum())} NaN or infinite labels; expected whole "
-                               f"numbers; {LABELS_FIX}")
+            raise CpsnakeError(
+                f"{path}: found {data.size - int(finite.sum())} NaN or infinite labels; expected whole "
+                f"numbers; {LABELS_FIX}"
+            )
         del finite
         if np.any(data != np.round(data)) or (data.size and data.min() < 0):
-            raise CpsnakeError(f"{path}: found float labels with fractional or negative values; expected whole numbers "
-                               f">= 0; {LABELS_FIX}")
+            raise CpsnakeError(
+                f"{path}: found float labels with fractional or negative values; expected whole numbers "
+                f">= 0; {LABELS_FIX}"
+            )
         if data.size and data.max() > _MAX_FLOAT_ID:
-            raise CpsnakeError(f"{path}: found float labels above 2**53, which a float cannot hold exactly; "
-                               f"{LABELS_FIX}")
+            raise CpsnakeError(
+                f"{path}: found float labels above 2**53, which a float cannot hold exactly; {LABELS_FIX}"
+            )
     elif data.dtype.kind == "b":
         raise CpsnakeError(f"{path}: found a binary (bool) mask, expected labels that number each object; {LABELS_FIX}")
     elif data.dtype.kind not in "ui":
         raise CpsnakeError(f"{path}: found labels of type {data.dtype}, expected integers; {LABELS_FIX}")
     elif data.size and data.min() < 0:
-        raise CpsnakeError(f"{path}: found negative labels (smallest {data.min()}); expected 0 = background and "
-                           f"1..N = objects; {LABELS_FIX}")
+        raise CpsnakeError(
+            f"{path}: found negative labels (smallest {data.min()}); expected 0 = background and "
+            f"1..N = objects; {LABELS_FIX}"
+        )
     if data.dtype.kind == "u" and data.dtype.itemsize == 8 and data.size and data.max() > _MAX_ID:
         raise CpsnakeError(f"{path}: found label {data.max()}, above 2**63 - 1; {LABELS_FIX}")

@@ -83,8 +83,10 @@ def write_labels(
     labels = np.asarray(labels)
     stack_axes = stack_axes if stack_axes is not None else {2: "", 3: "Z", 4: "TZ"}.get(labels.ndim, "")
     if labels.ndim not in (2, 3, 4) or labels.ndim != 2 + len(stack_axes) or stack_axes not in ("", "Z", "T", "TZ"):
-        raise CpsnakeError(f"{path}: labels of shape {labels.shape} with stack axes {stack_axes!r}, expected (Y, X), "
-                           "(Z, Y, X), (T, Y, X) or (T, Z, Y, X)")
+        raise CpsnakeError(
+            f"{path}: labels of shape {labels.shape} with stack axes {stack_axes!r}, expected (Y, X), "
+            "(Z, Y, X), (T, Y, X) or (T, Z, Y, X)"
+        )
     top = int(labels.max()) if labels.size else 0
     dtype = label_dtype(top, path)
     warn_label_dtype(path, top, dtype)
@@ -96,16 +98,20 @@ def write_labels(
     if labels.size * dtype.itemsize > CLASSIC_TIFF_BYTES:
         _write_big_labels(path, labels.astype(dtype), stack_axes + "YX", pixel_size, unit)
         return dtype
-    write_tiff(path, labels.astype(dtype), axes=stack_axes + "YX", pixel_size=pixel_size, unit=unit,
-               metadata=extra or None)
+    write_tiff(
+        path, labels.astype(dtype), axes=stack_axes + "YX", pixel_size=pixel_size, unit=unit, metadata=extra or None
+    )
     return dtype
 
 
 def warn_label_dtype(path, top: int, dtype) -> None:
     """The stderr message of labels written as float32 (more than 65,535)."""
     if dtype == np.float32:
-        print(f"{path}: {top} labels exceed uint16 (65,535); written as float32, exact up to 16,777,216 "
-              "(ImageJ 1 has no 32-bit integer type)", file=sys.stderr)
+        print(
+            f"{path}: {top} labels exceed uint16 (65,535); written as float32, exact up to 16,777,216 "
+            "(ImageJ 1 has no 32-bit integer type)",
+            file=sys.stderr,
+        )
 
 
 BIG_TILE = 1024  # tile side of a BigTIFF label image
@@ -116,11 +122,18 @@ def big_labels_metadata(path, axes: str, nbytes: int, pixel_size, unit) -> dict:
     :func:`_write_big_labels`)."""
     meta: dict = {"axes": axes}
     if pixel_size is not None:
-        meta.update(PhysicalSizeY=float(pixel_size[0]), PhysicalSizeX=float(pixel_size[1]),
-                    PhysicalSizeYUnit=_ome_unit(unit), PhysicalSizeXUnit=_ome_unit(unit))
-    print(f"{path}: {nbytes / 1e9:.1f} GB of labels exceed the 4 GB of a classic TIFF; written as a BigTIFF "
-          "(OME-TIFF), which ImageJ 1 cannot open: in Fiji use File > Import > Bio-Formats, or write OME-Zarr "
-          "labels (cpsnake segment --ome-zarr) for napari and QuPath", file=sys.stderr)
+        meta.update(
+            PhysicalSizeY=float(pixel_size[0]),
+            PhysicalSizeX=float(pixel_size[1]),
+            PhysicalSizeYUnit=_ome_unit(unit),
+            PhysicalSizeXUnit=_ome_unit(unit),
+        )
+    print(
+        f"{path}: {nbytes / 1e9:.1f} GB of labels exceed the 4 GB of a classic TIFF; written as a BigTIFF "
+        "(OME-TIFF), which ImageJ 1 cannot open: in Fiji use File > Import > Bio-Formats, or write OME-Zarr "
+        "labels (cpsnake segment --ome-zarr) for napari and QuPath",
+        file=sys.stderr,
+    )
     return meta
 
 
@@ -131,8 +144,9 @@ def _write_big_labels(path, labels: np.ndarray, axes: str, pixel_size, unit) -> 
 
     meta = big_labels_metadata(path, axes, labels.nbytes, pixel_size, unit)
     with atomic_output(path) as tmp:
-        tifffile.imwrite(tmp, labels, bigtiff=True, ome=True, metadata=meta, tile=(BIG_TILE, BIG_TILE),
-                         compression="zlib")
+        tifffile.imwrite(
+            tmp, labels, bigtiff=True, ome=True, metadata=meta, tile=(BIG_TILE, BIG_TILE), compression="zlib"
+        )
 
 
 def _ome_unit(unit: str | None) -> str:

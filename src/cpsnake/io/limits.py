@@ -115,7 +115,10 @@ def _argument(text: str) -> int:
 def add_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Add ``--max-pixels N`` (default: ``$CPSNAKE_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`)."""
     p.add_argument(
-        "--max-pixels", type=_argument, default=None, metavar="N",
+        "--max-pixels",
+        type=_argument,
+        default=None,
+        metavar="N",
         help=f"refuse inputs that decode to more than N samples (pixels x channels x planes); default "
         f"${ENV} or {DEFAULT_MAX_PIXELS:,} (a run at the limit needs about 10 GiB)",
     )
@@ -146,8 +149,15 @@ def check_samples(
         )
 
 
-def check_chunk(path: object, chunk: Sequence[int], *, limit: int | None = None, per_pixel: int = 1,
-                what: str = "TIFF tiles", image: Sequence[int] | None = None) -> None:
+def check_chunk(
+    path: object,
+    chunk: Sequence[int],
+    *,
+    limit: int | None = None,
+    per_pixel: int = 1,
+    what: str = "TIFF tiles",
+    image: Sequence[int] | None = None,
+) -> None:
     """Refuse a storage chunk (a TIFF tile or strip, a Zarr chunk) of more than ``limit * per_pixel`` samples.
 
     A decoder makes a whole chunk at a time, whatever the image's size: a 256 x 256 image declaring tiles of
@@ -181,7 +191,8 @@ def check_min_side(path: object, yx: Sequence[int]) -> None:
 def check_stack_3d(path, shape: Sequence[int], *, anisotropy: float | None, diameter, limit: int | None) -> None:
     """The stack ``(Z, C, Y, X)`` resized for 3-D segmentation (Z by ``anisotropy``, every side by 30 /
     ``diameter``, the Cellpose-SAM scale) must hold at most ``limit`` samples (:func:`max_pixels` when None); a
-    CpsnakeError naming ``--anisotropy`` otherwise. Checked from the header before the model loads (the network's own scale is
+    CpsnakeError naming ``--anisotropy`` otherwise. Checked from the header before the model loads (the network's own
+    scale is
     checked again once it is known, :func:`cpsnake.engine.infer3d.predict_3d`)."""
     Z, C, Y, X = (int(n) for n in shape)
     aniso = 1.0 if anisotropy is None else float(anisotropy)

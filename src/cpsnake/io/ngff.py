@@ -37,8 +37,16 @@ __all__ = ["write_label_zarr", "LEVEL_MIN", "CHUNK"]
 
 CHUNK = 1024
 LEVEL_MIN = 1024  # the pyramid stops at the first level whose longer side is at most this
-_UNIT_NAMES = {"micron": "micrometer", "um": "micrometer", "µm": "micrometer", "μm": "micrometer", "nm": "nanometer",
-               "mm": "millimeter", "cm": "centimeter", "m": "meter"}
+_UNIT_NAMES = {
+    "micron": "micrometer",
+    "um": "micrometer",
+    "µm": "micrometer",
+    "μm": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+}
 
 
 def _levels(shape: tuple[int, int]) -> list[tuple[int, int]]:
@@ -49,8 +57,14 @@ def _levels(shape: tuple[int, int]) -> list[tuple[int, int]]:
     return out
 
 
-def write_label_zarr(path: str | os.PathLike, labels, *, pixel_size: tuple[float, float] | None = None,
-                     unit: str | None = None, name: str = "cells") -> int:
+def write_label_zarr(
+    path: str | os.PathLike,
+    labels,
+    *,
+    pixel_size: tuple[float, float] | None = None,
+    unit: str | None = None,
+    name: str = "cells",
+) -> int:
     """Write ``labels`` ``(Y, X)`` (any int array that slices, e.g. a Zarr array) as OME-Zarr labels at ``path``
     (see the module doc); returns the number of pyramid levels. ``pixel_size`` (y, x) in ``unit`` goes to each
     level's ``scale`` (1 px when None)."""
@@ -70,8 +84,14 @@ def write_label_zarr(path: str | os.PathLike, labels, *, pixel_size: tuple[float
         py, px = pixel_size if pixel_size is not None else (1.0, 1.0)
         previous = labels
         for k, (h, w) in enumerate(shapes):
-            arr = cells.create_array(str(k), shape=(h, w), chunks=(min(CHUNK, h), min(CHUNK, w)), dtype="int32",
-                                     fill_value=0, dimension_names=["y", "x"])
+            arr = cells.create_array(
+                str(k),
+                shape=(h, w),
+                chunks=(min(CHUNK, h), min(CHUNK, w)),
+                dtype="int32",
+                fill_value=0,
+                dimension_names=["y", "x"],
+            )
             band = CHUNK
             for y in range(0, h, band):
                 if k == 0:
@@ -83,12 +103,21 @@ def write_label_zarr(path: str | os.PathLike, labels, *, pixel_size: tuple[float
         axes = [{"name": a, "type": "space", **({"unit": axis_unit} if axis_unit else {})} for a in "yx"]
         cells.attrs["ome"] = {
             "version": "0.5",
-            "multiscales": [{
-                "name": name,
-                "axes": axes,
-                "datasets": [{"path": str(k), "coordinateTransformations": [
-                    {"type": "scale", "scale": [float(py) * 2**k, float(px) * 2**k]}]} for k in range(len(shapes))],
-            }],
+            "multiscales": [
+                {
+                    "name": name,
+                    "axes": axes,
+                    "datasets": [
+                        {
+                            "path": str(k),
+                            "coordinateTransformations": [
+                                {"type": "scale", "scale": [float(py) * 2**k, float(px) * 2**k]}
+                            ],
+                        }
+                        for k in range(len(shapes))
+                    ],
+                }
+            ],
             "image-label": {"version": "0.5", "source": {"image": "../../"}},
         }
     return len(shapes)

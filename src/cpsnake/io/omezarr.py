@@ -37,14 +37,26 @@ from cpsnake.io.regions import RegionImage, settle_reads
 
 __all__ = ["ZARR_FILE", "ZARR_NAMES", "MAX_METADATA_BYTES", "is_ome_zarr", "open_zarr_regions"]
 
-_UNITS = {"micrometer": "micron", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
-          "angstrom": "\\u00c5"}
+_UNITS = {
+    "micrometer": "micron",
+    "nanometer": "nm",
+    "millimeter": "mm",
+    "centimeter": "cm",
+    "meter": "m",
+    "angstrom": "\\u00c5",
+}
 ZARR_FILE = "a file of an OME-Zarr image (metadata or chunk)"
 ZARR_NAMES = ("zarr.json", ".zgroup", ".zattrs")
 MAX_METADATA_BYTES = 16 * 2**20  # one zarr.json / .zarray / .zattrs / .zgroup file
 _METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
-_JSON_KIND = {int: "a number", float: "a number", bool: "true or false", list: "a list", dict: "an object",
-              type(None): "null"}
+_JSON_KIND = {
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+    dict: "an object",
+    type(None): "null",
+}
 
 
 def is_ome_zarr(path: str | os.PathLike) -> bool:
@@ -75,19 +87,24 @@ def _entry(root: Path, key: str, *, metadata: bool = False, real_root: str | Non
         raise CpsnakeError(
             f"{entry}: found a path that leads outside the OME-Zarr folder {root} (through '..', an absolute path or "
             "a symbolic link); expected its files inside the folder; copy the data into it (e.g. cp -rL) or write the "
-            "OME-Zarr again")
+            "OME-Zarr again"
+        )
     if not os.path.lexists(entry):
         parent = entry.parent
         while not os.path.lexists(parent) and parent != root:
             parent = parent.parent
         if not parent.is_dir():  # a file, FIFO, ... where the key needs a folder: not a missing chunk
-            raise CpsnakeError(f"{parent}: is not a folder; expected the folder that holds {entry.name} in the "
-                               "OME-Zarr; write the OME-Zarr again")
+            raise CpsnakeError(
+                f"{parent}: is not a folder; expected the folder that holds {entry.name} in the "
+                "OME-Zarr; write the OME-Zarr again"
+            )
         return None
     st = files.regular_file(entry, ZARR_FILE)
     if metadata and st.st_size > MAX_METADATA_BYTES:
-        raise CpsnakeError(f"{entry}: found {st.st_size:,} bytes of metadata, more than {MAX_METADATA_BYTES:,}; "
-                           "expected the JSON metadata of an OME-Zarr; write the OME-Zarr again")
+        raise CpsnakeError(
+            f"{entry}: found {st.st_size:,} bytes of metadata, more than {MAX_METADATA_BYTES:,}; "
+            "expected the JSON metadata of an OME-Zarr; write the OME-Zarr again"
+        )
     return entry
 
 
@@ -105,8 +122,10 @@ def _folder_store(root: Path):
             def _check(self, key: str) -> bool:
                 if getattr(self, "_real_root", None) is None:
                     self._real_root = os.path.realpath(self.root)
-                return _entry(self.root, key, metadata=key.rsplit("/", 1)[-1] in _METADATA,
-                              real_root=self._real_root) is not None
+                return (
+                    _entry(self.root, key, metadata=key.rsplit("/", 1)[-1] in _METADATA, real_root=self._real_root)
+                    is not None
+                )
 
             def get_sync(self, key, *, prototype=None, byte_range=None):
                 return super().get_sync(key, prototype=prototype, byte_range=byte_range) if self._check(key) else None
@@ -124,7 +143,6 @@ def _folder_store(root: Path):
     return _STORE[0](root, read_only=True)
 
 
-
 def _zarr_attrs(path: Path) -> dict:
     """The group's attributes: ``zarr.json``'s ``attributes`` (v3) or ``.zattrs`` (v2); each file checked by
     :func:`_entry` (regular, inside the folder, at most 16 MiB) before it is read, ``.zgroup`` too."""
@@ -136,11 +154,14 @@ def _zarr_attrs(path: Path) -> dict:
             try:
                 doc = json.loads(text)
             except (json.JSONDecodeError, RecursionError) as exc:
-                raise CpsnakeError(f"{f}: found metadata that is not JSON ({library_text(exc)}); expected OME-Zarr "
-                                   "metadata; write the OME-Zarr again") from None
+                raise CpsnakeError(
+                    f"{f}: found metadata that is not JSON ({library_text(exc)}); expected OME-Zarr "
+                    "metadata; write the OME-Zarr again"
+                ) from None
             if not isinstance(doc, dict):
-                raise CpsnakeError(f"{f}: found {type(doc).__name__} metadata, expected a JSON object; write the "
-                                   "OME-Zarr again")
+                raise CpsnakeError(
+                    f"{f}: found {type(doc).__name__} metadata, expected a JSON object; write the OME-Zarr again"
+                )
             attrs = doc.get(key, {}) if key else doc
             if attrs:
                 return attrs if isinstance(attrs, dict) else {}
@@ -153,24 +174,36 @@ def _dataset_path(path: Path, datasets: list, level: int) -> str:
     where = f"multiscales[0].datasets[{level}].path"
     ds = datasets[level]
     value = ds.get("path") if isinstance(ds, dict) else None
-    fix = ("expected a relative path of a folder inside the .zarr folder (e.g. \"0\"); fix the metadata or write the "
-           "OME-Zarr again")
+    fix = (
+        'expected a relative path of a folder inside the .zarr folder (e.g. "0"); fix the metadata or write the '
+        "OME-Zarr again"
+    )
     if not isinstance(value, str):
-        found = f"{where} as {_JSON_KIND.get(type(value), 'a value that is not a string')}" \
-            if isinstance(ds, dict) and "path" in ds else f"no {where}"
+        found = (
+            f"{where} as {_JSON_KIND.get(type(value), 'a value that is not a string')}"
+            if isinstance(ds, dict) and "path" in ds
+            else f"no {where}"
+        )
         raise CpsnakeError(f"{path}: found {found}; {fix}")
     shown = repr(value) if len(value) <= 80 else repr(value[:77]) + "..."
     parts = value.strip("/").split("/")
-    problem = ("an absolute path" if value.startswith("/") or os.path.isabs(value) else
-               "it climbs out of the folder with '..'" if ".." in parts else
-               "not a plain relative path" if not value.strip("/") or "" in parts or "." in parts or "\\" in value
-               else None)
+    problem = (
+        "an absolute path"
+        if value.startswith("/") or os.path.isabs(value)
+        else "it climbs out of the folder with '..'"
+        if ".." in parts
+        else "not a plain relative path"
+        if not value.strip("/") or "" in parts or "." in parts or "\\" in value
+        else None
+    )
     if problem:
         raise CpsnakeError(f"{path}: found {where} {shown}: {problem}; {fix}")
     real, root = os.path.realpath(path / value), os.path.realpath(path)
     if not _inside(real, root) or real == root:
-        raise CpsnakeError(f"{path}: found {where} {shown}: it leads outside the folder (or to the folder itself) "
-                           f"through a symbolic link; {fix}, or copy the data into the folder (e.g. cp -rL)")
+        raise CpsnakeError(
+            f"{path}: found {where} {shown}: it leads outside the folder (or to the folder itself) "
+            f"through a symbolic link; {fix}, or copy the data into the folder (e.g. cp -rL)"
+        )
     return "/".join(parts)
 
 
@@ -184,15 +217,19 @@ def open_zarr_regions(path: Path, level: int = 0, max_pixels: int | None = None)
     ome = attrs.get("ome", attrs)  # NGFF 0.5 nests under "ome"
     ms = ome.get("multiscales") if isinstance(ome, dict) else None
     if not isinstance(ms, list) or not ms or not isinstance(ms[0], dict):
-        raise CpsnakeError(f"{path}: found a Zarr group without OME-NGFF multiscales metadata; expected an OME-Zarr "
-                           "image (NGFF 0.4 or 0.5, e.g. written by bioformats2raw, QuPath or ome-zarr-py); convert "
-                           "it, e.g. bioformats2raw IMAGE OUT.zarr")
+        raise CpsnakeError(
+            f"{path}: found a Zarr group without OME-NGFF multiscales metadata; expected an OME-Zarr "
+            "image (NGFF 0.4 or 0.5, e.g. written by bioformats2raw, QuPath or ome-zarr-py); convert "
+            "it, e.g. bioformats2raw IMAGE OUT.zarr"
+        )
     m = ms[0]
     datasets = m.get("datasets")
     datasets = datasets if isinstance(datasets, list) else []
     if level >= len(datasets):
-        raise CpsnakeError(f"{path}: found {len(datasets)} pyramid level(s) in the multiscales metadata, expected "
-                           f"level {level}; the OME-Zarr is incomplete: write it again")
+        raise CpsnakeError(
+            f"{path}: found {len(datasets)} pyramid level(s) in the multiscales metadata, expected "
+            f"level {level}; the OME-Zarr is incomplete: write it again"
+        )
     key = _dataset_path(path, datasets, level)
     ds = datasets[level]
     try:
@@ -211,22 +248,30 @@ def open_zarr_regions(path: Path, level: int = 0, max_pixels: int | None = None)
         raise
     except Exception as exc:  # zarr and numcodecs raise many types for missing or malformed metadata
         settle_reads()
-        raise CpsnakeError(f"{path}: found pyramid level {level} ({key!r}) missing or unreadable "
-                           f"({library_text(exc)}); expected the Zarr array the multiscales metadata names (zarr.json "
-                           "or .zarray with a known data type and codecs); the OME-Zarr is incomplete or unsupported: "
-                           "write it again (e.g. ome-zarr-py, bioformats2raw)") from None
+        raise CpsnakeError(
+            f"{path}: found pyramid level {level} ({key!r}) missing or unreadable "
+            f"({library_text(exc)}); expected the Zarr array the multiscales metadata names (zarr.json "
+            "or .zarray with a known data type and codecs); the OME-Zarr is incomplete or unsupported: "
+            "write it again (e.g. ome-zarr-py, bioformats2raw)"
+        ) from None
     if dtype.kind not in "buif":
-        raise CpsnakeError(f"{path}: found pixels of type {library_text(dtype)}; expected integer or real intensities; "
-                           "convert the image (e.g. Fiji: Image > Type > 32-bit) and write the OME-Zarr again")
+        raise CpsnakeError(
+            f"{path}: found pixels of type {library_text(dtype)}; expected integer or real intensities; "
+            "convert the image (e.g. Fiji: Image > Type > 32-bit) and write the OME-Zarr again"
+        )
     try:
         axes, units_of_axes, scale = _axes_and_scale(m, ds, len(shape))
     except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
-        raise CpsnakeError(f"{path}: found multiscales axes or coordinateTransformations that cannot be read "
-                           f"({library_text(exc)}); expected NGFF 0.4 / 0.5 metadata (axes: a list of objects with a "
-                           "name; scale: a list of numbers per axis); write the OME-Zarr again") from None
+        raise CpsnakeError(
+            f"{path}: found multiscales axes or coordinateTransformations that cannot be read "
+            f"({library_text(exc)}); expected NGFF 0.4 / 0.5 metadata (axes: a list of objects with a "
+            "name; scale: a list of numbers per axis); write the OME-Zarr again"
+        ) from None
     if axes is None:
-        raise CpsnakeError(f"{path}: found {units_of_axes} axes in the metadata for an array of {len(shape)} "
-                           "dimensions; expected one axis per dimension; write the OME-Zarr again")
+        raise CpsnakeError(
+            f"{path}: found {units_of_axes} axes in the metadata for an array of {len(shape)} "
+            "dimensions; expected one axis per dimension; write the OME-Zarr again"
+        )
     yi, xi = axes.find("Y"), axes.find("X")
     pixel_size = unit = problem = None
     if yi >= 0 and xi >= 0:
@@ -237,10 +282,20 @@ def open_zarr_regions(path: Path, level: int = 0, max_pixels: int | None = None)
             ux = units_of_axes[xi]
             pixel_size, unit = (py, px), _UNITS.get(ux or "", ux) if ux else None
     zi = axes.find("Z")
-    meta = {"pixel_size": pixel_size, "unit": unit, "axes": axes, "shape": shape,
-            "dtype": str(dtype), "format": "ome-zarr", "dropped_alpha": False, "calibration_problem": problem,
-            "z_step": float(scale[zi]) if zi >= 0 and scale[zi] != 1 else None, "frame_interval": None,
-            "time_unit": None, "levels": len(datasets)}
+    meta = {
+        "pixel_size": pixel_size,
+        "unit": unit,
+        "axes": axes,
+        "shape": shape,
+        "dtype": str(dtype),
+        "format": "ome-zarr",
+        "dropped_alpha": False,
+        "calibration_problem": problem,
+        "z_step": float(scale[zi]) if zi >= 0 and scale[zi] != 1 else None,
+        "frame_interval": None,
+        "time_unit": None,
+        "levels": len(datasets),
+    }
     return RegionImage(path, shape, chunks, axes, meta, array.__getitem__, units=units, max_pixels=max_pixels)
 
 
@@ -264,7 +319,11 @@ def _axes_and_scale(m: dict, ds: dict, ndim: int) -> tuple[str | None, list | in
     axes = "".join({"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(n, "Q") for n in names)
     scale = np.ones(ndim)
     for tr in list(ds.get("coordinateTransformations") or []) + list(m.get("coordinateTransformations") or []):
-        if isinstance(tr, dict) and tr.get("type") == "scale" and isinstance(tr.get("scale"), list) \
-                and len(tr["scale"]) == ndim:
+        if (
+            isinstance(tr, dict)
+            and tr.get("type") == "scale"
+            and isinstance(tr.get("scale"), list)
+            and len(tr["scale"]) == ndim
+        ):
             scale = scale * np.asarray(tr["scale"], float)
     return axes, units, scale

@@ -41,8 +41,18 @@ from typing import Iterator
 
 from cpsnake.errors import CpsnakeError, one_line
 
-__all__ = ["atomic_output", "all_or_nothing", "written", "make_folder", "writable_folder", "check_output",
-           "check_target", "output_error", "discard", "scratch_folder"]
+__all__ = [
+    "atomic_output",
+    "all_or_nothing",
+    "written",
+    "make_folder",
+    "writable_folder",
+    "check_output",
+    "check_target",
+    "output_error",
+    "discard",
+    "scratch_folder",
+]
 
 _PENDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("cpsnake_pending_outputs", default=None)
 
@@ -163,15 +173,19 @@ def check_target(path: str | os.PathLike, *, folder: bool = False) -> None:
         return
     except OSError as exc:
         raise output_error(path, exc) from None
-    if (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):
+    if stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode):
         return
     expected = "a folder cpsnake wrote (replaced whole)" if folder else "a file cpsnake may replace"
     if stat.S_ISLNK(mode):
-        raise CpsnakeError(f"{path}: found a symbolic link (to {os.readlink(path)}) under an output name; expected "
-                           f"{expected}, or nothing; cpsnake never writes through or deletes a link: remove the link "
-                           f"(`rm {path}` leaves its target alone) or write elsewhere")
-    raise CpsnakeError(f"{path}: found {_kind(mode)} under an output name; expected {expected}, or nothing; move or "
-                       "remove it, or write elsewhere")
+        raise CpsnakeError(
+            f"{path}: found a symbolic link (to {os.readlink(path)}) under an output name; expected "
+            f"{expected}, or nothing; cpsnake never writes through or deletes a link: remove the link "
+            f"(`rm {path}` leaves its target alone) or write elsewhere"
+        )
+    raise CpsnakeError(
+        f"{path}: found {_kind(mode)} under an output name; expected {expected}, or nothing; move or "
+        "remove it, or write elsewhere"
+    )
 
 
 _SCRATCH_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -195,8 +209,9 @@ def scratch_folder(prefix: str, folder: str | os.PathLike | None = None) -> Iter
         if exc.errno not in _SCRATCH_ERRNOS:
             raise
         reason = output_error(base, exc)
-        raise CpsnakeError(f"scratch folder {reason}; or point TMPDIR at a disk with room (export TMPDIR=/path)"
-                           ) from None
+        raise CpsnakeError(
+            f"scratch folder {reason}; or point TMPDIR at a disk with room (export TMPDIR=/path)"
+        ) from None
 
 
 def discard(path: str | os.PathLike) -> None:

@@ -35,12 +35,16 @@ def png_shape(path: str | os.PathLike, head: bytes) -> tuple[int, int, int, int]
     Nothing is decoded. A missing or malformed IHDR chunk is a CpsnakeError.
     """
     if len(head) < 33 or head[12:16] != b"IHDR":
-        raise CpsnakeError(f"{path}: found a PNG without its IHDR header; expected a complete PNG; "
-                           "the file is truncated or corrupt: copy or export it again")
+        raise CpsnakeError(
+            f"{path}: found a PNG without its IHDR header; expected a complete PNG; "
+            "the file is truncated or corrupt: copy or export it again"
+        )
     width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
     if width == 0 or height == 0 or colour not in _PNG_SAMPLES or depth not in (1, 2, 4, 8, 16):
-        raise CpsnakeError(f"{path}: found a PNG header of {width} x {height} pixels, bit depth {depth}, colour type "
-                           f"{colour}; expected a valid PNG; the file is corrupt: copy or export it again")
+        raise CpsnakeError(
+            f"{path}: found a PNG header of {width} x {height} pixels, bit depth {depth}, colour type "
+            f"{colour}; expected a valid PNG; the file is corrupt: copy or export it again"
+        )
     return height, width, _PNG_SAMPLES[colour], 2 if depth == 16 else 1
 
 
@@ -109,7 +113,8 @@ def read_png_jpeg(path: Path, fmt: str, max_pixels: int | None) -> tuple[np.ndar
         raise CpsnakeError(
             f"{path}: found a {what} whose compressed data expand beyond the size its header declares (or memory ran "
             f"out while decoding); expected a {what} whose data match its header; the file is corrupt or hostile: "
-            "export it again from the original") from None
+            "export it again from the original"
+        ) from None
     except Exception as exc:
         raise CpsnakeError(
             f"{path}: found a {what} whose data cannot be decoded ({library_text(exc)}); expected a complete {what}; "

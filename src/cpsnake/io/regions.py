@@ -94,9 +94,19 @@ class RegionImage:
     the image itself when it too holds more, as :func:`cpsnake.io.limits.check_samples` words it).
     """
 
-    def __init__(self, path: Path, raw_shape: Sequence[int], chunks: Sequence[int], axes: str, meta: dict,
-                 fetch: Callable[[tuple], np.ndarray], close: Callable[[], None] | None = None, *,
-                 units: Sequence[Sequence[int]] | None = None, max_pixels: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        raw_shape: Sequence[int],
+        chunks: Sequence[int],
+        axes: str,
+        meta: dict,
+        fetch: Callable[[tuple], np.ndarray],
+        close: Callable[[], None] | None = None,
+        *,
+        units: Sequence[Sequence[int]] | None = None,
+        max_pixels: int | None = None,
+    ):
         self.path = path
         self.raw_shape = tuple(int(n) for n in raw_shape)
         self.meta = meta
@@ -112,8 +122,10 @@ class RegionImage:
         for unit in units:
             n, dims = math.prod(unit), " x ".join(str(k) for k in unit)
             if len(unit) != len(axes) or min(unit) < 1:
-                raise CpsnakeError(f"{path}: found storage chunks of {dims} for axes {axes!r}; expected at least 1 "
-                                   "sample per axis; write the image again")
+                raise CpsnakeError(
+                    f"{path}: found storage chunks of {dims} for axes {axes!r}; expected at least 1 "
+                    "sample per axis; write the image again"
+                )
             if n > allowed:
                 limits.check_samples(path, self.raw_shape, limit=allowed)  # the image too: its own line comes first
                 limits.check_chunk(path, unit, limit=allowed, what="storage chunks", image=self.raw_shape)
@@ -134,8 +146,9 @@ class RegionImage:
         """Bytes of the storage units (all their axes) that the region ``[y0:y1, x0:x1]`` overlaps."""
         n = 1
         for a, size, unit, i in zip(self._axes, self.raw_shape, self._unit, self._index):
-            lo, hi = ((y0, y1) if a == "Y" else (x0, x1) if a == "X" else (0, size) if isinstance(i, slice)
-                      else (i, i + 1))
+            lo, hi = (
+                (y0, y1) if a == "Y" else (x0, x1) if a == "X" else (0, size) if isinstance(i, slice) else (i, i + 1)
+            )
             n *= (-(-hi // unit) - lo // unit) * unit
         return n * self.dtype.itemsize
 
@@ -146,8 +159,9 @@ class RegionImage:
         one-line CpsnakeError naming the file and the rows and columns for data that expand beyond that, a
         chunk that cannot be decoded or read (any exception of the codecs or of zarr), and NaN or infinite values.
         """
-        idx = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else i
-                    for a, i in zip(self._axes, self._index))
+        idx = tuple(
+            slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else i for a, i in zip(self._axes, self._index)
+        )
         where = f"rows {y0}-{y1}, columns {x0}-{x1}"
         try:
             with limits.decode_budget(2 * self._decoded_bytes(y0, y1, x0, x1)):
@@ -160,7 +174,8 @@ class RegionImage:
             raise CpsnakeError(
                 f"{self.path}: found compressed data in {where} that expand beyond the size the header declares; "
                 "expected chunks that match the header; the file is corrupt or hostile: export it again from the "
-                "original") from None
+                "original"
+            ) from None
         except CpsnakeError:
             raise
         except Exception as exc:  # codecs and zarr raise many types for a corrupt chunk
@@ -178,28 +193,32 @@ class RegionImage:
             if bad:
                 raise CpsnakeError(
                     f"{self.path}: found {bad} NaN or infinite pixel values in {where}; expected finite intensities; "
-                    "replace them first (e.g. Fiji: Process > Math > Remove NaNs, or set them to the background value)")
+                    "replace them first (e.g. Fiji: Process > Math > Remove NaNs, or set them to the background value)"
+                )
         return np.ascontiguousarray(data.astype(data.dtype.newbyteorder("="), copy=False))
 
 
-def _contiguous_fetch(path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...], ydim: int
-                      ) -> Callable[[tuple], np.ndarray]:
+def _contiguous_fetch(
+    path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...], ydim: int
+) -> Callable[[tuple], np.ndarray]:
     """``fetch`` of uncompressed data stored in one piece: the rows of the region, one file read per plane before Y."""
 
     def fetch(idx: tuple) -> np.ndarray:
         rows = idx[ydim]
         y0, y1 = rows.start, rows.stop
-        row = math.prod(shape[ydim + 1:])  # samples per row
+        row = math.prod(shape[ydim + 1 :])  # samples per row
         lead = shape[:ydim]
-        out = np.empty(lead + (y1 - y0,) + shape[ydim + 1:], dtype)
+        out = np.empty(lead + (y1 - y0,) + shape[ydim + 1 :], dtype)
         flat = out.reshape(math.prod(lead), -1) if lead else out.reshape(1, -1)
         with open(path, "rb") as fh:
             for k in range(flat.shape[0]):
                 fh.seek(offset + (k * shape[ydim] + y0) * row * dtype.itemsize)
                 n = fh.readinto(memoryview(flat[k]).cast("B"))
                 if n != flat[k].nbytes:
-                    raise CpsnakeError(f"{path}: found the file shorter than its header declares (rows {y0}-{y1}); "
-                                       "expected complete image data; the file is truncated: copy or export it again")
+                    raise CpsnakeError(
+                        f"{path}: found the file shorter than its header declares (rows {y0}-{y1}); "
+                        "expected complete image data; the file is truncated: copy or export it again"
+                    )
         return out[tuple(slice(None) if d == ydim else i for d, i in enumerate(idx))]
 
     return fetch
@@ -210,8 +229,10 @@ def _plan(path: Path, axes: str, shape: tuple[int, ...], meta: dict) -> tuple[tu
 
     Also sets ``meta["stack_axes"]`` (a stack is not refused here: the caller reads it whole)."""
     if "Y" not in axes or "X" not in axes or len(axes) != len(shape):
-        raise CpsnakeError(f"{path}: found shape {shape} with axes {axes!r}; expected an image with Y and X axes; "
-                           "save the image again with its axes (e.g. Fiji: File > Save As > Tiff)")
+        raise CpsnakeError(
+            f"{path}: found shape {shape} with axes {axes!r}; expected an image with Y and X axes; "
+            "save the image again with its axes (e.g. Fiji: File > Save As > Tiff)"
+        )
     index: list = []
     kept = []
     for a, n in zip(axes, shape):
@@ -224,7 +245,8 @@ def _plan(path: Path, axes: str, shape: tuple[int, ...], meta: dict) -> tuple[tu
             if a in _UNKNOWN and (n > MAX_GUESSED_CHANNELS or "C" in kept):
                 raise CpsnakeError(
                     f"{path}: found {n} planes on an axis without a name (shape {shape}, axes {axes!r}); expected the "
-                    "axes named (Z, T or C); save it as an ImageJ hyperstack or OME-TIFF with its axes")
+                    "axes named (Z, T or C); save it as an ImageJ hyperstack or OME-TIFF with its axes"
+                )
             if meta.pop("has_alpha", False) and a == "S" and n in (2, 4):
                 index.append(slice(0, n - 1))
                 meta["dropped_alpha"] = True
@@ -235,11 +257,14 @@ def _plan(path: Path, axes: str, shape: tuple[int, ...], meta: dict) -> tuple[tu
             index.append(slice(None))
             kept.append(a)
         else:
-            raise CpsnakeError(f"{path}: found axis {a!r} in axes {axes!r} (shape {shape}); expected a 2-D image with "
-                               "channels (C, Y, X); save one image per file")
+            raise CpsnakeError(
+                f"{path}: found axis {a!r} in axes {axes!r} (shape {shape}); expected a 2-D image with "
+                "channels (C, Y, X); save one image per file"
+            )
     if kept.count("C") > 1:
-        raise CpsnakeError(f"{path}: found two channel axes in {axes!r} (shape {shape}); expected one; save one image "
-                           "per file")
+        raise CpsnakeError(
+            f"{path}: found two channel axes in {axes!r} (shape {shape}); expected one; save one image per file"
+        )
     meta["stack_axes"] = "".join(a for a in "TZ" if a in kept)
     order = tuple(kept.index(a) for a in meta["stack_axes"] + ("C" if "C" in kept else "") + "YX")
     if "C" in kept:
@@ -262,42 +287,66 @@ def open_tiff_regions(path: Path, level: int = 0, max_pixels: int | None = None)
     tif, series = head.tif, head.series
     try:
         if level >= len(series.levels):
-            raise CpsnakeError(f"{path}: found {len(series.levels)} pyramid level(s), expected level {level}; "
-                               "pass a level the file has (0 is the full resolution)")
+            raise CpsnakeError(
+                f"{path}: found {len(series.levels)} pyramid level(s), expected level {level}; "
+                "pass a level the file has (0 is the full resolution)"
+            )
         lev = series.levels[level]
         dtype = lev.dtype
         if dtype is None or dtype.kind not in "buif":
-            raise CpsnakeError(f"{path}: found pixels of type {dtype}; expected integer or real intensities; "
-                               "convert the image (e.g. Fiji: Image > Type > 32-bit)")
+            raise CpsnakeError(
+                f"{path}: found pixels of type {dtype}; expected integer or real intensities; "
+                "convert the image (e.g. Fiji: Image > Type > 32-bit)"
+            )
         problem = head.meta["calibration_problem"]
         page = lev.pages[0] if lev.pages else tif.pages.first
         cal = head.meta
-        meta = {"pixel_size": cal["pixel_size"], "unit": cal["unit"], "axes": lev.axes,
-                "shape": tuple(int(n) for n in lev.shape), "dtype": str(dtype), "format": "tiff",
-                "dropped_alpha": False,
-                "calibration_problem": problem, "z_step": cal["z_step"], "frame_interval": cal["frame_interval"],
-                "time_unit": cal["time_unit"], "levels": len(series.levels),
-                "has_alpha": bool(getattr(page, "extrasamples", ())) and "S" in lev.axes}
+        meta = {
+            "pixel_size": cal["pixel_size"],
+            "unit": cal["unit"],
+            "axes": lev.axes,
+            "shape": tuple(int(n) for n in lev.shape),
+            "dtype": str(dtype),
+            "format": "tiff",
+            "dropped_alpha": False,
+            "calibration_problem": problem,
+            "z_step": cal["z_step"],
+            "frame_interval": cal["frame_interval"],
+            "time_unit": cal["time_unit"],
+            "levels": len(series.levels),
+            "has_alpha": bool(getattr(page, "extrasamples", ())) and "S" in lev.axes,
+        }
         offset = lev.dataoffset
         if offset is not None and "Y" in lev.axes:  # uncompressed, in one piece (tifffile: dataoffset)
             shape = tuple(int(n) for n in lev.shape)
-            fetch = _contiguous_fetch(path, int(offset), np.dtype(dtype).newbyteorder(tif.byteorder), shape,
-                                      lev.axes.index("Y"))
+            fetch = _contiguous_fetch(
+                path, int(offset), np.dtype(dtype).newbyteorder(tif.byteorder), shape, lev.axes.index("Y")
+            )
             tif.close()
             img = RegionImage(path, shape, (1,) * len(shape), lev.axes, meta, fetch, max_pixels=max_pixels)
         else:
             store = series.aszarr(level=level)
             array = zarr.open_array(store, mode="r")
-            img = RegionImage(path, array.shape, array.chunks, lev.axes, meta, array.__getitem__,
-                              close=lambda: (store.close(), tif.close()), max_pixels=max_pixels)
+            img = RegionImage(
+                path,
+                array.shape,
+                array.chunks,
+                lev.axes,
+                meta,
+                array.__getitem__,
+                close=lambda: (store.close(), tif.close()),
+                max_pixels=max_pixels,
+            )
     except CpsnakeError:
         tif.close()
         raise
     except Exception as exc:
         tif.close()
-        raise CpsnakeError(f"{path}: found a TIFF whose layout cannot be read in regions ({library_text(exc)}); "
-                           f"expected {expected}; export it again (e.g. Fiji: File > Save As > Tiff, or as a tiled "
-                           "OME-TIFF)") from None
+        raise CpsnakeError(
+            f"{path}: found a TIFF whose layout cannot be read in regions ({library_text(exc)}); "
+            f"expected {expected}; export it again (e.g. Fiji: File > Save As > Tiff, or as a tiled "
+            "OME-TIFF)"
+        ) from None
     if head.ignored:
         warnings.warn(head.ignored, CpsnakeWarning, stacklevel=3)
     if problem:

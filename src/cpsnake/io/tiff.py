@@ -108,8 +108,9 @@ def write_tiff(
         tifffile.imwrite(tmp, np.ascontiguousarray(array), imagej=True, metadata=meta, **kwargs)
 
 
-def imagej_tiff_options(axes: str, pixel_size: tuple[float, float] | None = None, unit: str | None = None,
-                        metadata: dict | None = None) -> tuple[dict, dict]:
+def imagej_tiff_options(
+    axes: str, pixel_size: tuple[float, float] | None = None, unit: str | None = None, metadata: dict | None = None
+) -> tuple[dict, dict]:
     """The ImageJ ``metadata`` and the other ``tifffile.imwrite`` options (resolution) of :func:`write_tiff`."""
     meta = {"axes": axes}
     if metadata:
@@ -157,14 +158,31 @@ class _TiffLog:
 
 # tifffile's series kinds that come from a file's metadata (in tifffile's order), and the names users know them by
 _METADATA_SERIES = {
-    "shaped": "tifffile shape", "lsm": "Zeiss LSM", "mmstack": "Micro-Manager", "ome": "OME-XML", "imagej": "ImageJ",
-    "ndtiff": "NDTiff", "fluoview": "FluoView", "stk": "MetaMorph STK", "sis": "Olympus SIS", "svs": "Aperio SVS",
-    "scn": "Leica SCN", "qpi": "PerkinElmer QPI", "bif": "Roche BIF", "avs": "Argos AVS", "eer": "EER",
-    "philips": "Philips", "scanimage": "ScanImage", "nih": "NIH Image", "mdgel": "MD Gel",
+    "shaped": "tifffile shape",
+    "lsm": "Zeiss LSM",
+    "mmstack": "Micro-Manager",
+    "ome": "OME-XML",
+    "imagej": "ImageJ",
+    "ndtiff": "NDTiff",
+    "fluoview": "FluoView",
+    "stk": "MetaMorph STK",
+    "sis": "Olympus SIS",
+    "svs": "Aperio SVS",
+    "scn": "Leica SCN",
+    "qpi": "PerkinElmer QPI",
+    "bif": "Roche BIF",
+    "avs": "Argos AVS",
+    "eer": "EER",
+    "philips": "Philips",
+    "scanimage": "ScanImage",
+    "nih": "NIH Image",
+    "mdgel": "MD Gel",
 }
 _GENERIC = {f"is_{k}": False for k in (*_METADATA_SERIES, "uniform")}  # tifffile's generic series: the pages alone
-RESAVE_METADATA = ("open the file in Fiji, check Channels, Slices and Frames in Image > Properties and save it again "
-                   "(File > Save As > Tiff)")
+RESAVE_METADATA = (
+    "open the file in Fiji, check Channels, Slices and Frames in Image > Properties and save it again "
+    "(File > Save As > Tiff)"
+)
 
 
 @dataclass
@@ -278,8 +296,16 @@ def _declares_more(series, size: int) -> bool:
     return int(series.size) > sum(math.prod(p.shape) for p in pages)
 
 
-_NO_META = dict(pixel_size=None, unit=None, calibration_problem=None, z_step=None, frame_interval=None, time_unit=None,
-                network_scale=None, stack_problem=None)
+_NO_META = dict(
+    pixel_size=None,
+    unit=None,
+    calibration_problem=None,
+    z_step=None,
+    frame_interval=None,
+    time_unit=None,
+    network_scale=None,
+    stack_problem=None,
+)
 
 
 def _tiff_meta(tif, axes: str | None = None) -> dict:
@@ -339,14 +365,16 @@ def open_tiff(path: str | os.PathLike, *, expected: str, fix: str, sniffed: bool
                     if not kinds:
                         raise CpsnakeError(
                             f"{path}: found a TIFF whose data cannot be read ({library_text(exc)}); expected "
-                            f"{expected}; the file is truncated or corrupt: copy or export it again") from None
+                            f"{expected}; the file is truncated or corrupt: copy or export it again"
+                        ) from None
                     broken = "cannot be parsed"
         if kinds and broken is None:
             broken = _mismatch(tif, series, kinds, log.records)
         if not kinds and log.errors:  # a page tifffile could not read is skipped or zeroed: a damaged file
             raise CpsnakeError(
                 f"{path}: found a TIFF whose data cannot be decoded ({library_text(log.errors[0])}); expected "
-                f"{expected}; the file is truncated or corrupt: copy or export it again")
+                f"{expected}; the file is truncated or corrupt: copy or export it again"
+            )
         if broken is None:
             if not series:
                 raise CpsnakeError(f"{path}: found a TIFF without image data; expected {expected}; {fix}")
@@ -356,7 +384,8 @@ def open_tiff(path: str | os.PathLike, *, expected: str, fix: str, sniffed: bool
                 if not kinds:
                     raise CpsnakeError(
                         f"{path}: found a TIFF whose resolution tags cannot be read ({library_text(exc)}); expected "
-                        f"{expected}; the file is truncated or corrupt: copy or export it again") from None
+                        f"{expected}; the file is truncated or corrupt: copy or export it again"
+                    ) from None
                 broken = "cannot be parsed"
         name = " and ".join(_METADATA_SERIES[k] for k in kinds[:2])
         try:
@@ -373,18 +402,22 @@ def open_tiff(path: str | os.PathLike, *, expected: str, fix: str, sniffed: bool
         if log.records or not series:
             raise CpsnakeError(
                 f"{path}: found a TIFF whose {name} metadata {broken} and whose pages cannot be read either; "
-                f"expected {expected}; the file is truncated or corrupt: copy or export it again")
+                f"expected {expected}; the file is truncated or corrupt: copy or export it again"
+            )
         first = series[0]
         if len(first.pages) > 1:
             raise CpsnakeError(
                 f"{path}: found {name} metadata that {broken}, over {len(first.pages)} pages of "
                 f"{' x '.join(str(n) for n in first.pages[0].shape)} whose order (channels, slices, frames) only "
                 f"the metadata can tell; expected metadata that match the pages; the metadata, not the pixel data, "
-                f"are broken: {RESAVE_METADATA}")
+                f"are broken: {RESAVE_METADATA}"
+            )
         shape = " x ".join(str(n) for n in first.shape)
-        ignored = (f"{path}: found {name} metadata that {broken}; expected metadata that match the file's pages; "
-                   f"read the pixels as the file stores them (one page of {shape}, axes {first.axes}) without "
-                   f"them; to keep the image's axes, {RESAVE_METADATA}")
+        ignored = (
+            f"{path}: found {name} metadata that {broken}; expected metadata that match the file's pages; "
+            f"read the pixels as the file stores them (one page of {shape}, axes {first.axes}) without "
+            f"them; to keep the image's axes, {RESAVE_METADATA}"
+        )
         return TiffHeader(tif, first, meta, ignored)
     except BaseException:
         tif.close()
@@ -487,7 +520,10 @@ def read_tiff(
     corrupt file, complex samples, or more than ``max_pixels * per_pixel`` samples (checked from the
     header, before decoding; see :mod:`cpsnake.io.limits`) is a one-line CpsnakeError that says it.
     """
-    data, meta = read_series(path, expected=expected, fix=fix or f"pass {expected}", max_pixels=max_pixels,
-                             per_pixel=per_pixel, what=what)
-    return data, {k: meta[k] for k in ("pixel_size", "unit", "calibration_problem", "network_scale", "z_step",
-                                       "frame_interval", "axes")}
+    data, meta = read_series(
+        path, expected=expected, fix=fix or f"pass {expected}", max_pixels=max_pixels, per_pixel=per_pixel, what=what
+    )
+    return data, {
+        k: meta[k]
+        for k in ("pixel_size", "unit", "calibration_problem", "network_scale", "z_step", "frame_interval", "axes")
+    }

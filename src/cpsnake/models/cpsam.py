@@ -26,7 +26,8 @@ Attention runs through :class:`RelPosSDPAttention`, a subclass of segment-anythi
 every block gets when the encoder is built (:func:`build_encoder`, hence :func:`build_cpsam`,
 :func:`load_model` and :func:`from_sam_checkpoint`). Why: with 1024 tokens per tile, SAM's attention spends
 most of the network's CPU time in separate passes over the (heads, 1024, 1024) map: ``q @ k^T``, adding
-the decomposed relative-position terms (another full copy), softmax, ``@ v``; ``torch.nn.functional.scaled_dot_product_attention`` fuses
+the decomposed relative-position terms (another full copy), softmax, ``@ v``;
+``torch.nn.functional.scaled_dot_product_attention`` fuses
 these, taking the same relative-position terms as an additive mask. The parameters (``qkv``, ``proj``,
 ``rel_pos_h``, ``rel_pos_w``) and so the state-dict keys are SAM's; the result equals SAM's attention up
 to float rounding (tests check 1e-5, forward and gradient). :func:`set_attention` switches an encoder back
@@ -87,17 +88,20 @@ def _sam_rel_pos(depth: int, global_blocks: Sequence[int], window: int = 14, gri
 
 # name -> keyword arguments of build_cpsam (the only place sizes live)
 ARCHITECTURES: dict[str, dict] = {
-    "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, out_chans=256,
-                  rel_pos_tokens=_sam_rel_pos(32, (7, 15, 23, 31))),
-    "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, out_chans=256,
-                  rel_pos_tokens=_sam_rel_pos(24, (5, 11, 17, 23))),
-    "vit_b": dict(embed_dim=768, depth=12, num_heads=12, out_chans=256,
-                  rel_pos_tokens=_sam_rel_pos(12, (2, 5, 8, 11))),
+    "vit_h": dict(
+        embed_dim=1280, depth=32, num_heads=16, out_chans=256, rel_pos_tokens=_sam_rel_pos(32, (7, 15, 23, 31))
+    ),
+    "vit_l": dict(
+        embed_dim=1024, depth=24, num_heads=16, out_chans=256, rel_pos_tokens=_sam_rel_pos(24, (5, 11, 17, 23))
+    ),
+    "vit_b": dict(embed_dim=768, depth=12, num_heads=12, out_chans=256, rel_pos_tokens=_sam_rel_pos(12, (2, 5, 8, 11))),
     "tiny": dict(embed_dim=192, depth=4, num_heads=3, out_chans=128),
 }
 
 
-def rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+def rel_pos_bias(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, hw: tuple[int, int]
+) -> torch.Tensor:
     """SAM's decomposed relative-position term as an additive attention mask.
 
     Same arithmetic as segment-anything's ``add_decomposed_rel_pos`` (query grid = key grid = ``hw``),
@@ -316,9 +320,11 @@ def from_state(state: Mapping[str, torch.Tensor], source: str) -> CPSAMNet:
     allocated), so a file describing a huge network is refused before it is built. Eval mode, float32, CPU.
     """
     if "W2" not in state:
-        raise CpsnakeError(f"{source}: found no 'W2' key, expected a cellpose-4 Cellpose-SAM state dict "
-                           "(a SAM sam_vit_*.pth is converted by from_sam_checkpoint); "
-                           "use cpsam, cpsam_v2 or a cpsnake-trained model")
+        raise CpsnakeError(
+            f"{source}: found no 'W2' key, expected a cellpose-4 Cellpose-SAM state dict "
+            "(a SAM sam_vit_*.pth is converted by from_sam_checkpoint); "
+            "use cpsam, cpsam_v2 or a cpsnake-trained model"
+        )
     kw = infer_architecture(state, source=source)
     nout = state["W2"].shape[1]
     with torch.device("meta"):  # shapes only
@@ -339,10 +345,12 @@ def from_sam_checkpoint(path: str | os.PathLike, *, nout: int = 3) -> CPSAMNet:
     initialised (``W2`` identity, diameters 30). Returns train mode.
     """
     state = load_state_dict_file(path)
-    enc_state = {k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")}
+    enc_state = {k[len("image_encoder.") :]: v for k, v in state.items() if k.startswith("image_encoder.")}
     if not enc_state:
-        raise CpsnakeError(f"{path}: found no 'image_encoder.*' keys, expected a segment-anything checkpoint "
-                           "(sam_vit_b/l/h_*.pth); for a cellpose model use load_model")
+        raise CpsnakeError(
+            f"{path}: found no 'image_encoder.*' keys, expected a segment-anything checkpoint "
+            "(sam_vit_b/l/h_*.pth); for a cellpose model use load_model"
+        )
     kw = infer_architecture(enc_state, prefix="", source=str(path))
     with torch.device("meta"):  # shapes only, before anything is allocated
         check_keys(build_encoder(**kw), enc_state, str(path), prefix="")

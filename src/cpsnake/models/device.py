@@ -13,9 +13,12 @@ that every command checks its options and inputs before torch's 2 s and 0.9 GB; 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from cpsnake.errors import CpsnakeError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["AUTO_ORDER", "resolve_device", "resolve_dtype"]
 

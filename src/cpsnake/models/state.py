@@ -15,10 +15,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from cpsnake.errors import CpsnakeError, library_text
 from cpsnake.io import files, limits
 from cpsnake.io.outputs import atomic_output
 from cpsnake.models import statefile
-from cpsnake.errors import CpsnakeError, library_text
 
 __all__ = ["load_state_dict_file", "check_tensors", "check_keys", "save_tensors", "save_model"]
 
@@ -38,7 +38,9 @@ def load_state_dict_file(
 
     path = Path(path)
     if not os.path.lexists(path):
-        raise CpsnakeError(f"{path}: no such weights file; give an existing path or a registry name (cpsnake weights list)")
+        raise CpsnakeError(
+            f"{path}: no such weights file; give an existing path or a registry name (cpsnake weights list)"
+        )
     files.regular_file(path, "a weights file (a torch.save'd state dict)")
     inspected = statefile.check(path, max_parameters=max_parameters)
     try:
@@ -54,16 +56,22 @@ def load_state_dict_file(
                 f"{path}: refused, the file holds arbitrary Python objects, expected a plain state dict of "
                 "tensors (loaded with weights_only=True); re-save it with torch.save(net.state_dict(), path)"
             ) from None
-        raise CpsnakeError(f"{path}: cannot read ({_first_line(exc)}), expected a torch.save'd state dict; "
-                           "the file is corrupt or truncated: download or copy it again") from None
+        raise CpsnakeError(
+            f"{path}: cannot read ({_first_line(exc)}), expected a torch.save'd state dict; "
+            "the file is corrupt or truncated: download or copy it again"
+        ) from None
     except Exception as exc:  # zip/EOF/runtime errors of a damaged file
-        raise CpsnakeError(f"{path}: cannot read ({type(exc).__name__}: {_first_line(exc)}), expected a "
-                           "torch.save'd state dict; the file is corrupt or truncated: download or copy it again") from None
+        raise CpsnakeError(
+            f"{path}: cannot read ({type(exc).__name__}: {_first_line(exc)}), expected a "
+            "torch.save'd state dict; the file is corrupt or truncated: download or copy it again"
+        ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CpsnakeError(f"{path}: found a {type(state).__name__}, expected a dict of tensors (a state dict); "
-                           "save with torch.save(net.state_dict(), path)")
+        raise CpsnakeError(
+            f"{path}: found a {type(state).__name__}, expected a dict of tensors (a state dict); "
+            "save with torch.save(net.state_dict(), path)"
+        )
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     check_tensors(state, str(path), max_parameters=max_parameters, finite=not inspected)
     return dict(state)
 
@@ -78,20 +86,25 @@ def check_tensors(
     for key, t in state.items():
         if t.numel() * t.element_size() > t.untyped_storage().nbytes():
             raise CpsnakeError(
-                f"{source}: tensor {key!r} declares {t.numel():,} elements (shape {tuple(t.shape)}, stride {t.stride()}) "
+                f"{source}: tensor {key!r} declares {t.numel():,} elements "
+                f"(shape {tuple(t.shape)}, stride {t.stride()}) "
                 f"over a storage of {t.untyped_storage().nbytes():,} bytes: an expanded (stride-0) view; expected a "
-                f"plain tensor per key; {fix}")
+                f"plain tensor per key; {fix}"
+            )
         total += t.numel()
     if total > max_parameters:
-        raise CpsnakeError(f"{source}: found {total:,} parameters in all, more than the limit of {max_parameters:,}; "
-                           f"expected a Cellpose model state dict; {fix}")
+        raise CpsnakeError(
+            f"{source}: found {total:,} parameters in all, more than the limit of {max_parameters:,}; "
+            f"expected a Cellpose model state dict; {fix}"
+        )
     if finite:
         for key, t in state.items():
             if t.is_floating_point() or t.is_complex():
                 if not bool(torch.isfinite(t).all()):
                     raise CpsnakeError(
                         f"{source}: tensor {key!r} holds NaN or infinite values; expected finite weights (a network "
-                        "with them finds no cells); use another weights file, or retrain from the last good checkpoint")
+                        "with them finds no cells); use another weights file, or retrain from the last good checkpoint"
+                    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -99,14 +112,22 @@ def _first_line(exc: BaseException) -> str:
     return library_text(exc)
 
 
-def check_keys(net: nn.Module, state: Mapping[str, torch.Tensor], source: str, prefix: str = "",
-               expected: str = "a complete cellpose-4 Cellpose-SAM state dict") -> None:
+def check_keys(
+    net: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    prefix: str = "",
+    expected: str = "a complete cellpose-4 Cellpose-SAM state dict",
+) -> None:
     """Raise one CpsnakeError listing missing keys, unexpected keys and shape mismatches."""
     own = {prefix + k: v for k, v in net.state_dict().items()}
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
 
     def few(xs: list[str]) -> str:
         return ", ".join(xs[:3]) + (f" (+{len(xs) - 3} more)" if len(xs) > 3 else "")
@@ -119,8 +140,10 @@ def check_keys(net: nn.Module, state: Mapping[str, torch.Tensor], source: str, p
     if shapes:
         problems.append(f"wrong shapes (found vs expected) {few(shapes)}")
     if problems:
-        raise CpsnakeError(f"{source}: found {'; '.join(problems)}; expected {expected}; use a file saved by "
-                           "cellpose or cpsnake (save_model)")
+        raise CpsnakeError(
+            f"{source}: found {'; '.join(problems)}; expected {expected}; use a file saved by "
+            "cellpose or cpsnake (save_model)"
+        )
 
 
 def save_tensors(obj, path: str | os.PathLike) -> None:

@@ -43,8 +43,8 @@ from typing import Mapping
 
 import numpy as np
 
-from cpsnake.io import files, limits
 from cpsnake.errors import CpsnakeError
+from cpsnake.io import files, limits
 
 __all__ = ["TensorRecord", "records", "check", "infer_architecture", "parameter_count"]
 
@@ -152,8 +152,14 @@ class _Unpickler(pickle.Unpickler):
             raise _Unknown(f"{module}.{name}") from None
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
-                and isinstance(pid[2], str) and isinstance(pid[4], int)):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[2], str)
+            and isinstance(pid[4], int)
+        ):
             raise _Unknown("storage")
         return _Storage(pid[1].name, pid[2], pid[4])
 
@@ -194,8 +200,10 @@ def _open_zip(path: str | os.PathLike) -> tuple[_Zip, object] | None:
                 return None
             folder = pkl[0][: -len("data.pkl")]
             if infos[pkl[0]].file_size > MAX_PICKLE_BYTES:
-                raise CpsnakeError(f"{path}: found a {infos[pkl[0]].file_size:,}-byte data.pkl, expected a state dict's "
-                                   "table of contents of a few MB; the file is not a weights file")
+                raise CpsnakeError(
+                    f"{path}: found a {infos[pkl[0]].file_size:,}-byte data.pkl, expected a state dict's "
+                    "table of contents of a few MB; the file is not a weights file"
+                )
             with zf.open(pkl[0]) as fh:
                 data = fh.read(MAX_PICKLE_BYTES + 1)
             order = infos.get(folder + "byteorder")
@@ -272,7 +280,9 @@ def _check_values(z: _Zip, rec: TensorRecord, mm: mmap.mmap | None) -> bool:
 _CHECKED: set[tuple] = set()  # (path, size, mtime) of files that passed, so a second check is free
 
 
-def check(path: str | os.PathLike, *, max_parameters: int = limits.MAX_PARAMETERS, what: str = "a weights file") -> bool:
+def check(
+    path: str | os.PathLike, *, max_parameters: int = limits.MAX_PARAMETERS, what: str = "a weights file"
+) -> bool:
     """Refuse a ``torch.save`` file whose declared tensors are unsafe to load (see the module docstring).
 
     Returns True when the file was inspected (a zip in torch's format with plain containers), False when
@@ -299,21 +309,33 @@ def check(path: str | os.PathLike, *, max_parameters: int = limits.MAX_PARAMETER
         declared = storage.numel * storage.itemsize
         if info is None or info.file_size < declared or storage.numel < 0:
             held = "no record" if info is None else f"{info.file_size:,} bytes"
-            raise CpsnakeError(f"{path}: tensor {key!r} views a storage declaring {storage.numel:,} elements "
-                               f"({declared:,} bytes) that holds {held}; expected a complete file; {fix}")
-        if any(n < 0 for n in rec.shape) or any(s < 0 for s in rec.stride) or rec.offset < 0 \
-                or len(rec.shape) != len(rec.stride) or rec.offset + rec.span > storage.numel:
-            raise CpsnakeError(f"{path}: tensor {key!r} declares shape {rec.shape}, stride {rec.stride} and offset "
-                               f"{rec.offset}, outside its storage of {storage.numel:,} elements; {fix}")
+            raise CpsnakeError(
+                f"{path}: tensor {key!r} views a storage declaring {storage.numel:,} elements "
+                f"({declared:,} bytes) that holds {held}; expected a complete file; {fix}"
+            )
+        if (
+            any(n < 0 for n in rec.shape)
+            or any(s < 0 for s in rec.stride)
+            or rec.offset < 0
+            or len(rec.shape) != len(rec.stride)
+            or rec.offset + rec.span > storage.numel
+        ):
+            raise CpsnakeError(
+                f"{path}: tensor {key!r} declares shape {rec.shape}, stride {rec.stride} and offset "
+                f"{rec.offset}, outside its storage of {storage.numel:,} elements; {fix}"
+            )
         if rec.numel * storage.itemsize > declared:
             raise CpsnakeError(
                 f"{path}: tensor {key!r} declares {rec.numel:,} elements (shape {rec.shape}, stride {rec.stride}) over "
                 f"a storage of {storage.numel:,}: an expanded (stride-0) view that would take "
-                f"{rec.numel * storage.itemsize:,} bytes once copied; expected a plain tensor per key; {fix}")
+                f"{rec.numel * storage.itemsize:,} bytes once copied; expected a plain tensor per key; {fix}"
+            )
         total += rec.numel
     if total > max_parameters:
-        raise CpsnakeError(f"{path}: found {total:,} parameters in all, more than the limit of {max_parameters:,} "
-                           f"(a ViT-H network has 632,442,818); expected a Cellpose-SAM state dict; {fix}")
+        raise CpsnakeError(
+            f"{path}: found {total:,} parameters in all, more than the limit of {max_parameters:,} "
+            f"(a ViT-H network has 632,442,818); expected a Cellpose-SAM state dict; {fix}"
+        )
     for prefix in ("encoder.", "image_encoder.", "model.encoder."):
         if any(k.startswith(prefix + "patch_embed.") for k in recs):
             try:
@@ -325,7 +347,8 @@ def check(path: str | os.PathLike, *, max_parameters: int = limits.MAX_PARAMETER
                 raise CpsnakeError(
                     f"{path}: found encoder shapes (embed dim {kw['embed_dim']}, depth {kw['depth']}, mlp width "
                     f"{int(kw['embed_dim'] * kw['mlp_ratio'])}) that describe a network of {n:,} parameters, more than "
-                    f"the limit of {max_parameters:,}; expected a Cellpose-SAM state dict; {fix}")
+                    f"the limit of {max_parameters:,}; expected a Cellpose-SAM state dict; {fix}"
+                )
             break
     with open(path, "rb") as fh:
         try:
@@ -337,7 +360,8 @@ def check(path: str | os.PathLike, *, max_parameters: int = limits.MAX_PARAMETER
                 if not _check_values(z, rec, mm):
                     raise CpsnakeError(
                         f"{path}: tensor {key!r} holds NaN or infinite values; expected finite weights (a network "
-                        "with them finds no cells); use another weights file, or retrain from the last good checkpoint")
+                        "with them finds no cells); use another weights file, or retrain from the last good checkpoint"
+                    )
         finally:
             if mm is not None:
                 mm.close()
@@ -349,12 +373,14 @@ def check(path: str | os.PathLike, *, max_parameters: int = limits.MAX_PARAMETER
 
 
 def infer_architecture(state: Mapping[str, object], *, prefix: str = "encoder.", source: str = "state dict") -> dict:
-    """Keyword arguments of :func:`cpsnake.models.cpsam.build_encoder` that reproduce the encoder stored under ``prefix``.
+    """Keyword arguments of :func:`cpsnake.models.cpsam.build_encoder` that reproduce the encoder stored under
+    ``prefix``.
 
     ``state`` maps keys to anything with a ``shape`` (torch tensors, or :class:`TensorRecord`).
     Raises :class:`CpsnakeError` (naming ``source``) when the tensors that define the architecture
     are missing or inconsistent.
     """
+
     def get(key: str):
         if prefix + key not in state:
             some = ", ".join(list(state)[:3])
@@ -367,22 +393,33 @@ def infer_architecture(state: Mapping[str, object], *, prefix: str = "encoder.",
     def shape(key: str, ndim: int) -> tuple[int, ...]:
         s = tuple(int(n) for n in get(key).shape)
         if len(s) != ndim or min(s) < 1:
-            raise CpsnakeError(f"{source}: found {prefix + key!r} of shape {s}, expected {ndim} positive dimensions; "
-                               "pass a cpsam-format file")
+            raise CpsnakeError(
+                f"{source}: found {prefix + key!r} of shape {s}, expected {ndim} positive dimensions; "
+                "pass a cpsam-format file"
+            )
         return s
 
     embed_dim, in_chans, _, patch_size = shape("patch_embed.proj.weight", 4)  # D C p p
-    blocks = sorted({int(k[len(prefix) + 7:].split(".")[0]) for k in state
-                     if k.startswith(prefix + "blocks.") and k[len(prefix) + 7:].split(".")[0].isdigit()})
+    blocks = sorted(
+        {
+            int(k[len(prefix) + 7 :].split(".")[0])
+            for k in state
+            if k.startswith(prefix + "blocks.") and k[len(prefix) + 7 :].split(".")[0].isdigit()
+        }
+    )
     depth = len(blocks)
     if depth == 0 or blocks != list(range(depth)):
-        raise CpsnakeError(f"{source}: found blocks {blocks[:5]}..., expected {prefix}blocks.0 .. blocks.N-1; "
-                           "pass a complete cpsam-format file")
+        raise CpsnakeError(
+            f"{source}: found blocks {blocks[:5]}..., expected {prefix}blocks.0 .. blocks.N-1; "
+            "pass a complete cpsam-format file"
+        )
     head_dim = shape("blocks.0.attn.rel_pos_h", 2)[1]
     rel = [int(shape(f"blocks.{i}.attn.rel_pos_h", 2)[0] + 1) // 2 for i in range(depth)]
     if embed_dim % head_dim:
-        raise CpsnakeError(f"{source}: embed dim {embed_dim} is not a multiple of head dim {head_dim}; "
-                           "pass a complete cpsam-format file")
+        raise CpsnakeError(
+            f"{source}: embed dim {embed_dim} is not a multiple of head dim {head_dim}; "
+            "pass a complete cpsam-format file"
+        )
     tokens = shape("pos_embed", 4)[1]
     return dict(
         embed_dim=int(embed_dim),
@@ -399,8 +436,18 @@ def infer_architecture(state: Mapping[str, object], *, prefix: str = "encoder.",
 
 
 def parameter_count(
-    embed_dim: int, depth: int, num_heads: int, out_chans: int, *, patch_size: int = 8, tokens: int = 32,
-    in_chans: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True, rel_pos_tokens=None, nout: int = 3,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    out_chans: int,
+    *,
+    patch_size: int = 8,
+    tokens: int = 32,
+    in_chans: int = 3,
+    mlp_ratio: float = 4.0,
+    qkv_bias: bool = True,
+    rel_pos_tokens=None,
+    nout: int = 3,
 ) -> int:
     """Parameters of the Cellpose-SAM network :func:`cpsnake.models.cpsam.build_encoder` builds from these arguments
     (encoder, readout ``out``, ``W2`` and the two diameters), computed without building it."""
@@ -408,7 +455,17 @@ def parameter_count(
     rel = rel_pos_tokens if rel_pos_tokens is not None else tokens
     rel = [rel] * depth if isinstance(rel, int) else list(rel)
     blocks = sum(
-        2 * d + 3 * d * d + (3 * d if qkv_bias else 0) + d * d + d + 2 * (2 * r - 1) * hd + 2 * d + d * m + m + m * d + d
+        2 * d
+        + 3 * d * d
+        + (3 * d if qkv_bias else 0)
+        + d * d
+        + d
+        + 2 * (2 * r - 1) * hd
+        + 2 * d
+        + d * m
+        + m
+        + m * d
+        + d
         for r in rel
     )
     encoder = d * in_chans * patch_size**2 + d + tokens * tokens * d + blocks

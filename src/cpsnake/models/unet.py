@@ -37,8 +37,9 @@ TILE = 224  # cellpose 3's tile side
 
 def _bn_relu_conv(cin: int, cout: int, sz: int) -> nn.Sequential:
     """BatchNorm -> ReLU -> Conv (keys ``0.*``, ``2.*``), cellpose's momentum 0.05."""
-    return nn.Sequential(nn.BatchNorm2d(cin, eps=1e-5, momentum=0.05), nn.ReLU(inplace=True),
-                         nn.Conv2d(cin, cout, sz, padding=sz // 2))
+    return nn.Sequential(
+        nn.BatchNorm2d(cin, eps=1e-5, momentum=0.05), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, sz, padding=sz // 2)
+    )
 
 
 def _bn_conv(cin: int, cout: int, sz: int) -> nn.Sequential:
@@ -163,7 +164,7 @@ class UNet(nn.Module):
             x = torch.cat([x, x.new_zeros((x.shape[0], self.in_chans - x.shape[1], *x.shape[2:]))], dim=1)
         feats = self.downsample(x)
         style = F.avg_pool2d(feats[-1], kernel_size=feats[-1].shape[2:]).flatten(1)  # B C Y X -> B C
-        style = style / torch.sum(style ** 2, dim=1, keepdim=True) ** 0.5
+        style = style / torch.sum(style**2, dim=1, keepdim=True) ** 0.5
         return self.output(self.upsample(style, feats)), style
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,14 +189,18 @@ def infer_architecture(state: Mapping[str, torch.Tensor], *, source: str = "stat
     """``nbase``, ``nout`` and ``sz`` of the U-Net stored in ``state`` (keyword arguments of :class:`UNet`)."""
     levels = sorted(int(m.group(1)) for k in state if (m := _DOWN.match(k)))
     if not levels or levels != list(range(len(levels))):
-        raise CpsnakeError(f"{source}: found down blocks {levels[:6]}, expected downsample.down.res_down_0 .. N; "
-                           "pass a complete cellpose 3 model file")
+        raise CpsnakeError(
+            f"{source}: found down blocks {levels[:6]}, expected downsample.down.res_down_0 .. N; "
+            "pass a complete cellpose 3 model file"
+        )
     nbase = [int(state["downsample.down.res_down_0.proj.1.weight"].shape[1])]
     nbase += [int(state[f"downsample.down.res_down_{n}.proj.1.weight"].shape[0]) for n in levels]
     conv = state.get("downsample.down.res_down_0.conv.conv_0.2.weight")
     if conv is None:
-        raise CpsnakeError(f"{source}: found no 'downsample.down.res_down_0.conv.conv_0.2.weight', expected a "
-                           "cellpose 3 U-Net state dict; pass a complete cellpose 3 model file")
+        raise CpsnakeError(
+            f"{source}: found no 'downsample.down.res_down_0.conv.conv_0.2.weight', expected a "
+            "cellpose 3 U-Net state dict; pass a complete cellpose 3 model file"
+        )
     return {"nbase": nbase, "nout": int(state["output.2.weight"].shape[0]), "sz": int(conv.shape[-1])}
 
 

@@ -98,23 +98,40 @@ class Entry:
         return base.rstrip("/") + "/" + self.name
 
 
-REGISTRY: Mapping[str, Entry] = MappingProxyType({
-    "cpsam_v2": Entry(
-        "cpsam_v2", 1_233_586_851, "0f1cc3f7ecdd8a037a57c6c48d9d8921391be4cbce3fa9f13c3e3a2e1253c667",
-        base=HF_BASE, note="Cellpose-SAM v2, ViT-L (cellpose 4 default)"),
-    "cpsam": Entry(
-        "cpsam", 1_233_587_898, "e1440429eb384f95afe32bcba6510f90d518eaedc917ede549bed6804004abe2",
-        base=HF_BASE, note="Cellpose-SAM, ViT-L (as published)"),
-    # size and sha256 of resources/models/nuclei_small.pt (see resources/models/MODEL_CARD.md)
-    "nuclei_small": Entry(
-        "nuclei_small", 9_140_833, "d76ec8490cb0720fe77816191d33a34191d318c6c31551b749c9732e9d1f69d8", bundled=REPO_ROOT / "resources" / "models" / "nuclei_small.pt",
-        note="small 'tiny' model for nuclei, fast on CPU (bundled)"),
-    # size and sha256 of resources/models/nuclei_unet.pt (see resources/models/MODEL_CARD_nuclei_unet.md)
-    "nuclei_unet": Entry(
-        "nuclei_unet", 6_736_909, "a84e537d34e7356ec098f7fca8b9e2f50c899ffb31ce99361b60e2a652613081",
-        bundled=REPO_ROOT / "resources" / "models" / "nuclei_unet.pt",
-        note="classic Cellpose U-Net for nuclei, with its size model (bundled)"),
-})
+REGISTRY: Mapping[str, Entry] = MappingProxyType(
+    {
+        "cpsam_v2": Entry(
+            "cpsam_v2",
+            1_233_586_851,
+            "0f1cc3f7ecdd8a037a57c6c48d9d8921391be4cbce3fa9f13c3e3a2e1253c667",
+            base=HF_BASE,
+            note="Cellpose-SAM v2, ViT-L (cellpose 4 default)",
+        ),
+        "cpsam": Entry(
+            "cpsam",
+            1_233_587_898,
+            "e1440429eb384f95afe32bcba6510f90d518eaedc917ede549bed6804004abe2",
+            base=HF_BASE,
+            note="Cellpose-SAM, ViT-L (as published)",
+        ),
+        # size and sha256 of resources/models/nuclei_small.pt (see resources/models/MODEL_CARD.md)
+        "nuclei_small": Entry(
+            "nuclei_small",
+            9_140_833,
+            "d76ec8490cb0720fe77816191d33a34191d318c6c31551b749c9732e9d1f69d8",
+            bundled=REPO_ROOT / "resources" / "models" / "nuclei_small.pt",
+            note="small 'tiny' model for nuclei, fast on CPU (bundled)",
+        ),
+        # size and sha256 of resources/models/nuclei_unet.pt (see resources/models/MODEL_CARD_nuclei_unet.md)
+        "nuclei_unet": Entry(
+            "nuclei_unet",
+            6_736_909,
+            "a84e537d34e7356ec098f7fca8b9e2f50c899ffb31ce99361b60e2a652613081",
+            bundled=REPO_ROOT / "resources" / "models" / "nuclei_unet.pt",
+            note="classic Cellpose U-Net for nuclei, with its size model (bundled)",
+        ),
+    }
+)
 
 
 def cache_dir_default(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -133,6 +150,7 @@ def human_size(n: int | None) -> str:
 
 
 # --- verification stamps --------------------------------------------------------------------------
+
 
 def _stamp_path(final: Path) -> Path:
     return final.with_name(final.name + ".sha256")
@@ -190,6 +208,7 @@ def _locked(lock: Path, *, progress: bool) -> Iterator[None]:
 
 # --- download ---------------------------------------------------------------------------------------
 
+
 def _open(url: str, start: int):
     """urlopen ``url`` asking for bytes from ``start`` on; CpsnakeError for HTTP/connection errors."""
     from cpsnake import __version__
@@ -202,11 +221,15 @@ def _open(url: str, start: int):
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and start:
             return None  # the .part already holds everything the server has
-        raise CpsnakeError(f"{url}: HTTP {exc.code} {exc.reason}, expected the weights file; check the model name, "
-                           "--base-url / CPSNAKE_WEIGHTS_URL and --revision") from None
+        raise CpsnakeError(
+            f"{url}: HTTP {exc.code} {exc.reason}, expected the weights file; check the model name, "
+            "--base-url / CPSNAKE_WEIGHTS_URL and --revision"
+        ) from None
     except urllib.error.URLError as exc:
-        raise CpsnakeError(f"{url}: cannot connect ({exc.reason}); check the network, or use --base-url for a "
-                           "mirror, or give the path of a local weights file instead of the name") from None
+        raise CpsnakeError(
+            f"{url}: cannot connect ({exc.reason}); check the network, or use --base-url for a "
+            "mirror, or give the path of a local weights file instead of the name"
+        ) from None
     except OSError as exc:  # timeouts, resets before the headers
         raise CpsnakeError(f"{url}: connection failed ({exc}); try again, or use --base-url for a mirror") from None
 
@@ -232,10 +255,20 @@ def _download(url: str, part: Path, entry: Entry, *, progress: bool) -> None:
         length = resp.headers.get("Content-Length")
         expected = have + int(length) if length is not None else entry.size
         got, interrupted = have, None
-        with open(part, "ab" if resumed else "wb") as f, tqdm(  # an OSError writing: see fetch
-            total=expected, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=entry.name,
-            file=sys.stderr, disable=not progress, mininterval=1.0,
-        ) as bar:
+        with (
+            open(part, "ab" if resumed else "wb") as f,
+            tqdm(  # an OSError writing: see fetch
+                total=expected,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=entry.name,
+                file=sys.stderr,
+                disable=not progress,
+                mininterval=1.0,
+            ) as bar,
+        ):
             while True:
                 try:
                     chunk = resp.read(CHUNK)
@@ -248,11 +281,14 @@ def _download(url: str, part: Path, entry: Entry, *, progress: bool) -> None:
                 got += len(chunk)
                 bar.update(len(chunk))
         if interrupted is not None:
-            raise CpsnakeError(f"{url}: download interrupted after {got} of {expected} bytes ({interrupted}); "
-                               f"run the fetch again to resume {part}")
+            raise CpsnakeError(
+                f"{url}: download interrupted after {got} of {expected} bytes ({interrupted}); "
+                f"run the fetch again to resume {part}"
+            )
     if expected is not None and got < expected:
-        raise CpsnakeError(f"{url}: body truncated, got {got} of {expected} bytes; run the fetch again to "
-                           f"resume {part}")
+        raise CpsnakeError(
+            f"{url}: body truncated, got {got} of {expected} bytes; run the fetch again to resume {part}"
+        )
 
 
 def fetch(
@@ -280,14 +316,16 @@ def fetch(
         return final
     make_folder(cache)
     try:
-        return _fetch_locked(entry, cache, final, base_url=base_url, revision=revision, download=download,
-                             progress=progress)
+        return _fetch_locked(
+            entry, cache, final, base_url=base_url, revision=revision, download=download, progress=progress
+        )
     except OSError as exc:
         raise output_error(final, exc) from None
 
 
-def _fetch_locked(entry: Entry, cache: Path, final: Path, *, base_url, revision, download: bool,
-                  progress: bool) -> Path:
+def _fetch_locked(
+    entry: Entry, cache: Path, final: Path, *, base_url, revision, download: bool, progress: bool
+) -> Path:
     """The body of :func:`fetch`, under the cache's lock for ``entry``."""
     with _locked(cache / f"{entry.name}.lock", progress=progress):
         if _stamp_ok(final, entry):  # another process finished while we waited
@@ -304,18 +342,24 @@ def _fetch_locked(entry: Entry, cache: Path, final: Path, *, base_url, revision,
             print(f"cpsnake weights: {problem}; deleting it", file=sys.stderr)
             final.unlink()
             _stamp_path(final).unlink(missing_ok=True)
-        url = entry.url(base_url=base_url or os.environ.get("CPSNAKE_WEIGHTS_URL"),
-                        revision=revision or os.environ.get("CPSNAKE_WEIGHTS_REVISION"))
+        url = entry.url(
+            base_url=base_url or os.environ.get("CPSNAKE_WEIGHTS_URL"),
+            revision=revision or os.environ.get("CPSNAKE_WEIGHTS_REVISION"),
+        )
         if not download:
-            raise CpsnakeError(f"{final}: model {entry.name!r} is not in the cache; run "
-                               f"`cpsnake weights fetch {entry.name} --cache-dir {cache}` (source {url})")
+            raise CpsnakeError(
+                f"{final}: model {entry.name!r} is not in the cache; run "
+                f"`cpsnake weights fetch {entry.name} --cache-dir {cache}` (source {url})"
+            )
         part = cache / f"{entry.name}.part"
         _download(url, part, entry, progress=progress)
         problem = _verify(part, entry, "download")
         if problem is not None:
             part.unlink()
-            raise CpsnakeError(f"{url}: {problem}; the source holds a different file: check --base-url / "
-                               "--revision, or the registry entry in cpsnake.models.weights")
+            raise CpsnakeError(
+                f"{url}: {problem}; the source holds a different file: check --base-url / "
+                "--revision, or the registry entry in cpsnake.models.weights"
+            )
         os.replace(part, final)
         _write_stamp(final, entry.sha256)
         return final
@@ -324,12 +368,16 @@ def _fetch_locked(entry: Entry, cache: Path, final: Path, *, base_url, revision,
 def _bundled(entry: Entry) -> Path:
     path = entry.bundled
     if not path.is_file():
-        raise CpsnakeError(f"{path}: bundled model {entry.name!r} is missing, expected it in the repository; "
-                           "use a full checkout of cpsnake, or give another model name or a path")
+        raise CpsnakeError(
+            f"{path}: bundled model {entry.name!r} is missing, expected it in the repository; "
+            "use a full checkout of cpsnake, or give another model name or a path"
+        )
     if entry.sha256 is None or entry.size is None:
         digest = files.sha256(path, expected="a weights file")
-        raise CpsnakeError(f"{path}: registry entry {entry.name!r} has no size/sha256 yet; found size "
-                           f"{path.stat().st_size} sha256 {digest}; enter them in cpsnake.models.weights.REGISTRY")
+        raise CpsnakeError(
+            f"{path}: registry entry {entry.name!r} has no size/sha256 yet; found size "
+            f"{path.stat().st_size} sha256 {digest}; enter them in cpsnake.models.weights.REGISTRY"
+        )
     problem = _verify(path, entry, "bundled model")
     if problem is not None:
         raise CpsnakeError(f"{problem}; restore the file from the repository (git checkout -- {path.name})")
@@ -377,18 +425,24 @@ def resolve(
         path = Path(key).expanduser()
         if os.path.lexists(path):
             if path.is_dir():
-                raise CpsnakeError(f"{path}: is a folder, expected a weights file or a model name; pass the weights file "
-                                   f"inside it (e.g. {path / 'model.pt'}, as `cpsnake train` writes) or a registry name "
-                                   f"({', '.join(registry)})")
+                raise CpsnakeError(
+                    f"{path}: is a folder, expected a weights file or a model name; pass the weights file "
+                    f"inside it (e.g. {path / 'model.pt'}, as `cpsnake train` writes) or a registry name "
+                    f"({', '.join(registry)})"
+                )
             from cpsnake.io.files import regular_file
 
             regular_file(path, "a weights file (a torch.save'd state dict) or a model name")
             return path
         looks_like_path = os.sep in key or "/" in key or Path(key).suffix != ""
         if looks_like_path:
-            raise CpsnakeError(f"{path}: no such weights file; check the path, or use a model name ({', '.join(registry)})")
-        raise CpsnakeError(f"model {key!r}: unknown name and no such file, expected one of {', '.join(registry)} "
-                           "or the path of a weights file; see `cpsnake weights list`")
+            raise CpsnakeError(
+                f"{path}: no such weights file; check the path, or use a model name ({', '.join(registry)})"
+            )
+        raise CpsnakeError(
+            f"model {key!r}: unknown name and no such file, expected one of {', '.join(registry)} "
+            "or the path of a weights file; see `cpsnake weights list`"
+        )
     if entry.bundled is not None:
         return _bundled(entry)
     return fetch(entry, cache_dir, base_url=base_url, revision=revision, download=download, progress=progress)
@@ -405,8 +459,9 @@ def entry_status(entry: Entry, cache_dir: str | os.PathLike | None = None) -> tu
         ok = path.stat().st_size == entry.size and files.sha256(path, expected="a weights file") == entry.sha256
         return ("bundled, verified" if ok else "bundled, HASH MISMATCH"), str(path)
     final = cache_dir_default(cache_dir) / entry.name
-    source = entry.url(base_url=os.environ.get("CPSNAKE_WEIGHTS_URL"),
-                       revision=os.environ.get("CPSNAKE_WEIGHTS_REVISION"))
+    source = entry.url(
+        base_url=os.environ.get("CPSNAKE_WEIGHTS_URL"), revision=os.environ.get("CPSNAKE_WEIGHTS_REVISION")
+    )
     if _stamp_ok(final, entry):
         return "cached, verified", source
     if final.exists():

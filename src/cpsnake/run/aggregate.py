@@ -42,12 +42,16 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard, library_text
 from cpsnake.run import batch, samples
 from cpsnake.run.layout import Paths
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -123,8 +127,10 @@ def _read_measurements(path) -> "pd.DataFrame":
     except pd.errors.EmptyDataError:  # a 0-byte file: no columns, no rows
         return pd.DataFrame()
     except (OSError, ValueError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read as a CSV table ({library_text(exc)}); expected a cpsnake measure "
-                           "output; run `cpsnake measure` again for this image") from None
+        raise CpsnakeError(
+            f"{path}: cannot be read as a CSV table ({library_text(exc)}); expected a cpsnake measure "
+            "output; run `cpsnake measure` again for this image"
+        ) from None
 
 
 FAILED_COLUMNS = ["image", "step", "reason"]
@@ -165,13 +171,17 @@ def check(failed_csv, done) -> int:
     try:
         rows = read_frame(pd.read_csv(failed_csv, dtype=str, keep_default_na=False))
     except (OSError, ValueError) as exc:
-        raise CpsnakeError(f"{failed_csv}: cannot be read as a CSV table ({type(exc).__name__}); expected {what}; "
-                           "run `cpsnake aggregate` again") from None
+        raise CpsnakeError(
+            f"{failed_csv}: cannot be read as a CSV table ({type(exc).__name__}); expected {what}; "
+            "run `cpsnake aggregate` again"
+        ) from None
     if len(rows):
         for r in rows.itertuples():
             print(f"{r.image}: failed at {r.step}: {r.reason}", file=sys.stderr)
-        print(f"cpsnake aggregate: {len(rows)} image(s) failed, listed in {failed_csv}; the tables hold the others",
-              file=sys.stderr)
+        print(
+            f"cpsnake aggregate: {len(rows)} image(s) failed, listed in {failed_csv}; the tables hold the others",
+            file=sys.stderr,
+        )
         return 1
     with atomic_output(done) as tmp:
         tmp.write_text("every image of the run was segmented\n")
@@ -196,16 +206,18 @@ def main(argv: list[str] | None = None) -> int:
         if not args.done:
             parser.error("--check needs --done FILE")
         return check(args.check, args.done)
-    missing = [f"--{k.replace('_', '-')}" for k in ("samples", "results", "out_measurements", "out_summary", "out_failed")
-               if getattr(args, k) is None]
+    missing = [
+        f"--{k.replace('_', '-')}"
+        for k in ("samples", "results", "out_measurements", "out_summary", "out_failed")
+        if getattr(args, k) is None
+    ]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
 
     import pandas as pd
 
     from cpsnake.io.labels import read_labels
-    from cpsnake.io.outputs import atomic_output
-    from cpsnake.io.outputs import all_or_nothing, discard
+    from cpsnake.io.outputs import all_or_nothing, atomic_output, discard
     from cpsnake.io.tables import to_csv
 
     table, by_step, failed = outcomes(args.samples, args.results)

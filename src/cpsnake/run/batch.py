@@ -29,20 +29,38 @@ from cpsnake.io.files import regular_file
 from cpsnake.io.outputs import atomic_output
 from cpsnake.io.tables import field_limit, read_cell, writer
 
-__all__ = ["BATCH_IMAGES", "BATCH_PIXELS", "BATCH_PATTERN", "form_batches", "batch_names", "STEPS", "UPSTREAM",
-           "Outcome", "MANIFEST_COLUMNS", "read_manifest", "write_manifest"]
+__all__ = [
+    "BATCH_IMAGES",
+    "BATCH_PIXELS",
+    "BATCH_PATTERN",
+    "form_batches",
+    "batch_names",
+    "STEPS",
+    "UPSTREAM",
+    "Outcome",
+    "MANIFEST_COLUMNS",
+    "read_manifest",
+    "write_manifest",
+]
 
 BATCH_IMAGES = 64  # at most this many images per batch job
 BATCH_PIXELS = 50_000_000  # at most this many pixels (Y x X x planes) per batch job, unless one image is larger
 BATCH_PATTERN = r"b[0-9]+"  # a batch's name (the workflow's {batch} wildcard)
 
 STEPS = ("normalize", "infer", "reconstruct", "rois", "measure", "overlay")
-UPSTREAM = {"normalize": None, "infer": "normalize", "reconstruct": "infer", "rois": "reconstruct",
-            "measure": "reconstruct", "overlay": "reconstruct"}
+UPSTREAM = {
+    "normalize": None,
+    "infer": "normalize",
+    "reconstruct": "infer",
+    "rois": "reconstruct",
+    "measure": "reconstruct",
+    "overlay": "reconstruct",
+}
 
 
-def form_batches(sizes: Sequence[tuple[str, int]], *, max_pixels: int = BATCH_PIXELS,
-                 max_images: int = BATCH_IMAGES) -> list[list[str]]:
+def form_batches(
+    sizes: Sequence[tuple[str, int]], *, max_pixels: int = BATCH_PIXELS, max_images: int = BATCH_IMAGES
+) -> list[list[str]]:
     """Group (name, pixels) pairs into batches, deterministically.
 
     Names are taken in sorted order; a batch grows while it has fewer than ``max_images`` names and its
@@ -68,12 +86,15 @@ def form_batches(sizes: Sequence[tuple[str, int]], *, max_pixels: int = BATCH_PI
     return batches
 
 
-def batch_names(sizes: Sequence[tuple[str, int]], *, max_pixels: int = BATCH_PIXELS,
-                max_images: int = BATCH_IMAGES) -> dict[str, str]:
+def batch_names(
+    sizes: Sequence[tuple[str, int]], *, max_pixels: int = BATCH_PIXELS, max_images: int = BATCH_IMAGES
+) -> dict[str, str]:
     """Each name's batch, ``b0001``, ``b0002``, ... in the order of :func:`form_batches`."""
-    return {name: f"b{k:04d}"
-            for k, names in enumerate(form_batches(sizes, max_pixels=max_pixels, max_images=max_images), start=1)
-            for name in names}
+    return {
+        name: f"b{k:04d}"
+        for k, names in enumerate(form_batches(sizes, max_pixels=max_pixels, max_images=max_images), start=1)
+        for name in names
+    }
 
 
 # --- manifests --------------------------------------------------------------------------------------
@@ -100,8 +121,9 @@ def write_manifest(path: str | os.PathLike, outcomes: list[Outcome]) -> None:
         w = writer(fh, delimiter="\t")
         w.writerow(MANIFEST_COLUMNS)
         for o in outcomes:
-            w.writerow([o.sample, o.status, o.reason, f"{o.seconds:.4f}",
-                        json.dumps(o.info, sort_keys=True, default=str)])
+            w.writerow(
+                [o.sample, o.status, o.reason, f"{o.seconds:.4f}", json.dumps(o.info, sort_keys=True, default=str)]
+            )
 
 
 def read_manifest(path: str | os.PathLike) -> list[Outcome]:
@@ -110,9 +132,18 @@ def read_manifest(path: str | os.PathLike) -> list[Outcome]:
     regular_file(path, what)
     try:
         with field_limit(1 << 30), open(path, newline="", encoding="utf-8") as fh:  # info: normalization records
-            return [Outcome(read_cell(r["sample"]), read_cell(r["status"]), read_cell(r["reason"]), float(r["seconds"]),
-                            json.loads(r["info"]))
-                    for r in csv.DictReader(fh, delimiter="\t")]
+            return [
+                Outcome(
+                    read_cell(r["sample"]),
+                    read_cell(r["status"]),
+                    read_cell(r["reason"]),
+                    float(r["seconds"]),
+                    json.loads(r["info"]),
+                )
+                for r in csv.DictReader(fh, delimiter="\t")
+            ]
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {library_text(exc)}); expected {what}; "
-                           "delete it and run the step again") from None
+        raise CpsnakeError(
+            f"{path}: cannot be read ({type(exc).__name__}: {library_text(exc)}); expected {what}; "
+            "delete it and run the step again"
+        ) from None

@@ -1,4 +1,5 @@
-"""``cpsnake batch STEP SAMPLES.tsv BATCH --results DIR [options]``: one workflow step for a batch of images, in one process.
+"""``cpsnake batch STEP SAMPLES.tsv BATCH --results DIR [options]``: one workflow step for a batch of images,
+in one process.
 
 The workflow's per-image steps run as one job per batch of images (see :mod:`cpsnake.run.batch` for how
 batches are formed): the process starts once, imports numpy and torch once and, for ``infer``, loads the
@@ -130,18 +131,32 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
                 d = s.diameter if s.diameter is not None else default_diameter
                 if d == "auto":
                     plane = img if img.ndim == 3 else img[img.shape[0] // 2]  # a stack: its middle plane
-                    d = size.auto_diameter(net, plane, path, args.size_model, opts, source=s.sample,
-                                            params=size_params)
+                    d = size.auto_diameter(net, plane, path, args.size_model, opts, source=s.sample, params=size_params)
                 if spec.scale(d) is not None:
                     infer.scaled_shape(img.shape, spec.scale(d), args.max_pixels, why=f"{s.sample}: diameter {d}")
                 if img.ndim == 4:  # a stack: its planes (or three views) go through the network now
                     do_3d = sopts["mode"] == "3d" and meta["stack_axes"] == "Z"  # config stacks: where it fits
-                    flows = stack.stack_flows(net, img, do_3d=do_3d, diameter=d,
-                                        anisotropy=sopts["anisotropy"], flow3d_smooth=sopts["flow3d_smooth"],
-                                        max_pixels=args.max_pixels, **opts)
-                    write_flows(paths.flows(s.sample), flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
-                                network_scale=spec.scale(d), stack_axes=meta["stack_axes"], z_step=meta.get("z_step"),
-                                frame_interval=meta.get("frame_interval"), three_d=do_3d)
+                    flows = stack.stack_flows(
+                        net,
+                        img,
+                        do_3d=do_3d,
+                        diameter=d,
+                        anisotropy=sopts["anisotropy"],
+                        flow3d_smooth=sopts["flow3d_smooth"],
+                        max_pixels=args.max_pixels,
+                        **opts,
+                    )
+                    write_flows(
+                        paths.flows(s.sample),
+                        flows,
+                        pixel_size=meta["pixel_size"],
+                        unit=meta["unit"],
+                        network_scale=spec.scale(d),
+                        stack_axes=meta["stack_axes"],
+                        z_step=meta.get("z_step"),
+                        frame_interval=meta.get("frame_interval"),
+                        three_d=do_3d,
+                    )
                     done.append(Outcome(s.sample, "ok", "", time.perf_counter() - t0, {"diameter": d}))
                     continue
             except CpsnakeError as exc:
@@ -153,11 +168,17 @@ def _infer(rows, paths: Paths, args) -> Iterator[Outcome]:
 
     t = time.perf_counter()
     outcomes = {}
-    for k, flows in enumerate(infer.predict_many(net, images(), diameters=diameters, progress=False,
-                                                 max_pixels=args.max_pixels, **opts)):
+    for k, flows in enumerate(
+        infer.predict_many(net, images(), diameters=diameters, progress=False, max_pixels=args.max_pixels, **opts)
+    ):
         s, meta = taken[k]
-        write_flows(paths.flows(s.sample), flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
-                    network_scale=spec.scale(diameters[k]))
+        write_flows(
+            paths.flows(s.sample),
+            flows,
+            pixel_size=meta["pixel_size"],
+            unit=meta["unit"],
+            network_scale=spec.scale(diameters[k]),
+        )
         now = time.perf_counter()
         outcomes[s.sample] = Outcome(s.sample, "ok", "", now - t, {"diameter": diameters[k]})
         t = now
@@ -173,16 +194,31 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
     if step == "normalize":
         opts = normalize.options(args)
         default_channels = opts.pop("channels")
-        norm3d = stack_options.options(args)["mode"] != "planes"  # --do-3d and --stitch-threshold: the whole stack at once
+        norm3d = (
+            stack_options.options(args)["mode"] != "planes"
+        )  # --do-3d and --stitch-threshold: the whole stack at once
 
         def one(s):
             channels = s.channels if s.channels is not None else default_channels
             if s.block:  # block jobs read the image region by region: the values only
-                doc = values_file(s.path, paths.normalized(s.sample).with_suffix(".json"), channels=channels,
-                                  max_pixels=args.max_pixels, pixel_size=s.pixel_size, **opts)
+                doc = values_file(
+                    s.path,
+                    paths.normalized(s.sample).with_suffix(".json"),
+                    channels=channels,
+                    max_pixels=args.max_pixels,
+                    pixel_size=s.pixel_size,
+                    **opts,
+                )
                 return {"normalization": doc}
-            doc = normalize.normalize_file(s.path, paths.normalized(s.sample), channels=channels,
-                                           max_pixels=args.max_pixels, pixel_size=s.pixel_size, norm3d=norm3d, **opts)
+            doc = normalize.normalize_file(
+                s.path,
+                paths.normalized(s.sample),
+                channels=channels,
+                max_pixels=args.max_pixels,
+                pixel_size=s.pixel_size,
+                norm3d=norm3d,
+                **opts,
+            )
             return {"normalization": doc}
 
         return list(_each(rows, paths, step, one))
@@ -195,28 +231,42 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
         def zarr_labels(s, info: dict) -> dict:  # --ome-zarr: the label TIFF just written, as OME-Zarr labels
             labels, meta = read_labels(written(paths.masks(s.sample)), max_pixels=args.max_pixels)
             if labels.ndim != 2:
-                print(f"cpsnake batch reconstruct: warning: {s.sample}: OME-Zarr labels are written for 2-D images; "
-                      "this stack's labels are in the TIFF only", file=sys.stderr)
+                print(
+                    f"cpsnake batch reconstruct: warning: {s.sample}: OME-Zarr labels are written for 2-D images; "
+                    "this stack's labels are in the TIFF only",
+                    file=sys.stderr,
+                )
                 return info
-            write_label_zarr(paths.masks(s.sample).with_suffix(".zarr"), labels, pixel_size=meta["pixel_size"],
-                             unit=meta["unit"])
+            write_label_zarr(
+                paths.masks(s.sample).with_suffix(".zarr"), labels, pixel_size=meta["pixel_size"], unit=meta["unit"]
+            )
             return info
 
         def one(s):  # the flows record the network's scale (and so niter)
             if s.block:  # pass 2 over the block jobs' files, assembled into one label image
                 doc = {o.sample: o for o in read_manifest(paths.manifest("normalize"))}[s.sample].info["normalization"]
                 files = [paths.block(s.sample, k) for k in range(s.block_count)]
-                report = assemble_file(files, paths.masks(s.sample), shape=(s.height, s.width), block=s.block,
-                                       pixel_size=doc["pixel_size"], unit=doc["unit"],
-                                       ome_zarr=paths.masks(s.sample).with_suffix(".zarr") if ome_zarr else None,
-                                       **opts)
+                report = assemble_file(
+                    files,
+                    paths.masks(s.sample),
+                    shape=(s.height, s.width),
+                    block=s.block,
+                    pixel_size=doc["pixel_size"],
+                    unit=doc["unit"],
+                    ome_zarr=paths.masks(s.sample).with_suffix(".zarr") if ome_zarr else None,
+                    **opts,
+                )
                 return {"cells": report["objects"], "blocks": report}
-            info = {"cells": reconstruct.reconstruct_file(paths.flows(s.sample), paths.masks(s.sample),
-                                                          max_pixels=args.max_pixels, where_fit=True, **opts)}
+            info = {
+                "cells": reconstruct.reconstruct_file(
+                    paths.flows(s.sample), paths.masks(s.sample), max_pixels=args.max_pixels, where_fit=True, **opts
+                )
+            }
             return zarr_labels(s, info) if ome_zarr else info
 
         return list(_each(rows, paths, step, one))
     if step == "rois":
+
         def one(s):  # block-wise images: labels read by region, ROIs written window by window (cpsnake.export.blockout)
             if s.block:
                 return {"rois": rois.export_file_by_window(paths.masks(s.sample), paths.rois(s.sample))}
@@ -226,24 +276,44 @@ def run_step(step: str, rows, paths: Paths, args) -> list[Outcome]:
     if step == "measure":
         from cpsnake.steps import measure  # scipy: only the measure step pays for it
 
-        per_slice = stack_options.options(args)["mode"] == "planes"  # Z stacks plane by plane: 2-D objects, rows per slice
+        per_slice = (
+            stack_options.options(args)["mode"] == "planes"
+        )  # Z stacks plane by plane: 2-D objects, rows per slice
 
         def one(s):
             geojson = paths.geojson(s.sample) if args.geojson else None
             if s.block:
-                return {"rows": measure.measure_file_by_window(paths.masks(s.sample), s.path, paths.measurements(s.sample),
-                                                      pixel_size=s.pixel_size, geojson_path=geojson,
-                                                      max_pixels=args.max_pixels)}
-            return {"rows": measure.measure_file(
-                paths.masks(s.sample), s.path, paths.measurements(s.sample), max_pixels=args.max_pixels,
-                flows_path=paths.flows(s.sample), pixel_size=s.pixel_size, per_slice=per_slice, geojson_path=geojson)}
+                return {
+                    "rows": measure.measure_file_by_window(
+                        paths.masks(s.sample),
+                        s.path,
+                        paths.measurements(s.sample),
+                        pixel_size=s.pixel_size,
+                        geojson_path=geojson,
+                        max_pixels=args.max_pixels,
+                    )
+                }
+            return {
+                "rows": measure.measure_file(
+                    paths.masks(s.sample),
+                    s.path,
+                    paths.measurements(s.sample),
+                    max_pixels=args.max_pixels,
+                    flows_path=paths.flows(s.sample),
+                    pixel_size=s.pixel_size,
+                    per_slice=per_slice,
+                    geojson_path=geojson,
+                )
+            }
 
         return list(_each(rows, paths, step, one))
     if step == "overlay":
+
         def one(s):
             if s.block:
-                overlay.overlay_file_by_window(s.path, paths.masks(s.sample), paths.overlay(s.sample),
-                                      max_pixels=args.max_pixels)
+                overlay.overlay_file_by_window(
+                    s.path, paths.masks(s.sample), paths.overlay(s.sample), max_pixels=args.max_pixels
+                )
             else:
                 overlay.overlay_file(s.path, paths.masks(s.sample), paths.overlay(s.sample), max_pixels=args.max_pixels)
             _link(paths.overlay(s.sample), paths.report_overlay(s.sample))
@@ -266,18 +336,23 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cpsnake batch", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="cpsnake batch", description=" ".join(__doc__.split("\n\n")[0].split()).split(": ", 1)[1]
+    )
     p.add_argument("step", choices=STEPS)
     p.add_argument("samples", type=Path, help="the samples table written by `cpsnake samples`")
     p.add_argument("batch", help="the batch to run (e.g. b0001, the table's batch column)")
     p.add_argument("--results", type=Path, required=True, help="the results folder")
     p.add_argument("--model", default=None, help="infer: registry name or weights file")
-    for title, module in (("normalize", normalize), ("infer", infer), ("reconstruct", reconstruct)):
+    for title, module in (("normalize", normalize), ("infer", infer_step), ("reconstruct", reconstruct)):
         module.add_options(p.add_argument_group(f"{title} options (as `cpsnake {title}`)"))
     stack_options.add_options(p.add_argument_group("stack options (see cpsnake.stacks.stack)"))
     p.add_argument("--geojson", action="store_true", help="measure: also write geojson/NAME.geojson (QuPath)")
-    p.add_argument("--ome-zarr", action="store_true",
-                   help="reconstruct: also write masks/NAME.zarr, OME-Zarr labels (2-D images; cpsnake.io.ngff)")
+    p.add_argument(
+        "--ome-zarr",
+        action="store_true",
+        help="reconstruct: also write masks/NAME.zarr, OME-Zarr labels (2-D images; cpsnake.io.ngff)",
+    )
     limits.add_option(p)
     return p
 
@@ -290,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = Paths(args.results, args.batch)
     rows = [s for s in sample_table.read_table(args.samples) if s.batch == args.batch and s.status == "ok"]
     if not rows:
-        raise CpsnakeError(f"{args.samples}: batch {args.batch!r} holds no image; expected a batch of the table "
-                           "(`cpsnake samples` writes them)")
+        raise CpsnakeError(
+            f"{args.samples}: batch {args.batch!r} holds no image; expected a batch of the table "
+            "(`cpsnake samples` writes them)"
+        )
     check_output(paths.manifest(args.step))  # results that cannot be written: one line before any work
     skipped: dict[str, Outcome] = {}
     upstream = UPSTREAM[args.step]
@@ -300,8 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         for s in rows:
             o = done.get(s.sample)
             if o is None or o.status != "ok":
-                why = (o.reason if o is not None and o.status == "skipped"
-                       else f"{upstream} {o.status if o else 'missing'}")
+                why = (
+                    o.reason
+                    if o is not None and o.status == "skipped"
+                    else f"{upstream} {o.status if o else 'missing'}"
+                )
                 skipped[s.sample] = Outcome(s.sample, "skipped", why)
     todo = [s for s in rows if s.sample not in skipped]
     outcomes = {o.sample: o for o in run_step(args.step, todo, paths, args)}
@@ -311,8 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         make_folder(paths.folder(args.step))
     write_manifest(paths.manifest(args.step), result)
     failed = sum(o.status == "failed" for o in result)
-    print(f"cpsnake batch {args.step} {args.batch}: {len(result) - failed - len(skipped)} ok, {failed} failed, "
-          f"{len(skipped)} skipped; peak memory {peak_mb()} MB", file=sys.stderr)
+    print(
+        f"cpsnake batch {args.step} {args.batch}: {len(result) - failed - len(skipped)} ok, {failed} failed, "
+        f"{len(skipped)} skipped; peak memory {peak_mb()} MB",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -80,8 +80,7 @@ def _message(error) -> str:
             hint = f"the known keys are {', '.join(key_name(path + [k]) for k in known)}; rename or remove it"
         return f"config key {full!r}: found an unknown key; expected a key of the workflow's config; {hint} in {WHERE}"
     key = key_name(path) or "(the whole config)"
-    return (f"config {key}: found {_shown(error.instance)}; expected {_expected(error.schema)}; "
-            f"fix {key} in {WHERE}")
+    return f"config {key}: found {_shown(error.instance)}; expected {_expected(error.schema)}; fix {key} in {WHERE}"
 
 
 def _shown(value: Any, width: int = 60) -> str:
@@ -94,10 +93,20 @@ def _bounds(schema: dict) -> str:
     """`` from 0 to 100``, `` >= 1``, `` > 0 and <= 1`` or nothing, from a schema's bounds."""
     if "minimum" in schema and "maximum" in schema:
         return f" from {schema['minimum']} to {schema['maximum']}"
-    low = (f">= {schema['minimum']}" if "minimum" in schema
-           else f"> {schema['exclusiveMinimum']}" if "exclusiveMinimum" in schema else "")
-    high = (f"<= {schema['maximum']}" if "maximum" in schema
-            else f"< {schema['exclusiveMaximum']}" if "exclusiveMaximum" in schema else "")
+    low = (
+        f">= {schema['minimum']}"
+        if "minimum" in schema
+        else f"> {schema['exclusiveMinimum']}"
+        if "exclusiveMinimum" in schema
+        else ""
+    )
+    high = (
+        f"<= {schema['maximum']}"
+        if "maximum" in schema
+        else f"< {schema['exclusiveMaximum']}"
+        if "exclusiveMaximum" in schema
+        else ""
+    )
     both = " and ".join(b for b in (low, high) if b)
     return f" {both}" if both else ""
 
@@ -122,8 +131,9 @@ def _expected(schema: dict) -> str:
             parts.append("null")
         elif t == "array":
             low, high = schema.get("minItems"), schema.get("maxItems")
-            count = (f"{low}" if low == high and low is not None
-                     else f"{low or 0} to {high}" if high else "any number of")
+            count = (
+                f"{low}" if low == high and low is not None else f"{low or 0} to {high}" if high else "any number of"
+            )
             parts.append(f"a list of {count} items ({_expected(schema.get('items', {}))} each)")
         elif t == "object":
             parts.append(f"a mapping of {', '.join(schema.get('properties', {}))} (e.g. {{key: value}})")

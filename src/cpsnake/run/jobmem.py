@@ -35,12 +35,29 @@ from __future__ import annotations
 
 from cpsnake.export.overlay import MAX_SIDE
 
-__all__ = ["WHOLE", "BLOCK_JOB", "CONTEXT", "BAND_ROWS", "WINDOWED", "PX_PER_OBJECT", "BYTES_PER_OBJECT", "read_region",
-           "block_job_mb", "step_mb", "peak_mb"]
+__all__ = [
+    "WHOLE",
+    "BLOCK_JOB",
+    "CONTEXT",
+    "BAND_ROWS",
+    "WINDOWED",
+    "PX_PER_OBJECT",
+    "BYTES_PER_OBJECT",
+    "read_region",
+    "block_job_mb",
+    "step_mb",
+    "peak_mb",
+]
 
 # step: (base MB, bytes per sample of the image)
-WHOLE = {"normalize": (300, 12), "infer": (2000, 100), "reconstruct": (1000, 70), "rois": (300, 12),
-         "measure": (300, 30), "overlay": (300, 40)}
+WHOLE = {
+    "normalize": (300, 12),
+    "infer": (2000, 100),
+    "reconstruct": (1000, 70),
+    "rois": (300, 12),
+    "measure": (300, 30),
+    "overlay": (300, 40),
+}
 BLOCK_JOB = (1500, 100)  # base MB, bytes per sample of the block's read region
 CONTEXT = 300  # px of context on each side of a block's core taken for its memory
 BAND_ROWS = 2048  # rows of a streaming pass's band taken for its memory
@@ -61,8 +78,9 @@ def block_job_mb(block: int, halo: int | None, channels: int | None) -> int:
     return int(base + per_sample * read_region(block, halo) * max(channels or 1, 1) / 1e6)
 
 
-def step_mb(step: str, *, pixels: int, width: int, channels: int | None, block: int = 0,
-            halo: int | None = None) -> int:
+def step_mb(
+    step: str, *, pixels: int, width: int, channels: int | None, block: int = 0, halo: int | None = None
+) -> int:
     """Request of batch step ``step`` for one image of ``pixels`` (Y x X x planes), ``width`` px wide, with
     ``channels`` samples per pixel, held whole (``block`` 0) or in ``block`` px blocks."""
     c = max(channels or 1, 1)

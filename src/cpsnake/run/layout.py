@@ -128,5 +128,12 @@ class Paths(Results):
 
     def image_files(self, name: str) -> list[Path]:
         """Every file and folder the steps write for the image ``name`` (its log aside)."""
-        return [self.masks(name), self.masks(name).with_suffix(".zarr"), self.rois(name), self.measurements(name),
-                self.geojson(name), self.overlay(name), self.report_overlay(name)]
+        return [
+            self.masks(name),
+            self.masks(name).with_suffix(".zarr"),
+            self.rois(name),
+            self.measurements(name),
+            self.geojson(name),
+            self.overlay(name),
+            self.report_overlay(name),
+        ]

@@ -96,8 +96,15 @@ def model_family(path: str | os.PathLike) -> str:
     return family_of(load_state_dict_file(path), str(path))
 
 
-def build_record(*, model: str, model_name: str, config: dict, images: list[dict], failed: list[dict] | None = None,
-                 snakemake_version: str | None = None) -> dict:
+def build_record(
+    *,
+    model: str,
+    model_name: str,
+    config: dict,
+    images: list[dict],
+    failed: list[dict] | None = None,
+    snakemake_version: str | None = None,
+) -> dict:
     """The provenance dictionary (see the module docstring).
 
     ``images``: one dict per image with at least ``name`` and ``path`` (hashed here) and whatever else
@@ -108,17 +115,28 @@ def build_record(*, model: str, model_name: str, config: dict, images: list[dict
     packages = package_versions()
     if snakemake_version:
         packages["snakemake"] = snakemake_version
-    entries = [{"name": e["name"], "path": str(e["path"]), "sha256": _input_sha256(e["path"]),
-                **{k: v for k, v in e.items() if k not in ("name", "path")}} for e in images]
+    entries = [
+        {
+            "name": e["name"],
+            "path": str(e["path"]),
+            "sha256": _input_sha256(e["path"]),
+            **{k: v for k, v in e.items() if k not in ("name", "path")},
+        }
+        for e in images
+    ]
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpsnake": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": packages,
-        "model": {"name": model_name, "file": str(model), "bytes": os.path.getsize(model),
-                  "sha256": _input_sha256(model),
-                  "family": model_family(model)},
+        "model": {
+            "name": model_name,
+            "file": str(model),
+            "bytes": os.path.getsize(model),
+            "sha256": _input_sha256(model),
+            "family": model_family(model),
+        },
         "parameters": config,
         "images": entries,
         "failed": list(failed or []),
@@ -152,12 +170,23 @@ def main(argv: list[str] | None = None) -> int:
         if done is None or done.status != "ok":
             continue
         inferred = by_step[s.sample].get("infer")
-        images.append({"name": s.sample, "path": s.path,
-                       "options": {"channels": s.channels, "diameter": s.diameter, "pixel_size": s.pixel_size},
-                       "normalization": done.info.get("normalization"),
-                       "diameter_used": inferred.info.get("diameter") if inferred and inferred.status == "ok" else None})
-    record = build_record(model=args.model, model_name=args.model_name, config=config, images=images, failed=failed,
-                          snakemake_version=args.snakemake_version)
+        images.append(
+            {
+                "name": s.sample,
+                "path": s.path,
+                "options": {"channels": s.channels, "diameter": s.diameter, "pixel_size": s.pixel_size},
+                "normalization": done.info.get("normalization"),
+                "diameter_used": inferred.info.get("diameter") if inferred and inferred.status == "ok" else None,
+            }
+        )
+    record = build_record(
+        model=args.model,
+        model_name=args.model_name,
+        config=config,
+        images=images,
+        failed=failed,
+        snakemake_version=args.snakemake_version,
+    )
     from cpsnake.io.outputs import atomic_output
 
     with atomic_output(args.out) as tmp:

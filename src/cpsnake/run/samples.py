@@ -136,11 +136,20 @@ def discover(spec: str) -> list[Sample]:
         try:
             entries = sorted(Path(spec).iterdir())
         except OSError as exc:
-            raise CpsnakeError(f"images={spec!r}: the folder cannot be listed ({exc.strerror}); expected a "
-                               "readable folder of images; check its permissions") from None
-        files = [p for p in entries if not p.name.startswith(".")
-                 and (is_ome_zarr(p) and p.suffix.lower() == ".zarr" if os.path.isdir(p)
-                      else p.suffix.lower() in IMAGE_SUFFIXES)]
+            raise CpsnakeError(
+                f"images={spec!r}: the folder cannot be listed ({exc.strerror}); expected a "
+                "readable folder of images; check its permissions"
+            ) from None
+        files = [
+            p
+            for p in entries
+            if not p.name.startswith(".")
+            and (
+                is_ome_zarr(p) and p.suffix.lower() == ".zarr"
+                if os.path.isdir(p)
+                else p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        ]
     elif os.path.lexists(spec) and not os.path.isdir(spec):  # one image, named as it is (no glob characters)
         regular_file(spec, "a folder of images, a glob pattern or an image file")
         files = [Path(spec)]
@@ -187,8 +196,10 @@ def _channels_cell(text: str, where: str) -> list[int] | None:
     if chans is None:
         return None
     if not chans or len(chans) > 3 or len(set(chans)) != len(chans) or min(chans) < 0:
-        raise CpsnakeError(f"{where}: channels {_shown(text.strip().strip('[]'))}, expected 1 to 3 distinct 0-based "
-                           "channel numbers, e.g. 0,2; fix that cell")
+        raise CpsnakeError(
+            f"{where}: channels {_shown(text.strip().strip('[]'))}, expected 1 to 3 distinct 0-based "
+            "channel numbers, e.g. 0,2; fix that cell"
+        )
     return chans
 
 
@@ -201,10 +212,10 @@ def _parse_positive(text: str, where: str, what: str) -> float | None:
     except ValueError:
         value = float("nan")
     if not value > 0 or value == float("inf"):
-        raise CpsnakeError(f"{where}: {what} {_shown(text)}, expected a positive number (or an empty cell for none); "
-                           "fix that cell")
+        raise CpsnakeError(
+            f"{where}: {what} {_shown(text)}, expected a positive number (or an empty cell for none); fix that cell"
+        )
     if what == "diameter":  # the bound of --diameter (cpsnake.bounds): it scales the image and the flow following
-
         check("--diameter", value, shown=f"{where}: diameter {_shown(text)}")
     return value
 
@@ -215,9 +226,11 @@ SHEET_COLUMNS = ("sample", "path", "channels", "diameter", "pixel_size")
 SHEET = "a sample sheet (UTF-8 text, TSV or CSV: sample, path[, channels, diameter, pixel_size])"
 QUOTING = "TSV or CSV cells, each quoted whole or not at all"
 _CSV_PROBLEMS = {  # csv.Error text -> (found, expected)
-    "field larger than field limit": ("a cell longer than {limit:,} characters",
-                                      "cells of at most {limit:,} characters"),
-    "unexpected end of data": ("a quote (\") that is never closed", QUOTING),
+    "field larger than field limit": (
+        "a cell longer than {limit:,} characters",
+        "cells of at most {limit:,} characters",
+    ),
+    "unexpected end of data": ('a quote (") that is never closed', QUOTING),
     "expected after": ("text after the closing quote of a cell", QUOTING),
 }
 
@@ -235,11 +248,14 @@ def _sheet_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[s
                     rows.append((line, cells))
                 line = reader.line_num + 1
     except csv.Error as exc:
-        found, expected = next(((f.format(limit=limit), e.format(limit=limit))
-                                for k, (f, e) in _CSV_PROBLEMS.items() if k in str(exc)),
-                               (f"malformed CSV ({exc})", QUOTING))
-        raise CpsnakeError(f"{path} line {line}: found {found}; expected {expected}; fix that row, or save the sheet "
-                           "again from a spreadsheet") from None
+        found, expected = next(
+            ((f.format(limit=limit), e.format(limit=limit)) for k, (f, e) in _CSV_PROBLEMS.items() if k in str(exc)),
+            (f"malformed CSV ({exc})", QUOTING),
+        )
+        raise CpsnakeError(
+            f"{path} line {line}: found {found}; expected {expected}; fix that row, or save the sheet "
+            "again from a spreadsheet"
+        ) from None
     return rows
 
 
@@ -264,38 +280,51 @@ def read_sheet(path: str | os.PathLike) -> list[Sample]:
         bad = exc.start
     if bad >= 0:
         line = data.count(b"\n", 0, bad) + 1
-        raise CpsnakeError(f"{path} line {line}: found binary data or text that is not UTF-8 "
-                           f"(byte {bad:,}); expected {SHEET}; save the sheet as UTF-8 text")
+        raise CpsnakeError(
+            f"{path} line {line}: found binary data or text that is not UTF-8 "
+            f"(byte {bad:,}); expected {SHEET}; save the sheet as UTF-8 text"
+        )
     if not text.strip():
-        raise CpsnakeError(f"{path}: empty sample sheet; expected a header line 'sample<TAB>path' and one row per "
-                           "image")
+        raise CpsnakeError(
+            f"{path}: empty sample sheet; expected a header line 'sample<TAB>path' and one row per image"
+        )
     delimiter = "\t" if "\t" in text.splitlines()[0] else ","
     rows = _sheet_rows(path, text, delimiter)
     header = [h.strip() for h in rows[0][1]] if rows and rows[0][0] == 1 else []
     body = rows[1:] if header else rows
     if "sample" not in header or "path" not in header:
         found = ", ".join(_shown(h, 20) for h in header[:8]) or "none on line 1"
-        raise CpsnakeError(f"{path}: found columns {found}, expected at least 'sample' and 'path' (optional: channels, "
-                           "diameter, pixel_size)")
+        raise CpsnakeError(
+            f"{path}: found columns {found}, expected at least 'sample' and 'path' (optional: channels, "
+            "diameter, pixel_size)"
+        )
     unknown = [h for h in header if h not in SHEET_COLUMNS]
     if unknown:
-        raise CpsnakeError(f"{path}: unknown column(s) {', '.join(_shown(h, 20) for h in unknown[:8])}, expected only "
-                           f"{', '.join(SHEET_COLUMNS)}; rename or remove them")
+        raise CpsnakeError(
+            f"{path}: unknown column(s) {', '.join(_shown(h, 20) for h in unknown[:8])}, expected only "
+            f"{', '.join(SHEET_COLUMNS)}; rename or remove them"
+        )
     repeated = sorted({h for h in header if header.count(h) > 1})
     if repeated:
-        raise CpsnakeError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear twice, expected each column "
-                           "once; remove the copy")
+        raise CpsnakeError(
+            f"{path}: column(s) {', '.join(map(repr, repeated))} appear twice, expected each column "
+            "once; remove the copy"
+        )
     samples: dict[str, Sample] = {}
     for line, cells in body:
         where = f"{path} line {line}"
-        if any(c.strip() for c in cells[len(header):]):
-            raise CpsnakeError(f"{where}: found {len(cells)} cells, more than the {len(header)} columns of the header; "
-                               "expected one cell per column; remove the extra cells or name their column")
+        if any(c.strip() for c in cells[len(header) :]):
+            raise CpsnakeError(
+                f"{where}: found {len(cells)} cells, more than the {len(header)} columns of the header; "
+                "expected one cell per column; remove the extra cells or name their column"
+            )
         row = {h: c.strip() for h, c in zip(header, cells)}
         name = row.get("sample", "")
         if not NAME_RE.match(name):
-            raise CpsnakeError(f"{where}: sample name {_shown(name)}, expected letters, digits, '.', '_' or '-' "
-                               "(it names the output files)")
+            raise CpsnakeError(
+                f"{where}: sample name {_shown(name)}, expected letters, digits, '.', '_' or '-' "
+                "(it names the output files)"
+            )
         if name in samples:
             raise CpsnakeError(f"{where}: sample {_shown(name)} appears twice, expected unique sample names")
         image = row.get("path", "")
@@ -305,10 +334,14 @@ def read_sheet(path: str | os.PathLike) -> list[Sample]:
         if not image_path.is_absolute():
             image_path = path.parent / image_path
         samples[name] = Sample(
-            name, str(image_path),
+            name,
+            str(image_path),
             channels=_channels_cell(row.get("channels", ""), where),
-            diameter=("auto" if row.get("diameter", "") == "auto"
-                      else _parse_positive(row.get("diameter", ""), where, "diameter")),
+            diameter=(
+                "auto"
+                if row.get("diameter", "") == "auto"
+                else _parse_positive(row.get("diameter", ""), where, "diameter")
+            ),
             pixel_size=_parse_positive(row.get("pixel_size", ""), where, "pixel_size"),
             extra={"where": where},
         )
@@ -346,8 +379,10 @@ def read_table(path: str | os.PathLike) -> list[Sample]:
     try:
         return _rows(path)
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise CpsnakeError(f"{path}: cannot be read ({type(exc).__name__}: {library_text(exc)}); expected {what}; "
-                           "delete it and run `cpsnake samples` (or the workflow) again") from None
+        raise CpsnakeError(
+            f"{path}: cannot be read ({type(exc).__name__}: {library_text(exc)}); expected {what}; "
+            "delete it and run `cpsnake samples` (or the workflow) again"
+        ) from None
 
 
 def _rows(path) -> list[Sample]:
@@ -355,18 +390,29 @@ def _rows(path) -> list[Sample]:
     with open(path, newline="", encoding="utf-8") as fh:
         for raw in csv.DictReader(fh, delimiter="\t"):
             row = {k: read_cell(v) for k, v in raw.items()}
+
             def num(key, kind):
                 return kind(row[key]) if row.get(key, "") != "" else None
 
-            out.append(Sample(
-                row["sample"], row["path"],
-                channels=[int(c) for c in row["channels"].split(",")] if row.get("channels") else None,
-                diameter="auto" if row.get("diameter") == "auto" else num("diameter", float),
-                pixel_size=num("pixel_size", float),
-                status=row["status"], reason=row["reason"], height=num("height", int), width=num("width", int),
-                channels_in_file=num("channels_in_file", int), planes=num("planes", int), dtype=row["dtype"],
-                pixels=num("pixels", int), batch=row["batch"], block=num("block", int) or 0,
-            ))
+            out.append(
+                Sample(
+                    row["sample"],
+                    row["path"],
+                    channels=[int(c) for c in row["channels"].split(",")] if row.get("channels") else None,
+                    diameter="auto" if row.get("diameter") == "auto" else num("diameter", float),
+                    pixel_size=num("pixel_size", float),
+                    status=row["status"],
+                    reason=row["reason"],
+                    height=num("height", int),
+                    width=num("width", int),
+                    channels_in_file=num("channels_in_file", int),
+                    planes=num("planes", int),
+                    dtype=row["dtype"],
+                    pixels=num("pixels", int),
+                    batch=row["batch"],
+                    block=num("block", int) or 0,
+                )
+            )
     return out
 
 
@@ -377,8 +423,14 @@ def one_line_of(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def inspect(samples: list[Sample], *, batch_pixels: int = BATCH_PIXELS, batch_images: int = BATCH_IMAGES,
-            max_pixels: int | None = None, block_size: int | None = None) -> list[Sample]:
+def inspect(
+    samples: list[Sample],
+    *,
+    batch_pixels: int = BATCH_PIXELS,
+    batch_images: int = BATCH_IMAGES,
+    max_pixels: int | None = None,
+    block_size: int | None = None,
+) -> list[Sample]:
     """Fill in each sample's header fields and status, then its batch and block size (see the module docstring).
 
     An image whose header cannot be read, declares more than ``max_pixels`` samples, or lacks a channel
@@ -440,22 +492,41 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cpsnake samples", description=__doc__.splitlines()[0].split(": ", 1)[1])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="a folder or a glob pattern of images")
-    src.add_argument("--sheet", type=Path,
-                     help="a sample sheet (TSV or CSV: sample, path[, channels, diameter, pixel_size])")
+    src.add_argument(
+        "--sheet", type=Path, help="a sample sheet (TSV or CSV: sample, path[, channels, diameter, pixel_size])"
+    )
     p.add_argument("--out", type=Path, required=True, help="the samples table to write (TSV)")
-    p.add_argument("--batch-images", type=option("--batch-images"), default=BATCH_IMAGES,
-                   help=f"most images per batch ({BATCH_IMAGES})")
-    p.add_argument("--batch-pixels", type=option("--batch-pixels"), default=BATCH_PIXELS,
-                   help=f"most pixels per batch, unless one image is larger ({BATCH_PIXELS:,})")
+    p.add_argument(
+        "--batch-images",
+        type=option("--batch-images"),
+        default=BATCH_IMAGES,
+        help=f"most images per batch ({BATCH_IMAGES})",
+    )
+    p.add_argument(
+        "--batch-pixels",
+        type=option("--batch-pixels"),
+        default=BATCH_PIXELS,
+        help=f"most pixels per batch, unless one image is larger ({BATCH_PIXELS:,})",
+    )
     p.add_argument("--logs", type=Path, default=None, help="folder for one NAME.log per unreadable image")
-    p.add_argument("--block-size", type=option("--block-size"), default=None, metavar="N",
-                   help="2-D TIFFs segmented in blocks of N px (one workflow job per block, cpsnake.run.blockjob); 0: "
-                        "none; default: images above 4096 x 4096 px in blocks of 2048")
+    p.add_argument(
+        "--block-size",
+        type=option("--block-size"),
+        default=None,
+        metavar="N",
+        help="2-D TIFFs segmented in blocks of N px (one workflow job per block, cpsnake.run.blockjob); 0: "
+        "none; default: images above 4096 x 4096 px in blocks of 2048",
+    )
     limits.add_option(p)
     args = p.parse_args(argv)
     found = discover(args.images) if args.images else read_sheet(args.sheet)
-    table = inspect(found, batch_pixels=args.batch_pixels, batch_images=args.batch_images, max_pixels=args.max_pixels,
-                    block_size=args.block_size)
+    table = inspect(
+        found,
+        batch_pixels=args.batch_pixels,
+        batch_images=args.batch_images,
+        max_pixels=args.max_pixels,
+        block_size=args.block_size,
+    )
     check_jobs(table)
     write_table(args.out, table)
     failed = [s for s in table if s.status != "ok"]
@@ -465,8 +536,10 @@ def main(argv: list[str] | None = None) -> int:
             with atomic_output(args.logs / f"{s.sample}.log") as tmp:
                 tmp.write_text(f"cpsnake samples: error: {s.reason}\n")
     batches = len({s.batch for s in table if s.batch})
-    print(f"cpsnake samples: {len(table)} images, {len(failed)} unreadable, {batches} batch(es) -> {args.out}",
-          file=sys.stderr)
+    print(
+        f"cpsnake samples: {len(table)} images, {len(failed)} unreadable, {batches} batch(es) -> {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -21,7 +21,8 @@ The model is loaded once. The steps are the same functions the per-step commands
 line, nothing is written under its final names, the other images go on, and the exit code is 1. An image's
 files are written all or none (:func:`cpsnake.io.outputs.all_or_nothing`: a full disk leaves none of them), and
 an output folder that cannot be written is one line before the model loads.
-Stacks (TIFF with Z and/or T axes, see :func:`cpsnake.io.inputs.read_image`) go through :mod:`cpsnake.stacks.stack`: plane
+Stacks (TIFF with Z and/or T axes, see :func:`cpsnake.io.inputs.read_image`) go through :mod:`cpsnake.stacks.stack`:
+plane
 by plane by default, ``--stitch-threshold T`` (planes linked into 3-D objects) or ``--do-3d`` (3-D flows) for Z
 stacks, ``--track`` to link the frames of a time series; a T x Z hyperstack is segmented frame by frame. The
 label file is then an ImageJ hyperstack with the stack's z step and frame interval, the ROI set has one ROI
@@ -111,9 +112,8 @@ def segment_image(
     normalization : dict, the values used (as ``cpsnake normalize`` writes beside its output)
     seconds : dict, wall time of each step
     """
-    from cpsnake.engine.infer import predict
+    from cpsnake.engine.infer import predict, tiling
     from cpsnake.engine.normalize import normalize, select_channels
-    from cpsnake.engine.infer import tiling
     from cpsnake.engine.reconstruct import compute_masks
 
     t0 = time.perf_counter()
@@ -123,20 +123,47 @@ def segment_image(
     if diameter == "auto":
         from cpsnake.engine.size import auto_diameter
 
-        diameter = auto_diameter(net, data, None, None, dict(batch_size=batch_size, tile_overlap=tile_overlap,
-                                 augment=augment, device=device, dtype=dtype), params=size_params)
+        diameter = auto_diameter(
+            net,
+            data,
+            None,
+            None,
+            dict(batch_size=batch_size, tile_overlap=tile_overlap, augment=augment, device=device, dtype=dtype),
+            params=size_params,
+        )
         record["diameter_estimated"] = diameter
     t1 = time.perf_counter()
     if block:
         labels, record["blocks"] = _blocks(
-            net, lambda y0, y1, x0, x1: data[:, y0:y1, x0:x1], data.shape[1:], channels=data.shape[0], block=block,
-            halo=halo, diameter=diameter, tile_overlap=tile_overlap, augment=augment, batch_size=batch_size,
-            device=device, dtype=dtype, cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold,
-            niter=niter, min_size=min_size, max_size_fraction=max_size_fraction)
+            net,
+            lambda y0, y1, x0, x1: data[:, y0:y1, x0:x1],
+            data.shape[1:],
+            channels=data.shape[0],
+            block=block,
+            halo=halo,
+            diameter=diameter,
+            tile_overlap=tile_overlap,
+            augment=augment,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            cellprob_threshold=cellprob_threshold,
+            flow_threshold=flow_threshold,
+            niter=niter,
+            min_size=min_size,
+            max_size_fraction=max_size_fraction,
+        )
         return labels, None, record, {"normalize": t1 - t0, "blocks": time.perf_counter() - t1}
     flows = predict(
-        net, data, diameter=diameter, batch_size=batch_size, tile_overlap=tile_overlap, augment=augment,
-        device=device, dtype=dtype, max_pixels=max_pixels,
+        net,
+        data,
+        diameter=diameter,
+        batch_size=batch_size,
+        tile_overlap=tile_overlap,
+        augment=augment,
+        device=device,
+        dtype=dtype,
+        max_pixels=max_pixels,
     )
     t2 = time.perf_counter()
     labels = compute_masks(
@@ -167,10 +194,21 @@ def _blocks(net, read, shape, *, halo: int | None, diameter, **opts) -> tuple[np
     return labels, report
 
 
-def segment_regions(net, image, *, block: int, halo: int | None = None, channels: list[int] | None = None,
-                    percentiles: tuple[float, float] = (1.0, 99.0), low_high=None, invert: bool = False,
-                    tile_size: int = 0, diameter: float | None = None, labels=None, **opts
-                    ) -> tuple[np.ndarray, dict, dict]:
+def segment_regions(
+    net,
+    image,
+    *,
+    block: int,
+    halo: int | None = None,
+    channels: list[int] | None = None,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    low_high=None,
+    invert: bool = False,
+    tile_size: int = 0,
+    diameter: float | None = None,
+    labels=None,
+    **opts,
+) -> tuple[np.ndarray, dict, dict]:
     """Segment a :class:`cpsnake.io.regions.RegionImage` block by block without reading it whole.
 
     The normalization values come from one streaming pass (:func:`cpsnake.engine.streamnorm.stream_values`, equal to
@@ -184,52 +222,100 @@ def segment_regions(net, image, *, block: int, halo: int | None = None, channels
     from cpsnake.engine.normalize import scale
 
     if tile_size:
-        raise CpsnakeError(f"--tile-norm {tile_size} with an image read block by block; expected percentile or "
-                           "--low-high normalization for block-wise images; leave out --tile-norm, or give "
-                           "--block-size 0 to load the image whole")
+        raise CpsnakeError(
+            f"--tile-norm {tile_size} with an image read block by block; expected percentile or "
+            "--low-high normalization for block-wise images; leave out --tile-norm, or give "
+            "--block-size 0 to load the image whole"
+        )
     if diameter == "auto":
-        raise CpsnakeError("--diameter auto with an image read block by block; expected a number (the size model "
-                           "needs the whole image); give --diameter D, or --block-size 0 to load the image whole")
+        raise CpsnakeError(
+            "--diameter auto with an image read block by block; expected a number (the size model "
+            "needs the whole image); give --diameter D, or --block-size 0 to load the image whole"
+        )
     t0 = time.perf_counter()
-    record = stream_values(regions.bands(image), image.shape, image.dtype, channels, percentiles=percentiles,
-                           low_high=low_high, invert=invert)
+    record = stream_values(
+        regions.bands(image),
+        image.shape,
+        image.dtype,
+        channels,
+        percentiles=percentiles,
+        low_high=low_high,
+        invert=invert,
+    )
     picked = list(channels) if channels is not None else list(range(image.shape[0]))
     t1 = time.perf_counter()
     out, record["blocks"] = _blocks(
-        net, lambda y0, y1, x0, x1: scale(image.read(y0, y1, x0, x1)[picked], record), image.shape[1:],
-        channels=len(picked), block=block, halo=halo, diameter=diameter, labels=labels, **opts)
+        net,
+        lambda y0, y1, x0, x1: scale(image.read(y0, y1, x0, x1)[picked], record),
+        image.shape[1:],
+        channels=len(picked),
+        block=block,
+        halo=halo,
+        diameter=diameter,
+        labels=labels,
+        **opts,
+    )
     return out, record, {"normalize": t1 - t0, "blocks": time.perf_counter() - t1}
 
 
 def _parser() -> argparse.ArgumentParser:
     from cpsnake.steps import infer, normalize, reconstruct
 
-    p = argparse.ArgumentParser(prog="cpsnake segment", description="Segment images in one process (normalize, infer, reconstruct, then ROIs, measurements, overlay and provenance), for users without Snakemake.")
-    p.add_argument("images", nargs="+", type=Path,
-                   help="2-D images (TIFF / OME-TIFF / BigTIFF, PNG or JPEG; OME-Zarr folders) or stacks (TIFF with "
-                        "Z and/or T axes)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (masks/, rois/, measurements/, overlays/, provenance/)")
+    p = argparse.ArgumentParser(
+        prog="cpsnake segment",
+        description="Segment images in one process (normalize, infer, reconstruct, then ROIs, measurements, "
+        "overlay and provenance), for users without Snakemake.",
+    )
+    p.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        help="2-D images (TIFF / OME-TIFF / BigTIFF, PNG or JPEG; OME-Zarr folders) or stacks (TIFF with "
+        "Z and/or T axes)",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="output folder (masks/, rois/, measurements/, overlays/, provenance/)"
+    )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or weights file (default {DEFAULT_MODEL})")
-    p.add_argument("--cache-dir", default=None, help="weights cache folder (default $CPSNAKE_CACHE or ~/.cache/cpsnake)")
+    p.add_argument(
+        "--cache-dir", default=None, help="weights cache folder (default $CPSNAKE_CACHE or ~/.cache/cpsnake)"
+    )
     for title, module in (("normalize", normalize), ("infer", infer), ("reconstruct", reconstruct)):
         module.add_options(p.add_argument_group(f"{title} options (as `cpsnake {title}`)"))
     from cpsnake.steps import stack_options
 
     stack_options.add_options(
-        p.add_argument_group("stack options (Z stacks and time series; see cpsnake.stacks.stack)"))
+        p.add_argument_group("stack options (Z stacks and time series; see cpsnake.stacks.stack)")
+    )
     from cpsnake.bounds import option
 
-    p.add_argument("--block-size", type=option("--block-size"), default=None, metavar="N",
-                   help="segment 2-D images in blocks of N px with context (cpsnake.engine.blocks; labels equal the whole "
-                        "image's); 0: the whole image at once; default: whole up to 4096 x 4096 px, else 2048")
-    p.add_argument("--block-halo", type=option("--block-halo"), default=None, metavar="H",
-                   help="context around each block in px (default 96, or 3 x --diameter): more than the largest "
-                        "cell's radius; objects that may be cut are reported")
-    p.add_argument("--ome-zarr", action="store_true",
-                   help="also write masks/NAME.zarr: the labels as OME-Zarr (NGFF 0.5 labels group, multiscale "
-                        "pyramid; cpsnake.io.ngff) for napari, QuPath and other NGFF readers (2-D images)")
-    p.add_argument("--geojson", action="store_true",
-                   help="also write geojson/NAME.geojson: the cells as QuPath GeoJSON with their measurements (2-D images)")
+    p.add_argument(
+        "--block-size",
+        type=option("--block-size"),
+        default=None,
+        metavar="N",
+        help="segment 2-D images in blocks of N px with context (cpsnake.engine.blocks; labels equal the whole "
+        "image's); 0: the whole image at once; default: whole up to 4096 x 4096 px, else 2048",
+    )
+    p.add_argument(
+        "--block-halo",
+        type=option("--block-halo"),
+        default=None,
+        metavar="H",
+        help="context around each block in px (default 96, or 3 x --diameter): more than the largest "
+        "cell's radius; objects that may be cut are reported",
+    )
+    p.add_argument(
+        "--ome-zarr",
+        action="store_true",
+        help="also write masks/NAME.zarr: the labels as OME-Zarr (NGFF 0.5 labels group, multiscale "
+        "pyramid; cpsnake.io.ngff) for napari, QuPath and other NGFF readers (2-D images)",
+    )
+    p.add_argument(
+        "--geojson",
+        action="store_true",
+        help="also write geojson/NAME.geojson: the cells as QuPath GeoJSON with their measurements (2-D images)",
+    )
     from cpsnake.io import limits
 
     limits.add_option(p)
@@ -257,6 +343,7 @@ def check_input(path: Path, args, sopts: dict) -> None:
     a side under :data:`cpsnake.io.limits.MIN_SIDE`, and with ``--do-3d`` a stack that ``--anisotropy`` would
     resize beyond ``--max-pixels`` (:func:`cpsnake.io.limits.check_stack_3d`) are each a CpsnakeError."""
     from cpsnake.io import limits
+
     head = inputs.read_header(path)  # regular file (os.stat first), image format, header
     planes, channels = head["planes"], head["channels_in_file"]
     shape = (*([planes] if planes > 1 else []), head["height"], head["width"], *([channels] if channels > 1 else []))
@@ -264,8 +351,9 @@ def check_input(path: Path, args, sopts: dict) -> None:
     limits.check_min_side(path, (head["height"], head["width"]))
     if sopts["mode"] == "3d" and head["planes"] > 1:
         shape = (_depth(path, head["planes"]), head["channels_in_file"], head["height"], head["width"])
-        limits.check_stack_3d(path, shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
-                              limit=args.max_pixels)
+        limits.check_stack_3d(
+            path, shape, anisotropy=sopts["anisotropy"], diameter=args.diameter, limit=args.max_pixels
+        )
 
 
 def _depth(path: Path, planes: int) -> int:
@@ -293,8 +381,8 @@ def _segment_region_file(path: Path, net, region, args, opts: dict, keep):
     parameters."""
     import zarr
 
-    from cpsnake.io import limits
     from cpsnake.engine.blocks import auto_block_size
+    from cpsnake.io import limits
     from cpsnake.io.outputs import scratch_folder
 
     limits.check_samples(path, region.meta["shape"], limit=args.max_pixels)
@@ -326,9 +414,9 @@ def _one(path: Path, net, args, opts: dict, model_info: dict, sopts: dict) -> in
 
 def _segment_and_write(path: Path, net, args, opts: dict, model_info: dict, sopts: dict, keep) -> int:
     from cpsnake import __version__
+    from cpsnake.engine.blocks import auto_block_size
     from cpsnake.io import limits
     from cpsnake.io.outputs import atomic_output
-    from cpsnake.engine.blocks import auto_block_size
     from cpsnake.run.samples import sample_name as image_name
 
     region = inputs.region_input(path, block_size=args.block_size, whole_up_to=AUTO_WHOLE, max_pixels=args.max_pixels)
@@ -344,15 +432,24 @@ def _segment_and_write(path: Path, net, args, opts: dict, model_info: dict, sopt
             labels, record, seconds, params = _segment_stack(path, net, img, axes, opts, sopts, args.max_pixels)
         else:
             if sopts["mode"] != "planes" or sopts["track"]:
-                flag = "--do-3d" if sopts["mode"] == "3d" else "--stitch-threshold" if sopts["mode"] == "stitch" else "--track"
-                raise CpsnakeError(f"found a 2-D image (axes {meta['axes']!r}) given {flag}; expected a stack with Z (or T "
-                                   f"for --track) planes; leave out {flag}, or save the stack with its axes named")
+                flag = (
+                    "--do-3d"
+                    if sopts["mode"] == "3d"
+                    else "--stitch-threshold"
+                    if sopts["mode"] == "stitch"
+                    else "--track"
+                )
+                raise CpsnakeError(
+                    f"found a 2-D image (axes {meta['axes']!r}) given {flag}; expected a stack with Z (or T "
+                    f"for --track) planes; leave out {flag}, or save the stack with its axes named"
+                )
             if region is not None:
                 labels, flows, img, record, seconds, params = _segment_region_file(path, net, region, args, opts, keep)
             else:
                 block = args.block_size if args.block_size is not None else auto_block_size(img.shape[1:])
-                labels, flows, record, seconds = segment_image(net, img, max_pixels=args.max_pixels, block=block,
-                                                               halo=args.block_halo, **opts)
+                labels, flows, record, seconds = segment_image(
+                    net, img, max_pixels=args.max_pixels, block=block, halo=args.block_halo, **opts
+                )
                 params = {"block_size": block, "block_halo": record["blocks"]["halo"] if block else None}
     except CpsnakeError as exc:
         msg = str(exc)
@@ -370,8 +467,11 @@ def _segment_and_write(path: Path, net, args, opts: dict, model_info: dict, sopt
 
             from cpsnake.errors import CpsnakeWarning
 
-            warnings.warn(f"{path}: --ome-zarr writes 2-D label images; this stack's labels are in the TIFF only",
-                          CpsnakeWarning, stacklevel=2)
+            warnings.warn(
+                f"{path}: --ome-zarr writes 2-D label images; this stack's labels are in the TIFF only",
+                CpsnakeWarning,
+                stacklevel=2,
+            )
         _stack_outputs(out, name, path, img, meta, labels, sopts)
         n = int(np.unique(labels[labels > 0]).size)
     elif img is None:  # block by block from regions: the labels are on disk, the image is read by region
@@ -387,9 +487,17 @@ def _segment_and_write(path: Path, net, args, opts: dict, model_info: dict, sopt
     doc = {
         "cpsnake_version": __version__,
         "step": "segment",
-        "image": {"path": str(path), "shape": list(meta["shape"]), "dtype": meta["dtype"], "axes": meta["axes"], **cal,
-                  "stack_axes": axes, "z_step": meta["z_step"], "frame_interval": meta["frame_interval"],
-                  "calibration_problem": meta["calibration_problem"]},
+        "image": {
+            "path": str(path),
+            "shape": list(meta["shape"]),
+            "dtype": meta["dtype"],
+            "axes": meta["axes"],
+            **cal,
+            "stack_axes": axes,
+            "z_step": meta["z_step"],
+            "frame_interval": meta["frame_interval"],
+            "calibration_problem": meta["calibration_problem"],
+        },
         "model": model_info,
         "parameters": {**{k: v for k, v in opts.items() if k not in skip}, **params},
         "device": str(opts["device"]),
@@ -403,8 +511,9 @@ def _segment_and_write(path: Path, net, args, opts: dict, model_info: dict, sopt
     return n
 
 
-def _image_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, flows, *, geojson: bool = False,
-                   ome_zarr: bool = False) -> None:
+def _image_outputs(
+    out: Path, name: str, path: Path, img, meta: dict, labels, flows, *, geojson: bool = False, ome_zarr: bool = False
+) -> None:
     from cpsnake.export import measure, overlay, rois
     from cpsnake.export.table import write_table
     from cpsnake.io.labels import write_labels
@@ -420,13 +529,16 @@ def _image_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, fl
     if geojson:
         from cpsnake.export.geojson import feature_collection, table_rows, write_geojson
 
-        write_geojson(out / "geojson" / f"{name}.geojson",
-                      feature_collection(labels, rows=table_rows(table), image_name=path.name))
+        write_geojson(
+            out / "geojson" / f"{name}.geojson",
+            feature_collection(labels, rows=table_rows(table), image_name=path.name),
+        )
     overlay.write_png(out / "overlays" / f"{name}.png", overlay.render(img, labels))
 
 
 def _segment_stack(path: Path, net, img, axes: str, opts: dict, sopts: dict, max_pixels):
-    """Labels ``(Z|T, Y, X)`` or ``(T, Z, Y, X)`` of a stack (see :mod:`cpsnake.stacks.stack`), frames linked with --track."""
+    """Labels ``(Z|T, Y, X)`` or ``(T, Z, Y, X)`` of a stack (see :mod:`cpsnake.stacks.stack`), frames linked with
+    --track."""
     import sys
 
     from cpsnake.stacks.stack import segment_stack
@@ -435,15 +547,22 @@ def _segment_stack(path: Path, net, img, axes: str, opts: dict, sopts: dict, max
     mode = sopts["mode"]
     if axes == "T" and mode != "planes":
         flag = "--do-3d" if mode == "3d" else "--stitch-threshold"
-        raise CpsnakeError(f"found a time series of 2-D frames (no Z axis) given {flag}; expected a Z stack for {flag}; "
-                           "leave it out (frames are segmented one by one; --track links them), or save the planes "
-                           "as Z if they are depths (Fiji: Image > Properties, swap slices and frames)")
+        raise CpsnakeError(
+            f"found a time series of 2-D frames (no Z axis) given {flag}; expected a Z stack for {flag}; "
+            "leave it out (frames are segmented one by one; --track links them), or save the planes "
+            "as Z if they are depths (Fiji: Image > Properties, swap slices and frames)"
+        )
     if "T" not in axes and sopts["track"]:
-        raise CpsnakeError("found a Z stack without a time axis given --track; expected a time series (T); leave out "
-                           "--track, or save the planes as frames (T) if they are time points")
+        raise CpsnakeError(
+            "found a Z stack without a time axis given --track; expected a time series (T); leave out "
+            "--track, or save the planes as frames (T) if they are time points"
+        )
     if axes == "Z" and mode == "planes":
-        print(f"{path}: {img.shape[0]} Z planes segmented one by one (no 3-D objects); give --do-3d or "
-              "--stitch-threshold 0.25 for 3-D objects", file=sys.stderr)
+        print(
+            f"{path}: {img.shape[0]} Z planes segmented one by one (no 3-D objects); give --do-3d or "
+            "--stitch-threshold 0.25 for 3-D objects",
+            file=sys.stderr,
+        )
     keys = ("stitch_threshold", "anisotropy", "flow3d_smooth", "flow3d_threshold")
     kw = {k: sopts[k] for k in keys} | opts
     frames = list(img) if axes == "TZ" else [img]  # a T x Z hyperstack: frame by frame
@@ -484,13 +603,29 @@ def _stack_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, so
     from cpsnake.io.labels import write_labels
 
     axes = meta["stack_axes"]
-    write_labels(out / "masks" / f"{name}.tif", labels, pixel_size=meta["pixel_size"], unit=meta["unit"],
-                    stack_axes=axes, z_step=meta["z_step"], frame_interval=meta["frame_interval"])
+    write_labels(
+        out / "masks" / f"{name}.tif",
+        labels,
+        pixel_size=meta["pixel_size"],
+        unit=meta["unit"],
+        stack_axes=axes,
+        z_step=meta["z_step"],
+        frame_interval=meta["frame_interval"],
+    )
     rois.write_rois(out / "rois" / f"{name}.zip", rois.labels_to_rois(labels, stack_axis="t" if axes == "T" else "z"))
-    write_table(out / "measurements" / f"{name}.csv",
-                measure3d.measure_stack(labels, img, axes=axes, objects_3d=sopts["mode"] != "planes",
-                                        image_name=path.name, pixel_size=meta["pixel_size"], unit=meta["unit"],
-                                        z_step=meta["z_step"]))
+    write_table(
+        out / "measurements" / f"{name}.csv",
+        measure3d.measure_stack(
+            labels,
+            img,
+            axes=axes,
+            objects_3d=sopts["mode"] != "planes",
+            image_name=path.name,
+            pixel_size=meta["pixel_size"],
+            unit=meta["unit"],
+            z_step=meta["z_step"],
+        ),
+    )
     first = img if axes != "TZ" else img[0]
     lab = labels if axes != "TZ" else labels[0]
     mid = first.shape[0] // 2
@@ -500,10 +635,10 @@ def _stack_outputs(out: Path, name: str, path: Path, img, meta: dict, labels, so
 @guard("segment")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from cpsnake.steps import infer, normalize, reconstruct
-    from cpsnake.models import statefile, weights
     from cpsnake.bounds import check_halo
     from cpsnake.errors import collected_warnings, one_line
+    from cpsnake.models import statefile, weights
+    from cpsnake.steps import infer, normalize, reconstruct
 
     # every check that needs no torch first: options, output names, each input's header; then the weights file
     opts = normalize.options(args)

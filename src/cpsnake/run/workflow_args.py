@@ -38,10 +38,30 @@ from cpsnake.models.weights import REGISTRY, registry_entry
 from cpsnake.run.batch import BATCH_PATTERN
 from cpsnake.run.layout import Paths
 
-__all__ = ["WEIGHTS_FOLDER", "BUNDLED", "DOWNLOADABLE", "BATCH_PATTERN", "model", "channels", "Patterns", "patterns",
-           "block_files", "signature", "batch_command", "samples_source", "batch_options", "limit_args",
-           "diameter_args", "normalize_args", "infer_args", "reconstruct_args", "measure_args", "stack_args",
-           "block_size_args", "block_args"]
+__all__ = [
+    "WEIGHTS_FOLDER",
+    "BUNDLED",
+    "DOWNLOADABLE",
+    "BATCH_PATTERN",
+    "model",
+    "channels",
+    "Patterns",
+    "patterns",
+    "block_files",
+    "signature",
+    "batch_command",
+    "samples_source",
+    "batch_options",
+    "limit_args",
+    "diameter_args",
+    "normalize_args",
+    "infer_args",
+    "reconstruct_args",
+    "measure_args",
+    "stack_args",
+    "block_size_args",
+    "block_args",
+]
 
 # where the `weights` rule links a downloaded model (relative to the working folder)
 WEIGHTS_FOLDER = "resources/weights"
@@ -93,11 +113,14 @@ def channels(value) -> list[int] | None:
     try:
         parsed = parse_channels(value)
     except ValueError:
-        raise CpsnakeError(f"config channels: found {value!r}; expected 0-based channel numbers such as 0,2; "
-                           f"{fix}") from None
+        raise CpsnakeError(
+            f"config channels: found {value!r}; expected 0-based channel numbers such as 0,2; {fix}"
+        ) from None
     if parsed is not None and len(set(parsed)) != len(parsed):
-        raise CpsnakeError(f"config channels: found {value!r}, which repeats a channel; expected distinct channel "
-                           f"numbers such as 0,2; {fix}")
+        raise CpsnakeError(
+            f"config channels: found {value!r}, which repeats a channel; expected distinct channel "
+            f"numbers such as 0,2; {fix}"
+        )
     return parsed
 
 
@@ -136,10 +159,19 @@ def patterns(results: str) -> Patterns:
     """The :class:`Patterns` of the results folder ``results``."""
     p = Paths(results, "{batch}")
     return Patterns(
-        samples_table=str(p.samples_table), measurements_table=str(p.measurements_table), summary=str(p.summary),
-        failed=str(p.failed), provenance=str(p.provenance), check_done=str(p.check_done),
-        image_logs=str(p.image_logs), normalized=str(p.folder("normalize")), flows=str(p.folder("infer")),
-        report_overlays=str(p.folder("overlay")), block=str(p.block("{sample}", "{k}")), work=str(p.work))
+        samples_table=str(p.samples_table),
+        measurements_table=str(p.measurements_table),
+        summary=str(p.summary),
+        failed=str(p.failed),
+        provenance=str(p.provenance),
+        check_done=str(p.check_done),
+        image_logs=str(p.image_logs),
+        normalized=str(p.folder("normalize")),
+        flows=str(p.folder("infer")),
+        report_overlays=str(p.folder("overlay")),
+        block=str(p.block("{sample}", "{k}")),
+        work=str(p.work),
+    )
 
 
 def block_files(results: str, batch: str, rows: Iterable) -> list[str]:
@@ -219,8 +251,12 @@ def _reconstruct_options(rcfg: Mapping) -> list[str]:
 def reconstruct_args(config: Mapping) -> str:
     """``cpsnake reconstruct`` options from config (and ``--ome-zarr`` with config ome_zarr)."""
     cfg = config["reconstruct"]
-    args = [*_reconstruct_options(cfg), f"--min-size {cfg['min_size']}",
-            f"--max-size-fraction {cfg['max_size_fraction']}", diameter_args(config)]
+    args = [
+        *_reconstruct_options(cfg),
+        f"--min-size {cfg['min_size']}",
+        f"--max-size-fraction {cfg['max_size_fraction']}",
+        diameter_args(config),
+    ]
     if cfg["niter"] is not None:
         args.append(f"--niter {cfg['niter']}")
     return _join(args + [stack_args(config)]) + (" --ome-zarr" if config["ome_zarr"] else "")

@@ -50,9 +50,18 @@ __all__ = ["MODES", "segment_stack", "normalize_stack", "stack_flows", "reconstr
 MODES = ("planes", "stitch", "3d")
 
 
-def normalize_stack(stack: np.ndarray, *, per_plane: bool, channels=None, percentiles=(1.0, 99.0), low_high=None,
-                    invert: bool = False, tile_size: int = 0) -> tuple[np.ndarray, dict]:
-    """Normalize a ``(Z, C, Y, X)`` stack plane by plane or as a whole; returns float32 ``(Z, C', Y, X)`` and the record.
+def normalize_stack(
+    stack: np.ndarray,
+    *,
+    per_plane: bool,
+    channels=None,
+    percentiles=(1.0, 99.0),
+    low_high=None,
+    invert: bool = False,
+    tile_size: int = 0,
+) -> tuple[np.ndarray, dict]:
+    """Normalize a ``(Z, C, Y, X)`` stack plane by plane or as a whole; returns float32 ``(Z, C', Y, X)`` and the
+    record.
 
     Per plane, the record holds ``"planes"``: one :func:`cpsnake.engine.normalize.normalize` record per plane; a blank
     or flat plane becomes 0 (its record says why), and only a stack with no spread in any plane is an error.
@@ -68,8 +77,10 @@ def normalize_stack(stack: np.ndarray, *, per_plane: bool, channels=None, percen
             records.append(rec)
         if not any(e["status"] == "scaled" for rec in records for e in rec["per_channel"]):
             normalize(x.transpose(1, 0, 2, 3), **opts)  # raises the whole stack's one-line reason
-            raise CpsnakeError(f"found no plane with a spread of intensities between percentiles {percentiles[0]:g} and "
-                               f"{percentiles[1]:g}; expected low < high in some plane; use wider --percentiles")
+            raise CpsnakeError(
+                f"found no plane with a spread of intensities between percentiles {percentiles[0]:g} and "
+                f"{percentiles[1]:g}; expected low < high in some plane; use wider --percentiles"
+            )
         return out, {"scope": "plane", "planes": records}
     out, rec = normalize(x.transpose(1, 0, 2, 3), **opts)
     rec["scope"] = "stack"
@@ -136,54 +147,107 @@ def segment_stack(
         raise CpsnakeError(f"found an array of shape {stack.shape}; expected a stack (Z, C, Y, X)")
     if mode != "planes" and stack.shape[0] < 2:
         flag = "--do-3d" if mode == "3d" else "--stitch-threshold"
-        raise CpsnakeError(f"found a stack of {stack.shape[0]} plane(s); expected at least 2 planes for {flag}; "
-                           f"segment a single plane in 2-D (leave out {flag})")
+        raise CpsnakeError(
+            f"found a stack of {stack.shape[0]} plane(s); expected at least 2 planes for {flag}; "
+            f"segment a single plane in 2-D (leave out {flag})"
+        )
     t0 = time.perf_counter()
-    data, record = normalize_stack(stack, per_plane=mode == "planes", channels=channels, percentiles=percentiles,
-                                   low_high=low_high, invert=invert, tile_size=tile_size)
+    data, record = normalize_stack(
+        stack,
+        per_plane=mode == "planes",
+        channels=channels,
+        percentiles=percentiles,
+        low_high=low_high,
+        invert=invert,
+        tile_size=tile_size,
+    )
     if diameter == "auto":
-        diameter = auto_diameter(net, data[data.shape[0] // 2], None, None, dict(
-            batch_size=batch_size, tile_overlap=tile_overlap, augment=augment, device=device, dtype=dtype),
-            source=f"middle plane ({data.shape[0] // 2 + 1})", params=size_params)
+        diameter = auto_diameter(
+            net,
+            data[data.shape[0] // 2],
+            None,
+            None,
+            dict(batch_size=batch_size, tile_overlap=tile_overlap, augment=augment, device=device, dtype=dtype),
+            source=f"middle plane ({data.shape[0] // 2 + 1})",
+            params=size_params,
+        )
         record["diameter_estimated"] = diameter
     scale = tiling(net).scale(diameter) or 1.0
     niter = niter or int(200 / scale)
     t1 = time.perf_counter()
     opts = dict(batch_size=batch_size, tile_overlap=tile_overlap, augment=augment, device=device, dtype=dtype)
-    flows = stack_flows(net, data, do_3d=mode == "3d", diameter=diameter, anisotropy=anisotropy,
-                        flow3d_smooth=flow3d_smooth, max_pixels=max_pixels, **opts)
+    flows = stack_flows(
+        net,
+        data,
+        do_3d=mode == "3d",
+        diameter=diameter,
+        anisotropy=anisotropy,
+        flow3d_smooth=flow3d_smooth,
+        max_pixels=max_pixels,
+        **opts,
+    )
     del data
     t2 = time.perf_counter()
     if mode == "3d":
-        labels = compute_masks_3d(flows, niter=niter, cellprob_threshold=cellprob_threshold,
-                                  flow_threshold=flow3d_threshold, min_size=min_size,
-                                  max_size_fraction=max_size_fraction)
+        labels = compute_masks_3d(
+            flows,
+            niter=niter,
+            cellprob_threshold=cellprob_threshold,
+            flow_threshold=flow3d_threshold,
+            min_size=min_size,
+            max_size_fraction=max_size_fraction,
+        )
     else:
-        labels = reconstruct_planes(flows, stitch_threshold=stitch_threshold if mode == "stitch" else 0.0,
-                                    cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold, niter=niter,
-                                    min_size=min_size, max_size_fraction=max_size_fraction, device=reconstruct_device)
+        labels = reconstruct_planes(
+            flows,
+            stitch_threshold=stitch_threshold if mode == "stitch" else 0.0,
+            cellprob_threshold=cellprob_threshold,
+            flow_threshold=flow_threshold,
+            niter=niter,
+            min_size=min_size,
+            max_size_fraction=max_size_fraction,
+            device=reconstruct_device,
+        )
     t3 = time.perf_counter()
     return labels, flows, record, {"normalize": t1 - t0, "infer": t2 - t1, "reconstruct": t3 - t2}
 
 
-def stack_flows(net, data: np.ndarray, *, do_3d: bool, diameter=None, anisotropy=None, flow3d_smooth=0.0,
-                max_pixels: int | None = None, **opts) -> np.ndarray:
+def stack_flows(
+    net,
+    data: np.ndarray,
+    *,
+    do_3d: bool,
+    diameter=None,
+    anisotropy=None,
+    flow3d_smooth=0.0,
+    max_pixels: int | None = None,
+    **opts,
+) -> np.ndarray:
     """Flows of a normalized stack ``(S, C, Y, X)``: 3-D flows ``(4, Z, Y, X)`` with ``do_3d``
     (:func:`cpsnake.engine.infer3d.predict_3d`, then ``flow3d_smooth``), else each plane's ``(S, 3, Y, X)``, the planes'
-    tiles pooled (:func:`cpsnake.engine.infer.predict_many`). ``opts``: batch_size, tile_overlap, augment, device, dtype."""
+    tiles pooled (:func:`cpsnake.engine.infer.predict_many`). ``opts``: batch_size, tile_overlap, augment, device,
+    dtype."""
     if do_3d:
         flows = predict_3d(net, data, diameter=diameter, anisotropy=anisotropy, max_pixels=max_pixels, **opts)
         return smooth_flows_3d(flows, flow3d_smooth)
     S = data.shape[0]
     flows = np.empty((S, 3, *data.shape[2:]), np.float32)
-    for z, out in enumerate(predict_many(net, (data[z] for z in range(S)), diameters=diameter, max_pixels=max_pixels,
-                                         **opts)):
+    for z, out in enumerate(
+        predict_many(net, (data[z] for z in range(S)), diameters=diameter, max_pixels=max_pixels, **opts)
+    ):
         flows[z] = out
     return flows
 
 
-def reconstruct_planes(flows: np.ndarray, *, stitch_threshold: float = 0.0, track: bool = False,
-                       track_threshold: float = 0.25, min_size: int = 15, **opts) -> np.ndarray:
+def reconstruct_planes(
+    flows: np.ndarray,
+    *,
+    stitch_threshold: float = 0.0,
+    track: bool = False,
+    track_threshold: float = 0.25,
+    min_size: int = 15,
+    **opts,
+) -> np.ndarray:
     """Labels ``(S, Y, X)`` from per-plane flows ``(S, 3, Y, X)``: each plane by
     :func:`cpsnake.engine.reconstruct.compute_masks` (``opts``: its keywords), then stitched into 3-D objects
     (``stitch_threshold > 0``: per-plane ``min_size`` off, 3-D holes filled and ``min_size`` counted in voxels,
@@ -195,8 +259,9 @@ def reconstruct_planes(flows: np.ndarray, *, stitch_threshold: float = 0.0, trac
         from cpsnake.engine.reconstruct3d import fill_holes_and_remove_small_masks_3d
         from cpsnake.stacks.stitch import stitch_planes
 
-        return fill_holes_and_remove_small_masks_3d(stitch_planes(offset_planes(planes), stitch_threshold),
-                                                    min_size=min_size)
+        return fill_holes_and_remove_small_masks_3d(
+            stitch_planes(offset_planes(planes), stitch_threshold), min_size=min_size
+        )
     if track:
         from cpsnake.stacks.track import track_frames
 

@@ -95,17 +95,20 @@ def stitch_planes(masks: np.ndarray, threshold: float = 0.25) -> np.ndarray:
     if masks.ndim != 3:
         raise CpsnakeError(
             f"stitch_planes: found {masks.ndim} dimensions {masks.shape}, expected a stack (Z, Y, X) of 2-D "
-            "label planes; pass one label image per plane, stacked along the first axis")
+            "label planes; pass one label image per plane, stacked along the first axis"
+        )
     if masks.shape[0] < 2:
         raise CpsnakeError(
             f"stitch_planes: found {masks.shape[0]} plane(s) {masks.shape}, expected at least 2 planes "
-            "(Z, Y, X) to stitch; a single plane needs no stitching, use its labels as they are")
+            "(Z, Y, X) to stitch; a single plane needs no stitching, use its labels as they are"
+        )
     tops = [int(plane.max()) if plane.size else 0 for plane in masks]
     bound = sum(tops)  # no id given can exceed it: each plane adds at most its largest id
     if bound > _MAX_ID:
         raise CpsnakeError(
             f"stitch_planes: the planes' largest ids sum to {bound}, expected at most 2**63 - 1 so that new "
-            "ids fit in int64; renumber each plane's labels 1..N first")
+            "ids fit in int64; renumber each plane's labels 1..N first"
+        )
     out = np.empty(masks.shape, dtype=_output_dtype(masks.dtype, bound))
     out[0] = masks[0]
     prev_ids, prev_index = compact(masks[0])  # plane 0: its ids are its stitched ids
@@ -190,7 +193,8 @@ def _check_threshold(threshold) -> None:
     if not ok:
         raise CpsnakeError(
             f"stitch_planes: found threshold {threshold!r}, expected an IoU in (0, 1]; "
-            "pass e.g. 0.25 (cellpose's usual stitch_threshold)")
+            "pass e.g. 0.25 (cellpose's usual stitch_threshold)"
+        )
 
 
 def _output_dtype(dtype: np.dtype, bound: int) -> np.dtype:

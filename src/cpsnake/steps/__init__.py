@@ -6,7 +6,8 @@ input files, calls the pure functions below (:mod:`cpsnake.engine`, :mod:`cpsnak
 ``python -m cpsnake.steps.<step> ...`` are the same program. :mod:`.normalize` (image -> normalized image),
 :mod:`.infer` (normalized image -> flows), :mod:`.reconstruct` (flows -> labels), :mod:`.rois` (labels <-> ImageJ
 RoiSet.zip), :mod:`.measure` (per-cell table), :mod:`.geojson` (QuPath GeoJSON), :mod:`.overlay` (QC picture),
-:mod:`.weights` (the weights registry and cache); :mod:`.stack_options` holds the stack options these steps, ``cpsnake segment`` and
+:mod:`.weights` (the weights registry and cache); :mod:`.stack_options` holds the stack options these steps, ``cpsnake
+segment`` and
 ``cpsnake batch`` share.
 
 May import: :mod:`cpsnake.export`, :mod:`cpsnake.stacks`, :mod:`cpsnake.engine`, :mod:`cpsnake.models`,

@@ -37,8 +37,8 @@ from cpsnake.engine.size import auto_diameter
 from cpsnake.errors import CpsnakeError, guard
 from cpsnake.io import limits
 from cpsnake.io.flows import write_flows
-from cpsnake.io.tiff import read_tiff
 from cpsnake.io.outputs import check_output
+from cpsnake.io.tiff import read_tiff
 from cpsnake.models import statefile, weights
 from cpsnake.models.device import resolve_device, resolve_dtype
 from cpsnake.stacks.stack import stack_flows
@@ -66,8 +66,10 @@ def read_normalized(path: str | Path, *, max_pixels: int | None = None) -> tuple
     if data.ndim == 4 and axes[:1] in ("Z", "T"):
         stack_axes = axes[0]
     elif data.ndim != 3:
-        raise CpsnakeError(f"{path}: found shape {data.shape} (axes {axes!r}), expected (C, Y, X) with C = 1..3 or a "
-                           f"stack (Z|T, C, Y, X); {fix}")
+        raise CpsnakeError(
+            f"{path}: found shape {data.shape} (axes {axes!r}), expected (C, Y, X) with C = 1..3 or a "
+            f"stack (Z|T, C, Y, X); {fix}"
+        )
     if not 1 <= data.shape[-3] <= 3 or min(data.shape[-2:]) < 1:
         raise CpsnakeError(f"{path}: found shape {data.shape}, expected C = 1..3 channels; {fix}")
     if not np.issubdtype(data.dtype, np.floating):
@@ -84,12 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cpsnake infer", description="Tiled Cellpose-SAM inference: normalized image -> flows (dY, dX, cellprob)."
     )
-    p.add_argument("normalized", type=Path,
-                   help="float32 (C, Y, X) TIFF from `cpsnake normalize`, C = 1..3 (or a stack)")
-    p.add_argument("flows", type=Path, help="output flows TIFF, float32 (3, Y, X) = dY, dX, cellprob logits (per plane "
-                                            "for stacks; (4, Z, Y, X) with --do-3d)")
-    p.add_argument("--model", required=True,
-                   help="registry name (see `cpsnake weights list`) or path to a weights file")
+    p.add_argument(
+        "normalized", type=Path, help="float32 (C, Y, X) TIFF from `cpsnake normalize`, C = 1..3 (or a stack)"
+    )
+    p.add_argument(
+        "flows",
+        type=Path,
+        help="output flows TIFF, float32 (3, Y, X) = dY, dX, cellprob logits (per plane "
+        "for stacks; (4, Z, Y, X) with --do-3d)",
+    )
+    p.add_argument(
+        "--model", required=True, help="registry name (see `cpsnake weights list`) or path to a weights file"
+    )
     add_options(p)
     stack_options.add_options(p.add_argument_group("stacks (see cpsnake.stacks.stack)"), masks=False)
     limits.add_option(p)
@@ -100,25 +108,47 @@ def check_stack_request(path, stack_axes: str, mode: str) -> None:
     """One clear line for --do-3d on what is not a Z stack (a 2-D image, a time series of 2-D frames)."""
     if mode == "3d" and stack_axes != "Z":
         found = "a 2-D image" if not stack_axes else "a time series of 2-D frames (no Z axis)"
-        raise CpsnakeError(f"{path}: found {found} given --do-3d; expected a Z stack; leave out --do-3d, or save the "
-                           "planes as Z if they are depths (Fiji: Image > Properties)")
+        raise CpsnakeError(
+            f"{path}: found {found} given --do-3d; expected a Z stack; leave out --do-3d, or save the "
+            "planes as Z if they are depths (Fiji: Image > Properties)"
+        )
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """Add the inference options (shared by ``cpsnake infer`` and ``cpsnake segment``)."""
-    p.add_argument("--diameter", type=option("--diameter"), default=None,
-                   help="cell diameter in px (resize by diam_mean/D first: 30/D for Cellpose-SAM), or auto (a U-Net's "
-                        "size model estimates it per image)")
-    p.add_argument("--size-model", default=None,
-                   help="with --diameter auto: cellpose's size model file (default: size_<model>.npy beside the model)")
+    p.add_argument(
+        "--diameter",
+        type=option("--diameter"),
+        default=None,
+        help="cell diameter in px (resize by diam_mean/D first: 30/D for Cellpose-SAM), or auto (a U-Net's "
+        "size model estimates it per image)",
+    )
+    p.add_argument(
+        "--size-model",
+        default=None,
+        help="with --diameter auto: cellpose's size model file (default: size_<model>.npy beside the model)",
+    )
     p.add_argument("--augment", action="store_true", help="flip test-time augmentation (slower, smoother)")
-    p.add_argument("--batch-size", type=option("--batch-size"), default=None, metavar="N|auto",
-                   help="tiles per batch (auto: 8 CPU, 32 GPU)")
-    p.add_argument("--tile-overlap", type=option("--tile-overlap"), default=0.1,
-                   help="overlap fraction of tiles, 0.05..0.5 (default 0.1)")
+    p.add_argument(
+        "--batch-size",
+        type=option("--batch-size"),
+        default=None,
+        metavar="N|auto",
+        help="tiles per batch (auto: 8 CPU, 32 GPU)",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=option("--tile-overlap"),
+        default=0.1,
+        help="overlap fraction of tiles, 0.05..0.5 (default 0.1)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="auto: bfloat16 on GPU, float32 on CPU")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="auto: bfloat16 on GPU, float32 on CPU",
+    )
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -154,8 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.diameter not in (None, "auto"):
         resized_shape(img.shape, args.diameter, args.max_pixels)  # before the model is loaded
     if img.ndim == 4 and sopts["mode"] == "3d":
-        limits.check_stack_3d(args.normalized, img.shape, anisotropy=sopts["anisotropy"], diameter=args.diameter,
-                              limit=args.max_pixels)
+        limits.check_stack_3d(
+            args.normalized, img.shape, anisotropy=sopts["anisotropy"], diameter=args.diameter, limit=args.max_pixels
+        )
     check_output(args.flows)  # an output that cannot be written: one line before the model loads
 
     path = weights.resolve(args.model, progress=True)
@@ -169,8 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts["diameter"] == "auto":
         opts["diameter"] = auto_diameter(net, img, path, args.size_model, opts, source=args.normalized)
     flows = predict(net, img, progress=None, max_pixels=args.max_pixels, **opts)
-    write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"],
-                network_scale=tiling(net).scale(opts["diameter"]))
+    write_flows(
+        args.flows,
+        flows,
+        pixel_size=meta["pixel_size"],
+        unit=meta["unit"],
+        network_scale=tiling(net).scale(opts["diameter"]),
+    )
     return 0
 
 
@@ -179,14 +215,30 @@ def _main_stack(args, net, img: np.ndarray, meta: dict, opts: dict, sopts: dict,
     (:mod:`cpsnake.stacks.stack`)."""
     if opts["diameter"] == "auto":
         mid = img.shape[0] // 2
-        opts["diameter"] = auto_diameter(net, img[mid], model_path, args.size_model, opts,
-                                         source=f"{args.normalized} (middle plane {mid + 1})")
+        opts["diameter"] = auto_diameter(
+            net, img[mid], model_path, args.size_model, opts, source=f"{args.normalized} (middle plane {mid + 1})"
+        )
     do_3d = sopts["mode"] == "3d"
-    flows = stack_flows(net, img, do_3d=do_3d, anisotropy=sopts["anisotropy"],
-                        flow3d_smooth=sopts["flow3d_smooth"], max_pixels=args.max_pixels, **opts)
-    write_flows(args.flows, flows, pixel_size=meta["pixel_size"], unit=meta["unit"], stack_axes=meta["stack_axes"],
-                network_scale=tiling(net).scale(opts["diameter"]), z_step=meta.get("z_step"),
-                frame_interval=meta.get("frame_interval"), three_d=do_3d)
+    flows = stack_flows(
+        net,
+        img,
+        do_3d=do_3d,
+        anisotropy=sopts["anisotropy"],
+        flow3d_smooth=sopts["flow3d_smooth"],
+        max_pixels=args.max_pixels,
+        **opts,
+    )
+    write_flows(
+        args.flows,
+        flows,
+        pixel_size=meta["pixel_size"],
+        unit=meta["unit"],
+        stack_axes=meta["stack_axes"],
+        network_scale=tiling(net).scale(opts["diameter"]),
+        z_step=meta.get("z_step"),
+        frame_interval=meta.get("frame_interval"),
+        three_d=do_3d,
+    )
     return 0
 
 

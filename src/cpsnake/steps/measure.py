@@ -33,10 +33,9 @@ from cpsnake.export.measure3d import measure_stack
 from cpsnake.export.table import write_table
 from cpsnake.io import limits
 from cpsnake.io.flows import read_flows
-from cpsnake.io.inputs import read_image
+from cpsnake.io.inputs import open_regions, read_image
 from cpsnake.io.labels import read_labels
 from cpsnake.io.outputs import all_or_nothing
-from cpsnake.io.inputs import open_regions
 
 __all__ = ["measure_file", "measure_file_by_window", "main"]
 
@@ -44,29 +43,53 @@ __all__ = ["measure_file", "measure_file_by_window", "main"]
 @guard("measure")
 def main(argv: list[str] | None = None) -> int:
     """``cpsnake measure LABELS.tif IMAGE OUT.csv``."""
-    ap = argparse.ArgumentParser(prog="cpsnake measure",
-                                 description="Per-cell table with ImageJ's Measure definitions.")
+    ap = argparse.ArgumentParser(
+        prog="cpsnake measure", description="Per-cell table with ImageJ's Measure definitions."
+    )
     ap.add_argument("labels", help="label image (TIFF, 0 = background)")
     ap.add_argument("image", help="the image the labels belong to")
     ap.add_argument("out", help="output CSV")
-    ap.add_argument("--flows", default=None,
-                    help="the flows the labels came from: adds flow_error and cellprob columns")
-    ap.add_argument("--per-slice", action="store_true",
-                    help="Z stacks: one row per object and slice with ImageJ's 2-D columns (default: one row per 3-D "
-                         "object: volume, surface area, sphericity, ...)")
-    ap.add_argument("--geojson", default=None, metavar="OUT.geojson",
-                    help="also write the cells as QuPath GeoJSON with these measurements "
-                         "(2-D; see cpsnake.export.geojson)")
+    ap.add_argument(
+        "--flows", default=None, help="the flows the labels came from: adds flow_error and cellprob columns"
+    )
+    ap.add_argument(
+        "--per-slice",
+        action="store_true",
+        help="Z stacks: one row per object and slice with ImageJ's 2-D columns (default: one row per 3-D "
+        "object: volume, surface area, sphericity, ...)",
+    )
+    ap.add_argument(
+        "--geojson",
+        default=None,
+        metavar="OUT.geojson",
+        help="also write the cells as QuPath GeoJSON with these measurements (2-D; see cpsnake.export.geojson)",
+    )
     limits.add_option(ap)
     args = ap.parse_args(argv)
 
-    measure_file(args.labels, args.image, args.out, max_pixels=args.max_pixels, flows_path=args.flows,
-                 per_slice=args.per_slice, geojson_path=args.geojson)
+    measure_file(
+        args.labels,
+        args.image,
+        args.out,
+        max_pixels=args.max_pixels,
+        flows_path=args.flows,
+        per_slice=args.per_slice,
+        geojson_path=args.geojson,
+    )
     return 0
 
 
-def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = None, flows_path=None,
-                 pixel_size: float | None = None, per_slice: bool = False, geojson_path=None) -> int:
+def measure_file(
+    labels_path,
+    image_path,
+    out_csv,
+    *,
+    max_pixels: int | None = None,
+    flows_path=None,
+    pixel_size: float | None = None,
+    per_slice: bool = False,
+    geojson_path=None,
+) -> int:
     """Read a label image, its image (and flows), write the table ``out_csv``; return the number of rows.
 
     ``pixel_size`` (square, given by the user) replaces the calibration of the files; without it the
@@ -109,8 +132,16 @@ def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = N
             warn_stack(labels_path)
         axes = meta.get("stack_axes") or ("T" if "T" in (lmeta.get("axes") or "") else "Z")
         z_step = meta.get("z_step") or lmeta.get("z_step")
-        table = measure_stack(labels, img, axes=axes, objects_3d=axes == "Z" and not per_slice, image_name=name,
-                              pixel_size=cal, unit=meta.get("unit") or lmeta.get("unit"), z_step=z_step)
+        table = measure_stack(
+            labels,
+            img,
+            axes=axes,
+            objects_3d=axes == "Z" and not per_slice,
+            image_name=name,
+            pixel_size=cal,
+            unit=meta.get("unit") or lmeta.get("unit"),
+            z_step=z_step,
+        )
         write_table(out_csv, table)
         return len(table)
     with all_or_nothing():  # the table and the GeoJSON, or neither
@@ -120,16 +151,31 @@ def measure_file(labels_path, image_path, out_csv, *, max_pixels: int | None = N
     return len(table)
 
 
-def measure_file_by_window(labels_path, image_path, out_csv, *, pixel_size: float | None = None, geojson_path=None,
-                           max_pixels: int | None = None) -> int:
+def measure_file_by_window(
+    labels_path,
+    image_path,
+    out_csv,
+    *,
+    pixel_size: float | None = None,
+    geojson_path=None,
+    max_pixels: int | None = None,
+) -> int:
     """:func:`measure_file` (no flows) of a 2-D label TIFF and its image (TIFF or OME-Zarr), both read by region
     (``max_pixels`` bounds the image's storage chunks) and measured window by window (:mod:`cpsnake.export.blockout`:
     the same bytes); returns the number of rows."""
-    with contextlib.closing(TiffLabels(labels_path)) as labels, \
-            contextlib.closing(open_regions(image_path, max_pixels=max_pixels)) as image:
+    with (
+        contextlib.closing(TiffLabels(labels_path)) as labels,
+        contextlib.closing(open_regions(image_path, max_pixels=max_pixels)) as image,
+    ):
         cal = (float(pixel_size),) * 2 if pixel_size else (image.meta["pixel_size"] or labels.image.meta["pixel_size"])
-        return write_objects(labels, image, table_path=out_csv, geojson_path=geojson_path, pixel_size=cal,
-                             image_name=Path(image_path).name)
+        return write_objects(
+            labels,
+            image,
+            table_path=out_csv,
+            geojson_path=geojson_path,
+            pixel_size=cal,
+            image_name=Path(image_path).name,
+        )
 
 
 if __name__ == "__main__":

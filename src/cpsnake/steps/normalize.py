@@ -39,8 +39,8 @@ from cpsnake.engine.normalize import normalize, select_channels
 from cpsnake.errors import CpsnakeError, guard
 from cpsnake.io import limits
 from cpsnake.io.inputs import read_image
-from cpsnake.io.tiff import write_tiff
 from cpsnake.io.outputs import all_or_nothing, atomic_output
+from cpsnake.io.tiff import write_tiff
 from cpsnake.stacks.stack import normalize_stack
 
 __all__ = ["add_options", "options", "normalize_file", "main"]
@@ -55,7 +55,8 @@ def _parse_channels(text: str | None) -> list[int] | None:
         return parse_channels(text) or []
     except ValueError:
         raise CpsnakeError(
-            f"--channels {text!r}, expected 0-based channel numbers separated by commas, e.g. 0,2") from None
+            f"--channels {text!r}, expected 0-based channel numbers separated by commas, e.g. 0,2"
+        ) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,24 +68,43 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="input image: TIFF / OME-TIFF, PNG or JPEG, 2-D (grey, RGB or multi-channel)")
     p.add_argument("out", help="output TIFF (.tif or .tiff); the record goes to the same name with .json")
     add_options(p)
-    p.add_argument("--norm3d", action="store_true",
-                   help="Z stacks: each channel's percentiles over all planes at once (what --do-3d and "
-                        "--stitch-threshold expect; cellpose's norm3D), instead of plane by plane")
+    p.add_argument(
+        "--norm3d",
+        action="store_true",
+        help="Z stacks: each channel's percentiles over all planes at once (what --do-3d and "
+        "--stitch-threshold expect; cellpose's norm3D), instead of plane by plane",
+    )
     limits.add_option(p)
     return p
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """Add the normalization options (shared by ``cpsnake normalize`` and ``cpsnake segment``)."""
-    p.add_argument("--channels", metavar="I,J,K",
-                   help="0-based channels to use, in this order (at most 3; default: all, if <= 3)")
-    p.add_argument("--percentiles", nargs=2, type=option("--percentiles"), metavar=("LOW", "HIGH"),
-                   help="percentiles mapped to 0 and 1 (default 1 99)")
-    p.add_argument("--low-high", nargs=2, type=option("--low-high"), metavar=("LO", "HI"),
-                   help="fixed values mapped to 0 and 1, instead of percentiles")
+    p.add_argument(
+        "--channels", metavar="I,J,K", help="0-based channels to use, in this order (at most 3; default: all, if <= 3)"
+    )
+    p.add_argument(
+        "--percentiles",
+        nargs=2,
+        type=option("--percentiles"),
+        metavar=("LOW", "HIGH"),
+        help="percentiles mapped to 0 and 1 (default 1 99)",
+    )
+    p.add_argument(
+        "--low-high",
+        nargs=2,
+        type=option("--low-high"),
+        metavar=("LO", "HI"),
+        help="fixed values mapped to 0 and 1, instead of percentiles",
+    )
     p.add_argument("--invert", action="store_true", help="1 - x after scaling (dark objects on a bright background)")
-    p.add_argument("--tile-norm", type=option("--tile-norm"), default=0, metavar="N",
-                   help="percentiles per N x N pixel tile, N >= 64 (0: whole image)")
+    p.add_argument(
+        "--tile-norm",
+        type=option("--tile-norm"),
+        default=0,
+        metavar="N",
+        help="percentiles per N x N pixel tile, N >= 64 (0: whole image)",
+    )
 
 
 def options(args: argparse.Namespace) -> dict:
@@ -172,8 +192,14 @@ def normalize_file(
         **record,
         "output": {"path": str(out_path), "shape": list(data.shape), "dtype": "float32", "axes": stack_axes + "CYX"},
     }
-    extra = {k: v for k, v in (("spacing", meta["z_step"] if "Z" in stack_axes else None),
-                               ("finterval", meta["frame_interval"] if "T" in stack_axes else None)) if v}
+    extra = {
+        k: v
+        for k, v in (
+            ("spacing", meta["z_step"] if "Z" in stack_axes else None),
+            ("finterval", meta["frame_interval"] if "T" in stack_axes else None),
+        )
+        if v
+    }
     with all_or_nothing(), atomic_output(out_path.with_suffix(".json")) as tmp_json:  # both files, or neither
         tmp_json.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
         write_tiff(out_path, data, axes=stack_axes + "CYX", pixel_size=cal, unit=unit, metadata=extra or None)

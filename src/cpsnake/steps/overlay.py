@@ -20,9 +20,8 @@ import numpy as np
 from cpsnake.errors import CpsnakeError, guard
 from cpsnake.export.overlay import render, write_png
 from cpsnake.io import limits
-from cpsnake.io.inputs import read_image
+from cpsnake.io.inputs import open_regions, read_image
 from cpsnake.io.labels import read_labels
-from cpsnake.io.inputs import open_regions
 
 __all__ = ["overlay_file", "overlay_file_by_window", "main"]
 
@@ -65,11 +64,15 @@ def overlay_file_by_window(image_path, labels_path, out_png, *, max_pixels: int 
     storage chunks), every k-th pixel (:func:`cpsnake.export.blockout.write_overlay`: the same bytes)."""
     from cpsnake.export.blockout import TiffLabels, write_overlay  # lazy: see the module docstring
 
-    with contextlib.closing(TiffLabels(labels_path)) as labels, \
-            contextlib.closing(open_regions(image_path, max_pixels=max_pixels)) as image:
+    with (
+        contextlib.closing(TiffLabels(labels_path)) as labels,
+        contextlib.closing(open_regions(image_path, max_pixels=max_pixels)) as image,
+    ):
         if tuple(image.shape[1:]) != labels.shape:
-            raise CpsnakeError(f"{labels_path}: found labels of size {labels.shape} (Y, X), expected the image's size "
-                               f"{tuple(image.shape[1:])} ({image_path}); pass the label image made from this image")
+            raise CpsnakeError(
+                f"{labels_path}: found labels of size {labels.shape} (Y, X), expected the image's size "
+                f"{tuple(image.shape[1:])} ({image_path}); pass the label image made from this image"
+            )
         write_overlay(out_png, image, labels)
 
 

@@ -38,33 +38,52 @@ from cpsnake.models.device import resolve_device
 from cpsnake.stacks.stack import reconstruct_planes
 from cpsnake.steps import stack_options
 
-__all__ = ["RECONSTRUCT_KINDS", "add_options", "check_options", "options", "stack_keywords", "reconstruct_file",
-           "main"]
+__all__ = ["RECONSTRUCT_KINDS", "add_options", "check_options", "options", "stack_keywords", "reconstruct_file", "main"]
 
 RECONSTRUCT_KINDS = ("cuda",)  # the torch path runs on CUDA only (float64 heat diffusion); else the CPU path
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """Add the reconstruction options (shared by ``cpsnake reconstruct`` and ``cpsnake segment``)."""
-    p.add_argument("--cellprob-threshold", type=option("--cellprob-threshold"), default=0.0,
-                   help="cell probability logit threshold (0.0)")
-    p.add_argument("--flow-threshold", type=option("--flow-threshold"), default=0.4,
-                   help="max flow error of a mask; 0 = no check (0.4)")
-    p.add_argument("--niter", type=option("--niter"), default=None,
-                   help="flow-following iterations (200, or 200*D/30 with --diameter)")
-    p.add_argument("--min-size", type=option("--min-size"), default=15,
-                   help="smallest mask in pixels; -1 keeps all (15)")
-    p.add_argument("--max-size-fraction", type=option("--max-size-fraction"), default=0.4,
-                   help="drop masks above this image fraction (0.4)")
+    p.add_argument(
+        "--cellprob-threshold",
+        type=option("--cellprob-threshold"),
+        default=0.0,
+        help="cell probability logit threshold (0.0)",
+    )
+    p.add_argument(
+        "--flow-threshold",
+        type=option("--flow-threshold"),
+        default=0.4,
+        help="max flow error of a mask; 0 = no check (0.4)",
+    )
+    p.add_argument(
+        "--niter",
+        type=option("--niter"),
+        default=None,
+        help="flow-following iterations (200, or 200*D/30 with --diameter)",
+    )
+    p.add_argument(
+        "--min-size", type=option("--min-size"), default=15, help="smallest mask in pixels; -1 keeps all (15)"
+    )
+    p.add_argument(
+        "--max-size-fraction",
+        type=option("--max-size-fraction"),
+        default=0.4,
+        help="drop masks above this image fraction (0.4)",
+    )
 
 
 def stack_keywords(args: argparse.Namespace) -> dict:
     """The stack keywords of :func:`reconstruct_file` from parsed options (see
     :func:`cpsnake.steps.stack_options.options`)."""
     sopts = stack_options.options(args)
-    return {"stitch_threshold": sopts["stitch_threshold"] if sopts["mode"] == "stitch" else 0.0,
-            "track": sopts["track"], "track_threshold": sopts["track_threshold"],
-            "flow3d_threshold": sopts["flow3d_threshold"]}
+    return {
+        "stitch_threshold": sopts["stitch_threshold"] if sopts["mode"] == "stitch" else 0.0,
+        "track": sopts["track"],
+        "track_threshold": sopts["track_threshold"],
+        "flow3d_threshold": sopts["flow3d_threshold"],
+    }
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -92,27 +111,51 @@ def options(args: argparse.Namespace) -> dict:
 @guard("reconstruct")
 def main(argv: list[str] | None = None) -> int:
     """``cpsnake reconstruct FLOWS.tif LABELS.tif [options]``."""
-    ap = argparse.ArgumentParser(prog="cpsnake reconstruct", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="cpsnake reconstruct",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("flows", help="flows TIFF (3, Y, X) = dY, dX, cellprob from `cpsnake infer`")
     ap.add_argument("labels", help="output label TIFF")
     add_options(ap)
-    ap.add_argument("--diameter", type=option("reconstruct --diameter"), default=None,
-                    help="cell diameter given to `cpsnake infer` (sets niter for flows that do not record their scale)")
-    ap.add_argument("--device", default="auto",
-                    help="auto (CUDA if there is one, else the CPU path), cpu, cuda or cuda:N")
+    ap.add_argument(
+        "--diameter",
+        type=option("reconstruct --diameter"),
+        default=None,
+        help="cell diameter given to `cpsnake infer` (sets niter for flows that do not record their scale)",
+    )
+    ap.add_argument(
+        "--device", default="auto", help="auto (CUDA if there is one, else the CPU path), cpu, cuda or cuda:N"
+    )
     stack_options.add_options(ap.add_argument_group("stacks (see cpsnake.stacks.stack)"), network=False)
     limits.add_option(ap)
     args = ap.parse_args(argv)
-    reconstruct_file(args.flows, args.labels, max_pixels=args.max_pixels, diameter=args.diameter, **options(args),
-                     **stack_keywords(args))
+    reconstruct_file(
+        args.flows,
+        args.labels,
+        max_pixels=args.max_pixels,
+        diameter=args.diameter,
+        **options(args),
+        **stack_keywords(args),
+    )
     return 0
 
 
-def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, diameter: float | None = None,
-                     niter: int | None = None, stitch_threshold: float = 0.0, track: bool = False,
-                     track_threshold: float = 0.25, flow3d_threshold: float = 0.0, where_fit: bool = False,
-                     **opts) -> int:
+def reconstruct_file(
+    flows_path,
+    labels_path,
+    *,
+    max_pixels: int | None = None,
+    diameter: float | None = None,
+    niter: int | None = None,
+    stitch_threshold: float = 0.0,
+    track: bool = False,
+    track_threshold: float = 0.25,
+    flow3d_threshold: float = 0.0,
+    where_fit: bool = False,
+    **opts,
+) -> int:
     """Read a flows TIFF, reconstruct, write the label TIFF (the flows' calibration); return the number of objects.
 
     Without ``niter`` the flows are followed ``int(200 / scale)`` steps, ``scale`` the network's resize
@@ -132,8 +175,10 @@ def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, 
         track = track and kind == "planes" and axes == "T"
     if kind == "2d" and (stitch_threshold > 0 or track):
         given = "--track" if track else "--stitch-threshold"
-        raise CpsnakeError(f"{flows_path}: found the flows of a 2-D image given {given}; "
-                           "expected a stack's flows; leave the option out for 2-D images")
+        raise CpsnakeError(
+            f"{flows_path}: found the flows of a 2-D image given {given}; "
+            "expected a stack's flows; leave the option out for 2-D images"
+        )
     if kind == "3d":
         from cpsnake.engine.reconstruct3d import compute_masks_3d  # numba: compiled code only 3-D flows need
 
@@ -144,22 +189,35 @@ def reconstruct_file(flows_path, labels_path, *, max_pixels: int | None = None, 
         labels = _planes(flows_path, flows, axes, niter, stitch_threshold, track, track_threshold, opts)
     else:
         labels = compute_masks(flows, niter=niter, **opts)
-    write_labels(labels_path, labels, pixel_size=meta["pixel_size"], unit=meta["unit"], stack_axes=axes,
-                    z_step=meta.get("z_step"), frame_interval=meta.get("frame_interval"))
+    write_labels(
+        labels_path,
+        labels,
+        pixel_size=meta["pixel_size"],
+        unit=meta["unit"],
+        stack_axes=axes,
+        z_step=meta.get("z_step"),
+        frame_interval=meta.get("frame_interval"),
+    )
     return int(labels.max()) if kind == "2d" else int(np.unique(labels[labels > 0]).size)
 
 
-def _planes(flows_path, flows, axes: str, niter: int, stitch_threshold: float, track: bool, track_threshold: float,
-            opts: dict) -> np.ndarray:
+def _planes(
+    flows_path, flows, axes: str, niter: int, stitch_threshold: float, track: bool, track_threshold: float, opts: dict
+) -> np.ndarray:
     """Labels (S, Y, X) from per-plane flows (S, 3, Y, X): stitched (Z), tracked (T), or numbered plane after plane."""
     if stitch_threshold > 0 and axes != "Z":
-        raise CpsnakeError(f"{flows_path}: found the flows of a time series given --stitch-threshold; "
-                           "expected a Z stack; use --track to link frames")
+        raise CpsnakeError(
+            f"{flows_path}: found the flows of a time series given --stitch-threshold; "
+            "expected a Z stack; use --track to link frames"
+        )
     if track and axes != "T":
-        raise CpsnakeError(f"{flows_path}: found the flows of a Z stack given --track; expected a time series (T); "
-                           "use --stitch-threshold to link Z planes")
-    return reconstruct_planes(flows, stitch_threshold=stitch_threshold, track=track, track_threshold=track_threshold,
-                              niter=niter, **opts)
+        raise CpsnakeError(
+            f"{flows_path}: found the flows of a Z stack given --track; expected a time series (T); "
+            "use --stitch-threshold to link Z planes"
+        )
+    return reconstruct_planes(
+        flows, stitch_threshold=stitch_threshold, track=track, track_threshold=track_threshold, niter=niter, **opts
+    )
 
 
 if __name__ == "__main__":

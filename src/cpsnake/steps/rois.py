@@ -72,8 +72,12 @@ def _image_shape(path: str | os.PathLike, max_pixels: int | None = None) -> tupl
             "(Z or T) for --like; import the ROIs of one time point at a time (Fiji: Image > Duplicate with one frame)"
         )
     shape = data.shape[-2:] if data.ndim == 3 else (data.shape[0],) + data.shape[-2:]
-    return tuple(int(s) for s in shape), {"pixel_size": meta.get("pixel_size"), "unit": meta.get("unit"),
-                                          "z_step": meta.get("z_step"), "frame_interval": meta.get("frame_interval")}
+    return tuple(int(s) for s in shape), {
+        "pixel_size": meta.get("pixel_size"),
+        "unit": meta.get("unit"),
+        "z_step": meta.get("z_step"),
+        "frame_interval": meta.get("frame_interval"),
+    }
 
 
 @guard("rois")
@@ -87,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--import", dest="import_", metavar="ROIS.zip", help="read an ImageJ ROI set instead")
     ap.add_argument("--like", metavar="IMAGE", help="with --import: image whose shape and calibration to use")
     ap.add_argument(
-        "--stack-axis", choices=("z", "t"), default=None,
+        "--stack-axis",
+        choices=("z", "t"),
+        default=None,
         help="meaning of the third axis of a 3-D label image (default: from the TIFF's ImageJ metadata, else z)",
     )
     limits.add_option(ap)
@@ -140,9 +146,15 @@ def import_file(rois_zip, like_path, out_path, *, stack_axis: str | None = None,
     axis = stack_axis or _stack_axis_of(like_path)
     rois = read_rois(rois_zip)
     labels = rois_to_labels(rois, shape, stack_axis=axis, source=rois_zip)
-    write_labels(out_path, labels, pixel_size=cal["pixel_size"], unit=cal["unit"],
-                 stack_axes=axis.upper() if labels.ndim == 3 else "", z_step=cal["z_step"],
-                 frame_interval=cal["frame_interval"])
+    write_labels(
+        out_path,
+        labels,
+        pixel_size=cal["pixel_size"],
+        unit=cal["unit"],
+        stack_axes=axis.upper() if labels.ndim == 3 else "",
+        z_step=cal["z_step"],
+        frame_interval=cal["frame_interval"],
+    )
     print(f"{out_path}: {len(rois)} ROIs -> {len(np.unique(labels)) - 1} labels", file=sys.stderr)
     return len(rois)
 

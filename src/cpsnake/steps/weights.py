@@ -33,16 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     pf = sub.add_parser("fetch", help="download and verify NAME; print the file's path")
     pf.add_argument("name", help="registry name (see `cpsnake weights list`)")
     pf.add_argument("--cache-dir", help="cache folder (default: $CPSNAKE_CACHE or ~/.cache/cpsnake)")
-    pf.add_argument("--base-url",
-                    help="download folder URL of a mirror (default: $CPSNAKE_WEIGHTS_URL or Hugging Face)")
-    pf.add_argument("--revision",
-                    help=f"Hugging Face revision (default: $CPSNAKE_WEIGHTS_REVISION or {weights.REVISION})")
+    pf.add_argument(
+        "--base-url", help="download folder URL of a mirror (default: $CPSNAKE_WEIGHTS_URL or Hugging Face)"
+    )
+    pf.add_argument(
+        "--revision", help=f"Hugging Face revision (default: $CPSNAKE_WEIGHTS_REVISION or {weights.REVISION})"
+    )
     pf.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.cmd == "list":
         cache = weights.cache_dir_default(args.cache_dir)
-        rows = [(name, weights.human_size(e.size), *weights.entry_status(e, cache))
-                for name, e in weights.REGISTRY.items()]
+        rows = [
+            (name, weights.human_size(e.size), *weights.entry_status(e, cache)) for name, e in weights.REGISTRY.items()
+        ]
         head = ("NAME", "SIZE", "STATUS", "SOURCE")
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
         for r in [head, *rows]:
@@ -51,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.name not in weights.REGISTRY:
         raise CpsnakeError(f"model {args.name!r}: unknown name, expected one of {', '.join(weights.REGISTRY)}")
-    path = weights.resolve(args.name, cache_dir=args.cache_dir, base_url=args.base_url, revision=args.revision,
-                   progress=not args.quiet)
+    path = weights.resolve(
+        args.name, cache_dir=args.cache_dir, base_url=args.base_url, revision=args.revision, progress=not args.quiet
+    )
     print(path)
     return 0
 

@@ -39,9 +39,16 @@ INTENSITY_P = {
 }
 
 
-def random_warp(rng: np.random.Generator, shape: tuple[int, int], *, diameter: float | None,
-                diam_range: tuple[float, float] = (7.5, 120.0), bsize: int = 256,
-                rotate: bool = True, flip: bool = True) -> dict:
+def random_warp(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    *,
+    diameter: float | None,
+    diam_range: tuple[float, float] = (7.5, 120.0),
+    bsize: int = 256,
+    rotate: bool = True,
+    flip: bool = True,
+) -> dict:
     """Draw one geometric transform for an input of ``shape`` (Y, X).
 
     Returns
@@ -78,12 +85,18 @@ def warp(arr: np.ndarray, t: dict, *, order: int = 1, vectors: bool = False) -> 
     inv = np.linalg.inv(L)
     c_out = np.full(2, (b - 1) / 2)
     offset = c_in - inv @ c_out  # input = inv @ out + offset
-    out = np.stack([ndi.affine_transform(a.astype(np.float32), inv, offset=offset, output_shape=(b, b),
-                                         order=order, mode="constant", cval=0.0) for a in arr])
+    out = np.stack(
+        [
+            ndi.affine_transform(
+                a.astype(np.float32), inv, offset=offset, output_shape=(b, b), order=order, mode="constant", cval=0.0
+            )
+            for a in arr
+        ]
+    )
     if vectors:
         q = L / t["scale"]
         out = np.einsum("ij,jyx->iyx", q, out).astype(np.float32)
-        norm = np.sqrt((out ** 2).sum(axis=0))
+        norm = np.sqrt((out**2).sum(axis=0))
         out = np.where(norm > 1e-3, out / np.maximum(norm, 1e-3), 0.0).astype(np.float32)
     return out
 
@@ -138,9 +151,16 @@ def intensity(img: np.ndarray, rng: np.random.Generator, p: dict | None = None) 
     return img.astype(np.float32)
 
 
-def augment(img: np.ndarray, target: np.ndarray, rng: np.random.Generator, *, diameter: float | None,
-            diam_range: tuple[float, float] = (7.5, 120.0), bsize: int = 256,
-            p: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    img: np.ndarray,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    diameter: float | None,
+    diam_range: tuple[float, float] = (7.5, 120.0),
+    bsize: int = 256,
+    p: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """One training sample: warp ``img`` (3, Y, X) and ``target`` (3, Y, X) = (cellprob, dY, dX) together,
     then change the image's intensities.
 

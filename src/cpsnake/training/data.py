@@ -84,14 +84,18 @@ def list_pairs(src: str | os.PathLike) -> list[tuple[str, Path, Path]]:
     if src.is_dir():
         idir, mdir = src / "images", src / "masks"
         if not idir.is_dir() or not mdir.is_dir():
-            raise CpsnakeError(f"{src}: found no images/ and masks/ folders; expected a split folder with both, "
-                               "or a list file of image,mask pairs")
+            raise CpsnakeError(
+                f"{src}: found no images/ and masks/ folders; expected a split folder with both, "
+                "or a list file of image,mask pairs"
+            )
         images, masks = _by_stem(idir, IMAGE_SUFFIXES), _by_stem(mdir, MASK_SUFFIXES)
         if (src / "index.csv").exists():
             df = _read_index(src / "index.csv")
             if "file" not in df.columns:
-                raise CpsnakeError(f"{src / 'index.csv'}: no 'file' column (found {list(df.columns)}); "
-                                   "expected the image file names of the split")
+                raise CpsnakeError(
+                    f"{src / 'index.csv'}: no 'file' column (found {list(df.columns)}); "
+                    "expected the image file names of the split"
+                )
             stems = [Path(f).stem for f in df["file"]]
         else:
             stems = list(images)
@@ -128,8 +132,10 @@ def _read_index(path: Path):
     try:
         return read_frame(pd.read_csv(path, dtype=str))
     except Exception as exc:
-        raise CpsnakeError(f"{path}: not a readable CSV ({library_text(exc)}); expected an index.csv with a 'file' "
-                           "column; save it as a plain CSV (UTF-8)") from None
+        raise CpsnakeError(
+            f"{path}: not a readable CSV ({library_text(exc)}); expected an index.csv with a 'file' "
+            "column; save it as a plain CSV (UTF-8)"
+        ) from None
 
 
 def read_mask(path: Path, shape: tuple[int, int], *, max_pixels: int | None = None) -> np.ndarray:
@@ -193,8 +199,15 @@ def _digest(*paths: Path) -> str:
 # --- cached targets and batches -------------------------------------------------------------------
 
 
-def prepare(pairs, cache_dir: str | os.PathLike, *, min_size: int = 15, min_masks: int = 5,
-            log=None, max_pixels: int | None = None) -> list[dict]:
+def prepare(
+    pairs,
+    cache_dir: str | os.PathLike,
+    *,
+    min_size: int = 15,
+    min_masks: int = 5,
+    log=None,
+    max_pixels: int | None = None,
+) -> list[dict]:
     """Compute (or reuse) each pair's cached network input and targets.
 
     Returns
@@ -222,21 +235,32 @@ def prepare(pairs, cache_dir: str | os.PathLike, *, min_size: int = 15, min_mask
             target = np.concatenate([(lab > 0)[None].astype(np.float32), flows]).astype(np.float16)
             with atomic_output(path) as tmp:
                 with open(tmp, "wb") as fh:
-                    np.savez(fh, image=img.astype(np.float16), target=target, diameter=np.float64(diameter),
-                             n=np.int64(n))
+                    np.savez(
+                        fh, image=img.astype(np.float16), target=target, diameter=np.float64(diameter), n=np.int64(n)
+                    )
         if n < min_masks:
             skipped.append(name)
             continue
         items.append({"name": name, "path": path, "diameter": diameter, "n": n})
     if skipped:
         skipped = list(dict.fromkeys(skipped))
-        print(f"cpsnake train: {len(skipped)} image(s) with fewer than {min_masks} objects left out: "
-              f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}", file=log)
+        print(
+            f"cpsnake train: {len(skipped)} image(s) with fewer than {min_masks} objects left out: "
+            f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}",
+            file=log,
+        )
     return items
 
 
-def make_batch(items: list[dict], rng: np.random.Generator, batch_size: int, *, bsize: int = 256,
-               diam_range=(7.5, 120.0), augment_p: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def make_batch(
+    items: list[dict],
+    rng: np.random.Generator,
+    batch_size: int,
+    *,
+    bsize: int = 256,
+    diam_range=(7.5, 120.0),
+    augment_p: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``batch_size`` items (with replacement) and augment them.
 
     Returns
@@ -247,8 +271,7 @@ def make_batch(items: list[dict], rng: np.random.Generator, batch_size: int, *, 
     for i in rng.integers(0, len(items), size=batch_size):
         with np.load(items[i]["path"], allow_pickle=False) as z:
             img, target = z["image"].astype(np.float32), z["target"].astype(np.float32)
-        x, y = augment(img, target, rng, diameter=items[i]["diameter"], diam_range=diam_range, bsize=bsize,
-                       p=augment_p)
+        x, y = augment(img, target, rng, diameter=items[i]["diameter"], diam_range=diam_range, bsize=bsize, p=augment_p)
         xs.append(x)
         ys.append(y)
     return np.stack(xs), np.stack(ys)
@@ -264,6 +287,12 @@ class BatchStream:
     def __getitem__(self, step: int):
         import torch
 
-        x, y = make_batch(self.items, np.random.default_rng([self.seed, step]), self.batch_size, bsize=self.bsize,
-                          diam_range=self.diam_range, augment_p=self.augment_p)
+        x, y = make_batch(
+            self.items,
+            np.random.default_rng([self.seed, step]),
+            self.batch_size,
+            bsize=self.bsize,
+            diam_range=self.diam_range,
+            augment_p=self.augment_p,
+        )
         return torch.from_numpy(x), torch.from_numpy(y)

@@ -32,10 +32,14 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cpsnake.errors import CpsnakeError, guard, library_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["iou_matrix", "match_counts", "overlap_pairs", "matched", "scores", "evaluate_dirs", "pool", "main"]
 
@@ -234,19 +238,20 @@ def read_label_file(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
         with open(path, "rb") as fh:
             head = fh.read(33)
         if not head.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise CpsnakeError(f"{path}: not a PNG ({describe(path)}); expected {what}; "
-                               "save the labels as PNG or TIFF")
+            raise CpsnakeError(f"{path}: not a PNG ({describe(path)}); expected {what}; save the labels as PNG or TIFF")
         h, w, spp, _ = png_shape(path, head)
         limits.check_samples(path, (h, w, spp) if spp > 1 else (h, w), limit=max_pixels, what="PNG")
         try:
             with pillow_without_limit(), Image.open(path) as im:
                 arr = np.asarray(im)
         except Exception as exc:
-            raise CpsnakeError(f"{path}: not a readable PNG ({library_text(exc)}); expected {what}; copy or export it "
-                               "again") from None
+            raise CpsnakeError(
+                f"{path}: not a readable PNG ({library_text(exc)}); expected {what}; copy or export it again"
+            ) from None
         if arr.ndim != 2 or arr.dtype.kind not in "ui":
-            raise CpsnakeError(f"{path}: found a PNG of shape {arr.shape} and type {arr.dtype}; expected {what}; "
-                               f"{LABELS_FIX}")
+            raise CpsnakeError(
+                f"{path}: found a PNG of shape {arr.shape} and type {arr.dtype}; expected {what}; {LABELS_FIX}"
+            )
         return check_labels(arr, path, source="file").astype(np.int32)
     return read_labels(path, max_pixels=max_pixels)[0]
 
@@ -262,8 +267,10 @@ def read_index(path: Path, column: str) -> dict[str, str]:
     try:
         df = read_frame(pd.read_csv(path, dtype=str))
     except Exception as exc:
-        raise CpsnakeError(f"{path}: not a readable CSV ({library_text(exc)}); expected columns file,{column}; "
-                           "save the index as a plain CSV (UTF-8)") from None
+        raise CpsnakeError(
+            f"{path}: not a readable CSV ({library_text(exc)}); expected columns file,{column}; "
+            "save the index as a plain CSV (UTF-8)"
+        ) from None
     for col in ("file", column):
         if col not in df.columns:
             names = [str(c) for c in df.columns]
@@ -271,13 +278,21 @@ def read_index(path: Path, column: str) -> dict[str, str]:
                 found, hint = f"found {names}", f"pass --group-by with one of {names}"
             else:
                 found, hint = f"found {len(names)} column(s) with no such name", "check that this is the index file"
-            raise CpsnakeError(f"{path}: no column {col!r} ({found}); expected columns file,{column}; add the column "
-                               f"or {hint}")
+            raise CpsnakeError(
+                f"{path}: no column {col!r} ({found}); expected columns file,{column}; add the column or {hint}"
+            )
     return {Path(f).stem: g for f, g in zip(df["file"], df[column].fillna(""))}
 
 
-def evaluate_dirs(pred_dir, true_dir, *, thresholds=DEFAULT_THRESHOLDS, groups: dict[str, str] | None = None,
-                  log=None, max_pixels: int | None = None) -> "pd.DataFrame":
+def evaluate_dirs(
+    pred_dir,
+    true_dir,
+    *,
+    thresholds=DEFAULT_THRESHOLDS,
+    groups: dict[str, str] | None = None,
+    log=None,
+    max_pixels: int | None = None,
+) -> "pd.DataFrame":
     """Score every true label image in ``true_dir`` against its namesake in ``pred_dir``.
 
     Returns
@@ -296,19 +311,27 @@ def evaluate_dirs(pred_dir, true_dir, *, thresholds=DEFAULT_THRESHOLDS, groups: 
     missing = [s for s in true_files if s not in pred_files]
     extra = [s for s in pred_files if s not in true_files]
     if missing:
-        print(f"cpsnake evaluate: {len(missing)} true image(s) without a prediction, scored as empty "
-              f"predictions: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}", file=log)
+        print(
+            f"cpsnake evaluate: {len(missing)} true image(s) without a prediction, scored as empty "
+            f"predictions: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}",
+            file=log,
+        )
     if extra:
-        print(f"cpsnake evaluate: {len(extra)} prediction(s) without a true image, left out: "
-              f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}", file=log)
+        print(
+            f"cpsnake evaluate: {len(extra)} prediction(s) without a true image, left out: "
+            f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}",
+            file=log,
+        )
     rows = []
     for stem, tpath in true_files.items():
         true = read_label_file(tpath, max_pixels=max_pixels)
         if stem in pred_files:
             pred = read_label_file(pred_files[stem], max_pixels=max_pixels)
             if pred.shape != true.shape:
-                raise CpsnakeError(f"{pred_files[stem]}: labels of shape {pred.shape}, expected {true.shape} "
-                                   f"as in {tpath}; predict at the true image's size")
+                raise CpsnakeError(
+                    f"{pred_files[stem]}: labels of shape {pred.shape}, expected {true.shape} "
+                    f"as in {tpath}; predict at the true image's size"
+                )
         else:
             pred = np.zeros_like(true)
         group = (groups or {}).get(stem, "")
@@ -323,8 +346,11 @@ def evaluate_dirs(pred_dir, true_dir, *, thresholds=DEFAULT_THRESHOLDS, groups: 
 
 def _print_summary(df, thresholds, out=None) -> None:
     pooled = df[df["image"] == "pooled"]
-    cols = ["group", "n_images", "n_true", "n_pred"] + [f"ap@{_fmt(t)}" for t in thresholds] + \
-        [f"err@{_fmt(thresholds[0])}"]
+    cols = (
+        ["group", "n_images", "n_true", "n_pred"]
+        + [f"ap@{_fmt(t)}" for t in thresholds]
+        + [f"err@{_fmt(thresholds[0])}"]
+    )
     per_image = df[df["image"] != "pooled"]
     lines = []
     for _, r in pooled.iterrows():
@@ -337,15 +363,23 @@ def _print_summary(df, thresholds, out=None) -> None:
 
 @guard("evaluate")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="cpsnake evaluate", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="cpsnake evaluate",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("pred_dir", help="folder of predicted label images")
     p.add_argument("true_dir", help="folder of true label images (same names)")
     p.add_argument("--out", help="write the table (per image + pooled rows) to this CSV")
     from cpsnake.bounds import option
 
-    p.add_argument("--thresholds", type=option("--thresholds"), nargs="+", default=list(DEFAULT_THRESHOLDS),
-                   help="IoU thresholds (default 0.5 0.75 0.9)")
+    p.add_argument(
+        "--thresholds",
+        type=option("--thresholds"),
+        nargs="+",
+        default=list(DEFAULT_THRESHOLDS),
+        help="IoU thresholds (default 0.5 0.75 0.9)",
+    )
     p.add_argument("--index", help="CSV with a 'file' column and a grouping column (per-group pooled rows)")
     p.add_argument("--group-by", default="modality", help="grouping column of --index (default modality)")
     from cpsnake.io import limits
@@ -353,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     limits.add_option(p)
     args = p.parse_args(argv)
     groups = read_index(Path(args.index), args.group_by) if args.index else None
-    df = evaluate_dirs(args.pred_dir, args.true_dir, thresholds=args.thresholds, groups=groups, max_pixels=args.max_pixels)
+    df = evaluate_dirs(
+        args.pred_dir, args.true_dir, thresholds=args.thresholds, groups=groups, max_pixels=args.max_pixels
+    )
     if args.out:
         from cpsnake.io.outputs import atomic_output
         from cpsnake.io.tables import to_csv

@@ -1,4 +1,5 @@
-"""``python -m cpsnake.training.train pack SRC_SPLIT OUT_DIR [--max-mb 50]``: a split, packed for moving it to a GPU machine.
+"""``python -m cpsnake.training.train pack SRC_SPLIT OUT_DIR [--max-mb 50]``: a split, packed for moving it to a GPU
+machine.
 
 Copies a split (images/, masks/, index.csv) into a compact folder for moving it to a GPU machine:
 images and masks as lossless PNG (8- or 16-bit; masks uint16), same stems, and index.csv with the rows kept.
@@ -89,8 +90,12 @@ def pack(src, out_dir, *, max_mb: float = 50.0, log=None) -> tuple[int, list[str
     kinds: dict[str, str] = {}  # name -> "Y x X, C channel(s), dtype"
     for name, ipath, mpath in pairs:
         img, _ = read_image(ipath)
-        if img.ndim != 3 or img.shape[0] not in (1, 3) or img.dtype not in (np.uint8, np.uint16) or \
-                (img.shape[0] == 3 and img.dtype != np.uint8):
+        if (
+            img.ndim != 3
+            or img.shape[0] not in (1, 3)
+            or img.dtype not in (np.uint8, np.uint16)
+            or (img.shape[0] == 3 and img.dtype != np.uint8)
+        ):
             raise CpsnakeError(f"{ipath}: image {img.shape} {img.dtype}; pack expects grey uint8/uint16 or RGB uint8")
         lab = read_mask(mpath, img.shape[1:])
         if lab.max() > 65535:
@@ -126,20 +131,29 @@ def pack(src, out_dir, *, max_mb: float = 50.0, log=None) -> tuple[int, list[str
     total += (out_dir / "index.csv").stat().st_size
     by_kind = {k: sum(kinds[n] == k for n in dropped) for k in dict.fromkeys(kinds[n] for n in dropped)}
     what = "; ".join(f"{c} of kind {k}" for k, c in by_kind.items()) or "none"
-    print(f"pack: {len(blobs)} pairs, {total / 1e6:.1f} MB in {out_dir}; dropped {len(dropped)} image(s) to fit "
-          f"{max_mb} MB ({what}; listed in {out_dir / 'dropped.txt'})", file=log)
+    print(
+        f"pack: {len(blobs)} pairs, {total / 1e6:.1f} MB in {out_dir}; dropped {len(dropped)} image(s) to fit "
+        f"{max_mb} MB ({what}; listed in {out_dir / 'dropped.txt'})",
+        file=log,
+    )
     return total, dropped
 
 
 @guard("train pack")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cpsnake.training.train pack", description="lossless PNG copy of a split "
-                                "for moving it to a GPU machine, within a size budget (see --max-mb)")
+    p = argparse.ArgumentParser(
+        prog="python -m cpsnake.training.train pack",
+        description="lossless PNG copy of a split for moving it to a GPU machine, within a size budget (see --max-mb)",
+    )
     p.add_argument("src")
     p.add_argument("out")
-    p.add_argument("--max-mb", type=option("--max-mb"), default=50.0,
-                   help="size budget of the pack (default 50); over it, every other image of the heaviest kind "
-                        "(same size, channels, dtype) is dropped until it fits, listed in OUT/dropped.txt")
+    p.add_argument(
+        "--max-mb",
+        type=option("--max-mb"),
+        default=50.0,
+        help="size budget of the pack (default 50); over it, every other image of the heaviest kind "
+        "(same size, channels, dtype) is dropped until it fits, listed in OUT/dropped.txt",
+    )
     a = p.parse_args(argv)
     pack(a.src, a.out, max_mb=a.max_mb)
     return 0

@@ -2,7 +2,8 @@
 
 Usage::
 
-    cpsnake train TRAIN --out DIR [--arch tiny | --family unet [--nbase 3,32,64,128,256] | --init MODEL | --sam SAM.pth] [--val VAL]
+    cpsnake train TRAIN --out DIR [--arch tiny | --family unet [--nbase 3,32,64,128,256] | --init MODEL | --sam SAM.pth]
+                  [--val VAL]
                   [--steps 1000] [--batch-size 8] [--lr LR] [--weight-decay 0.1] [--warmup N]
                   [--layer-drop 0.4] [--seed 0] [--device auto] [--resume DIR/checkpoint.pt]
     python -m cpsnake.training.train pack SRC_SPLIT OUT_DIR [--max-mb 50]
@@ -140,8 +141,10 @@ def load_checkpoint(path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CpsnakeError(f"{path}: not a loadable checkpoint ({library_text(exc)}); "
-                           f"expected {what}; resume from an earlier checkpoint or start again") from None
+        raise CpsnakeError(
+            f"{path}: not a loadable checkpoint ({library_text(exc)}); "
+            f"expected {what}; resume from an earlier checkpoint or start again"
+        ) from None
     if not isinstance(ck, dict) or not {"model", "optimizer", "step", "seed"} <= set(ck):
         raise CpsnakeError(f"{path}: found no model/optimizer/step/seed entries; expected a cpsnake train checkpoint")
     if not isinstance(ck["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ck["model"].values()):
@@ -173,12 +176,33 @@ def validate(net, val_pairs, *, device=None, max_images: int | None = None, max_
     return float(evaluate.pool(rows, [0.5])["ap@0.5"])
 
 
-def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, lr: float = 5e-5,
-          weight_decay: float = 0.1, warmup: int | None = None, decay: int | None = None, seed: int = 0,
-          device: str = "cpu", bf16: bool = False, diam_range=(7.5, 120.0), save_every: int = 100,
-          log_every: int = 10, val_pairs=None, val_every: int = 0, val_max: int | None = None,
-          resume: dict | None = None, augment_p: dict | None = None, workers: int = 0, out=None,
-          max_pixels: int | None = None, diam_labels: float | None = None) -> list[dict]:
+def train(
+    net,
+    items: list[dict],
+    *,
+    out_dir,
+    steps: int,
+    batch_size: int = 8,
+    lr: float = 5e-5,
+    weight_decay: float = 0.1,
+    warmup: int | None = None,
+    decay: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    bf16: bool = False,
+    diam_range=(7.5, 120.0),
+    save_every: int = 100,
+    log_every: int = 10,
+    val_pairs=None,
+    val_every: int = 0,
+    val_max: int | None = None,
+    resume: dict | None = None,
+    augment_p: dict | None = None,
+    workers: int = 0,
+    out=None,
+    max_pixels: int | None = None,
+    diam_labels: float | None = None,
+) -> list[dict]:
     """Train ``net`` in place for steps ``start .. steps - 1`` and write ``model.pt``, ``checkpoint.pt``, ``log.csv``.
 
     Parameters
@@ -215,15 +239,33 @@ def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, l
         net.load_state_dict(resume["model"], strict=True)
         opt.load_state_dict(resume["optimizer"])
         start, seed, log_rows = int(resume["step"]), int(resume["seed"]), list(resume.get("log", []))
-    config = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-              "warmup": warmup, "decay": decay, "diam_range": list(diam_range),
-              "layer_drop": float(getattr(net, "rdrop", 0.0))}
+    config = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "warmup": warmup,
+        "decay": decay,
+        "diam_range": list(diam_range),
+        "layer_drop": float(getattr(net, "rdrop", 0.0)),
+    }
     net.diam_labels.data[:] = float(np.mean([it["diameter"] for it in items]) if diam_labels is None else diam_labels)
     running, t0 = [], time.perf_counter()
-    batches = BatchStream(items, seed=seed, batch_size=batch_size, diam_range=tuple(diam_range), augment_p=augment_p,
-                           bsize=infer.tiling(net).bsize)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, steps), num_workers=workers,
-                                         prefetch_factor=2 if workers else None)
+    batches = BatchStream(
+        items,
+        seed=seed,
+        batch_size=batch_size,
+        diam_range=tuple(diam_range),
+        augment_p=augment_p,
+        bsize=infer.tiling(net).bsize,
+    )
+    loader = torch.utils.data.DataLoader(
+        batches,
+        batch_size=None,
+        sampler=range(start, steps),
+        num_workers=workers,
+        prefetch_factor=2 if workers else None,
+    )
     step = start
     for step, (x, y) in zip(range(start, steps), loader):
         torch.manual_seed(seed * 1_000_003 + step)  # layer drop
@@ -251,8 +293,9 @@ def train(net, items: list[dict], *, out_dir, steps: int, batch_size: int = 8, l
             print(msg, file=out, flush=True)
             running, t0 = [], time.perf_counter()
         if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
-            save_checkpoint(out_dir / "checkpoint.pt", net, opt, step=step + 1, seed=seed, log_rows=log_rows,
-                            config=config)
+            save_checkpoint(
+                out_dir / "checkpoint.pt", net, opt, step=step + 1, seed=seed, log_rows=log_rows, config=config
+            )
             _write_log(out_dir / "log.csv", log_rows)
     final = max(steps, start)
     save_checkpoint(out_dir / "checkpoint.pt", net, opt, step=final, seed=seed, log_rows=log_rows, config=config)
@@ -272,15 +315,24 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cpsnake train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="pack: python -m cpsnake.training.train pack SRC_SPLIT OUT_DIR [--max-mb 50]")
+    p = argparse.ArgumentParser(
+        prog="cpsnake train",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="pack: python -m cpsnake.training.train pack SRC_SPLIT OUT_DIR [--max-mb 50]",
+    )
     p.add_argument("train", help="split folder (images/, masks/[, index.csv]) or a list file of image,mask pairs")
     p.add_argument("--out", required=True, help="output folder: model.pt, checkpoint.pt, log.csv, cache/")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--arch", default=None, help="train a Cellpose-SAM from scratch: tiny (default), vit_b, vit_l, vit_h")
-    start.add_argument("--family", choices=("cpsam", "unet"), default=None,
-                       help="train from scratch: cpsam (with --arch) or unet (the classic Cellpose U-Net, --nbase)")
+    start.add_argument(
+        "--arch", default=None, help="train a Cellpose-SAM from scratch: tiny (default), vit_b, vit_l, vit_h"
+    )
+    start.add_argument(
+        "--family",
+        choices=("cpsam", "unet"),
+        default=None,
+        help="train from scratch: cpsam (with --arch) or unet (the classic Cellpose U-Net, --nbase)",
+    )
     start.add_argument("--init", help="fine-tune a cellpose-4 / cpsnake model (path or registry name)")
     start.add_argument("--sam", help="start from a segment-anything checkpoint (sam_vit_*.pth)")
     start.add_argument("--resume", help="continue from a checkpoint.pt (same --steps total or more)")
@@ -289,34 +341,60 @@ def _parser() -> argparse.ArgumentParser:
     def bound(flag: str):  # cpsnake train's own bounds (cpsnake.bounds)
         return option(f"train {flag}")
 
-    p.add_argument("--val-every", type=bound("--val-every"), default=500,
-                   help="steps between validations (default 500)")
+    p.add_argument(
+        "--val-every", type=bound("--val-every"), default=500, help="steps between validations (default 500)"
+    )
     p.add_argument("--val-max", type=bound("--val-max"), default=None, help="use only the first N validation images")
     p.add_argument("--steps", type=bound("--steps"), default=1000, help="total optimiser steps (default 1000)")
     # options left out on --resume are the checkpoint's (see _settings), so a resumed run goes on unchanged
     p.add_argument("--batch-size", type=bound("--batch-size"), default=None, help="images per step (default 8)")
     p.add_argument("--lr", type=bound("--lr"), default=None, help="peak learning rate (5e-5 fine-tuning, 2e-4 scratch)")
-    p.add_argument("--weight-decay", type=bound("--weight-decay"), default=None,
-                   help="AdamW weight decay (default 0.1)")
-    p.add_argument("--warmup", type=bound("--warmup"), default=None,
-                   help="warm-up steps (default steps/20, at most 100)")
-    p.add_argument("--decay", type=bound("--decay"), default=None,
-                   help="final steps with 10 halvings (default steps/10)")
-    p.add_argument("--layer-drop", type=bound("--layer-drop"), default=None,
-                   help="stochastic depth of the encoder (default 0.4)")
-    p.add_argument("--diam-range", type=bound("--diam-range"), nargs=2, default=None, metavar=("LO", "HI"),
-                   help="median object diameters to rescale to (default 7.5 120)")
-    p.add_argument("--nbase", default="3,32,64,128,256",
-                   help="--family unet: input channels and widths per level (cellpose 3: 2,32,64,128,256)")
-    p.add_argument("--diam-labels", type=bound("--diam-labels"), default=None,
-                   help="stored as the model's diam_labels (default: mean training diameter; see train())")
+    p.add_argument(
+        "--weight-decay", type=bound("--weight-decay"), default=None, help="AdamW weight decay (default 0.1)"
+    )
+    p.add_argument(
+        "--warmup", type=bound("--warmup"), default=None, help="warm-up steps (default steps/20, at most 100)"
+    )
+    p.add_argument(
+        "--decay", type=bound("--decay"), default=None, help="final steps with 10 halvings (default steps/10)"
+    )
+    p.add_argument(
+        "--layer-drop", type=bound("--layer-drop"), default=None, help="stochastic depth of the encoder (default 0.4)"
+    )
+    p.add_argument(
+        "--diam-range",
+        type=bound("--diam-range"),
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="median object diameters to rescale to (default 7.5 120)",
+    )
+    p.add_argument(
+        "--nbase",
+        default="3,32,64,128,256",
+        help="--family unet: input channels and widths per level (cellpose 3: 2,32,64,128,256)",
+    )
+    p.add_argument(
+        "--diam-labels",
+        type=bound("--diam-labels"),
+        default=None,
+        help="stored as the model's diam_labels (default: mean training diameter; see train())",
+    )
     p.add_argument("--min-train-masks", type=bound("--min-train-masks"), default=5)
     p.add_argument("--seed", type=bound("--seed"), default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, mps")
-    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="autocast dtype (auto: bfloat16 on cuda, float32 elsewhere)")
-    p.add_argument("--workers", type=bound("--workers"), default=None,
-                   help="batch-preparing processes (default: 0 on cpu, min(8, cores - 1) on a GPU)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="autocast dtype (auto: bfloat16 on cuda, float32 elsewhere)",
+    )
+    p.add_argument(
+        "--workers",
+        type=bound("--workers"),
+        default=None,
+        help="batch-preparing processes (default: 0 on cpu, min(8, cores - 1) on a GPU)",
+    )
     p.add_argument("--save-every", type=bound("--save-every"), default=100)
     p.add_argument("--log-every", type=bound("--log-every"), default=10)
     p.add_argument("--cache", help="target cache folder (default OUT/cache)")
@@ -382,8 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             nbase = []
         if len(nbase) < 3 or min(nbase) < 1:
-            raise CpsnakeError(f"--nbase {args.nbase!r}: expected input channels and at least two widths, "
-                               "e.g. 3,32,64,128,256")
+            raise CpsnakeError(
+                f"--nbase {args.nbase!r}: expected input channels and at least two widths, e.g. 3,32,64,128,256"
+            )
         net = build_unet(nbase)
         lr_default = 2e-3
     else:
@@ -393,32 +472,63 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(net, "rdrop"):  # Cellpose-SAM's stochastic depth
         net.rdrop = opts["layer_drop"]
     out_dir = Path(args.out)
-    items = prepare(list_pairs(args.train), args.cache or out_dir / "cache", min_masks=args.min_train_masks,
-                    max_pixels=args.max_pixels)
+    items = prepare(
+        list_pairs(args.train),
+        args.cache or out_dir / "cache",
+        min_masks=args.min_train_masks,
+        max_pixels=args.max_pixels,
+    )
     if not items:
-        raise CpsnakeError(f"{args.train}: no image with at least {args.min_train_masks} objects; "
-                           "expected annotated images (or lower --min-train-masks)")
+        raise CpsnakeError(
+            f"{args.train}: no image with at least {args.min_train_masks} objects; "
+            "expected annotated images (or lower --min-train-masks)"
+        )
     val_pairs = list_pairs(args.val) if args.val else None
     if val_pairs:
         for mod in ("cpsnake.engine.infer", "cpsnake.engine.reconstruct"):
             if importlib.util.find_spec(mod) is None:
                 raise CpsnakeError(f"--val: module {mod} is missing; expected the inference pipeline; drop --val")
     distinct = {i["path"]: i["n"] for i in items}
-    print(f"train: {len(distinct)} images, {sum(distinct.values())} objects"
-          + (f" ({len(items)} entries with repeats)" if len(items) > len(distinct) else "")
-          + f", device {device}, "
-          f"{sum(p.numel() for p in net.parameters()):,} parameters", flush=True)
+    print(
+        f"train: {len(distinct)} images, {sum(distinct.values())} objects"
+        + (f" ({len(items)} entries with repeats)" if len(items) > len(distinct) else "")
+        + f", device {device}, "
+        f"{sum(p.numel() for p in net.parameters()):,} parameters",
+        flush=True,
+    )
     if resume is not None:
-        print("resume: " + ", ".join(f"{k} {v}" for k, v in opts.items() if v is not None)
-              + " (options not given are the checkpoint's)", flush=True)
-    train(net, items, out_dir=out_dir, steps=args.steps, batch_size=opts["batch_size"], lr=opts["lr"],
-          weight_decay=opts["weight_decay"], warmup=opts["warmup"], decay=opts["decay"], seed=args.seed,
-          device=device, bf16=bf16, diam_range=tuple(opts["diam_range"]), save_every=args.save_every,
-          log_every=args.log_every,
-          val_pairs=val_pairs, val_every=args.val_every, val_max=args.val_max, resume=resume, max_pixels=args.max_pixels,
-          diam_labels=args.diam_labels,
-          workers=args.workers if args.workers is not None else
-          (0 if device == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))))
+        print(
+            "resume: "
+            + ", ".join(f"{k} {v}" for k, v in opts.items() if v is not None)
+            + " (options not given are the checkpoint's)",
+            flush=True,
+        )
+    train(
+        net,
+        items,
+        out_dir=out_dir,
+        steps=args.steps,
+        batch_size=opts["batch_size"],
+        lr=opts["lr"],
+        weight_decay=opts["weight_decay"],
+        warmup=opts["warmup"],
+        decay=opts["decay"],
+        seed=args.seed,
+        device=device,
+        bf16=bf16,
+        diam_range=tuple(opts["diam_range"]),
+        save_every=args.save_every,
+        log_every=args.log_every,
+        val_pairs=val_pairs,
+        val_every=args.val_every,
+        val_max=args.val_max,
+        resume=resume,
+        max_pixels=args.max_pixels,
+        diam_labels=args.diam_labels,
+        workers=args.workers
+        if args.workers is not None
+        else (0 if device == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))),
+    )
     print(f"model: {out_dir / 'model.pt'}  checkpoint: {out_dir / 'checkpoint.pt'}  log: {out_dir / 'log.csv'}")
     return 0
 

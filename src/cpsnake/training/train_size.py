@@ -51,13 +51,23 @@ __all__ = ["draw_styles", "fit_size_model", "main"]
 def _for_net(img: np.ndarray, in_chans: int, name: str) -> np.ndarray:
     """The cached (3, Y, X) image cut to the network's inputs (the dropped channels must be empty)."""
     if np.any(img[in_chans:]):
-        raise CpsnakeError(f"{name}: image with {img.shape[0]} channels, expected at most {in_chans} for this "
-                           "network; train the size model on images the network takes")
+        raise CpsnakeError(
+            f"{name}: image with {img.shape[0]} channels, expected at most {in_chans} for this "
+            "network; train the size model on images the network takes"
+        )
     return img[:in_chans]
 
 
-def draw_styles(net, items: list[dict], *, per_image: int = 2, diam_range=(10.0, 60.0), crop: int = 512,
-                seed: int = 0, **predict_opts) -> tuple[np.ndarray, np.ndarray]:
+def draw_styles(
+    net,
+    items: list[dict],
+    *,
+    per_image: int = 2,
+    diam_range=(10.0, 60.0),
+    crop: int = 512,
+    seed: int = 0,
+    **predict_opts,
+) -> tuple[np.ndarray, np.ndarray]:
     """Styles ``(N, S)`` and targets ``log(D / diam_mean)`` ``(N,)`` of ``per_image`` draws per training item.
 
     ``items`` as :func:`cpsnake.training.data.prepare` returns them. A draw depends only on ``(seed, item index,
@@ -66,8 +76,11 @@ def draw_styles(net, items: list[dict], *, per_image: int = 2, diam_range=(10.0,
     spec = infer.tiling(net)
     r0 = spec.diam_mean / spec.diam_labels
     lo, hi = np.log(diam_range[0]), np.log(diam_range[1])
-    draws = [(i, k, float(np.exp(np.random.default_rng([seed, i, k, 0]).uniform(lo, hi))))
-             for i in range(len(items)) for k in range(per_image)]
+    draws = [
+        (i, k, float(np.exp(np.random.default_rng([seed, i, k, 0]).uniform(lo, hi))))
+        for i in range(len(items))
+        for k in range(per_image)
+    ]
     scales = [r0 * D / items[i]["diameter"] for i, _, D in draws]
 
     def crops():  # read lazily: one image at a time
@@ -78,11 +91,15 @@ def draw_styles(net, items: list[dict], *, per_image: int = 2, diam_range=(10.0,
             side = max(1, int(crop / s))
             y0 = int(rng.integers(0, max(1, img.shape[1] - side + 1)))
             x0 = int(rng.integers(0, max(1, img.shape[2] - side + 1)))
-            yield np.ascontiguousarray(img[:, y0:y0 + side, x0:x0 + side])
+            yield np.ascontiguousarray(img[:, y0 : y0 + side, x0 : x0 + side])
 
     targets = [np.log(D / spec.diam_mean) for _, _, D in draws]
-    styles = [style for _, style in infer.predict_many(net, crops(), scales=scales, resample=False, with_style=True,
-                                                        progress=False, **predict_opts)]
+    styles = [
+        style
+        for _, style in infer.predict_many(
+            net, crops(), scales=scales, resample=False, with_style=True, progress=False, **predict_opts
+        )
+    ]
     return np.stack(styles).astype(np.float64), np.asarray(targets, np.float64)
 
 
@@ -92,8 +109,12 @@ def fit_size_model(styles: np.ndarray, targets: np.ndarray, *, diam_mean: float,
     X = styles - smean
     ymean = float(targets.mean())
     A = np.linalg.solve(X.T @ X + l2 * np.eye(X.shape[1]), X.T @ (targets - ymean))
-    return {"A": A.astype(np.float32), "smean": smean.astype(np.float32), "ymean": np.float32(ymean),
-            "diam_mean": float(diam_mean)}
+    return {
+        "A": A.astype(np.float32),
+        "smean": smean.astype(np.float32),
+        "ymean": np.float32(ymean),
+        "diam_mean": float(diam_mean),
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,15 +122,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="U-Net model file or registry name")
     p.add_argument("train", help="training images and masks, as for cpsnake train")
     p.add_argument("--out", help="size model file (default size_<model>.npy beside the model)")
-    p.add_argument("--per-image", type=option("train-size --per-image"), default=2,
-                   help="draws per training image (default 2)")
-    p.add_argument("--diam-range", type=option("train-size --diam-range"), nargs=2, default=(10.0, 60.0),
-                   metavar=("MIN", "MAX"),
-                   help="apparent cell diameters drawn, px (default 10 60)")
-    p.add_argument("--crop", type=option("train-size --crop"), default=512,
-                   help="largest side fed to the network, px (default 512)")
-    p.add_argument("--l2", type=option("train-size --l2"), default=1.0,
-                   help="ridge regularisation (default 1, as cellpose)")
+    p.add_argument(
+        "--per-image", type=option("train-size --per-image"), default=2, help="draws per training image (default 2)"
+    )
+    p.add_argument(
+        "--diam-range",
+        type=option("train-size --diam-range"),
+        nargs=2,
+        default=(10.0, 60.0),
+        metavar=("MIN", "MAX"),
+        help="apparent cell diameters drawn, px (default 10 60)",
+    )
+    p.add_argument(
+        "--crop",
+        type=option("train-size --crop"),
+        default=512,
+        help="largest side fed to the network, px (default 512)",
+    )
+    p.add_argument(
+        "--l2", type=option("train-size --l2"), default=1.0, help="ridge regularisation (default 1, as cellpose)"
+    )
     p.add_argument("--seed", type=option("train-size --seed"), default=0)
     p.add_argument("--cache", help="cache of normalised training images (as cpsnake train --cache)")
     p.add_argument("--val", help="validation images and masks: report the --diameter auto error")
@@ -126,9 +158,11 @@ def _report_val(net, params: dict, val: str) -> str:
             diam, _ = size.estimate_diameter(net, _for_net(img, net.in_chans, name), params, progress=False)
             errors.append(abs(diam / true - 1))
     errors = np.asarray(errors)
-    return (f"val: {errors.size} images, --diameter auto vs median mask diameter: median error "
-            f"{100 * np.median(errors):.1f} %, within 10 %: {100 * np.mean(errors <= 0.1):.0f} %, "
-            f"within 25 %: {100 * np.mean(errors <= 0.25):.0f} %")
+    return (
+        f"val: {errors.size} images, --diameter auto vs median mask diameter: median error "
+        f"{100 * np.median(errors):.1f} %, within 10 %: {100 * np.mean(errors <= 0.1):.0f} %, "
+        f"within 25 %: {100 * np.mean(errors <= 0.25):.0f} %"
+    )
 
 
 @guard("train-size")
@@ -143,28 +177,36 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve(args.model)  # a registry name wins over a file of that name, as everywhere
     net = load_model(path)
     if not isinstance(net, UNet):
-        raise CpsnakeError(f"{path}: found a Cellpose-SAM model, expected a classic Cellpose U-Net (only U-Nets have "
-                           "the style vector a size model reads)")
+        raise CpsnakeError(
+            f"{path}: found a Cellpose-SAM model, expected a classic Cellpose U-Net (only U-Nets have "
+            "the style vector a size model reads)"
+        )
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
         items = prepare(list_pairs(args.train), args.cache or tmp, min_masks=args.min_train_masks)
         if not items:
-            raise CpsnakeError(f"{args.train}: no image with at least {args.min_train_masks} objects; expected "
-                               "annotated images")
-        styles, targets = draw_styles(net, items, per_image=args.per_image, diam_range=args.diam_range,
-                                      crop=args.crop, seed=args.seed)
+            raise CpsnakeError(
+                f"{args.train}: no image with at least {args.min_train_masks} objects; expected annotated images"
+            )
+        styles, targets = draw_styles(
+            net, items, per_image=args.per_image, diam_range=args.diam_range, crop=args.crop, seed=args.seed
+        )
     params = fit_size_model(styles, targets, diam_mean=float(net.diam_mean), l2=args.l2)
     out = Path(args.out) if args.out else size.size_model_path(path)
     with atomic_output(out) as tmp:  # as cellpose 3 saves it: np.save of the dict
         with open(tmp, "wb") as fh:
             np.save(fh, params, allow_pickle=True)
     fitted = (styles - params["smean"]) @ params["A"] + params["ymean"]
-    print(f"train-size: {len(items)} images, {targets.size} draws, {styles.shape[1]} style values; correlation of "
-          f"fitted and true log diameter {np.corrcoef(fitted, targets)[0, 1]:.3f}", flush=True)
+    print(
+        f"train-size: {len(items)} images, {targets.size} draws, {styles.shape[1]} style values; correlation of "
+        f"fitted and true log diameter {np.corrcoef(fitted, targets)[0, 1]:.3f}",
+        flush=True,
+    )
     if args.val:
         print(_report_val(net, size.read_size_model(out, style_channels=styles.shape[1]), args.val), flush=True)
     print(f"size model: {out}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
