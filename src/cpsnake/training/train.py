@@ -207,7 +207,7 @@ def train(
 
     Parameters
     ----------
-    net : a :class:`~cpsnake.models.CPSAMNet` or :class:`~cpsnake.models.UNet` (train mode is set here);
+    net : a :class:`~cpsnake.models.cpsam.CPSAMNet` or :class:`~cpsnake.models.unet.UNet` (train mode is set here);
         crops are the family's tile size (256 or 224 px)
     items : from :func:`prepare`
     diam_labels : float, optional
