@@ -11,7 +11,7 @@ the label image built in a Zarr array on disk. The child reports its wall time, 
 memory (``ru_maxrss``: interpreter, torch, the model, numpy and every buffer included) and the objects
 found; the scratch space the blocks used on disk is printed too.
 
-Issue 13's target: peak RSS flat (at most 1.5x between 4096 and 20000 px) and under 6 GB at 20000 x 20000.
+The target: peak RSS flat (at most 1.5x between 4096 and 20000 px) and under 6 GB at 20000 x 20000.
 The files that `cpsnake segment` writes after the segmentation (label TIFF, ROIs, measurements, overlay)
 are not part of this figure: `benchmarks/bench_block_outputs.py` measures them (written window by window).
 """

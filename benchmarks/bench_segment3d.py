@@ -10,7 +10,7 @@ is above the default limit of 100,000,000) with the bundled model on the CPU in 
 reports its wall time and its own peak resident memory (``ru_maxrss``: interpreter, torch, the model, the
 stack, its 3-D flows, the reconstruction and the outputs). Printed with the objects found and their AP at
 IoU 0.5 against the synthetic truth (a model trained on 2-D nuclei, so a sanity figure, not a score).
-Issue 14's target: a 100 x 1024 x 1024 stack segments with peak RSS under 8 GB.
+The target: a 100 x 1024 x 1024 stack segments with peak RSS under 8 GB.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Check: block-wise labels equal the whole image's on a 4096 x 4096 mosaic of real nuclei (issue 13, point 2a).
+"""Check: block-wise labels equal the whole image's on a 4096 x 4096 mosaic of real nuclei.
 
     python benchmarks/check_block_seams.py [--side 4096] [--block 1024] [--halo 96]
 
-The mosaic is `tests/test_blocks.py`'s: a real CC0 nuclei field (tests/data, 66 nuclei) in rotated copies,
+The mosaic is `tests/engine/test_blocks.py`'s: a real CC0 nuclei field (tests/data, 66 nuclei) in rotated copies,
 offset by half a field so its own seams do not fall on the block borders; at 4096 px and blocks of 1024
 (16 blocks) hundreds of nuclei cross block borders. It is segmented with the bundled model once whole
 (`segment_image`, block 0) and once block by block, both in this process, and printed: objects, objects

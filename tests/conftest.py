@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import ROOT, TESTS
 
 pytest_plugins = ["ci_skips", "pytester"]
 
-ROOT = Path(__file__).resolve().parents[1]
 CP3 = Path(os.environ.get("CPSNAKE_CELLPOSE3", ROOT / ".venv" / "cellpose3"))
-SCRIPT = Path(__file__).parent / "cellpose3" / "reference.py"
+SCRIPT = TESTS / "cellpose3" / "reference.py"
 
 
 @pytest.fixture(scope="session")

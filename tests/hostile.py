@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from paths import DATA as TEST_DATA
 
 from cpsnake.cli import main as cli_main
 
-DATA = Path(__file__).parent / "data" / "images"
+DATA = TEST_DATA / "images"
 GREY16 = DATA / "bbbc039_O13_s3_uint16.tif"
 RSS_LIMIT_MB = 1024
 DATA_LIMIT = 4 * 2**30

@@ -5,7 +5,7 @@ padding, ``align_corners=False``), 200 passes over millions of points and a full
 ``flows * cell / 5 * 2 / (L - 1)``. :func:`follow_points` does the same arithmetic per point, operation for
 operation in float32, on the same field (:func:`step_field`, its three channels interleaved so that one
 corner's values share a cache line), and keeps each point in registers for its ``niter`` steps. The end
-points are cellpose's to the bit (``tests/test_reconstruct3d.py`` compares them with ``grid_sample``'s).
+points are cellpose's to the bit (``tests/engine/test_reconstruct3d.py`` compares them with ``grid_sample``'s).
 
 The trilinear sample is torch's CPU ``grid_sampler_3d`` (ATen ``GridSampler.cpp``): source index
 ``((c + 1) * L - 1) / 2``, corners ``floor`` and ``floor + 1``, weights as products of the distances to the

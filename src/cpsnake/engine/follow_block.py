@@ -12,7 +12,7 @@ tie between two cells) a different size can send a pixel to another cell. A bloc
 (:mod:`cpsnake.engine.blocks`) is followed here with the *whole image's* sizes: positions, the step field and the
 sample points in the whole image's normalised coordinates, the field read from the block's crop (a
 corner outside the crop reads 0, as a corner outside the image does in torch). Every trajectory that stays
-inside the crop ends exactly where the whole image's does (``tests/test_blocks.py`` compares with
+inside the crop ends exactly where the whole image's does (``tests/engine/test_blocks.py`` compares with
 ``grid_sample`` to the bit).
 
 Bilinear sample, as torch's kernel compiled for this CPU (AVX2 with fused multiply-adds, which the

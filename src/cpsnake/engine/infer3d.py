@@ -19,7 +19,7 @@ Cellpose's ``do_3D`` (``CellposeModel._run_net`` and ``core.run_3D`` in cellpose
 
 The planes of all three views go through :func:`cpsnake.engine.infer.predict_many`, so their tiles share network
 batches. Memory: the resized stack, the ``(4, Z', Y', X')`` sums and one plane's tiles at a time.
-The parity test runs cellpose 4's ``run_3D`` on the same network (``tests/test_infer3d.py``). The classic
+The parity test runs cellpose 4's ``run_3D`` on the same network (``tests/engine/test_infer3d.py``). The classic
 U-Net runs the same way (cellpose 3's ``run_3D`` for it was not compared).
 """
 

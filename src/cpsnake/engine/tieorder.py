@@ -12,7 +12,7 @@ about 0.5 GB of memory. :func:`argsort_like_torch` gives torch's permutation to 
 - from 32,768 values on, integer values go to fbgemm's radix sort, which is stable: numpy's stable
   ``argsort`` gives the same permutation.
 
-``tests/test_tieorder.py`` compares both paths with ``torch.argsort`` on arrays full of ties.
+``tests/engine/test_tieorder.py`` compares both paths with ``torch.argsort`` on arrays full of ties.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ Why this estimator: it needs numpy and scipy only (scikit-image, whose ``marchin
 exactly through ``|v|`` and ``c_v``; its error from the digitisation shrinks as objects grow; and for
 cubic voxels it is the estimate Fiji users get from MorphoLibJ (13 directions).
 
-Its bias (figures from ``tests/test_measure3d.py`` and the same computation on other shapes):
+Its bias (figures from ``tests/export/test_measure3d.py`` and the same computation on other shapes):
 
 * directions: the lines are counted along 13 directions only, so the area is a 13-point quadrature of
   the object's projected areas. Exact for a sphere; for cubic voxels within 0.25 % for ellipsoids of axis

@@ -6,7 +6,7 @@ position; :func:`warp` applies it: the image channels and flow vectors are resam
 flow *vectors* are rotated/flipped with the same orthogonal matrix (scaling does not change a unit
 vector's direction), then renormalised to unit length. The cell-probability target is resampled
 bilinearly (the loss thresholds it at 0.5). So transforming precomputed flows agrees with recomputing
-flows from the transformed label image (tests/test_train.py checks that).
+flows from the transformed label image (tests/training/test_train.py checks that).
 
 Axis order: images and targets are (C, Y, X); a geometric map acts on (y, x) column vectors:
 ``out - c_out = L @ (in - c_in)`` with ``L = s * Q``, ``Q`` orthogonal (rotation, possibly a flip).
